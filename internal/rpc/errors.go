@@ -1,0 +1,70 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"connectrpc.com/connect"
+
+	"github.com/parley-dev/parley/internal/auth"
+)
+
+// errorCodes is the one mapping from domain errors to Connect codes. Each
+// domain's sentinels are listed here; the domain error's message is safe to
+// show to clients. Anything not listed becomes CodeInternal with a generic
+// message, so driver text (SQL, hosts) never reaches a client.
+var errorCodes = []struct {
+	err  error
+	code connect.Code
+}{
+	{auth.ErrUnauthenticated, connect.CodeUnauthenticated},
+	{auth.ErrPermissionDenied, connect.CodePermissionDenied},
+	{context.Canceled, connect.CodeCanceled},
+	{context.DeadlineExceeded, connect.CodeDeadlineExceeded},
+	// account
+
+	// conversation
+
+	// room
+
+	// file
+
+}
+
+// toConnectError maps err to a *connect.Error. Errors that are already Connect
+// errors pass through unchanged.
+func toConnectError(ctx context.Context, log *slog.Logger, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce
+	}
+	for _, m := range errorCodes {
+		if errors.Is(err, m.err) {
+			return connect.NewError(m.code, errors.New(publicMessage(err, m.err)))
+		}
+	}
+	log.ErrorContext(ctx, "internal error", slog.String("error", err.Error()))
+	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+}
+
+// publicMessage returns the message clients see for err, which wraps the
+// sentinel s. Wrapped context added by stores (operation names) stays in the
+// server log; the client gets the sentinel's own text, or the text of a
+// domain error type that explains itself (see messager).
+func publicMessage(err, s error) string {
+	var m messager
+	if errors.As(err, &m) {
+		return m.PublicMessage()
+	}
+	return s.Error()
+}
+
+// messager is implemented by domain errors whose message is written for
+// clients and is more specific than their sentinel (e.g. which field).
+type messager interface {
+	PublicMessage() string
+}
