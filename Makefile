@@ -1,0 +1,58 @@
+# Parley's developer commands. Every tool is pinned in tools/go.mod and run
+# with `go tool`, so nothing needs installing by hand besides Go.
+SHELL := bash
+GO ?= go
+TOOL := $(GO) tool -modfile=tools/go.mod
+# The protovalidate rules' schema comes from its Go module, never from a registry.
+PROTOVALIDATE_VERSION := v1.2.2
+PROTO_DEPS := .build/proto-deps
+TEST_FLAGS ?= -race -count=1 -timeout 30m
+
+.PHONY: all test lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench e2e clean
+
+all: lint test
+
+## test: run every test (starts private PostgreSQL and Valkey servers as needed)
+test:
+	$(GO) test $(TEST_FLAGS) ./...
+
+## lint: formatting, vet, staticcheck, buf lint and freshness of generated code
+lint: fmt vet staticcheck buf-lint check-generated
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	$(TOOL) staticcheck ./...
+
+$(PROTO_DEPS)/buf/validate/validate.proto:
+	@mkdir -p $(PROTO_DEPS)/buf/validate
+	@dir=$$($(GO) mod download -json github.com/bufbuild/protovalidate@$(PROTOVALIDATE_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  test -n "$$dir" || { echo "could not download github.com/bufbuild/protovalidate@$(PROTOVALIDATE_VERSION)"; exit 1; }; \
+	  install -m 0644 "$$dir/proto/protovalidate/buf/validate/validate.proto" $@
+
+proto-deps: $(PROTO_DEPS)/buf/validate/validate.proto
+
+buf-lint: proto-deps
+	$(TOOL) buf lint
+
+## generate: regenerate internal/gen from proto/ with pinned local plugins
+generate: proto-deps
+	$(TOOL) buf generate
+
+check-generated: generate
+	@git diff --exit-code --stat -- internal/gen || { echo "internal/gen is stale: run 'make generate' and commit"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- internal/gen); if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/parley ./cmd/parley
+
+## dev: run Parley locally with nothing configured
+dev run:
+	$(GO) run ./cmd/parley dev
+
+clean:
+	rm -rf .build bin

@@ -1,0 +1,82 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load(env(map[string]string{"DATABASE_URL": "postgres://x", "PARLEY_JWT_KEYS": "/k.json"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != ":8080" || c.MaxRequestBytes != 16<<20 || c.AccessTokenTTL != 30*time.Minute ||
+		c.RefreshTokenTTL != 720*time.Hour || c.RateLimitUserPerMinute != 60 || c.RateLimitIPPerMinute != 100 ||
+		c.RateLimitAgentPerMinute != 6000 {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+	if c.LiveKitPublicURL != c.LiveKitURL {
+		t.Fatalf("public LiveKit URL should default to LIVEKIT_URL, got %q", c.LiveKitPublicURL)
+	}
+}
+
+func TestLoadErrorsNameTheVariable(t *testing.T) {
+	base := map[string]string{"DATABASE_URL": "postgres://x", "PARLEY_JWT_KEYS": "/k.json"}
+	tests := []struct {
+		name, key, value string
+	}{
+		{"missing database", "DATABASE_URL", ""},
+		{"bad duration", "PARLEY_ACCESS_TOKEN_TTL", "soon"},
+		{"bad number", "PARLEY_RATE_LIMIT_USER_PER_MINUTE", "many"},
+		{"zero limit", "PARLEY_RATE_LIMIT_IP_PER_MINUTE", "0"},
+		{"bad cidr", "PARLEY_TRUSTED_PROXIES", "10.0.0.0/99"},
+		{"url ttl over 15m", "PARLEY_FILE_URL_TTL", "16m"},
+		{"bad log level", "PARLEY_LOG_LEVEL", "loud"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := map[string]string{}
+			for k, v := range base {
+				m[k] = v
+			}
+			m[tt.key] = tt.value
+			_, err := Load(env(m))
+			var ce *Error
+			if !errors.As(err, &ce) || ce.Var != tt.key {
+				t.Fatalf("want an error naming %s, got %v", tt.key, err)
+			}
+			if !strings.HasPrefix(err.Error(), "config: "+tt.key+": ") {
+				t.Fatalf("message %q should start with the variable", err)
+			}
+		})
+	}
+}
+
+func TestTrustedProxiesAcceptsAddressesAndPrefixes(t *testing.T) {
+	c, err := Load(env(map[string]string{"DATABASE_URL": "x", "PARLEY_JWT_KEYS": "k",
+		"PARLEY_TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.7"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.TrustedProxies) != 2 || c.TrustedProxies[1].Bits() != 32 {
+		t.Fatalf("got %v", c.TrustedProxies)
+	}
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	var b strings.Builder
+	if err := WriteHelp(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range Vars() {
+		if !strings.Contains(b.String(), v.Name) {
+			t.Errorf("help lacks %s", v.Name)
+		}
+	}
+}

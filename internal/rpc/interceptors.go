@@ -1,0 +1,243 @@
+package rpc
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"buf.build/go/protovalidate"
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+)
+
+// Authenticator turns a bearer token into the caller. account.Service
+// implements it: signature, claims and revocation are checked there.
+type Authenticator interface {
+	Authenticate(ctx context.Context, bearer string) (auth.Principal, error)
+}
+
+// publicProcedures need no access token.
+var publicProcedures = map[string]bool{
+	parleyv1connect.AuthServiceRegisterProcedure:         true,
+	parleyv1connect.AuthServiceLoginProcedure:            true,
+	parleyv1connect.AuthServiceRefreshProcedure:          true,
+	parleyv1connect.AuthServiceExchangeAgentKeyProcedure: true,
+}
+
+// authenticator puts the verified principal into the context of every
+// non-public procedure.
+type authenticator struct {
+	auth Authenticator
+	log  *slog.Logger
+}
+
+func (a *authenticator) authenticate(ctx context.Context, procedure, header string) (context.Context, error) {
+	if publicProcedures[procedure] {
+		return ctx, nil
+	}
+	token, ok := strings.CutPrefix(header, "Bearer ")
+	if !ok || token == "" {
+		return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("missing bearer token"))
+	}
+	p, err := a.auth.Authenticate(ctx, strings.TrimSpace(token))
+	if err != nil {
+		if errors.Is(err, auth.ErrUnauthenticated) {
+			return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("invalid or expired token"))
+		}
+		return ctx, toConnectError(ctx, a.log, err)
+	}
+	return auth.WithPrincipal(ctx, p), nil
+}
+
+func (a *authenticator) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		ctx, err := a.authenticate(ctx, req.Spec().Procedure, req.Header().Get("Authorization"))
+		if err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (a *authenticator) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (a *authenticator) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		ctx, err := a.authenticate(ctx, conn.Spec().Procedure, conn.RequestHeader().Get("Authorization"))
+		if err != nil {
+			return err
+		}
+		return next(ctx, conn)
+	}
+}
+
+// validator enforces the protovalidate rules written in the proto schema,
+// so handlers only ever see well-formed requests.
+type validator struct {
+	v protovalidate.Validator
+}
+
+func newValidator() (*validator, error) {
+	v, err := protovalidate.New()
+	if err != nil {
+		return nil, err
+	}
+	return &validator{v: v}, nil
+}
+
+func (v *validator) validate(msg any) error {
+	m, ok := msg.(proto.Message)
+	if !ok {
+		return nil
+	}
+	err := v.v.Validate(m)
+	if err == nil {
+		return nil
+	}
+	var verr *protovalidate.ValidationError
+	if !errors.As(err, &verr) {
+		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	}
+	cerr := connect.NewError(connect.CodeInvalidArgument, err)
+	if detail, derr := connect.NewErrorDetail(verr.ToProto()); derr == nil {
+		cerr.AddDetail(detail)
+	}
+	return cerr
+}
+
+func (v *validator) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if err := v.validate(req.Any()); err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (v *validator) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (v *validator) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		return next(ctx, &validatingConn{StreamingHandlerConn: conn, v: v})
+	}
+}
+
+type validatingConn struct {
+	connect.StreamingHandlerConn
+	v *validator
+}
+
+func (c *validatingConn) Receive(msg any) error {
+	if err := c.StreamingHandlerConn.Receive(msg); err != nil {
+		return err
+	}
+	return c.v.validate(msg)
+}
+
+// observer logs one structured line per call and records its metrics.
+type observer struct {
+	log      *slog.Logger
+	calls    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newObserver(log *slog.Logger, reg prometheus.Registerer) *observer {
+	o := &observer{
+		log: log,
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_rpc_requests_total",
+			Help: "RPCs handled, by procedure and Connect code.",
+		}, []string{"procedure", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "parley_rpc_duration_seconds",
+			Help:    "RPC handling time, by procedure.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"procedure"}),
+	}
+	reg.MustRegister(o.calls, o.duration)
+	return o
+}
+
+func (o *observer) done(ctx context.Context, procedure, requestID, peer string, start time.Time, err error) {
+	elapsed := time.Since(start)
+	code := "ok"
+	level := slog.LevelInfo
+	if err != nil {
+		c := connect.CodeOf(err)
+		code = c.String()
+		if c == connect.CodeInternal || c == connect.CodeUnknown {
+			level = slog.LevelError
+		}
+	}
+	o.calls.WithLabelValues(procedure, code).Inc()
+	o.duration.WithLabelValues(procedure).Observe(elapsed.Seconds())
+	if !o.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("procedure", procedure),
+		slog.String("code", code),
+		slog.Duration("duration", elapsed),
+		slog.String("request_id", requestID),
+		slog.String("peer", peer),
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	o.log.LogAttrs(ctx, level, "rpc", attrs...)
+}
+
+// requestID keeps a caller's X-Request-Id when it is sane, so a request can be
+// followed across a proxy, and makes one up otherwise.
+func requestID(given string) string {
+	if n := len(given); n > 0 && n <= 128 && !strings.ContainsAny(given, "\r\n") {
+		return given
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (o *observer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		start := time.Now()
+		id := requestID(req.Header().Get("X-Request-Id"))
+		resp, err := next(ctx, req)
+		if resp != nil {
+			resp.Header().Set("X-Request-Id", id)
+		}
+		var cerr *connect.Error
+		if errors.As(err, &cerr) {
+			cerr.Meta().Set("X-Request-Id", id)
+		}
+		o.done(ctx, req.Spec().Procedure, id, req.Peer().Addr, start, err)
+		return resp, err
+	}
+}
+
+func (o *observer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (o *observer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		start := time.Now()
+		id := requestID(conn.RequestHeader().Get("X-Request-Id"))
+		conn.ResponseHeader().Set("X-Request-Id", id)
+		err := next(ctx, conn)
+		o.done(ctx, conn.Spec().Procedure, id, conn.Peer().Addr, start, err)
+		return err
+	}
+}

@@ -1,0 +1,156 @@
+// Package rpc serves Parley's API: thin Connect handlers over the domain
+// services, the interceptors every call passes through, and the HTTP
+// endpoints around them (probes, metrics, CORS). It maps domain errors to
+// Connect codes in one place (errors.go) and knows nothing of SQL, Valkey or
+// SDKs.
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"runtime/debug"
+	"time"
+
+	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/cors"
+
+	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+)
+
+// serviceNames are the fully-qualified names of Parley's services, for
+// reflection and the gRPC health service.
+var serviceNames = []string{
+	parleyv1connect.AuthServiceName,
+	parleyv1connect.UserServiceName,
+	parleyv1connect.RoomServiceName,
+	parleyv1connect.ConversationServiceName,
+	parleyv1connect.FileServiceName,
+}
+
+// Services are the handlers of the five services. A nil one answers
+// unimplemented.
+type Services struct {
+	Auth         parleyv1connect.AuthServiceHandler
+	User         parleyv1connect.UserServiceHandler
+	Room         parleyv1connect.RoomServiceHandler
+	Conversation parleyv1connect.ConversationServiceHandler
+	File         parleyv1connect.FileServiceHandler
+}
+
+// Options configure NewHandler.
+type Options struct {
+	Logger        *slog.Logger
+	Registry      *prometheus.Registry
+	Authenticator Authenticator
+	// Limiter may be nil, which disables rate limiting.
+	Limiter         Limiter
+	Limits          Limits
+	TrustedProxies  []netip.Prefix
+	CORSOrigins     []string
+	MaxRequestBytes int64
+	Probe           *Probe
+	// Routes are extra plain-HTTP endpoints (JWKS, webhooks, signed blob
+	// URLs), mounted on the same port behind the per-IP limit.
+	Routes map[string]http.Handler
+}
+
+// NewHandler returns the HTTP handler serving every protocol and endpoint of
+// Parley on one port.
+func NewHandler(svc Services, opts Options) (http.Handler, error) {
+	v, err := newValidator()
+	if err != nil {
+		return nil, fmt.Errorf("build validator: %w", err)
+	}
+	log := opts.Logger
+	handlerOpts := []connect.HandlerOption{
+		// Outermost first: observe everything, then authenticate, then limit
+		// by caller, then validate the now-authorised request.
+		connect.WithInterceptors(
+			newObserver(log, opts.Registry),
+			&authenticator{auth: opts.Authenticator, log: log},
+			&principalLimiter{lim: opts.Limiter, limits: opts.Limits, log: log},
+			v,
+		),
+		connect.WithReadMaxBytes(int(opts.MaxRequestBytes)),
+		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
+			log.ErrorContext(ctx, "panic in handler", slog.String("procedure", spec.Procedure), slog.Any("panic", p),
+				slog.String("stack", string(debug.Stack())))
+			return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+		}),
+	}
+
+	mux := http.NewServeMux()
+	mount := func(path string, h http.Handler) { mux.Handle(path, h) }
+	mount(parleyv1connect.NewAuthServiceHandler(orUnimplemented[parleyv1connect.AuthServiceHandler](svc.Auth, parleyv1connect.UnimplementedAuthServiceHandler{}), handlerOpts...))
+	mount(parleyv1connect.NewUserServiceHandler(orUnimplemented[parleyv1connect.UserServiceHandler](svc.User, parleyv1connect.UnimplementedUserServiceHandler{}), handlerOpts...))
+	mount(parleyv1connect.NewRoomServiceHandler(orUnimplemented[parleyv1connect.RoomServiceHandler](svc.Room, parleyv1connect.UnimplementedRoomServiceHandler{}), handlerOpts...))
+	mount(parleyv1connect.NewConversationServiceHandler(orUnimplemented[parleyv1connect.ConversationServiceHandler](svc.Conversation, parleyv1connect.UnimplementedConversationServiceHandler{}), handlerOpts...))
+	mount(parleyv1connect.NewFileServiceHandler(orUnimplemented[parleyv1connect.FileServiceHandler](svc.File, parleyv1connect.UnimplementedFileServiceHandler{}), handlerOpts...))
+
+	mount(grpchealth.NewHandler(opts.Probe.health))
+	reflector := grpcreflect.NewStaticReflector(append([]string{grpchealth.HealthV1ServiceName}, serviceNames...)...)
+	mount(grpcreflect.NewHandlerV1(reflector))
+	mount(grpcreflect.NewHandlerV1Alpha(reflector))
+
+	mux.HandleFunc("GET /healthz", opts.Probe.healthz)
+	mux.HandleFunc("GET /readyz", opts.Probe.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry}))
+	for path, h := range opts.Routes {
+		mux.Handle(path, h)
+	}
+
+	var h http.Handler = mux
+	h = limitIP(h, opts.Limiter, opts.Limits.IPPerMinute, opts.TrustedProxies, log)
+	h = withCORS(h, opts.CORSOrigins)
+	return h, nil
+}
+
+func orUnimplemented[T any](h T, fallback T) T {
+	if any(h) == nil {
+		return fallback
+	}
+	return h
+}
+
+// withCORS lets the configured browser origins call every protocol, with the
+// methods and headers Connect, gRPC-Web and our rate-limit headers use.
+func withCORS(h http.Handler, origins []string) http.Handler {
+	if len(origins) == 0 {
+		return h
+	}
+	return cors.New(cors.Options{
+		AllowedOrigins: origins,
+		AllowedMethods: connectcors.AllowedMethods(),
+		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization", "X-Request-Id"),
+		ExposedHeaders: append(connectcors.ExposedHeaders(), "RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id"),
+		MaxAge:         int((2 * time.Hour).Seconds()),
+	}).Handler(h)
+}
+
+// NewServer returns an http.Server for h that speaks HTTP/1.1 and
+// unencrypted HTTP/2 (h2c) on one port, so gRPC works without TLS behind a
+// terminating proxy. There is no write timeout: WatchMessages streams live
+// for as long as the client stays.
+func NewServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		Protocols:         &protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
