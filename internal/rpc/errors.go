@@ -7,6 +7,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
 )
 
@@ -23,6 +24,11 @@ var errorCodes = []struct {
 	{context.Canceled, connect.CodeCanceled},
 	{context.DeadlineExceeded, connect.CodeDeadlineExceeded},
 	// account
+	{account.ErrEmailTaken, connect.CodeAlreadyExists},
+	{account.ErrUserNotFound, connect.CodeNotFound},
+	{account.ErrInvalidDisplayName, connect.CodeInvalidArgument},
+	{account.ErrInvalidAgentKeyName, connect.CodeInvalidArgument},
+	{account.ErrAgentKeyNotFound, connect.CodeNotFound},
 
 	// conversation
 

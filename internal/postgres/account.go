@@ -1,0 +1,347 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/uptrace/bun"
+
+	"github.com/parley-dev/parley/internal/account"
+	"github.com/parley-dev/parley/internal/auth"
+)
+
+// AccountStore keeps users, refresh tokens, agent keys and access-token
+// revocations. It implements account.Store, and revocation.Source for the
+// Valkey cache's fallback.
+type AccountStore struct {
+	db *bun.DB
+}
+
+var _ account.Store = (*AccountStore)(nil)
+
+// NewAccountStore returns an AccountStore over db.
+func NewAccountStore(db *bun.DB) *AccountStore {
+	return &AccountStore{db: db}
+}
+
+type userRow struct {
+	bun.BaseModel `bun:"table:users"`
+
+	ID           uuid.UUID `bun:"id,pk,type:uuid"`
+	Email        string    `bun:"email"`
+	DisplayName  string    `bun:"display_name"`
+	PasswordHash string    `bun:"password_hash"`
+	CreatedAt    time.Time `bun:"created_at,nullzero,notnull,default:now()"`
+	UpdatedAt    time.Time `bun:"updated_at,nullzero,notnull,default:now()"`
+}
+
+func (r userRow) user() account.User {
+	return account.User{ID: r.ID, Email: r.Email, DisplayName: r.DisplayName, CreatedAt: r.CreatedAt}
+}
+
+type refreshFamilyRow struct {
+	bun.BaseModel `bun:"table:refresh_families"`
+
+	ID        uuid.UUID `bun:"id,pk,type:uuid"`
+	UserID    uuid.UUID `bun:"user_id,type:uuid"`
+	CreatedAt time.Time `bun:"created_at,nullzero,notnull,default:now()"`
+	RevokedAt time.Time `bun:"revoked_at,nullzero"`
+}
+
+type refreshTokenRow struct {
+	bun.BaseModel `bun:"table:refresh_tokens"`
+
+	ID        uuid.UUID `bun:"id,pk,type:uuid"`
+	TokenHash []byte    `bun:"token_hash"`
+	FamilyID  uuid.UUID `bun:"family_id,type:uuid"`
+	ParentID  uuid.UUID `bun:"parent_id,type:uuid,nullzero"`
+	CreatedAt time.Time `bun:"created_at,nullzero,notnull,default:now()"`
+	ExpiresAt time.Time `bun:"expires_at"`
+	SpentAt   time.Time `bun:"spent_at,nullzero"`
+}
+
+type agentKeyRow struct {
+	bun.BaseModel `bun:"table:agent_keys"`
+
+	ID        uuid.UUID `bun:"id,pk,type:uuid"`
+	Name      string    `bun:"name"`
+	KeyHash   []byte    `bun:"key_hash"`
+	CreatedAt time.Time `bun:"created_at,nullzero,notnull,default:now()"`
+	RevokedAt time.Time `bun:"revoked_at,nullzero"`
+}
+
+func (r agentKeyRow) agentKey() account.AgentKey {
+	return account.AgentKey{ID: r.ID, Name: r.Name, CreatedAt: r.CreatedAt, RevokedAt: r.RevokedAt}
+}
+
+type revokedTokenRow struct {
+	bun.BaseModel `bun:"table:revoked_tokens"`
+
+	JTI       string    `bun:"jti,pk"`
+	ExpiresAt time.Time `bun:"expires_at"`
+}
+
+// CreateUser implements account.Store.
+func (s *AccountStore) CreateUser(ctx context.Context, u account.User, passwordHash string) (account.User, error) {
+	row := userRow{ID: u.ID, Email: u.Email, DisplayName: u.DisplayName, PasswordHash: passwordHash}
+	_, err := s.db.NewInsert().Model(&row).Returning("created_at, updated_at").Exec(ctx)
+	if code, constraint := accountPgError(err); code == "23505" && constraint == "users_email_key" {
+		return account.User{}, account.ErrEmailTaken
+	}
+	if err != nil {
+		return account.User{}, fmt.Errorf("insert user: %w", err)
+	}
+	return row.user(), nil
+}
+
+// UserByEmail implements account.Store.
+func (s *AccountStore) UserByEmail(ctx context.Context, email string) (account.User, string, error) {
+	var row userRow
+	err := s.db.NewSelect().Model(&row).Where("email = ?", email).Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return account.User{}, "", account.ErrUserNotFound
+	}
+	if err != nil {
+		return account.User{}, "", fmt.Errorf("select user by email: %w", err)
+	}
+	return row.user(), row.PasswordHash, nil
+}
+
+// User implements account.Store.
+func (s *AccountStore) User(ctx context.Context, id uuid.UUID) (account.User, error) {
+	var row userRow
+	err := s.db.NewSelect().Model(&row).Where("id = ?", id).Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return account.User{}, account.ErrUserNotFound
+	}
+	if err != nil {
+		return account.User{}, fmt.Errorf("select user: %w", err)
+	}
+	return row.user(), nil
+}
+
+// UpdateDisplayName implements account.Store.
+func (s *AccountStore) UpdateDisplayName(ctx context.Context, id uuid.UUID, displayName string, now time.Time) (account.User, error) {
+	var row userRow
+	err := s.db.NewUpdate().Model(&row).
+		Set("display_name = ?", displayName).
+		Set("updated_at = ?", now).
+		Where("id = ?", id).
+		Returning("*").
+		Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return account.User{}, account.ErrUserNotFound
+	}
+	if err != nil {
+		return account.User{}, fmt.Errorf("update user: %w", err)
+	}
+	return row.user(), nil
+}
+
+// CreateRefreshToken implements account.Store.
+func (s *AccountStore) CreateRefreshToken(ctx context.Context, t account.RefreshToken) error {
+	return s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		family := refreshFamilyRow{ID: t.FamilyID, UserID: t.UserID}
+		if _, err := tx.NewInsert().Model(&family).Exec(ctx); err != nil {
+			if code, _ := accountPgError(err); code == "23503" {
+				return account.ErrUserNotFound
+			}
+			return fmt.Errorf("insert refresh family: %w", err)
+		}
+		row := refreshTokenRow{ID: t.ID, TokenHash: t.Hash, FamilyID: t.FamilyID, ExpiresAt: t.ExpiresAt}
+		if _, err := tx.NewInsert().Model(&row).Exec(ctx); err != nil {
+			return fmt.Errorf("insert refresh token: %w", err)
+		}
+		return nil
+	})
+}
+
+// RotateRefreshToken implements account.Store.
+func (s *AccountStore) RotateRefreshToken(ctx context.Context, hash []byte, next account.RefreshToken, now time.Time) (account.RefreshToken, error) {
+	var (
+		spent  account.RefreshToken
+		reused bool
+	)
+	err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var cur struct {
+			ID              uuid.UUID `bun:"id"`
+			FamilyID        uuid.UUID `bun:"family_id"`
+			UserID          uuid.UUID `bun:"user_id"`
+			ExpiresAt       time.Time `bun:"expires_at"`
+			SpentAt         time.Time `bun:"spent_at,nullzero"`
+			FamilyRevokedAt time.Time `bun:"family_revoked_at,nullzero"`
+		}
+		// Locking the token row serialises concurrent rotations of the same
+		// token: the second waits, then reads the spent_at the first wrote.
+		err := tx.NewRaw(`
+			SELECT t.id, t.family_id, f.user_id, t.expires_at, t.spent_at, f.revoked_at AS family_revoked_at
+			FROM refresh_tokens AS t
+			JOIN refresh_families AS f ON f.id = t.family_id
+			WHERE t.token_hash = ?
+			FOR UPDATE OF t`, hash).Scan(ctx, &cur)
+		if errors.Is(err, sql.ErrNoRows) {
+			return auth.ErrUnauthenticated
+		}
+		if err != nil {
+			return fmt.Errorf("select refresh token: %w", err)
+		}
+		spent = account.RefreshToken{ID: cur.ID, Hash: hash, UserID: cur.UserID, FamilyID: cur.FamilyID, ExpiresAt: cur.ExpiresAt}
+		if !cur.ExpiresAt.After(now) {
+			return auth.ErrUnauthenticated
+		}
+		if !cur.SpentAt.IsZero() || !cur.FamilyRevokedAt.IsZero() {
+			// Committed although the call fails: that is the point.
+			reused = true
+			_, err := tx.NewUpdate().Model((*refreshFamilyRow)(nil)).
+				Set("revoked_at = coalesce(revoked_at, ?)", now).
+				Where("id = ?", cur.FamilyID).
+				Exec(ctx)
+			if err != nil {
+				return fmt.Errorf("revoke refresh family: %w", err)
+			}
+			return nil
+		}
+		_, err = tx.NewUpdate().Model((*refreshTokenRow)(nil)).
+			Set("spent_at = ?", now).
+			Where("id = ?", cur.ID).
+			Exec(ctx)
+		if err != nil {
+			return fmt.Errorf("spend refresh token: %w", err)
+		}
+		child := refreshTokenRow{
+			ID:        next.ID,
+			TokenHash: next.Hash,
+			FamilyID:  cur.FamilyID,
+			ParentID:  cur.ID,
+			ExpiresAt: next.ExpiresAt,
+		}
+		if _, err := tx.NewInsert().Model(&child).Exec(ctx); err != nil {
+			return fmt.Errorf("insert refresh token: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return account.RefreshToken{}, err
+	}
+	if reused {
+		return spent, account.ErrRefreshTokenReused
+	}
+	return spent, nil
+}
+
+// RevokeRefreshFamily implements account.Store.
+func (s *AccountStore) RevokeRefreshFamily(ctx context.Context, hash []byte, userID uuid.UUID, now time.Time) (bool, error) {
+	res, err := s.db.NewRaw(`
+		UPDATE refresh_families AS f
+		SET revoked_at = coalesce(f.revoked_at, ?)
+		FROM refresh_tokens AS t
+		WHERE t.token_hash = ? AND t.family_id = f.id AND f.user_id = ?`,
+		now, hash, userID).Exec(ctx)
+	if err != nil {
+		return false, fmt.Errorf("revoke refresh family: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("revoke refresh family: %w", err)
+	}
+	return n > 0, nil
+}
+
+// CreateAgentKey implements account.Store.
+func (s *AccountStore) CreateAgentKey(ctx context.Context, k account.AgentKey, hash []byte) (account.AgentKey, error) {
+	row := agentKeyRow{ID: k.ID, Name: k.Name, KeyHash: hash}
+	if _, err := s.db.NewInsert().Model(&row).Returning("created_at").Exec(ctx); err != nil {
+		return account.AgentKey{}, fmt.Errorf("insert agent key: %w", err)
+	}
+	return row.agentKey(), nil
+}
+
+// AgentKeyByHash implements account.Store.
+func (s *AccountStore) AgentKeyByHash(ctx context.Context, hash []byte) (account.AgentKey, error) {
+	var row agentKeyRow
+	err := s.db.NewSelect().Model(&row).Where("key_hash = ?", hash).Scan(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return account.AgentKey{}, auth.ErrUnauthenticated
+	}
+	if err != nil {
+		return account.AgentKey{}, fmt.Errorf("select agent key: %w", err)
+	}
+	return row.agentKey(), nil
+}
+
+// RevokeAgentKey implements account.Store.
+func (s *AccountStore) RevokeAgentKey(ctx context.Context, id uuid.UUID, now time.Time) error {
+	res, err := s.db.NewUpdate().Model((*agentKeyRow)(nil)).
+		Set("revoked_at = coalesce(revoked_at, ?)", now).
+		Where("id = ?", id).
+		Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("revoke agent key: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("revoke agent key: %w", err)
+	} else if n == 0 {
+		return account.ErrAgentKeyNotFound
+	}
+	return nil
+}
+
+// RevokeAccessToken implements account.Store.
+func (s *AccountStore) RevokeAccessToken(ctx context.Context, t account.RevokedToken) error {
+	row := revokedTokenRow{JTI: t.ID, ExpiresAt: t.ExpiresAt}
+	if _, err := s.db.NewInsert().Model(&row).On("CONFLICT (jti) DO NOTHING").Exec(ctx); err != nil {
+		return fmt.Errorf("insert revoked token: %w", err)
+	}
+	return nil
+}
+
+// IsAccessTokenRevoked implements account.Store and revocation.Source.
+func (s *AccountStore) IsAccessTokenRevoked(ctx context.Context, jti string) (bool, error) {
+	ok, err := s.db.NewSelect().Model((*revokedTokenRow)(nil)).Where("jti = ?", jti).Exists(ctx)
+	if err != nil {
+		return false, fmt.Errorf("select revoked token: %w", err)
+	}
+	return ok, nil
+}
+
+// RevokedAccessTokens implements account.Store and revocation.Source.
+func (s *AccountStore) RevokedAccessTokens(ctx context.Context, now time.Time) ([]account.RevokedToken, error) {
+	var rows []revokedTokenRow
+	if err := s.db.NewSelect().Model(&rows).Where("expires_at > ?", now).Scan(ctx); err != nil {
+		return nil, fmt.Errorf("select revoked tokens: %w", err)
+	}
+	out := make([]account.RevokedToken, len(rows))
+	for i, r := range rows {
+		out[i] = account.RevokedToken{ID: r.JTI, ExpiresAt: r.ExpiresAt}
+	}
+	return out, nil
+}
+
+// PruneRevokedAccessTokens implements account.Store.
+func (s *AccountStore) PruneRevokedAccessTokens(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.NewDelete().Model((*revokedTokenRow)(nil)).Where("expires_at < ?", before).Exec(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("delete revoked tokens: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("delete revoked tokens: %w", err)
+	}
+	return n, nil
+}
+
+// accountPgError returns the SQLSTATE and constraint of a PostgreSQL error,
+// or empty strings for any other error.
+// TODO: use the package's shared SQLSTATE helpers once internal/postgres has them.
+func accountPgError(err error) (code, constraint string) {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code, pgErr.ConstraintName
+	}
+	return "", ""
+}

@@ -1,0 +1,275 @@
+// Package revocation keeps revoked access tokens in Valkey so that every
+// replica refuses them with one round trip per request. PostgreSQL holds
+// the record of truth (the Source); Valkey holds a copy, and a marker key
+// that says the copy is complete. Whenever the cache cannot vouch for its
+// answer (the marker is gone after a flush or an empty restart, or Valkey
+// does not answer in time) the check asks the Source, so a revoked token is
+// never accepted because Valkey lost or missed its key.
+package revocation
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/parley-dev/parley/internal/account"
+)
+
+// Source is the durable record of revocations the cache falls back to and
+// is warmed from. postgres.AccountStore implements it.
+type Source interface {
+	// IsAccessTokenRevoked reports whether the token with the jti is revoked.
+	IsAccessTokenRevoked(ctx context.Context, jti string) (bool, error)
+	// RevokedAccessTokens returns every revocation not yet expired at now.
+	RevokedAccessTokens(ctx context.Context, now time.Time) ([]account.RevokedToken, error)
+}
+
+// Defaults for Options.
+const (
+	DefaultKeyPrefix    = "parley:revoked:"
+	DefaultCheckTimeout = 200 * time.Millisecond
+	DefaultMarkerTTL    = 10 * time.Minute
+)
+
+const (
+	// warmTimeout bounds a background warm-up; warmingTTL outlives it so a
+	// replica that dies mid-warm does not leave its claim behind for long.
+	warmTimeout = 30 * time.Second
+	warmingTTL  = time.Minute
+	// minWarmInterval keeps a replica from reloading back to back while
+	// PostgreSQL or Valkey is struggling.
+	minWarmInterval = time.Second
+	warmBatch       = 500
+	// errorLogInterval rate-limits the log of failed checks, which would
+	// otherwise be one line per request while Valkey is down.
+	errorLogInterval = 10 * time.Second
+)
+
+// Options tune a Cache. Zero values take the defaults.
+type Options struct {
+	// KeyPrefix namespaces the keys (DefaultKeyPrefix): a revoked token is
+	// <prefix><jti>, the marker <prefix>loaded.
+	KeyPrefix string
+	// CheckTimeout bounds the Valkey round trip of IsRevoked before it falls
+	// back to the Source (DefaultCheckTimeout).
+	CheckTimeout time.Duration
+	// MarkerTTL is how long a warm-up vouches for the cache
+	// (DefaultMarkerTTL). When it lapses the next check warms again, which
+	// also repairs a revocation whose cache write was lost.
+	MarkerTTL time.Duration
+	// Logger receives failures that do not fail the call. Nil discards them.
+	Logger *slog.Logger
+	// Now is the clock (time.Now).
+	Now func() time.Time
+}
+
+// Cache implements account.RevocationCache over Valkey with a Source to fall
+// back to. It is safe for concurrent use.
+type Cache struct {
+	client       valkey.Client
+	source       Source
+	log          *slog.Logger
+	now          func() time.Time
+	prefix       string
+	marker       string
+	warming      string
+	checkTimeout time.Duration
+	markerTTL    time.Duration
+
+	warmingNow   atomic.Bool
+	lastWarm     atomic.Int64 // unix nanoseconds of the last warm-up started
+	lastErrorLog atomic.Int64 // unix nanoseconds
+	wg           sync.WaitGroup
+}
+
+var _ account.RevocationCache = (*Cache)(nil)
+
+// New returns a Cache over the shared Valkey client.
+func New(client valkey.Client, source Source, opts Options) *Cache {
+	c := &Cache{
+		client:       client,
+		source:       source,
+		log:          opts.Logger,
+		now:          opts.Now,
+		prefix:       cmp.Or(opts.KeyPrefix, DefaultKeyPrefix),
+		checkTimeout: cmp.Or(opts.CheckTimeout, DefaultCheckTimeout),
+		markerTTL:    cmp.Or(opts.MarkerTTL, DefaultMarkerTTL),
+	}
+	c.marker = c.prefix + "loaded"
+	c.warming = c.prefix + "warming"
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	return c
+}
+
+func (c *Cache) key(jti string) string { return c.prefix + jti }
+
+// Revoke copies a revocation, already recorded in the Source, into Valkey
+// until exp. When that fails it tries to delete the marker (and any warm-up's
+// claim), so that every
+// replica asks the Source until a warm-up has copied the revocation; and
+// if even that fails, the marker's TTL bounds how long the copy stays
+// incomplete.
+func (c *Cache) Revoke(ctx context.Context, jti string, exp time.Time) error {
+	if !exp.After(c.now()) {
+		return nil
+	}
+	err := c.client.Do(ctx, c.client.B().Set().Key(c.key(jti)).Value("1").
+		PxatMillisecondsTimestamp(exp.UnixMilli()).Build()).Error()
+	if err == nil {
+		return nil
+	}
+	// The claim goes too, so that a warm-up that read the Source before this
+	// revocation was recorded cannot set the marker afterwards.
+	if derr := c.client.Do(ctx, c.client.B().Del().Key(c.marker, c.warming).Build()).Error(); derr != nil {
+		return fmt.Errorf("cache revocation: %w (and delete marker: %v)", err, derr)
+	}
+	return fmt.Errorf("cache revocation (marker deleted): %w", err)
+}
+
+// IsRevoked reports whether the token with the jti is revoked, in one Valkey
+// round trip when the cache is complete. Otherwise it asks the Source and,
+// if Valkey answered without its marker, starts a warm-up in the background.
+func (c *Cache) IsRevoked(ctx context.Context, jti string) (bool, error) {
+	vctx, cancel := context.WithTimeout(ctx, c.checkTimeout)
+	vals, err := c.client.Do(vctx, c.client.B().Mget().Key(c.key(jti), c.marker).Build()).ToArray()
+	cancel()
+	switch {
+	case err == nil && len(vals) == 2:
+		if !vals[0].IsNil() {
+			return true, nil
+		}
+		if !vals[1].IsNil() {
+			return false, nil
+		}
+		c.startWarm(ctx)
+	case err == nil:
+		err = fmt.Errorf("MGET answered %d values", len(vals))
+		fallthrough
+	default:
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		c.logError(ctx, "revocation cache unavailable; asking the database", err)
+	}
+	revoked, err := c.source.IsAccessTokenRevoked(ctx, jti)
+	if err != nil {
+		return false, fmt.Errorf("check revocation: %w", err)
+	}
+	return revoked, nil
+}
+
+func (c *Cache) logError(ctx context.Context, msg string, err error) {
+	now := c.now().UnixNano()
+	last := c.lastErrorLog.Load()
+	if now-last < int64(errorLogInterval) || !c.lastErrorLog.CompareAndSwap(last, now) {
+		return
+	}
+	c.log.WarnContext(ctx, msg, slog.String("error", err.Error()))
+}
+
+// startWarm runs Warm in the background unless this process is already
+// warming or did so less than minWarmInterval ago.
+func (c *Cache) startWarm(ctx context.Context) {
+	now := c.now().UnixNano()
+	if now-c.lastWarm.Load() < int64(minWarmInterval) || !c.warmingNow.CompareAndSwap(false, true) {
+		return
+	}
+	c.lastWarm.Store(now)
+	c.wg.Add(1)
+	// The warm-up serves every later request, not this one: it must not
+	// end with the request that noticed the missing marker.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), warmTimeout)
+	go func() {
+		defer c.wg.Done()
+		defer cancel()
+		defer c.warmingNow.Store(false)
+		if err := c.Warm(ctx); err != nil {
+			c.log.WarnContext(ctx, "warm revocation cache", slog.String("error", err.Error()))
+		}
+	}()
+}
+
+// claimMarker sets the marker only if this warm-up's claim still stands: a
+// flush or restart during the warm-up removes the claim (and perhaps keys
+// already copied), and a later warm-up by another replica replaces it.
+var claimMarker = valkey.NewLuaScript(`
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+	redis.call("SET", KEYS[2], "1", "PX", ARGV[2])
+	redis.call("DEL", KEYS[1])
+	return 1
+end
+return 0`)
+
+// Warm copies every unexpired revocation from the Source into Valkey and
+// then sets the marker that lets checks trust the cache. Replicas may warm
+// at once; the marker is set only by a warm-up whose copy is complete.
+func (c *Cache) Warm(ctx context.Context) error {
+	var idb [16]byte
+	if _, err := rand.Read(idb[:]); err != nil {
+		return fmt.Errorf("warm: claim id: %w", err)
+	}
+	id := hex.EncodeToString(idb[:])
+	// The claim goes in before reading the Source, so any revocation
+	// committed after the read was also written to Valkey after the claim,
+	// and is lost only by something that also removes the claim.
+	if err := c.client.Do(ctx, c.client.B().Set().Key(c.warming).Value(id).Px(warmingTTL).Build()).Error(); err != nil {
+		return fmt.Errorf("warm: set claim: %w", err)
+	}
+	now := c.now()
+	toks, err := c.source.RevokedAccessTokens(ctx, now)
+	if err != nil {
+		return fmt.Errorf("warm: %w", err)
+	}
+	cmds := make(valkey.Commands, 0, min(len(toks), warmBatch))
+	flush := func() error {
+		for _, r := range c.client.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				return fmt.Errorf("warm: copy revocation: %w", err)
+			}
+		}
+		cmds = cmds[:0]
+		return nil
+	}
+	for _, t := range toks {
+		if !t.ExpiresAt.After(now) {
+			continue
+		}
+		cmds = append(cmds, c.client.B().Set().Key(c.key(t.ID)).Value("1").
+			PxatMillisecondsTimestamp(t.ExpiresAt.UnixMilli()).Build())
+		if len(cmds) == warmBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if len(cmds) > 0 {
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	ttl := strconv.FormatInt(c.markerTTL.Milliseconds(), 10)
+	if err := claimMarker.Exec(ctx, c.client, []string{c.warming, c.marker}, []string{id, ttl}).Error(); err != nil {
+		return fmt.Errorf("warm: set marker: %w", err)
+	}
+	return nil
+}
+
+// Close waits for a background warm-up to finish. Call it once no more
+// checks are made, before closing the Valkey client and the Source.
+func (c *Cache) Close() {
+	c.wg.Wait()
+}
