@@ -1,0 +1,19 @@
+# syntax=docker/dockerfile:1
+# Parley: a static binary on a distroless base, running as a non-root user.
+# Probes belong to the orchestrator (/healthz, /readyz), so no HEALTHCHECK.
+
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/go/pkg/mod go mod download
+COPY . .
+RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w" -o /out/parley ./cmd/parley
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/parley /usr/local/bin/parley
+USER nonroot:nonroot
+EXPOSE 8080
+ENV PARLEY_HTTP_ADDR=:8080
+ENTRYPOINT ["/usr/local/bin/parley"]
+CMD ["serve"]

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/uptrace/bun"
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/account"
+	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/config"
+	"github.com/parley-dev/parley/internal/postgres"
+	"github.com/parley-dev/parley/internal/ratelimit"
+	"github.com/parley-dev/parley/internal/revocation"
+	"github.com/parley-dev/parley/internal/rpc"
+	"github.com/parley-dev/parley/internal/token"
+)
+
+func serveCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr, true)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, newLogger(stderr, cfg.LogLevel), nil)
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// serve runs Parley until ctx is cancelled (SIGTERM), then drains. onReady,
+// if set, is called with the listening address once the replica is ready.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, onReady func(addr string)) error {
+	start := time.Now()
+	a, err := newApp(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	srv := rpc.NewServer(cfg.HTTPAddr, a.handler, log)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	a.probe.SetReady()
+	log.Info("parley ready", slog.String("addr", ln.Addr().String()), slog.Duration("startup", time.Since(start)))
+	if onReady != nil {
+		onReady(ln.Addr().String())
+	}
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	// Drain: first tell the load balancer (readyz 503) while still serving,
+	// then stop accepting, end streams so clients reconnect elsewhere, and
+	// let in-flight calls finish within the drain timeout.
+	log.Info("draining", slog.Duration("shutdown_delay", cfg.ShutdownDelay), slog.Duration("drain_timeout", cfg.DrainTimeout))
+	a.probe.SetDraining()
+	time.Sleep(cfg.ShutdownDelay)
+	close(a.drain)
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.DrainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn("drain timed out; closing remaining connections", slog.String("error", err.Error()))
+		_ = srv.Close()
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// app is one replica's wiring: every component built once, in order, and
+// closed in reverse.
+type app struct {
+	db      *bun.DB
+	valkey  valkey.Client
+	probe   *rpc.Probe
+	handler http.Handler
+	drain   chan struct{}
+	closers []func()
+}
+
+func (a *app) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+}
+
+func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, err error) {
+	a := &app{drain: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	a.db, err = postgres.Open(ctx, cfg.DatabaseURL, postgres.Options{
+		MaxOpenConns:    cfg.DBMaxOpenConns,
+		MaxIdleConns:    cfg.DBMaxIdleConns,
+		ConnMaxLifetime: cfg.DBConnLifetime,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, func() { _ = a.db.Close() })
+	applied, err := postgres.Migrate(ctx, a.db, log)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	if len(applied) > 0 {
+		log.Info("migrations applied", slog.Any("names", applied))
+	}
+
+	a.valkey, err = openValkey(cfg.ValkeyURL, log)
+	if err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, a.valkey.Close)
+
+	keysJSON, err := readFile(cfg.JWTKeysPath)
+	if err != nil {
+		return nil, &config.Error{Var: "PARLEY_JWT_KEYS", Err: err}
+	}
+	keys, err := token.ParseKeySet(keysJSON)
+	if err != nil {
+		return nil, &config.Error{Var: "PARLEY_JWT_KEYS", Err: err}
+	}
+	tokens, err := token.NewManager(keys, token.Options{Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, Leeway: 30 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("token manager: %w", err)
+	}
+
+	accountStore := postgres.NewAccountStore(a.db)
+	revoked := revocation.New(a.valkey, accountStore, revocation.Options{Logger: log})
+	a.closers = append(a.closers, revoked.Close)
+	accounts := account.NewService(accountStore, tokenIssuer{tokens}, revoked, account.Options{
+		AccessTTL:  cfg.AccessTokenTTL,
+		RefreshTTL: cfg.RefreshTokenTTL,
+		AgentTTL:   cfg.AgentTokenTTL,
+		Logger:     log,
+	})
+	limiter := ratelimit.New(a.valkey, ratelimit.Options{Logger: log, Registerer: reg})
+
+	a.probe = rpc.NewProbe(
+		rpc.Dependency{Name: "postgres", Check: func(ctx context.Context) error { return a.db.PingContext(ctx) }},
+		rpc.Dependency{Name: "valkey", Check: func(ctx context.Context) error {
+			return a.valkey.Do(ctx, a.valkey.B().Ping().Build()).Error()
+		}},
+	)
+	a.handler, err = rpc.NewHandler(rpc.Services{
+		Auth: rpc.NewAuthServer(accounts, log),
+		User: rpc.NewUserServer(accounts, log),
+	}, rpc.Options{
+		Logger:        log,
+		Registry:      reg,
+		Authenticator: accounts,
+		Limiter:       limiterAdapter{limiter},
+		Limits: rpc.Limits{
+			UserPerMinute:  cfg.RateLimitUserPerMinute,
+			AgentPerMinute: cfg.RateLimitAgentPerMinute,
+			IPPerMinute:    cfg.RateLimitIPPerMinute,
+		},
+		TrustedProxies:  cfg.TrustedProxies,
+		CORSOrigins:     cfg.CORSOrigins,
+		MaxRequestBytes: cfg.MaxRequestBytes,
+		Probe:           a.probe,
+		Routes: map[string]http.Handler{
+			"GET /.well-known/jwks.json": tokens.JWKSHandler(),
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// openValkey builds the process's one Valkey client. Valkey is a cache, not a
+// source of truth: a replica starts (and keeps serving) while it is down, and
+// the client reconnects on its own.
+func openValkey(url string, log *slog.Logger) (valkey.Client, error) {
+	opt, err := valkey.ParseURL(url)
+	if err != nil {
+		return nil, &config.Error{Var: "VALKEY_URL", Err: errors.New(strings.ReplaceAll(err.Error(), url, "<url>"))}
+	}
+	opt.ForceSingleClient = true
+	opt.DisableCache = true
+	opt.Dialer.Timeout = 2 * time.Second
+	client, err := valkey.NewClient(opt)
+	if client == nil {
+		return nil, fmt.Errorf("valkey client: %w", err)
+	}
+	if err != nil {
+		log.Warn("valkey unreachable at start-up; serving with fallbacks until it answers", slog.String("error", err.Error()))
+	}
+	return client, nil
+}
+
+// tokenIssuer adapts token.Manager to account.Tokens.
+type tokenIssuer struct{ m *token.Manager }
+
+func (t tokenIssuer) IssueAccess(sub uuid.UUID, kind auth.Kind, ttl time.Duration) (account.AccessToken, error) {
+	is, err := t.m.Issue(sub, kind, ttl)
+	if err != nil {
+		return account.AccessToken{}, err
+	}
+	return account.AccessToken{Token: is.Token, ID: is.ID, IssuedAt: is.IssuedAt, ExpiresAt: is.ExpiresAt}, nil
+}
+
+func (t tokenIssuer) Verify(tok string) (auth.Principal, error) { return t.m.Verify(tok) }
+
+// limiterAdapter adapts ratelimit.Limiter to rpc.Limiter.
+type limiterAdapter struct{ l *ratelimit.Limiter }
+
+func (a limiterAdapter) Allow(ctx context.Context, key string, perMinute int) (rpc.Decision, error) {
+	d, err := a.l.Allow(ctx, key, ratelimit.PerMinute(perMinute))
+	if err != nil {
+		return rpc.Decision{}, err
+	}
+	return rpc.Decision{Allowed: d.Allowed, Limit: d.Limit, Remaining: d.Remaining, RetryAfter: d.RetryAfter, ResetAfter: d.ResetAfter}, nil
+}

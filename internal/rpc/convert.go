@@ -1,0 +1,36 @@
+package rpc
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/parley-dev/parley/internal/account"
+	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+)
+
+// timestamp converts t, leaving the zero time unset rather than 1970.
+func timestamp(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func userToProto(u account.User) *parleyv1.User {
+	return &parleyv1.User{
+		Id:          u.ID.String(),
+		Email:       u.Email,
+		DisplayName: u.DisplayName,
+		CreatedAt:   timestamp(u.CreatedAt),
+	}
+}
+
+func tokenPairToProto(p account.TokenPair) *parleyv1.TokenPair {
+	return &parleyv1.TokenPair{
+		AccessToken:      p.AccessToken,
+		RefreshToken:     p.RefreshToken,
+		AccessExpiresAt:  timestamp(p.AccessExpiresAt),
+		RefreshExpiresAt: timestamp(p.RefreshExpiresAt),
+	}
+}
