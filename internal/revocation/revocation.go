@@ -29,7 +29,8 @@ import (
 type Source interface {
 	// IsAccessTokenRevoked reports whether the token with the jti is revoked.
 	IsAccessTokenRevoked(ctx context.Context, jti string) (bool, error)
-	// RevokedAccessTokens returns every revocation not yet expired at now.
+	// RevokedAccessTokens returns every revocation whose token expires after
+	// the time given.
 	RevokedAccessTokens(ctx context.Context, now time.Time) ([]account.RevokedToken, error)
 }
 
@@ -41,6 +42,10 @@ const (
 )
 
 const (
+	// expiryGrace keeps a revocation past its token's expiry: verifiers
+	// accept a token for a clock-skew leeway after exp (at most five minutes
+	// in internal/token), and it must stay refused for all of it.
+	expiryGrace = 5 * time.Minute
 	// warmTimeout bounds a background warm-up; warmingTTL outlives it so a
 	// replica that dies mid-warm does not leave its claim behind for long.
 	warmTimeout = 30 * time.Second
@@ -118,17 +123,18 @@ func New(client valkey.Client, source Source, opts Options) *Cache {
 func (c *Cache) key(jti string) string { return c.prefix + jti }
 
 // Revoke copies a revocation, already recorded in the Source, into Valkey
-// until exp. When that fails it tries to delete the marker (and any warm-up's
+// until a little after exp. When that fails it tries to delete the marker (and any warm-up's
 // claim), so that every
 // replica asks the Source until a warm-up has copied the revocation; and
 // if even that fails, the marker's TTL bounds how long the copy stays
 // incomplete.
 func (c *Cache) Revoke(ctx context.Context, jti string, exp time.Time) error {
-	if !exp.After(c.now()) {
+	until := exp.Add(expiryGrace)
+	if !until.After(c.now()) {
 		return nil
 	}
 	err := c.client.Do(ctx, c.client.B().Set().Key(c.key(jti)).Value("1").
-		PxatMillisecondsTimestamp(exp.UnixMilli()).Build()).Error()
+		PxatMillisecondsTimestamp(until.UnixMilli()).Build()).Error()
 	if err == nil {
 		return nil
 	}
@@ -230,7 +236,7 @@ func (c *Cache) Warm(ctx context.Context) error {
 		return fmt.Errorf("warm: set claim: %w", err)
 	}
 	now := c.now()
-	toks, err := c.source.RevokedAccessTokens(ctx, now)
+	toks, err := c.source.RevokedAccessTokens(ctx, now.Add(-expiryGrace))
 	if err != nil {
 		return fmt.Errorf("warm: %w", err)
 	}
@@ -245,11 +251,12 @@ func (c *Cache) Warm(ctx context.Context) error {
 		return nil
 	}
 	for _, t := range toks {
-		if !t.ExpiresAt.After(now) {
+		until := t.ExpiresAt.Add(expiryGrace)
+		if !until.After(now) {
 			continue
 		}
 		cmds = append(cmds, c.client.B().Set().Key(c.key(t.ID)).Value("1").
-			PxatMillisecondsTimestamp(t.ExpiresAt.UnixMilli()).Build())
+			PxatMillisecondsTimestamp(until.UnixMilli()).Build())
 		if len(cmds) == warmBatch {
 			if err := flush(); err != nil {
 				return err

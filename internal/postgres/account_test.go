@@ -1,0 +1,191 @@
+package postgres_test
+
+import (
+	"crypto/sha256"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/account"
+	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/postgres"
+	"github.com/parley-dev/parley/internal/testenv"
+)
+
+func hashOf(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+func newUser(t *testing.T, s *postgres.AccountStore, email string) account.User {
+	t.Helper()
+	u, err := s.CreateUser(t.Context(), account.User{ID: uuid.New(), Email: email, DisplayName: "Someone"}, "$argon2id$stub")
+	if err != nil {
+		t.Fatalf("CreateUser(%q): %v", email, err)
+	}
+	return u
+}
+
+func TestAccountStoreUsers(t *testing.T) {
+	t.Parallel()
+	s := postgres.NewAccountStore(testenv.DB(t))
+	ctx := t.Context()
+
+	u := newUser(t, s, "ada@example.com")
+	if u.CreatedAt.IsZero() || u.DisplayName != "Someone" {
+		t.Errorf("CreateUser = %+v", u)
+	}
+	if _, err := s.CreateUser(ctx, account.User{ID: uuid.New(), Email: "ada@example.com", DisplayName: "x"}, "h"); !errors.Is(err, account.ErrEmailTaken) {
+		t.Errorf("CreateUser with a taken email: got %v, want ErrEmailTaken", err)
+	}
+
+	got, hash, err := s.UserByEmail(ctx, "ada@example.com")
+	if err != nil || got.ID != u.ID || hash != "$argon2id$stub" {
+		t.Errorf("UserByEmail = %+v, %q, %v", got, hash, err)
+	}
+	if _, _, err := s.UserByEmail(ctx, "nobody@example.com"); !errors.Is(err, account.ErrUserNotFound) {
+		t.Errorf("UserByEmail of an unknown email: got %v", err)
+	}
+	if _, err := s.User(ctx, uuid.New()); !errors.Is(err, account.ErrUserNotFound) {
+		t.Errorf("User of an unknown id: got %v", err)
+	}
+
+	updated, err := s.UpdateDisplayName(ctx, u.ID, "Ada", time.Now())
+	if err != nil || updated.DisplayName != "Ada" || !updated.CreatedAt.Equal(u.CreatedAt) {
+		t.Errorf("UpdateDisplayName = %+v, %v", updated, err)
+	}
+	if _, err := s.UpdateDisplayName(ctx, uuid.New(), "Ghost", time.Now()); !errors.Is(err, account.ErrUserNotFound) {
+		t.Errorf("UpdateDisplayName of an unknown id: got %v", err)
+	}
+}
+
+func TestAccountStoreRefreshTokens(t *testing.T) {
+	t.Parallel()
+	s := postgres.NewAccountStore(testenv.DB(t))
+	ctx := t.Context()
+	now := time.Now()
+	u := newUser(t, s, "grace@example.com")
+	mallory := newUser(t, s, "mallory@example.com")
+
+	first := account.RefreshToken{ID: uuid.New(), Hash: hashOf("first"), UserID: u.ID, FamilyID: uuid.New(), ExpiresAt: now.Add(time.Hour)}
+	if err := s.CreateRefreshToken(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	orphan := account.RefreshToken{ID: uuid.New(), Hash: hashOf("orphan"), UserID: uuid.New(), FamilyID: uuid.New(), ExpiresAt: now.Add(time.Hour)}
+	if err := s.CreateRefreshToken(ctx, orphan); !errors.Is(err, account.ErrUserNotFound) {
+		t.Errorf("CreateRefreshToken for an unknown user: got %v", err)
+	}
+
+	next := func(name string) account.RefreshToken {
+		return account.RefreshToken{ID: uuid.New(), Hash: hashOf(name), ExpiresAt: now.Add(time.Hour)}
+	}
+	spent, err := s.RotateRefreshToken(ctx, first.Hash, next("second"), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spent.ID != first.ID || spent.UserID != u.ID || spent.FamilyID != first.FamilyID {
+		t.Errorf("RotateRefreshToken returned %+v, want the first token", spent)
+	}
+	if _, err := s.RotateRefreshToken(ctx, hashOf("second"), next("third"), now); err != nil {
+		t.Fatalf("rotating the child: %v", err)
+	}
+
+	if _, err := s.RotateRefreshToken(ctx, hashOf("unknown"), next("x"), now); !errors.Is(err, auth.ErrUnauthenticated) || errors.Is(err, account.ErrRefreshTokenReused) {
+		t.Errorf("rotating an unknown token: got %v, want plain ErrUnauthenticated", err)
+	}
+	if _, err := s.RotateRefreshToken(ctx, hashOf("third"), next("x"), now.Add(2*time.Hour)); !errors.Is(err, auth.ErrUnauthenticated) || errors.Is(err, account.ErrRefreshTokenReused) {
+		t.Errorf("rotating an expired token: got %v, want plain ErrUnauthenticated", err)
+	}
+
+	// Reuse of the spent first token revokes the family, which takes the
+	// unspent third token with it; the failed call still commits that.
+	reused, err := s.RotateRefreshToken(ctx, first.Hash, next("y"), now)
+	if !errors.Is(err, account.ErrRefreshTokenReused) || !errors.Is(err, auth.ErrUnauthenticated) {
+		t.Fatalf("rotating a spent token: got %v, want ErrRefreshTokenReused", err)
+	}
+	if reused.UserID != u.ID || reused.FamilyID != first.FamilyID {
+		t.Errorf("reuse reported %+v", reused)
+	}
+	if _, err := s.RotateRefreshToken(ctx, hashOf("third"), next("z"), now); !errors.Is(err, account.ErrRefreshTokenReused) {
+		t.Errorf("rotating an unspent token of a revoked family: got %v, want ErrRefreshTokenReused", err)
+	}
+
+	other := account.RefreshToken{ID: uuid.New(), Hash: hashOf("other"), UserID: u.ID, FamilyID: uuid.New(), ExpiresAt: now.Add(time.Hour)}
+	if err := s.CreateRefreshToken(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.RevokeRefreshFamily(ctx, other.Hash, mallory.ID, now); err != nil || ok {
+		t.Errorf("RevokeRefreshFamily by another user = %v, %v; want false", ok, err)
+	}
+	if ok, err := s.RevokeRefreshFamily(ctx, hashOf("unknown"), u.ID, now); err != nil || ok {
+		t.Errorf("RevokeRefreshFamily of an unknown token = %v, %v; want false", ok, err)
+	}
+	if ok, err := s.RevokeRefreshFamily(ctx, other.Hash, u.ID, now); err != nil || !ok {
+		t.Errorf("RevokeRefreshFamily by its owner = %v, %v; want true", ok, err)
+	}
+	if _, err := s.RotateRefreshToken(ctx, other.Hash, next("w"), now); !errors.Is(err, account.ErrRefreshTokenReused) {
+		t.Errorf("rotating a token of a family revoked by logout: got %v", err)
+	}
+}
+
+func TestAccountStoreAgentKeys(t *testing.T) {
+	t.Parallel()
+	s := postgres.NewAccountStore(testenv.DB(t))
+	ctx := t.Context()
+	k, err := s.CreateAgentKey(ctx, account.AgentKey{ID: uuid.New(), Name: "bot"}, hashOf("key"))
+	if err != nil || k.CreatedAt.IsZero() || !k.RevokedAt.IsZero() {
+		t.Fatalf("CreateAgentKey = %+v, %v", k, err)
+	}
+	got, err := s.AgentKeyByHash(ctx, hashOf("key"))
+	if err != nil || got.ID != k.ID || got.Name != "bot" {
+		t.Errorf("AgentKeyByHash = %+v, %v", got, err)
+	}
+	if _, err := s.AgentKeyByHash(ctx, hashOf("other")); !errors.Is(err, auth.ErrUnauthenticated) {
+		t.Errorf("AgentKeyByHash of an unknown key: got %v", err)
+	}
+	for range 2 { // revoking twice is fine
+		if err := s.RevokeAgentKey(ctx, k.ID, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := s.AgentKeyByHash(ctx, hashOf("key")); err != nil || got.RevokedAt.IsZero() {
+		t.Errorf("AgentKeyByHash after revocation = %+v, %v", got, err)
+	}
+	if err := s.RevokeAgentKey(ctx, uuid.New(), time.Now()); !errors.Is(err, account.ErrAgentKeyNotFound) {
+		t.Errorf("RevokeAgentKey of an unknown key: got %v", err)
+	}
+}
+
+func TestAccountStoreRevokedAccessTokens(t *testing.T) {
+	t.Parallel()
+	s := postgres.NewAccountStore(testenv.DB(t))
+	ctx := t.Context()
+	now := time.Now()
+	for _, r := range []account.RevokedToken{
+		{ID: "live", ExpiresAt: now.Add(time.Hour)},
+		{ID: "live", ExpiresAt: now.Add(time.Hour)}, // revoked twice
+		{ID: "recent", ExpiresAt: now.Add(-time.Minute)},
+		{ID: "old", ExpiresAt: now.Add(-2 * time.Hour)},
+	} {
+		if err := s.RevokeAccessToken(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for jti, want := range map[string]bool{"live": true, "recent": true, "never": false} {
+		if got, err := s.IsAccessTokenRevoked(ctx, jti); err != nil || got != want {
+			t.Errorf("IsAccessTokenRevoked(%q) = %v, %v; want %v", jti, got, err, want)
+		}
+	}
+	live, err := s.RevokedAccessTokens(ctx, now)
+	if err != nil || len(live) != 1 || live[0].ID != "live" || !live[0].ExpiresAt.Equal(now.Add(time.Hour).Truncate(time.Microsecond)) {
+		t.Errorf("RevokedAccessTokens = %+v, %v; want only the live one", live, err)
+	}
+	if n, err := s.PruneRevokedAccessTokens(ctx, now.Add(-time.Hour)); err != nil || n != 1 {
+		t.Errorf("PruneRevokedAccessTokens = %d, %v; want 1", n, err)
+	}
+	if got, _ := s.IsAccessTokenRevoked(ctx, "old"); got {
+		t.Error("pruned revocation still present")
+	}
+}

@@ -1,0 +1,260 @@
+package revocation_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/valkey-io/valkey-go"
+
+	"github.com/parley-dev/parley/internal/account"
+	"github.com/parley-dev/parley/internal/postgres"
+	"github.com/parley-dev/parley/internal/revocation"
+	"github.com/parley-dev/parley/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// source is the PostgreSQL store, counting the checks that reach it and
+// optionally running a hook in the middle of a warm-up's read.
+type source struct {
+	*postgres.AccountStore
+	checks     atomic.Int64
+	duringWarm func()
+}
+
+func (s *source) IsAccessTokenRevoked(ctx context.Context, jti string) (bool, error) {
+	s.checks.Add(1)
+	return s.AccountStore.IsAccessTokenRevoked(ctx, jti)
+}
+
+func (s *source) RevokedAccessTokens(ctx context.Context, now time.Time) ([]account.RevokedToken, error) {
+	toks, err := s.AccountStore.RevokedAccessTokens(ctx, now)
+	if s.duringWarm != nil {
+		s.duringWarm()
+	}
+	return toks, err
+}
+
+type fixture struct {
+	src    *source
+	cache  *revocation.Cache
+	client valkey.Client
+	prefix string
+}
+
+func newFixture(t *testing.T, valkeyURL string) *fixture {
+	t.Helper()
+	f := &fixture{
+		src:    &source{AccountStore: postgres.NewAccountStore(testenv.DB(t))},
+		client: testenv.ValkeyClient(t, valkeyURL),
+		prefix: "test:" + uuid.NewString() + ":",
+	}
+	f.cache = revocation.New(f.client, f.src, revocation.Options{
+		KeyPrefix: f.prefix,
+		Logger:    slog.New(slog.NewTextHandler(t.Output(), nil)),
+	})
+	t.Cleanup(f.cache.Close)
+	return f
+}
+
+// revoke records a revocation the way account.Service does: store, then cache.
+func (f *fixture) revoke(t *testing.T, jti string, exp time.Time) error {
+	t.Helper()
+	if err := f.src.RevokeAccessToken(t.Context(), account.RevokedToken{ID: jti, ExpiresAt: exp}); err != nil {
+		t.Fatal(err)
+	}
+	return f.cache.Revoke(t.Context(), jti, exp)
+}
+
+func (f *fixture) isRevoked(t *testing.T, jti string) bool {
+	t.Helper()
+	revoked, err := f.cache.IsRevoked(t.Context(), jti)
+	if err != nil {
+		t.Fatalf("IsRevoked(%q): %v", jti, err)
+	}
+	return revoked
+}
+
+func (f *fixture) exists(t *testing.T, key string) bool {
+	t.Helper()
+	n, err := f.client.Do(t.Context(), f.client.B().Exists().Key(f.prefix+key).Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n == 1
+}
+
+func (f *fixture) waitMarker(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !f.exists(t, "loaded") {
+		f.isRevoked(t, "probe") // traffic: what starts a warm-up
+		if time.Now().After(deadline) {
+			t.Fatal("marker not set by the background warm-up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestWarmCacheAnswersWithoutSource(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, testenv.ValkeyURL(t))
+	exp := time.Now().Add(time.Hour)
+	if err := f.revoke(t, "before-warm", exp); err != nil {
+		t.Fatal(err)
+	}
+	// Expired revocations are not worth copying.
+	if err := f.src.RevokeAccessToken(t.Context(), account.RevokedToken{ID: "expired", ExpiresAt: time.Now().Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	// Verifiers accept a token a little past exp, so its revocation stays.
+	if err := f.src.RevokeAccessToken(t.Context(), account.RevokedToken{ID: "just-expired", ExpiresAt: time.Now().Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.cache.Warm(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if f.exists(t, "expired") {
+		t.Error("Warm copied an expired revocation")
+	}
+	if err := f.revoke(t, "after-warm", exp); err != nil {
+		t.Fatal(err)
+	}
+
+	for jti, want := range map[string]bool{"before-warm": true, "after-warm": true, "just-expired": true, "never-revoked": false} {
+		if got := f.isRevoked(t, jti); got != want {
+			t.Errorf("IsRevoked(%q) = %v, want %v", jti, got, want)
+		}
+	}
+	if n := f.src.checks.Load(); n != 0 {
+		t.Errorf("a warm cache asked the source %d times", n)
+	}
+
+	pttl, err := f.client.Do(t.Context(), f.client.B().Pttl().Key(f.prefix+"after-warm").Build()).AsInt64()
+	// Kept a little past exp, for the verifiers' clock-skew leeway.
+	if err != nil || pttl <= time.Hour.Milliseconds() || pttl > (time.Hour+10*time.Minute).Milliseconds() {
+		t.Errorf("revocation key PTTL = %d, %v; want it to expire shortly after the token", pttl, err)
+	}
+}
+
+func TestMissingMarkerFallsBackAndWarms(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, testenv.ValkeyURL(t))
+	exp := time.Now().Add(time.Hour)
+	// Recorded in the source only, as when the cache write was lost.
+	if err := f.src.RevokeAccessToken(t.Context(), account.RevokedToken{ID: "lost", ExpiresAt: exp}); err != nil {
+		t.Fatal(err)
+	}
+	if !f.isRevoked(t, "lost") {
+		t.Fatal("revocation known only to the source was accepted")
+	}
+	if f.isRevoked(t, "other") {
+		t.Fatal("unrevoked token refused")
+	}
+	// The first check surely found no marker; the second may already have
+	// found the background warm-up done.
+	if n := f.src.checks.Load(); n < 1 {
+		t.Errorf("source asked %d times without a marker", n)
+	}
+	f.waitMarker(t)
+	if !f.exists(t, "lost") {
+		t.Error("warm-up did not copy the revocation")
+	}
+	before := f.src.checks.Load()
+	if !f.isRevoked(t, "lost") || f.isRevoked(t, "other") {
+		t.Error("wrong answers after the warm-up")
+	}
+	if n := f.src.checks.Load() - before; n != 0 {
+		t.Errorf("source asked %d times after the warm-up, want 0", n)
+	}
+}
+
+// TestFlushDuringWarmLeavesNoMarker checks that a warm-up interrupted by a
+// flush does not vouch for a cache that lost keys under it.
+func TestFlushDuringWarmLeavesNoMarker(t *testing.T) {
+	t.Parallel()
+	v := testenv.NewValkey(t)
+	f := newFixture(t, v.URL())
+	if err := f.revoke(t, "jti", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	f.src.duringWarm = v.Flush
+	if err := f.cache.Warm(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if f.exists(t, "loaded") {
+		t.Fatal("marker set although Valkey was flushed during the warm-up")
+	}
+	f.src.duringWarm = nil
+	if err := f.cache.Warm(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if !f.exists(t, "loaded") || !f.exists(t, "jti") {
+		t.Fatal("undisturbed warm-up did not complete")
+	}
+}
+
+func TestValkeyDown(t *testing.T) {
+	t.Parallel()
+	v := testenv.NewValkey(t)
+	f := newFixture(t, v.URL())
+	exp := time.Now().Add(time.Hour)
+	if err := f.cache.Warm(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.revoke(t, "before", exp); err != nil {
+		t.Fatal(err)
+	}
+	v.Stop()
+
+	start := time.Now()
+	if !f.isRevoked(t, "before") || f.isRevoked(t, "other") {
+		t.Fatal("wrong answers from the source while Valkey is down")
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("two checks with Valkey down took %s", took)
+	}
+	// The revocation is durable in the source; the cache reports its failure.
+	if err := f.revoke(t, "during", exp); err == nil {
+		t.Error("Revoke with Valkey down reported success")
+	}
+	if !f.isRevoked(t, "during") {
+		t.Fatal("revocation made while Valkey was down was accepted")
+	}
+
+	v.Start() // empty: no marker, so the source answers until warmed
+	if !f.isRevoked(t, "during") || !f.isRevoked(t, "before") {
+		t.Fatal("revocation accepted after Valkey came back empty")
+	}
+	f.waitMarker(t)
+	if !f.exists(t, "during") || !f.exists(t, "before") {
+		t.Error("warm-up after the restart did not copy the revocations")
+	}
+}
+
+func TestSourceDownToo(t *testing.T) {
+	t.Parallel()
+	v := testenv.NewValkey(t)
+	db := testenv.DB(t)
+	client := testenv.ValkeyClient(t, v.URL())
+	cache := revocation.New(client, postgres.NewAccountStore(db), revocation.Options{KeyPrefix: "test:" + uuid.NewString() + ":"})
+	t.Cleanup(cache.Close)
+	v.Stop()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Fail closed: an error, never "not revoked".
+	if _, err := cache.IsRevoked(t.Context(), "jti"); err == nil {
+		t.Fatal("IsRevoked answered with neither Valkey nor the database")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := cache.IsRevoked(ctx, "jti"); !errors.Is(err, context.Canceled) {
+		t.Errorf("IsRevoked with a cancelled context: got %v", err)
+	}
+}
