@@ -1,0 +1,32 @@
+package conversation
+
+import "errors"
+
+var (
+	// ErrNotFound is returned when a conversation does not exist or the caller
+	// may not reach it; the two are indistinguishable on purpose.
+	ErrNotFound = errors.New("conversation not found")
+	// ErrTurnConflict is returned by SaveTurn when the turn id was saved before
+	// with different content.
+	ErrTurnConflict = errors.New("turn id already used with different content")
+	// ErrInvalidPageToken is returned when a page token is malformed or was
+	// issued for a different order.
+	ErrInvalidPageToken = errors.New("invalid page token")
+	// ErrInvalid is returned (wrapped in an error naming the rule) when a
+	// request breaks a business rule: empty or oversized turn, bad turn id,
+	// bad page size, title too long.
+	ErrInvalid = errors.New("invalid request")
+	// ErrRoomNotFound is returned by CreateConversation when room_id is not
+	// one of the caller's rooms.
+	ErrRoomNotFound = errors.New("room not found")
+)
+
+// invalidError is an ErrInvalid that says which rule was broken; the rpc
+// layer shows its message to clients.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string         { return e.msg }
+func (e *invalidError) Unwrap() error         { return ErrInvalid }
+func (e *invalidError) PublicMessage() string { return e.msg }
+
+func invalid(msg string) error { return &invalidError{msg: msg} }

@@ -1,0 +1,83 @@
+package conversation
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Page tokens are opaque to clients: base64url (unpadded) of a version byte
+// and a few varints. They carry only positions, never access: every page is
+// access-checked again.
+const (
+	messageTokenVersion      = 1
+	conversationTokenVersion = 2
+
+	// maxTokenLen bounds what is decoded; real tokens are far shorter.
+	maxTokenLen = 64
+)
+
+var tokenEncoding = base64.RawURLEncoding
+
+// messageToken is where a ListMessages page continues: past seq in order.
+type messageToken struct {
+	Order Order
+	Seq   int64
+}
+
+// encodeMessageToken returns the page token for t.
+func encodeMessageToken(t messageToken) string {
+	var b [2 + binary.MaxVarintLen64]byte
+	b[0] = messageTokenVersion
+	b[1] = byte(t.Order)
+	n := binary.PutUvarint(b[2:], uint64(t.Seq))
+	return tokenEncoding.EncodeToString(b[:2+n])
+}
+
+func decodeMessageToken(s string) (messageToken, error) {
+	if len(s) > maxTokenLen {
+		return messageToken{}, ErrInvalidPageToken
+	}
+	b, err := tokenEncoding.DecodeString(s)
+	if err != nil || len(b) < 3 || b[0] != messageTokenVersion {
+		return messageToken{}, ErrInvalidPageToken
+	}
+	o := Order(b[1])
+	if o != OrderNewestFirst && o != OrderOldestFirst {
+		return messageToken{}, ErrInvalidPageToken
+	}
+	seq, n := binary.Uvarint(b[2:])
+	if n <= 0 || 2+n != len(b) || seq < 1 || seq > 1<<62 {
+		return messageToken{}, ErrInvalidPageToken
+	}
+	return messageToken{Order: o, Seq: int64(seq)}, nil
+}
+
+func encodeConversationToken(c ConversationCursor) string {
+	var b [1 + binary.MaxVarintLen64 + 16]byte
+	b[0] = conversationTokenVersion
+	n := 1 + binary.PutVarint(b[1:], c.CreatedAt.UnixMicro())
+	n += copy(b[n:], c.ID[:])
+	return tokenEncoding.EncodeToString(b[:n])
+}
+
+func decodeConversationToken(s string) (ConversationCursor, error) {
+	if len(s) > maxTokenLen {
+		return ConversationCursor{}, ErrInvalidPageToken
+	}
+	b, err := tokenEncoding.DecodeString(s)
+	if err != nil || len(b) < 2 || b[0] != conversationTokenVersion {
+		return ConversationCursor{}, ErrInvalidPageToken
+	}
+	micros, n := binary.Varint(b[1:])
+	if n <= 0 || len(b) != 1+n+16 {
+		return ConversationCursor{}, ErrInvalidPageToken
+	}
+	id, err := uuid.FromBytes(b[1+n:])
+	if err != nil {
+		return ConversationCursor{}, ErrInvalidPageToken
+	}
+	return ConversationCursor{CreatedAt: time.UnixMicro(micros).UTC(), ID: id}, nil
+}

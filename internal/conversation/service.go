@@ -1,0 +1,337 @@
+package conversation
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/auth"
+)
+
+// Limits of the rules the service enforces. The proto schema checks the
+// same shape at the edge; the domain re-checks because it is the owner of
+// the rules and has callers besides the rpc layer.
+const (
+	MaxMessageBytes = 65536
+	MaxTitleChars   = 200
+	DefaultPageSize = 50
+	MaxPageSize     = 200
+)
+
+var turnIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// Options are the optional collaborators of a Service.
+type Options struct {
+	// Cache serves ListMessages pages; nil disables caching.
+	Cache PageCache
+	// Notifier rings other replicas after SaveTurn and DeleteConversation;
+	// nil leaves watchers to their periodic re-check.
+	Notifier Notifier
+	// Hub feeds WatchMessages; nil makes WatchMessages fail.
+	Hub Hub
+	// Rooms checks CreateConversation's room id; nil refuses every room id.
+	Rooms Rooms
+	Log   *slog.Logger
+}
+
+// Service is the conversation use cases. It is safe for concurrent use.
+type Service struct {
+	store    Store
+	cache    PageCache
+	notifier Notifier
+	hub      Hub
+	rooms    Rooms
+	log      *slog.Logger
+}
+
+// NewService returns a Service over store.
+func NewService(store Store, opts Options) *Service {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		store:    store,
+		cache:    opts.Cache,
+		notifier: opts.Notifier,
+		hub:      opts.Hub,
+		rooms:    opts.Rooms,
+		log:      log,
+	}
+}
+
+// scopeOf returns the conversations p may reach: users their own, agents any.
+func scopeOf(p auth.Principal) (Scope, error) {
+	switch {
+	case p.IsUser() && p.ID != uuid.Nil:
+		return Scope{UserID: p.ID}, nil
+	case p.IsAgent():
+		return Scope{}, nil
+	default:
+		return Scope{}, auth.ErrUnauthenticated
+	}
+}
+
+// userOnly refuses agents the user-scoped calls.
+func userOnly(p auth.Principal) error {
+	switch {
+	case p.IsAgent():
+		return auth.ErrPermissionDenied
+	case !p.IsUser() || p.ID == uuid.Nil:
+		return auth.ErrUnauthenticated
+	}
+	return nil
+}
+
+// CreateConversation creates a conversation owned by p, optionally linked to
+// one of p's rooms (roomID uuid.Nil for none). Agents may not.
+func (s *Service) CreateConversation(ctx context.Context, p auth.Principal, title string, roomID uuid.UUID) (Conversation, error) {
+	if err := userOnly(p); err != nil {
+		return Conversation{}, err
+	}
+	if utf8.RuneCountInString(title) > MaxTitleChars || !utf8.ValidString(title) {
+		return Conversation{}, invalid(fmt.Sprintf("title must be valid UTF-8 of at most %d characters", MaxTitleChars))
+	}
+	if roomID != uuid.Nil {
+		if s.rooms == nil {
+			return Conversation{}, ErrRoomNotFound
+		}
+		ok, err := s.rooms.RoomOwnedBy(ctx, roomID, p.ID)
+		if err != nil {
+			return Conversation{}, fmt.Errorf("check room: %w", err)
+		}
+		if !ok {
+			return Conversation{}, ErrRoomNotFound
+		}
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return Conversation{}, fmt.Errorf("new conversation id: %w", err)
+	}
+	return s.store.CreateConversation(ctx, Conversation{ID: id, UserID: p.ID, RoomID: roomID, Title: title})
+}
+
+// GetConversation returns one conversation p may reach.
+func (s *Service) GetConversation(ctx context.Context, p auth.Principal, id uuid.UUID) (Conversation, error) {
+	scope, err := scopeOf(p)
+	if err != nil {
+		return Conversation{}, err
+	}
+	return s.store.GetConversation(ctx, id, scope)
+}
+
+// ListConversations lists p's own conversations, newest first. Agents may not.
+func (s *Service) ListConversations(ctx context.Context, p auth.Principal, pageSize int, pageToken string) (ConversationPage, error) {
+	if err := userOnly(p); err != nil {
+		return ConversationPage{}, err
+	}
+	size, err := pageSizeOf(pageSize)
+	if err != nil {
+		return ConversationPage{}, err
+	}
+	var after *ConversationCursor
+	if pageToken != "" {
+		c, err := decodeConversationToken(pageToken)
+		if err != nil {
+			return ConversationPage{}, err
+		}
+		after = &c
+	}
+	cs, err := s.store.ListConversations(ctx, p.ID, after, size+1)
+	if err != nil {
+		return ConversationPage{}, err
+	}
+	var page ConversationPage
+	if len(cs) > size {
+		cs = cs[:size]
+		last := cs[len(cs)-1]
+		page.NextPageToken = encodeConversationToken(ConversationCursor{CreatedAt: last.CreatedAt, ID: last.ID})
+	}
+	page.Conversations = cs
+	return page, nil
+}
+
+// DeleteConversation deletes one of p's conversations with its messages and
+// ends every replica's WatchMessages streams on it. Agents may not.
+func (s *Service) DeleteConversation(ctx context.Context, p auth.Principal, id uuid.UUID) error {
+	if err := userOnly(p); err != nil {
+		return err
+	}
+	if err := s.store.DeleteConversation(ctx, id, Scope{UserID: p.ID}); err != nil {
+		return err
+	}
+	s.notify(ctx, id, -1)
+	return nil
+}
+
+// SaveTurn appends a turn's messages with consecutive seqs, user first,
+// exactly once per turn id: a repeat with the same content stores nothing and
+// answers the first call's messages with Replayed set; different content
+// under a used turn id is ErrTurnConflict.
+func (s *Service) SaveTurn(ctx context.Context, p auth.Principal, t Turn) (SavedTurn, error) {
+	scope, err := scopeOf(p)
+	if err != nil {
+		return SavedTurn{}, err
+	}
+	msgs, err := turnMessages(t)
+	if err != nil {
+		return SavedTurn{}, err
+	}
+	saved, err := s.store.SaveTurn(ctx, t.ConversationID, scope, t.TurnID, msgs)
+	if err != nil {
+		return SavedTurn{}, err
+	}
+	if saved.Replayed {
+		if !sameTurn(saved.Messages, msgs) {
+			return SavedTurn{}, ErrTurnConflict
+		}
+		return saved, nil
+	}
+	s.notify(ctx, t.ConversationID, saved.Messages[len(saved.Messages)-1].Seq)
+	return saved, nil
+}
+
+// turnMessages checks t against the rules and returns the messages to store.
+func turnMessages(t Turn) ([]NewMessage, error) {
+	if t.TurnID != "" && !turnIDPattern.MatchString(t.TurnID) {
+		return nil, invalid("turn_id must be 1 to 64 of A-Z, a-z, 0-9, '_' and '-'")
+	}
+	if t.UserMessage == "" && t.AssistantMessage == "" {
+		return nil, invalid("at least one of user_message and assistant_message must be non-empty")
+	}
+	msgs := make([]NewMessage, 0, 2)
+	for _, m := range []NewMessage{{Role: RoleUser, Content: t.UserMessage}, {Role: RoleAssistant, Content: t.AssistantMessage}} {
+		if m.Content == "" {
+			continue
+		}
+		if len(m.Content) > MaxMessageBytes {
+			return nil, invalid(fmt.Sprintf("a message may have at most %d bytes", MaxMessageBytes))
+		}
+		if !utf8.ValidString(m.Content) {
+			return nil, invalid("messages must be valid UTF-8")
+		}
+		id, err := uuid.NewV7()
+		if err != nil {
+			return nil, fmt.Errorf("new message id: %w", err)
+		}
+		m.ID = id
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
+}
+
+// sameTurn reports whether stored holds exactly the messages of want.
+func sameTurn(stored []Message, want []NewMessage) bool {
+	if len(stored) != len(want) {
+		return false
+	}
+	for i := range stored {
+		if stored[i].Role != want[i].Role || stored[i].Content != want[i].Content {
+			return false
+		}
+	}
+	return true
+}
+
+// notify rings the doorbell for a committed change. The change is durable
+// whatever happens here, so a caller that has gone away must not stop it.
+func (s *Service) notify(ctx context.Context, id uuid.UUID, lastSeq int64) {
+	if s.notifier != nil {
+		s.notifier.Notify(context.WithoutCancel(ctx), id, lastSeq)
+	}
+}
+
+// ListMessages returns one page of a conversation's messages, keyset-paged
+// on seq. Pages come from the cache when possible, keyed by the
+// conversation's current last_seq, so a page never misses a saved turn.
+func (s *Service) ListMessages(ctx context.Context, p auth.Principal, r ListMessagesRequest) (MessagePage, error) {
+	scope, err := scopeOf(p)
+	if err != nil {
+		return MessagePage{}, err
+	}
+	size, err := pageSizeOf(r.PageSize)
+	if err != nil {
+		return MessagePage{}, err
+	}
+	order := r.Order
+	switch order {
+	case 0:
+		order = OrderNewestFirst
+	case OrderNewestFirst, OrderOldestFirst:
+	default:
+		return MessagePage{}, invalid("unknown order")
+	}
+	var cursor int64
+	if r.PageToken != "" {
+		tok, err := decodeMessageToken(r.PageToken)
+		if err != nil {
+			return MessagePage{}, err
+		}
+		if tok.Order != order {
+			return MessagePage{}, ErrInvalidPageToken
+		}
+		cursor = tok.Seq
+	}
+
+	last, err := s.store.LastSeq(ctx, r.ConversationID, scope)
+	if err != nil {
+		return MessagePage{}, err
+	}
+	page := MessagePage{ConversationID: r.ConversationID}
+	if last == 0 {
+		return page, nil
+	}
+	cp, err := s.messagePage(ctx, PageKey{ConversationID: r.ConversationID, LastSeq: last, Order: order, Cursor: cursor, Size: size})
+	if err != nil {
+		return MessagePage{}, err
+	}
+	page.Messages = cp.Messages
+	if cp.More && len(cp.Messages) > 0 {
+		page.NextPageToken = encodeMessageToken(messageToken{Order: order, Seq: cp.Messages[len(cp.Messages)-1].Seq})
+	}
+	return page, nil
+}
+
+// messagePage reads the page k names from the cache, or from the store
+// (bounded by k.LastSeq, so the page is exactly what k names) and caches it.
+func (s *Service) messagePage(ctx context.Context, k PageKey) (CachedPage, error) {
+	if s.cache != nil {
+		if cp, ok := s.cache.GetPage(ctx, k); ok {
+			return cp, nil
+		}
+	}
+	rng := MessageRange{ConversationID: k.ConversationID, Order: k.Order, Before: k.LastSeq + 1, Limit: k.Size + 1}
+	if k.Order == OrderNewestFirst {
+		if k.Cursor > 0 {
+			rng.Before = min(k.Cursor, rng.Before)
+		}
+	} else {
+		rng.After = k.Cursor
+	}
+	msgs, err := s.store.ListMessages(ctx, rng)
+	if err != nil {
+		return CachedPage{}, err
+	}
+	cp := CachedPage{Messages: msgs}
+	if len(msgs) > k.Size {
+		cp.Messages, cp.More = msgs[:k.Size], true
+	}
+	if s.cache != nil {
+		s.cache.PutPage(ctx, k, cp)
+	}
+	return cp, nil
+}
+
+func pageSizeOf(n int) (int, error) {
+	switch {
+	case n == 0:
+		return DefaultPageSize, nil
+	case n < 0 || n > MaxPageSize:
+		return 0, invalid(fmt.Sprintf("page_size must be between 0 and %d", MaxPageSize))
+	}
+	return n, nil
+}
