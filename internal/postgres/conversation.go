@@ -133,6 +133,7 @@ const (
 	sqlstateUniqueViolation     = "23505"
 	sqlstateForeignKeyViolation = "23503"
 	turnsPrimaryKey             = "turns_pkey"
+	conversationsRoomKey        = "conversations_room_id_fkey"
 )
 
 // ConversationStore keeps conversations, their messages and turn ids. It
@@ -335,7 +336,11 @@ func (s *ConversationStore) LastSeqs(ctx context.Context, ids []uuid.UUID) (map[
 func (s *ConversationStore) CreateConversation(ctx context.Context, c conversation.Conversation) (conversation.Conversation, error) {
 	err := s.db.QueryRowContext(ctx, createConversationSQL, c.ID, c.UserID, uuid.NullUUID{UUID: c.RoomID, Valid: c.RoomID != uuid.Nil}, c.Title).
 		Scan(&c.CreatedAt, &c.UpdatedAt)
-	if code, _ := conversationPgError(err); code == sqlstateForeignKeyViolation {
+	if code, constraint := conversationPgError(err); code == sqlstateForeignKeyViolation {
+		if constraint == conversationsRoomKey {
+			// Deleted since the service checked it.
+			return conversation.Conversation{}, conversation.ErrRoomNotFound
+		}
 		// The owner's row is gone: its tokens no longer name anyone.
 		return conversation.Conversation{}, auth.ErrUnauthenticated
 	}

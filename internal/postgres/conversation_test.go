@@ -365,3 +365,39 @@ func assertKeysetPlan(t *testing.T, plan planNode, limit float64) {
 		t.Errorf("index scan read %v rows for a page of %v", scan.ActualRows, limit)
 	}
 }
+
+// BenchmarkSaveTurn measures SaveTurnSQL as the store runs it: one round
+// trip per turn.
+func BenchmarkSaveTurn(b *testing.B) {
+	db := testenv.DB(b)
+	s := postgres.NewConversationStore(db)
+	owner := convSeedUser(b, db)
+	c := convCreate(b, s, owner)
+	scope := conversation.Scope{UserID: owner}
+	msgs := convMsgs("what is the weather like?", "Sunny, 21 degrees.")
+	i := 0
+	for b.Loop() {
+		i++
+		if _, err := s.SaveTurn(b.Context(), c.ID, scope, fmt.Sprint("turn-", i), msgs); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSaveTurnReplay measures a retried turn: the failed statement and
+// the read of the stored turn.
+func BenchmarkSaveTurnReplay(b *testing.B) {
+	db := testenv.DB(b)
+	s := postgres.NewConversationStore(db)
+	owner := convSeedUser(b, db)
+	c := convCreate(b, s, owner)
+	msgs := convMsgs("u", "a")
+	if _, err := s.SaveTurn(b.Context(), c.ID, conversation.Scope{}, "once", msgs); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if r, err := s.SaveTurn(b.Context(), c.ID, conversation.Scope{}, "once", msgs); err != nil || !r.Replayed {
+			b.Fatal(r, err)
+		}
+	}
+}

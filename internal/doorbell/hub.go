@@ -1,0 +1,302 @@
+// Package doorbell tells WatchMessages streams that a conversation has new
+// messages. After each committed change a replica PUBLISHes (conversation
+// id, last_seq) on one Valkey channel; every replica holds one subscription
+// to it and fans rings out to its watchers in process. Per conversation, the
+// Hub reads the new rows from PostgreSQL once per ring and shares them among
+// that conversation's watchers. The bell is only a hint: PostgreSQL fills
+// gaps by seq, and a slow periodic re-check of every watched conversation's
+// last_seq (one query) catches what lost notifications missed.
+package doorbell
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/conversation"
+)
+
+// Source is what the Hub reads from PostgreSQL.
+type Source interface {
+	// NewMessages returns up to limit messages of conversation id with seq >
+	// after, and its last_seq; exists is false when it is gone.
+	NewMessages(ctx context.Context, id uuid.UUID, after int64, limit int) (msgs []conversation.Message, lastSeq int64, exists bool, err error)
+	// LastSeqs returns the last_seq of each of ids that still exists.
+	LastSeqs(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error)
+}
+
+const (
+	// fetchLimit is how many new messages one read takes; a burst larger
+	// than this is read in several.
+	fetchLimit = 200
+	// bufferMessages and bufferBytes bound the recent messages a topic keeps
+	// for its watchers. A watcher that falls further behind reads from
+	// PostgreSQL instead.
+	bufferMessages = 256
+	bufferBytes    = 4 << 20
+	// fetchTimeout bounds one read of new messages or last seqs.
+	fetchTimeout = 10 * time.Second
+	// recheckBatch bounds the ids of one re-check query.
+	recheckBatch = 5000
+)
+
+// Hub fans new messages out to this replica's watchers. It implements
+// conversation.Hub. Rings come from Ring (the Bell's subscription and local
+// saves) and from Recheck.
+type Hub struct {
+	src Source
+	log *slog.Logger
+
+	mu     sync.Mutex
+	topics map[uuid.UUID]*topic
+}
+
+var _ conversation.Hub = (*Hub)(nil)
+
+// NewHub returns a Hub reading from src.
+func NewHub(src Source, log *slog.Logger) *Hub {
+	return &Hub{src: src, log: log, topics: make(map[uuid.UUID]*topic)}
+}
+
+// topic is one watched conversation: the messages read for its watchers,
+// contiguous and ending at fetched.
+type topic struct {
+	id uuid.UUID
+
+	mu       sync.Mutex
+	fetched  int64
+	buf      []conversation.Message
+	bufBytes int
+	gone     bool
+	// pending is the highest last_seq rung; check asks for a read even when
+	// nothing newer was rung (a deletion or a new topic).
+	pending  int64
+	check    bool
+	fetching bool
+	watchers map[*subscription]struct{}
+}
+
+// subscription is one watcher of a topic.
+type subscription struct {
+	hub   *Hub
+	topic *topic
+	ready chan struct{}
+}
+
+// Subscribe implements conversation.Hub.
+func (h *Hub) Subscribe(id uuid.UUID, lastSeq int64) conversation.Subscription {
+	h.mu.Lock()
+	t, ok := h.topics[id]
+	if !ok {
+		t = &topic{id: id, fetched: lastSeq, pending: lastSeq, watchers: make(map[*subscription]struct{})}
+		h.topics[id] = t
+	}
+	s := &subscription{hub: h, topic: t, ready: make(chan struct{}, 1)}
+	t.mu.Lock()
+	t.watchers[s] = struct{}{}
+	t.mu.Unlock()
+	h.mu.Unlock()
+	// A new topic looks once at once: a turn committed between the caller's
+	// read of lastSeq and this moment rang nobody here.
+	h.ring(t, lastSeq, !ok)
+	return s
+}
+
+// Ring tells the hub that conversation id's last_seq is now lastSeq, or
+// that it was deleted (lastSeq < 0). Rings for unwatched conversations cost
+// a map lookup.
+func (h *Hub) Ring(id uuid.UUID, lastSeq int64) {
+	h.mu.Lock()
+	t := h.topics[id]
+	h.mu.Unlock()
+	if t != nil {
+		h.ring(t, lastSeq, lastSeq < 0)
+	}
+}
+
+// Watched returns how many conversations have watchers here.
+func (h *Hub) Watched() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.topics)
+}
+
+// Recheck compares every watched conversation's last_seq in PostgreSQL with
+// what the hub has read, in one query per recheckBatch conversations, and
+// reads what rings missed.
+func (h *Hub) Recheck(ctx context.Context) error {
+	h.mu.Lock()
+	ids := make([]uuid.UUID, 0, len(h.topics))
+	for id := range h.topics {
+		ids = append(ids, id)
+	}
+	h.mu.Unlock()
+	for len(ids) > 0 {
+		batch := ids[:min(len(ids), recheckBatch)]
+		ids = ids[len(batch):]
+		qctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+		last, err := h.src.LastSeqs(qctx, batch)
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, id := range batch {
+			seq, ok := last[id]
+			if !ok {
+				seq = -1
+			}
+			h.Ring(id, seq)
+		}
+	}
+	return nil
+}
+
+// RunRecheck calls Recheck every interval, and whenever kick receives, until
+// ctx is done.
+func (h *Hub) RunRecheck(ctx context.Context, interval time.Duration, kick <-chan struct{}) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-kick:
+		}
+		if err := h.Recheck(ctx); err != nil && ctx.Err() == nil {
+			h.log.WarnContext(ctx, "doorbell: re-check failed", slog.String("error", err.Error()))
+		}
+	}
+}
+
+// ring records a ring and starts a read unless one is running (it will
+// pick the ring up) or there is nothing to read.
+func (h *Hub) ring(t *topic, lastSeq int64, check bool) {
+	t.mu.Lock()
+	if t.gone {
+		t.mu.Unlock()
+		return
+	}
+	t.pending = max(t.pending, lastSeq)
+	t.check = t.check || check
+	start := !t.fetching && (t.check || t.pending > t.fetched)
+	t.fetching = t.fetching || start
+	t.mu.Unlock()
+	if start {
+		go h.fetch(t)
+	}
+}
+
+// fetch reads the topic's new messages until it has read everything rung,
+// then wakes its watchers after each read. One fetch runs per topic at a
+// time, whatever the number of watchers and rings.
+func (h *Hub) fetch(t *topic) {
+	for {
+		t.mu.Lock()
+		if t.gone || (!t.check && t.pending <= t.fetched) {
+			t.fetching = false
+			t.mu.Unlock()
+			return
+		}
+		t.check = false
+		after, rung := t.fetched, t.pending
+		t.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
+		msgs, last, exists, err := h.src.NewMessages(ctx, t.id, after, fetchLimit)
+		cancel()
+
+		t.mu.Lock()
+		switch {
+		case err != nil:
+			// Leave it to the next ring or re-check.
+			t.fetching = false
+			t.mu.Unlock()
+			h.log.Warn("doorbell: read new messages", slog.String("conversation_id", t.id.String()), slog.String("error", err.Error()))
+			return
+		case !exists:
+			t.gone = true
+			t.fetching = false
+			t.buf, t.bufBytes = nil, 0
+			t.wakeLocked()
+			t.mu.Unlock()
+			return
+		case len(msgs) > 0 && msgs[0].Seq == t.fetched+1:
+			t.appendLocked(msgs)
+			t.pending = max(t.pending, last)
+			t.wakeLocked()
+		case t.pending == rung && !t.check:
+			// Nothing new and no ring during the read: every ring so far
+			// is satisfied (a ring is only sent after its commit).
+			t.pending = t.fetched
+			t.fetching = false
+			t.mu.Unlock()
+			return
+		}
+		t.mu.Unlock()
+	}
+}
+
+func (t *topic) appendLocked(msgs []conversation.Message) {
+	for _, m := range msgs {
+		t.bufBytes += len(m.Content)
+	}
+	t.buf = append(t.buf, msgs...)
+	t.fetched = msgs[len(msgs)-1].Seq
+	drop := 0
+	for drop < len(t.buf) && (len(t.buf)-drop > bufferMessages || t.bufBytes > bufferBytes) {
+		t.bufBytes -= len(t.buf[drop].Content)
+		drop++
+	}
+	if drop > 0 {
+		// Copy rather than reslice so dropped messages can be collected;
+		// watchers keep the old array as long as they need it.
+		t.buf = append([]conversation.Message(nil), t.buf[drop:]...)
+	}
+}
+
+func (t *topic) wakeLocked() {
+	for s := range t.watchers {
+		select {
+		case s.ready <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Ready implements conversation.Subscription.
+func (s *subscription) Ready() <-chan struct{} { return s.ready }
+
+// Since implements conversation.Subscription. The returned slice shares the
+// topic's array; it is capped so that appends by the caller cannot write
+// into it, and the topic never changes elements it has handed out.
+func (s *subscription) Since(after int64) ([]conversation.Message, int64, bool) {
+	t := s.topic
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.gone {
+		return nil, 0, true
+	}
+	if after >= t.fetched || len(t.buf) == 0 || t.buf[0].Seq > after+1 {
+		return nil, t.fetched, false
+	}
+	i := int(after + 1 - t.buf[0].Seq)
+	return t.buf[i:len(t.buf):len(t.buf)], t.fetched, false
+}
+
+// Close implements conversation.Subscription.
+func (s *subscription) Close() {
+	h, t := s.hub, s.topic
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t.mu.Lock()
+	delete(t.watchers, s)
+	empty := len(t.watchers) == 0
+	t.mu.Unlock()
+	if empty && h.topics[t.id] == t {
+		delete(h.topics, t.id)
+	}
+}
