@@ -9,6 +9,7 @@ import (
 
 	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/room"
 )
 
 // errorCodes is the one mapping from domain errors to Connect codes. Each
@@ -33,6 +34,10 @@ var errorCodes = []struct {
 	// conversation
 
 	// room
+	{room.ErrNotFound, connect.CodeNotFound},
+	{room.ErrEnded, connect.CodeFailedPrecondition},
+	{room.ErrInvalid, connect.CodeInvalidArgument},
+	{room.ErrInvalidPageToken, connect.CodeInvalidArgument},
 
 	// file
 

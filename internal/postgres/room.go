@@ -1,0 +1,380 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+
+	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/room"
+)
+
+// The room store's statements are plain SQL on the *sql.DB, like the
+// conversation store's: CreateRoom reuses its insert inside one transaction.
+const (
+	roomColumns = `id, name, conversation_id, livekit_room, status, created_by, created_at, ended_at`
+
+	insertRoomSQL = `INSERT INTO rooms (id, name, conversation_id, livekit_room, created_by)
+VALUES ($1::uuid, $2::text, $3::uuid, $4::text, $5::uuid)
+RETURNING ` + roomColumns
+
+	getRoomSQL = `SELECT ` + roomColumns + ` FROM rooms WHERE id = $1::uuid AND created_by = $2::uuid`
+
+	listRoomsFirstSQL = `SELECT ` + roomColumns + `
+  FROM rooms
+ WHERE created_by = $1::uuid
+ ORDER BY created_at DESC, id DESC
+ LIMIT $2`
+
+	listRoomsNextSQL = `SELECT ` + roomColumns + `
+  FROM rooms
+ WHERE created_by = $1::uuid AND (created_at, id) < ($3::timestamptz, $4::uuid)
+ ORDER BY created_at DESC, id DESC
+ LIMIT $2`
+
+	// endRoomSQL ends an active room; no row means it was ended already (or
+	// is not the owner's), which getRoomSQL then tells apart.
+	endRoomSQL = `UPDATE rooms SET status = 2, ended_at = $3::timestamptz
+ WHERE id = $1::uuid AND created_by = $2::uuid AND status = 1
+RETURNING ` + roomColumns
+
+	displayNameSQL = `SELECT display_name FROM users WHERE id = $1::uuid`
+
+	roomOwnedBySQL = `SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1::uuid AND created_by = $2::uuid)`
+
+	// recordEventSQL claims an event id; no row affected means another
+	// delivery (on any replica) has applied it. A concurrent claim waits
+	// for the first transaction and then does nothing.
+	recordEventSQL = `INSERT INTO livekit_events (id, kind) VALUES ($1::text, $2::text) ON CONFLICT (id) DO NOTHING`
+
+	// $1 livekit room, $2 event time.
+	roomStartedSQL = `UPDATE rooms SET started_at = COALESCE(started_at, $2::timestamptz) WHERE livekit_room = $1::text`
+
+	// Ends the room once: a finished event for an ended room changes nothing.
+	roomFinishedSQL = `UPDATE rooms SET status = 2, ended_at = $2::timestamptz WHERE livekit_room = $1::text AND status = 1`
+
+	// $1 livekit room, $2 session id, $3 identity, $4 name, $5 event time.
+	// The join time is kept once set; a leave recorded earlier stays, so a
+	// late join never makes a departed session present again.
+	participantJoinedSQL = `INSERT INTO room_participants (room_id, session_id, identity, name, joined_at)
+SELECT id, $2::text, $3::text, $4::text, $5::timestamptz FROM rooms WHERE livekit_room = $1::text
+ON CONFLICT (room_id, session_id) DO UPDATE
+   SET joined_at = COALESCE(room_participants.joined_at, EXCLUDED.joined_at),
+       identity = EXCLUDED.identity,
+       name = EXCLUDED.name`
+
+	participantLeftSQL = `INSERT INTO room_participants (room_id, session_id, identity, name, left_at)
+SELECT id, $2::text, $3::text, $4::text, $5::timestamptz FROM rooms WHERE livekit_room = $1::text
+ON CONFLICT (room_id, session_id) DO UPDATE
+   SET left_at = COALESCE(room_participants.left_at, EXCLUDED.left_at)`
+
+	// $1 id, $2 livekit room, $3 egress id, $4 location, $5 filename,
+	// $6 content type, $7 size.
+	recordingSQL = `INSERT INTO room_recordings (id, room_id, conversation_id, egress_id, location, filename, content_type, size_bytes)
+SELECT $1::uuid, id, conversation_id, $3::text, $4::text, $5::text, $6::text, $7::bigint FROM rooms WHERE livekit_room = $2::text
+ON CONFLICT (egress_id, location) DO NOTHING`
+
+	roomByLiveKitNameSQL = `SELECT ` + roomColumns + ` FROM rooms WHERE livekit_room = $1::text`
+
+	sessionsSQL = `SELECT session_id, identity, name, joined_at, left_at
+  FROM room_participants WHERE room_id = $1::uuid ORDER BY session_id`
+
+	recordingsSQL = `SELECT egress_id, location, filename, content_type, size_bytes
+  FROM room_recordings WHERE room_id = $1::uuid ORDER BY created_at, location`
+
+	pruneEventsSQL = `DELETE FROM livekit_events WHERE received_at < $1::timestamptz`
+)
+
+// RoomStore keeps rooms, their webhook-recorded participants and
+// recordings. It implements room.Store and conversation.Rooms.
+type RoomStore struct {
+	db *sql.DB
+}
+
+var (
+	_ room.Store         = (*RoomStore)(nil)
+	_ conversation.Rooms = (*RoomStore)(nil)
+)
+
+// NewRoomStore returns a RoomStore over db.
+func NewRoomStore(db *bun.DB) *RoomStore {
+	return &RoomStore{db: db.DB}
+}
+
+// roomRow scans a row of roomColumns.
+type roomRow struct {
+	ID             uuid.UUID
+	Name           string
+	ConversationID uuid.NullUUID
+	LiveKitRoom    string
+	Status         int16
+	CreatedBy      uuid.UUID
+	CreatedAt      time.Time
+	EndedAt        sql.NullTime
+}
+
+func (r *roomRow) dest() []any {
+	return []any{&r.ID, &r.Name, &r.ConversationID, &r.LiveKitRoom, &r.Status, &r.CreatedBy, &r.CreatedAt, &r.EndedAt}
+}
+
+func (r *roomRow) room() room.Room {
+	return room.Room{
+		ID: r.ID, Name: r.Name, ConversationID: r.ConversationID.UUID, LiveKitRoom: r.LiveKitRoom,
+		Status: room.Status(r.Status), CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, EndedAt: r.EndedAt.Time,
+	}
+}
+
+// rowQuerier is a *sql.DB or *sql.Tx.
+type rowQuerier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// CreateRoom implements room.Store: the room and its conversation in one
+// transaction. The room's key to the conversation is checked at commit.
+func (s *RoomStore) CreateRoom(ctx context.Context, nr room.NewRoom) (room.Room, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return room.Room{}, fmt.Errorf("create room: begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }() // ErrTxDone after Commit
+
+	var r roomRow
+	err = tx.QueryRowContext(ctx, insertRoomSQL, nr.ID, nr.Name, nr.ConversationID, nr.LiveKitRoom, nr.CreatedBy).Scan(r.dest()...)
+	if err != nil {
+		return room.Room{}, createRoomError("insert room", err)
+	}
+	var created, updated time.Time
+	err = tx.QueryRowContext(ctx, createConversationSQL, nr.ConversationID, nr.CreatedBy, nr.ID, nr.Name).Scan(&created, &updated)
+	if err != nil {
+		return room.Room{}, createRoomError("insert conversation", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return room.Room{}, createRoomError("commit", err)
+	}
+	return r.room(), nil
+}
+
+func createRoomError(op string, err error) error {
+	if code, _ := conversationPgError(err); code == sqlstateForeignKeyViolation {
+		// The owner's row is gone: its tokens no longer name anyone.
+		return auth.ErrUnauthenticated
+	}
+	return fmt.Errorf("create room: %s: %w", op, err)
+}
+
+// Room implements room.Store.
+func (s *RoomStore) Room(ctx context.Context, id, owner uuid.UUID) (room.Room, error) {
+	return getRoom(ctx, s.db, "get room", getRoomSQL, id, owner)
+}
+
+func getRoom(ctx context.Context, q rowQuerier, op, query string, args ...any) (room.Room, error) {
+	var r roomRow
+	err := q.QueryRowContext(ctx, query, args...).Scan(r.dest()...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return room.Room{}, room.ErrNotFound
+	}
+	if err != nil {
+		return room.Room{}, fmt.Errorf("%s: %w", op, err)
+	}
+	return r.room(), nil
+}
+
+// ListRooms implements room.Store.
+func (s *RoomStore) ListRooms(ctx context.Context, owner uuid.UUID, after *room.Cursor, limit int) ([]room.Room, error) {
+	var (
+		rows *sql.Rows
+		err  error
+	)
+	if after == nil {
+		rows, err = s.db.QueryContext(ctx, listRoomsFirstSQL, owner, limit)
+	} else {
+		rows, err = s.db.QueryContext(ctx, listRoomsNextSQL, owner, limit, after.CreatedAt, after.ID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list rooms: %w", err)
+	}
+	defer rows.Close()
+	var rs []room.Room
+	for rows.Next() {
+		var r roomRow
+		if err := rows.Scan(r.dest()...); err != nil {
+			return nil, fmt.Errorf("list rooms: scan: %w", err)
+		}
+		rs = append(rs, r.room())
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list rooms: %w", err)
+	}
+	return rs, nil
+}
+
+// EndRoom implements room.Store.
+func (s *RoomStore) EndRoom(ctx context.Context, id, owner uuid.UUID, now time.Time) (room.Room, bool, error) {
+	r, err := getRoom(ctx, s.db, "end room", endRoomSQL, id, owner, now)
+	if err == nil {
+		return r, true, nil
+	}
+	if !errors.Is(err, room.ErrNotFound) {
+		return room.Room{}, false, err
+	}
+	// Not updated: already ended or not the owner's. A new statement sees
+	// a concurrent EndRoom's commit.
+	r, err = s.Room(ctx, id, owner)
+	return r, false, err
+}
+
+// DisplayName implements room.Store.
+func (s *RoomStore) DisplayName(ctx context.Context, userID uuid.UUID) (string, error) {
+	var name string
+	err := s.db.QueryRowContext(ctx, displayNameSQL, userID).Scan(&name)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", auth.ErrUnauthenticated
+	}
+	if err != nil {
+		return "", fmt.Errorf("display name: %w", err)
+	}
+	return name, nil
+}
+
+// RoomOwnedBy implements conversation.Rooms.
+func (s *RoomStore) RoomOwnedBy(ctx context.Context, roomID, userID uuid.UUID) (bool, error) {
+	var ok bool
+	if err := s.db.QueryRowContext(ctx, roomOwnedBySQL, roomID, userID).Scan(&ok); err != nil {
+		return false, fmt.Errorf("room owned by: %w", err)
+	}
+	return ok, nil
+}
+
+// ApplyEvent implements room.Store: the event id is claimed and the effect
+// written in one transaction, so an event is applied once however many
+// replicas receive it, and a failed effect leaves the id free for LiveKit's
+// retry.
+func (s *RoomStore) ApplyEvent(ctx context.Context, e room.Event) (room.EventResult, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return room.EventResult{}, fmt.Errorf("apply event: begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }() // ErrTxDone after Commit
+
+	if e.ID != "" {
+		res, err := tx.ExecContext(ctx, recordEventSQL, e.ID, e.Kind.String())
+		if err != nil {
+			return room.EventResult{}, fmt.Errorf("apply event: record id: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return room.EventResult{}, fmt.Errorf("apply event: record id: %w", err)
+		} else if n == 0 {
+			return room.EventResult{}, tx.Commit()
+		}
+	}
+	if err := applyEffect(ctx, tx, e); err != nil {
+		return room.EventResult{}, fmt.Errorf("apply event: %s: %w", e.Kind, err)
+	}
+	r, err := getRoom(ctx, tx, "apply event: read room", roomByLiveKitNameSQL, e.LiveKitRoom)
+	if err != nil && !errors.Is(err, room.ErrNotFound) {
+		return room.EventResult{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return room.EventResult{}, fmt.Errorf("apply event: commit: %w", err)
+	}
+	return room.EventResult{Applied: true, Room: r}, nil
+}
+
+func applyEffect(ctx context.Context, tx *sql.Tx, e room.Event) error {
+	at := sql.NullTime{Time: e.At, Valid: !e.At.IsZero()}
+	if !at.Valid {
+		at = sql.NullTime{Time: time.Now(), Valid: true}
+	}
+	var err error
+	switch e.Kind {
+	case room.EventRoomStarted:
+		_, err = tx.ExecContext(ctx, roomStartedSQL, e.LiveKitRoom, at)
+	case room.EventRoomFinished:
+		_, err = tx.ExecContext(ctx, roomFinishedSQL, e.LiveKitRoom, at)
+	case room.EventParticipantJoined, room.EventParticipantLeft:
+		if e.Participant.SessionID == "" {
+			return nil
+		}
+		q := participantJoinedSQL
+		if e.Kind == room.EventParticipantLeft {
+			q = participantLeftSQL
+		}
+		p := e.Participant
+		_, err = tx.ExecContext(ctx, q, e.LiveKitRoom, p.SessionID, p.Identity, p.Name, at)
+	case room.EventEgressEnded:
+		for _, rec := range e.Recordings {
+			id, idErr := uuid.NewV7()
+			if idErr != nil {
+				return idErr
+			}
+			if _, err = tx.ExecContext(ctx, recordingSQL, id, e.LiveKitRoom, rec.EgressID, rec.Location,
+				rec.Filename, rec.ContentType, rec.SizeBytes); err != nil {
+				break
+			}
+		}
+	}
+	return err
+}
+
+// Sessions returns the participant sessions recorded for a room.
+func (s *RoomStore) Sessions(ctx context.Context, roomID uuid.UUID) ([]room.Session, error) {
+	rows, err := s.db.QueryContext(ctx, sessionsSQL, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("sessions: %w", err)
+	}
+	defer rows.Close()
+	var out []room.Session
+	for rows.Next() {
+		var (
+			ss           room.Session
+			joined, left sql.NullTime
+		)
+		if err := rows.Scan(&ss.SessionID, &ss.Identity, &ss.Name, &joined, &left); err != nil {
+			return nil, fmt.Errorf("sessions: scan: %w", err)
+		}
+		ss.JoinedAt, ss.LeftAt = joined.Time, left.Time
+		out = append(out, ss)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sessions: %w", err)
+	}
+	return out, nil
+}
+
+// Recordings returns the egress recordings recorded for a room.
+func (s *RoomStore) Recordings(ctx context.Context, roomID uuid.UUID) ([]room.Recording, error) {
+	rows, err := s.db.QueryContext(ctx, recordingsSQL, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("recordings: %w", err)
+	}
+	defer rows.Close()
+	var out []room.Recording
+	for rows.Next() {
+		var rec room.Recording
+		if err := rows.Scan(&rec.EgressID, &rec.Location, &rec.Filename, &rec.ContentType, &rec.SizeBytes); err != nil {
+			return nil, fmt.Errorf("recordings: scan: %w", err)
+		}
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("recordings: %w", err)
+	}
+	return out, nil
+}
+
+// PruneEvents forgets applied webhook event ids received before before.
+// LiveKit stops retrying a delivery within minutes, so ids older than a
+// day or so will never be seen again.
+func (s *RoomStore) PruneEvents(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, pruneEventsSQL, before)
+	if err != nil {
+		return 0, fmt.Errorf("prune events: %w", err)
+	}
+	return res.RowsAffected()
+}

@@ -1,0 +1,71 @@
+package room
+
+import "time"
+
+// EventKind is the sort of a LiveKit webhook event Parley acts on.
+type EventKind int
+
+const (
+	// EventOther is any event Parley ignores.
+	EventOther EventKind = iota
+	// EventRoomStarted: LiveKit opened the room. It never reopens an ended room.
+	EventRoomStarted
+	// EventRoomFinished: LiveKit closed the room; the Parley room ends.
+	EventRoomFinished
+	// EventParticipantJoined: a participant session began.
+	EventParticipantJoined
+	// EventParticipantLeft: a participant session ended (left or aborted).
+	EventParticipantLeft
+	// EventEgressEnded: a recording finished; its files become recordings of
+	// the room's conversation.
+	EventEgressEnded
+)
+
+// Event is a verified LiveKit webhook event, reduced to what Parley uses.
+type Event struct {
+	// ID is LiveKit's event id, the key that makes delivery idempotent.
+	ID   string
+	Kind EventKind
+	// LiveKitRoom is the LiveKit room name the event is about.
+	LiveKitRoom string
+	// At is when LiveKit created the event.
+	At time.Time
+	// Participant is set for participant events.
+	Participant Participant
+	// Recordings are the finished files of an egress_ended event.
+	Recordings []Recording
+}
+
+// Participant is one participant session in a room. A participant who
+// rejoins gets a new session id.
+type Participant struct {
+	// SessionID is LiveKit's participant sid.
+	SessionID string
+	Identity  string
+	Name      string
+}
+
+// Recording is a file written by LiveKit egress. Parley references the
+// blob; it does not copy it.
+type Recording struct {
+	EgressID string
+	// Location is where egress wrote the file (a URL or blob name).
+	Location string
+	// Filename is the file's name as egress reports it.
+	Filename  string
+	SizeBytes int64
+	// ContentType is guessed from the file name's extension.
+	ContentType string
+}
+
+// Session is a participant session as webhooks recorded it. Either time may
+// be zero: LiveKit may deliver the leave before the join.
+type Session struct {
+	Participant
+	JoinedAt time.Time
+	LeftAt   time.Time
+}
+
+// Present reports whether the participant is in the room: joined and not
+// (yet known to have) left.
+func (s Session) Present() bool { return !s.JoinedAt.IsZero() && s.LeftAt.IsZero() }

@@ -1,0 +1,137 @@
+// Package room holds Parley's rooms: a LiveKit room together with the
+// conversation recorded in it. It decides who may create, join and end a room,
+// what LiveKit is told about it, and how LiveKit's webhook events change it.
+// It knows nothing of SQL, protos or the LiveKit SDK; the adapters implement
+// the interfaces declared here.
+package room
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Status is a room's life-cycle state. The values are stored in the database.
+type Status int16
+
+const (
+	// StatusActive rooms may be joined.
+	StatusActive Status = 1
+	// StatusEnded rooms are over for good: nothing reopens them.
+	StatusEnded Status = 2
+)
+
+// Room is a LiveKit room together with the conversation recorded in it.
+type Room struct {
+	ID   uuid.UUID
+	Name string
+	// ConversationID is uuid.Nil once the conversation has been deleted.
+	ConversationID uuid.UUID
+	// LiveKitRoom is the room's name on the LiveKit server. It is derived
+	// from the room id only, never from user input.
+	LiveKitRoom string
+	Status      Status
+	CreatedBy   uuid.UUID
+	CreatedAt   time.Time
+	// EndedAt is the zero time while the room is active.
+	EndedAt time.Time
+}
+
+// Ended reports whether the room is over.
+func (r Room) Ended() bool { return r.Status == StatusEnded }
+
+// JoinInfo is what a client needs to connect to a room on LiveKit.
+type JoinInfo struct {
+	URL       string
+	Token     string
+	ExpiresAt time.Time
+}
+
+// Spec is what LiveKit is told about a room, both when Parley creates it and
+// in every join token (so that LiveKit creates it the same way on first join
+// when Parley could not reach it).
+type Spec struct {
+	// Name is the LiveKit room name.
+	Name string
+	// Metadata is the room metadata: {"conversation_id": "..."}. Dispatched
+	// agents receive it as their job metadata too.
+	Metadata string
+}
+
+// Grant is who a join token is for.
+type Grant struct {
+	// Identity is the participant identity: the user id.
+	Identity string
+	// Name is the participant's display name.
+	Name string
+}
+
+// LiveKit is the media server, as the room service uses it. Implementations
+// bound their own calls in time: CreateRoom and DeleteRoom may fail, and the
+// service treats such failures as recoverable.
+type LiveKit interface {
+	// CreateRoom creates the room (with its metadata) and, when an agent is
+	// configured, dispatches the agent into it.
+	CreateRoom(ctx context.Context, s Spec) error
+	// DeleteRoom deletes the room, disconnecting everyone. A room LiveKit
+	// does not know is not an error.
+	DeleteRoom(ctx context.Context, name string) error
+	// JoinToken signs an access token that lets g join exactly the room of s
+	// and carries the room's configuration.
+	JoinToken(s Spec, g Grant) (JoinInfo, error)
+}
+
+// NewRoom is a room for the store to create with its conversation.
+type NewRoom struct {
+	ID             uuid.UUID
+	Name           string
+	ConversationID uuid.UUID
+	LiveKitRoom    string
+	CreatedBy      uuid.UUID
+}
+
+// Cursor is where a ListRooms page continues: strictly older than
+// (CreatedAt, ID) in (created_at DESC, id DESC) order.
+type Cursor struct {
+	CreatedAt time.Time
+	ID        uuid.UUID
+}
+
+// Page is one page of ListRooms.
+type Page struct {
+	Rooms []Room
+	// NextPageToken is "" on the last page.
+	NextPageToken string
+}
+
+// Store is the persistence the room service needs. Calls taking an owner
+// answer ErrNotFound for a room that does not exist or belongs to someone
+// else, so callers cannot tell the two apart.
+type Store interface {
+	// CreateRoom stores the room and its conversation (owned by CreatedBy,
+	// titled Name, linked to the room) in one transaction.
+	CreateRoom(ctx context.Context, r NewRoom) (Room, error)
+	Room(ctx context.Context, id, owner uuid.UUID) (Room, error)
+	// ListRooms returns up to limit of owner's rooms, newest first, strictly
+	// after cursor (nil for the first page).
+	ListRooms(ctx context.Context, owner uuid.UUID, after *Cursor, limit int) ([]Room, error)
+	// EndRoom marks the room ended at now unless it already is, and returns
+	// it; ended reports whether this call ended it.
+	EndRoom(ctx context.Context, id, owner uuid.UUID, now time.Time) (r Room, ended bool, err error)
+	// DisplayName returns a user's display name, for join tokens.
+	DisplayName(ctx context.Context, userID uuid.UUID) (string, error)
+	// ApplyEvent applies a LiveKit webhook event exactly once per event id,
+	// in one transaction with the record of its id.
+	ApplyEvent(ctx context.Context, e Event) (EventResult, error)
+}
+
+// EventResult is what applying a webhook event did.
+type EventResult struct {
+	// Applied is false when the event id had been applied before, by any
+	// replica, and nothing was done this time.
+	Applied bool
+	// Room is the Parley room the event is about, after the event; its ID
+	// is uuid.Nil when no room has the event's LiveKit name.
+	Room Room
+}

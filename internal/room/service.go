@@ -1,0 +1,320 @@
+package room
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/auth"
+)
+
+// Limits of the rules the service enforces. The proto schema checks the
+// same shape at the edge; the domain re-checks because it owns the rules.
+const (
+	MaxNameChars    = 100
+	DefaultPageSize = 50
+	MaxPageSize     = 200
+
+	// LiveKitRoomPrefix starts the LiveKit name of every Parley room.
+	// Webhook events about other rooms (a LiveKit server may be shared) are
+	// ignored.
+	LiveKitRoomPrefix = "parley-"
+
+	defaultDeleteAttempts = 5
+	defaultDeleteBackoff  = 500 * time.Millisecond
+)
+
+// Options are the optional settings of a Service.
+type Options struct {
+	Log *slog.Logger
+	// DeleteAttempts bounds how often a LiveKit room deletion is tried
+	// (default 5).
+	DeleteAttempts int
+	// DeleteBackoff is the first pause between deletion attempts; it
+	// doubles after each (default 500ms).
+	DeleteBackoff time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Service is the room use cases. It is safe for concurrent use. Close it at
+// shutdown: it stops the background LiveKit deletions it started.
+type Service struct {
+	store          Store
+	lk             LiveKit
+	log            *slog.Logger
+	now            func() time.Time
+	deleteAttempts int
+	deleteBackoff  time.Duration
+
+	// bg is the lifetime of background work: cancelled by Close, so no
+	// retry outlives the process's shutdown.
+	bg       context.Context
+	cancelBG context.CancelFunc
+	mu       sync.Mutex
+	closed   bool
+	wg       sync.WaitGroup
+}
+
+// NewService returns a Service over store and the LiveKit server lk.
+func NewService(store Store, lk LiveKit, opts Options) *Service {
+	s := &Service{
+		store:          store,
+		lk:             lk,
+		log:            opts.Log,
+		now:            opts.Now,
+		deleteAttempts: opts.DeleteAttempts,
+		deleteBackoff:  opts.DeleteBackoff,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.deleteAttempts <= 0 {
+		s.deleteAttempts = defaultDeleteAttempts
+	}
+	if s.deleteBackoff <= 0 {
+		s.deleteBackoff = defaultDeleteBackoff
+	}
+	// Background work must not be tied to the request that started it;
+	// Close is what ends it.
+	s.bg, s.cancelBG = context.WithCancel(context.Background())
+	return s
+}
+
+// Close cancels pending LiveKit deletions and waits for them to return.
+// Rooms stay ended; LiveKit closes an empty room by itself.
+func (s *Service) Close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancelBG()
+	s.wg.Wait()
+}
+
+// userOnly refuses agents: rooms are user-scoped.
+func userOnly(p auth.Principal) error {
+	switch {
+	case p.IsAgent():
+		return auth.ErrPermissionDenied
+	case !p.IsUser() || p.ID == uuid.Nil:
+		return auth.ErrUnauthenticated
+	}
+	return nil
+}
+
+// CreateRoom creates a room owned by p with its conversation, asks LiveKit
+// to create it, and returns it with p's join token. LiveKit being down or
+// slow does not fail the call: the token carries the room's configuration,
+// so LiveKit creates the room right on first join.
+func (s *Service) CreateRoom(ctx context.Context, p auth.Principal, name string) (Room, JoinInfo, error) {
+	if err := userOnly(p); err != nil {
+		return Room{}, JoinInfo{}, err
+	}
+	if !utf8.ValidString(name) || strings.TrimSpace(name) == "" || utf8.RuneCountInString(name) > MaxNameChars {
+		return Room{}, JoinInfo{}, invalid(fmt.Sprintf("name must be 1 to %d characters, not all blank", MaxNameChars))
+	}
+	roomID, err := uuid.NewV7()
+	if err != nil {
+		return Room{}, JoinInfo{}, fmt.Errorf("new room id: %w", err)
+	}
+	convID, err := uuid.NewV7()
+	if err != nil {
+		return Room{}, JoinInfo{}, fmt.Errorf("new conversation id: %w", err)
+	}
+	r, err := s.store.CreateRoom(ctx, NewRoom{
+		ID:             roomID,
+		Name:           name,
+		ConversationID: convID,
+		LiveKitRoom:    LiveKitRoomPrefix + roomID.String(),
+		CreatedBy:      p.ID,
+	})
+	if err != nil {
+		return Room{}, JoinInfo{}, err
+	}
+	spec := specOf(r)
+	if err := s.lk.CreateRoom(ctx, spec); err != nil {
+		s.log.WarnContext(ctx, "livekit create room failed; it will be created on first join",
+			slog.String("room_id", r.ID.String()), slog.String("error", err.Error()))
+	}
+	join, err := s.joinInfo(ctx, p, spec)
+	if err != nil {
+		return Room{}, JoinInfo{}, err
+	}
+	return r, join, nil
+}
+
+// GetRoom returns one of p's rooms.
+func (s *Service) GetRoom(ctx context.Context, p auth.Principal, id uuid.UUID) (Room, error) {
+	if err := userOnly(p); err != nil {
+		return Room{}, err
+	}
+	return s.store.Room(ctx, id, p.ID)
+}
+
+// ListRooms lists p's rooms, newest first.
+func (s *Service) ListRooms(ctx context.Context, p auth.Principal, pageSize int, pageToken string) (Page, error) {
+	if err := userOnly(p); err != nil {
+		return Page{}, err
+	}
+	switch {
+	case pageSize == 0:
+		pageSize = DefaultPageSize
+	case pageSize < 0 || pageSize > MaxPageSize:
+		return Page{}, invalid(fmt.Sprintf("page_size must be 0 to %d", MaxPageSize))
+	}
+	var after *Cursor
+	if pageToken != "" {
+		c, err := decodePageToken(pageToken)
+		if err != nil {
+			return Page{}, err
+		}
+		after = &c
+	}
+	rs, err := s.store.ListRooms(ctx, p.ID, after, pageSize+1)
+	if err != nil {
+		return Page{}, err
+	}
+	var page Page
+	if len(rs) > pageSize {
+		rs = rs[:pageSize]
+		last := rs[len(rs)-1]
+		page.NextPageToken = encodePageToken(Cursor{CreatedAt: last.CreatedAt, ID: last.ID})
+	}
+	page.Rooms = rs
+	return page, nil
+}
+
+// JoinRoom returns a join token for one of p's active rooms; an ended room
+// is ErrEnded.
+func (s *Service) JoinRoom(ctx context.Context, p auth.Principal, id uuid.UUID) (JoinInfo, error) {
+	if err := userOnly(p); err != nil {
+		return JoinInfo{}, err
+	}
+	r, err := s.store.Room(ctx, id, p.ID)
+	if err != nil {
+		return JoinInfo{}, err
+	}
+	if r.Ended() {
+		return JoinInfo{}, ErrEnded
+	}
+	return s.joinInfo(ctx, p, specOf(r))
+}
+
+// EndRoom ends one of p's rooms. Ending an ended room changes nothing. The
+// LiveKit room is deleted in the background, retried with backoff.
+func (s *Service) EndRoom(ctx context.Context, p auth.Principal, id uuid.UUID) (Room, error) {
+	if err := userOnly(p); err != nil {
+		return Room{}, err
+	}
+	r, ended, err := s.store.EndRoom(ctx, id, p.ID, s.now())
+	if err != nil {
+		return Room{}, err
+	}
+	if ended {
+		s.deleteLater(r.LiveKitRoom)
+	}
+	return r, nil
+}
+
+// ApplyEvent applies a verified LiveKit webhook event, once per event id
+// across replicas. Events about rooms that are not Parley's, and kinds
+// Parley does not use, are ignored.
+func (s *Service) ApplyEvent(ctx context.Context, e Event) error {
+	if e.Kind == EventOther || !strings.HasPrefix(e.LiveKitRoom, LiveKitRoomPrefix) {
+		return nil
+	}
+	res, err := s.store.ApplyEvent(ctx, e)
+	if err != nil {
+		return fmt.Errorf("apply %s event %q: %w", e.Kind, e.ID, err)
+	}
+	// A join token outlives its room, and joining re-creates a LiveKit
+	// room: close it again rather than let an ended room run on.
+	if res.Applied && res.Room.Ended() && (e.Kind == EventRoomStarted || e.Kind == EventParticipantJoined) {
+		s.deleteLater(res.Room.LiveKitRoom)
+	}
+	return nil
+}
+
+func (s *Service) joinInfo(ctx context.Context, p auth.Principal, spec Spec) (JoinInfo, error) {
+	name, err := s.store.DisplayName(ctx, p.ID)
+	if err != nil {
+		return JoinInfo{}, err
+	}
+	join, err := s.lk.JoinToken(spec, Grant{Identity: p.ID.String(), Name: name})
+	if err != nil {
+		return JoinInfo{}, fmt.Errorf("sign join token: %w", err)
+	}
+	return join, nil
+}
+
+// deleteLater deletes the LiveKit room in the background, retrying with
+// exponential backoff until it succeeds, the attempts run out or Close.
+func (s *Service) deleteLater(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.wg.Go(func() {
+		backoff := s.deleteBackoff
+		for attempt := 1; ; attempt++ {
+			err := s.lk.DeleteRoom(s.bg, name)
+			if err == nil {
+				return
+			}
+			if attempt == s.deleteAttempts || s.bg.Err() != nil {
+				s.log.Warn("livekit delete room failed; giving up", slog.String("livekit_room", name),
+					slog.Int("attempts", attempt), slog.String("error", err.Error()))
+				return
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-s.bg.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff *= 2
+		}
+	})
+}
+
+// specOf is what LiveKit is told about r.
+func specOf(r Room) Spec {
+	md := struct {
+		ConversationID string `json:"conversation_id,omitempty"`
+	}{}
+	if r.ConversationID != uuid.Nil {
+		md.ConversationID = r.ConversationID.String()
+	}
+	b, _ := json.Marshal(md) // a struct of one string always marshals
+	return Spec{Name: r.LiveKitRoom, Metadata: string(b)}
+}
+
+// String returns the LiveKit name of the event kind.
+func (k EventKind) String() string {
+	switch k {
+	case EventRoomStarted:
+		return "room_started"
+	case EventRoomFinished:
+		return "room_finished"
+	case EventParticipantJoined:
+		return "participant_joined"
+	case EventParticipantLeft:
+		return "participant_left"
+	case EventEgressEnded:
+		return "egress_ended"
+	default:
+		return "other"
+	}
+}

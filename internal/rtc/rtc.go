@@ -1,0 +1,244 @@
+// Package rtc adapts LiveKit to Parley's room domain with LiveKit's own
+// server SDK: rooms and agent dispatches through the Twirp server API, join
+// tokens signed with the API secret, and webhook requests verified against
+// it.
+package rtc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/livekit/protocol/auth"
+	"github.com/livekit/protocol/livekit"
+	"github.com/livekit/protocol/webhook"
+	lksdk "github.com/livekit/server-sdk-go/v2"
+	"github.com/twitchtv/twirp"
+
+	"github.com/parley-dev/parley/internal/room"
+)
+
+const (
+	defaultTokenTTL = time.Hour
+	defaultTimeout  = 1500 * time.Millisecond
+)
+
+// Config says which LiveKit server to use and how.
+type Config struct {
+	// URL is the server's URL as Parley reaches it (ws, wss, http or https).
+	URL string
+	// PublicURL is the URL handed to clients; "" means URL.
+	PublicURL string
+	APIKey    string
+	APISecret string
+	// AgentName is the agent dispatched into every new room; "" for none.
+	AgentName string
+	// TokenTTL is the lifetime of join tokens (default 1h).
+	TokenTTL time.Duration
+	// Timeout bounds each server API call; CreateRoom's room and dispatch
+	// share one (default 1.5s). Parley's requests wait at most this long
+	// for an unreachable or slow LiveKit.
+	Timeout time.Duration
+}
+
+// Client is a LiveKit server, as the room domain uses it. It implements
+// room.LiveKit and verifies webhook requests. It is safe for concurrent use.
+type Client struct {
+	cfg      Config
+	rooms    *lksdk.RoomServiceClient
+	dispatch *lksdk.AgentDispatchClient
+	keys     auth.KeyProvider
+}
+
+var _ room.LiveKit = (*Client)(nil)
+
+// New returns a Client for cfg. It does not contact the server.
+func New(cfg Config) (*Client, error) {
+	if cfg.URL == "" || cfg.APIKey == "" || cfg.APISecret == "" {
+		return nil, errors.New("rtc: LiveKit URL, API key and API secret are required")
+	}
+	if cfg.PublicURL == "" {
+		cfg.PublicURL = cfg.URL
+	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = defaultTokenTTL
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = defaultTimeout
+	}
+	return &Client{
+		cfg:      cfg,
+		rooms:    lksdk.NewRoomServiceClient(cfg.URL, cfg.APIKey, cfg.APISecret),
+		dispatch: lksdk.NewAgentDispatchServiceClient(cfg.URL, cfg.APIKey, cfg.APISecret),
+		keys:     auth.NewSimpleKeyProvider(cfg.APIKey, cfg.APISecret),
+	}, nil
+}
+
+// CreateRoom implements room.LiveKit: the room with its metadata, then the
+// agent's dispatch (whose metadata repeats the room's, since an agent may
+// start before room metadata reaches it).
+func (c *Client) CreateRoom(ctx context.Context, s room.Spec) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if _, err := c.rooms.CreateRoom(ctx, &livekit.CreateRoomRequest{Name: s.Name, Metadata: s.Metadata}); err != nil {
+		return fmt.Errorf("livekit create room %s: %w", s.Name, err)
+	}
+	if c.cfg.AgentName == "" {
+		return nil
+	}
+	_, err := c.dispatch.CreateDispatch(ctx, &livekit.CreateAgentDispatchRequest{
+		AgentName: c.cfg.AgentName,
+		Room:      s.Name,
+		Metadata:  s.Metadata,
+	})
+	if err != nil {
+		return fmt.Errorf("livekit dispatch agent %s to %s: %w", c.cfg.AgentName, s.Name, err)
+	}
+	return nil
+}
+
+// DeleteRoom implements room.LiveKit.
+func (c *Client) DeleteRoom(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	_, err := c.rooms.DeleteRoom(ctx, &livekit.DeleteRoomRequest{Room: name})
+	var te twirp.Error
+	if errors.As(err, &te) && te.Code() == twirp.NotFound {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("livekit delete room %s: %w", name, err)
+	}
+	return nil
+}
+
+// JoinToken implements room.LiveKit. The token lets g join exactly the room
+// of s, publish and subscribe, and carries the room's configuration
+// (metadata and agent dispatch), which LiveKit applies when the join is what
+// creates the room.
+func (c *Client) JoinToken(s room.Spec, g room.Grant) (room.JoinInfo, error) {
+	grant := &auth.VideoGrant{RoomJoin: true, Room: s.Name}
+	grant.SetCanPublish(true)
+	grant.SetCanSubscribe(true)
+	grant.SetCanPublishData(true)
+	cfg := &livekit.RoomConfiguration{Name: s.Name, Metadata: s.Metadata}
+	if c.cfg.AgentName != "" {
+		cfg.Agents = []*livekit.RoomAgentDispatch{{AgentName: c.cfg.AgentName, Metadata: s.Metadata}}
+	}
+	at := auth.NewAccessToken(c.cfg.APIKey, c.cfg.APISecret).
+		SetVideoGrant(grant).
+		SetIdentity(g.Identity).
+		SetName(g.Name).
+		SetValidFor(c.cfg.TokenTTL).
+		SetRoomConfig(cfg)
+	// The token's exp is whole seconds from a clock read inside ToJWT;
+	// truncating an earlier read never promises more than the token holds.
+	expires := time.Now().Add(c.cfg.TokenTTL).Truncate(time.Second)
+	token, err := at.ToJWT()
+	if err != nil {
+		return room.JoinInfo{}, fmt.Errorf("livekit join token: %w", err)
+	}
+	return room.JoinInfo{URL: c.cfg.PublicURL, Token: token, ExpiresAt: expires}, nil
+}
+
+// Verify reads a webhook request and returns its event if LiveKit signed it
+// with this client's API key and secret: the Authorization header must be a
+// current token signed with the secret whose sha256 claim matches the body.
+// Any other request is room.ErrInvalidWebhook. It consumes the body.
+func (c *Client) Verify(r *http.Request) (room.Event, error) {
+	ev, err := webhook.ReceiveWebhookEvent(r, c.keys)
+	if err != nil {
+		return room.Event{}, fmt.Errorf("%w: %w", room.ErrInvalidWebhook, err)
+	}
+	return eventOf(ev), nil
+}
+
+// eventOf reduces a LiveKit webhook event to the domain's.
+func eventOf(ev *livekit.WebhookEvent) room.Event {
+	e := room.Event{ID: ev.GetId(), LiveKitRoom: ev.GetRoom().GetName()}
+	if ts := ev.GetCreatedAt(); ts > 0 {
+		e.At = time.Unix(ts, 0).UTC()
+	}
+	participant := func() room.Participant {
+		p := ev.GetParticipant()
+		return room.Participant{SessionID: p.GetSid(), Identity: p.GetIdentity(), Name: p.GetName()}
+	}
+	switch ev.GetEvent() {
+	case webhook.EventRoomStarted:
+		e.Kind = room.EventRoomStarted
+	case webhook.EventRoomFinished:
+		e.Kind = room.EventRoomFinished
+	case webhook.EventParticipantJoined:
+		e.Kind = room.EventParticipantJoined
+		e.Participant = participant()
+	case webhook.EventParticipantLeft, webhook.EventParticipantConnectionAborted:
+		e.Kind = room.EventParticipantLeft
+		e.Participant = participant()
+	case webhook.EventEgressEnded:
+		e.Kind = room.EventEgressEnded
+		info := ev.GetEgressInfo()
+		if e.LiveKitRoom == "" {
+			e.LiveKitRoom = info.GetRoomName()
+		}
+		e.Recordings = recordingsOf(info)
+	}
+	return e
+}
+
+// recordingsOf returns the files a finished egress wrote. A failed or
+// aborted egress left nothing worth referencing; one that hit its limit
+// did write its file.
+func recordingsOf(info *livekit.EgressInfo) []room.Recording {
+	switch info.GetStatus() {
+	case livekit.EgressStatus_EGRESS_COMPLETE, livekit.EgressStatus_EGRESS_LIMIT_REACHED:
+	default:
+		return nil
+	}
+	var out []room.Recording
+	for _, f := range info.GetFileResults() {
+		if f.GetLocation() == "" && f.GetFilename() == "" {
+			continue
+		}
+		loc := f.GetLocation()
+		if loc == "" {
+			loc = f.GetFilename()
+		}
+		out = append(out, room.Recording{
+			EgressID:    info.GetEgressId(),
+			Location:    loc,
+			Filename:    path.Base(f.GetFilename()),
+			SizeBytes:   f.GetSize(),
+			ContentType: contentTypeOf(f.GetFilename()),
+		})
+	}
+	return out
+}
+
+// contentTypeOf names the container egress wrote, by extension; a switch
+// rather than mime.TypeByExtension, whose answers depend on the host.
+func contentTypeOf(name string) string {
+	switch strings.ToLower(path.Ext(name)) {
+	case ".mp4":
+		return "video/mp4"
+	case ".m4a":
+		return "audio/mp4"
+	case ".ogg":
+		return "audio/ogg"
+	case ".webm":
+		return "video/webm"
+	case ".mp3":
+		return "audio/mpeg"
+	case ".wav":
+		return "audio/wav"
+	case ".ts":
+		return "video/mp2t"
+	case ".m3u8":
+		return "application/vnd.apple.mpegurl"
+	default:
+		return "application/octet-stream"
+	}
+}
