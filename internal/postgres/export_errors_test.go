@@ -1,0 +1,15 @@
+package postgres
+
+// The error helpers are unexported; the external tests (which need
+// testenv, which imports this package) reach them through these.
+var (
+	PgCode                = pgCode
+	PgConstraint          = pgConstraint
+	IsNoRows              = isNoRows
+	IsUniqueViolation     = isUniqueViolation
+	IsForeignKeyViolation = isForeignKeyViolation
+	IsInvalidText         = isInvalidText
+	IsRetryable           = isRetryable
+	MigrateFS             = migrateFS
+	MigrationLockKey      = migrationLockKey
+)
