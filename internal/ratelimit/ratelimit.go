@@ -1,0 +1,269 @@
+// Package ratelimit limits request rates across all replicas with GCRA state
+// kept in Valkey, one round trip per check. While Valkey is unreachable it
+// falls back to an in-process limiter with the same limits, so an outage
+// loosens limits (each replica counts alone) but never removes them.
+package ratelimit
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valkey-io/valkey-go"
+)
+
+// Defaults for Options' zero values.
+const (
+	DefaultKeyPrefix     = "parley:rl:"
+	DefaultTimeout       = 100 * time.Millisecond
+	DefaultRetryInterval = time.Second
+	DefaultMaxLocalKeys  = 100_000
+)
+
+// Options configures a Limiter. The zero value is usable.
+type Options struct {
+	// Logger receives the outage and recovery messages. Nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the limiter's metrics. Nil leaves them unregistered.
+	Registerer prometheus.Registerer
+	// KeyPrefix is prepended to every key in Valkey. Default DefaultKeyPrefix.
+	KeyPrefix string
+	// Timeout bounds each Valkey call, so a stalled server costs a request
+	// at most this much. Default DefaultTimeout.
+	Timeout time.Duration
+	// RetryInterval is how often, during an outage, one request probes Valkey
+	// while the rest go straight to the local limiter. Default
+	// DefaultRetryInterval.
+	RetryInterval time.Duration
+	// MaxLocalKeys bounds the keys the local fallback remembers. Default
+	// DefaultMaxLocalKeys.
+	MaxLocalKeys int
+	// Now is the clock for the local limiter and outage bookkeeping (Valkey
+	// uses its own clock). Default time.Now.
+	Now func() time.Time
+}
+
+// Limiter checks request rates against limits shared by every replica. It is
+// safe for concurrent use.
+type Limiter struct {
+	client        valkey.Client
+	prefix        string
+	timeout       time.Duration
+	retryInterval time.Duration
+	now           func() time.Time
+	log           *slog.Logger
+	local         *localLimiter
+
+	// probeAt is when Valkey may next be tried, in Unix nanoseconds; zero
+	// while Valkey is healthy.
+	probeAt atomic.Int64
+	// failedAt is when the latest failed call began, in Unix nanoseconds.
+	failedAt atomic.Int64
+	// degraded is true between the outage's warning and the recovery notice,
+	// so each is logged once per outage.
+	degraded atomic.Bool
+
+	allowed  prometheus.Counter
+	refused  prometheus.Counter
+	fallback prometheus.Counter
+}
+
+// New returns a Limiter keeping its state in Valkey through client. The client
+// is not closed by the Limiter.
+func New(client valkey.Client, opts Options) *Limiter {
+	l := &Limiter{
+		client:        client,
+		prefix:        cmp.Or(opts.KeyPrefix, DefaultKeyPrefix),
+		timeout:       cmp.Or(opts.Timeout, DefaultTimeout),
+		retryInterval: cmp.Or(opts.RetryInterval, DefaultRetryInterval),
+		now:           opts.Now,
+		log:           opts.Logger,
+		local:         newLocalLimiter(cmp.Or(opts.MaxLocalKeys, DefaultMaxLocalKeys)),
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	decisions := register(opts.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "parley_ratelimit_decisions_total",
+		Help: "Rate limit decisions, by result (allowed or refused).",
+	}, []string{"result"}))
+	l.allowed = decisions.WithLabelValues("allowed")
+	l.refused = decisions.WithLabelValues("refused")
+	l.fallback = register(opts.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "parley_ratelimit_fallback_total",
+		Help: "Rate limit decisions made by the local limiter because Valkey was unreachable.",
+	}))
+	return l
+}
+
+// Allow counts one request against key under lim and reports whether it may
+// proceed. Every replica calling Allow with the same key shares one budget; a
+// key should always be used with the same Limit.
+//
+// When Valkey fails or is slower than Options.Timeout, Allow answers from the
+// local limiter and returns a nil error. It returns an error only for an
+// invalid lim (ErrInvalidLimit) or when ctx itself is done.
+func (l *Limiter) Allow(ctx context.Context, key string, lim Limit) (Decision, error) {
+	p, err := lim.params()
+	if err != nil {
+		return Decision{}, err
+	}
+	now := l.now()
+	if l.shouldTryValkey(now) {
+		d, err := l.allowValkey(ctx, key, p)
+		if err == nil {
+			l.healthy(now)
+			l.count(d)
+			return d, nil
+		}
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			// The caller gave up; that says nothing about Valkey's health.
+			return Decision{}, fmt.Errorf("rate limit: %w", ctxErr)
+		}
+		l.unhealthy(now, err)
+		now = l.now() // the failed call may have used up the timeout
+	}
+	d := l.local.allow(now, key, p)
+	l.fallback.Inc()
+	l.count(d)
+	return d, nil
+}
+
+// shouldTryValkey reports whether this call should go to Valkey. During an
+// outage only one call per retry interval probes it, so a dead or stalled
+// server does not add a timeout to every request.
+func (l *Limiter) shouldTryValkey(now time.Time) bool {
+	at := l.probeAt.Load()
+	if at == 0 {
+		return true
+	}
+	n := now.UnixNano()
+	if n < at {
+		return false
+	}
+	return l.probeAt.CompareAndSwap(at, n+int64(l.retryInterval))
+}
+
+// healthy records that a call begun at start was answered by Valkey.
+func (l *Limiter) healthy(start time.Time) {
+	if l.probeAt.Load() == 0 && !l.degraded.Load() {
+		return // the hot path: no shared writes
+	}
+	if start.UnixNano() < l.failedAt.Load() {
+		// In flight since before the latest failure; says nothing about now.
+		return
+	}
+	l.probeAt.Store(0)
+	if l.degraded.CompareAndSwap(true, false) {
+		l.log.Info("rate limiter using Valkey again")
+	}
+}
+
+// unhealthy records that a call begun at start failed with err.
+func (l *Limiter) unhealthy(start time.Time, err error) {
+	l.failedAt.Store(start.UnixNano())
+	l.probeAt.Store(start.UnixNano() + int64(l.retryInterval))
+	if l.degraded.CompareAndSwap(false, true) {
+		l.log.Warn("rate limiter falling back to local limits", slog.String("error", err.Error()))
+	}
+}
+
+func (l *Limiter) count(d Decision) {
+	if d.Allowed {
+		l.allowed.Inc()
+	} else {
+		l.refused.Inc()
+	}
+}
+
+// gcraScript is gcra (gcra.go) run inside Valkey on one key holding the
+// theoretical arrival time in microseconds since the epoch. It reads the
+// server's clock, so replicas with skewed clocks agree, and expires the key
+// when the bucket is full again, so idle keys vanish.
+//
+// Microseconds keep every value below 2^53, exact in Lua's doubles;
+// string.format('%d') stores the integer, which tostring would turn into
+// 1.8e+15.
+//
+// The script is retryable: valkey-go then retries it, within the call's
+// timeout, on a connection that broke (say, a pooled connection left stale by
+// a Valkey restart) instead of failing over to local limits for nothing. A
+// reply lost after the script ran costs one extra request of budget.
+//
+// KEYS[1] key; ARGV[1] emission interval (µs); ARGV[2] burst.
+// Returns {allowed (0|1), remaining, retry after (µs), reset after (µs)}.
+var gcraScript = valkey.NewLuaScriptRetryable(`
+local interval = tonumber(ARGV[1])
+local burst_offset = interval * tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local diff = now - (new_tat - burst_offset)
+if diff < 0 then
+  return {0, 0, -diff, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor(diff / interval), 0, new_tat - now}
+`)
+
+func (l *Limiter) allowValkey(ctx context.Context, key string, p gcraParams) (Decision, error) {
+	// Skip the extra context when the caller's deadline is already tighter.
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > l.timeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, l.timeout)
+		defer cancel()
+	}
+	res := gcraScript.Exec(ctx, l.client,
+		[]string{l.prefix + key},
+		[]string{strconv.FormatInt(p.interval.Microseconds(), 10), strconv.Itoa(p.burst)})
+	vals, err := res.ToArray()
+	if err != nil {
+		return Decision{}, fmt.Errorf("rate limit script: %w", err)
+	}
+	if len(vals) != 4 {
+		return Decision{}, fmt.Errorf("rate limit script: %d values, want 4", len(vals))
+	}
+	var n [4]int64
+	for i := range vals {
+		if n[i], err = vals[i].AsInt64(); err != nil {
+			return Decision{}, fmt.Errorf("rate limit script: value %d: %w", i, err)
+		}
+	}
+	return Decision{
+		Allowed:    n[0] == 1,
+		Limit:      p.burst,
+		Remaining:  int(n[1]),
+		RetryAfter: time.Duration(n[2]) * time.Microsecond,
+		ResetAfter: time.Duration(n[3]) * time.Microsecond,
+	}, nil
+}
+
+// register registers c, or returns the collector already registered under
+// its name (two Limiters in one process share their metrics).
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if reg == nil {
+		return c
+	}
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		// A different metric under our name is a wiring bug, as MustRegister treats it.
+		panic(fmt.Sprintf("ratelimit: register metrics: %v", err))
+	}
+	return c
+}
