@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/account"
@@ -90,7 +89,7 @@ type revokedTokenRow struct {
 func (s *AccountStore) CreateUser(ctx context.Context, u account.User, passwordHash string) (account.User, error) {
 	row := userRow{ID: u.ID, Email: u.Email, DisplayName: u.DisplayName, PasswordHash: passwordHash}
 	_, err := s.db.NewInsert().Model(&row).Returning("created_at, updated_at").Exec(ctx)
-	if code, constraint := accountPgError(err); code == "23505" && constraint == "users_email_key" {
+	if isUniqueViolation(err, "users_email_key") {
 		return account.User{}, account.ErrEmailTaken
 	}
 	if err != nil {
@@ -148,7 +147,7 @@ func (s *AccountStore) CreateRefreshToken(ctx context.Context, t account.Refresh
 	return s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		family := refreshFamilyRow{ID: t.FamilyID, UserID: t.UserID}
 		if _, err := tx.NewInsert().Model(&family).Exec(ctx); err != nil {
-			if code, _ := accountPgError(err); code == "23503" {
+			if isForeignKeyViolation(err) {
 				return account.ErrUserNotFound
 			}
 			return fmt.Errorf("insert refresh family: %w", err)
@@ -333,15 +332,4 @@ func (s *AccountStore) PruneRevokedAccessTokens(ctx context.Context, before time
 		return 0, fmt.Errorf("delete revoked tokens: %w", err)
 	}
 	return n, nil
-}
-
-// accountPgError returns the SQLSTATE and constraint of a PostgreSQL error,
-// or empty strings for any other error.
-// TODO: use the package's shared SQLSTATE helpers once internal/postgres has them.
-func accountPgError(err error) (code, constraint string) {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code, pgErr.ConstraintName
-	}
-	return "", ""
 }
