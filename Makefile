@@ -8,13 +8,19 @@ PROTOVALIDATE_VERSION := v1.2.2
 PROTO_DEPS := .build/proto-deps
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all test lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench e2e clean
+.PHONY: all test azurite lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench e2e clean
 
 all: lint test
 
-## test: run every test (starts private PostgreSQL and Valkey servers as needed)
-test:
+## test: run every test (starts private PostgreSQL, Valkey and Azurite servers as needed)
+test: azurite
 	$(GO) test $(TEST_FLAGS) ./...
+
+## azurite: install the Azurite blob emulator the tests start (pinned in tools/azurite)
+azurite: tools/azurite/node_modules/.package-lock.json
+
+tools/azurite/node_modules/.package-lock.json: tools/azurite/package.json tools/azurite/package-lock.json
+	npm ci --prefix tools/azurite --no-audit --no-fund
 
 ## lint: formatting, vet, staticcheck, buf lint and freshness of generated code
 lint: fmt vet staticcheck buf-lint check-generated

@@ -83,7 +83,8 @@ func startAzurite() (string, error) {
 		proc, err := su.start("azurite", syscall.SIGKILL, dir, logPath, node, main,
 			"--blobHost", "127.0.0.1",
 			"--blobPort", strconv.Itoa(port),
-			"--location", dir,
+			// In memory; the working directory (dir) takes what little
+			// Azurite still writes.
 			"--inMemoryPersistence",
 			// The Go SDK speaks a newer API version than the emulator knows.
 			"--skipApiVersionCheck",

@@ -1,0 +1,28 @@
+package blobstore
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/google/uuid"
+)
+
+// errBadName refuses a name file.BlobName could not have made. It is a
+// programming error, never a client's: names come from server ids.
+var errBadName = errors.New("blobstore: blob name must be {conversation uuid}/{file uuid}")
+
+// checkName accepts exactly "{uuid}/{uuid}" in canonical lower-case form,
+// so a name can neither climb out of the container or directory nor alias
+// another blob.
+func checkName(name string) error {
+	conv, id, ok := strings.Cut(name, "/")
+	if !ok || !canonicalUUID(conv) || !canonicalUUID(id) {
+		return errBadName
+	}
+	return nil
+}
+
+func canonicalUUID(s string) bool {
+	u, err := uuid.Parse(s)
+	return err == nil && u.String() == s
+}

@@ -1,0 +1,40 @@
+package file
+
+import "errors"
+
+var (
+	// ErrNotFound is returned when a file does not exist or the caller may
+	// not reach it; the two are indistinguishable on purpose.
+	ErrNotFound = errors.New("file not found")
+	// ErrInvalid is returned (wrapped in an error naming the rule) when a
+	// request breaks a rule: too large, a content type that is not allowed
+	// or does not match the bytes, an unusable filename, a bad page size.
+	ErrInvalid = errors.New("invalid request")
+	// ErrInvalidPageToken is returned when a ListFiles page token is
+	// malformed.
+	ErrInvalidPageToken = errors.New("invalid page token")
+	// ErrUploadMismatch is returned by CompleteUpload when the stored bytes
+	// are missing or differ from the declared size, checksum or content
+	// type; the file stays PENDING.
+	ErrUploadMismatch = errors.New("uploaded bytes do not match the declaration")
+	// ErrBlobNotFound is returned by Blobs when a blob does not exist.
+	ErrBlobNotFound = errors.New("blob not found")
+	// ErrReservationLost is returned by Store.CreateFile when the blob's
+	// reservation fell due and the outbox deleted it before the row came:
+	// the upload took longer than the reservation's grace.
+	ErrReservationLost = errors.New("blob reservation expired")
+)
+
+// ruleError is an error that says which rule was broken; the rpc layer
+// shows its message to clients.
+type ruleError struct {
+	sentinel error
+	msg      string
+}
+
+func (e *ruleError) Error() string         { return e.msg }
+func (e *ruleError) Unwrap() error         { return e.sentinel }
+func (e *ruleError) PublicMessage() string { return e.msg }
+
+func invalid(msg string) error  { return &ruleError{sentinel: ErrInvalid, msg: msg} }
+func mismatch(msg string) error { return &ruleError{sentinel: ErrUploadMismatch, msg: msg} }

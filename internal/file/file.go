@@ -1,0 +1,189 @@
+// Package file holds the files attached to conversations: uploads through
+// the API or straight to blob storage, agents' recordings, and conversation
+// exports. Blobs are named only by server-made ids; a user's filename is
+// display metadata. Blobs are removed after the database commit through a
+// durable outbox, so neither a crash nor a failing store leaves a row
+// pointing at nothing or a blob nobody owns. The package knows nothing of
+// SQL, protos or storage SDKs; the adapters implement the interfaces here.
+package file
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/conversation"
+)
+
+// Kind says where a file came from.
+type Kind int16
+
+// The kinds a file may have. The values are stored in the database.
+const (
+	KindUpload    Kind = 1
+	KindRecording Kind = 2
+	KindExport    Kind = 3
+)
+
+// Status says whether a file's bytes are in place.
+type Status int16
+
+// The statuses a file may have. The values are stored in the database.
+const (
+	// StatusPending is a reserved file whose bytes have not been checked yet
+	// (CreateUpload before CompleteUpload).
+	StatusPending Status = 1
+	// StatusReady is a file whose stored bytes match its size and SHA-256.
+	StatusReady Status = 2
+)
+
+// File is one stored file of a conversation.
+type File struct {
+	ID             uuid.UUID
+	ConversationID uuid.UUID
+	// Filename is the sanitised display name; it never names storage.
+	Filename    string
+	ContentType string
+	SizeBytes   int64
+	// SHA256 is the lower-case hex digest of the bytes, "" while pending.
+	SHA256    string
+	Kind      Kind
+	Status    Status
+	CreatedAt time.Time
+}
+
+// BlobName is the storage name of f's bytes: server-made ids only.
+func (f File) BlobName() string { return BlobName(f.ConversationID, f.ID) }
+
+// BlobName returns the storage name of file id of conversation conv.
+func BlobName(conv, id uuid.UUID) string { return conv.String() + "/" + id.String() }
+
+// Page is one page of ListFiles.
+type Page struct {
+	Files []File
+	// NextPageToken is "" on the last page.
+	NextPageToken string
+}
+
+// Cursor is where a ListFiles page continues: strictly older than
+// (CreatedAt, ID) in (created_at DESC, id DESC) order.
+type Cursor struct {
+	CreatedAt time.Time
+	ID        uuid.UUID
+}
+
+// Reservation is an outbox entry that deletes a blob unless the file row
+// naming it is committed first. It makes "blob first, then row" crash-safe:
+// a blob whose row never came is removed once the reservation falls due.
+type Reservation int64
+
+// Store is the persistence of files and of the blob-deletion outbox. Calls
+// that take a conversation.Scope answer ErrNotFound for files of
+// conversations outside it.
+type Store interface {
+	// Reserve records that blobName is to be deleted at due unless
+	// CreateFile claims the reservation first.
+	Reserve(ctx context.Context, blobName string, due time.Time) (Reservation, error)
+	// CreateFile stores f (every field but CreatedAt set by the caller) and,
+	// in the same transaction, claims r (0 for none). A reservation the
+	// outbox has already taken fails with ErrReservationLost and stores
+	// nothing. A conversation that is gone is conversation.ErrNotFound.
+	CreateFile(ctx context.Context, f File, r Reservation) (File, error)
+	GetFile(ctx context.Context, id uuid.UUID, s conversation.Scope) (File, error)
+	// ListFiles returns up to limit files of conversation conv, newest
+	// first, strictly after cursor (nil for the first page). The caller has
+	// checked access to conv.
+	ListFiles(ctx context.Context, conv uuid.UUID, after *Cursor, limit int) ([]File, error)
+	// MarkReady turns pending file id READY with the checked size and digest.
+	// A file that is gone is ErrNotFound; one that is READY already is
+	// returned unchanged.
+	MarkReady(ctx context.Context, id uuid.UUID, size int64, sha256 string) (File, error)
+	// DeleteFile deletes the file row; its blob is queued for deletion in
+	// the same transaction (so is every file row deleted any other way).
+	DeleteFile(ctx context.Context, id uuid.UUID, s conversation.Scope) error
+	// ExpirePending deletes up to limit PENDING files created before
+	// olderThan, queueing their blobs, and returns how many it deleted.
+	ExpirePending(ctx context.Context, olderThan time.Time, limit int) (int, error)
+	// DeleteDueBlobs takes up to limit due outbox entries that no other
+	// replica holds, calls del for each, then removes the entries del
+	// succeeded on and postpones the others by the retry delay del
+	// returned. It returns how many entries it took.
+	DeleteDueBlobs(ctx context.Context, limit int, del func(ctx context.Context, d Deletion) (retryIn time.Duration, err error)) (int, error)
+}
+
+// Deletion is a due outbox entry: a blob to delete.
+type Deletion struct {
+	ID       int64
+	BlobName string
+	// Attempts counts the failed attempts so far.
+	Attempts int
+}
+
+// BlobInfo describes a stored blob.
+type BlobInfo struct {
+	Size int64
+}
+
+// UploadSpec is what an upload URL is signed for.
+type UploadSpec struct {
+	ContentType string
+	Size        int64
+	Expires     time.Time
+}
+
+// UploadTarget is where and how a client uploads a blob itself.
+type UploadTarget struct {
+	URL string
+	// Headers must accompany the PUT.
+	Headers map[string]string
+}
+
+// DownloadSpec is what a download URL is signed for: the response headers
+// storage answers with, and the expiry.
+type DownloadSpec struct {
+	ContentType        string
+	ContentDisposition string
+	Expires            time.Time
+}
+
+// Blobs is blob storage. Names are those BlobName makes; implementations
+// refuse any other name, so nothing is written outside their container.
+type Blobs interface {
+	// Put stores r under name, replacing nothing the caller cares about
+	// (names are fresh ids).
+	Put(ctx context.Context, name string, r io.Reader, contentType string) error
+	// Stat describes the blob, ErrBlobNotFound if there is none.
+	Stat(ctx context.Context, name string) (BlobInfo, error)
+	// Open streams the blob, ErrBlobNotFound if there is none.
+	Open(ctx context.Context, name string) (io.ReadCloser, error)
+	// Seal stops upload URLs from changing the blob; Unseal lets them again.
+	Seal(ctx context.Context, name string) error
+	Unseal(ctx context.Context, name string) error
+	// Delete removes the blob, sealed or not; a missing blob is no error.
+	Delete(ctx context.Context, name string) error
+	// UploadURL returns a write-only URL for exactly the blob name.
+	UploadURL(ctx context.Context, name string, spec UploadSpec) (UploadTarget, error)
+	// DownloadURL returns a read-only URL for exactly the blob name.
+	DownloadURL(ctx context.Context, name string, spec DownloadSpec) (string, error)
+}
+
+// Conversations is what files need of conversations: access checks and the
+// messages an export walks. The conversation store implements it.
+type Conversations interface {
+	GetConversation(ctx context.Context, id uuid.UUID, s conversation.Scope) (conversation.Conversation, error)
+	ListMessages(ctx context.Context, r conversation.MessageRange) ([]conversation.Message, error)
+}
+
+// Exporter writes a conversation in one file format, message by message, so
+// an export streams.
+type Exporter interface {
+	// ContentType is the export's media type; Extension its filename suffix
+	// (".json").
+	ContentType() string
+	Extension() string
+	Begin(w io.Writer, c conversation.Conversation) error
+	Message(w io.Writer, m conversation.Message) error
+	End(w io.Writer) error
+}

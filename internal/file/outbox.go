@@ -1,0 +1,143 @@
+package file
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+)
+
+// WorkerOptions tune a Worker. Zero fields take the defaults.
+type WorkerOptions struct {
+	// Poll is the pause between passes when nothing woke the worker
+	// (default 10s): other replicas' deletions and falling-due retries are
+	// found this way.
+	Poll time.Duration
+	// Batch is how many outbox entries one transaction takes (default 50).
+	Batch int
+	// MinBackoff and MaxBackoff bound the retry delay after a failed
+	// deletion, which doubles per attempt (defaults 2s and 15m).
+	MinBackoff, MaxBackoff time.Duration
+	// PendingTTL is how long a PENDING file may wait for CompleteUpload
+	// before it is deleted with its blob (default 24h).
+	PendingTTL time.Duration
+	// DeleteTimeout bounds one blob deletion (default 30s).
+	DeleteTimeout time.Duration
+	Log           *slog.Logger
+}
+
+// Worker drains the blob-deletion outbox: every replica runs one, and
+// FOR UPDATE SKIP LOCKED in the store hands each entry to one of them. A
+// failed deletion is retried with exponential backoff until it succeeds, so
+// a blob outlives its row only while storage is failing.
+type Worker struct {
+	store Store
+	blobs Blobs
+	opts  WorkerOptions
+	wake  chan struct{}
+}
+
+// NewWorker returns a Worker deleting blobs from blobs as store's outbox
+// lists them.
+func NewWorker(store Store, blobs Blobs, opts WorkerOptions) *Worker {
+	if opts.Poll <= 0 {
+		opts.Poll = 10 * time.Second
+	}
+	if opts.Batch <= 0 {
+		opts.Batch = 50
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 2 * time.Second
+	}
+	if opts.MaxBackoff < opts.MinBackoff {
+		opts.MaxBackoff = max(15*time.Minute, opts.MinBackoff)
+	}
+	if opts.PendingTTL <= 0 {
+		opts.PendingTTL = 24 * time.Hour
+	}
+	if opts.DeleteTimeout <= 0 {
+		opts.DeleteTimeout = 30 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Worker{store: store, blobs: blobs, opts: opts, wake: make(chan struct{}, 1)}
+}
+
+// Wake makes a running worker start a pass now; it never blocks.
+func (w *Worker) Wake() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run drains the outbox until ctx ends, then returns nil. Errors of a pass
+// are logged and the pass retried at the next poll.
+func (w *Worker) Run(ctx context.Context) error {
+	for {
+		if _, err := w.RunOnce(ctx); err != nil && ctx.Err() == nil {
+			w.opts.Log.WarnContext(ctx, "blob outbox pass failed", slog.String("error", err.Error()))
+		}
+		// Jitter keeps replicas that started together from polling in step.
+		t := time.NewTimer(w.opts.Poll/2 + rand.N(w.opts.Poll))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-w.wake:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// RunOnce deletes expired PENDING files, then takes due outbox entries in
+// batches until none is left, and returns how many entries it took.
+func (w *Worker) RunOnce(ctx context.Context) (int, error) {
+	for {
+		n, err := w.store.ExpirePending(ctx, time.Now().Add(-w.opts.PendingTTL), w.opts.Batch)
+		if err != nil {
+			return 0, fmt.Errorf("expire pending files: %w", err)
+		}
+		if n < w.opts.Batch {
+			break
+		}
+	}
+	total := 0
+	for {
+		n, err := w.store.DeleteDueBlobs(ctx, w.opts.Batch, w.deleteBlob)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("delete due blobs: %w", err)
+		}
+		if n < w.opts.Batch {
+			return total, nil
+		}
+	}
+}
+
+func (w *Worker) deleteBlob(ctx context.Context, d Deletion) (time.Duration, error) {
+	dctx, cancel := context.WithTimeout(ctx, w.opts.DeleteTimeout)
+	defer cancel()
+	err := w.blobs.Delete(dctx, d.BlobName)
+	if err == nil {
+		return 0, nil
+	}
+	retry := w.backoff(d.Attempts)
+	w.opts.Log.WarnContext(ctx, "delete blob failed; will retry",
+		slog.String("blob", d.BlobName), slog.Int("attempt", d.Attempts+1),
+		slog.Duration("retry_in", retry), slog.String("error", err.Error()))
+	return retry, err
+}
+
+// backoff is the delay before attempt attempts+2: MinBackoff doubled per
+// failure, capped at MaxBackoff, with ±25% jitter.
+func (w *Worker) backoff(attempts int) time.Duration {
+	d := w.opts.MinBackoff << min(attempts, 30)
+	if d <= 0 || d > w.opts.MaxBackoff {
+		d = w.opts.MaxBackoff
+	}
+	return d*3/4 + rand.N(d/2+1)
+}
