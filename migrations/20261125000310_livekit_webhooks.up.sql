@@ -24,21 +24,5 @@ CREATE TABLE room_participants (
     PRIMARY KEY (room_id, session_id)
 );
 
--- room_recordings are files LiveKit egress wrote for a room, referenced by
--- their location (the blob is not copied), recorded on the room's
--- conversation. Its columns mirror the public File message (kind RECORDING,
--- status READY) so the files table can take them over.
-CREATE TABLE room_recordings (
-    id              uuid        PRIMARY KEY,
-    room_id         uuid        NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
-    conversation_id uuid        REFERENCES conversations (id) ON DELETE CASCADE,
-    egress_id       text        NOT NULL,
-    location        text        NOT NULL,
-    filename        text        NOT NULL,
-    content_type    text        NOT NULL,
-    size_bytes      bigint      NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE UNIQUE INDEX room_recordings_egress_location_key ON room_recordings (egress_id, location);
-CREATE INDEX room_recordings_conversation_id_idx ON room_recordings (conversation_id);
+-- Recordings (egress_ended) are rows of the files table, kind RECORDING,
+-- status READY, whose blob_name is the name egress wrote.

@@ -74,25 +74,31 @@ SELECT id, $2::text, $3::text, $4::text, $5::timestamptz FROM rooms WHERE liveki
 ON CONFLICT (room_id, session_id) DO UPDATE
    SET left_at = COALESCE(room_participants.left_at, EXCLUDED.left_at)`
 
-	// $1 id, $2 livekit room, $3 egress id, $4 location, $5 filename,
-	// $6 content type, $7 size.
-	recordingSQL = `INSERT INTO room_recordings (id, room_id, conversation_id, egress_id, location, filename, content_type, size_bytes)
-SELECT $1::uuid, id, conversation_id, $3::text, $4::text, $5::text, $6::text, $7::bigint FROM rooms WHERE livekit_room = $2::text
-ON CONFLICT (egress_id, location) DO NOTHING`
+	// recordingSQL records an egress file as a READY file of kind RECORDING
+	// (2 and 2 in file.Kind and file.Status) on the room's conversation. The
+	// blob name is unique, so a redelivered egress adds nothing; a room
+	// whose conversation was deleted gets no file.
+	// $1 id, $2 livekit room, $3 blob name, $4 filename, $5 content type, $6 size.
+	recordingSQL = `INSERT INTO files (id, conversation_id, blob_name, filename, content_type, size_bytes, sha256, kind, status)
+SELECT $1::uuid, conversation_id, $3::text, $4::text, $5::text, $6::bigint, '', 2, 2
+  FROM rooms WHERE livekit_room = $2::text AND conversation_id IS NOT NULL
+ON CONFLICT (blob_name) DO NOTHING`
 
 	roomByLiveKitNameSQL = `SELECT ` + roomColumns + ` FROM rooms WHERE livekit_room = $1::text`
 
 	sessionsSQL = `SELECT session_id, identity, name, joined_at, left_at
   FROM room_participants WHERE room_id = $1::uuid ORDER BY session_id`
 
-	recordingsSQL = `SELECT egress_id, location, filename, content_type, size_bytes
-  FROM room_recordings WHERE room_id = $1::uuid ORDER BY created_at, location`
+	recordingsSQL = `SELECT f.blob_name, f.filename, f.content_type, f.size_bytes
+  FROM files f JOIN rooms r ON r.conversation_id = f.conversation_id
+ WHERE r.id = $1::uuid AND f.kind = 2
+ ORDER BY f.created_at, f.blob_name`
 
 	pruneEventsSQL = `DELETE FROM livekit_events WHERE received_at < $1::timestamptz`
 )
 
-// RoomStore keeps rooms, their webhook-recorded participants and
-// recordings. It implements room.Store and conversation.Rooms.
+// RoomStore keeps rooms and their webhook-recorded participants, and files
+// egress recordings on their conversations. It implements room.Store and conversation.Rooms.
 type RoomStore struct {
 	db *sql.DB
 }
@@ -313,7 +319,7 @@ func applyEffect(ctx context.Context, tx *sql.Tx, e room.Event) error {
 			if idErr != nil {
 				return idErr
 			}
-			if _, err = tx.ExecContext(ctx, recordingSQL, id, e.LiveKitRoom, rec.EgressID, rec.Location,
+			if _, err = tx.ExecContext(ctx, recordingSQL, id, e.LiveKitRoom, rec.BlobName,
 				rec.Filename, rec.ContentType, rec.SizeBytes); err != nil {
 				break
 			}
@@ -347,7 +353,7 @@ func (s *RoomStore) Sessions(ctx context.Context, roomID uuid.UUID) ([]room.Sess
 	return out, nil
 }
 
-// Recordings returns the egress recordings recorded for a room.
+// Recordings returns the recording files of a room's conversation.
 func (s *RoomStore) Recordings(ctx context.Context, roomID uuid.UUID) ([]room.Recording, error) {
 	rows, err := s.db.QueryContext(ctx, recordingsSQL, roomID)
 	if err != nil {
@@ -357,7 +363,7 @@ func (s *RoomStore) Recordings(ctx context.Context, roomID uuid.UUID) ([]room.Re
 	var out []room.Recording
 	for rows.Next() {
 		var rec room.Recording
-		if err := rows.Scan(&rec.EgressID, &rec.Location, &rec.Filename, &rec.ContentType, &rec.SizeBytes); err != nil {
+		if err := rows.Scan(&rec.BlobName, &rec.Filename, &rec.ContentType, &rec.SizeBytes); err != nil {
 			return nil, fmt.Errorf("recordings: scan: %w", err)
 		}
 		out = append(out, rec)

@@ -16,8 +16,8 @@ const (
 	EventParticipantJoined
 	// EventParticipantLeft: a participant session ended (left or aborted).
 	EventParticipantLeft
-	// EventEgressEnded: a recording finished; its files become recordings of
-	// the room's conversation.
+	// EventEgressEnded: a recording finished; its files become files of kind
+	// RECORDING of the room's conversation.
 	EventEgressEnded
 )
 
@@ -45,16 +45,18 @@ type Participant struct {
 	Name      string
 }
 
-// Recording is a file written by LiveKit egress. Parley references the
-// blob; it does not copy it.
+// Recording is a file written by LiveKit egress into Parley's blob
+// container. Parley references the blob; it does not copy it.
 type Recording struct {
 	EgressID string
-	// Location is where egress wrote the file (a URL or blob name).
+	// BlobName is the name egress wrote the file under (its filepath).
+	BlobName string
+	// Location is the file's URL as egress reports it, for the logs.
 	Location string
-	// Filename is the file's name as egress reports it.
+	// Filename is the display name: the blob name's last element.
 	Filename  string
 	SizeBytes int64
-	// ContentType is guessed from the file name's extension.
+	// ContentType is derived from the file name's extension.
 	ContentType string
 }
 

@@ -24,7 +24,7 @@ import (
 
 const (
 	defaultTokenTTL = time.Hour
-	defaultTimeout  = 1500 * time.Millisecond
+	defaultTimeout  = time.Second
 )
 
 // Config says which LiveKit server to use and how.
@@ -40,7 +40,7 @@ type Config struct {
 	// TokenTTL is the lifetime of join tokens (default 1h).
 	TokenTTL time.Duration
 	// Timeout bounds each server API call; CreateRoom's room and dispatch
-	// share one (default 1.5s). Parley's requests wait at most this long
+	// share one (default 1s). Parley's requests wait at most this long
 	// for an unreachable or slow LiveKit.
 	Timeout time.Duration
 }
@@ -200,16 +200,15 @@ func recordingsOf(info *livekit.EgressInfo) []room.Recording {
 	}
 	var out []room.Recording
 	for _, f := range info.GetFileResults() {
-		if f.GetLocation() == "" && f.GetFilename() == "" {
+		// Filename is the blob name egress wrote (its filepath); Location
+		// is the storage URL, which names no blob in Parley's terms.
+		if f.GetFilename() == "" {
 			continue
-		}
-		loc := f.GetLocation()
-		if loc == "" {
-			loc = f.GetFilename()
 		}
 		out = append(out, room.Recording{
 			EgressID:    info.GetEgressId(),
-			Location:    loc,
+			BlobName:    f.GetFilename(),
+			Location:    f.GetLocation(),
 			Filename:    path.Base(f.GetFilename()),
 			SizeBytes:   f.GetSize(),
 			ContentType: contentTypeOf(f.GetFilename()),

@@ -1,0 +1,303 @@
+package postgres_test
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/account"
+	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/postgres"
+	"github.com/parley-dev/parley/internal/room"
+	"github.com/parley-dev/parley/internal/testenv"
+)
+
+func roomSeedUser(t *testing.T, s *postgres.AccountStore, name string) uuid.UUID {
+	t.Helper()
+	u, err := s.CreateUser(t.Context(), account.User{ID: uuid.New(), Email: uuid.NewString() + "@example.com", DisplayName: name}, "$argon2id$stub")
+	if err != nil {
+		t.Fatalf("CreateUser: %v", err)
+	}
+	return u.ID
+}
+
+func roomCreate(t *testing.T, s *postgres.RoomStore, owner uuid.UUID, name string) room.Room {
+	t.Helper()
+	id := uuid.Must(uuid.NewV7())
+	r, err := s.CreateRoom(t.Context(), room.NewRoom{
+		ID: id, Name: name, ConversationID: uuid.Must(uuid.NewV7()), LiveKitRoom: room.LiveKitRoomPrefix + id.String(), CreatedBy: owner,
+	})
+	if err != nil {
+		t.Fatalf("CreateRoom: %v", err)
+	}
+	return r
+}
+
+func TestRoomStoreCreateRoomWithConversation(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	ctx := t.Context()
+	rooms, convs := postgres.NewRoomStore(db), postgres.NewConversationStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	other := roomSeedUser(t, postgres.NewAccountStore(db), "Bob")
+
+	r := roomCreate(t, rooms, owner, "Stand-up")
+	if r.Status != room.StatusActive || r.Name != "Stand-up" || r.CreatedBy != owner || r.CreatedAt.IsZero() || !r.EndedAt.IsZero() {
+		t.Errorf("CreateRoom = %+v", r)
+	}
+	c, err := convs.GetConversation(ctx, r.ConversationID, conversation.Scope{UserID: owner})
+	if err != nil {
+		t.Fatalf("the room's conversation: %v", err)
+	}
+	if c.RoomID != r.ID || c.Title != "Stand-up" || c.UserID != owner {
+		t.Errorf("conversation = %+v, want room %s, title Stand-up, owner %s", c, r.ID, owner)
+	}
+
+	if got, err := rooms.Room(ctx, r.ID, owner); err != nil || got != r {
+		t.Errorf("Room = %+v, %v; want %+v", got, err, r)
+	}
+	if _, err := rooms.Room(ctx, r.ID, other); !errors.Is(err, room.ErrNotFound) {
+		t.Errorf("Room by another user: %v, want ErrNotFound", err)
+	}
+	for _, tc := range []struct {
+		user uuid.UUID
+		want bool
+	}{{owner, true}, {other, false}} {
+		if ok, err := rooms.RoomOwnedBy(ctx, r.ID, tc.user); err != nil || ok != tc.want {
+			t.Errorf("RoomOwnedBy(%s) = %v, %v; want %v", tc.user, ok, err, tc.want)
+		}
+	}
+	if name, err := rooms.DisplayName(ctx, owner); err != nil || name != "Ada" {
+		t.Errorf("DisplayName = %q, %v", name, err)
+	}
+
+	// A deleted conversation leaves its room, without a conversation.
+	if err := convs.DeleteConversation(ctx, c.ID, conversation.Scope{UserID: owner}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := rooms.Room(ctx, r.ID, owner); err != nil || got.ConversationID != uuid.Nil {
+		t.Errorf("Room after its conversation was deleted = %+v, %v", got, err)
+	}
+}
+
+func TestRoomStoreCreateRoomForMissingUserLeavesNothing(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	rooms := postgres.NewRoomStore(db)
+	ghost, convID, roomID := uuid.New(), uuid.New(), uuid.New()
+	_, err := rooms.CreateRoom(t.Context(), room.NewRoom{ID: roomID, Name: "x", ConversationID: convID, LiveKitRoom: "parley-" + roomID.String(), CreatedBy: ghost})
+	if !errors.Is(err, auth.ErrUnauthenticated) {
+		t.Fatalf("CreateRoom for a deleted user: %v, want ErrUnauthenticated", err)
+	}
+	var n int
+	if err := db.QueryRowContext(t.Context(), "SELECT (SELECT count(*) FROM rooms) + (SELECT count(*) FROM conversations)").Scan(&n); err != nil || n != 0 {
+		t.Errorf("rows left behind: %d, %v", n, err)
+	}
+}
+
+func TestRoomStoreListRoomsKeyset(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	rooms := postgres.NewRoomStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	other := roomSeedUser(t, postgres.NewAccountStore(db), "Bob")
+	var want []uuid.UUID
+	for range 5 {
+		want = append([]uuid.UUID{roomCreate(t, rooms, owner, "r").ID}, want...)
+	}
+	roomCreate(t, rooms, other, "not mine")
+
+	var got []uuid.UUID
+	var after *room.Cursor
+	for {
+		page, err := rooms.ListRooms(t.Context(), owner, after, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page {
+			got = append(got, r.ID)
+		}
+		if len(page) < 2 {
+			break
+		}
+		last := page[len(page)-1]
+		after = &room.Cursor{CreatedAt: last.CreatedAt, ID: last.ID}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("ListRooms walked %d rooms, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("ListRooms order: got %v, want %v (newest first)", got, want)
+			break
+		}
+	}
+}
+
+func TestRoomStoreEndRoomOnce(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	rooms := postgres.NewRoomStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	r := roomCreate(t, rooms, owner, "r")
+
+	first := time.Now().UTC().Truncate(time.Microsecond)
+	got, ended, err := rooms.EndRoom(t.Context(), r.ID, owner, first)
+	if err != nil || !ended || got.Status != room.StatusEnded || !got.EndedAt.Equal(first) {
+		t.Fatalf("EndRoom = %+v, %v, %v", got, ended, err)
+	}
+	again, ended, err := rooms.EndRoom(t.Context(), r.ID, owner, first.Add(time.Hour))
+	if err != nil || ended || !again.EndedAt.Equal(first) {
+		t.Errorf("second EndRoom = %+v, %v, %v; want unchanged, not ended again", again, ended, err)
+	}
+	if _, _, err := rooms.EndRoom(t.Context(), r.ID, uuid.New(), first); !errors.Is(err, room.ErrNotFound) {
+		t.Errorf("EndRoom by another user: %v", err)
+	}
+}
+
+func TestRoomStoreApplyEvent(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	ctx := t.Context()
+	rooms := postgres.NewRoomStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	r := roomCreate(t, rooms, owner, "r")
+	at := func(sec int) time.Time { return time.Unix(1_900_000_000+int64(sec), 0).UTC() }
+	apply := func(e room.Event) room.EventResult {
+		t.Helper()
+		e.LiveKitRoom = r.LiveKitRoom
+		res, err := rooms.ApplyEvent(ctx, e)
+		if err != nil {
+			t.Fatalf("ApplyEvent(%s %s): %v", e.Kind, e.ID, err)
+		}
+		return res
+	}
+
+	// A leave delivered before its join: the session never shows present.
+	alice := room.Participant{SessionID: "PA_1", Identity: owner.String(), Name: "Ada"}
+	apply(room.Event{ID: "EV_left", Kind: room.EventParticipantLeft, At: at(20), Participant: alice})
+	apply(room.Event{ID: "EV_joined", Kind: room.EventParticipantJoined, At: at(10), Participant: alice})
+	// An ordinary session, joined and still there.
+	agent := room.Participant{SessionID: "PA_2", Identity: "agent-1", Name: "Agent"}
+	apply(room.Event{ID: "EV_joined2", Kind: room.EventParticipantJoined, At: at(11), Participant: agent})
+	sessions, err := rooms.Sessions(ctx, r.ID)
+	if err != nil || len(sessions) != 2 {
+		t.Fatalf("Sessions = %+v, %v", sessions, err)
+	}
+	if s := sessions[0]; s.Present() || !s.JoinedAt.Equal(at(10)) || !s.LeftAt.Equal(at(20)) || s.Name != "Ada" {
+		t.Errorf("session left before joined = %+v, present %v", s, s.Present())
+	}
+	if s := sessions[1]; !s.Present() {
+		t.Errorf("joined session = %+v, want present", s)
+	}
+
+	if res := apply(room.Event{ID: "EV_started", Kind: room.EventRoomStarted, At: at(1)}); !res.Applied || res.Room.Ended() {
+		t.Errorf("room_started = %+v", res)
+	}
+	res := apply(room.Event{ID: "EV_finished", Kind: room.EventRoomFinished, At: at(30)})
+	if !res.Applied || !res.Room.Ended() || !res.Room.EndedAt.Equal(at(30)) {
+		t.Errorf("room_finished = %+v, want the room ended at %v", res, at(30))
+	}
+	// The same event again, and a second room_finished: nothing changes.
+	if res := apply(room.Event{ID: "EV_finished", Kind: room.EventRoomFinished, At: at(30)}); res.Applied {
+		t.Errorf("redelivered room_finished applied again: %+v", res)
+	}
+	if res := apply(room.Event{ID: "EV_finished2", Kind: room.EventRoomFinished, At: at(40)}); !res.Room.EndedAt.Equal(at(30)) {
+		t.Errorf("second room_finished moved ended_at: %+v", res)
+	}
+	// A late room_started does not reopen it.
+	if res := apply(room.Event{ID: "EV_started2", Kind: room.EventRoomStarted, At: at(50)}); !res.Applied || !res.Room.Ended() {
+		t.Errorf("room_started after room_finished = %+v, want still ended", res)
+	}
+
+	// Events about rooms Parley does not have are recorded and harmless.
+	if res, err := rooms.ApplyEvent(ctx, room.Event{ID: "EV_other", Kind: room.EventRoomFinished, LiveKitRoom: "parley-nope"}); err != nil || res.Room.ID != uuid.Nil {
+		t.Errorf("event for an unknown room = %+v, %v", res, err)
+	}
+}
+
+func TestRoomStoreApplyEventOnceAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	url := testenv.DatabaseURL(t)
+	// Two replicas: two pools on one database.
+	open := func() (*postgres.RoomStore, *postgres.AccountStore) {
+		db, err := postgres.Open(t.Context(), url, postgres.Options{MaxOpenConns: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return postgres.NewRoomStore(db), postgres.NewAccountStore(db)
+	}
+	first, accounts := open()
+	second, _ := open()
+	replicas := []*postgres.RoomStore{first, second}
+	r := roomCreate(t, first, roomSeedUser(t, accounts, "Ada"), "r")
+
+	for i := range 10 {
+		e := room.Event{ID: uuid.NewString(), Kind: room.EventParticipantJoined, LiveKitRoom: r.LiveKitRoom,
+			Participant: room.Participant{SessionID: fmt.Sprintf("PA_%d", i), Identity: "x"}}
+		var (
+			wg      sync.WaitGroup
+			mu      sync.Mutex
+			applied int
+		)
+		for _, s := range replicas {
+			for range 2 {
+				wg.Go(func() {
+					res, err := s.ApplyEvent(t.Context(), e)
+					if err != nil {
+						t.Errorf("ApplyEvent: %v", err)
+						return
+					}
+					if res.Applied {
+						mu.Lock()
+						applied++
+						mu.Unlock()
+					}
+				})
+			}
+		}
+		wg.Wait()
+		if applied != 1 {
+			t.Errorf("event %d delivered 4 times to 2 replicas was applied %d times, want 1", i, applied)
+		}
+	}
+}
+
+func TestRoomStoreEgressRecordings(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	ctx := t.Context()
+	rooms := postgres.NewRoomStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	r := roomCreate(t, rooms, owner, "r")
+	rec := room.Recording{EgressID: "EG_1", BlobName: "recordings/" + r.ID.String() + ".mp4", Location: "https://x/c/recordings/a.mp4",
+		Filename: r.ID.String() + ".mp4", SizeBytes: 1234, ContentType: "video/mp4"}
+	for _, id := range []string{"EV_eg", "EV_eg", "EV_eg_again"} {
+		if _, err := rooms.ApplyEvent(ctx, room.Event{ID: id, Kind: room.EventEgressEnded, LiveKitRoom: r.LiveKitRoom, Recordings: []room.Recording{rec}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := rooms.Recordings(ctx, r.ID)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Recordings = %+v, %v; want one", got, err)
+	}
+	want := rec
+	want.EgressID, want.Location = "", ""
+	if got[0] != want {
+		t.Errorf("recording = %+v, want %+v", got[0], want)
+	}
+	var kind, status int
+	var convID uuid.UUID
+	if err := db.DB.QueryRowContext(ctx, "SELECT kind, status, conversation_id FROM files WHERE blob_name = $1", rec.BlobName).Scan(&kind, &status, &convID); err != nil {
+		t.Fatal(err)
+	}
+	if kind != 2 || status != 2 || convID != r.ConversationID {
+		t.Errorf("files row: kind %d, status %d, conversation %s; want RECORDING, READY, %s", kind, status, convID, r.ConversationID)
+	}
+}
