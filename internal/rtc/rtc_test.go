@@ -275,7 +275,8 @@ func TestRealLiveKit(t *testing.T) {
 	if key == "" {
 		key, secret = "devkey", "secret"
 	}
-	c := newClient(t, rtc.Config{URL: url, APIKey: key, APISecret: secret, Timeout: 5 * time.Second})
+	const agent = "parley-test-agent"
+	c := newClient(t, rtc.Config{URL: url, APIKey: key, APISecret: secret, AgentName: agent, Timeout: 5 * time.Second})
 	s := spec()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -295,6 +296,13 @@ func TestRealLiveKit(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(list.GetRooms()[0].GetMetadata()), &md); err != nil || md.ConversationID == "" {
 		t.Errorf("metadata %q: %v", list.GetRooms()[0].GetMetadata(), err)
+	}
+	dispatches, err := lksdk.NewAgentDispatchServiceClient(url, key, secret).ListDispatch(ctx, &livekit.ListAgentDispatchRequest{Room: s.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := dispatches.GetAgentDispatches(); len(d) != 1 || d[0].GetAgentName() != agent || d[0].GetMetadata() != s.Metadata {
+		t.Errorf("server lists dispatches %v, want %s with metadata %s", d, agent, s.Metadata)
 	}
 	if _, err := c.JoinToken(s, room.Grant{Identity: uuid.NewString(), Name: "Ada"}); err != nil {
 		t.Fatal(err)
