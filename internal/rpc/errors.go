@@ -9,6 +9,7 @@ import (
 
 	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/conversation"
 	"github.com/parley-dev/parley/internal/room"
 )
 
@@ -32,6 +33,11 @@ var errorCodes = []struct {
 	{account.ErrAgentKeyNotFound, connect.CodeNotFound},
 
 	// conversation
+	{conversation.ErrNotFound, connect.CodeNotFound},
+	{conversation.ErrTurnConflict, connect.CodeAlreadyExists},
+	{conversation.ErrInvalidPageToken, connect.CodeInvalidArgument},
+	{conversation.ErrInvalid, connect.CodeInvalidArgument},
+	{conversation.ErrRoomNotFound, connect.CodeNotFound},
 
 	// room
 	{room.ErrNotFound, connect.CodeNotFound},

@@ -1,0 +1,229 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/conversation"
+	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+)
+
+// DefaultHeartbeat is how often an idle WatchMessages stream gets a
+// heartbeat when WatchOptions leaves it zero: often enough for proxies and
+// browsers (connect-web has no keepalive) not to time it out.
+const DefaultHeartbeat = 15 * time.Second
+
+// WatchOptions tune WatchMessages streams.
+type WatchOptions struct {
+	// Heartbeat is the idle interval after which a stream gets a heartbeat;
+	// 0 means DefaultHeartbeat.
+	Heartbeat time.Duration
+	// Drain is closed when the server starts draining: open streams end
+	// with unavailable so clients reconnect to another replica.
+	Drain <-chan struct{}
+}
+
+// ConversationServer serves parley.v1.ConversationService.
+type ConversationServer struct {
+	svc   *conversation.Service
+	watch WatchOptions
+	log   *slog.Logger
+}
+
+var _ parleyv1connect.ConversationServiceHandler = (*ConversationServer)(nil)
+
+// NewConversationServer returns a ConversationServer over svc.
+func NewConversationServer(svc *conversation.Service, opts WatchOptions, log *slog.Logger) *ConversationServer {
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = DefaultHeartbeat
+	}
+	return &ConversationServer{svc: svc, watch: opts, log: log}
+}
+
+// CreateConversation creates a conversation owned by the caller.
+func (s *ConversationServer) CreateConversation(ctx context.Context, req *connect.Request[parleyv1.CreateConversationRequest]) (*connect.Response[parleyv1.CreateConversationResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	roomID, err := parseOptionalConversationUUID("room_id", req.Msg.GetRoomId())
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.svc.CreateConversation(ctx, p, req.Msg.GetTitle(), roomID)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.CreateConversationResponse{Conversation: conversationToProto(c)}), nil
+}
+
+// GetConversation returns one conversation.
+func (s *ConversationServer) GetConversation(ctx context.Context, req *connect.Request[parleyv1.GetConversationRequest]) (*connect.Response[parleyv1.GetConversationResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	id, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.svc.GetConversation(ctx, p, id)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.GetConversationResponse{Conversation: conversationToProto(c)}), nil
+}
+
+// ListConversations lists the caller's conversations, newest first.
+func (s *ConversationServer) ListConversations(ctx context.Context, req *connect.Request[parleyv1.ListConversationsRequest]) (*connect.Response[parleyv1.ListConversationsResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	page, err := s.svc.ListConversations(ctx, p, int(req.Msg.GetPageSize()), req.Msg.GetPageToken())
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.ListConversationsResponse{
+		Conversations: conversationsToProto(page.Conversations),
+		NextPageToken: page.NextPageToken,
+	}), nil
+}
+
+// DeleteConversation deletes a conversation with its messages.
+func (s *ConversationServer) DeleteConversation(ctx context.Context, req *connect.Request[parleyv1.DeleteConversationRequest]) (*connect.Response[parleyv1.DeleteConversationResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	id, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.svc.DeleteConversation(ctx, p, id); err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.DeleteConversationResponse{}), nil
+}
+
+// SaveTurn appends a turn's messages exactly once per turn_id.
+func (s *ConversationServer) SaveTurn(ctx context.Context, req *connect.Request[parleyv1.SaveTurnRequest]) (*connect.Response[parleyv1.SaveTurnResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	turn, err := turnFromProto(req.Msg)
+	if err != nil {
+		return nil, err
+	}
+	saved, err := s.svc.SaveTurn(ctx, p, turn)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.SaveTurnResponse{
+		Messages: messagesToProto(saved.Messages),
+		Replayed: saved.Replayed,
+	}), nil
+}
+
+// ListMessages pages through a conversation's messages by seq.
+func (s *ConversationServer) ListMessages(ctx context.Context, req *connect.Request[parleyv1.ListMessagesRequest]) (*connect.Response[parleyv1.ListMessagesResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	r, err := listMessagesFromProto(req.Msg)
+	if err != nil {
+		return nil, err
+	}
+	page, err := s.svc.ListMessages(ctx, p, r)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.ListMessagesResponse{
+		ConversationId: page.ConversationID.String(),
+		Messages:       messagesToProto(page.Messages),
+		NextPageToken:  page.NextPageToken,
+	}), nil
+}
+
+// WatchMessages streams the stored messages after after_seq, then each new
+// one, until the client leaves, the conversation is deleted (not_found), the
+// caller's token expires (unauthenticated) or the server drains
+// (unavailable).
+func (s *ConversationServer) WatchMessages(ctx context.Context, req *connect.Request[parleyv1.WatchMessagesRequest], stream *connect.ServerStream[parleyv1.WatchMessagesResponse]) error {
+	p, err := principal(ctx)
+	if err != nil {
+		return toConnectError(ctx, s.log, err)
+	}
+	id, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	if err != nil {
+		return err
+	}
+	w, err := s.svc.WatchMessages(ctx, p, id, req.Msg.GetAfterSeq())
+	if err != nil {
+		return toConnectError(ctx, s.log, err)
+	}
+	defer w.Close()
+	// Send the headers now: clients (and proxies) see the stream open even
+	// when nothing is stored yet and the first heartbeat is far off.
+	if err := stream.Send(nil); err != nil {
+		return err
+	}
+	return s.pump(ctx, p, w, stream)
+}
+
+// pump sends a watch's messages, and heartbeats while it is idle, until the
+// stream has to end.
+func (s *ConversationServer) pump(ctx context.Context, p auth.Principal, w *conversation.Watch, stream *connect.ServerStream[parleyv1.WatchMessagesResponse]) error {
+	heartbeat := time.NewTimer(s.watch.Heartbeat)
+	defer heartbeat.Stop()
+	var expired <-chan time.Time
+	if !p.ExpiresAt.IsZero() {
+		t := time.NewTimer(time.Until(p.ExpiresAt))
+		defer t.Stop()
+		expired = t.C
+	}
+	for {
+		msgs, err := w.Next(ctx)
+		if err != nil {
+			return toConnectError(ctx, s.log, err)
+		}
+		for _, m := range msgs {
+			if err := stream.Send(&parleyv1.WatchMessagesResponse{Message: messageToProto(m)}); err != nil {
+				return err
+			}
+		}
+		if len(msgs) > 0 {
+			heartbeat.Reset(s.watch.Heartbeat)
+			continue
+		}
+		select {
+		case <-w.Ready():
+		case <-heartbeat.C:
+			if err := stream.Send(&parleyv1.WatchMessagesResponse{Heartbeat: timestamppb.Now()}); err != nil {
+				return err
+			}
+			heartbeat.Reset(s.watch.Heartbeat)
+		case <-expired:
+			return connect.NewError(connect.CodeUnauthenticated, errors.New("access token expired"))
+		case <-s.watch.Drain:
+			return connect.NewError(connect.CodeUnavailable, errors.New("server is draining; reconnect"))
+		case <-ctx.Done():
+			return toConnectError(ctx, s.log, ctx.Err())
+		}
+	}
+}
+
+// ExportConversation is served by the files feature; until it lands it is
+// unimplemented.
+func (s *ConversationServer) ExportConversation(context.Context, *connect.Request[parleyv1.ExportConversationRequest]) (*connect.Response[parleyv1.ExportConversationResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.ExportConversation is not implemented yet"))
+}

@@ -1,0 +1,130 @@
+package rpc
+
+import (
+	"errors"
+	"fmt"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/conversation"
+	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+)
+
+// parseConversationUUID parses a UUID request field. The validation
+// interceptor has checked the shape already; this guards the handler when it
+// is mounted without it.
+func parseConversationUUID(field, s string) (uuid.UUID, error) {
+	id, err := uuid.Parse(s)
+	if err != nil {
+		return uuid.Nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s must be a UUID", field))
+	}
+	return id, nil
+}
+
+// parseOptionalConversationUUID is parseConversationUUID with "" meaning
+// uuid.Nil.
+func parseOptionalConversationUUID(field, s string) (uuid.UUID, error) {
+	if s == "" {
+		return uuid.Nil, nil
+	}
+	return parseConversationUUID(field, s)
+}
+
+func conversationToProto(c conversation.Conversation) *parleyv1.Conversation {
+	pc := &parleyv1.Conversation{
+		Id:           c.ID.String(),
+		UserId:       c.UserID.String(),
+		Title:        c.Title,
+		MessageCount: c.MessageCount,
+		LastSeq:      c.LastSeq,
+		CreatedAt:    timestamp(c.CreatedAt),
+		UpdatedAt:    timestamp(c.UpdatedAt),
+	}
+	if c.RoomID != uuid.Nil {
+		pc.RoomId = c.RoomID.String()
+	}
+	return pc
+}
+
+func conversationsToProto(cs []conversation.Conversation) []*parleyv1.Conversation {
+	out := make([]*parleyv1.Conversation, len(cs))
+	for i, c := range cs {
+		out[i] = conversationToProto(c)
+	}
+	return out
+}
+
+func messageToProto(m conversation.Message) *parleyv1.Message {
+	return &parleyv1.Message{
+		Id:             m.ID.String(),
+		ConversationId: m.ConversationID.String(),
+		Seq:            m.Seq,
+		Role:           roleToProto(m.Role),
+		Content:        m.Content,
+		TurnId:         m.TurnID,
+		CreatedAt:      timestamp(m.CreatedAt),
+	}
+}
+
+func messagesToProto(ms []conversation.Message) []*parleyv1.Message {
+	out := make([]*parleyv1.Message, len(ms))
+	for i, m := range ms {
+		out[i] = messageToProto(m)
+	}
+	return out
+}
+
+func roleToProto(r conversation.Role) parleyv1.Role {
+	switch r {
+	case conversation.RoleUser:
+		return parleyv1.Role_ROLE_USER
+	case conversation.RoleAssistant:
+		return parleyv1.Role_ROLE_ASSISTANT
+	case conversation.RoleSystem:
+		return parleyv1.Role_ROLE_SYSTEM
+	default:
+		return parleyv1.Role_ROLE_UNSPECIFIED
+	}
+}
+
+func orderFromProto(o parleyv1.Order) (conversation.Order, error) {
+	switch o {
+	case parleyv1.Order_ORDER_UNSPECIFIED, parleyv1.Order_ORDER_NEWEST_FIRST:
+		return conversation.OrderNewestFirst, nil
+	case parleyv1.Order_ORDER_OLDEST_FIRST:
+		return conversation.OrderOldestFirst, nil
+	default:
+		return 0, connect.NewError(connect.CodeInvalidArgument, errors.New("unknown order"))
+	}
+}
+
+func turnFromProto(m *parleyv1.SaveTurnRequest) (conversation.Turn, error) {
+	id, err := parseConversationUUID("conversation_id", m.GetConversationId())
+	if err != nil {
+		return conversation.Turn{}, err
+	}
+	return conversation.Turn{
+		ConversationID:   id,
+		TurnID:           m.GetTurnId(),
+		UserMessage:      m.GetUserMessage(),
+		AssistantMessage: m.GetAssistantMessage(),
+	}, nil
+}
+
+func listMessagesFromProto(m *parleyv1.ListMessagesRequest) (conversation.ListMessagesRequest, error) {
+	id, err := parseConversationUUID("conversation_id", m.GetConversationId())
+	if err != nil {
+		return conversation.ListMessagesRequest{}, err
+	}
+	order, err := orderFromProto(m.GetOrder())
+	if err != nil {
+		return conversation.ListMessagesRequest{}, err
+	}
+	return conversation.ListMessagesRequest{
+		ConversationID: id,
+		PageSize:       int(m.GetPageSize()),
+		PageToken:      m.GetPageToken(),
+		Order:          order,
+	}, nil
+}
