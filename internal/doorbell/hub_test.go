@@ -1,0 +1,173 @@
+package doorbell
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/conversation"
+)
+
+// fakeSource is an in-memory conversation log that counts reads.
+type fakeSource struct {
+	mu    sync.Mutex
+	msgs  map[uuid.UUID][]conversation.Message
+	reads int
+}
+
+func (f *fakeSource) append(id uuid.UUID, n int) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for range n {
+		f.msgs[id] = append(f.msgs[id], conversation.Message{ConversationID: id, Seq: int64(len(f.msgs[id]) + 1)})
+	}
+	return int64(len(f.msgs[id]))
+}
+
+func (f *fakeSource) NewMessages(_ context.Context, id uuid.UUID, after int64, limit int) ([]conversation.Message, int64, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reads++
+	all, ok := f.msgs[id]
+	if !ok {
+		return nil, 0, false, nil
+	}
+	rest := all[min(int(after), len(all)):]
+	return append([]conversation.Message(nil), rest[:min(limit, len(rest))]...), int64(len(all)), true, nil
+}
+
+func (f *fakeSource) LastSeqs(_ context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[uuid.UUID]int64{}
+	for _, id := range ids {
+		if all, ok := f.msgs[id]; ok {
+			out[id] = int64(len(all))
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeSource) readCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reads
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestHubReadsOncePerRing: however many watchers a conversation has, a ring
+// costs one read, and every watcher sees the shared messages.
+func TestHubReadsOncePerRing(t *testing.T) {
+	t.Parallel()
+	id := uuid.New()
+	src := &fakeSource{msgs: map[uuid.UUID][]conversation.Message{id: nil}}
+	h := NewHub(src, slog.New(slog.DiscardHandler))
+	subs := make([]conversation.Subscription, 1000)
+	for i := range subs {
+		subs[i] = h.Subscribe(id, 0)
+	}
+	waitFor(t, "the new topic's first look", func() bool { return src.readCount() == 1 })
+
+	h.Ring(id, src.append(id, 3))
+	for i, s := range subs {
+		select {
+		case <-s.Ready():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("watcher %d not woken", i)
+		}
+		msgs, latest, gone := s.Since(1)
+		if gone || latest != 3 || len(msgs) != 2 || msgs[0].Seq != 2 {
+			t.Fatalf("Since(1) = %v, %d, %v", msgs, latest, gone)
+		}
+	}
+	if n := src.readCount(); n != 2 {
+		t.Errorf("%d reads for 1000 watchers and one ring, want 2 (first look + ring)", n)
+	}
+	// A ring for what was read already costs nothing.
+	h.Ring(id, 3)
+	h.Ring(id, 2)
+	time.Sleep(20 * time.Millisecond)
+	if n := src.readCount(); n != 2 {
+		t.Errorf("stale rings caused reads: %d", n)
+	}
+	for _, s := range subs {
+		s.Close()
+	}
+	if h.Watched() != 0 {
+		t.Errorf("Watched() = %d after all closed", h.Watched())
+	}
+}
+
+// TestHubRecheckFindsLostRings: with no ring at all, Recheck finds new
+// messages and deletions.
+func TestHubRecheckFindsLostRings(t *testing.T) {
+	t.Parallel()
+	a, b := uuid.New(), uuid.New()
+	src := &fakeSource{msgs: map[uuid.UUID][]conversation.Message{a: nil, b: nil}}
+	h := NewHub(src, slog.New(slog.DiscardHandler))
+	sa, sb := h.Subscribe(a, 0), h.Subscribe(b, 0)
+	defer sa.Close()
+	defer sb.Close()
+	src.append(a, 2)
+	src.mu.Lock()
+	delete(src.msgs, b)
+	src.mu.Unlock()
+	if err := h.Recheck(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the re-check's reads", func() bool {
+		msgs, _, _ := sa.Since(0)
+		_, _, gone := sb.Since(0)
+		return len(msgs) == 2 && gone
+	})
+}
+
+// TestHubBufferIsBounded: a watcher further behind than the buffer gets
+// nothing from Since and reads the store itself.
+func TestHubBufferIsBounded(t *testing.T) {
+	t.Parallel()
+	id := uuid.New()
+	src := &fakeSource{msgs: map[uuid.UUID][]conversation.Message{id: nil}}
+	h := NewHub(src, slog.New(slog.DiscardHandler))
+	s := h.Subscribe(id, 0)
+	defer s.Close()
+	h.Ring(id, src.append(id, 3*bufferMessages))
+	waitFor(t, "all messages read", func() bool { _, latest, _ := s.Since(0); return latest == 3*bufferMessages })
+	if msgs, _, _ := s.Since(0); len(msgs) != 0 {
+		t.Errorf("Since(0) returned %d messages from a bounded buffer", len(msgs))
+	}
+	msgs, _, _ := s.Since(3*bufferMessages - 10)
+	if len(msgs) != 10 || msgs[0].Seq != 3*bufferMessages-9 {
+		t.Errorf("Since(latest-10) = %d messages", len(msgs))
+	}
+}
+
+func TestRingCodec(t *testing.T) {
+	t.Parallel()
+	id := uuid.New()
+	for _, seq := range []int64{-1, 0, 1, 1 << 40} {
+		gotID, gotSeq, ok := decodeRing(encodeRing(id, seq))
+		if !ok || gotID != id || gotSeq != seq {
+			t.Errorf("round trip of %d = %v %d %v", seq, gotID, gotSeq, ok)
+		}
+	}
+	for _, bad := range []string{"", "x", id.String(), id.String() + " x", "nope 5"} {
+		if _, _, ok := decodeRing(bad); ok {
+			t.Errorf("decodeRing(%q) accepted", bad)
+		}
+	}
+}
