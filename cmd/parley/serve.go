@@ -20,11 +20,16 @@ import (
 
 	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/cache"
 	"github.com/parley-dev/parley/internal/config"
+	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/doorbell"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/ratelimit"
 	"github.com/parley-dev/parley/internal/revocation"
+	"github.com/parley-dev/parley/internal/room"
 	"github.com/parley-dev/parley/internal/rpc"
+	"github.com/parley-dev/parley/internal/rtc"
 	"github.com/parley-dev/parley/internal/token"
 )
 
@@ -65,7 +70,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, onReady fun
 	go func() { served <- srv.Serve(ln) }()
 
 	a.probe.SetReady()
-	log.Info("parley ready", slog.String("addr", ln.Addr().String()), slog.Duration("startup", time.Since(start)))
+	log.Info("parley ready", slog.String("addr", ln.Addr().String()), slog.String("startup", time.Since(start).String()))
 	if onReady != nil {
 		onReady(ln.Addr().String())
 	}
@@ -105,6 +110,21 @@ type app struct {
 	handler http.Handler
 	drain   chan struct{}
 	closers []func()
+}
+
+// goBackground runs f until the app closes: background work (doorbell
+// subscription, outbox) stops before the pools it uses are closed.
+func (a *app) goBackground(ctx context.Context, f func(ctx context.Context)) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f(ctx)
+	}()
+	a.closers = append(a.closers, func() {
+		cancel()
+		<-done
+	})
 }
 
 func (a *app) close() {
@@ -171,6 +191,37 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	})
 	limiter := ratelimit.New(a.valkey, ratelimit.Options{Logger: log, Registerer: reg})
 
+	lk, err := rtc.New(rtc.Config{
+		URL:       cfg.LiveKitURL,
+		PublicURL: cfg.LiveKitPublicURL,
+		APIKey:    cfg.LiveKitAPIKey,
+		APISecret: cfg.LiveKitAPISecret,
+		AgentName: cfg.LiveKitAgentName,
+		TokenTTL:  cfg.LiveKitTokenTTL,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("livekit: %w", err)
+	}
+	roomStore := postgres.NewRoomStore(a.db)
+	rooms := room.NewService(roomStore, lk, room.Options{Log: log})
+	a.closers = append(a.closers, rooms.Close)
+
+	pages, err := cache.NewPages(a.valkey, 10*time.Minute, reg)
+	if err != nil {
+		return nil, fmt.Errorf("page cache: %w", err)
+	}
+	conversationStore := postgres.NewConversationStore(a.db)
+	hub := doorbell.NewHub(conversationStore, log)
+	bell := doorbell.NewBell(a.valkey, hub, 0, log)
+	a.goBackground(ctx, bell.Run)
+	conversations := conversation.NewService(conversationStore, conversation.Options{
+		Cache:    pages,
+		Notifier: bell,
+		Hub:      hub,
+		Rooms:    roomStore,
+		Log:      log,
+	})
+
 	a.probe = rpc.NewProbe(
 		rpc.Dependency{Name: "postgres", Check: func(ctx context.Context) error { return a.db.PingContext(ctx) }},
 		rpc.Dependency{Name: "valkey", Check: func(ctx context.Context) error {
@@ -178,8 +229,10 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		}},
 	)
 	a.handler, err = rpc.NewHandler(rpc.Services{
-		Auth: rpc.NewAuthServer(accounts, log),
-		User: rpc.NewUserServer(accounts, log),
+		Auth:         rpc.NewAuthServer(accounts, log),
+		User:         rpc.NewUserServer(accounts, log),
+		Room:         rpc.NewRoomServer(rooms, log),
+		Conversation: rpc.NewConversationServer(conversations, rpc.WatchOptions{Heartbeat: cfg.WatchHeartbeat, Drain: a.drain}, log),
 	}, rpc.Options{
 		Logger:        log,
 		Registry:      reg,
@@ -196,6 +249,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		Probe:           a.probe,
 		Routes: map[string]http.Handler{
 			"GET /.well-known/jwks.json": tokens.JWKSHandler(),
+			"POST /livekit/webhook":      rpc.NewWebhookHandler(lk, rooms, log),
 		},
 	})
 	if err != nil {
