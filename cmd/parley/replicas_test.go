@@ -83,16 +83,11 @@ func (r *replica) waitReady(t *testing.T, within time.Duration) {
 	t.Fatalf("replica %s not ready within %v:\n%s", r.base, within, r.log.String())
 }
 
-func TestThreeReplicas(t *testing.T) {
-	bin := buildBinary(t)
-	dbURL := testenv.EmptyDatabaseURL(t)
-	env := baseEnv(t, dbURL)
-	env["VALKEY_URL"] = testenv.NewValkey(t).URL()
-	env["PARLEY_RATE_LIMIT_USER_PER_MINUTE"] = "12"
-	env["PARLEY_SHUTDOWN_DELAY"] = "1s"
-	env["PARLEY_LOG_LEVEL"] = "info"
-
-	replicas := make([]*replica, 3)
+// startReplicas starts n replicas at once with env (each on its own port)
+// and waits until all are ready.
+func startReplicas(t *testing.T, bin string, env map[string]string, n int) []*replica {
+	t.Helper()
+	replicas := make([]*replica, n)
 	for i := range replicas {
 		e := make(map[string]string, len(env))
 		for k, v := range env {
@@ -106,6 +101,19 @@ func TestThreeReplicas(t *testing.T) {
 		wg.Go(func() { r.waitReady(t, 60*time.Second) })
 	}
 	wg.Wait()
+	return replicas
+}
+
+func TestThreeReplicas(t *testing.T) {
+	bin := buildBinary(t)
+	dbURL := testenv.EmptyDatabaseURL(t)
+	env := baseEnv(t, dbURL)
+	env["VALKEY_URL"] = testenv.NewValkey(t).URL()
+	env["PARLEY_RATE_LIMIT_USER_PER_MINUTE"] = "12"
+	env["PARLEY_SHUTDOWN_DELAY"] = "1s"
+	env["PARLEY_LOG_LEVEL"] = "info"
+
+	replicas := startReplicas(t, bin, env, 3)
 
 	t.Run("every migration applied once", func(t *testing.T) {
 		ctx := context.Background()
