@@ -144,21 +144,36 @@ func startPrivatePostgres() error {
 		"-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
 		return err
 	}
+	proc, adminURL, err := launchPostgres(su, bin, dir, logPath, data, []string{
+		"fsync=off",
+		"synchronous_commit=off",
+		"full_page_writes=off",
+		"max_connections=500",
+	})
+	if err != nil {
+		return err
+	}
+	pg.proc = proc
+	pg.adminURL = adminURL
+	return nil
+}
+
+// launchPostgres starts postgres on an initialised data directory with the
+// given -c settings and waits until it accepts connections, retrying when
+// another process grabs the chosen port first.
+func launchPostgres(su serverUser, bin, dir, logPath, data string, settings []string) (*process, string, error) {
 	for attempt := 1; ; attempt++ {
 		port, err := freePort()
 		if err != nil {
-			return err
+			return nil, "", err
 		}
-		proc, err := su.start("postgres", syscall.SIGQUIT, dir, logPath, filepath.Join(bin, "postgres"),
-			"-D", data, "-p", strconv.Itoa(port), "-k", dir,
-			"-c", "listen_addresses=127.0.0.1",
-			"-c", "fsync=off",
-			"-c", "synchronous_commit=off",
-			"-c", "full_page_writes=off",
-			"-c", "max_connections=500",
-		)
+		args := []string{"-D", data, "-p", strconv.Itoa(port), "-k", dir, "-c", "listen_addresses=127.0.0.1"}
+		for _, s := range settings {
+			args = append(args, "-c", s)
+		}
+		proc, err := su.start("postgres", syscall.SIGQUIT, dir, logPath, filepath.Join(bin, "postgres"), args...)
 		if err != nil {
-			return err
+			return nil, "", err
 		}
 		adminURL := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
 		err = proc.waitReady(pgReadyTimeout, func(ctx context.Context) error {
@@ -169,13 +184,11 @@ func startPrivatePostgres() error {
 			return db.Close()
 		})
 		if err == nil {
-			pg.proc = proc
-			pg.adminURL = adminURL
-			return nil
+			return proc, adminURL, nil
 		}
 		proc.stop()
 		if attempt == pgStartAttempts {
-			return err
+			return nil, "", err
 		}
 	}
 }
