@@ -40,7 +40,18 @@ $(PROTO_DEPS)/buf/validate/validate.proto:
 	  test -n "$$dir" || { echo "could not download github.com/bufbuild/protovalidate@$(PROTOVALIDATE_VERSION)"; exit 1; }; \
 	  install -m 0644 "$$dir/proto/protovalidate/buf/validate/validate.proto" $@
 
-proto-deps: $(PROTO_DEPS)/buf/validate/validate.proto
+# google/api/{annotations,http}.proto (the REST paths' google.api.http
+# options) come from the npm package google-proto-files, pinned in tools/googleapis.
+GOOGLEAPIS := tools/googleapis/node_modules/google-proto-files
+
+tools/googleapis/node_modules/.package-lock.json: tools/googleapis/package.json tools/googleapis/package-lock.json
+	npm ci --prefix tools/googleapis --no-audit --no-fund --ignore-scripts
+
+$(PROTO_DEPS)/google/api/%.proto: tools/googleapis/node_modules/.package-lock.json
+	@mkdir -p $(@D)
+	install -m 0644 $(GOOGLEAPIS)/google/api/$*.proto $@
+
+proto-deps: $(PROTO_DEPS)/buf/validate/validate.proto $(PROTO_DEPS)/google/api/annotations.proto $(PROTO_DEPS)/google/api/http.proto
 
 buf-lint: proto-deps
 	$(TOOL) buf lint

@@ -8,6 +8,7 @@ package parleyv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -508,7 +509,7 @@ var File_parley_v1_auth_proto protoreflect.FileDescriptor
 
 const file_parley_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x14parley/v1/auth.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15parley/v1/types.proto\"\x87\x01\n" +
+	"\x14parley/v1/auth.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15parley/v1/types.proto\"\x87\x01\n" +
 	"\x0fRegisterRequest\x12 \n" +
 	"\x05email\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x18\xfe\x01`\x01R\x05email\x12&\n" +
@@ -540,12 +541,12 @@ const file_parley_v1_auth_proto_rawDesc = "" +
 	"\x18ExchangeAgentKeyResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt2\xf6\x02\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt2\x94\x03\n" +
 	"\vAuthService\x12E\n" +
 	"\bRegister\x12\x1a.parley.v1.RegisterRequest\x1a\x1b.parley.v1.RegisterResponse\"\x00\x12<\n" +
 	"\x05Login\x12\x17.parley.v1.LoginRequest\x1a\x18.parley.v1.LoginResponse\"\x00\x12B\n" +
-	"\aRefresh\x12\x19.parley.v1.RefreshRequest\x1a\x1a.parley.v1.RefreshResponse\"\x00\x12?\n" +
-	"\x06Logout\x12\x18.parley.v1.LogoutRequest\x1a\x19.parley.v1.LogoutResponse\"\x00\x12]\n" +
+	"\aRefresh\x12\x19.parley.v1.RefreshRequest\x1a\x1a.parley.v1.RefreshResponse\"\x00\x12]\n" +
+	"\x06Logout\x12\x18.parley.v1.LogoutRequest\x1a\x19.parley.v1.LogoutResponse\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/api/v1/auth/logout\x12]\n" +
 	"\x10ExchangeAgentKey\x12\".parley.v1.ExchangeAgentKeyRequest\x1a#.parley.v1.ExchangeAgentKeyResponse\"\x00B>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
 
 var (

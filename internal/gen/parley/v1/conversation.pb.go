@@ -8,6 +8,7 @@ package parleyv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -960,7 +961,7 @@ var File_parley_v1_conversation_proto protoreflect.FileDescriptor
 
 const file_parley_v1_conversation_proto_rawDesc = "" +
 	"\n" +
-	"\x1cparley/v1/conversation.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15parley/v1/types.proto\"a\n" +
+	"\x1cparley/v1/conversation.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15parley/v1/types.proto\"a\n" +
 	"\x19CreateConversationRequest\x12\x1e\n" +
 	"\x05title\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x05title\x12$\n" +
 	"\aroom_id\x18\x02 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x06roomId\"Y\n" +
@@ -1020,14 +1021,14 @@ const file_parley_v1_conversation_proto_rawDesc = "" +
 	"\fExportFormat\x12\x1d\n" +
 	"\x19EXPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12EXPORT_FORMAT_JSON\x10\x01\x12\x1a\n" +
-	"\x16EXPORT_FORMAT_MARKDOWN\x10\x022\xfd\x05\n" +
-	"\x13ConversationService\x12c\n" +
-	"\x12CreateConversation\x12$.parley.v1.CreateConversationRequest\x1a%.parley.v1.CreateConversationResponse\"\x00\x12]\n" +
+	"\x16EXPORT_FORMAT_MARKDOWN\x10\x022\x81\a\n" +
+	"\x13ConversationService\x12\x83\x01\n" +
+	"\x12CreateConversation\x12$.parley.v1.CreateConversationRequest\x1a%.parley.v1.CreateConversationResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/api/v1/conversations\x12]\n" +
 	"\x0fGetConversation\x12!.parley.v1.GetConversationRequest\x1a\".parley.v1.GetConversationResponse\"\x03\x90\x02\x01\x12c\n" +
 	"\x11ListConversations\x12#.parley.v1.ListConversationsRequest\x1a$.parley.v1.ListConversationsResponse\"\x03\x90\x02\x01\x12c\n" +
-	"\x12DeleteConversation\x12$.parley.v1.DeleteConversationRequest\x1a%.parley.v1.DeleteConversationResponse\"\x00\x12E\n" +
-	"\bSaveTurn\x12\x1a.parley.v1.SaveTurnRequest\x1a\x1b.parley.v1.SaveTurnResponse\"\x00\x12T\n" +
-	"\fListMessages\x12\x1e.parley.v1.ListMessagesRequest\x1a\x1f.parley.v1.ListMessagesResponse\"\x03\x90\x02\x01\x12V\n" +
+	"\x12DeleteConversation\x12$.parley.v1.DeleteConversationRequest\x1a%.parley.v1.DeleteConversationResponse\"\x00\x12o\n" +
+	"\bSaveTurn\x12\x1a.parley.v1.SaveTurnRequest\x1a\x1b.parley.v1.SaveTurnResponse\"*\x82\xd3\xe4\x93\x02$:\x01*\"\x1f/api/v1/conversations/save-turn\x12\x8c\x01\n" +
+	"\fListMessages\x12\x1e.parley.v1.ListMessagesRequest\x1a\x1f.parley.v1.ListMessagesResponse\";\x82\xd3\xe4\x93\x022\x120/api/v1/conversations/{conversation_id}/messages\x90\x02\x01\x12V\n" +
 	"\rWatchMessages\x12\x1f.parley.v1.WatchMessagesRequest\x1a .parley.v1.WatchMessagesResponse\"\x000\x01\x12c\n" +
 	"\x12ExportConversation\x12$.parley.v1.ExportConversationRequest\x1a%.parley.v1.ExportConversationResponse\"\x00B>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
 

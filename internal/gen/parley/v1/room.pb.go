@@ -8,6 +8,7 @@ package parleyv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -491,7 +492,7 @@ var File_parley_v1_room_proto protoreflect.FileDescriptor
 
 const file_parley_v1_room_proto_rawDesc = "" +
 	"\n" +
-	"\x14parley/v1/room.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x15parley/v1/types.proto\"2\n" +
+	"\x14parley/v1/room.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x15parley/v1/types.proto\"2\n" +
 	"\x11CreateRoomRequest\x12\x1d\n" +
 	"\x04name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\x04name\"b\n" +
 	"\x12CreateRoomResponse\x12#\n" +
@@ -516,10 +517,10 @@ const file_parley_v1_room_proto_rawDesc = "" +
 	"\x0eEndRoomRequest\x12!\n" +
 	"\aroom_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06roomId\"6\n" +
 	"\x0fEndRoomResponse\x12#\n" +
-	"\x04room\x18\x01 \x01(\v2\x0f.parley.v1.RoomR\x04room2\xf9\x02\n" +
-	"\vRoomService\x12K\n" +
+	"\x04room\x18\x01 \x01(\v2\x0f.parley.v1.RoomR\x04room2\x91\x03\n" +
+	"\vRoomService\x12c\n" +
 	"\n" +
-	"CreateRoom\x12\x1c.parley.v1.CreateRoomRequest\x1a\x1d.parley.v1.CreateRoomResponse\"\x00\x12E\n" +
+	"CreateRoom\x12\x1c.parley.v1.CreateRoomRequest\x1a\x1d.parley.v1.CreateRoomResponse\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/api/v1/rooms\x12E\n" +
 	"\aGetRoom\x12\x19.parley.v1.GetRoomRequest\x1a\x1a.parley.v1.GetRoomResponse\"\x03\x90\x02\x01\x12K\n" +
 	"\tListRooms\x12\x1b.parley.v1.ListRoomsRequest\x1a\x1c.parley.v1.ListRoomsResponse\"\x03\x90\x02\x01\x12E\n" +
 	"\bJoinRoom\x12\x1a.parley.v1.JoinRoomRequest\x1a\x1b.parley.v1.JoinRoomResponse\"\x00\x12B\n" +

@@ -8,6 +8,7 @@ package parleyv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -194,17 +195,17 @@ var File_parley_v1_user_proto protoreflect.FileDescriptor
 
 const file_parley_v1_user_proto_rawDesc = "" +
 	"\n" +
-	"\x14parley/v1/user.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x15parley/v1/types.proto\"\x13\n" +
+	"\x14parley/v1/user.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x15parley/v1/types.proto\"\x13\n" +
 	"\x11GetProfileRequest\"9\n" +
 	"\x12GetProfileResponse\x12#\n" +
 	"\x04user\x18\x01 \x01(\v2\x0f.parley.v1.UserR\x04user\"D\n" +
 	"\x14UpdateProfileRequest\x12,\n" +
 	"\fdisplay_name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\vdisplayName\"<\n" +
 	"\x15UpdateProfileResponse\x12#\n" +
-	"\x04user\x18\x01 \x01(\v2\x0f.parley.v1.UserR\x04user2\xb3\x01\n" +
-	"\vUserService\x12N\n" +
+	"\x04user\x18\x01 \x01(\v2\x0f.parley.v1.UserR\x04user2\xca\x01\n" +
+	"\vUserService\x12e\n" +
 	"\n" +
-	"GetProfile\x12\x1c.parley.v1.GetProfileRequest\x1a\x1d.parley.v1.GetProfileResponse\"\x03\x90\x02\x01\x12T\n" +
+	"GetProfile\x12\x1c.parley.v1.GetProfileRequest\x1a\x1d.parley.v1.GetProfileResponse\"\x1a\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/profile\x90\x02\x01\x12T\n" +
 	"\rUpdateProfile\x12\x1f.parley.v1.UpdateProfileRequest\x1a .parley.v1.UpdateProfileResponse\"\x00B>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
