@@ -19,6 +19,7 @@ import (
 	connectcors "connectrpc.com/cors"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"connectrpc.com/vanguard"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/cors"
@@ -90,11 +91,23 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 
 	mux := http.NewServeMux()
 	mount := func(path string, h http.Handler) { mux.Handle(path, h) }
-	mount(parleyv1connect.NewAuthServiceHandler(orUnimplemented[parleyv1connect.AuthServiceHandler](svc.Auth, parleyv1connect.UnimplementedAuthServiceHandler{}), handlerOpts...))
-	mount(parleyv1connect.NewUserServiceHandler(orUnimplemented[parleyv1connect.UserServiceHandler](svc.User, parleyv1connect.UnimplementedUserServiceHandler{}), handlerOpts...))
-	mount(parleyv1connect.NewRoomServiceHandler(orUnimplemented[parleyv1connect.RoomServiceHandler](svc.Room, parleyv1connect.UnimplementedRoomServiceHandler{}), handlerOpts...))
-	mount(parleyv1connect.NewConversationServiceHandler(orUnimplemented[parleyv1connect.ConversationServiceHandler](svc.Conversation, parleyv1connect.UnimplementedConversationServiceHandler{}), handlerOpts...))
-	mount(parleyv1connect.NewFileServiceHandler(orUnimplemented[parleyv1connect.FileServiceHandler](svc.File, parleyv1connect.UnimplementedFileServiceHandler{}), handlerOpts...))
+	// The REST paths (google.api.http) are transcoded by vanguard into Connect
+	// calls of the very same handlers, so they pass the same interceptors.
+	var rest []*vanguard.Service
+	mountService := func(path string, h http.Handler) {
+		mount(path, h)
+		rest = append(rest, vanguard.NewService(path, h))
+	}
+	mountService(parleyv1connect.NewAuthServiceHandler(orUnimplemented[parleyv1connect.AuthServiceHandler](svc.Auth, parleyv1connect.UnimplementedAuthServiceHandler{}), handlerOpts...))
+	mountService(parleyv1connect.NewUserServiceHandler(orUnimplemented[parleyv1connect.UserServiceHandler](svc.User, parleyv1connect.UnimplementedUserServiceHandler{}), handlerOpts...))
+	mountService(parleyv1connect.NewRoomServiceHandler(orUnimplemented[parleyv1connect.RoomServiceHandler](svc.Room, parleyv1connect.UnimplementedRoomServiceHandler{}), handlerOpts...))
+	mountService(parleyv1connect.NewConversationServiceHandler(orUnimplemented[parleyv1connect.ConversationServiceHandler](svc.Conversation, parleyv1connect.UnimplementedConversationServiceHandler{}), handlerOpts...))
+	mountService(parleyv1connect.NewFileServiceHandler(orUnimplemented[parleyv1connect.FileServiceHandler](svc.File, parleyv1connect.UnimplementedFileServiceHandler{}), handlerOpts...))
+	transcoder, err := vanguard.NewTranscoder(rest)
+	if err != nil {
+		return nil, fmt.Errorf("build REST transcoder: %w", err)
+	}
+	mount(restPrefix, restRequest(transcoder, opts.MaxRequestBytes))
 
 	mount(grpchealth.NewHandler(opts.Probe.health))
 	reflector := grpcreflect.NewStaticReflector(append([]string{grpchealth.HealthV1ServiceName}, serviceNames...)...)

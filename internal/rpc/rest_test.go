@@ -1,0 +1,328 @@
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/parley-dev/parley/internal/account"
+	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/postgres"
+	"github.com/parley-dev/parley/internal/rtc/rtctest"
+	"github.com/parley-dev/parley/internal/testenv"
+)
+
+// restTokens are readable stand-ins for signed JWTs: the REST tests are about
+// transcoding, and the real signing is tested in internal/token and cmd/parley.
+type restTokens struct{}
+
+func (restTokens) IssueAccess(sub uuid.UUID, kind auth.Kind, ttl time.Duration) (account.AccessToken, error) {
+	now := time.Now()
+	jti := uuid.NewString()
+	return account.AccessToken{
+		Token: fmt.Sprintf("test.%d.%s.%s.%d", kind, sub, jti, now.Add(ttl).Unix()),
+		ID:    jti, IssuedAt: now, ExpiresAt: now.Add(ttl),
+	}, nil
+}
+
+func (restTokens) Verify(tok string) (auth.Principal, error) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 5 || parts[0] != "test" {
+		return auth.Principal{}, auth.ErrUnauthenticated
+	}
+	kind, err1 := strconv.Atoi(parts[1])
+	sub, err2 := uuid.Parse(parts[2])
+	exp, err3 := strconv.ParseInt(parts[4], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || time.Unix(exp, 0).Before(time.Now()) {
+		return auth.Principal{}, auth.ErrUnauthenticated
+	}
+	return auth.Principal{ID: sub, Kind: auth.Kind(kind), TokenID: parts[3], ExpiresAt: time.Unix(exp, 0)}, nil
+}
+
+type restRevocations struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func (r *restRevocations) Revoke(_ context.Context, jti string, _ time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ids[jti] = true
+	return nil
+}
+
+func (r *restRevocations) IsRevoked(_ context.Context, jti string) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ids[jti], nil
+}
+
+// countingLimiter allows perMinute requests per key and refuses the rest, so
+// a test reaches a limit in a known number of requests.
+type countingLimiter struct {
+	mu    sync.Mutex
+	count map[string]int
+}
+
+func (l *countingLimiter) Allow(_ context.Context, key string, perMinute int) (Decision, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.count[key]++
+	n := l.count[key]
+	return Decision{Allowed: n <= perMinute, Limit: perMinute, Remaining: max(0, perMinute-n), RetryAfter: 7 * time.Second, ResetAfter: time.Minute}, nil
+}
+
+// newRESTServer serves the whole NewHandler (every service with its real
+// domain service, the real interceptors and limits) on a new database.
+func newRESTServer(t *testing.T, limits Limits) string {
+	t.Helper()
+	lk := rtctest.NewServer(t, roomTestKey, roomTestSecret)
+	db, rooms, _ := newRoomReplica(t, testenv.DatabaseURL(t), lk.URL)
+	log := slog.New(slog.DiscardHandler)
+	accounts := account.NewService(postgres.NewAccountStore(db), restTokens{}, &restRevocations{ids: map[string]bool{}},
+		account.Options{AccessTTL: time.Hour, RefreshTTL: time.Hour, AgentTTL: time.Hour, Logger: log})
+	conversations := conversation.NewService(postgres.NewConversationStore(db), conversation.Options{Log: log})
+	h, err := NewHandler(Services{
+		Auth:         NewAuthServer(accounts, log),
+		User:         NewUserServer(accounts, log),
+		Room:         NewRoomServer(rooms, log),
+		Conversation: NewConversationServer(conversations, WatchOptions{}, log),
+	}, Options{
+		Logger:          log,
+		Registry:        prometheus.NewRegistry(),
+		Authenticator:   accounts,
+		Limiter:         &countingLimiter{count: map[string]int{}},
+		Limits:          limits,
+		MaxRequestBytes: 1 << 20,
+		Probe:           NewProbe(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// restCall sends a request as curl would: a JSON body (or none), optionally
+// a bearer token, nothing Connect-specific. It returns the status, headers
+// and decoded JSON body.
+func restCall(t *testing.T, method, url, token, body string) (int, http.Header, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(t.Context(), method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	if len(bytes.TrimSpace(raw)) > 0 {
+		if err := json.Unmarshal(raw, &out); err != nil {
+			t.Fatalf("%s %s: %d, body not JSON: %q", method, url, resp.StatusCode, raw)
+		}
+	}
+	return resp.StatusCode, resp.Header, out
+}
+
+// register signs a new user up over Connect JSON (Register has no REST path)
+// and returns the access token.
+func register(t *testing.T, base string) string {
+	t.Helper()
+	status, _, out := restCall(t, http.MethodPost, base+"/parley.v1.AuthService/Register", "",
+		fmt.Sprintf(`{"email":"%s@example.com","password":"correct horse battery","displayName":"Ada"}`, uuid.NewString()))
+	if status != http.StatusOK {
+		t.Fatalf("register: %d %v", status, out)
+	}
+	return out["tokens"].(map[string]any)["accessToken"].(string)
+}
+
+// wantError checks a REST error: the HTTP status Connect gives the code, and
+// a google.rpc.Status body, whose code is the number (as REST transcoding
+// conventionally answers, unlike Connect's string).
+func wantError(t *testing.T, what string, status int, out map[string]any, wantStatus int, wantCode connect.Code) {
+	t.Helper()
+	if status != wantStatus || out["code"] != float64(wantCode) || out["message"] == "" {
+		t.Errorf("%s: %d %v, want %d with code %d (%v)", what, status, out, wantStatus, wantCode, wantCode)
+	}
+}
+
+func TestRESTPaths(t *testing.T) {
+	t.Parallel()
+	base := newRESTServer(t, Limits{UserPerMinute: 1000, AgentPerMinute: 1000, IPPerMinute: 1000})
+	ada, bob := register(t, base), register(t, base)
+
+	status, _, out := restCall(t, http.MethodGet, base+"/api/v1/profile", ada, "")
+	if status != http.StatusOK || out["user"].(map[string]any)["displayName"] != "Ada" {
+		t.Fatalf("GET /api/v1/profile: %d %v", status, out)
+	}
+
+	status, _, out = restCall(t, http.MethodPost, base+"/api/v1/conversations", ada, `{"title":"over REST"}`)
+	if status != http.StatusOK {
+		t.Fatalf("POST /api/v1/conversations: %d %v", status, out)
+	}
+	conv := out["conversation"].(map[string]any)
+	convID := conv["id"].(string)
+	if conv["title"] != "over REST" {
+		t.Errorf("created %v", conv)
+	}
+
+	for i, body := range []string{
+		// Both JSON spellings of the fields work, as with Connect JSON.
+		`{"conversationId":"%s","turnId":"t-1","userMessage":"hi","assistantMessage":"hello"}`,
+		`{"conversation_id":"%s","turn_id":"t-2","user_message":"how are you?","assistant_message":"fine"}`,
+	} {
+		status, _, out = restCall(t, http.MethodPost, base+"/api/v1/conversations/save-turn", ada, fmt.Sprintf(body, convID))
+		msgs, _ := out["messages"].([]any)
+		if status != http.StatusOK || len(msgs) != 2 || msgs[1].(map[string]any)["seq"] != strconv.Itoa(2*i+2) {
+			t.Fatalf("save-turn %d: %d %v", i, status, out)
+		}
+	}
+	status, _, out = restCall(t, http.MethodPost, base+"/api/v1/conversations/save-turn", ada,
+		fmt.Sprintf(`{"conversationId":"%s","turnId":"t-1","userMessage":"hi","assistantMessage":"hello"}`, convID))
+	if status != http.StatusOK || out["replayed"] != true {
+		t.Errorf("replayed save-turn: %d %v", status, out)
+	}
+
+	t.Run("list messages is ListMessages", func(t *testing.T) {
+		status, _, rest := restCall(t, http.MethodGet, base+"/api/v1/conversations/"+convID+"/messages?limit=3", ada, "")
+		if status != http.StatusOK {
+			t.Fatalf("GET messages: %d %v", status, rest)
+		}
+		_, _, rpc := restCall(t, http.MethodPost, base+"/parley.v1.ConversationService/ListMessages", ada,
+			fmt.Sprintf(`{"conversationId":"%s","pageSize":3}`, convID))
+		if fmt.Sprint(rest) != fmt.Sprint(rpc) {
+			t.Errorf("REST answered\n%v\nConnect answered\n%v", rest, rpc)
+		}
+		if msgs := rest["messages"].([]any); len(msgs) != 3 || msgs[0].(map[string]any)["seq"] != "4" || rest["nextPageToken"] == "" {
+			t.Errorf("first page = %v", rest)
+		}
+		status, _, next := restCall(t, http.MethodGet, base+"/api/v1/conversations/"+convID+"/messages?limit=3&page_token="+rest["nextPageToken"].(string), ada, "")
+		if msgs, _ := next["messages"].([]any); status != http.StatusOK || len(msgs) != 1 || msgs[0].(map[string]any)["seq"] != "1" {
+			t.Errorf("second page: %d %v", status, next)
+		}
+		status, _, oldest := restCall(t, http.MethodGet, base+"/api/v1/conversations/"+convID+"/messages?order=ORDER_OLDEST_FIRST&page_size=2", ada, "")
+		if msgs, _ := oldest["messages"].([]any); status != http.StatusOK || len(msgs) != 2 || msgs[0].(map[string]any)["seq"] != "1" {
+			t.Errorf("oldest first: %d %v", status, oldest)
+		}
+	})
+
+	t.Run("errors keep their codes and HTTP statuses", func(t *testing.T) {
+		status, _, out := restCall(t, http.MethodPost, base+"/api/v1/conversations", "", `{"title":"x"}`)
+		wantError(t, "no token", status, out, http.StatusUnauthorized, connect.CodeUnauthenticated)
+		status, _, out = restCall(t, http.MethodGet, base+"/api/v1/profile", "not-a-token", "")
+		wantError(t, "bad token", status, out, http.StatusUnauthorized, connect.CodeUnauthenticated)
+		status, _, out = restCall(t, http.MethodPost, base+"/api/v1/conversations", ada, `{"title":"`+strings.Repeat("x", 201)+`"}`)
+		wantError(t, "title too long", status, out, http.StatusBadRequest, connect.CodeInvalidArgument)
+		status, _, out = restCall(t, http.MethodGet, base+"/api/v1/conversations/"+convID+"/messages?limit=500", ada, "")
+		wantError(t, "limit over 200", status, out, http.StatusBadRequest, connect.CodeInvalidArgument)
+		status, _, out = restCall(t, http.MethodGet, base+"/api/v1/conversations/not-a-uuid/messages", ada, "")
+		wantError(t, "malformed id", status, out, http.StatusBadRequest, connect.CodeInvalidArgument)
+		status, _, out = restCall(t, http.MethodPost, base+"/api/v1/conversations/save-turn", ada, fmt.Sprintf(`{"conversationId":"%s"}`, convID))
+		wantError(t, "empty turn", status, out, http.StatusBadRequest, connect.CodeInvalidArgument)
+		status, _, out = restCall(t, http.MethodPost, base+"/api/v1/conversations/save-turn", ada,
+			fmt.Sprintf(`{"conversationId":"%s","turnId":"t-1","userMessage":"hi","assistantMessage":"changed"}`, convID))
+		wantError(t, "same turn id, other content", status, out, http.StatusConflict, connect.CodeAlreadyExists)
+		status, _, out = restCall(t, http.MethodGet, base+"/api/v1/conversations/"+convID+"/messages", bob, "")
+		wantError(t, "someone else's conversation", status, out, http.StatusNotFound, connect.CodeNotFound)
+		status, _, out = restCall(t, http.MethodPost, base+"/api/v1/conversations/save-turn", bob,
+			fmt.Sprintf(`{"conversationId":"%s","userMessage":"intruder"}`, convID))
+		wantError(t, "saving into someone else's conversation", status, out, http.StatusNotFound, connect.CodeNotFound)
+		status, _, out = restCall(t, http.MethodPost, base+"/api/v1/conversations", ada, `{"title": 42`)
+		wantError(t, "malformed JSON", status, out, http.StatusBadRequest, connect.CodeInvalidArgument)
+		status, _, out = restCall(t, http.MethodPost, base+"/api/v1/conversations", ada, `{"title":"`+strings.Repeat("x", 2<<20)+`"}`)
+		wantError(t, "body over the request limit", status, out, http.StatusTooManyRequests, connect.CodeResourceExhausted)
+	})
+
+	t.Run("rooms", func(t *testing.T) {
+		status, _, out := restCall(t, http.MethodPost, base+"/api/v1/rooms", ada, `{"name":"standup"}`)
+		if status != http.StatusOK {
+			t.Fatalf("POST /api/v1/rooms: %d %v", status, out)
+		}
+		room, join := out["room"].(map[string]any), out["join"].(map[string]any)
+		if room["name"] != "standup" || room["conversationId"] == "" || join["token"] == "" || join["livekitUrl"] != "wss://livekit.example.com" {
+			t.Errorf("created room %v", out)
+		}
+	})
+
+	// Last: it spends ada's token.
+	t.Run("logout revokes the token", func(t *testing.T) {
+		status, _, out := restCall(t, http.MethodPost, base+"/api/v1/auth/logout", ada, `{}`)
+		if status != http.StatusOK {
+			t.Fatalf("POST /api/v1/auth/logout: %d %v", status, out)
+		}
+		status, _, out = restCall(t, http.MethodGet, base+"/api/v1/profile", ada, "")
+		wantError(t, "after logout", status, out, http.StatusUnauthorized, connect.CodeUnauthenticated)
+	})
+}
+
+func TestRESTRateLimits(t *testing.T) {
+	t.Parallel()
+	t.Run("per user", func(t *testing.T) {
+		t.Parallel()
+		base := newRESTServer(t, Limits{UserPerMinute: 3, AgentPerMinute: 3, IPPerMinute: 1000})
+		tok := register(t, base)
+		for i := range 3 {
+			if status, hdr, out := restCall(t, http.MethodGet, base+"/api/v1/profile", tok, ""); status != http.StatusOK || hdr.Get("RateLimit") == "" {
+				t.Fatalf("request %d: %d %v %v", i, status, hdr, out)
+			}
+		}
+		status, hdr, out := restCall(t, http.MethodGet, base+"/api/v1/profile", tok, "")
+		wantError(t, "fourth request", status, out, http.StatusTooManyRequests, connect.CodeResourceExhausted)
+		if hdr.Get("Retry-After") != "7" {
+			t.Errorf("Retry-After = %q, want 7 (headers %v)", hdr.Get("Retry-After"), hdr)
+		}
+	})
+	t.Run("per address", func(t *testing.T) {
+		t.Parallel()
+		base := newRESTServer(t, Limits{UserPerMinute: 1000, AgentPerMinute: 1000, IPPerMinute: 2})
+		for i := range 2 {
+			if status, _, out := restCall(t, http.MethodGet, base+"/api/v1/profile", "", ""); status != http.StatusUnauthorized {
+				t.Fatalf("request %d: %d %v", i, status, out)
+			}
+		}
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, base+"/api/v1/profile", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "7" {
+			t.Errorf("third request: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	})
+}
