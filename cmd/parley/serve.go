@@ -66,6 +66,14 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, onReady fun
 		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	srv := rpc.NewServer(cfg.HTTPAddr, a.handler, log)
+	if cfg.PprofAddr != "" {
+		stop, err := servePprof(cfg.PprofAddr, log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stop()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 

@@ -27,6 +27,9 @@ type Config struct {
 	ShutdownDelay time.Duration
 	// DrainTimeout bounds how long in-flight calls may take to finish.
 	DrainTimeout time.Duration
+	// PprofAddr, when set, is where Go's /debug/pprof profiles are served,
+	// apart from the API port.
+	PprofAddr string
 
 	DatabaseURL     string
 	DBMaxOpenConns  int
@@ -96,6 +99,9 @@ var vars = []Var{
 		set: func(c *Config, v string) error { return parseDuration(v, 0, &c.ShutdownDelay) }},
 	{Name: "PARLEY_DRAIN_TIMEOUT", Default: "20s", Help: "on SIGTERM, how long in-flight calls may take to finish",
 		set: func(c *Config, v string) error { return parseDuration(v, time.Millisecond, &c.DrainTimeout) }},
+
+	{Name: "PARLEY_PPROF_ADDR", Help: "if set, serve Go's /debug/pprof profiles on this address only (keep it private, e.g. 127.0.0.1:6060)",
+		set: func(c *Config, v string) error { c.PprofAddr = v; return nil }},
 
 	{Name: "DATABASE_URL", Required: true, Help: "PostgreSQL URL, e.g. postgres://user:pass@host:5432/parley",
 		set: func(c *Config, v string) error { c.DatabaseURL = v; return nil }},
