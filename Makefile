@@ -8,7 +8,7 @@ PROTOVALIDATE_VERSION := v1.2.2
 PROTO_DEPS := .build/proto-deps
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all test azurite lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench e2e clean
+.PHONY: all test azurite lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench e2e clean web-deps e2e-web
 
 all: lint test
 
@@ -56,13 +56,26 @@ proto-deps: $(PROTO_DEPS)/buf/validate/validate.proto $(PROTO_DEPS)/google/api/a
 buf-lint: proto-deps
 	$(TOOL) buf lint
 
-## generate: regenerate internal/gen from proto/ with pinned local plugins
-generate: proto-deps
+## generate: regenerate internal/gen and examples/web/src/gen from proto/ with pinned local plugins
+generate: proto-deps web-deps
 	$(TOOL) buf generate
 
 check-generated: generate
-	@git diff --exit-code --stat -- internal/gen || { echo "internal/gen is stale: run 'make generate' and commit"; exit 1; }
-	@untracked=$$(git ls-files --others --exclude-standard -- internal/gen); if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
+	@git diff --exit-code --stat -- internal/gen examples/web/src/gen || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- internal/gen examples/web/src/gen); if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
+
+## web-deps: install examples/web's pinned npm packages (protoc-gen-es, Vite, playwright-core)
+web-deps: examples/web/node_modules/.package-lock.json
+
+examples/web/node_modules/.package-lock.json: examples/web/package.json examples/web/package-lock.json
+	npm ci --prefix examples/web --no-audit --no-fund
+
+## e2e-web: build examples/web and drive it with Chromium against a real Parley (needs /usr/bin/chromium, PostgreSQL, Valkey)
+e2e-web: web-deps
+	npm run --prefix examples/web build
+	@mkdir -p .build/e2e-web
+	CGO_ENABLED=0 $(GO) build -o .build/e2e-web/parley ./cmd/parley
+	PARLEY_BIN=$(CURDIR)/.build/e2e-web/parley PARLEY_E2E_OUT=$(CURDIR)/.build/e2e-web timeout 300 node examples/web/e2e/run.mjs
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/parley ./cmd/parley
