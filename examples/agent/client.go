@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+
+	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+)
+
+// Client saves an agent's turns to Parley. It holds an agent access token,
+// exchanged for the agent key and renewed before it expires, and spreads its
+// calls over several base URLs (replicas or regions), moving to the next one
+// when a call fails in a way that retrying can fix.
+//
+// Every SaveTurn carries a turn_id, so a retry after a lost answer (the
+// replica died after committing) returns the stored turn instead of saving it
+// twice.
+type Client struct {
+	key     string
+	targets []target
+	log     *slog.Logger
+
+	// Attempts is how many times a call is tried, over all URLs, before its
+	// error is returned.
+	Attempts int
+	// AttemptTimeout bounds each try, so a hung replica costs seconds, not
+	// the whole call.
+	AttemptTimeout time.Duration
+	// Backoff is the first wait between tries; it doubles up to MaxBackoff.
+	Backoff, MaxBackoff time.Duration
+
+	mu      sync.Mutex
+	current int // index into targets of the URL that answered last
+	token   string
+	renewAt time.Time
+}
+
+type target struct {
+	url           string
+	auth          parleyv1connect.AuthServiceClient
+	conversations parleyv1connect.ConversationServiceClient
+}
+
+// NewClient returns a Client for the agent key and the base URLs of Parley
+// (http:// for cleartext HTTP/2, https:// for TLS). It talks gRPC.
+func NewClient(key string, urls []string, log *slog.Logger) (*Client, error) {
+	if key == "" {
+		return nil, errors.New("no agent key")
+	}
+	if len(urls) == 0 {
+		return nil, errors.New("no Parley URL")
+	}
+	// gRPC needs HTTP/2; Parley speaks it without TLS too (h2c).
+	transport := &http.Transport{Protocols: new(http.Protocols)}
+	transport.Protocols.SetHTTP2(true)
+	transport.Protocols.SetUnencryptedHTTP2(true)
+	hc := &http.Client{Transport: transport}
+	c := &Client{key: key, log: log, Attempts: 8, AttemptTimeout: 5 * time.Second, Backoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second}
+	for _, u := range urls {
+		c.targets = append(c.targets, target{
+			url:           u,
+			auth:          parleyv1connect.NewAuthServiceClient(hc, u, connect.WithGRPC()),
+			conversations: parleyv1connect.NewConversationServiceClient(hc, u, connect.WithGRPC()),
+		})
+	}
+	return c, nil
+}
+
+// SaveTurn stores one exchange of a conversation: what the user said and what
+// the agent answered. turnID must be the same on every retry of the turn
+// (1..64 of [A-Za-z0-9_-]); replayed reports that Parley already had it.
+func (c *Client) SaveTurn(ctx context.Context, conversationID, turnID, user, assistant string) (msgs []*parleyv1.Message, replayed bool, url string, err error) {
+	req := &parleyv1.SaveTurnRequest{ConversationId: conversationID, TurnId: turnID, UserMessage: user, AssistantMessage: assistant}
+	err = c.retry(ctx, "SaveTurn", func(ctx context.Context, t target) error {
+		tok, err := c.accessToken(ctx, t)
+		if err != nil {
+			return err
+		}
+		r := connect.NewRequest(req)
+		r.Header().Set("Authorization", "Bearer "+tok)
+		resp, err := t.conversations.SaveTurn(ctx, r)
+		if connect.CodeOf(err) == connect.CodeUnauthenticated {
+			// Revoked, or expired while we were retrying: get a new token
+			// and let the next try use it.
+			c.forgetToken(tok)
+			return fmt.Errorf("%w: %w", errTokenRefused, err)
+		}
+		if err != nil {
+			return err
+		}
+		msgs, replayed, url = resp.Msg.GetMessages(), resp.Msg.GetReplayed(), t.url
+		return nil
+	})
+	return msgs, replayed, url, err
+}
+
+// accessToken returns the current token, exchanging the agent key for a new
+// one (on target t) when none is held or a third of its life is left.
+func (c *Client) accessToken(ctx context.Context, t target) (string, error) {
+	c.mu.Lock()
+	tok, renewAt := c.token, c.renewAt
+	c.mu.Unlock()
+	if tok != "" && time.Now().Before(renewAt) {
+		return tok, nil
+	}
+	resp, err := t.auth.ExchangeAgentKey(ctx, connect.NewRequest(&parleyv1.ExchangeAgentKeyRequest{ApiKey: c.key}))
+	if err != nil {
+		return "", fmt.Errorf("exchange agent key: %w", err)
+	}
+	now := time.Now()
+	exp := resp.Msg.GetExpiresAt().AsTime()
+	c.mu.Lock()
+	c.token, c.renewAt = resp.Msg.GetAccessToken(), now.Add(exp.Sub(now)*2/3)
+	c.mu.Unlock()
+	c.log.InfoContext(ctx, "agent token renewed", slog.String("url", t.url), slog.Time("expires_at", exp))
+	return resp.Msg.GetAccessToken(), nil
+}
+
+func (c *Client) forgetToken(tok string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.token == tok {
+		c.token = ""
+	}
+}
+
+// retry runs call on the current URL until it succeeds, fails for good, or
+// runs out of attempts. A retryable failure moves to the next URL and waits
+// an exponentially growing, jittered while.
+func (c *Client) retry(ctx context.Context, op string, call func(context.Context, target) error) error {
+	wait := c.Backoff
+	var err error
+	for attempt := 1; ; attempt++ {
+		c.mu.Lock()
+		i := c.current
+		c.mu.Unlock()
+		t := c.targets[i]
+
+		actx, cancel := context.WithTimeout(ctx, c.AttemptTimeout)
+		err = call(actx, t)
+		cancel()
+		if err == nil || !retryable(err) || ctx.Err() != nil || attempt >= c.Attempts {
+			return err
+		}
+		c.mu.Lock()
+		if c.current == i {
+			c.current = (i + 1) % len(c.targets)
+		}
+		c.mu.Unlock()
+		c.log.WarnContext(ctx, "retrying", slog.String("op", op), slog.String("url", t.url), slog.Int("attempt", attempt), slog.String("error", err.Error()))
+
+		// Full jitter keeps many agents from retrying in step.
+		select {
+		case <-time.After(rand.N(wait) + time.Millisecond):
+		case <-ctx.Done():
+			return err
+		}
+		wait = min(2*wait, c.MaxBackoff)
+	}
+}
+
+// errTokenRefused marks a call refused for its token, which a retry with a
+// fresh token fixes.
+var errTokenRefused = errors.New("access token refused")
+
+// retryable reports whether trying again (elsewhere) may succeed: the server
+// was unreachable or unready, the try timed out, the connection broke, or
+// the token went stale.
+// Parley refuses nothing else in a way that a retry would change.
+func retryable(err error) bool {
+	if errors.Is(err, errTokenRefused) {
+		return true
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded:
+		return true
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
+}
