@@ -31,9 +31,6 @@ const (
 	// upload (an export) to about their product.
 	uploadBlockSize   = 1 << 20
 	uploadConcurrency = 2
-	// clockSkew backdates SAS start times so a storage clock slightly ahead
-	// of ours still accepts a fresh URL.
-	clockSkew = time.Minute
 )
 
 // Azure keeps blobs in one Azure Blob storage container. It signs upload and
@@ -285,9 +282,10 @@ func (a *Azure) sign(name, perms string, expires time.Time, contentType, disposi
 	if err != nil {
 		return "", err
 	}
+	// No start time: the URL is valid at once whatever the clock skew, and
+	// for no longer than until expires.
 	qp, err := sas.BlobSignatureValues{
 		Protocol:           a.protocol,
-		StartTime:          time.Now().Add(-clockSkew).UTC(),
 		ExpiryTime:         expires.UTC(),
 		Permissions:        perms,
 		ContainerName:      a.name,

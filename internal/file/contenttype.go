@@ -39,7 +39,7 @@ func NewContentTypes(types []string) (ContentTypes, error) {
 			ct.prefix = append(ct.prefix, major+"/")
 			continue
 		}
-		if mt, _, err := mime.ParseMediaType(t); err != nil || mt != t || !strings.Contains(t, "/") {
+		if mt, _, err := mime.ParseMediaType(t); err != nil || mt != t || strings.Count(t, "/") != 1 || strings.Contains(t, "*") {
 			return ContentTypes{}, fmt.Errorf("content type %q: want type/subtype or type/*", t)
 		}
 		ct.exact[t] = true

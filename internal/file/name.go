@@ -30,10 +30,10 @@ func SanitizeFilename(name string) string {
 	space := false
 	for _, r := range name {
 		switch {
-		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == utf8.RuneError:
-			continue
 		case unicode.IsSpace(r):
 			space = true
+			continue
+		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == utf8.RuneError:
 			continue
 		}
 		if space && b.Len() > 0 {
@@ -55,6 +55,9 @@ func SanitizeFilename(name string) string {
 // truncateKeepingExt cuts name to at most max bytes at a rune boundary,
 // keeping a short extension so the file still opens with the right program.
 func truncateKeepingExt(name string, max int) string {
+	if len(name) <= max {
+		return name
+	}
 	ext := path.Ext(name)
 	if len(ext) > 16 || len(ext) >= max {
 		ext = ""

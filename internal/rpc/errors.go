@@ -10,6 +10,7 @@ import (
 	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/file"
 	"github.com/parley-dev/parley/internal/room"
 )
 
@@ -46,7 +47,11 @@ var errorCodes = []struct {
 	{room.ErrInvalidPageToken, connect.CodeInvalidArgument},
 
 	// file
-
+	{file.ErrNotFound, connect.CodeNotFound},
+	{file.ErrInvalid, connect.CodeInvalidArgument},
+	{file.ErrInvalidPageToken, connect.CodeInvalidArgument},
+	{file.ErrUploadMismatch, connect.CodeFailedPrecondition},
+	{file.ErrReservationLost, connect.CodeUnavailable},
 }
 
 // toConnectError maps err to a *connect.Error. Errors that are already Connect

@@ -1,0 +1,98 @@
+package file
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+)
+
+func TestSanitizeFilename(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("é", 300) + ".txt"
+	tests := []struct{ in, want string }{
+		{"report.pdf", "report.pdf"},
+		{"../../etc/passwd", "passwd"},
+		{`C:\fakepath\photo.png`, "photo.png"},
+		{"..", "file"},
+		{"", "file"},
+		{"/", "file"},
+		{"  .hidden  ", "hidden"},
+		{"a\x00b\x1bc\r\nd.txt", "abc d.txt"},
+		{"invoice\u202Efdp.exe", "invoicefdp.exe"},
+		{"two   spaces\tand tab", "two spaces and tab"},
+		{"bad\xffutf8.txt", "badutf8.txt"},
+		{"résumé.txt", "résumé.txt"},
+	}
+	for _, tt := range tests {
+		if got := SanitizeFilename(tt.in); got != tt.want {
+			t.Errorf("SanitizeFilename(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+	got := SanitizeFilename(long)
+	if len(got) > MaxFilenameBytes || !utf8.ValidString(got) || !strings.HasSuffix(got, ".txt") {
+		t.Errorf("long name sanitised to %d bytes %q", len(got), got)
+	}
+}
+
+func TestContentDisposition(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ in, want string }{
+		{"passwd", "attachment; filename=passwd"},
+		{"my file.txt", `attachment; filename="my file.txt"`},
+		{`quote".txt`, `attachment; filename="quote\".txt"`},
+		{"résumé.txt", "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.txt"},
+	}
+	for _, tt := range tests {
+		if got := ContentDisposition(tt.in); got != tt.want {
+			t.Errorf("ContentDisposition(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestContentTypes(t *testing.T) {
+	t.Parallel()
+	ct, err := NewContentTypes([]string{"text/plain", "audio/*", " IMAGE/PNG "})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for mt, want := range map[string]bool{"text/plain": true, "audio/ogg": true, "image/png": true, "image/gif": false, "audiox/y": false, "text/html": false} {
+		if got := ct.Allows(mt); got != want {
+			t.Errorf("Allows(%q) = %v", mt, got)
+		}
+	}
+	for _, bad := range []string{"*/*", "text", "text/plain; charset=utf-8", "a/b/c"} {
+		if _, err := NewContentTypes([]string{bad}); err == nil {
+			t.Errorf("NewContentTypes(%q) accepted", bad)
+		}
+	}
+	if _, err := ct.checkDeclared("image/gif"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("checkDeclared(image/gif) = %v", err)
+	}
+	if got, err := ct.checkDeclared("Text/Plain; Charset=UTF-8; x=y"); err != nil || got != "text/plain; charset=utf-8" {
+		t.Errorf("checkDeclared = %q, %v", got, err)
+	}
+	if got, err := ct.resolve([]byte("RIFF\x24\x00\x00\x00WAVEfmt "), "audio/x-wav", invalid); err != nil || got != "audio/wave" {
+		t.Errorf("resolve(wav as audio/x-wav) = %q, %v", got, err)
+	}
+	if _, err := ct.resolve([]byte("\x89PNG\r\n\x1a\n"), "audio/ogg", mismatch); !errors.Is(err, ErrUploadMismatch) {
+		t.Errorf("resolve(png declared audio) = %v, want ErrUploadMismatch", err)
+	}
+}
+
+func TestPageToken(t *testing.T) {
+	t.Parallel()
+	c := Cursor{CreatedAt: time.Date(2026, 11, 25, 12, 0, 0, 123456000, time.UTC), ID: uuid.New()}
+	got, err := decodePageToken(encodePageToken(c))
+	if err != nil || !got.CreatedAt.Equal(c.CreatedAt) || got.ID != c.ID {
+		t.Errorf("round trip = %+v, %v; want %+v", got, err, c)
+	}
+	for _, bad := range []string{"", "x", "AQ", strings.Repeat("A", 100), encodePageToken(c)[:10]} {
+		if _, err := decodePageToken(bad); !errors.Is(err, ErrInvalidPageToken) {
+			t.Errorf("decodePageToken(%q) = %v", bad, err)
+		}
+	}
+}

@@ -1,0 +1,326 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+
+	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/file"
+)
+
+// The file store runs plain SQL with $n parameters on the *sql.DB under Bun,
+// like the conversation store. Scoped statements take $2 as the owner the
+// file's conversation must have, or NULL for any owner.
+const (
+	fileColumns = `f.id, f.conversation_id, f.filename, f.content_type, f.size_bytes, f.sha256, f.kind, f.status, f.created_at`
+
+	reserveBlobSQL = `INSERT INTO blob_deletions (blob_name, due_at) VALUES ($1::text, $2::timestamptz) RETURNING id`
+
+	// claimReservationSQL takes back a reservation before its blob's row is
+	// inserted. Only an entry no worker has touched qualifies: once one has
+	// leased or tried it, the blob may be gone. clock_timestamp(), not now(),
+	// because the row may have been waited for.
+	claimReservationSQL = `DELETE FROM blob_deletions
+ WHERE id = $1::bigint AND attempts = 0 AND locked_until IS NULL AND due_at > clock_timestamp()`
+
+	insertFileSQL = `INSERT INTO files (id, conversation_id, blob_name, filename, content_type, size_bytes, sha256, kind, status)
+VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::bigint, $7::text, $8::smallint, $9::smallint)
+RETURNING created_at`
+
+	getFileSQL = `SELECT ` + fileColumns + `
+  FROM files f JOIN conversations c ON c.id = f.conversation_id
+ WHERE f.id = $1::uuid AND ($2::uuid IS NULL OR c.user_id = $2::uuid)`
+
+	listFilesFirstSQL = `SELECT ` + fileColumns + `
+  FROM files f
+ WHERE f.conversation_id = $1::uuid
+ ORDER BY f.created_at DESC, f.id DESC
+ LIMIT $2`
+
+	listFilesNextSQL = `SELECT ` + fileColumns + `
+  FROM files f
+ WHERE f.conversation_id = $1::uuid AND (f.created_at, f.id) < ($3::timestamptz, $4::uuid)
+ ORDER BY f.created_at DESC, f.id DESC
+ LIMIT $2`
+
+	markReadySQL = `UPDATE files f
+   SET status = 2, size_bytes = $2::bigint, sha256 = $3::text, updated_at = now()
+ WHERE f.id = $1::uuid AND f.status = 1
+RETURNING ` + fileColumns
+
+	// deleteFileSQL deletes the row; the files_queue_blob_deletion trigger
+	// queues its blob in the same transaction.
+	deleteFileSQL = `DELETE FROM files f USING conversations c
+ WHERE f.id = $1::uuid AND c.id = f.conversation_id AND ($2::uuid IS NULL OR c.user_id = $2::uuid)`
+
+	expirePendingSQL = `DELETE FROM files
+ WHERE id IN (SELECT id FROM files
+               WHERE status = 1 AND created_at < $1::timestamptz
+               ORDER BY created_at
+               LIMIT $2
+               FOR UPDATE SKIP LOCKED)`
+
+	// leaseDeletionsSQL takes up to $1 due entries no live worker holds and
+	// leases them for $2 seconds. live says a file row still names the blob,
+	// which only a bug could cause: such an entry is dropped, never acted on.
+	leaseDeletionsSQL = `UPDATE blob_deletions d
+   SET locked_until = now() + make_interval(secs => $2::float8)
+  FROM (SELECT id FROM blob_deletions
+         WHERE due_at <= now() AND (locked_until IS NULL OR locked_until < now())
+         ORDER BY due_at
+         LIMIT $1
+         FOR UPDATE SKIP LOCKED) due
+ WHERE d.id = due.id
+RETURNING d.id, d.blob_name, d.attempts, EXISTS (SELECT 1 FROM files f WHERE f.blob_name = d.blob_name)`
+
+	finishDeletionsSQL = `DELETE FROM blob_deletions WHERE id = ANY($1::bigint[])`
+
+	retryDeletionsSQL = `UPDATE blob_deletions d
+   SET attempts = d.attempts + 1,
+       due_at = now() + make_interval(secs => v.secs),
+       locked_until = NULL,
+       last_error = v.err
+  FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS v (id, secs, err)
+ WHERE d.id = v.id`
+)
+
+// deletionLease is how long a worker holds outbox entries it took; it
+// covers a batch of deletions with their timeouts.
+const deletionLease = 10 * time.Minute
+
+// maxErrorLen bounds the storage error kept with a failed deletion.
+const maxErrorLen = 1000
+
+// FileStore keeps files and the blob-deletion outbox. It implements
+// file.Store.
+type FileStore struct {
+	db *sql.DB
+}
+
+var _ file.Store = (*FileStore)(nil)
+
+// NewFileStore returns a FileStore over db.
+func NewFileStore(db *bun.DB) *FileStore {
+	return &FileStore{db: db.DB}
+}
+
+// Reserve implements file.Store.
+func (s *FileStore) Reserve(ctx context.Context, blobName string, due time.Time) (file.Reservation, error) {
+	var id int64
+	if err := s.db.QueryRowContext(ctx, reserveBlobSQL, blobName, due).Scan(&id); err != nil {
+		return 0, fmt.Errorf("reserve blob: %w", err)
+	}
+	return file.Reservation(id), nil
+}
+
+// CreateFile implements file.Store.
+func (s *FileStore) CreateFile(ctx context.Context, f file.File, r file.Reservation) (_ file.File, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return file.File{}, fmt.Errorf("create file: begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if r != 0 {
+		res, err := tx.ExecContext(ctx, claimReservationSQL, int64(r))
+		if err != nil {
+			return file.File{}, fmt.Errorf("create file: claim reservation: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return file.File{}, fmt.Errorf("create file: claim reservation: %w", err)
+		} else if n != 1 {
+			return file.File{}, file.ErrReservationLost
+		}
+	}
+	err = tx.QueryRowContext(ctx, insertFileSQL, f.ID, f.ConversationID, f.BlobName(), f.Filename, f.ContentType,
+		f.SizeBytes, f.SHA256, int16(f.Kind), int16(f.Status)).Scan(&f.CreatedAt)
+	if isForeignKeyViolation(err) {
+		return file.File{}, conversation.ErrNotFound
+	}
+	if err != nil {
+		return file.File{}, fmt.Errorf("create file: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return file.File{}, fmt.Errorf("create file: commit: %w", err)
+	}
+	return f, nil
+}
+
+type fileRow struct {
+	f            file.File
+	kind, status int16
+}
+
+func (r *fileRow) dest() []any {
+	return []any{&r.f.ID, &r.f.ConversationID, &r.f.Filename, &r.f.ContentType, &r.f.SizeBytes, &r.f.SHA256,
+		&r.kind, &r.status, &r.f.CreatedAt}
+}
+
+func (r *fileRow) file() file.File {
+	r.f.Kind, r.f.Status = file.Kind(r.kind), file.Status(r.status)
+	return r.f
+}
+
+// GetFile implements file.Store.
+func (s *FileStore) GetFile(ctx context.Context, id uuid.UUID, scope conversation.Scope) (file.File, error) {
+	var r fileRow
+	err := s.db.QueryRowContext(ctx, getFileSQL, id, scopeArg(scope)).Scan(r.dest()...)
+	if isNoRows(err) {
+		return file.File{}, file.ErrNotFound
+	}
+	if err != nil {
+		return file.File{}, fmt.Errorf("get file: %w", err)
+	}
+	return r.file(), nil
+}
+
+// ListFiles implements file.Store.
+func (s *FileStore) ListFiles(ctx context.Context, conv uuid.UUID, after *file.Cursor, limit int) ([]file.File, error) {
+	var (
+		rows *sql.Rows
+		err  error
+	)
+	if after == nil {
+		rows, err = s.db.QueryContext(ctx, listFilesFirstSQL, conv, limit)
+	} else {
+		rows, err = s.db.QueryContext(ctx, listFilesNextSQL, conv, limit, after.CreatedAt, after.ID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list files: %w", err)
+	}
+	defer rows.Close()
+	var fs []file.File
+	for rows.Next() {
+		var r fileRow
+		if err := rows.Scan(r.dest()...); err != nil {
+			return nil, fmt.Errorf("list files: scan: %w", err)
+		}
+		fs = append(fs, r.file())
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list files: %w", err)
+	}
+	return fs, nil
+}
+
+// MarkReady implements file.Store.
+func (s *FileStore) MarkReady(ctx context.Context, id uuid.UUID, size int64, sha256 string) (file.File, error) {
+	var r fileRow
+	err := s.db.QueryRowContext(ctx, markReadySQL, id, size, sha256).Scan(r.dest()...)
+	if isNoRows(err) {
+		// Not pending: completed by a concurrent call, or gone.
+		return s.GetFile(ctx, id, conversation.Scope{})
+	}
+	if err != nil {
+		return file.File{}, fmt.Errorf("mark file ready: %w", err)
+	}
+	return r.file(), nil
+}
+
+// DeleteFile implements file.Store.
+func (s *FileStore) DeleteFile(ctx context.Context, id uuid.UUID, scope conversation.Scope) error {
+	res, err := s.db.ExecContext(ctx, deleteFileSQL, id, scopeArg(scope))
+	if err != nil {
+		return fmt.Errorf("delete file: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("delete file: %w", err)
+	}
+	if n == 0 {
+		return file.ErrNotFound
+	}
+	return nil
+}
+
+// ExpirePending implements file.Store.
+func (s *FileStore) ExpirePending(ctx context.Context, olderThan time.Time, limit int) (int, error) {
+	res, err := s.db.ExecContext(ctx, expirePendingSQL, olderThan, limit)
+	if err != nil {
+		return 0, fmt.Errorf("expire pending files: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("expire pending files: %w", err)
+	}
+	return int(n), nil
+}
+
+// DeleteDueBlobs implements file.Store. Entries are leased in one short
+// transaction, deleted from storage with no transaction open, then removed
+// or postponed in another; a worker that dies between leaves them to be
+// taken again when the lease runs out.
+func (s *FileStore) DeleteDueBlobs(ctx context.Context, limit int, del func(context.Context, file.Deletion) (time.Duration, error)) (int, error) {
+	rows, err := s.db.QueryContext(ctx, leaseDeletionsSQL, limit, deletionLease.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("lease blob deletions: %w", err)
+	}
+	var (
+		due   []file.Deletion
+		done  []int64
+		taken int
+	)
+	for rows.Next() {
+		taken++
+		var (
+			d    file.Deletion
+			live bool
+		)
+		if err := rows.Scan(&d.ID, &d.BlobName, &d.Attempts, &live); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("lease blob deletions: scan: %w", err)
+		}
+		if live {
+			done = append(done, d.ID)
+			continue
+		}
+		due = append(due, d)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("lease blob deletions: %w", err)
+	}
+
+	var (
+		retryIDs  []int64
+		retrySecs []float64
+		retryErrs []string
+	)
+	for _, d := range due {
+		retryIn, err := del(ctx, d)
+		if err == nil {
+			done = append(done, d.ID)
+			continue
+		}
+		msg := err.Error()
+		if len(msg) > maxErrorLen {
+			msg = strings.ToValidUTF8(msg[:maxErrorLen], "")
+		}
+		retryIDs, retrySecs, retryErrs = append(retryIDs, d.ID), append(retrySecs, retryIn.Seconds()), append(retryErrs, msg)
+	}
+
+	// The outcome is recorded even when ctx ended during the deletions:
+	// otherwise finished work would be redone after the lease.
+	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if len(done) > 0 {
+		if _, err := s.db.ExecContext(octx, finishDeletionsSQL, done); err != nil {
+			return 0, fmt.Errorf("finish blob deletions: %w", err)
+		}
+	}
+	if len(retryIDs) > 0 {
+		if _, err := s.db.ExecContext(octx, retryDeletionsSQL, retryIDs, retrySecs, retryErrs); err != nil {
+			return 0, fmt.Errorf("postpone blob deletions: %w", err)
+		}
+	}
+	return taken, nil
+}
