@@ -14,8 +14,8 @@
 //                          machine's on 127.0.0.1:5432 as postgres, else a private server)
 //   PARLEY_E2E_VALKEY_URL  Valkey/Redis URL (default: the machine's on 127.0.0.1:6379, else a private server)
 //   CHROMIUM               browser executable (default /usr/bin/chromium)
-//   PARLEY_E2E_AGENT       "fetch" (default) or "go" (the Go agent example, examples/agent)
-//                          ("fetch": plain Connect JSON calls, as curl would make them)
+//   PARLEY_E2E_AGENT       "go" (default: the Go agent example, examples/agent) or "fetch"
+//                          (plain Connect JSON calls, as curl would make them)
 import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
@@ -24,6 +24,7 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, extname, join, normalize, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 
 import pg from "pg";
@@ -40,7 +41,7 @@ const env = process.env;
 const parleyBin = env.PARLEY_BIN;
 const outDir = resolve(env.PARLEY_E2E_OUT || join(repoDir, ".build/e2e-web"));
 const chromiumPath = env.CHROMIUM || "/usr/bin/chromium";
-const agentMode = env.PARLEY_E2E_AGENT || "fetch";
+const agentMode = env.PARLEY_E2E_AGENT || "go";
 
 // The whole run is bounded; every wait below has its own, shorter bound.
 const overallTimeoutMs = 240_000;
@@ -55,15 +56,21 @@ function log(...args) {
   console.log(`[e2e-web ${new Date().toISOString().slice(11, 23)}]`, ...args);
 }
 
-async function cleanup() {
-  while (cleanups.length > 0) {
-    const [name, fn] = cleanups.pop();
-    try {
-      await fn();
-    } catch (err) {
-      log(`cleanup ${name}: ${err.message}`);
+// cleanup undoes everything in reverse order, once: a signal and the end of
+// main may both ask for it, and both must wait for all of it.
+let cleaning;
+function cleanup() {
+  cleaning ??= (async () => {
+    while (cleanups.length > 0) {
+      const [name, fn] = cleanups.pop();
+      try {
+        await fn();
+      } catch (err) {
+        log(`cleanup ${name}: ${err.message}`);
+      }
     }
-  }
+  })();
+  return cleaning;
 }
 
 function defer(name, fn) {
@@ -362,21 +369,55 @@ function fetchAgent(base, apiKey) {
 }
 
 // goAgent saves turns through the Go agent example (examples/agent), built
-// once; see its README for the command line.
+// once and run as an agent runs: one long-lived process per conversation
+// that reads "user<TAB>assistant" lines on stdin and answers each with a
+// line "saved TURN seq A,B replayed=... via URL". It picks its own turn ids.
 async function goAgent(base, apiKey, work) {
   const bin = join(work, "agent");
   await execFileP("go", ["build", "-o", bin, "./examples/agent"], { cwd: repoDir, timeout: 180_000 });
+  const procs = new Map();
+  const start = (conversationId) => {
+    const child = spawn(bin, [], {
+      env: { ...env, PARLEY_URLS: base, PARLEY_AGENT_KEY: apiKey, PARLEY_CONVERSATION_ID: conversationId },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    const agentLog = createWriteStream(join(outDir, "agent.log"));
+    child.stderr.pipe(agentLog);
+    const waiting = [];
+    const lines = createInterface({ input: child.stdout });
+    lines.on("line", (line) => waiting.shift()?.resolve(line));
+    child.once("exit", (code) => {
+      for (const w of waiting.splice(0)) w.reject(new Error(`agent exited (${code}); see ${join(outDir, "agent.log")}`));
+    });
+    defer("agent", async () => {
+      child.stdin.end();
+      if (child.exitCode === null && child.signalCode === null) {
+        const t = setTimeout(() => child.kill("SIGKILL"), 10_000);
+        await new Promise((r) => child.once("exit", r));
+        clearTimeout(t);
+      }
+    });
+    return { child, waiting };
+  };
   return {
-    describe: "the Go agent example (examples/agent)",
-    async saveTurn(conversationId, turnId, userMessage, assistantMessage) {
-      const { stdout } = await execFileP(
-        bin,
-        ["-url", base, "-conversation", conversationId, "-turn", turnId, "-user", userMessage, "-assistant", assistantMessage],
-        { env: { ...env, PARLEY_AGENT_KEY: apiKey }, timeout: 30_000 },
-      );
-      return stdout.trim().split(/\s+/);
+    describe: "the Go agent example (examples/agent, gRPC)",
+    async saveTurn(conversationId, _turnId, userMessage, assistantMessage) {
+      if (!procs.has(conversationId)) procs.set(conversationId, start(conversationId));
+      const { child, waiting } = procs.get(conversationId);
+      const answered = new Promise((resolve, reject) => waiting.push({ resolve, reject }));
+      child.stdin.write(`${userMessage}\t${assistantMessage}\n`);
+      const line = await withTimeout(answered, 30_000, "agent's answer");
+      const m = /^saved \S+ seq ([\d,]+) /.exec(line);
+      if (!m) throw new Error(`unexpected agent output: ${line}`);
+      return m[1].split(",");
     },
   };
+}
+
+function withTimeout(promise, ms, what) {
+  let t;
+  const timeout = new Promise((_, reject) => (t = setTimeout(() => reject(new Error(`${what}: no answer in ${ms} ms`)), ms)));
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(t));
 }
 
 const watchdog = setTimeout(() => {
