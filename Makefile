@@ -75,7 +75,9 @@ e2e-web: web-deps
 	npm run --prefix examples/web build
 	@mkdir -p .build/e2e-web
 	CGO_ENABLED=0 $(GO) build -o .build/e2e-web/parley ./cmd/parley
-	PARLEY_BIN=$(CURDIR)/.build/e2e-web/parley PARLEY_E2E_OUT=$(CURDIR)/.build/e2e-web timeout 300 node examples/web/e2e/run.mjs
+	CGO_ENABLED=0 $(GO) build -o .build/e2e-web/agent ./examples/agent
+	PARLEY_BIN=$(CURDIR)/.build/e2e-web/parley PARLEY_AGENT_BIN=$(CURDIR)/.build/e2e-web/agent PARLEY_E2E_OUT=$(CURDIR)/.build/e2e-web \
+	  timeout 300 node examples/web/e2e/run.mjs
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/parley ./cmd/parley

@@ -16,6 +16,7 @@
 //   CHROMIUM               browser executable (default /usr/bin/chromium)
 //   PARLEY_E2E_AGENT       "go" (default: the Go agent example, examples/agent) or "fetch"
 //                          (plain Connect JSON calls, as curl would make them)
+//   PARLEY_AGENT_BIN       the Go agent example's binary (default: built with go build)
 import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
@@ -373,8 +374,11 @@ function fetchAgent(base, apiKey) {
 // that reads "user<TAB>assistant" lines on stdin and answers each with a
 // line "saved TURN seq A,B replayed=... via URL". It picks its own turn ids.
 async function goAgent(base, apiKey, work) {
-  const bin = join(work, "agent");
-  await execFileP("go", ["build", "-o", bin, "./examples/agent"], { cwd: repoDir, timeout: 180_000 });
+  let bin = env.PARLEY_AGENT_BIN;
+  if (!bin) {
+    bin = join(work, "agent");
+    await execFileP("go", ["build", "-o", bin, "./examples/agent"], { cwd: repoDir, timeout: 180_000 });
+  }
   const procs = new Map();
   const start = (conversationId) => {
     const child = spawn(bin, [], {
