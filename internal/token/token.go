@@ -71,6 +71,7 @@ type Manager struct {
 	now       func() time.Time
 	parseOpts []jwt.ParseOption
 	jwks      []byte
+	verified  verifiedCache
 }
 
 // NewManager returns a Manager that signs with the first key of keys and
@@ -186,6 +187,20 @@ func (m *Manager) Verify(token string) (auth.Principal, error) {
 	if token == "" || len(token) > maxTokenBytes || strings.Count(token, ".") != 2 {
 		return auth.Principal{}, unauthenticated("malformed token")
 	}
+	now := m.now()
+	if p, ok := m.verified.get(token, now); ok {
+		return p, nil
+	}
+	p, err := m.verify(token)
+	if err != nil {
+		return auth.Principal{}, err
+	}
+	m.verified.put(token, p, now)
+	return p, nil
+}
+
+// verify is Verify without the cache.
+func (m *Manager) verify(token string) (auth.Principal, error) {
 	tok, err := jwt.ParseString(token, m.parseOpts...)
 	if err != nil {
 		return auth.Principal{}, unauthenticated(failureReason(err))
