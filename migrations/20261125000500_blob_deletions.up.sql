@@ -22,10 +22,16 @@ CREATE TABLE blob_deletions (
 
 CREATE INDEX blob_deletions_due_idx ON blob_deletions (due_at);
 
+-- A PENDING file's upload URL (at most 15 minutes, PARLEY_FILE_URL_TTL) may
+-- still create the blob after the row is gone, so its blob is deleted once
+-- more after the URL has certainly expired.
 CREATE FUNCTION files_queue_blob_deletion() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO blob_deletions (blob_name) VALUES (OLD.blob_name);
+    IF OLD.status = 1 AND OLD.created_at + interval '16 minutes' > now() THEN
+        INSERT INTO blob_deletions (blob_name, due_at) VALUES (OLD.blob_name, OLD.created_at + interval '16 minutes');
+    END IF;
     RETURN NULL;
 END
 $$;

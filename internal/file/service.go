@@ -26,7 +26,10 @@ const (
 	MaxUploadBytes = 10 << 20
 	// DefaultMaxDirectUploadBytes bounds CreateUpload when not configured.
 	DefaultMaxDirectUploadBytes = 1 << 30
-	// MaxURLTTL is the longest an upload or download URL lives.
+	// MaxURLTTL is the longest an upload or download URL lives. The
+	// blob_deletions trigger relies on it: a deleted PENDING file's blob is
+	// deleted again 16 minutes after its creation, when no upload URL for
+	// it can still write.
 	MaxURLTTL = 15 * time.Minute
 	// DefaultReserveGrace is how long an upload or export may take between
 	// reserving its blob and committing its row, before the outbox deletes

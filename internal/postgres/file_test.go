@@ -316,7 +316,15 @@ func TestExpirePending(t *testing.T) {
 	if _, err := fx.files.GetFile(ctx, ready.ID, conversation.Scope{}); err != nil {
 		t.Errorf("ready file gone: %v", err)
 	}
-	if got := fx.outbox(t); !slices.Equal(got, []string{pending.BlobName()}) {
+	// Deleted at once, and again once its upload URL has certainly expired.
+	if got := fx.outbox(t); !slices.Equal(got, []string{pending.BlobName(), pending.BlobName()}) {
 		t.Errorf("outbox = %v", got)
+	}
+	var later time.Time
+	if err := fx.db.QueryRowContext(ctx, "SELECT max(due_at) FROM blob_deletions").Scan(&later); err != nil {
+		t.Fatal(err)
+	}
+	if want := pending.CreatedAt.Add(file.MaxURLTTL); later.Before(want) {
+		t.Errorf("second deletion due %v, before the upload URL's expiry %v", later, want)
 	}
 }
