@@ -88,6 +88,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 			return connect.NewError(connect.CodeInternal, errors.New("internal error"))
 		}),
 	}
+	handlerOpts = append(handlerOpts, jsonCodecs()...)
 
 	mux := http.NewServeMux()
 	mount := func(path string, h http.Handler) { mux.Handle(path, h) }
@@ -142,7 +143,8 @@ func withCORS(h http.Handler, origins []string) http.Handler {
 	}
 	return cors.New(cors.Options{
 		AllowedOrigins: origins,
-		AllowedMethods: connectcors.AllowedMethods(),
+		// PUT: uploads to the directory store's signed URLs.
+		AllowedMethods: append(connectcors.AllowedMethods(), http.MethodPut),
 		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization", "X-Request-Id"),
 		ExposedHeaders: append(connectcors.ExposedHeaders(), "RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id"),
 		MaxAge:         int((2 * time.Hour).Seconds()),
