@@ -6,6 +6,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
@@ -67,10 +68,32 @@ func messageToProto(m conversation.Message) *parleyv1.Message {
 	}
 }
 
+// messagesToProto converts a page of messages with three allocations
+// instead of four per message: the messages and their timestamps come from
+// one slice each, and the conversation id, the same on a whole page, is
+// spelled once.
 func messagesToProto(ms []conversation.Message) []*parleyv1.Message {
 	out := make([]*parleyv1.Message, len(ms))
+	slab := make([]parleyv1.Message, len(ms))
+	stamps := make([]timestamppb.Timestamp, len(ms))
+	var convID uuid.UUID
+	var convIDText string
 	for i, m := range ms {
-		out[i] = messageToProto(m)
+		if i == 0 || m.ConversationID != convID {
+			convID, convIDText = m.ConversationID, m.ConversationID.String()
+		}
+		pm := &slab[i]
+		pm.Id = m.ID.String()
+		pm.ConversationId = convIDText
+		pm.Seq = m.Seq
+		pm.Role = roleToProto(m.Role)
+		pm.Content = m.Content
+		pm.TurnId = m.TurnID
+		if !m.CreatedAt.IsZero() {
+			stamps[i].Seconds, stamps[i].Nanos = m.CreatedAt.Unix(), int32(m.CreatedAt.Nanosecond())
+			pm.CreatedAt = &stamps[i]
+		}
+		out[i] = pm
 	}
 	return out
 }
