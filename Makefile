@@ -8,7 +8,7 @@ PROTOVALIDATE_VERSION := v1.2.2
 PROTO_DEPS := .build/proto-deps
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all test azurite lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench e2e clean web-deps e2e-web
+.PHONY: all test azurite lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench bench-scale e2e clean web-deps e2e-web
 
 all: lint test
 
@@ -81,6 +81,14 @@ e2e-web: web-deps
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/parley ./cmd/parley
+
+## bench: measure Parley against pgbench running the same SQL (about 12 minutes; writes bench/RESULTS.md)
+bench:
+	cd bench && $(GO) test -tags bench -run '^TestBench$$' -count=1 -timeout 40m -v . -args -bench.out=RESULTS.md
+
+## bench-scale: SaveTurn and ListMessages with 10 thousand and 10 million stored messages (writes bench/RESULTS-scale.md)
+bench-scale:
+	cd bench && $(GO) test -tags bench -run '^TestBenchScale$$' -count=1 -timeout 40m -v . -args -bench.out=RESULTS-scale.md
 
 ## dev: run Parley locally with nothing configured
 dev run:

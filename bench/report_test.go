@@ -1,0 +1,248 @@
+//go:build bench
+
+package bench_test
+
+import (
+	"fmt"
+	"os"
+	"strings"
+)
+
+const method = `## Method
+
+One command, ` + "`make bench`" + `, runs everything below on this machine and rewrites this file.
+
+- **Servers.** A private PostgreSQL (the test harness's ` + "`testenv.StartPostgres`" + `, durable: fsync,
+  synchronous_commit and full_page_writes on; settings listed below) and a private Valkey/Redis
+  (` + "`testenv.NewValkey`" + `). Parley is built with ` + "`go build -trimpath`" + ` (CGO off) and started as separate
+  processes (` + "`parley serve`" + `) with authentication on and every rate limit set to 50,000,000/min, so the
+  limiter still runs its Valkey check on every request but never refuses one. The database is migrated
+  first with ` + "`parley migrate up`" + `. Everything else is the production default (16 PostgreSQL
+  connections per replica, info-level logs of every call, the Valkey page cache).
+- **Data.** 1,000 users, each owning one conversation of 60 messages (30 turns; user messages of
+  105 bytes, assistant messages of 258 bytes), written with ` + "`INSERT ... SELECT generate_series`" + `, then
+  VACUUM ANALYZE. Access tokens are minted with the replicas' own JWK set (what Login returns).
+- **The limit: pgbench.** ` + "`pgbench -M prepared -c N -j 2 -T 20`" + ` runs scripts generated from the store's
+  exported statements (` + "`postgres.SaveTurnSQL`" + `; ` + "`postgres.LastSeqSQL`" + ` then
+  ` + "`postgres.ListMessagesNewestSQL`" + ` with LIMIT 51, which is what an uncached ListMessages runs), each ` + "`$n`" + `
+  replaced by a pgbench variable with the values ` + "`postgres.SaveTurnArgs`" + ` gives: a random seeded conversation
+  and its owner (pgbench variables are integers, so the UUID is spelled from the integer by an immutable
+  ` + "`lpad(to_hex(...))`" + ` on the parameter), a random turn id, two messages. A unit test checks that the statement
+  text in the scripts is the store's own. Latencies come from pgbench's per-transaction log (` + "`-l`" + `).
+- **Parley: bench/loadgen**, a Go program run as its own process. N closed-loop clients each keep one
+  request in flight on a connection of their own, pick a random conversation (and its owner's token)
+  per request, and record every request's latency (all samples kept, exact percentiles). SaveTurn sends a
+  two-message turn with a unique turn_id; ListMessages asks for the 50 newest (the cached path: the
+  page cache is warm after the first call per conversation). Connect JSON is written and parsed by
+  hand on HTTP/1.1 keep-alive connections (the answer is checked by counting its messages, not decoded:
+  a protojson client would spend more CPU than the server on the same two cores); gRPC uses connect-go's
+  client over h2c, one connection per client. Each load runs 2 s unmeasured, then 20 s measured. Every
+  error of the whole run counts.
+  Limits, honestly: closed-loop clients measure latency at the throughput the system sustains and cannot
+  show the queueing an open-loop arrival rate would cause past saturation (coordinated omission), the
+  same way pgbench's default mode does, so the two are comparable with each other but p99 is not a
+  latency under a fixed offered load; the load generator, pgbench, PostgreSQL, Valkey and Parley share
+  the same 2 cores, so every figure includes the cost of the client, as in the seed's measurement.
+- **WatchMessages fan-out.** N idle streams (gRPC over h2c, at most 200 per connection) on replica A,
+  spread evenly over the 1,000 conversations, each from after the conversation's current last_seq;
+  once all are open, turns are saved through replica B at a fixed rate. For every saved message and
+  every stream watching its conversation the delay is measured from the moment SaveTurn's answer
+  reached the client to the delivery on the stream (same process, same clock; a delivery arriving
+  before the answer counts as 0). Missing, duplicated and out-of-order deliveries count as errors.
+- **Memory.** Idle: VmRSS one second after start-up. Peak: VmHWM of the replica, reset (clear_refs 5)
+  before each load, and VmRSS sampled every 100 ms.
+- **Start-up.** From exec of the binary to the first 200 answer of an authenticated GetProfile,
+  against an already migrated database.
+- **Round trips.** A separate 3 s load per RPC with pg_stat_statements and Valkey's commandstats reset;
+  counts divided by the calls made.
+- **Scaling.** Separate databases of 200 conversations holding 10 thousand (50 each) and, with
+  ` + "`make bench-scale`" + `, 10 million (50,000 each) messages; the same SaveTurn and ListMessages at 16 clients over
+  Connect JSON, each against pgbench on that database.
+`
+
+func (b *bench) report() {
+	b.facts.LoadAfter = loadAvg()
+	var s strings.Builder
+	fmt.Fprintf(&s, "# Parley benchmark results\n\nWritten by `make bench` on %s. Do not edit: every run overwrites it.\n\n", b.facts.Date)
+	s.WriteString(method)
+
+	s.WriteString("\n## Machine\n\n")
+	fmt.Fprintf(&s, "- CPU: %s, nproc %d; memory %s; Linux %s\n", b.facts.CPU, b.facts.NProc, b.facts.MemTotal, b.facts.Kernel)
+	fmt.Fprintf(&s, "- %s; %s; %s\n", b.facts.PostgreSQL, b.facts.Valkey, b.facts.GoVersion)
+	fmt.Fprintf(&s, "- PostgreSQL settings (-c): `%s`; everything else default (shared_buffers 128MB, wal_sync_method fdatasync)\n",
+		strings.Join(b.facts.PGSettings, "`, `"))
+	fmt.Fprintf(&s, "- Load average (1, 5, 15 min) before the run: %s; after: %s\n", b.facts.LoadBefore, b.facts.LoadAfter)
+
+	s.WriteString("\n## Results\n\n")
+	s.WriteString("| workload | protocol | clients | req/s | p50 ms | p99 ms | ratio to pgbench limit | errors | peak RSS MiB | note |\n")
+	s.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, r := range b.rows {
+		fmt.Fprintf(&s, "| %s | %s | %s | %s | %s | %s | %s | %d | %s | %s |\n",
+			r.Workload, r.Protocol, r.Clients, num(r.RPS, "%.0f"), num(r.P50, "%.2f"), num(r.P99, "%.2f"),
+			ratio(r), r.Errors, num(r.PeakMiB, "%.1f"), strings.ReplaceAll(r.Note, "|", "/"))
+	}
+	s.WriteString("\n### Where the CPU goes\n\nCPU time per request in the measured window (µs), from /proc/<pid>/stat of the replica, of PostgreSQL's postmaster and backends, and of Valkey, and the client's own (pgbench, or the load generator's getrusage). `cores` is the total times the request rate: this machine has ")
+	fmt.Fprintf(&s, "%d.\n\n", b.facts.NProc)
+	s.WriteString("| workload | protocol | clients | Parley | PostgreSQL | Valkey | client | total | cores |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range b.rows {
+		if r.CPU.total() == 0 {
+			continue
+		}
+		fmt.Fprintf(&s, "| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f |\n", r.Workload, r.Protocol, r.Clients,
+			r.CPU.Parley, r.CPU.Postgres, r.CPU.Valkey, r.CPU.Client, r.CPU.total(), r.CPU.total()*r.RPS/1e6)
+	}
+	for _, n := range b.notes {
+		fmt.Fprintf(&s, "\n%s\n", n)
+	}
+
+	s.WriteString("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n")
+	for _, c := range b.targets() {
+		met := "yes"
+		if !c.met {
+			met = "**no**"
+		}
+		fmt.Fprintf(&s, "| %s | %s | %s |\n", c.name, c.measured, met)
+	}
+
+	s.WriteString("\n## Round trips per RPC\n\nMeasured (pg_stat_statements, Valkey commandstats) over a 3 s load of 4 clients, Connect JSON.\n\n")
+	s.WriteString("Each PostgreSQL statement is one round trip (pgx keeps them prepared). EVALSHA is the rate limiter's GCRA script, which runs TIME, GET and SET inside Valkey: those are counted by commandstats but are not round trips, so Valkey round trips are the commands minus three per EVALSHA.\n\n")
+	s.WriteString("| RPC | calls | PostgreSQL statements per call | Valkey commands per call | Valkey round trips per call |\n|---|---:|---|---|---:|\n")
+	for _, rt := range b.roundTrips {
+		trips := rt.ValkeyTotl
+		for _, c := range rt.Valkey {
+			if c.Name == "EVALSHA" {
+				trips -= 3 * c.PerRPC
+			}
+		}
+		fmt.Fprintf(&s, "| %s | %d | %.2f: %s | %.2f: %s | %.2f |\n", rt.RPC, rt.Requests, rt.PGTotal, countedList(rt.PG), rt.ValkeyTotl, countedList(rt.Valkey), trips)
+	}
+
+	if len(b.profiles) > 0 {
+		s.WriteString("\n## Profiles under load\n\nTaken from the replica's PARLEY_PPROF_ADDR during separate 64-client runs (files in bench/profiles/).\n")
+		for _, p := range b.profiles {
+			fmt.Fprintf(&s, "\n<details><summary>%s</summary>\n\n```\n%s```\n</details>\n", p.Name, p.Top)
+		}
+	}
+	s.WriteString(analysis)
+
+	if err := os.WriteFile(*flagOut, []byte(s.String()), 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+	fmt.Println()
+	fmt.Println(tableOnly(s.String()))
+}
+
+func tableOnly(report string) string {
+	start := strings.Index(report, "| workload |")
+	end := strings.Index(report, "\n## Targets")
+	if start < 0 || end < 0 {
+		return report
+	}
+	return report[start:end]
+}
+
+func num(v float64, format string) string {
+	if v < 0 {
+		return "–"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+func ratio(r row) string {
+	if r.Ratio == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", r.Ratio)
+}
+
+func countedList(cs []counted) string {
+	var parts []string
+	for _, c := range cs {
+		parts = append(parts, fmt.Sprintf("%s ×%.2f", c.Name, c.PerRPC))
+	}
+	return strings.Join(parts, ", ")
+}
+
+type check struct {
+	name     string
+	measured string
+	met      bool
+}
+
+// targets checks the issue's targets against the rows of this run.
+func (b *bench) targets() []check {
+	limit := map[string]row{}
+	for _, r := range b.rows {
+		if strings.HasPrefix(r.Protocol, "pgbench") {
+			limit[r.Workload+"/"+r.Clients] = r
+		}
+	}
+	var out []check
+	var errs int64
+	for _, r := range b.rows {
+		errs += r.Errors
+		if strings.HasPrefix(r.Protocol, "pgbench") || r.Clients == "" {
+			continue
+		}
+		pg, hasLimit := limit[r.Workload+"/"+r.Clients]
+		switch {
+		case strings.HasPrefix(r.Workload, "SaveTurn") && hasLimit:
+			out = append(out, check{
+				name:     fmt.Sprintf("%s, %s, %s clients: ≥ 75%% of pgbench", r.Workload, r.Protocol, r.Clients),
+				measured: fmt.Sprintf("%.0f%% (%.0f vs %.0f req/s)", 100*r.Ratio, r.RPS, pg.RPS),
+				met:      r.Ratio >= 0.75,
+			}, check{
+				name:     fmt.Sprintf("%s, %s, %s clients: p99 ≤ 1.5 × pgbench p99 + 5 ms", r.Workload, r.Protocol, r.Clients),
+				measured: fmt.Sprintf("%.2f ms vs bound %.2f ms", r.P99, 1.5*pg.P99+5),
+				met:      r.P99 <= 1.5*pg.P99+5,
+			})
+		case strings.HasPrefix(r.Workload, "ListMessages") && hasLimit:
+			out = append(out, check{
+				name:     fmt.Sprintf("%s, %s, %s clients: ≥ 1.2 × pgbench", r.Workload, r.Protocol, r.Clients),
+				measured: fmt.Sprintf("%.2f × (%.0f vs %.0f req/s)", r.Ratio, r.RPS, pg.RPS),
+				met:      r.Ratio >= 1.2,
+			})
+			if r.Clients == "16" {
+				out = append(out, check{
+					name:     fmt.Sprintf("%s, %s, 16 clients: p99 < 10 ms", r.Workload, r.Protocol),
+					measured: fmt.Sprintf("%.2f ms", r.P99),
+					met:      r.P99 < 10,
+				})
+			}
+		case strings.HasPrefix(r.Workload, "WatchMessages") && strings.HasPrefix(r.Clients, "10000 "):
+			out = append(out, check{
+				name:     "WatchMessages, 10,000 streams: resident memory < 300 MiB",
+				measured: fmt.Sprintf("%.1f MiB peak", r.PeakMiB),
+				met:      r.PeakMiB < 300,
+			}, check{
+				name:     "WatchMessages, 10,000 streams: delivery p99 < 100 ms",
+				measured: fmt.Sprintf("%.2f ms", r.P99),
+				met:      r.P99 < 100,
+			})
+		}
+	}
+	var peak float64
+	for _, r := range b.rows {
+		switch {
+		case strings.HasPrefix(r.Workload, "Start-up to first"):
+			out = append(out, check{name: "Start-up < 200 ms", measured: fmt.Sprintf("%.1f ms", r.P50), met: r.P50 < 200})
+		case r.Workload == "Idle resident memory":
+			out = append(out, check{name: "Idle resident memory < 40 MiB", measured: fmt.Sprintf("%.1f MiB", r.PeakMiB), met: r.PeakMiB < 40})
+		case !strings.HasPrefix(r.Protocol, "pgbench") && !strings.HasPrefix(r.Workload, "WatchMessages") && r.Clients != "":
+			peak = max(peak, r.PeakMiB)
+		}
+	}
+	out = append(out,
+		check{name: "Peak resident memory under the unary loads < 150 MiB", measured: fmt.Sprintf("%.1f MiB (highest)", peak), met: peak < 150},
+		check{name: "No errors in any run", measured: fmt.Sprintf("%d", errs), met: errs == 0},
+	)
+	return out
+}
+
+// analysis is written by hand from the profiles and figures of the runs;
+// see the tables above for this run's numbers.
+const analysis = `
+## Analysis
+
+(To be written from the profiles.)
+`
