@@ -20,10 +20,12 @@ import (
 
 	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/blobstore"
 	"github.com/parley-dev/parley/internal/cache"
 	"github.com/parley-dev/parley/internal/config"
 	"github.com/parley-dev/parley/internal/conversation"
 	"github.com/parley-dev/parley/internal/doorbell"
+	"github.com/parley-dev/parley/internal/file"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/ratelimit"
 	"github.com/parley-dev/parley/internal/revocation"
@@ -230,6 +232,38 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		Log:      log,
 	})
 
+	blobs, blobRoutes, err := openBlobs(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	var contentTypes file.ContentTypes // zero: the built-in allow-list
+	if len(cfg.FileContentTypes) > 0 {
+		if contentTypes, err = file.NewContentTypes(cfg.FileContentTypes); err != nil {
+			return nil, &config.Error{Var: "PARLEY_FILE_CONTENT_TYPES", Err: err}
+		}
+	}
+	fileStore := postgres.NewFileStore(a.db)
+	outbox := file.NewWorker(fileStore, blobs, file.WorkerOptions{Log: log})
+	a.goBackground(ctx, func(ctx context.Context) { _ = outbox.Run(ctx) })
+	files, err := file.NewService(fileStore, blobs, conversationStore, file.Options{
+		ContentTypes: contentTypes,
+		URLTTL:       cfg.FileURLTTL,
+		Wake:         outbox.Wake,
+		Log:          log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("file service: %w", err)
+	}
+	fileServer := rpc.NewFileServer(files, log)
+
+	routes := map[string]http.Handler{
+		"GET /.well-known/jwks.json": tokens.JWKSHandler(),
+		"POST /livekit/webhook":      rpc.NewWebhookHandler(lk, rooms, log),
+	}
+	for pattern, h := range blobRoutes {
+		routes[pattern] = h
+	}
+
 	a.probe = rpc.NewProbe(
 		rpc.Dependency{Name: "postgres", Check: func(ctx context.Context) error { return a.db.PingContext(ctx) }},
 		rpc.Dependency{Name: "valkey", Check: func(ctx context.Context) error {
@@ -240,7 +274,8 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		Auth:         rpc.NewAuthServer(accounts, log),
 		User:         rpc.NewUserServer(accounts, log),
 		Room:         rpc.NewRoomServer(rooms, log),
-		Conversation: rpc.NewConversationServer(conversations, rpc.WatchOptions{Heartbeat: cfg.WatchHeartbeat, Drain: a.drain}, log),
+		Conversation: rpc.WithExports(rpc.NewConversationServer(conversations, rpc.WatchOptions{Heartbeat: cfg.WatchHeartbeat, Drain: a.drain}, log), fileServer),
+		File:         fileServer,
 	}, rpc.Options{
 		Logger:        log,
 		Registry:      reg,
@@ -255,15 +290,29 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		CORSOrigins:     cfg.CORSOrigins,
 		MaxRequestBytes: cfg.MaxRequestBytes,
 		Probe:           a.probe,
-		Routes: map[string]http.Handler{
-			"GET /.well-known/jwks.json": tokens.JWKSHandler(),
-			"POST /livekit/webhook":      rpc.NewWebhookHandler(lk, rooms, log),
-		},
+		Routes:          routes,
 	})
 	if err != nil {
 		return nil, err
 	}
 	return a, nil
+}
+
+// openBlobs returns Azure Blob storage when a connection string is set, else
+// the local directory store with the routes that serve its signed URLs.
+func openBlobs(ctx context.Context, cfg config.Config) (file.Blobs, map[string]http.Handler, error) {
+	if cfg.AzureConnectionString != "" {
+		az, err := blobstore.NewAzure(ctx, cfg.AzureConnectionString, cfg.BlobContainer)
+		if err != nil {
+			return nil, nil, fmt.Errorf("azure blob storage: %w", err)
+		}
+		return az, nil, nil
+	}
+	dir, err := blobstore.NewDir(cfg.BlobDir, cfg.PublicURL, nil)
+	if err != nil {
+		return nil, nil, &config.Error{Var: "PARLEY_BLOB_DIR", Err: err}
+	}
+	return dir, dir.Routes(), nil
 }
 
 // openValkey builds the process's one Valkey client. Valkey is a cache, not a

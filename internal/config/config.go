@@ -56,6 +56,8 @@ type Config struct {
 	// signed URLs served by Parley itself (the directory blob store).
 	PublicURL  string
 	FileURLTTL time.Duration
+	// FileContentTypes is the upload allow-list (empty: the built-in list).
+	FileContentTypes []string
 
 	LiveKitURL       string
 	LiveKitPublicURL string
@@ -154,6 +156,9 @@ var vars = []Var{
 			}
 			return nil
 		}},
+
+	{Name: "PARLEY_FILE_CONTENT_TYPES", Help: "comma-separated upload allow-list, e.g. text/plain,audio/* (empty: built-in list)",
+		set: func(c *Config, v string) error { c.FileContentTypes = splitList(v); return nil }},
 
 	{Name: "LIVEKIT_URL", Default: "ws://127.0.0.1:7880", Help: "LiveKit server URL used by Parley",
 		set: func(c *Config, v string) error { c.LiveKitURL = v; return nil }},

@@ -222,8 +222,8 @@ func (s *ConversationServer) pump(ctx context.Context, p auth.Principal, w *conv
 	}
 }
 
-// ExportConversation is served by the files feature; until it lands it is
-// unimplemented.
+// ExportConversation is served by the files feature (see WithExports); a
+// ConversationServer without one answers unimplemented.
 func (s *ConversationServer) ExportConversation(context.Context, *connect.Request[parleyv1.ExportConversationRequest]) (*connect.Response[parleyv1.ExportConversationResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.ExportConversation is not implemented yet"))
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.ExportConversation needs a file store"))
 }

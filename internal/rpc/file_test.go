@@ -45,17 +45,6 @@ type fileEnv struct {
 	convs   parleyv1connect.ConversationServiceClient
 }
 
-// conversationWithExport is the conversation handler with ExportConversation
-// served by the files feature.
-type conversationWithExport struct {
-	*ConversationServer
-	files *FileServer
-}
-
-func (c conversationWithExport) ExportConversation(ctx context.Context, req *connect.Request[parleyv1.ExportConversationRequest]) (*connect.Response[parleyv1.ExportConversationResponse], error) {
-	return c.files.ExportConversation(ctx, req)
-}
-
 type fileEnvOptions struct {
 	urlTTL time.Duration
 	// wrap, if set, wraps the blob store the service and worker use.
