@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/parley-dev/parley/internal/keyset"
 )
 
 // Conversation is an ordered history of messages, owned by one user and
@@ -134,10 +135,7 @@ type MessageRange struct {
 
 // ConversationCursor is where a ListConversations page continues: strictly
 // older than (CreatedAt, ID) in (created_at DESC, id DESC) order.
-type ConversationCursor struct {
-	CreatedAt time.Time
-	ID        uuid.UUID
-}
+type ConversationCursor = keyset.Position
 
 // Store is the persistence the domain needs. Every call that takes a Scope
 // answers ErrNotFound for a conversation that does not exist or lies outside

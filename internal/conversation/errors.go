@@ -1,6 +1,10 @@
 package conversation
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/parley-dev/parley/internal/keyset"
+)
 
 var (
 	// ErrNotFound is returned when a conversation does not exist or the caller
@@ -11,7 +15,7 @@ var (
 	ErrTurnConflict = errors.New("turn id already used with different content")
 	// ErrInvalidPageToken is returned when a page token is malformed or was
 	// issued for a different order.
-	ErrInvalidPageToken = errors.New("invalid page token")
+	ErrInvalidPageToken = keyset.ErrInvalidToken
 	// ErrInvalid is returned (wrapped in an error naming the rule) when a
 	// request breaks a business rule: empty or oversized turn, bad turn id,
 	// bad page size, title too long.

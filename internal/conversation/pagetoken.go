@@ -3,17 +3,15 @@ package conversation
 import (
 	"encoding/base64"
 	"encoding/binary"
-	"time"
-
-	"github.com/google/uuid"
 )
 
 // Page tokens are opaque to clients: base64url (unpadded) of a version byte
 // and a few varints. They carry only positions, never access: every page is
 // access-checked again.
 const (
-	messageTokenVersion      = 1
-	conversationTokenVersion = 2
+	// messageTokenVersion is the first byte of a ListMessages token; it
+	// differs from every keyset.List so tokens of other lists are refused.
+	messageTokenVersion = 1
 
 	// maxTokenLen bounds what is decoded; real tokens are far shorter.
 	maxTokenLen = 64
@@ -53,31 +51,4 @@ func decodeMessageToken(s string) (messageToken, error) {
 		return messageToken{}, ErrInvalidPageToken
 	}
 	return messageToken{Order: o, Seq: int64(seq)}, nil
-}
-
-func encodeConversationToken(c ConversationCursor) string {
-	var b [1 + binary.MaxVarintLen64 + 16]byte
-	b[0] = conversationTokenVersion
-	n := 1 + binary.PutVarint(b[1:], c.CreatedAt.UnixMicro())
-	n += copy(b[n:], c.ID[:])
-	return tokenEncoding.EncodeToString(b[:n])
-}
-
-func decodeConversationToken(s string) (ConversationCursor, error) {
-	if len(s) > maxTokenLen {
-		return ConversationCursor{}, ErrInvalidPageToken
-	}
-	b, err := tokenEncoding.DecodeString(s)
-	if err != nil || len(b) < 2 || b[0] != conversationTokenVersion {
-		return ConversationCursor{}, ErrInvalidPageToken
-	}
-	micros, n := binary.Varint(b[1:])
-	if n <= 0 || len(b) != 1+n+16 {
-		return ConversationCursor{}, ErrInvalidPageToken
-	}
-	id, err := uuid.FromBytes(b[1+n:])
-	if err != nil {
-		return ConversationCursor{}, ErrInvalidPageToken
-	}
-	return ConversationCursor{CreatedAt: time.UnixMicro(micros).UTC(), ID: id}, nil
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/keyset"
 )
 
 func TestMessageTokenRoundTrip(t *testing.T) {
@@ -30,26 +32,11 @@ func TestMessageTokenRejectsGarbage(t *testing.T) {
 		"garbage!", "AA", "AQE", valid + "A", valid[:len(valid)-1],
 		tokenEncoding.EncodeToString([]byte{messageTokenVersion, 9, 1}), // unknown order
 		tokenEncoding.EncodeToString([]byte{messageTokenVersion, 1, 0}), // seq 0
-		tokenEncoding.EncodeToString([]byte{conversationTokenVersion, 1, 1}),
-		encodeConversationToken(ConversationCursor{CreatedAt: time.Now(), ID: uuid.New()}),
+		keyset.Encode(keyset.Conversations, keyset.Position{CreatedAt: time.Now(), ID: uuid.New()}),
 		string(make([]byte, 100)),
 	} {
 		if _, err := decodeMessageToken(s); !errors.Is(err, ErrInvalidPageToken) {
 			t.Errorf("decodeMessageToken(%q) = %v, want ErrInvalidPageToken", s, err)
-		}
-	}
-}
-
-func TestConversationTokenRoundTrip(t *testing.T) {
-	t.Parallel()
-	c := ConversationCursor{CreatedAt: time.Date(2026, 11, 25, 12, 0, 0, 123456000, time.UTC), ID: uuid.Must(uuid.NewV7())}
-	got, err := decodeConversationToken(encodeConversationToken(c))
-	if err != nil || !got.CreatedAt.Equal(c.CreatedAt) || got.ID != c.ID {
-		t.Errorf("round trip = %+v, %v; want %+v", got, err, c)
-	}
-	for _, s := range []string{"", "x", encodeMessageToken(messageToken{Order: OrderNewestFirst, Seq: 5}), encodeConversationToken(c)[:10]} {
-		if _, err := decodeConversationToken(s); !errors.Is(err, ErrInvalidPageToken) {
-			t.Errorf("decodeConversationToken(%q) = %v", s, err)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/keyset"
 )
 
 // Limits of the rules the service enforces. The proto schema checks the
@@ -133,25 +134,18 @@ func (s *Service) ListConversations(ctx context.Context, p auth.Principal, pageS
 	if err != nil {
 		return ConversationPage{}, err
 	}
-	var after *ConversationCursor
-	if pageToken != "" {
-		c, err := decodeConversationToken(pageToken)
-		if err != nil {
-			return ConversationPage{}, err
-		}
-		after = &c
+	after, err := keyset.Decode(keyset.Conversations, pageToken)
+	if err != nil {
+		return ConversationPage{}, err
 	}
 	cs, err := s.store.ListConversations(ctx, p.ID, after, size+1)
 	if err != nil {
 		return ConversationPage{}, err
 	}
 	var page ConversationPage
-	if len(cs) > size {
-		cs = cs[:size]
-		last := cs[len(cs)-1]
-		page.NextPageToken = encodeConversationToken(ConversationCursor{CreatedAt: last.CreatedAt, ID: last.ID})
-	}
-	page.Conversations = cs
+	page.Conversations, page.NextPageToken = keyset.Page(keyset.Conversations, cs, size, func(c Conversation) ConversationCursor {
+		return ConversationCursor{CreatedAt: c.CreatedAt, ID: c.ID}
+	})
 	return page, nil
 }
 

@@ -1,6 +1,10 @@
 package file
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/parley-dev/parley/internal/keyset"
+)
 
 var (
 	// ErrNotFound is returned when a file does not exist or the caller may
@@ -12,7 +16,7 @@ var (
 	ErrInvalid = errors.New("invalid request")
 	// ErrInvalidPageToken is returned when a ListFiles page token is
 	// malformed.
-	ErrInvalidPageToken = errors.New("invalid page token")
+	ErrInvalidPageToken = keyset.ErrInvalidToken
 	// ErrUploadMismatch is returned by CompleteUpload when the stored bytes
 	// are missing or differ from the declared size, checksum or content
 	// type; the file stays PENDING.

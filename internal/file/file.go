@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/keyset"
 )
 
 // Kind says where a file came from.
@@ -69,10 +70,7 @@ type Page struct {
 
 // Cursor is where a ListFiles page continues: strictly older than
 // (CreatedAt, ID) in (created_at DESC, id DESC) order.
-type Cursor struct {
-	CreatedAt time.Time
-	ID        uuid.UUID
-}
+type Cursor = keyset.Position
 
 // Reservation is an outbox entry that deletes a blob unless the file row
 // naming it is committed first. It makes "blob first, then row" crash-safe:

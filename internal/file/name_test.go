@@ -8,6 +8,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/keyset"
 )
 
 func TestSanitizeFilename(t *testing.T) {
@@ -83,16 +86,18 @@ func TestContentTypes(t *testing.T) {
 	}
 }
 
-func TestPageToken(t *testing.T) {
+func TestListFilesRefusesOtherListsTokens(t *testing.T) {
 	t.Parallel()
-	c := Cursor{CreatedAt: time.Date(2026, 11, 25, 12, 0, 0, 123456000, time.UTC), ID: uuid.New()}
-	got, err := decodePageToken(encodePageToken(c))
-	if err != nil || !got.CreatedAt.Equal(c.CreatedAt) || got.ID != c.ID {
-		t.Errorf("round trip = %+v, %v; want %+v", got, err, c)
+	// No store: a bad token must be refused before anything is read.
+	s, err := NewService(nil, nil, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, bad := range []string{"", "x", "AQ", strings.Repeat("A", 100), encodePageToken(c)[:10]} {
-		if _, err := decodePageToken(bad); !errors.Is(err, ErrInvalidPageToken) {
-			t.Errorf("decodePageToken(%q) = %v", bad, err)
+	user := auth.Principal{ID: uuid.New(), Kind: auth.KindUser}
+	roomsToken := keyset.Encode(keyset.Rooms, keyset.Position{CreatedAt: time.Now(), ID: uuid.New()})
+	for _, bad := range []string{"x", roomsToken, strings.Repeat("A", 100)} {
+		if _, err := s.ListFiles(t.Context(), user, uuid.New(), 10, bad); !errors.Is(err, ErrInvalidPageToken) {
+			t.Errorf("ListFiles(token %q) = %v, want ErrInvalidPageToken", bad, err)
 		}
 	}
 }

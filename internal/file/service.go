@@ -16,6 +16,7 @@ import (
 
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/keyset"
 )
 
 // Limits and defaults of the rules the service enforces. The proto schema
@@ -378,13 +379,9 @@ func (s *Service) ListFiles(ctx context.Context, p auth.Principal, conv uuid.UUI
 	case pageSize < 0 || pageSize > MaxPageSize:
 		return Page{}, invalid(fmt.Sprintf("page_size must be between 0 and %d", MaxPageSize))
 	}
-	var after *Cursor
-	if pageToken != "" {
-		c, err := decodePageToken(pageToken)
-		if err != nil {
-			return Page{}, err
-		}
-		after = &c
+	after, err := keyset.Decode(keyset.Files, pageToken)
+	if err != nil {
+		return Page{}, err
 	}
 	if _, err := s.convs.GetConversation(ctx, conv, scope); err != nil {
 		return Page{}, err
@@ -394,12 +391,9 @@ func (s *Service) ListFiles(ctx context.Context, p auth.Principal, conv uuid.UUI
 		return Page{}, err
 	}
 	var page Page
-	if len(fs) > pageSize {
-		fs = fs[:pageSize]
-		last := fs[len(fs)-1]
-		page.NextPageToken = encodePageToken(Cursor{CreatedAt: last.CreatedAt, ID: last.ID})
-	}
-	page.Files = fs
+	page.Files, page.NextPageToken = keyset.Page(keyset.Files, fs, pageSize, func(f File) Cursor {
+		return Cursor{CreatedAt: f.CreatedAt, ID: f.ID}
+	})
 	return page, nil
 }
 

@@ -1,6 +1,10 @@
 package room
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/parley-dev/parley/internal/keyset"
+)
 
 var (
 	// ErrNotFound is returned when a room does not exist or the caller may
@@ -13,7 +17,7 @@ var (
 	// size.
 	ErrInvalid = errors.New("invalid request")
 	// ErrInvalidPageToken is returned when a ListRooms page token is malformed.
-	ErrInvalidPageToken = errors.New("invalid page token")
+	ErrInvalidPageToken = keyset.ErrInvalidToken
 	// ErrInvalidWebhook is returned by webhook verifiers when a request's
 	// signature is missing, wrong or stale, or its body is not an event.
 	ErrInvalidWebhook = errors.New("invalid webhook")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/parley-dev/parley/internal/keyset"
 )
 
 // Status is a room's life-cycle state. The values are stored in the database.
@@ -93,10 +94,7 @@ type NewRoom struct {
 
 // Cursor is where a ListRooms page continues: strictly older than
 // (CreatedAt, ID) in (created_at DESC, id DESC) order.
-type Cursor struct {
-	CreatedAt time.Time
-	ID        uuid.UUID
-}
+type Cursor = keyset.Position
 
 // Page is one page of ListRooms.
 type Page struct {

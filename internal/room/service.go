@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/keyset"
 )
 
 // Limits of the rules the service enforces. The proto schema checks the
@@ -172,25 +173,18 @@ func (s *Service) ListRooms(ctx context.Context, p auth.Principal, pageSize int,
 	case pageSize < 0 || pageSize > MaxPageSize:
 		return Page{}, invalid(fmt.Sprintf("page_size must be 0 to %d", MaxPageSize))
 	}
-	var after *Cursor
-	if pageToken != "" {
-		c, err := decodePageToken(pageToken)
-		if err != nil {
-			return Page{}, err
-		}
-		after = &c
+	after, err := keyset.Decode(keyset.Rooms, pageToken)
+	if err != nil {
+		return Page{}, err
 	}
 	rs, err := s.store.ListRooms(ctx, p.ID, after, pageSize+1)
 	if err != nil {
 		return Page{}, err
 	}
 	var page Page
-	if len(rs) > pageSize {
-		rs = rs[:pageSize]
-		last := rs[len(rs)-1]
-		page.NextPageToken = encodePageToken(Cursor{CreatedAt: last.CreatedAt, ID: last.ID})
-	}
-	page.Rooms = rs
+	page.Rooms, page.NextPageToken = keyset.Page(keyset.Rooms, rs, pageSize, func(r Room) Cursor {
+		return Cursor{CreatedAt: r.CreatedAt, ID: r.ID}
+	})
 	return page, nil
 }
 

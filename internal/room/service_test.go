@@ -11,18 +11,19 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/keyset"
 )
 
-func TestPageTokenRoundTrip(t *testing.T) {
+func TestListRoomsRefusesOtherListsTokens(t *testing.T) {
 	t.Parallel()
-	c := Cursor{CreatedAt: time.UnixMicro(1_900_000_000_123_456).UTC(), ID: uuid.Must(uuid.NewV7())}
-	got, err := decodePageToken(encodePageToken(c))
-	if err != nil || got != c {
-		t.Errorf("decode(encode(%+v)) = %+v, %v", c, got, err)
-	}
-	for _, bad := range []string{"", "garbage!", "AQ", strings.Repeat("A", 100), encodePageToken(c)[:10]} {
-		if _, err := decodePageToken(bad); !errors.Is(err, ErrInvalidPageToken) {
-			t.Errorf("decode(%q) = %v, want ErrInvalidPageToken", bad, err)
+	// No store: a bad token must be refused before anything is read.
+	s := NewService(nil, nil, Options{})
+	defer s.Close()
+	user := auth.Principal{ID: uuid.New(), Kind: auth.KindUser}
+	filesToken := keyset.Encode(keyset.Files, keyset.Position{CreatedAt: time.Now(), ID: uuid.New()})
+	for _, bad := range []string{"garbage!", filesToken, strings.Repeat("A", 100)} {
+		if _, err := s.ListRooms(t.Context(), user, 10, bad); !errors.Is(err, ErrInvalidPageToken) {
+			t.Errorf("ListRooms(token %q) = %v, want ErrInvalidPageToken", bad, err)
 		}
 	}
 }
