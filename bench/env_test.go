@@ -153,6 +153,28 @@ func tail(path string) string {
 	return string(b)
 }
 
+// rssParts reads the anonymous and file-backed parts of VmRSS (KiB).
+func rssParts(pid int) (anon, file int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "RssAnon:":
+			anon = v
+		case "RssFile:":
+			file = v
+		}
+	}
+	return anon, file
+}
+
 // procStatus reads VmRSS and VmHWM (KiB) of a process.
 func procStatus(pid int) (rss, hwm int64) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))

@@ -118,9 +118,12 @@ func TestBench(t *testing.T) {
 	a := b.replica("parley-a", mainDB.url, toks[0])
 	time.Sleep(time.Second)
 	idle, _ := procStatus(a.pid())
+	anon, file := rssParts(a.pid())
 	b.rows = append(b.rows,
 		row{Workload: "Start-up to first authenticated call (migrated DB)", Protocol: "Connect JSON", RPS: -1, P50: ms(a.startup), P99: -1, Note: "ms, exec to first 200 of GetProfile"},
-		row{Workload: "Idle resident memory", RPS: -1, P50: -1, P99: -1, PeakMiB: float64(idle) / 1024, Note: "VmRSS 1 s after start-up"},
+		row{Workload: "Idle resident memory", RPS: -1, P50: -1, P99: -1, PeakMiB: float64(idle) / 1024,
+			Note: fmt.Sprintf("VmRSS 1 s after start-up: %.1f MiB anonymous, %.1f MiB file-backed (the binary's pages); %s",
+				float64(anon)/1024, float64(file)/1024, b.goMemory(a))},
 	)
 
 	// Unary loads: the pgbench limit first, then Parley over each protocol.
@@ -380,6 +383,14 @@ func (b *bench) pgbench(dbURL, rpc, script string, clients int, label string) ro
 // replica w) to every stream (on replica a).
 func (b *bench) fanout(a, w *replica, specPath string, streams int) {
 	m := meterPeak(a.pid())
+	var wait func()
+	if *flagProfile {
+		// What the replica holds per stream, once they are all open.
+		wait = background(func() {
+			time.Sleep(*flagDuration / 2)
+			b.profileHeap(a, fmt.Sprintf("WatchMessages-%d-streams", streams))
+		})
+	}
 	res := runLoadgen(b.t, b.loadgenBin, b.dir, "-mode", "watch", "-spec", specPath, "-url", a.url(), "-save-url", w.url(),
 		"-streams", strconv.Itoa(streams), "-rate", strconv.FormatFloat(*flagRate, 'f', -1, 64),
 		"-duration", flagDuration.String(), "-run-id", fmt.Sprintf("w%d-%d", time.Now().Unix(), streams))
@@ -396,7 +407,66 @@ func (b *bench) fanout(a, w *replica, specPath string, streams int) {
 	if res.Missing+res.Duplicates+res.OutOfOrder > 0 {
 		rw.Note += fmt.Sprintf("; missing %d, duplicates %d, out of order %d", res.Missing, res.Duplicates, res.OutOfOrder)
 	}
+	if wait != nil {
+		wait()
+	}
 	b.add(rw)
+}
+
+// goMemory summarises the Go runtime's memory classes from the replica's
+// /metrics.
+func (b *bench) goMemory(r *replica) string {
+	path := filepath.Join(b.dir, "metrics.txt")
+	if err := fetch(b.ctx, r.url()+"/metrics", path); err != nil {
+		return ""
+	}
+	text, _ := os.ReadFile(path)
+	var parts []string
+	for _, line := range strings.Split(string(text), "\n") {
+		for _, name := range []string{"go_memstats_heap_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes", "go_memstats_next_gc_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_sys_bytes", "go_goroutines"} {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				if strings.HasSuffix(name, "_bytes") {
+					parts = append(parts, fmt.Sprintf("%s %.1f MiB", strings.TrimSuffix(strings.TrimPrefix(name, "go_memstats_"), "_bytes"), f/(1<<20)))
+				} else {
+					parts = append(parts, fmt.Sprintf("%s %.0f", strings.TrimPrefix(name, "go_"), f))
+				}
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// profileHeap saves the replica's live heap and goroutine count.
+func (b *bench) profileHeap(r *replica, name string) {
+	t := b.t
+	if err := os.MkdirAll("profiles", 0o755); err != nil {
+		t.Error(err)
+		return
+	}
+	path := filepath.Join("profiles", name+"-heap.pb.gz")
+	base := "http://" + r.pprofAddr + "/debug/pprof/"
+	if err := fetch(b.ctx, base+"heap", path); err != nil {
+		t.Error(err)
+		return
+	}
+	goroutines := filepath.Join(b.dir, "goroutines.txt")
+	if err := fetch(b.ctx, base+"goroutine?debug=1", goroutines); err != nil {
+		t.Error(err)
+		return
+	}
+	g, _ := os.ReadFile(goroutines)
+	first, _, _ := strings.Cut(string(g), "\n")
+	rss, _ := procStatus(r.pid())
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=20", b.parleyBin, path).CombinedOutput()
+	if err != nil {
+		t.Errorf("pprof: %v\n%s", err, out)
+		return
+	}
+	b.profiles = append(b.profiles, profileSummary{
+		Name: fmt.Sprintf("%s, live heap (VmRSS %.0f MiB; %s; %s)", name, float64(rss)/1024, first, b.goMemory(r)),
+		Top:  string(out),
+	})
 }
 
 // scaling measures SaveTurn and ListMessages on a database holding n

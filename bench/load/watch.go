@@ -69,7 +69,7 @@ func RunWatch(ctx context.Context, spec Spec, opts WatchOptions) (Result, error)
 	var clients []parleyv1connect.ConversationServiceClient
 	for i := 0; i < opts.Streams; i += opts.StreamsPerConn {
 		clients = append(clients, parleyv1connect.NewConversationServiceClient(
-			&http.Client{Transport: H2CTransport()}, opts.WatchURL, connect.WithGRPC()))
+			&http.Client{Transport: H2CTransport()}, opts.WatchURL, connect.WithGRPC(), noGzip))
 	}
 	streams := make([]*watchStream, opts.Streams)
 	var (
@@ -147,7 +147,7 @@ func RunWatch(ctx context.Context, spec Spec, opts WatchOptions) (Result, error)
 
 	// The writer: a ticker feeding a few workers, so a slow answer does not
 	// hold back the schedule; a tick finding every worker busy is skipped.
-	saver := parleyv1connect.NewConversationServiceClient(&http.Client{Transport: H2CTransport()}, opts.SaveURL, connect.WithGRPC())
+	saver := parleyv1connect.NewConversationServiceClient(&http.Client{Transport: H2CTransport()}, opts.SaveURL, connect.WithGRPC(), noGzip)
 	var (
 		savedMu   sync.Mutex
 		saved     = make(map[savedKey]time.Time)
