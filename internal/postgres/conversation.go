@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/auth"
@@ -130,10 +129,8 @@ RETURNING created_at, updated_at`
 )
 
 const (
-	sqlstateUniqueViolation     = "23505"
-	sqlstateForeignKeyViolation = "23503"
-	turnsPrimaryKey             = "turns_pkey"
-	conversationsRoomKey        = "conversations_room_id_fkey"
+	turnsPrimaryKey      = "turns_pkey"
+	conversationsRoomKey = "conversations_room_id_fkey"
 )
 
 // ConversationStore keeps conversations, their messages and turn ids. It
@@ -203,7 +200,7 @@ func (s *ConversationStore) SaveTurn(ctx context.Context, id uuid.UUID, scope co
 // saveTurnFailed handles SaveTurnSQL's failure: a used turn id is a replay
 // (or a conflict, which the service decides by comparing contents).
 func (s *ConversationStore) saveTurnFailed(ctx context.Context, id uuid.UUID, scope conversation.Scope, turnID string, err error) (conversation.SavedTurn, error) {
-	if code, constraint := conversationPgError(err); code == sqlstateUniqueViolation && constraint == turnsPrimaryKey {
+	if isUniqueViolation(err, turnsPrimaryKey) {
 		return s.replayTurn(ctx, id, scope, turnID)
 	}
 	return conversation.SavedTurn{}, fmt.Errorf("save turn: %w", err)
@@ -336,8 +333,8 @@ func (s *ConversationStore) LastSeqs(ctx context.Context, ids []uuid.UUID) (map[
 func (s *ConversationStore) CreateConversation(ctx context.Context, c conversation.Conversation) (conversation.Conversation, error) {
 	err := s.db.QueryRowContext(ctx, createConversationSQL, c.ID, c.UserID, uuid.NullUUID{UUID: c.RoomID, Valid: c.RoomID != uuid.Nil}, c.Title).
 		Scan(&c.CreatedAt, &c.UpdatedAt)
-	if code, constraint := conversationPgError(err); code == sqlstateForeignKeyViolation {
-		if constraint == conversationsRoomKey {
+	if isForeignKeyViolation(err) {
+		if pgConstraint(err) == conversationsRoomKey {
 			// Deleted since the service checked it.
 			return conversation.Conversation{}, conversation.ErrRoomNotFound
 		}
@@ -430,14 +427,4 @@ func (s *ConversationStore) DeleteConversation(ctx context.Context, id uuid.UUID
 		return conversation.ErrNotFound
 	}
 	return nil
-}
-
-// conversationPgError returns the SQLSTATE and constraint of a PostgreSQL
-// error, or empty strings for any other error.
-func conversationPgError(err error) (code, constraint string) {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code, pgErr.ConstraintName
-	}
-	return "", ""
 }

@@ -167,7 +167,7 @@ func (s *RoomStore) CreateRoom(ctx context.Context, nr room.NewRoom) (room.Room,
 }
 
 func createRoomError(op string, err error) error {
-	if code, _ := conversationPgError(err); code == sqlstateForeignKeyViolation {
+	if isForeignKeyViolation(err) {
 		// The owner's row is gone: its tokens no longer name anyone.
 		return auth.ErrUnauthenticated
 	}
