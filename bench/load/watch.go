@@ -145,8 +145,9 @@ func RunWatch(ctx context.Context, spec Spec, opts WatchOptions) (Result, error)
 		opts.Opened()
 	}
 
-	// The writer: a ticker feeding a few workers, so a slow answer does not
-	// hold back the schedule; a tick finding every worker busy is skipped.
+	// The writer: a ticker feeding workers, so a slow answer does not hold
+	// back the schedule; a tick finding every worker busy and the queue full
+	// is skipped (and counted as an error).
 	saver := parleyv1connect.NewConversationServiceClient(&http.Client{Transport: H2CTransport()}, opts.SaveURL, connect.WithGRPC(), noGzip)
 	var (
 		savedMu   sync.Mutex
@@ -154,9 +155,9 @@ func RunWatch(ctx context.Context, spec Spec, opts WatchOptions) (Result, error)
 		saveLat   []time.Duration
 		saveCount atomic.Int64
 	)
-	work := make(chan int, 1)
+	work := make(chan int, 64)
 	var workers sync.WaitGroup
-	for w := 0; w < 8; w++ {
+	for w := 0; w < 32; w++ {
 		workers.Go(func() {
 			for ti := range work {
 				t := spec.Targets[ti]
