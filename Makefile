@@ -79,6 +79,13 @@ e2e-web: web-deps
 	PARLEY_BIN=$(CURDIR)/.build/e2e-web/parley PARLEY_AGENT_BIN=$(CURDIR)/.build/e2e-web/agent PARLEY_E2E_OUT=$(CURDIR)/.build/e2e-web \
 	  timeout 300 node examples/web/e2e/run.mjs
 
+## e2e: three replicas behind a round-robin balancer: a full session, then rolling SIGTERM and SIGKILL restarts under load
+# The suite carries the e2e build tag, so `go test ./...` (make test) neither
+# builds nor runs it; the summary line is printed with -v.
+e2e: azurite
+	@mkdir -p .build/e2e
+	PARLEY_E2E_OUT=$(CURDIR)/.build/e2e $(GO) test -tags e2e -count=1 -timeout 20m -v ./e2e/...
+
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/parley ./cmd/parley
 
