@@ -369,10 +369,35 @@ func procStat(pid int) (comm string, ppid int, self, children time.Duration, ok 
 // backends and the backends it has reaped) and Valkey.
 type cpuSnapshot struct {
 	parley, postgres, valkey time.Duration
+	// busy is the whole machine's non-idle CPU time (/proc/stat), and at
+	// when it was read, to tell how much other processes used meanwhile.
+	busy time.Duration
+	at   time.Time
+}
+
+// machineBusy reads the machine's total non-idle CPU time.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var busy int64
+	for i, v := range f[1:] {
+		// user nice system idle iowait irq softirq steal: idle and iowait
+		// are not busy; guest time is already in user.
+		if i == 3 || i == 4 || i >= 8 {
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		busy += n
+	}
+	return time.Duration(busy) * clockTick
 }
 
 func takeCPU(parleyPID int) cpuSnapshot {
-	var s cpuSnapshot
+	s := cpuSnapshot{busy: machineBusy(), at: time.Now()}
 	if parleyPID > 0 {
 		_, _, self, _, _ := procStat(parleyPID)
 		s.parley = self
@@ -409,5 +434,6 @@ func takeCPU(parleyPID int) cpuSnapshot {
 }
 
 func (s cpuSnapshot) sub(o cpuSnapshot) cpuSnapshot {
-	return cpuSnapshot{parley: s.parley - o.parley, postgres: s.postgres - o.postgres, valkey: s.valkey - o.valkey}
+	return cpuSnapshot{parley: s.parley - o.parley, postgres: s.postgres - o.postgres, valkey: s.valkey - o.valkey,
+		busy: s.busy - o.busy, at: o.at.Add(s.at.Sub(o.at))}
 }

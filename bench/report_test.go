@@ -83,13 +83,24 @@ func (b *bench) report() {
 	}
 	s.WriteString("\n### Where the CPU goes\n\nCPU time per request in the measured window (µs), from /proc/<pid>/stat of the replica, of PostgreSQL's postmaster and backends, and of Valkey, and the client's own (pgbench, or the load generator's getrusage). `cores` is the total times the request rate: this machine has ")
 	fmt.Fprintf(&s, "%d.\n\n", b.facts.NProc)
-	s.WriteString("| workload | protocol | clients | Parley | PostgreSQL | Valkey | client | total | cores |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	s.WriteString("`others` is the cores that processes outside this benchmark kept busy meanwhile (/proc/stat): a run is only clean when it is near zero.\n\n")
+	s.WriteString("| workload | protocol | clients | Parley | PostgreSQL | Valkey | client | total | cores | others |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range b.rows {
 		if r.CPU.total() == 0 {
 			continue
 		}
-		fmt.Fprintf(&s, "| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f |\n", r.Workload, r.Protocol, r.Clients,
-			r.CPU.Parley, r.CPU.Postgres, r.CPU.Valkey, r.CPU.Client, r.CPU.total(), r.CPU.total()*r.RPS/1e6)
+		fmt.Fprintf(&s, "| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f |\n", r.Workload, r.Protocol, r.Clients,
+			r.CPU.Parley, r.CPU.Postgres, r.CPU.Valkey, r.CPU.Client, r.CPU.total(), r.CPU.total()*r.RPS/1e6, r.CPU.Others)
+	}
+	var disturbed []string
+	for _, r := range b.rows {
+		if r.CPU.Others > 0.2 {
+			disturbed = append(disturbed, fmt.Sprintf("%s / %s / %s (%.2f cores)", r.Workload, r.Protocol, r.Clients, r.CPU.Others))
+		}
+	}
+	if len(disturbed) > 0 {
+		fmt.Fprintf(&s, "\n**Disturbed runs**: other processes kept more than 0.2 of the %d cores busy during %s. Their figures understate Parley and pgbench alike; compare ratios within a client count, or run again on a quiet machine.\n",
+			b.facts.NProc, strings.Join(disturbed, "; "))
 	}
 	for _, n := range b.notes {
 		fmt.Fprintf(&s, "\n%s\n", n)

@@ -81,29 +81,37 @@ type row struct {
 // processes of a run.
 type cpuPerRequest struct {
 	Parley, Postgres, Valkey, Client float64
+	// Others is the cores the rest of the machine (other users' processes)
+	// kept busy during the window.
+	Others float64
 }
 
 func (c cpuPerRequest) total() float64 { return c.Parley + c.Postgres + c.Valkey + c.Client }
 
-func perRequest(d cpuSnapshot, client time.Duration, requests int64) cpuPerRequest {
+func perRequest(d cpuSnapshot, window time.Duration, client time.Duration, requests int64) cpuPerRequest {
 	if requests <= 0 {
 		return cpuPerRequest{}
 	}
 	us := func(t time.Duration) float64 { return float64(t) / float64(time.Microsecond) / float64(requests) }
-	return cpuPerRequest{Parley: us(d.parley), Postgres: us(d.postgres), Valkey: us(d.valkey), Client: us(client)}
+	c := cpuPerRequest{Parley: us(d.parley), Postgres: us(d.postgres), Valkey: us(d.valkey), Client: us(client)}
+	if window > 0 {
+		c.Others = max(0, (d.busy - d.parley - d.postgres - d.valkey - client).Seconds()/window.Seconds())
+	}
+	return c
 }
 
 // cpuAfter snapshots the servers' CPU once delay has passed (the warm-up);
 // the returned function waits for it and returns the usage since.
-func cpuAfter(pid int, delay time.Duration) func() cpuSnapshot {
+func cpuAfter(pid int, delay time.Duration) func() (cpuSnapshot, time.Duration) {
 	start := make(chan cpuSnapshot, 1)
 	go func() {
 		time.Sleep(delay)
 		start <- takeCPU(pid)
 	}()
-	return func() cpuSnapshot {
+	return func() (cpuSnapshot, time.Duration) {
 		end := takeCPU(pid)
-		return end.sub(<-start)
+		begin := <-start
+		return end.sub(begin), end.at.Sub(begin.at)
 	}
 }
 
@@ -294,8 +302,9 @@ func (b *bench) parley(r *replica, specPath, rpc, protocol string, clients int, 
 	rw := row{
 		Workload: rpc + label, Protocol: protocolNames[protocol], Clients: strconv.Itoa(clients),
 		RPS: res.RPS, P50: res.Latency.P50, P99: res.Latency.P99, Errors: res.Errors, PeakMiB: m.Peak(),
-		CPU: perRequest(cpu(), time.Duration(res.ClientCPUSeconds*float64(time.Second)), res.Requests),
 	}
+	d, window := cpu()
+	rw.CPU = perRequest(d, window, time.Duration(res.ClientCPUSeconds*float64(time.Second)), res.Requests)
 	if limit > 0 {
 		rw.Ratio = res.RPS / limit
 	}
@@ -308,8 +317,8 @@ func (b *bench) parley(r *replica, specPath, rpc, protocol string, clients int, 
 
 func (b *bench) add(r row) {
 	b.rows = append(b.rows, r)
-	b.t.Logf("%-28s %-24s %5s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  ratio %5.2f  errors %d  peak %.0f MiB %s",
-		r.Workload, r.Protocol, r.Clients, r.RPS, r.P50, r.P99, r.Ratio, r.Errors, r.PeakMiB, r.Note)
+	b.t.Logf("%-28s %-24s %5s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  ratio %5.2f  errors %d  peak %.0f MiB  others %.2f cores %s",
+		r.Workload, r.Protocol, r.Clients, r.RPS, r.P50, r.P99, r.Ratio, r.Errors, r.PeakMiB, r.CPU.Others, r.Note)
 }
 
 var (
@@ -342,7 +351,8 @@ func (b *bench) pgbench(dbURL, rpc, script string, clients int, label string) ro
 	}
 	before := takeCPU(0)
 	out, clientCPU := runCmdCPU(t, os.Environ(), b.srv.Bin("pgbench"), args(*flagDuration, true)...)
-	cpu := takeCPU(0).sub(before)
+	after := takeCPU(0)
+	cpu, window := after.sub(before), after.at.Sub(before.at)
 	rw := row{Workload: rpc + label, Protocol: "pgbench, same SQL (limit)", Clients: strconv.Itoa(clients), Ratio: 1}
 	if m := tpsRE.FindStringSubmatch(out); m != nil {
 		rw.RPS, _ = strconv.ParseFloat(m[1], 64)
@@ -374,7 +384,7 @@ func (b *bench) pgbench(dbURL, rpc, script string, clients int, label string) ro
 	}
 	l := load.Summarize(lat)
 	rw.P50, rw.P99 = l.P50, l.P99
-	rw.CPU = perRequest(cpu, clientCPU, int64(len(lat)))
+	rw.CPU = perRequest(cpu, window, clientCPU, int64(len(lat)))
 	b.add(rw)
 	return rw
 }
