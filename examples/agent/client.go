@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -177,10 +178,10 @@ var errTokenRefused = errors.New("access token refused")
 
 // retryable reports whether trying again (elsewhere) may succeed: the server
 // was unreachable or unready, the try timed out, the connection broke, or
-// the token went stale.
+// the token went stale, or the stream was reset mid-answer.
 // Parley refuses nothing else in a way that a retry would change.
 func retryable(err error) bool {
-	if errors.Is(err, errTokenRefused) {
+	if errors.Is(err, errTokenRefused) || streamReset(err) {
 		return true
 	}
 	switch connect.CodeOf(err) {
@@ -189,4 +190,19 @@ func retryable(err error) bool {
 	}
 	var netErr net.Error
 	return errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// streamReset reports whether err is an HTTP/2 RST_STREAM from the peer. A
+// balancer resets the stream when the replica behind it dies after sending
+// its response headers, and connect reports that as internal; the call's
+// outcome is unknown, as with a broken connection, and the turn_id makes
+// trying again safe. net/http's HTTP/2 does not export its StreamError, so
+// this reads the message, as connect itself does.
+func streamReset(err error) bool {
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) || cerr.Code() != connect.CodeInternal {
+		return false
+	}
+	cause := cerr.Unwrap()
+	return cause != nil && strings.HasPrefix(cause.Error(), "stream error: ") && strings.HasSuffix(cause.Error(), "; received from peer")
 }
