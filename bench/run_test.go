@@ -95,7 +95,7 @@ func perRequest(d cpuSnapshot, window time.Duration, client time.Duration, reque
 	us := func(t time.Duration) float64 { return float64(t) / float64(time.Microsecond) / float64(requests) }
 	c := cpuPerRequest{Parley: us(d.parley), Postgres: us(d.postgres), Valkey: us(d.valkey), Client: us(client)}
 	if window > 0 {
-		c.Others = max(0, (d.busy - d.parley - d.postgres - d.valkey - client).Seconds()/window.Seconds())
+		c.Others = max(0, (d.busy-d.parley-d.postgres-d.valkey-client).Seconds()/window.Seconds())
 	}
 	return c
 }
