@@ -385,31 +385,12 @@ func (s *ConversationStore) GetConversation(ctx context.Context, id uuid.UUID, s
 
 // ListConversations implements conversation.Store.
 func (s *ConversationStore) ListConversations(ctx context.Context, userID uuid.UUID, after *conversation.ConversationCursor, limit int) ([]conversation.Conversation, error) {
-	var (
-		rows *sql.Rows
-		err  error
-	)
-	if after == nil {
-		rows, err = s.db.QueryContext(ctx, listConversationsFirstSQL, userID, limit)
-	} else {
-		rows, err = s.db.QueryContext(ctx, listConversationsNextSQL, userID, limit, after.CreatedAt, after.ID)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list conversations: %w", err)
-	}
-	defer rows.Close()
-	var cs []conversation.Conversation
-	for rows.Next() {
-		var r conversationRow
-		if err := rows.Scan(r.dest()...); err != nil {
-			return nil, fmt.Errorf("list conversations: scan: %w", err)
-		}
-		cs = append(cs, r.conversation())
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list conversations: %w", err)
-	}
-	return cs, nil
+	return listPage(ctx, s.db, "list conversations", listConversationsFirstSQL, listConversationsNextSQL, userID, after, limit,
+		func(rows *sql.Rows) (conversation.Conversation, error) {
+			var r conversationRow
+			err := rows.Scan(r.dest()...)
+			return r.conversation(), err
+		})
 }
 
 // DeleteConversation implements conversation.Store. Messages and turn ids

@@ -185,31 +185,12 @@ func (s *FileStore) GetFile(ctx context.Context, id uuid.UUID, scope conversatio
 
 // ListFiles implements file.Store.
 func (s *FileStore) ListFiles(ctx context.Context, conv uuid.UUID, after *file.Cursor, limit int) ([]file.File, error) {
-	var (
-		rows *sql.Rows
-		err  error
-	)
-	if after == nil {
-		rows, err = s.db.QueryContext(ctx, listFilesFirstSQL, conv, limit)
-	} else {
-		rows, err = s.db.QueryContext(ctx, listFilesNextSQL, conv, limit, after.CreatedAt, after.ID)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list files: %w", err)
-	}
-	defer rows.Close()
-	var fs []file.File
-	for rows.Next() {
-		var r fileRow
-		if err := rows.Scan(r.dest()...); err != nil {
-			return nil, fmt.Errorf("list files: scan: %w", err)
-		}
-		fs = append(fs, r.file())
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list files: %w", err)
-	}
-	return fs, nil
+	return listPage(ctx, s.db, "list files", listFilesFirstSQL, listFilesNextSQL, conv, after, limit,
+		func(rows *sql.Rows) (file.File, error) {
+			var r fileRow
+			err := rows.Scan(r.dest()...)
+			return r.file(), err
+		})
 }
 
 // MarkReady implements file.Store.

@@ -193,31 +193,12 @@ func getRoom(ctx context.Context, q rowQuerier, op, query string, args ...any) (
 
 // ListRooms implements room.Store.
 func (s *RoomStore) ListRooms(ctx context.Context, owner uuid.UUID, after *room.Cursor, limit int) ([]room.Room, error) {
-	var (
-		rows *sql.Rows
-		err  error
-	)
-	if after == nil {
-		rows, err = s.db.QueryContext(ctx, listRoomsFirstSQL, owner, limit)
-	} else {
-		rows, err = s.db.QueryContext(ctx, listRoomsNextSQL, owner, limit, after.CreatedAt, after.ID)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list rooms: %w", err)
-	}
-	defer rows.Close()
-	var rs []room.Room
-	for rows.Next() {
-		var r roomRow
-		if err := rows.Scan(r.dest()...); err != nil {
-			return nil, fmt.Errorf("list rooms: scan: %w", err)
-		}
-		rs = append(rs, r.room())
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list rooms: %w", err)
-	}
-	return rs, nil
+	return listPage(ctx, s.db, "list rooms", listRoomsFirstSQL, listRoomsNextSQL, owner, after, limit,
+		func(rows *sql.Rows) (room.Room, error) {
+			var r roomRow
+			err := rows.Scan(r.dest()...)
+			return r.room(), err
+		})
 }
 
 // EndRoom implements room.Store.
