@@ -213,6 +213,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		return nil, fmt.Errorf("livekit: %w", err)
 	}
 	roomStore := postgres.NewRoomStore(a.db)
+	a.goBackground(ctx, func(ctx context.Context) { pruneWebhookEvents(ctx, roomStore, log) })
 	rooms := room.NewService(roomStore, lk, room.Options{Log: log})
 	a.closers = append(a.closers, rooms.Close)
 
@@ -296,6 +297,26 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		return nil, err
 	}
 	return a, nil
+}
+
+// pruneWebhookEvents forgets, every hour, the LiveKit event ids older than
+// a day: LiveKit stops redelivering within minutes, so the table only needs
+// them that long. Every replica runs it; the DELETE is idempotent.
+func pruneWebhookEvents(ctx context.Context, rooms *postgres.RoomStore, log *slog.Logger) {
+	tick := time.NewTicker(time.Hour)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if n, err := rooms.PruneEvents(ctx, time.Now().Add(-24*time.Hour)); err != nil && ctx.Err() == nil {
+			log.Warn("prune webhook events", slog.String("error", err.Error()))
+		} else if n > 0 {
+			log.Info("pruned webhook events", slog.Int64("count", n))
+		}
+	}
 }
 
 // openBlobs returns Azure Blob storage when a connection string is set, else
