@@ -301,3 +301,25 @@ func TestRoomStoreEgressRecordings(t *testing.T) {
 		t.Errorf("files row: kind %d, status %d, conversation %s; want RECORDING, READY, %s", kind, status, convID, r.ConversationID)
 	}
 }
+
+func TestRoomStorePruneEventsForgetsOnlyOldIDs(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	ctx := t.Context()
+	rooms := postgres.NewRoomStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	r := roomCreate(t, rooms, owner, "r")
+	ev := room.Event{ID: "EV_prune", Kind: room.EventRoomStarted, LiveKitRoom: r.LiveKitRoom, At: time.Now()}
+	if res, err := rooms.ApplyEvent(ctx, ev); err != nil || !res.Applied {
+		t.Fatalf("first delivery: %+v, %v", res, err)
+	}
+	if n, err := rooms.PruneEvents(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("pruning ids older than an hour removed %d (%v), want 0", n, err)
+	}
+	if res, err := rooms.ApplyEvent(ctx, ev); err != nil || res.Applied {
+		t.Fatalf("redelivery before pruning: %+v, %v; want not applied", res, err)
+	}
+	if n, err := rooms.PruneEvents(ctx, time.Now().Add(time.Minute)); err != nil || n != 1 {
+		t.Fatalf("pruning everything removed %d (%v), want 1", n, err)
+	}
+}
