@@ -43,11 +43,11 @@ func (a *authenticator) authenticate(ctx context.Context, procedure, header stri
 	if publicProcedures[procedure] {
 		return ctx, nil
 	}
-	token, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok || token == "" {
+	token, ok := bearerToken(header)
+	if !ok {
 		return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("missing bearer token"))
 	}
-	p, err := a.auth.Authenticate(ctx, strings.TrimSpace(token))
+	p, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
 		if errors.Is(err, auth.ErrUnauthenticated) {
 			return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("invalid or expired token"))
@@ -55,6 +55,17 @@ func (a *authenticator) authenticate(ctx context.Context, procedure, header stri
 		return ctx, toConnectError(ctx, a.log, err)
 	}
 	return auth.WithPrincipal(ctx, p), nil
+}
+
+// bearerToken returns the token of an "Authorization: Bearer <token>"
+// header. The scheme is case-insensitive (RFC 9110, section 11.1).
+func bearerToken(header string) (string, bool) {
+	const scheme = "bearer "
+	if len(header) <= len(scheme) || !strings.EqualFold(header[:len(scheme)], scheme) {
+		return "", false
+	}
+	token := strings.TrimSpace(header[len(scheme):])
+	return token, token != ""
 }
 
 func (a *authenticator) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {

@@ -64,8 +64,7 @@ func limitIP(next http.Handler, lim Limiter, perMinute int, trusted []netip.Pref
 			next.ServeHTTP(w, r)
 			return
 		}
-		ip := clientIP(r, trusted)
-		d, err := lim.Allow(r.Context(), "ip:"+ip.String(), perMinute)
+		d, err := lim.Allow(r.Context(), ipLimitKey(clientIP(r, trusted)), perMinute)
 		if err != nil {
 			// The limiter degrades to local limits by itself; an error here
 			// means it could not decide at all, and refusing every request
@@ -87,6 +86,16 @@ func limitIP(next http.Handler, lim Limiter, perMinute int, trusted []netip.Pref
 		}
 		http.Error(w, cerr.Message(), http.StatusTooManyRequests)
 	})
+}
+
+// ipLimitKey names the per-IP budget of addr. An IPv6 client usually holds
+// a whole /64 and could take a fresh budget with every address in it, so
+// IPv6 addresses share their /64's budget.
+func ipLimitKey(addr netip.Addr) string {
+	if addr.Is6() {
+		return "ip:" + netip.PrefixFrom(addr, 64).Masked().String()
+	}
+	return "ip:" + addr.String()
 }
 
 // principalLimiter enforces the per-user and per-agent budgets once the
