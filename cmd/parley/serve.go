@@ -275,7 +275,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		Auth:         rpc.NewAuthServer(accounts, log),
 		User:         rpc.NewUserServer(accounts, log),
 		Room:         rpc.NewRoomServer(rooms, log),
-		Conversation: rpc.WithExports(rpc.NewConversationServer(conversations, rpc.WatchOptions{Heartbeat: cfg.WatchHeartbeat, Drain: a.drain}, log), fileServer),
+		Conversation: rpc.WithExports(rpc.NewConversationServer(conversations, rpc.WatchOptions{Heartbeat: cfg.WatchHeartbeat, Drain: a.drain, Revoked: revoked.IsRevoked}, log), fileServer),
 		File:         fileServer,
 	}, rpc.Options{
 		Logger:        log,

@@ -28,6 +28,10 @@ type WatchOptions struct {
 	// Drain is closed when the server starts draining: open streams end
 	// with unavailable so clients reconnect to another replica.
 	Drain <-chan struct{}
+	// Revoked, if set, is asked every Heartbeat interval whether the
+	// stream's access token was revoked since the stream opened (Logout on
+	// any replica); such a stream ends with unauthenticated.
+	Revoked func(ctx context.Context, tokenID string) (bool, error)
 }
 
 // ConversationServer serves parley.v1.ConversationService.
@@ -191,7 +195,21 @@ func (s *ConversationServer) pump(ctx context.Context, p auth.Principal, w *conv
 		defer t.Stop()
 		expired = t.C
 	}
+	var recheck <-chan time.Time
+	if s.watch.Revoked != nil {
+		t := time.NewTicker(s.watch.Heartbeat)
+		defer t.Stop()
+		recheck = t.C
+	}
 	for {
+		// A busy stream never reaches the select below: check here too.
+		select {
+		case <-recheck:
+			if err := s.checkRevoked(ctx, p); err != nil {
+				return err
+			}
+		default:
+		}
 		msgs, err := w.Next(ctx)
 		if err != nil {
 			return toConnectError(ctx, s.log, err)
@@ -212,6 +230,10 @@ func (s *ConversationServer) pump(ctx context.Context, p auth.Principal, w *conv
 				return err
 			}
 			heartbeat.Reset(s.watch.Heartbeat)
+		case <-recheck:
+			if err := s.checkRevoked(ctx, p); err != nil {
+				return err
+			}
 		case <-expired:
 			return connect.NewError(connect.CodeUnauthenticated, errors.New("access token expired"))
 		case <-s.watch.Drain:
@@ -220,6 +242,21 @@ func (s *ConversationServer) pump(ctx context.Context, p auth.Principal, w *conv
 			return toConnectError(ctx, s.log, ctx.Err())
 		}
 	}
+}
+
+// checkRevoked ends a stream whose token was revoked after it opened. When
+// revocation cannot be checked, the stream, authenticated at its start, goes
+// on until the next check.
+func (s *ConversationServer) checkRevoked(ctx context.Context, p auth.Principal) error {
+	revoked, err := s.watch.Revoked(ctx, p.TokenID)
+	if err != nil {
+		s.log.WarnContext(ctx, "watch: revocation check failed", slog.String("error", err.Error()))
+		return nil
+	}
+	if revoked {
+		return connect.NewError(connect.CodeUnauthenticated, errors.New("access token revoked"))
+	}
+	return nil
 }
 
 // ExportConversation is served by the files feature (see WithExports); a

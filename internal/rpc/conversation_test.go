@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -441,6 +442,39 @@ func TestWatchMessagesEndsOnExpiryAndDrain(t *testing.T) {
 		var ce *connect.Error
 		if codeOf(end.err) != connect.CodeUnavailable || !errors.As(end.err, &ce) || !strings.Contains(ce.Message(), "reconnect") {
 			t.Errorf("%s drain: %+v", name, end)
+		}
+	}
+}
+
+func TestWatchMessagesEndsWhenTheTokenIsRevoked(t *testing.T) {
+	t.Parallel()
+	var revoked atomic.Bool
+	ts := newTestServer(t, WatchOptions{Heartbeat: 50 * time.Millisecond, Revoked: func(context.Context, string) (bool, error) {
+		return revoked.Load(), nil
+	}})
+	owner := ts.user(t)
+	created, err := ts.clients["connect"].CreateConversation(t.Context(), as(owner, false, &parleyv1.CreateConversationRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.Msg.GetConversation().GetId()
+	streams := map[string]*connect.ServerStreamForClient[parleyv1.WatchMessagesResponse]{}
+	for name, c := range ts.clients {
+		s, err := c.WatchMessages(t.Context(), as(owner, false, &parleyv1.WatchMessagesRequest{ConversationId: id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		streams[name] = s
+	}
+	// Let each stream live through a few checks before the token goes.
+	time.Sleep(200 * time.Millisecond)
+	revoked.Store(true)
+	for name, s := range streams {
+		start := time.Now()
+		end := watchUntil(s, func(watchResult) bool { return false })
+		if codeOf(end.err) != connect.CodeUnauthenticated || time.Since(start) > 5*time.Second {
+			t.Errorf("%s: %+v after %v, want unauthenticated", name, end, time.Since(start))
 		}
 	}
 }
