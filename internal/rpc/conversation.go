@@ -57,7 +57,7 @@ func (s *ConversationServer) CreateConversation(ctx context.Context, req *connec
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	roomID, err := parseOptionalConversationUUID("room_id", req.Msg.GetRoomId())
+	roomID, err := parseOptionalUUID("room_id", req.Msg.GetRoomId())
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +74,7 @@ func (s *ConversationServer) GetConversation(ctx context.Context, req *connect.R
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	id, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	id, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +107,7 @@ func (s *ConversationServer) DeleteConversation(ctx context.Context, req *connec
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	id, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	id, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +167,7 @@ func (s *ConversationServer) WatchMessages(ctx context.Context, req *connect.Req
 	if err != nil {
 		return toConnectError(ctx, s.log, err)
 	}
-	id, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	id, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,11 @@
 package rpc
 
 import (
+	"fmt"
 	"time"
 
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/parley-dev/parley/internal/account"
@@ -33,4 +36,22 @@ func tokenPairToProto(p account.TokenPair) *parleyv1.TokenPair {
 		AccessExpiresAt:  timestamp(p.AccessExpiresAt),
 		RefreshExpiresAt: timestamp(p.RefreshExpiresAt),
 	}
+}
+
+// parseUUID parses a UUID request field. The validation interceptor has
+// checked the shape already; this guards a handler mounted without it.
+func parseUUID(field, s string) (uuid.UUID, error) {
+	id, err := uuid.Parse(s)
+	if err != nil {
+		return uuid.Nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s must be a UUID", field))
+	}
+	return id, nil
+}
+
+// parseOptionalUUID is parseUUID with "" meaning uuid.Nil.
+func parseOptionalUUID(field, s string) (uuid.UUID, error) {
+	if s == "" {
+		return uuid.Nil, nil
+	}
+	return parseUUID(field, s)
 }

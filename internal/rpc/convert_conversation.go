@@ -2,7 +2,6 @@ package rpc
 
 import (
 	"errors"
-	"fmt"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
@@ -11,26 +10,6 @@ import (
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 )
-
-// parseConversationUUID parses a UUID request field. The validation
-// interceptor has checked the shape already; this guards the handler when it
-// is mounted without it.
-func parseConversationUUID(field, s string) (uuid.UUID, error) {
-	id, err := uuid.Parse(s)
-	if err != nil {
-		return uuid.Nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s must be a UUID", field))
-	}
-	return id, nil
-}
-
-// parseOptionalConversationUUID is parseConversationUUID with "" meaning
-// uuid.Nil.
-func parseOptionalConversationUUID(field, s string) (uuid.UUID, error) {
-	if s == "" {
-		return uuid.Nil, nil
-	}
-	return parseConversationUUID(field, s)
-}
 
 func conversationToProto(c conversation.Conversation) *parleyv1.Conversation {
 	pc := &parleyv1.Conversation{
@@ -123,7 +102,7 @@ func orderFromProto(o parleyv1.Order) (conversation.Order, error) {
 }
 
 func turnFromProto(m *parleyv1.SaveTurnRequest) (conversation.Turn, error) {
-	id, err := parseConversationUUID("conversation_id", m.GetConversationId())
+	id, err := parseUUID("conversation_id", m.GetConversationId())
 	if err != nil {
 		return conversation.Turn{}, err
 	}
@@ -136,7 +115,7 @@ func turnFromProto(m *parleyv1.SaveTurnRequest) (conversation.Turn, error) {
 }
 
 func listMessagesFromProto(m *parleyv1.ListMessagesRequest) (conversation.ListMessagesRequest, error) {
-	id, err := parseConversationUUID("conversation_id", m.GetConversationId())
+	id, err := parseUUID("conversation_id", m.GetConversationId())
 	if err != nil {
 		return conversation.ListMessagesRequest{}, err
 	}

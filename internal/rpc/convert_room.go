@@ -1,25 +1,11 @@
 package rpc
 
 import (
-	"errors"
-
-	"connectrpc.com/connect"
 	"github.com/google/uuid"
 
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/room"
 )
-
-// parseRoomID parses a room id request field. The validation interceptor
-// has checked the shape already; this guards the handler when it is mounted
-// without it.
-func parseRoomID(s string) (uuid.UUID, error) {
-	id, err := uuid.Parse(s)
-	if err != nil {
-		return uuid.Nil, connect.NewError(connect.CodeInvalidArgument, errors.New("room_id must be a UUID"))
-	}
-	return id, nil
-}
 
 func roomStatusToProto(s room.Status) parleyv1.RoomStatus {
 	switch s {

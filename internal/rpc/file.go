@@ -31,7 +31,7 @@ func (s *FileServer) UploadFile(ctx context.Context, req *connect.Request[parley
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	conv, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	conv, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +53,7 @@ func (s *FileServer) CreateUpload(ctx context.Context, req *connect.Request[parl
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	conv, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	conv, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +80,7 @@ func (s *FileServer) CompleteUpload(ctx context.Context, req *connect.Request[pa
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	id, err := parseConversationUUID("file_id", req.Msg.GetFileId())
+	id, err := parseUUID("file_id", req.Msg.GetFileId())
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +97,7 @@ func (s *FileServer) GetFile(ctx context.Context, req *connect.Request[parleyv1.
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	id, err := parseConversationUUID("file_id", req.Msg.GetFileId())
+	id, err := parseUUID("file_id", req.Msg.GetFileId())
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +114,7 @@ func (s *FileServer) ListFiles(ctx context.Context, req *connect.Request[parleyv
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	conv, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	conv, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +131,7 @@ func (s *FileServer) DeleteFile(ctx context.Context, req *connect.Request[parley
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	id, err := parseConversationUUID("file_id", req.Msg.GetFileId())
+	id, err := parseUUID("file_id", req.Msg.GetFileId())
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +149,7 @@ func (s *FileServer) ExportConversation(ctx context.Context, req *connect.Reques
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	conv, err := parseConversationUUID("conversation_id", req.Msg.GetConversationId())
+	conv, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
 		return nil, err
 	}

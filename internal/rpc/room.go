@@ -44,7 +44,7 @@ func (s *RoomServer) GetRoom(ctx context.Context, req *connect.Request[parleyv1.
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	id, err := parseRoomID(req.Msg.GetRoomId())
+	id, err := parseUUID("room_id", req.Msg.GetRoomId())
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +74,7 @@ func (s *RoomServer) JoinRoom(ctx context.Context, req *connect.Request[parleyv1
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	id, err := parseRoomID(req.Msg.GetRoomId())
+	id, err := parseUUID("room_id", req.Msg.GetRoomId())
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +91,7 @@ func (s *RoomServer) EndRoom(ctx context.Context, req *connect.Request[parleyv1.
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	id, err := parseRoomID(req.Msg.GetRoomId())
+	id, err := parseUUID("room_id", req.Msg.GetRoomId())
 	if err != nil {
 		return nil, err
 	}
