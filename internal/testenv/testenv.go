@@ -51,8 +51,10 @@ func shutdown() {
 	for _, p := range all {
 		p.stop()
 	}
-	if shared.dir != "" {
-		_ = os.RemoveAll(shared.dir)
+	for _, dir := range []string{shared.dir, azurite.dir} {
+		if dir != "" {
+			_ = os.RemoveAll(dir)
+		}
 	}
 }
 

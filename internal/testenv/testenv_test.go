@@ -3,6 +3,13 @@ package testenv_test
 import (
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +106,50 @@ func TestFreePort(t *testing.T) {
 	t.Parallel()
 	if p := testenv.FreePort(t); p <= 0 || p > 65535 {
 		t.Errorf("FreePort = %d", p)
+	}
+}
+
+// mainChildEnv marks the test binary run by TestMainRemovesServerDirs.
+const mainChildEnv = "PARLEY_TESTENV_MAIN_CHILD"
+
+// TestMainRemovesServerDirs runs this test binary again, as a child that
+// starts a private PostgreSQL, Valkey and Azurite and reports their
+// temporary directories, and checks that they are gone once its Main has
+// returned.
+func TestMainRemovesServerDirs(t *testing.T) {
+	if os.Getenv(mainChildEnv) != "" {
+		// The child: start every server, report the directories, let Main
+		// clean up.
+		testenv.DatabaseURL(t)
+		testenv.ValkeyURL(t)
+		testenv.AzuriteConnectionString(t)
+		for _, dir := range testenv.ServerDirs() {
+			fmt.Println("server dir:", dir)
+		}
+		return
+	}
+	t.Parallel()
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestMainRemovesServerDirs$", "-test.count=1", "-test.v")
+	// Private servers, even when this run uses servers of its own.
+	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "PARLEY_TEST_DATABASE_URL=") || strings.HasPrefix(kv, "PARLEY_TEST_VALKEY_URL=")
+	}), mainChildEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	var dirs []string
+	for line := range strings.Lines(string(out)) {
+		if dir, ok := strings.CutPrefix(strings.TrimSpace(line), "server dir: "); ok {
+			dirs = append(dirs, dir)
+		}
+	}
+	if len(dirs) != 3 {
+		t.Fatalf("child reported %d server directories, want 3 (PostgreSQL, Valkey, Azurite):\n%s", len(dirs), out)
+	}
+	for _, dir := range dirs {
+		if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s still there after Main returned (stat: %v)", dir, err)
+		}
 	}
 }
