@@ -105,6 +105,12 @@ func New(client valkey.Client, opts Options) *Limiter {
 	return l
 }
 
+// Check is one budget a request is counted against: Key under Limit.
+type Check struct {
+	Key   string
+	Limit Limit
+}
+
 // Allow counts one request against key under lim and reports whether it may
 // proceed. Every replica calling Allow with the same key shares one budget; a
 // key should always be used with the same Limit.
@@ -113,29 +119,58 @@ func New(client valkey.Client, opts Options) *Limiter {
 // local limiter and returns a nil error. It returns an error only for an
 // invalid lim (ErrInvalidLimit) or when ctx itself is done.
 func (l *Limiter) Allow(ctx context.Context, key string, lim Limit) (Decision, error) {
-	p, err := lim.params()
+	ds, err := l.AllowAll(ctx, Check{Key: key, Limit: lim})
 	if err != nil {
 		return Decision{}, err
 	}
+	return ds[0], nil
+}
+
+// AllowAll counts one request against each budget in turn, in one Valkey
+// round trip, as consecutive Allow calls would: it stops at the first budget
+// that refuses, leaving the later ones uncharged, and returns the decisions
+// made, the last of which is the refusal if there was one. The request may
+// proceed when every check was made and allowed it.
+//
+// Errors and the fallback to local limits are as for Allow.
+func (l *Limiter) AllowAll(ctx context.Context, checks ...Check) ([]Decision, error) {
+	if len(checks) == 0 {
+		return nil, nil
+	}
+	ps := make([]gcraParams, len(checks))
+	for i, c := range checks {
+		p, err := c.Limit.params()
+		if err != nil {
+			return nil, err
+		}
+		ps[i] = p
+	}
 	now := l.now()
 	if l.shouldTryValkey(now) {
-		d, err := l.allowValkey(ctx, key, p)
+		ds, err := l.allowValkey(ctx, checks, ps)
 		if err == nil {
 			l.healthy(now)
-			l.count(d)
-			return d, nil
+			l.count(ds[len(ds)-1])
+			return ds, nil
 		}
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			// The caller gave up; that says nothing about Valkey's health.
-			return Decision{}, fmt.Errorf("rate limit: %w", ctxErr)
+			return nil, fmt.Errorf("rate limit: %w", ctxErr)
 		}
 		l.unhealthy(now, err)
 		now = l.now() // the failed call may have used up the timeout
 	}
-	d := l.local.allow(now, key, p)
+	ds := make([]Decision, 0, len(checks))
+	for i, c := range checks {
+		d := l.local.allow(now, c.Key, ps[i])
+		ds = append(ds, d)
+		if !d.Allowed {
+			break
+		}
+	}
 	l.fallback.Inc()
-	l.count(d)
-	return d, nil
+	l.count(ds[len(ds)-1])
+	return ds, nil
 }
 
 // shouldTryValkey reports whether this call should go to Valkey. During an
@@ -185,10 +220,11 @@ func (l *Limiter) count(d Decision) {
 	}
 }
 
-// gcraScript is gcra (gcra.go) run inside Valkey on one key holding the
-// theoretical arrival time in microseconds since the epoch. It reads the
-// server's clock, so replicas with skewed clocks agree, and expires the key
-// when the bucket is full again, so idle keys vanish.
+// gcraScript is gcra (gcra.go) run inside Valkey over one or more keys, each
+// holding its theoretical arrival time in microseconds since the epoch. It
+// reads the server's clock, so replicas with skewed clocks agree, and expires
+// a key when its bucket is full again, so idle keys vanish. Keys are checked
+// in order and the first refusal ends the script, as separate calls would.
 //
 // Microseconds keep every value below 2^53, exact in Lua's doubles;
 // string.format('%d') stores the integer, which tostring would turn into
@@ -199,54 +235,70 @@ func (l *Limiter) count(d Decision) {
 // a Valkey restart) instead of failing over to local limits for nothing. A
 // reply lost after the script ran costs one extra request of budget.
 //
-// KEYS[1] key; ARGV[1] emission interval (µs); ARGV[2] burst.
-// Returns {allowed (0|1), remaining, retry after (µs), reset after (µs)}.
+// KEYS[i] key i; ARGV[2i-1] its emission interval (µs); ARGV[2i] its burst.
+// Returns, for each key checked, {allowed (0|1), remaining, retry after (µs),
+// reset after (µs)}, flattened.
 var gcraScript = valkey.NewLuaScriptRetryable(`
-local interval = tonumber(ARGV[1])
-local burst_offset = interval * tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new_tat = tat + interval
-local diff = now - (new_tat - burst_offset)
-if diff < 0 then
-  return {0, 0, -diff, tat - now}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst_offset = interval * tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local diff = now - (new_tat - burst_offset)
+  if diff < 0 then
+    table.insert(out, 0); table.insert(out, 0); table.insert(out, -diff); table.insert(out, tat - now)
+    return out
+  end
+  redis.call('SET', key, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+  table.insert(out, 1); table.insert(out, math.floor(diff / interval)); table.insert(out, 0); table.insert(out, new_tat - now)
 end
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-return {1, math.floor(diff / interval), 0, new_tat - now}
+return out
 `)
 
-func (l *Limiter) allowValkey(ctx context.Context, key string, p gcraParams) (Decision, error) {
+func (l *Limiter) allowValkey(ctx context.Context, checks []Check, ps []gcraParams) ([]Decision, error) {
 	// Skip the extra context when the caller's deadline is already tighter.
 	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > l.timeout {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, l.timeout)
 		defer cancel()
 	}
-	res := gcraScript.Exec(ctx, l.client,
-		[]string{l.prefix + key},
-		[]string{strconv.FormatInt(p.interval.Microseconds(), 10), strconv.Itoa(p.burst)})
-	vals, err := res.ToArray()
+	keys := make([]string, len(checks))
+	args := make([]string, 0, 2*len(checks))
+	for i, c := range checks {
+		keys[i] = l.prefix + c.Key
+		args = append(args, strconv.FormatInt(ps[i].interval.Microseconds(), 10), strconv.Itoa(ps[i].burst))
+	}
+	vals, err := gcraScript.Exec(ctx, l.client, keys, args).ToArray()
 	if err != nil {
-		return Decision{}, fmt.Errorf("rate limit script: %w", err)
+		return nil, fmt.Errorf("rate limit script: %w", err)
 	}
-	if len(vals) != 4 {
-		return Decision{}, fmt.Errorf("rate limit script: %d values, want 4", len(vals))
+	if len(vals) == 0 || len(vals)%4 != 0 || len(vals) > 4*len(checks) {
+		return nil, fmt.Errorf("rate limit script: %d values for %d keys", len(vals), len(checks))
 	}
-	var n [4]int64
-	for i := range vals {
-		if n[i], err = vals[i].AsInt64(); err != nil {
-			return Decision{}, fmt.Errorf("rate limit script: value %d: %w", i, err)
+	ds := make([]Decision, len(vals)/4)
+	for i := range ds {
+		var n [4]int64
+		for j := range n {
+			if n[j], err = vals[4*i+j].AsInt64(); err != nil {
+				return nil, fmt.Errorf("rate limit script: value %d: %w", 4*i+j, err)
+			}
+		}
+		ds[i] = Decision{
+			Allowed:    n[0] == 1,
+			Limit:      ps[i].burst,
+			Remaining:  int(n[1]),
+			RetryAfter: time.Duration(n[2]) * time.Microsecond,
+			ResetAfter: time.Duration(n[3]) * time.Microsecond,
 		}
 	}
-	return Decision{
-		Allowed:    n[0] == 1,
-		Limit:      p.burst,
-		Remaining:  int(n[1]),
-		RetryAfter: time.Duration(n[2]) * time.Microsecond,
-		ResetAfter: time.Duration(n[3]) * time.Microsecond,
-	}, nil
+	if last := ds[len(ds)-1]; last.Allowed && len(ds) != len(checks) {
+		return nil, fmt.Errorf("rate limit script: stopped after %d of %d keys without a refusal", len(ds), len(checks))
+	}
+	return ds, nil
 }
 
 // register registers c, or returns the collector already registered under

@@ -473,3 +473,63 @@ func BenchmarkAllowValkey(b *testing.B) {
 		}
 	})
 }
+
+// TestAllowAll checks several budgets in one call, in Valkey and in the local
+// fallback alike: each allowed check is charged, and the first refusal ends
+// the call with the later budgets untouched.
+func TestAllowAll(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"valkey", "local"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			v := testenv.NewValkey(t)
+			l := ratelimit.New(testenv.ValkeyClient(t, v.URL()), ratelimit.Options{RetryInterval: time.Hour})
+			if mode == "local" {
+				v.Stop()
+			}
+			ip, user := "ip:"+uuid.NewString(), "user:"+uuid.NewString()
+			checks := []ratelimit.Check{{Key: ip, Limit: ratelimit.PerMinute(3)}, {Key: user, Limit: ratelimit.PerMinute(2)}}
+			all := func() []ratelimit.Decision {
+				t.Helper()
+				ds, err := l.AllowAll(t.Context(), checks...)
+				if err != nil {
+					t.Fatalf("AllowAll: %v", err)
+				}
+				return ds
+			}
+
+			ds := all()
+			if len(ds) != 2 || !ds[0].Allowed || !ds[1].Allowed || ds[0].Remaining != 2 || ds[1].Remaining != 1 || ds[0].Limit != 3 || ds[1].Limit != 2 {
+				t.Fatalf("first call: %+v", ds)
+			}
+			all()
+			// The user budget (2) is spent: the IP is charged, the user refuses.
+			ds = all()
+			if len(ds) != 2 || !ds[0].Allowed || ds[0].Remaining != 0 || ds[1].Allowed || ds[1].RetryAfter <= 0 {
+				t.Fatalf("third call: %+v", ds)
+			}
+			// The IP budget (3) is spent: it refuses first, and the user's
+			// budget is not looked at.
+			other := "user:" + uuid.NewString()
+			ds, err := l.AllowAll(t.Context(), ratelimit.Check{Key: ip, Limit: ratelimit.PerMinute(3)}, ratelimit.Check{Key: other, Limit: ratelimit.PerMinute(2)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ds) != 1 || ds[0].Allowed {
+				t.Fatalf("fourth call: %+v", ds)
+			}
+			if d := allow(t, l, other, ratelimit.PerMinute(2)); !d.Allowed || d.Remaining != 1 {
+				t.Fatalf("the budget after a refusal was charged: %+v", d)
+			}
+		})
+	}
+}
+
+func TestAllowAllInvalidLimit(t *testing.T) {
+	t.Parallel()
+	l, _ := newLimiter(t)
+	_, err := l.AllowAll(t.Context(), ratelimit.Check{Key: "a", Limit: ratelimit.PerMinute(1)}, ratelimit.Check{Key: "b"})
+	if !errors.Is(err, ratelimit.ErrInvalidLimit) {
+		t.Fatalf("got %v, want ErrInvalidLimit", err)
+	}
+}

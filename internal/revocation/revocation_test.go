@@ -3,6 +3,7 @@ package revocation_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -54,12 +55,20 @@ func newFixture(t *testing.T, valkeyURL string) *fixture {
 		client: testenv.ValkeyClient(t, valkeyURL),
 		prefix: "test:" + uuid.NewString() + ":",
 	}
-	f.cache = revocation.New(f.client, f.src, revocation.Options{
+	f.cache = f.replica(t)
+	return f
+}
+
+// replica returns another Cache over the same keys with a Valkey client of
+// its own, as a second replica of Parley has.
+func (f *fixture) replica(t *testing.T) *revocation.Cache {
+	t.Helper()
+	c := revocation.New(f.client, f.src, revocation.Options{
 		KeyPrefix: f.prefix,
 		Logger:    slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
-	t.Cleanup(f.cache.Close)
-	return f
+	t.Cleanup(c.Close)
+	return c
 }
 
 // revoke records a revocation the way account.Service does: store, then cache.
@@ -256,5 +265,49 @@ func TestSourceDownToo(t *testing.T) {
 	cancel()
 	if _, err := cache.IsRevoked(ctx, "jti"); !errors.Is(err, context.Canceled) {
 		t.Errorf("IsRevoked with a cancelled context: got %v", err)
+	}
+}
+
+// TestRevokeReachesOtherReplicasAtOnce checks that a replica which has just
+// found a token not revoked refuses it as soon as another replica's Revoke
+// returns: no replica may keep an answer of its own (a client-side cache
+// with pushed invalidations would not do: the push can arrive after the
+// next request).
+func TestRevokeReachesOtherReplicasAtOnce(t *testing.T) {
+	t.Parallel()
+	v := testenv.NewValkey(t)
+	a := newFixture(t, v.URL())
+	if err := a.cache.Warm(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b := &fixture{src: a.src, client: testenv.ValkeyClient(t, v.URL()), prefix: a.prefix}
+	b.cache = b.replica(t)
+	exp := time.Now().Add(time.Hour)
+	for i := range 50 {
+		jti := fmt.Sprintf("jti-%d", i)
+		for range 3 {
+			if b.isRevoked(t, jti) {
+				t.Fatalf("%s refused before it was revoked", jti)
+			}
+		}
+		if err := a.revoke(t, jti, exp); err != nil {
+			t.Fatal(err)
+		}
+		if !b.isRevoked(t, jti) {
+			t.Fatalf("replica b accepted %s after replica a revoked it", jti)
+		}
+	}
+	if n := a.src.checks.Load(); n != 0 {
+		t.Errorf("the source was asked %d times with a warm cache", n)
+	}
+
+	// A flush drops the marker: b must ask the source again.
+	v.Flush()
+	before := a.src.checks.Load()
+	if b.isRevoked(t, "jti-new") {
+		t.Fatal("unrevoked token refused")
+	}
+	if a.src.checks.Load() == before {
+		t.Error("after a flush the check did not ask the source")
 	}
 }
