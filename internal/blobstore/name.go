@@ -1,15 +1,17 @@
 package blobstore
 
 import (
-	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/file"
 )
 
 // errBadName refuses a name file.BlobName could not have made. It is a
 // programming error, never a client's: names come from server ids.
-var errBadName = errors.New("blobstore: blob name must be {conversation uuid}/{file uuid}")
+var errBadName = fmt.Errorf("blobstore: blob name must be {conversation uuid}/{file uuid}: %w", file.ErrInvalidBlobName)
 
 // checkName accepts exactly "{uuid}/{uuid}" in canonical lower-case form,
 // so a name can neither climb out of the container or directory nor alias

@@ -23,6 +23,9 @@ var (
 	ErrUploadMismatch = errors.New("uploaded bytes do not match the declaration")
 	// ErrBlobNotFound is returned by Blobs when a blob does not exist.
 	ErrBlobNotFound = errors.New("blob not found")
+	// ErrInvalidBlobName is returned (wrapped) by Blobs for a name it does
+	// not accept. Asking again can never succeed.
+	ErrInvalidBlobName = errors.New("invalid blob name")
 	// ErrReservationLost is returned by Store.CreateFile when the blob's
 	// reservation fell due and the outbox deleted it before the row came:
 	// the upload took longer than the reservation's grace.

@@ -106,9 +106,18 @@ type Store interface {
 	ExpirePending(ctx context.Context, olderThan time.Time, limit int) (int, error)
 	// DeleteDueBlobs takes up to limit due outbox entries that no other
 	// replica holds, calls del for each, then removes the entries del
-	// succeeded on and postpones the others by the retry delay del
-	// returned. It returns how many entries it took.
-	DeleteDueBlobs(ctx context.Context, limit int, del func(ctx context.Context, d Deletion) (retryIn time.Duration, err error)) (int, error)
+	// succeeded on and postpones or parks the others as the Retry del
+	// returned says. It returns how many entries it took.
+	DeleteDueBlobs(ctx context.Context, limit int, del func(ctx context.Context, d Deletion) (Retry, error)) (int, error)
+}
+
+// Retry is what becomes of an outbox entry whose attempt failed.
+type Retry struct {
+	// After is the delay before the next attempt.
+	After time.Duration
+	// Park, when set, stops all further attempts: the entry stays, with its
+	// error, for an operator to see. It is for failures no retry can mend.
+	Park bool
 }
 
 // Deletion is a due outbox entry: a blob to delete.

@@ -2,6 +2,7 @@ package file
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -24,13 +25,19 @@ type WorkerOptions struct {
 	PendingTTL time.Duration
 	// DeleteTimeout bounds one blob deletion (default 30s).
 	DeleteTimeout time.Duration
-	Log           *slog.Logger
+	// MaxAttempts is how many failed attempts park an entry (default 200,
+	// about two days at MaxBackoff's default): a blob storage keeps
+	// refusing that long needs an operator, not another retry.
+	MaxAttempts int
+	Log         *slog.Logger
 }
 
 // Worker drains the blob-deletion outbox: every replica runs one, and
 // FOR UPDATE SKIP LOCKED in the store hands each entry to one of them. A
-// failed deletion is retried with exponential backoff until it succeeds, so
-// a blob outlives its row only while storage is failing.
+// failed deletion is retried with exponential backoff, so a blob outlives
+// its row only while storage is failing. An entry that cannot succeed (a
+// name the store refuses) or has failed MaxAttempts times is parked: kept,
+// never taken again, and logged as an error.
 type Worker struct {
 	store Store
 	blobs Blobs
@@ -58,6 +65,9 @@ func NewWorker(store Store, blobs Blobs, opts WorkerOptions) *Worker {
 	}
 	if opts.DeleteTimeout <= 0 {
 		opts.DeleteTimeout = 30 * time.Second
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 200
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -118,18 +128,29 @@ func (w *Worker) RunOnce(ctx context.Context) (int, error) {
 	}
 }
 
-func (w *Worker) deleteBlob(ctx context.Context, d Deletion) (time.Duration, error) {
+func (w *Worker) deleteBlob(ctx context.Context, d Deletion) (Retry, error) {
 	dctx, cancel := context.WithTimeout(ctx, w.opts.DeleteTimeout)
 	defer cancel()
 	err := w.blobs.Delete(dctx, d.BlobName)
 	if err == nil {
-		return 0, nil
+		return Retry{}, nil
 	}
-	retry := w.backoff(d.Attempts)
-	w.opts.Log.WarnContext(ctx, "delete blob failed; will retry",
-		slog.String("blob", d.BlobName), slog.Int("attempt", d.Attempts+1),
-		slog.Duration("retry_in", retry), slog.String("error", err.Error()))
-	return retry, err
+	return w.retry(ctx, "delete blob", d.BlobName, d.Attempts, err), err
+}
+
+// retry decides what becomes of an outbox entry that failed its attempt
+// after attempts earlier failures, and logs it.
+func (w *Worker) retry(ctx context.Context, op, blob string, attempts int, err error) Retry {
+	if errors.Is(err, ErrInvalidBlobName) || attempts+1 >= w.opts.MaxAttempts {
+		w.opts.Log.ErrorContext(ctx, op+" failed; parked, will not retry",
+			slog.String("blob", blob), slog.Int("attempt", attempts+1), slog.String("error", err.Error()))
+		return Retry{Park: true}
+	}
+	r := Retry{After: w.backoff(attempts)}
+	w.opts.Log.WarnContext(ctx, op+" failed; will retry",
+		slog.String("blob", blob), slog.Int("attempt", attempts+1),
+		slog.Duration("retry_in", r.After), slog.String("error", err.Error()))
+	return r
 }
 
 // backoff is the delay before attempt attempts+2: MinBackoff doubled per

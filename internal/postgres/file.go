@@ -81,12 +81,15 @@ RETURNING d.id, d.blob_name, d.attempts, EXISTS (SELECT 1 FROM files f WHERE f.b
 
 	finishDeletionsSQL = `DELETE FROM blob_deletions WHERE id = ANY($1::bigint[])`
 
+	// retryDeletionsSQL postpones failed entries, or parks them: due at
+	// infinity, never leased again.
 	retryDeletionsSQL = `UPDATE blob_deletions d
    SET attempts = d.attempts + 1,
-       due_at = now() + make_interval(secs => v.secs),
+       due_at = CASE WHEN v.park THEN 'infinity'::timestamptz ELSE now() + make_interval(secs => v.secs) END,
+       parked_at = CASE WHEN v.park THEN now() END,
        locked_until = NULL,
        last_error = v.err
-  FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS v (id, secs, err)
+  FROM unnest($1::bigint[], $2::float8[], $3::text[], $4::boolean[]) AS v (id, secs, err, park)
  WHERE d.id = v.id`
 )
 
@@ -240,7 +243,7 @@ func (s *FileStore) ExpirePending(ctx context.Context, olderThan time.Time, limi
 // transaction, deleted from storage with no transaction open, then removed
 // or postponed in another; a worker that dies between leaves them to be
 // taken again when the lease runs out.
-func (s *FileStore) DeleteDueBlobs(ctx context.Context, limit int, del func(context.Context, file.Deletion) (time.Duration, error)) (int, error) {
+func (s *FileStore) DeleteDueBlobs(ctx context.Context, limit int, del func(context.Context, file.Deletion) (file.Retry, error)) (int, error) {
 	rows, err := s.db.QueryContext(ctx, leaseDeletionsSQL, limit, deletionLease.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("lease blob deletions: %w", err)
@@ -272,21 +275,19 @@ func (s *FileStore) DeleteDueBlobs(ctx context.Context, limit int, del func(cont
 	}
 
 	var (
-		retryIDs  []int64
-		retrySecs []float64
-		retryErrs []string
+		retryIDs   []int64
+		retrySecs  []float64
+		retryErrs  []string
+		retryParks []bool
 	)
 	for _, d := range due {
-		retryIn, err := del(ctx, d)
+		retry, err := del(ctx, d)
 		if err == nil {
 			done = append(done, d.ID)
 			continue
 		}
-		msg := err.Error()
-		if len(msg) > maxErrorLen {
-			msg = strings.ToValidUTF8(msg[:maxErrorLen], "")
-		}
-		retryIDs, retrySecs, retryErrs = append(retryIDs, d.ID), append(retrySecs, retryIn.Seconds()), append(retryErrs, msg)
+		retryIDs, retrySecs = append(retryIDs, d.ID), append(retrySecs, retry.After.Seconds())
+		retryErrs, retryParks = append(retryErrs, errorText(err)), append(retryParks, retry.Park)
 	}
 
 	// The outcome is recorded even when ctx ended during the deletions:
@@ -299,9 +300,19 @@ func (s *FileStore) DeleteDueBlobs(ctx context.Context, limit int, del func(cont
 		}
 	}
 	if len(retryIDs) > 0 {
-		if _, err := s.db.ExecContext(octx, retryDeletionsSQL, retryIDs, retrySecs, retryErrs); err != nil {
+		if _, err := s.db.ExecContext(octx, retryDeletionsSQL, retryIDs, retrySecs, retryErrs, retryParks); err != nil {
 			return 0, fmt.Errorf("postpone blob deletions: %w", err)
 		}
 	}
 	return taken, nil
+}
+
+// errorText is err's message as last_error keeps it: at most maxErrorLen
+// bytes of valid UTF-8.
+func errorText(err error) string {
+	msg := err.Error()
+	if len(msg) > maxErrorLen {
+		msg = strings.ToValidUTF8(msg[:maxErrorLen], "")
+	}
+	return msg
 }

@@ -69,7 +69,7 @@ func (f *fileFixture) outbox(t *testing.T) []string {
 }
 
 // drain runs DeleteDueBlobs with del until nothing is due.
-func (f *fileFixture) drain(t *testing.T, del func(context.Context, file.Deletion) (time.Duration, error)) {
+func (f *fileFixture) drain(t *testing.T, del func(context.Context, file.Deletion) (file.Retry, error)) {
 	t.Helper()
 	for {
 		n, err := f.files.DeleteDueBlobs(t.Context(), 10, del)
@@ -194,12 +194,12 @@ func TestReservations(t *testing.T) {
 		t.Fatal(err)
 	}
 	var seen []string
-	fx.drain(t, func(_ context.Context, d file.Deletion) (time.Duration, error) {
+	fx.drain(t, func(_ context.Context, d file.Deletion) (file.Retry, error) {
 		seen = append(seen, d.BlobName)
 		if d.BlobName == tried.BlobName() {
-			return time.Hour, errors.New("storage timed out")
+			return file.Retry{After: time.Hour}, errors.New("storage timed out")
 		}
-		return 0, nil
+		return file.Retry{}, nil
 	})
 	if !slices.Contains(seen, late.BlobName()) || !slices.Contains(seen, tried.BlobName()) {
 		t.Errorf("the worker saw %v", seen)
@@ -232,7 +232,7 @@ func TestDeleteDueBlobsRetriesAndHandsEachEntryToOneWorker(t *testing.T) {
 		attempts = map[string]int{}
 		wg       sync.WaitGroup
 	)
-	del := func(_ context.Context, d file.Deletion) (time.Duration, error) {
+	del := func(_ context.Context, d file.Deletion) (file.Retry, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		attempts[d.BlobName]++
@@ -240,9 +240,9 @@ func TestDeleteDueBlobsRetriesAndHandsEachEntryToOneWorker(t *testing.T) {
 			t.Errorf("%s: Attempts = %d on call %d", d.BlobName, d.Attempts, attempts[d.BlobName])
 		}
 		if attempts[d.BlobName] == 1 {
-			return 50 * time.Millisecond, errors.New("injected")
+			return file.Retry{After: 50 * time.Millisecond}, errors.New("injected")
 		}
-		return 0, nil
+		return file.Retry{}, nil
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for range 4 {
@@ -283,9 +283,9 @@ func TestOutboxNeverDeletesABlobARowNames(t *testing.T) {
 	if _, err := fx.db.ExecContext(ctx, "INSERT INTO blob_deletions (blob_name) VALUES (?)", live.BlobName()); err != nil {
 		t.Fatal(err)
 	}
-	fx.drain(t, func(_ context.Context, d file.Deletion) (time.Duration, error) {
+	fx.drain(t, func(_ context.Context, d file.Deletion) (file.Retry, error) {
 		t.Errorf("asked to delete %s, which a file row names", d.BlobName)
-		return 0, nil
+		return file.Retry{}, nil
 	})
 	if got := fx.outbox(t); len(got) != 0 {
 		t.Errorf("the stray entry stayed: %v", got)
@@ -326,5 +326,43 @@ func TestExpirePending(t *testing.T) {
 	}
 	if want := pending.CreatedAt.Add(file.MaxURLTTL); later.Before(want) {
 		t.Errorf("second deletion due %v, before the upload URL's expiry %v", later, want)
+	}
+}
+
+func TestDeleteDueBlobsParks(t *testing.T) {
+	t.Parallel()
+	fx := newFileFixture(t)
+	ctx := t.Context()
+	for _, name := range []string{"refused", "transient"} {
+		if _, err := fx.db.ExecContext(ctx, "INSERT INTO blob_deletions (blob_name) VALUES (?)", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls := map[string]int{}
+	del := func(_ context.Context, d file.Deletion) (file.Retry, error) {
+		calls[d.BlobName]++
+		if d.BlobName == "refused" {
+			return file.Retry{Park: true}, errors.New("refused name")
+		}
+		return file.Retry{After: time.Millisecond}, errors.New("storage down")
+	}
+	for range 3 {
+		if _, err := fx.files.DeleteDueBlobs(ctx, 10, del); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if calls["refused"] != 1 || calls["transient"] != 3 {
+		t.Errorf("calls = %v, want the parked entry tried once and the other every pass", calls)
+	}
+	var (
+		parked  bool
+		lastErr string
+	)
+	if err := fx.db.QueryRowContext(ctx, "SELECT parked_at IS NOT NULL, last_error FROM blob_deletions WHERE blob_name = 'refused'").Scan(&parked, &lastErr); err != nil {
+		t.Fatal(err)
+	}
+	if !parked || lastErr != "refused name" {
+		t.Errorf("parked %v, last_error %q", parked, lastErr)
 	}
 }

@@ -722,3 +722,64 @@ func TestExportConversation(t *testing.T) {
 		})
 	}
 }
+
+// countingBlobs counts the deletions the worker asks the store for.
+type countingBlobs struct {
+	file.Blobs
+	mu      sync.Mutex
+	deletes map[string]int
+}
+
+func (c *countingBlobs) Delete(ctx context.Context, name string) error {
+	c.mu.Lock()
+	c.deletes[name]++
+	c.mu.Unlock()
+	return c.Blobs.Delete(ctx, name)
+}
+
+func (c *countingBlobs) count(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.deletes[name]
+}
+
+func TestOutboxParksAnEntryItCanNeverDelete(t *testing.T) {
+	t.Parallel()
+	for _, kind := range blobKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			counting := &countingBlobs{deletes: map[string]int{}}
+			env := newFileEnv(t, kind, fileEnvOptions{wrap: func(b file.Blobs) file.Blobs { counting.Blobs = b; return counting }})
+			ctx := t.Context()
+			// A name no blob store accepts: retrying can never help.
+			const bad = "../outside/the/container"
+			if _, err := env.db.ExecContext(ctx, "INSERT INTO blob_deletions (blob_name) VALUES (?)", bad); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				var parked bool
+				if err := env.db.QueryRowContext(ctx, "SELECT parked_at IS NOT NULL FROM blob_deletions WHERE blob_name = ?", bad).Scan(&parked); err != nil {
+					t.Fatal(err)
+				}
+				if parked {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the entry was not parked; %d delete attempts", counting.count(bad))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			// The worker polls every 100ms and retries after at most 200ms:
+			// a parked entry is never taken again.
+			time.Sleep(time.Second)
+			if n := counting.count(bad); n != 1 {
+				t.Errorf("%d delete attempts, want 1", n)
+			}
+			var lastError string
+			if err := env.db.QueryRowContext(ctx, "SELECT last_error FROM blob_deletions WHERE blob_name = ?", bad).Scan(&lastError); err != nil || lastError == "" {
+				t.Errorf("last_error = %q, %v; want the refusal", lastError, err)
+			}
+		})
+	}
+}
