@@ -22,6 +22,7 @@ const (
 	valkeyURLEnv       = "PARLEY_TEST_VALKEY_URL"
 	valkeyDirPrefix    = "parley-valkey-"
 	valkeyReadyTimeout = 20 * time.Second
+	valkeyStartTries   = 3
 )
 
 var shared struct {
@@ -44,7 +45,7 @@ func ValkeyURL(t testing.TB) string {
 		v := &Valkey{}
 		if shared.err = v.init(); shared.err == nil {
 			shared.dir = v.dir
-			shared.err = v.start()
+			shared.err = v.startNew()
 		}
 		shared.url = v.URL()
 	})
@@ -77,7 +78,9 @@ func NewValkey(t testing.TB) *Valkey {
 		v.Stop()
 		_ = os.RemoveAll(v.dir)
 	})
-	v.Start()
+	if err := v.startNew(); err != nil {
+		t.Fatalf("testenv: Valkey: %v", err)
+	}
 	return v
 }
 
@@ -130,6 +133,21 @@ func (v *Valkey) init() error {
 	}
 	v.bin, v.dir, v.port = bin, dir, port
 	return nil
+}
+
+// startNew starts the server for the first time, on another free port when
+// something else takes the chosen one before the server binds it. Later
+// starts keep the port, so the URL stays the same.
+func (v *Valkey) startNew() error {
+	for attempt := 1; ; attempt++ {
+		err := v.start()
+		if err == nil || attempt == valkeyStartTries {
+			return err
+		}
+		if v.port, err = freePort(); err != nil {
+			return err
+		}
+	}
 }
 
 func (v *Valkey) start() error {
