@@ -86,6 +86,14 @@ func TestComposeServices(t *testing.T) {
 		t.Errorf("livekit command %v lacks --bind 0.0.0.0", lk.Command)
 	}
 
+	// Any other policy may evict revoked-token keys (see
+	// internal/valkeyconfig); Valkey's default is noeviction, but the file
+	// says so rather than rely on an image's default.
+	vk := service(t, p, "valkey")
+	if i := slices.Index(vk.Command, "--maxmemory-policy"); i < 0 || i+1 >= len(vk.Command) || vk.Command[i+1] != "noeviction" {
+		t.Errorf("valkey command %v lacks --maxmemory-policy noeviction", vk.Command)
+	}
+
 	for _, name := range []string{"postgres", "valkey"} {
 		if hc := service(t, p, name).HealthCheck; hc == nil || hc.Disable || len(hc.Test) == 0 {
 			t.Errorf("%s has no health check for service_healthy to wait on", name)

@@ -842,3 +842,19 @@ func TestPoolFitsPostgres(t *testing.T) {
 		}
 	}
 }
+
+// TestValkeyEvictionPolicyDocumented: the manifests run no Valkey (the
+// Compose file's is checked in TestComposeServices), so the README is where
+// operators learn that theirs must not evict (see internal/valkeyconfig).
+func TestValkeyEvictionPolicyDocumented(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile(filepath.Join(k8sDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"maxmemory-policy noeviction", "`--maxmemory-policy noeviction`"} {
+		if !bytes.Contains(readme, []byte(want)) {
+			t.Errorf("deploy/k8s/README.md does not say %q", want)
+		}
+	}
+}

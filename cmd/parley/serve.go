@@ -33,6 +33,7 @@ import (
 	"github.com/parley-dev/parley/internal/rpc"
 	"github.com/parley-dev/parley/internal/rtc"
 	"github.com/parley-dev/parley/internal/token"
+	"github.com/parley-dev/parley/internal/valkeyconfig"
 )
 
 func serveCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -176,6 +177,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		return nil, err
 	}
 	a.closers = append(a.closers, a.valkey.Close)
+	a.goBackground(ctx, func(ctx context.Context) { valkeyconfig.CheckEvictionPolicy(ctx, a.valkey, log) })
 
 	keysJSON, err := readFile(cfg.JWTKeysPath)
 	if err != nil {
