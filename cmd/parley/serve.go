@@ -375,10 +375,18 @@ func (t tokenIssuer) Verify(tok string) (auth.Principal, error) { return t.m.Ver
 // limiterAdapter adapts ratelimit.Limiter to rpc.Limiter.
 type limiterAdapter struct{ l *ratelimit.Limiter }
 
-func (a limiterAdapter) Allow(ctx context.Context, key string, perMinute int) (rpc.Decision, error) {
-	d, err := a.l.Allow(ctx, key, ratelimit.PerMinute(perMinute))
-	if err != nil {
-		return rpc.Decision{}, err
+func (a limiterAdapter) Allow(ctx context.Context, checks ...rpc.LimitCheck) ([]rpc.Decision, error) {
+	cs := make([]ratelimit.Check, len(checks))
+	for i, c := range checks {
+		cs[i] = ratelimit.Check{Key: c.Key, Limit: ratelimit.PerMinute(c.PerMinute)}
 	}
-	return rpc.Decision{Allowed: d.Allowed, Limit: d.Limit, Remaining: d.Remaining, RetryAfter: d.RetryAfter, ResetAfter: d.ResetAfter}, nil
+	ds, err := a.l.AllowAll(ctx, cs...)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]rpc.Decision, len(ds))
+	for i, d := range ds {
+		out[i] = rpc.Decision{Allowed: d.Allowed, Limit: d.Limit, Remaining: d.Remaining, RetryAfter: d.RetryAfter, ResetAfter: d.ResetAfter}
+	}
+	return out, nil
 }

@@ -33,7 +33,9 @@ var publicProcedures = map[string]bool{
 }
 
 // authenticator puts the verified principal into the context of every
-// non-public procedure.
+// non-public procedure. The admission middleware has usually checked the
+// token already, to know whose budget the request spends; then its result
+// is used, not checked again.
 type authenticator struct {
 	auth Authenticator
 	log  *slog.Logger
@@ -43,11 +45,19 @@ func (a *authenticator) authenticate(ctx context.Context, procedure, header stri
 	if publicProcedures[procedure] {
 		return ctx, nil
 	}
-	token, ok := bearerToken(header)
-	if !ok {
-		return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("missing bearer token"))
+	var (
+		p   auth.Principal
+		err error
+	)
+	if res, ok := ctx.Value(authResultKey{}).(*authResult); ok {
+		p, err = res.principal, res.err
+	} else {
+		token, ok := bearerToken(header)
+		if !ok {
+			return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("missing bearer token"))
+		}
+		p, err = a.auth.Authenticate(ctx, token)
 	}
-	p, err := a.auth.Authenticate(ctx, token)
 	if err != nil {
 		if errors.Is(err, auth.ErrUnauthenticated) {
 			return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("invalid or expired token"))

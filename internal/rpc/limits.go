@@ -2,13 +2,14 @@ package rpc
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -16,10 +17,20 @@ import (
 	"github.com/parley-dev/parley/internal/auth"
 )
 
-// Limiter counts requests against a shared per-key budget of perMinute
-// requests. internal/ratelimit implements it over Valkey.
+// Limiter counts requests against budgets shared by every replica.
+// internal/ratelimit implements it over Valkey.
 type Limiter interface {
-	Allow(ctx context.Context, key string, perMinute int) (Decision, error)
+	// Allow counts one request against each check in turn, in one round
+	// trip, and stops at the first that refuses it. It returns the decisions
+	// made: the request may proceed when there is one per check and the last
+	// allows it.
+	Allow(ctx context.Context, checks ...LimitCheck) ([]Decision, error)
+}
+
+// LimitCheck is one budget of perMinute requests, named by Key.
+type LimitCheck struct {
+	Key       string
+	PerMinute int
 }
 
 // Decision is a Limiter's answer for one request.
@@ -56,36 +67,108 @@ func ceilSeconds(d time.Duration) int {
 // must not eat into (or be refused by) the per-IP budget.
 var unlimitedPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
-// limitIP enforces the per-IP budget on every request, authenticated or not.
-func limitIP(next http.Handler, lim Limiter, perMinute int, trusted []netip.Prefix, log *slog.Logger) http.Handler {
-	errWriter := connect.NewErrorWriter()
+// isAPIPath reports whether path is served by Parley's services, over Connect,
+// gRPC, gRPC-Web or the REST paths: the requests whose caller a bearer token
+// names.
+func isAPIPath(path string) bool {
+	return strings.HasPrefix(path, "/parley.v1.") || strings.HasPrefix(path, restPrefix)
+}
+
+// authResult is the admission's check of a request's bearer token, handed on
+// to the authenticator interceptor so the token is checked once.
+type authResult struct {
+	principal auth.Principal
+	err       error
+}
+
+type authResultKey struct{}
+
+// admission authenticates an API request's bearer token and then counts the
+// request against the per-IP budget and, when the token names a caller, the
+// caller's budget, in one round trip to the limiter. Every other request
+// (webhooks, signed blob URLs, JWKS) counts against the per-IP budget alone.
+// Doing both here, before any handler, also counts requests the handlers
+// would refuse before their interceptors run (a malformed body, an unknown
+// content type).
+type admission struct {
+	auth      Authenticator
+	lim       Limiter
+	limits    Limits
+	trusted   []netip.Prefix
+	log       *slog.Logger
+	errWriter *connect.ErrorWriter
+}
+
+func admit(next http.Handler, a *admission) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if lim == nil || unlimitedPaths[r.URL.Path] {
+		if unlimitedPaths[r.URL.Path] {
 			next.ServeHTTP(w, r)
 			return
 		}
-		d, err := lim.Allow(r.Context(), ipLimitKey(clientIP(r, trusted)), perMinute)
-		if err != nil {
+		ctx := r.Context()
+		names := []string{"ip"}
+		checks := []LimitCheck{{Key: ipLimitKey(clientIP(r, a.trusted)), PerMinute: a.limits.IPPerMinute}}
+		if isAPIPath(r.URL.Path) && !publicProcedures[r.URL.Path] && a.auth != nil {
+			if token, ok := bearerToken(r.Header.Get("Authorization")); ok {
+				res := &authResult{}
+				res.principal, res.err = a.auth.Authenticate(ctx, token)
+				ctx = context.WithValue(ctx, authResultKey{}, res)
+				r = r.WithContext(ctx)
+				if res.err == nil {
+					name, perMinute := "user", a.limits.UserPerMinute
+					if res.principal.IsAgent() {
+						name, perMinute = "agent", a.limits.AgentPerMinute
+					}
+					names = append(names, name)
+					checks = append(checks, LimitCheck{Key: name + ":" + res.principal.ID.String(), PerMinute: perMinute})
+				}
+			}
+		}
+		if a.lim == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ds, err := a.lim.Allow(ctx, checks...)
+		if err != nil || len(ds) == 0 {
 			// The limiter degrades to local limits by itself; an error here
 			// means it could not decide at all, and refusing every request
 			// would turn a cache outage into a full outage.
-			log.WarnContext(r.Context(), "rate limit check failed", slog.String("error", err.Error()))
+			a.log.WarnContext(ctx, "rate limit check failed", slog.Any("error", err))
 			next.ServeHTTP(w, r)
 			return
 		}
-		rateHeaders(w.Header(), "ip", d)
-		if d.Allowed {
+		for i, d := range ds {
+			rateHeaders(w.Header(), names[i], d)
+		}
+		last := ds[len(ds)-1]
+		if last.Allowed {
 			next.ServeHTTP(w, r)
 			return
 		}
-		cerr := connect.NewError(connect.CodeResourceExhausted,
-			fmt.Errorf("rate limit exceeded for this address: retry in %ds", max(1, ceilSeconds(d.RetryAfter))))
-		if errWriter.IsSupported(r) {
-			_ = errWriter.Write(w, r, cerr)
-			return
+		what := "address"
+		if len(ds) > 1 {
+			what = names[len(ds)-1]
 		}
-		http.Error(w, cerr.Message(), http.StatusTooManyRequests)
+		a.refuse(w, r, connect.NewError(connect.CodeResourceExhausted,
+			fmt.Errorf("rate limit exceeded for this %s: retry in %ds", what, max(1, ceilSeconds(last.RetryAfter)))))
 	})
+}
+
+// refuse writes cerr in the caller's protocol: Connect, gRPC and gRPC-Web
+// as their clients expect, the REST paths as the transcoder writes errors
+// (JSON with the numeric code), anything else as plain text.
+func (a *admission) refuse(w http.ResponseWriter, r *http.Request, cerr *connect.Error) {
+	switch {
+	case strings.HasPrefix(r.URL.Path, restPrefix):
+		body, _ := json.Marshal(map[string]any{"code": int(cerr.Code()), "message": cerr.Message()})
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusTooManyRequests)
+		_, _ = w.Write(body)
+	case a.errWriter.IsSupported(r):
+		_ = a.errWriter.Write(w, r, cerr)
+	default:
+		http.Error(w, cerr.Message(), http.StatusTooManyRequests)
+	}
 }
 
 // ipLimitKey names the per-IP budget of addr. An IPv6 client usually holds
@@ -96,79 +179,4 @@ func ipLimitKey(addr netip.Addr) string {
 		return "ip:" + netip.PrefixFrom(addr, 64).Masked().String()
 	}
 	return "ip:" + addr.String()
-}
-
-// principalLimiter enforces the per-user and per-agent budgets once the
-// caller is known.
-type principalLimiter struct {
-	lim    Limiter
-	limits Limits
-	log    *slog.Logger
-}
-
-func (l *principalLimiter) check(ctx context.Context, h http.Header) error {
-	p, ok := auth.FromContext(ctx)
-	if !ok || l.lim == nil {
-		return nil
-	}
-	name, perMinute := "user", l.limits.UserPerMinute
-	if p.IsAgent() {
-		name, perMinute = "agent", l.limits.AgentPerMinute
-	}
-	d, err := l.lim.Allow(ctx, name+":"+p.ID.String(), perMinute)
-	if err != nil {
-		l.log.WarnContext(ctx, "rate limit check failed", slog.String("error", err.Error()))
-		return nil
-	}
-	rateHeaders(h, name, d)
-	if d.Allowed {
-		return nil
-	}
-	cerr := connect.NewError(connect.CodeResourceExhausted,
-		fmt.Errorf("rate limit exceeded for this %s: retry in %ds", name, max(1, ceilSeconds(d.RetryAfter))))
-	return cerr
-}
-
-func (l *principalLimiter) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		h := make(http.Header)
-		if err := l.check(ctx, h); err != nil {
-			var cerr *connect.Error
-			if errors.As(err, &cerr) {
-				copyHeader(cerr.Meta(), h)
-			}
-			return nil, err
-		}
-		resp, err := next(ctx, req)
-		if err != nil {
-			var cerr *connect.Error
-			if errors.As(err, &cerr) {
-				copyHeader(cerr.Meta(), h)
-			}
-			return resp, err
-		}
-		copyHeader(resp.Header(), h)
-		return resp, nil
-	}
-}
-
-func (l *principalLimiter) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-func (l *principalLimiter) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if err := l.check(ctx, conn.ResponseHeader()); err != nil {
-			return err
-		}
-		return next(ctx, conn)
-	}
-}
-
-func copyHeader(dst, src http.Header) {
-	for k, vs := range src {
-		for _, v := range vs {
-			dst.Add(k, v)
-		}
-	}
 }

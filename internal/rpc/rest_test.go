@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,19 +78,39 @@ func (r *restRevocations) IsRevoked(_ context.Context, jti string) (bool, error)
 type countingLimiter struct {
 	mu    sync.Mutex
 	count map[string]int
+	calls [][]string // the keys of each call
 }
 
-func (l *countingLimiter) Allow(_ context.Context, key string, perMinute int) (Decision, error) {
+func (l *countingLimiter) Allow(_ context.Context, checks ...LimitCheck) ([]Decision, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.count[key]++
-	n := l.count[key]
-	return Decision{Allowed: n <= perMinute, Limit: perMinute, Remaining: max(0, perMinute-n), RetryAfter: 7 * time.Second, ResetAfter: time.Minute}, nil
+	var ds []Decision
+	keys := make([]string, len(checks))
+	for i, c := range checks {
+		keys[i] = c.Key
+	}
+	l.calls = append(l.calls, keys)
+	for _, c := range checks {
+		l.count[c.Key]++
+		n := l.count[c.Key]
+		d := Decision{Allowed: n <= c.PerMinute, Limit: c.PerMinute, Remaining: max(0, c.PerMinute-n), RetryAfter: 7 * time.Second, ResetAfter: time.Minute}
+		ds = append(ds, d)
+		if !d.Allowed {
+			break
+		}
+	}
+	return ds, nil
 }
 
 // newRESTServer serves the whole NewHandler (every service with its real
 // domain service, the real interceptors and limits) on a new database.
 func newRESTServer(t *testing.T, limits Limits) string {
+	t.Helper()
+	return newRESTServerWith(t, limits, &countingLimiter{count: map[string]int{}})
+}
+
+// newRESTServerWith is newRESTServer with the limiter given.
+func newRESTServerWith(t *testing.T, limits Limits, lim Limiter) string {
 	t.Helper()
 	lk := rtctest.NewServer(t, roomTestKey, roomTestSecret)
 	db, rooms, _ := newRoomReplica(t, testenv.DatabaseURL(t), lk.URL)
@@ -106,7 +127,7 @@ func newRESTServer(t *testing.T, limits Limits) string {
 		Logger:          log,
 		Registry:        prometheus.NewRegistry(),
 		Authenticator:   accounts,
-		Limiter:         &countingLimiter{count: map[string]int{}},
+		Limiter:         lim,
 		Limits:          limits,
 		MaxRequestBytes: 1 << 20,
 		Probe:           NewProbe(),
@@ -325,4 +346,46 @@ func TestRESTRateLimits(t *testing.T) {
 			t.Errorf("third request: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
 		}
 	})
+}
+
+// TestAdmissionOneLimiterCall checks that a request spends its address's and
+// its caller's budgets in one limiter call, over every protocol, and that a
+// request the handler refuses before its interceptors (a body that is not
+// JSON) still counts against the address.
+func TestAdmissionOneLimiterCall(t *testing.T) {
+	t.Parallel()
+	lim := &countingLimiter{count: map[string]int{}}
+	base := newRESTServerWith(t, Limits{UserPerMinute: 1000, AgentPerMinute: 1000, IPPerMinute: 1000}, lim)
+	tok := register(t, base)
+	calls := func() [][]string {
+		lim.mu.Lock()
+		defer lim.mu.Unlock()
+		return slices.Clone(lim.calls)
+	}
+	before := len(calls())
+
+	if status, _, out := restCall(t, http.MethodPost, base+"/parley.v1.UserService/GetProfile", tok, `{}`); status != http.StatusOK {
+		t.Fatalf("Connect GetProfile: %d %v", status, out)
+	}
+	if status, _, out := restCall(t, http.MethodGet, base+"/api/v1/profile", tok, ""); status != http.StatusOK {
+		t.Fatalf("REST GetProfile: %d %v", status, out)
+	}
+	got := calls()[before:]
+	if len(got) != 2 {
+		t.Fatalf("limiter called %d times for 2 requests: %v", len(got), got)
+	}
+	for i, keys := range got {
+		if len(keys) != 2 || !strings.HasPrefix(keys[0], "ip:") || !strings.HasPrefix(keys[1], "user:") {
+			t.Errorf("call %d checked %v, want the address then the user", i, keys)
+		}
+	}
+
+	before = len(calls())
+	status, _, _ := restCall(t, http.MethodPost, base+"/parley.v1.UserService/GetProfile", tok, `{not json`)
+	if status == http.StatusOK {
+		t.Fatal("a body that is not JSON was accepted")
+	}
+	if got := calls()[before:]; len(got) != 1 || !strings.HasPrefix(got[0][0], "ip:") {
+		t.Errorf("a refused body was counted as %v, want once against the address", got)
+	}
 }

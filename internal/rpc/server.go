@@ -73,12 +73,12 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 	}
 	log := opts.Logger
 	handlerOpts := []connect.HandlerOption{
-		// Outermost first: observe everything, then authenticate, then limit
-		// by caller, then validate the now-authorised request.
+		// Outermost first: observe everything, then authenticate, then
+		// validate the now-authorised request. Rate limits are counted
+		// before any handler, by the admission middleware.
 		connect.WithInterceptors(
 			newObserver(log, opts.Registry),
 			&authenticator{auth: opts.Authenticator, log: log},
-			&principalLimiter{lim: opts.Limiter, limits: opts.Limits, log: log},
 			v,
 		),
 		connect.WithReadMaxBytes(int(opts.MaxRequestBytes)),
@@ -126,7 +126,14 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 	}
 
 	var h http.Handler = mux
-	h = limitIP(h, opts.Limiter, opts.Limits.IPPerMinute, opts.TrustedProxies, log)
+	h = admit(h, &admission{
+		auth:      opts.Authenticator,
+		lim:       opts.Limiter,
+		limits:    opts.Limits,
+		trusted:   opts.TrustedProxies,
+		log:       log,
+		errWriter: connect.NewErrorWriter(),
+	})
 	h = withCORS(h, opts.CORSOrigins)
 	return h, nil
 }
