@@ -195,36 +195,65 @@ func (a *Azure) Open(ctx context.Context, name string) (io.ReadCloser, error) {
 	return resp.Body, nil
 }
 
-// Seal implements file.Blobs with an infinite lease under a random id that
-// is never stored: writes through the upload URL, which lacks the id, then
-// fail. (A SAS holder could still break the lease until the URL expires;
-// the URL lives at most 15 minutes.)
-func (a *Azure) Seal(ctx context.Context, name string) error {
-	bb, err := a.blockBlob(name)
+// Copy implements file.Blobs with Copy Blob inside the container, which
+// needs no SAS for a source in the same account, and waits for the copy to
+// finish. CopyCreate sends If-None-Match: *, so storage itself refuses an
+// existing destination.
+func (a *Azure) Copy(ctx context.Context, src, dst string, mode file.CopyMode) error {
+	sb, err := a.blockBlob(src)
 	if err != nil {
 		return err
 	}
-	lc, err := lease.NewBlobClient(bb, nil)
+	db, err := a.blockBlob(dst)
 	if err != nil {
-		return fmt.Errorf("azure blob: lease %s: %w", name, err)
+		return err
 	}
-	_, err = lc.AcquireLease(ctx, -1, nil)
+	opts := &blob.StartCopyFromURLOptions{}
+	if mode == file.CopyCreate {
+		anyETag := azcore.ETagAny
+		opts.AccessConditions = &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: &anyETag}}
+	}
+	resp, err := db.StartCopyFromURL(ctx, sb.URL(), opts)
 	switch {
-	case err == nil, bloberror.HasCode(err, bloberror.LeaseAlreadyPresent):
-		return nil
+	case err == nil:
+	case bloberror.HasCode(err, bloberror.BlobAlreadyExists, bloberror.ConditionNotMet):
+		return file.ErrBlobExists
 	case notFound(err):
 		return file.ErrBlobNotFound
 	default:
-		return fmt.Errorf("azure blob: lease %s: %w", name, err)
+		return fmt.Errorf("azure blob: copy %s to %s: %w", src, dst, err)
 	}
+	status := resp.CopyStatus
+	for wait := 50 * time.Millisecond; status != nil && *status == blob.CopyStatusTypePending; wait = min(2*wait, 2*time.Second) {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("azure blob: copy %s to %s: %w", src, dst, ctx.Err())
+		case <-t.C:
+		}
+		props, err := db.GetProperties(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("azure blob: copy %s to %s: status: %w", src, dst, err)
+		}
+		if props.CopyID == nil || resp.CopyID == nil || *props.CopyID != *resp.CopyID {
+			return fmt.Errorf("azure blob: copy %s to %s: replaced by another copy", src, dst)
+		}
+		status = props.CopyStatus
+	}
+	if status != nil && *status != blob.CopyStatusTypeSuccess {
+		// A failed copy must not leave a partial blob that CopyCreate would
+		// then keep forever.
+		_, derr := db.Delete(context.WithoutCancel(ctx), &blob.DeleteOptions{AccessConditions: &blob.AccessConditions{
+			ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: resp.ETag}}})
+		return fmt.Errorf("azure blob: copy %s to %s: status %s (cleanup: %v)", src, dst, *status, derr)
+	}
+	return nil
 }
 
-// Unseal implements file.Blobs by breaking the lease at once.
-func (a *Azure) Unseal(ctx context.Context, name string) error {
-	bb, err := a.blockBlob(name)
-	if err != nil {
-		return err
-	}
+// breakLease breaks a lease at once. Blobs are no longer leased, but those
+// that an earlier release sealed with one still are.
+func (a *Azure) breakLease(ctx context.Context, bb *blockblob.Client, name string) error {
 	lc, err := lease.NewBlobClient(bb, nil)
 	if err != nil {
 		return fmt.Errorf("azure blob: lease %s: %w", name, err)
@@ -237,7 +266,7 @@ func (a *Azure) Unseal(ctx context.Context, name string) error {
 	return fmt.Errorf("azure blob: break lease %s: %w", name, err)
 }
 
-// Delete implements file.Blobs. A sealed blob's lease is broken first.
+// Delete implements file.Blobs. A leased blob's lease is broken first.
 func (a *Azure) Delete(ctx context.Context, name string) error {
 	bb, err := a.blockBlob(name)
 	if err != nil {
@@ -247,7 +276,7 @@ func (a *Azure) Delete(ctx context.Context, name string) error {
 	opts := &blob.DeleteOptions{DeleteSnapshots: &include}
 	_, err = bb.Delete(ctx, opts)
 	if bloberror.HasCode(err, bloberror.LeaseIDMissing) {
-		if err := a.Unseal(ctx, name); err != nil {
+		if err := a.breakLease(ctx, bb, name); err != nil {
 			return err
 		}
 		_, err = bb.Delete(ctx, opts)

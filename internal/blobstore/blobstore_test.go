@@ -143,6 +143,8 @@ func TestNamesOtherThanServerIDsAreRefused(t *testing.T) {
 		strings.ToUpper(id) + "/" + id,
 		"{" + id + "}/" + id,
 		id + "/" + id + ".sealed",
+		id + "/" + id + file.StagingSuffix + file.StagingSuffix,
+		id + file.StagingSuffix + "/" + id,
 	}
 	for kind, b := range stores(t) {
 		t.Run(kind, func(t *testing.T) {
@@ -166,7 +168,7 @@ func TestNamesOtherThanServerIDsAreRefused(t *testing.T) {
 	}
 }
 
-func TestUploadURLSealAndDownloadURL(t *testing.T) {
+func TestUploadURLAndDownloadURL(t *testing.T) {
 	t.Parallel()
 	for kind, b := range stores(t) {
 		t.Run(kind, func(t *testing.T) {
@@ -204,20 +206,6 @@ func TestUploadURLSealAndDownloadURL(t *testing.T) {
 				t.Fatalf("GET with the upload URL = %d, want refusal", resp.StatusCode)
 			}
 
-			// Sealed, the upload URL can no longer change the blob.
-			if err := b.Seal(ctx, name); err != nil {
-				t.Fatal(err)
-			}
-			if err := b.Seal(ctx, name); err != nil {
-				t.Fatalf("sealing twice: %v", err)
-			}
-			if resp, _ := do(t, http.MethodPut, up.URL, up.Headers, []byte("tampered after the check")); resp.StatusCode < 400 {
-				t.Fatalf("PUT to a sealed blob = %d, want refusal", resp.StatusCode)
-			}
-			if got := readBlob(t, b, name); !bytes.Equal(got, data) {
-				t.Fatalf("sealed blob changed to %q", got)
-			}
-
 			disp := file.ContentDisposition("résumé ../x.txt")
 			dl, err := b.DownloadURL(ctx, name, file.DownloadSpec{ContentType: "text/plain; charset=utf-8", ContentDisposition: disp, Expires: time.Now().Add(time.Minute)})
 			if err != nil {
@@ -238,7 +226,6 @@ func TestUploadURLSealAndDownloadURL(t *testing.T) {
 				t.Fatalf("PUT with the download URL = %d, want refusal", resp.StatusCode)
 			}
 
-			// A sealed blob still deletes.
 			if err := b.Delete(ctx, name); err != nil {
 				t.Fatal(err)
 			}
@@ -249,31 +236,61 @@ func TestUploadURLSealAndDownloadURL(t *testing.T) {
 	}
 }
 
-func TestUnsealAllowsAnotherUpload(t *testing.T) {
+func TestCopy(t *testing.T) {
 	t.Parallel()
 	for kind, b := range stores(t) {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
-			name := newName()
-			up, err := b.UploadURL(ctx, name, file.UploadSpec{ContentType: "text/plain", Size: 5, Expires: time.Now().Add(time.Minute)})
+			conv, id := uuid.New(), uuid.New()
+			staging := file.File{ConversationID: conv, ID: id}.StagingBlobName()
+			final := file.BlobName(conv, id)
+			checked := file.BlobName(conv, uuid.New())
+			if err := b.Copy(ctx, staging, checked, file.CopyReplace); !errors.Is(err, file.ErrBlobNotFound) {
+				t.Fatalf("Copy of a missing blob = %v, want ErrBlobNotFound", err)
+			}
+			up, err := b.UploadURL(ctx, staging, file.UploadSpec{ContentType: "text/plain", Size: 5, Expires: time.Now().Add(time.Minute)})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if resp, body := do(t, http.MethodPut, up.URL, up.Headers, []byte("first")); resp.StatusCode != http.StatusCreated {
-				t.Fatalf("PUT = %d %s", resp.StatusCode, body)
+			put := func(body string) {
+				t.Helper()
+				if resp, b := do(t, http.MethodPut, up.URL, up.Headers, []byte(body)); resp.StatusCode != http.StatusCreated {
+					t.Fatalf("PUT = %d %s", resp.StatusCode, b)
+				}
 			}
-			if err := b.Seal(ctx, name); err != nil {
+			put("first")
+			if err := b.Copy(ctx, staging, checked, file.CopyReplace); err != nil {
 				t.Fatal(err)
 			}
-			if err := b.Unseal(ctx, name); err != nil {
+			put("again")
+			if err := b.Copy(ctx, staging, checked, file.CopyReplace); err != nil {
 				t.Fatal(err)
 			}
-			if resp, body := do(t, http.MethodPut, up.URL, up.Headers, []byte("again")); resp.StatusCode != http.StatusCreated {
-				t.Fatalf("PUT after Unseal = %d %s", resp.StatusCode, body)
+			if got := readBlob(t, b, checked); string(got) != "again" {
+				t.Fatalf("CopyReplace left %q, want the source's latest bytes", got)
 			}
-			if got := readBlob(t, b, name); string(got) != "again" {
-				t.Fatalf("stored %q", got)
+
+			if err := b.Copy(ctx, checked, final, file.CopyCreate); err != nil {
+				t.Fatal(err)
+			}
+			put("third")
+			if err := b.Copy(ctx, staging, final, file.CopyCreate); !errors.Is(err, file.ErrBlobExists) {
+				t.Fatalf("CopyCreate over an existing blob = %v, want ErrBlobExists", err)
+			}
+			// The copy is the bytes the source had: neither a later PUT to
+			// the source nor its deletion changes it.
+			if err := b.Delete(ctx, checked); err != nil {
+				t.Fatal(err)
+			}
+			if got := readBlob(t, b, final); string(got) != "again" {
+				t.Fatalf("copied blob holds %q, want %q", got, "again")
+			}
+			if got := readBlob(t, b, staging); string(got) != "third" {
+				t.Fatalf("staging blob holds %q", got)
+			}
+			if err := b.Copy(ctx, "../x", final, file.CopyReplace); !errors.Is(err, file.ErrInvalidBlobName) {
+				t.Errorf("Copy from a refused name = %v, want ErrInvalidBlobName", err)
 			}
 		})
 	}

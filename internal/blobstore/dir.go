@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/parley-dev/parley/internal/file"
@@ -28,8 +27,6 @@ const (
 	// URLs. No blob name can collide with it: names are {uuid}/{uuid}.
 	keyFile = ".signing-key"
 	keySize = 32
-	// sealSuffix marks a blob CompleteUpload has checked.
-	sealSuffix = ".sealed"
 	// RoutePrefix is the path under the public URL where Dir's handlers
 	// serve blobs.
 	RoutePrefix = "/blobs/"
@@ -44,8 +41,6 @@ type Dir struct {
 	key  []byte
 	base string
 	now  func() time.Time
-	// mu orders seals against uploads landing, within this process.
-	mu sync.Mutex
 }
 
 var _ file.Blobs = (*Dir)(nil)
@@ -180,39 +175,46 @@ func (d *Dir) Open(_ context.Context, name string) (io.ReadCloser, error) {
 	return f, nil
 }
 
-// Seal implements file.Blobs with a marker file the upload handler honours.
-func (d *Dir) Seal(_ context.Context, name string) error {
-	p, err := d.path(name)
+// Copy implements file.Blobs with a hard link: no bytes are copied, and
+// since every write here replaces a file by renaming a new one over it,
+// never writing into one, the copy keeps the bytes src had. CopyCreate
+// links straight to dst, which the file system refuses if dst exists;
+// CopyReplace links beside dst and renames over it.
+func (d *Dir) Copy(_ context.Context, src, dst string, mode file.CopyMode) error {
+	sp, err := d.path(src)
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
-		return file.ErrBlobNotFound
-	} else if err != nil {
+	dp, err := d.path(dst)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dp), 0o700); err != nil {
 		return fmt.Errorf("blob dir: %w", err)
 	}
-	if err := os.WriteFile(p+sealSuffix, nil, 0o600); err != nil {
-		return fmt.Errorf("blob dir: seal: %w", err)
+	target := dp
+	if mode == file.CopyReplace {
+		target = filepath.Join(filepath.Dir(dp), ".copy-"+rand.Text())
 	}
-	return nil
-}
-
-// Unseal implements file.Blobs.
-func (d *Dir) Unseal(_ context.Context, name string) error {
-	p, err := d.path(name)
-	if err != nil {
-		return err
+	switch err := os.Link(sp, target); {
+	case errors.Is(err, fs.ErrNotExist):
+		return file.ErrBlobNotFound
+	case errors.Is(err, fs.ErrExist):
+		return file.ErrBlobExists
+	case err != nil:
+		return fmt.Errorf("blob dir: copy: %w", err)
 	}
-	if err := os.Remove(p + sealSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("blob dir: unseal: %w", err)
+	if target != dp {
+		if err := os.Rename(target, dp); err != nil {
+			os.Remove(target)
+			return fmt.Errorf("blob dir: copy: %w", err)
+		}
 	}
 	return nil
 }
 
 // Delete implements file.Blobs.
-func (d *Dir) Delete(ctx context.Context, name string) error {
+func (d *Dir) Delete(_ context.Context, name string) error {
 	p, err := d.path(name)
 	if err != nil {
 		return err
@@ -220,7 +222,7 @@ func (d *Dir) Delete(ctx context.Context, name string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("blob dir: delete: %w", err)
 	}
-	return d.Unseal(ctx, name)
+	return nil
 }
 
 // The signed parameters of a URL.
@@ -324,10 +326,6 @@ func (d *Dir) serveUpload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, _ := d.path(name)
-	if d.sealed(p) {
-		http.Error(w, "the upload is complete", http.StatusConflict)
-		return
-	}
 	tmp, err := d.writeTemp(p, http.MaxBytesReader(w, r.Body, size))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -338,24 +336,12 @@ func (d *Dir) serveUpload(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "could not store the upload", http.StatusInternalServerError)
 		return
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.sealed(p) {
-		os.Remove(tmp)
-		http.Error(w, "the upload is complete", http.StatusConflict)
-		return
-	}
 	if err := os.Rename(tmp, p); err != nil {
 		os.Remove(tmp)
 		http.Error(w, "could not store the upload", http.StatusInternalServerError)
 		return
 	}
 	w.WriteHeader(http.StatusCreated)
-}
-
-func (d *Dir) sealed(p string) bool {
-	_, err := os.Stat(p + sealSuffix)
-	return err == nil
 }
 
 func (d *Dir) serveDownload(w http.ResponseWriter, r *http.Request) {

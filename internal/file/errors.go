@@ -23,6 +23,9 @@ var (
 	ErrUploadMismatch = errors.New("uploaded bytes do not match the declaration")
 	// ErrBlobNotFound is returned by Blobs when a blob does not exist.
 	ErrBlobNotFound = errors.New("blob not found")
+	// ErrBlobExists is returned by Blobs.Copy in CopyCreate mode when the
+	// destination exists.
+	ErrBlobExists = errors.New("blob exists")
 	// ErrInvalidBlobName is returned (wrapped) by Blobs for a name it does
 	// not accept. Asking again can never succeed.
 	ErrInvalidBlobName = errors.New("invalid blob name")

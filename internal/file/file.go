@@ -61,6 +61,15 @@ func (f File) BlobName() string { return BlobName(f.ConversationID, f.ID) }
 // BlobName returns the storage name of file id of conversation conv.
 func BlobName(conv, id uuid.UUID) string { return conv.String() + "/" + id.String() }
 
+// StagingSuffix ends the name of a direct upload's staging blob. The
+// files_queue_blob_deletion trigger appends it too.
+const StagingSuffix = ".upload"
+
+// StagingBlobName is where the client of a direct upload writes f's bytes.
+// Its upload URL can write nothing else: CompleteUpload copies the bytes it
+// checked to BlobName, which no URL can write.
+func (f File) StagingBlobName() string { return BlobName(f.ConversationID, f.ID) + StagingSuffix }
+
 // Page is one page of ListFiles.
 type Page struct {
 	Files []File
@@ -94,10 +103,13 @@ type Store interface {
 	// first, strictly after cursor (nil for the first page). The caller has
 	// checked access to conv.
 	ListFiles(ctx context.Context, conv uuid.UUID, after *Cursor, limit int) ([]File, error)
-	// MarkReady turns pending file id READY with the checked size and digest.
-	// A file that is gone is ErrNotFound; one that is READY already is
-	// returned unchanged.
-	MarkReady(ctx context.Context, id uuid.UUID, size int64, sha256 string) (File, error)
+	// MarkReady turns pending file id READY with the checked size and
+	// digest, claims r (0 for none; one already taken is no error: the
+	// row now names the blob) and queues the file's staging blob for
+	// deletion once its upload URL has expired, in one transaction. A file
+	// that is gone is ErrNotFound; one that is READY already is returned
+	// unchanged.
+	MarkReady(ctx context.Context, id uuid.UUID, size int64, sha256 string, r Reservation) (File, error)
 	// DeleteFile deletes the file row; its blob is queued for deletion in
 	// the same transaction (so is every file row deleted any other way).
 	DeleteFile(ctx context.Context, id uuid.UUID, s conversation.Scope) error
@@ -155,8 +167,20 @@ type DownloadSpec struct {
 	Expires            time.Time
 }
 
-// Blobs is blob storage. Names are those BlobName makes; implementations
-// refuse any other name, so nothing is written outside their container.
+// CopyMode says what Blobs.Copy does when its destination exists.
+type CopyMode int
+
+const (
+	// CopyReplace replaces the destination.
+	CopyReplace CopyMode = iota
+	// CopyCreate leaves the destination alone and fails with ErrBlobExists:
+	// the copy creates a blob at most once.
+	CopyCreate
+)
+
+// Blobs is blob storage. Names are those BlobName and StagingBlobName
+// make; implementations refuse any other name (ErrInvalidBlobName), so
+// nothing is written outside their container.
 type Blobs interface {
 	// Put stores r under name, replacing nothing the caller cares about
 	// (names are fresh ids).
@@ -165,10 +189,11 @@ type Blobs interface {
 	Stat(ctx context.Context, name string) (BlobInfo, error)
 	// Open streams the blob, ErrBlobNotFound if there is none.
 	Open(ctx context.Context, name string) (io.ReadCloser, error)
-	// Seal stops upload URLs from changing the blob; Unseal lets them again.
-	Seal(ctx context.Context, name string) error
-	Unseal(ctx context.Context, name string) error
-	// Delete removes the blob, sealed or not; a missing blob is no error.
+	// Copy copies blob src to dst inside the store, without the bytes
+	// passing through Parley, and returns once dst is whole. A missing src
+	// is ErrBlobNotFound.
+	Copy(ctx context.Context, src, dst string, mode CopyMode) error
+	// Delete removes the blob; a missing blob is no error.
 	Delete(ctx context.Context, name string) error
 	// UploadURL returns a write-only URL for exactly the blob name.
 	UploadURL(ctx context.Context, name string, spec UploadSpec) (UploadTarget, error)

@@ -28,9 +28,9 @@ const (
 	// DefaultMaxDirectUploadBytes bounds CreateUpload when not configured.
 	DefaultMaxDirectUploadBytes = 1 << 30
 	// MaxURLTTL is the longest an upload or download URL lives. The
-	// blob_deletions trigger relies on it: a deleted PENDING file's blob is
-	// deleted again 16 minutes after its creation, when no upload URL for
-	// it can still write.
+	// blob_deletions trigger and MarkReady rely on it: a file's staging
+	// blob is deleted (again) 16 minutes after the file's creation, when no
+	// upload URL for it can still write.
 	MaxURLTTL = 15 * time.Minute
 	// DefaultReserveGrace is how long an upload or export may take between
 	// reserving its blob and committing its row, before the outbox deletes
@@ -216,8 +216,8 @@ type UploadTicket struct {
 }
 
 // CreateUpload reserves a PENDING file in one of p's conversations and
-// returns a write-only URL for exactly its blob. Pending files that are
-// never completed are deleted by the outbox worker (ExpirePending).
+// returns a write-only URL for exactly its staging blob. Pending files that
+// are never completed are deleted by the outbox worker (ExpirePending).
 func (s *Service) CreateUpload(ctx context.Context, p auth.Principal, d DirectUpload) (UploadTicket, error) {
 	scope, err := userScope(p)
 	if err != nil {
@@ -242,7 +242,7 @@ func (s *Service) CreateUpload(ctx context.Context, p auth.Principal, d DirectUp
 		return UploadTicket{}, err
 	}
 	expires := s.now().Add(s.urlTTL)
-	target, err := s.blobs.UploadURL(ctx, f.BlobName(), UploadSpec{ContentType: ct, Size: d.SizeBytes, Expires: expires})
+	target, err := s.blobs.UploadURL(ctx, f.StagingBlobName(), UploadSpec{ContentType: ct, Size: d.SizeBytes, Expires: expires})
 	if err != nil {
 		return UploadTicket{}, fmt.Errorf("sign upload url: %w", err)
 	}
@@ -251,9 +251,12 @@ func (s *Service) CreateUpload(ctx context.Context, p auth.Principal, d DirectUp
 
 // CompleteUpload checks a PENDING file's uploaded bytes against its declared
 // size, content type and, if given, SHA-256 (lower-case hex), and turns it
-// READY. The blob is sealed first, so the upload URL can no longer change
-// what was checked; on a mismatch it is unsealed and the file stays PENDING
-// for another PUT. Completing a READY file again returns it.
+// READY. The client wrote them to the staging blob, which its upload URL
+// may rewrite until it expires; so the bytes are first copied to a blob no
+// URL can write, checked there, and only then copied to the file's own
+// blob, which is created once and never written again. On a mismatch the
+// file stays PENDING for another PUT. Completing a READY file again
+// returns it.
 func (s *Service) CompleteUpload(ctx context.Context, p auth.Principal, id uuid.UUID, wantSHA256 string) (File, error) {
 	scope, err := userScope(p)
 	if err != nil {
@@ -264,30 +267,91 @@ func (s *Service) CompleteUpload(ctx context.Context, p auth.Principal, id uuid.
 		return File{}, err
 	}
 	if f.Status == StatusReady {
-		if wantSHA256 != "" && wantSHA256 != f.SHA256 {
-			return File{}, mismatch("sha256 does not match the stored bytes")
-		}
-		return f, nil
+		return f, checkWanted(f.SHA256, wantSHA256)
 	}
-	name := f.BlobName()
-	if err := s.blobs.Seal(ctx, name); errors.Is(err, ErrBlobNotFound) {
-		return File{}, mismatch("nothing has been uploaded yet")
-	} else if err != nil {
-		return File{}, fmt.Errorf("seal blob: %w", err)
+	// A completion that copied the bytes but died before the row said so
+	// left the final blob behind: it is checked, and it is the file.
+	if _, err := s.blobs.Stat(ctx, f.BlobName()); err == nil {
+		return s.adoptFinal(ctx, f, wantSHA256)
+	} else if !errors.Is(err, ErrBlobNotFound) {
+		return File{}, fmt.Errorf("stat blob: %w", err)
 	}
-	size, digest, err := s.checkBlob(ctx, f, wantSHA256)
+
+	checkID, err := uuid.NewV7()
 	if err != nil {
-		if uerr := s.blobs.Unseal(context.WithoutCancel(ctx), name); uerr != nil {
-			s.log.WarnContext(ctx, "unseal blob", slog.String("blob", name), slog.String("error", uerr.Error()))
-		}
+		return File{}, fmt.Errorf("new blob id: %w", err)
+	}
+	// The checked copy gets a fresh name of the conversation, reserved so
+	// that the outbox removes it whatever happens to this call.
+	checked := BlobName(f.ConversationID, checkID)
+	if _, err := s.store.Reserve(ctx, checked, s.now().Add(s.reserveGrace)); err != nil {
 		return File{}, err
 	}
-	return s.store.MarkReady(ctx, f.ID, size, digest)
+	defer s.deleteQuietly(ctx, checked)
+	if err := s.blobs.Copy(ctx, f.StagingBlobName(), checked, CopyReplace); errors.Is(err, ErrBlobNotFound) {
+		return File{}, mismatch("nothing has been uploaded yet")
+	} else if err != nil {
+		return File{}, fmt.Errorf("copy upload: %w", err)
+	}
+	size, digest, err := s.checkBlob(ctx, f, checked, wantSHA256)
+	if err != nil {
+		return File{}, err
+	}
+	// Reserved too: should the row be deleted before MarkReady, the outbox
+	// still removes the final blob.
+	r, err := s.store.Reserve(ctx, f.BlobName(), s.now().Add(s.reserveGrace))
+	if err != nil {
+		return File{}, err
+	}
+	if err := s.blobs.Copy(ctx, checked, f.BlobName(), CopyCreate); errors.Is(err, ErrBlobExists) {
+		// A concurrent completion got there first, with checked bytes.
+		return s.adoptFinal(ctx, f, wantSHA256)
+	} else if err != nil {
+		return File{}, fmt.Errorf("copy checked upload: %w", err)
+	}
+	f, err = s.store.MarkReady(ctx, f.ID, size, digest, r)
+	if err != nil {
+		return File{}, err
+	}
+	s.deleteQuietly(ctx, f.StagingBlobName())
+	return f, nil
 }
 
-// checkBlob streams f's blob once, hashing it and sniffing its head.
-func (s *Service) checkBlob(ctx context.Context, f File, wantSHA256 string) (int64, string, error) {
-	info, err := s.blobs.Stat(ctx, f.BlobName())
+// adoptFinal makes pending f READY with the bytes already under its final
+// name. They were checked before they were copied there, and no URL can
+// change them, so only the caller's digest can disagree.
+func (s *Service) adoptFinal(ctx context.Context, f File, wantSHA256 string) (File, error) {
+	size, digest, err := s.checkBlob(ctx, f, f.BlobName(), "")
+	if err != nil {
+		return File{}, err
+	}
+	if f, err = s.store.MarkReady(ctx, f.ID, size, digest, 0); err != nil {
+		return File{}, err
+	}
+	s.deleteQuietly(ctx, f.StagingBlobName())
+	return f, checkWanted(f.SHA256, wantSHA256)
+}
+
+// checkWanted compares a READY file's digest with the one a caller of
+// CompleteUpload expects ("" for any).
+func checkWanted(have, want string) error {
+	if want != "" && want != have {
+		return mismatch("sha256 does not match the stored bytes")
+	}
+	return nil
+}
+
+// deleteQuietly deletes a blob the outbox would delete anyway, sooner.
+func (s *Service) deleteQuietly(ctx context.Context, name string) {
+	if err := s.blobs.Delete(context.WithoutCancel(ctx), name); err != nil {
+		s.log.WarnContext(ctx, "delete blob; the outbox will", slog.String("blob", name), slog.String("error", err.Error()))
+	}
+}
+
+// checkBlob streams blob name once, hashing it and sniffing its head, and
+// checks it against f's declaration.
+func (s *Service) checkBlob(ctx context.Context, f File, name, wantSHA256 string) (int64, string, error) {
+	info, err := s.blobs.Stat(ctx, name)
 	if errors.Is(err, ErrBlobNotFound) {
 		return 0, "", mismatch("nothing has been uploaded yet")
 	}
@@ -297,7 +361,7 @@ func (s *Service) checkBlob(ctx context.Context, f File, wantSHA256 string) (int
 	if info.Size != f.SizeBytes {
 		return 0, "", mismatch(fmt.Sprintf("uploaded %d bytes, declared %d", info.Size, f.SizeBytes))
 	}
-	rc, err := s.blobs.Open(ctx, f.BlobName())
+	rc, err := s.blobs.Open(ctx, name)
 	if err != nil {
 		return 0, "", fmt.Errorf("open blob: %w", err)
 	}

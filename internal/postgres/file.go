@@ -49,10 +49,22 @@ RETURNING created_at`
  ORDER BY f.created_at DESC, f.id DESC
  LIMIT $2`
 
-	markReadySQL = `UPDATE files f
-   SET status = 2, size_bytes = $2::bigint, sha256 = $3::text, updated_at = now()
- WHERE f.id = $1::uuid AND f.status = 1
-RETURNING ` + fileColumns
+	// markReadySQL turns a pending file READY, claims the reservation $5 of
+	// its blob, and queues its staging blob ($4 is file.StagingSuffix) for
+	// deletion once no upload URL can create it again: 16 minutes after the
+	// file, as the files_queue_blob_deletion trigger reckons.
+	markReadySQL = `WITH ready AS (
+    UPDATE files f
+       SET status = 2, size_bytes = $2::bigint, sha256 = $3::text, updated_at = now()
+     WHERE f.id = $1::uuid AND f.status = 1
+    RETURNING ` + fileColumns + `, f.blob_name
+), claimed AS (
+    DELETE FROM blob_deletions WHERE id = $5::bigint AND EXISTS (SELECT 1 FROM ready)
+), staged AS (
+    INSERT INTO blob_deletions (blob_name, due_at)
+    SELECT blob_name || $4::text, GREATEST(now(), created_at + interval '16 minutes') FROM ready
+)
+SELECT ` + fileColumns + ` FROM ready f`
 
 	// deleteFileSQL deletes the row; the files_queue_blob_deletion trigger
 	// queues its blob in the same transaction.
@@ -197,9 +209,9 @@ func (s *FileStore) ListFiles(ctx context.Context, conv uuid.UUID, after *file.C
 }
 
 // MarkReady implements file.Store.
-func (s *FileStore) MarkReady(ctx context.Context, id uuid.UUID, size int64, sha256 string) (file.File, error) {
+func (s *FileStore) MarkReady(ctx context.Context, id uuid.UUID, size int64, sha256 string, res file.Reservation) (file.File, error) {
 	var r fileRow
-	err := s.db.QueryRowContext(ctx, markReadySQL, id, size, sha256).Scan(r.dest()...)
+	err := s.db.QueryRowContext(ctx, markReadySQL, id, size, sha256, file.StagingSuffix, int64(res)).Scan(r.dest()...)
 	if isNoRows(err) {
 		// Not pending: completed by a concurrent call, or gone.
 		return s.GetFile(ctx, id, conversation.Scope{})

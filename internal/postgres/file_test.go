@@ -101,12 +101,29 @@ func TestFileStoreCRUDAndScope(t *testing.T) {
 	if err != nil || got.Status != file.StatusPending || got.Filename != "a.txt" || got.Kind != file.KindUpload {
 		t.Fatalf("GetFile = %+v, %v", got, err)
 	}
-	ready, err := fx.files.MarkReady(ctx, created.ID, 3, "abc")
+	r, err := fx.files.Reserve(ctx, created.BlobName(), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready, err := fx.files.MarkReady(ctx, created.ID, 3, "abc", r)
 	if err != nil || ready.Status != file.StatusReady || ready.SHA256 != "abc" {
 		t.Fatalf("MarkReady = %+v, %v", ready, err)
 	}
+	// The reservation is claimed; the staging blob is queued for when its
+	// upload URL can no longer write it.
+	staging := created.StagingBlobName()
+	if got := fx.outbox(t); !slices.Equal(got, []string{staging}) {
+		t.Errorf("outbox after MarkReady = %v, want %s", got, staging)
+	}
+	var due time.Time
+	if err := fx.db.QueryRowContext(ctx, "SELECT due_at FROM blob_deletions").Scan(&due); err != nil {
+		t.Fatal(err)
+	}
+	if want := created.CreatedAt.Add(file.MaxURLTTL); due.Before(want) {
+		t.Errorf("staging blob due %v, before the upload URL's expiry %v", due, want)
+	}
 	// A READY file is returned unchanged.
-	if again, err := fx.files.MarkReady(ctx, created.ID, 99, "zzz"); err != nil || again.SHA256 != "abc" || again.SizeBytes != 3 {
+	if again, err := fx.files.MarkReady(ctx, created.ID, 99, "zzz", 0); err != nil || again.SHA256 != "abc" || again.SizeBytes != 3 {
 		t.Errorf("MarkReady again = %+v, %v", again, err)
 	}
 	if _, err := fx.files.CreateFile(ctx, fx.newFile(uuid.New(), file.StatusReady), 0); !errors.Is(err, conversation.ErrNotFound) {
@@ -115,13 +132,13 @@ func TestFileStoreCRUDAndScope(t *testing.T) {
 	if err := fx.files.DeleteFile(ctx, created.ID, conversation.Scope{UserID: stranger}); !errors.Is(err, file.ErrNotFound) {
 		t.Errorf("stranger DeleteFile = %v", err)
 	}
-	if got := fx.outbox(t); len(got) != 0 {
+	if got := fx.outbox(t); len(got) != 1 {
 		t.Errorf("outbox after a refused delete = %v", got)
 	}
 	if err := fx.files.DeleteFile(ctx, created.ID, conversation.Scope{UserID: fx.user}); err != nil {
 		t.Fatal(err)
 	}
-	if got := fx.outbox(t); !slices.Equal(got, []string{created.BlobName()}) {
+	if got := fx.outbox(t); !slices.Equal(got, []string{created.BlobName(), staging}) {
 		t.Errorf("outbox after DeleteFile = %v", got)
 	}
 }
@@ -316,8 +333,9 @@ func TestExpirePending(t *testing.T) {
 	if _, err := fx.files.GetFile(ctx, ready.ID, conversation.Scope{}); err != nil {
 		t.Errorf("ready file gone: %v", err)
 	}
-	// Deleted at once, and again once its upload URL has certainly expired.
-	if got := fx.outbox(t); !slices.Equal(got, []string{pending.BlobName(), pending.BlobName()}) {
+	// Deleted at once, and again once its upload URL has certainly expired;
+	// its staging blob too.
+	if got := fx.outbox(t); !slices.Equal(got, []string{pending.BlobName(), pending.BlobName(), pending.StagingBlobName(), pending.StagingBlobName()}) {
 		t.Errorf("outbox = %v", got)
 	}
 	var later time.Time

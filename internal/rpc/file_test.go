@@ -231,7 +231,8 @@ func TestFileUploadListGetDownload(t *testing.T) {
 }
 
 // assertOnlyBlobNames checks that the directory store's root holds nothing
-// but its key and {uuid}/{uuid} blobs, and nothing beside the root.
+// but its key and {uuid}/{uuid} blobs (or their staging blobs), and nothing
+// beside the root.
 func assertOnlyBlobNames(t *testing.T, root string) {
 	t.Helper()
 	if entries, err := os.ReadDir(filepath.Dir(root)); err != nil || len(entries) != 1 {
@@ -247,7 +248,7 @@ func assertOnlyBlobNames(t *testing.T, root string) {
 			return nil
 		}
 		for _, part := range parts {
-			if _, err := uuid.Parse(strings.TrimSuffix(part, ".sealed")); err != nil || len(parts) > 2 {
+			if _, err := uuid.Parse(strings.TrimSuffix(part, file.StagingSuffix)); err != nil || len(parts) > 2 {
 				t.Errorf("unexpected path in the blob root: %s", rel)
 			}
 		}
@@ -297,6 +298,18 @@ func TestUploadFileLimitsAndContentTypes(t *testing.T) {
 	}
 }
 
+// createUpload reserves a text/plain direct upload of size bytes.
+func createUpload(t *testing.T, c parleyv1connect.FileServiceClient, owner uuid.UUID, conv, filename string, size int) *connect.Response[parleyv1.CreateUploadResponse] {
+	t.Helper()
+	created, err := c.CreateUpload(t.Context(), as(owner, false, &parleyv1.CreateUploadRequest{
+		ConversationId: conv, Filename: filename, ContentType: "text/plain", SizeBytes: int64(size),
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return created
+}
+
 func TestDirectUpload(t *testing.T) {
 	t.Parallel()
 	for _, kind := range blobKinds {
@@ -309,12 +322,7 @@ func TestDirectUpload(t *testing.T) {
 			c := env.files["grpc"]
 			data := bytes.Repeat([]byte("direct upload bytes\n"), 1000)
 
-			created, err := c.CreateUpload(ctx, as(owner, false, &parleyv1.CreateUploadRequest{
-				ConversationId: conv, Filename: "big\x00 notes.txt", ContentType: "text/plain", SizeBytes: int64(len(data)),
-			}))
-			if err != nil {
-				t.Fatal(err)
-			}
+			created := createUpload(t, c, owner, conv, "big\x00 notes.txt", len(data))
 			f := created.Msg.GetFile()
 			if f.GetStatus() != parleyv1.FileStatus_FILE_STATUS_PENDING || f.GetFilename() != "big notes.txt" || f.GetSha256() != "" {
 				t.Errorf("created %v", f)
@@ -356,11 +364,9 @@ func TestDirectUpload(t *testing.T) {
 			if df := done.Msg.GetFile(); df.GetStatus() != parleyv1.FileStatus_FILE_STATUS_READY || df.GetSha256() != hexSHA256(data) || df.GetSizeBytes() != int64(len(data)) {
 				t.Errorf("completed %v", df)
 			}
-			// Completed, the upload URL can no longer change the bytes.
-			resp, _ := httpDo(t, http.MethodPut, created.Msg.GetUploadUrl(), created.Msg.GetUploadHeaders(), bytes.Repeat([]byte("x"), len(data)))
-			if resp.StatusCode < 400 {
-				t.Errorf("PUT after completion = %d", resp.StatusCode)
-			}
+			// Completed, the upload URL can no longer change the bytes
+			// (TestCompletedUploadCannotChange tries harder).
+			httpDo(t, http.MethodPut, created.Msg.GetUploadUrl(), created.Msg.GetUploadHeaders(), bytes.Repeat([]byte("x"), len(data)))
 			// Completing again answers the same file.
 			if again, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: f.GetId()})); err != nil || again.Msg.GetFile().GetSha256() != hexSHA256(data) {
 				t.Errorf("second CompleteUpload = %v, %v", again, err)
@@ -779,6 +785,67 @@ func TestOutboxParksAnEntryItCanNeverDelete(t *testing.T) {
 			var lastError string
 			if err := env.db.QueryRowContext(ctx, "SELECT last_error FROM blob_deletions WHERE blob_name = ?", bad).Scan(&lastError); err != nil || lastError == "" {
 				t.Errorf("last_error = %q, %v; want the refusal", lastError, err)
+			}
+		})
+	}
+}
+
+// TestCompletedUploadCannotChange plays a client that keeps its upload URL
+// after CompleteUpload and uses every right the URL grants (on Azure, create
+// and write: breaking a lease, then a PUT) to change the completed file.
+func TestCompletedUploadCannotChange(t *testing.T) {
+	t.Parallel()
+	for _, kind := range blobKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			env := newFileEnv(t, kind, fileEnvOptions{})
+			ctx := t.Context()
+			owner := env.user(t)
+			c := env.files["connect"]
+			data := bytes.Repeat([]byte("the checked bytes\n"), 100)
+			created := createUpload(t, c, owner, env.conversation(t, owner), "a.txt", len(data))
+			upURL, upHeaders := created.Msg.GetUploadUrl(), created.Msg.GetUploadHeaders()
+			if resp, body := httpDo(t, http.MethodPut, upURL, upHeaders, data); resp.StatusCode != http.StatusCreated {
+				t.Fatalf("PUT = %d %s", resp.StatusCode, body)
+			}
+			id := created.Msg.GetFile().GetId()
+			if _, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: id, Sha256: hexSHA256(data)})); err != nil {
+				t.Fatal(err)
+			}
+
+			evil := bytes.Repeat([]byte("swapped after the check\n"), 75)[:len(data)]
+			if kind == "azure" {
+				u, err := url.Parse(upURL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				q := u.Query()
+				q.Set("comp", "lease")
+				u.RawQuery = q.Encode()
+				httpDo(t, http.MethodPut, u.String(), map[string]string{
+					"x-ms-version": q.Get("sv"), "x-ms-lease-action": "break", "x-ms-lease-break-period": "0",
+				}, nil)
+			}
+			httpDo(t, http.MethodPut, upURL, upHeaders, evil)
+
+			got, err := c.GetFile(ctx, as(owner, false, &parleyv1.GetFileRequest{FileId: id}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f := got.Msg.GetFile(); f.GetStatus() != parleyv1.FileStatus_FILE_STATUS_READY || f.GetSha256() != hexSHA256(data) {
+				t.Fatalf("file after the PUT = %v", f)
+			}
+			resp, body := httpDo(t, http.MethodGet, got.Msg.GetDownloadUrl(), nil, nil)
+			if resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+				t.Fatalf("download after a PUT with the old upload URL = %d %q, want the checked bytes", resp.StatusCode, body[:min(len(body), 40)])
+			}
+			// Completing again cannot pick up the new bytes either.
+			if again, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: id, Sha256: hexSHA256(evil)})); codeOf(err) != connect.CodeFailedPrecondition {
+				t.Errorf("CompleteUpload with the new bytes' sha256 = %v, %v; want failed_precondition", again, err)
+			}
+			resp, body = httpDo(t, http.MethodGet, got.Msg.GetDownloadUrl(), nil, nil)
+			if resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+				t.Fatalf("download after another CompleteUpload = %d, want the checked bytes", resp.StatusCode)
 			}
 		})
 	}
