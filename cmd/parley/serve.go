@@ -215,7 +215,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		return nil, fmt.Errorf("livekit: %w", err)
 	}
 	roomStore := postgres.NewRoomStore(a.db)
-	a.goBackground(ctx, func(ctx context.Context) { pruneWebhookEvents(ctx, roomStore, log) })
+	a.goBackground(ctx, func(ctx context.Context) { pruneExpired(ctx, roomStore, accounts, log) })
 	rooms := room.NewService(roomStore, lk, room.Options{Log: log})
 	a.closers = append(a.closers, rooms.Close)
 
@@ -301,22 +301,30 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	return a, nil
 }
 
-// pruneWebhookEvents forgets, every hour, the LiveKit event ids older than
-// a day: LiveKit stops redelivering within minutes, so the table only needs
-// them that long. Every replica runs it; the DELETE is idempotent.
-func pruneWebhookEvents(ctx context.Context, rooms *postgres.RoomStore, log *slog.Logger) {
+// pruneExpired deletes, at start-up and then every hour, what no request
+// needs any more: LiveKit event ids older than a day (LiveKit stops
+// redelivering within minutes), and expired refresh tokens and access-token
+// revocations. Every replica runs it: the deletes are idempotent, and the
+// token deletes batched, so replicas pruning at once neither clash nor hold
+// long locks.
+func pruneExpired(ctx context.Context, rooms *postgres.RoomStore, accounts *account.Service, log *slog.Logger) {
 	tick := time.NewTicker(time.Hour)
 	defer tick.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
 		if n, err := rooms.PruneEvents(ctx, time.Now().Add(-24*time.Hour)); err != nil && ctx.Err() == nil {
 			log.Warn("prune webhook events", slog.String("error", err.Error()))
 		} else if n > 0 {
 			log.Info("pruned webhook events", slog.Int64("count", n))
+		}
+		if p, err := accounts.PruneExpired(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("prune expired tokens", slog.String("error", err.Error()))
+		} else if p != (account.Pruned{}) {
+			log.Info("pruned expired tokens", slog.Int64("revocations", p.Revocations), slog.Int64("refresh_tokens", p.RefreshTokens))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
 	}
 }

@@ -121,6 +121,10 @@ type Store interface {
 	// PruneRevokedAccessTokens deletes revocations of tokens that expired
 	// before the time and returns how many it deleted.
 	PruneRevokedAccessTokens(ctx context.Context, before time.Time) (int64, error)
+	// PruneRefreshTokens deletes refresh tokens that expired before the
+	// time, spent or not, and the families left without a token, and
+	// returns how many tokens it deleted.
+	PruneRefreshTokens(ctx context.Context, before time.Time) (int64, error)
 }
 
 // Tokens signs and verifies access tokens. internal/token.Manager does the

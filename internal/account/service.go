@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -24,10 +23,14 @@ const (
 )
 
 const (
-	// Revocations are pruned every pruneEveryLogouts logouts, once their
-	// tokens have been expired for pruneMargin (clock skew between replicas).
-	pruneEveryLogouts = 64
-	pruneMargin       = time.Hour
+	// PruneExpired keeps a revocation for revocationPruneMargin after its
+	// token expired: verifiers accept a token for a clock-skew leeway past
+	// its expiry, and replicas' clocks differ.
+	revocationPruneMargin = time.Hour
+	// An expired refresh token is refused whether it is stored or not; it
+	// is kept a day longer so that a Logout presenting it can still find
+	// and revoke its family, and reuse can be looked into.
+	refreshPruneMargin = 24 * time.Hour
 )
 
 // Options tune a Service. Zero values take the defaults.
@@ -58,8 +61,6 @@ type Service struct {
 	now     func() time.Time
 
 	accessTTL, refreshTTL, agentTTL time.Duration
-
-	logouts atomic.Uint64 // counts logouts, to prune revocations every so many
 }
 
 // NewService returns a Service over the store, signing with tokens and
@@ -216,19 +217,32 @@ func (s *Service) Logout(ctx context.Context, p auth.Principal, refreshToken str
 			}
 		}
 	}
-	s.maybePrune(ctx)
 	return nil
 }
 
-// maybePrune deletes long-expired revocations every so many logouts, so the
-// table stays as small as the number of live revoked tokens.
-func (s *Service) maybePrune(ctx context.Context) {
-	if s.logouts.Add(1)%pruneEveryLogouts != 0 {
-		return
+// Pruned counts what PruneExpired deleted.
+type Pruned struct {
+	Revocations   int64
+	RefreshTokens int64
+}
+
+// PruneExpired deletes what no request can use any more, so the tables stay
+// as large as the live sessions: access-token revocations whose tokens
+// expired more than an hour ago, and refresh tokens expired more than a day
+// ago with the families they leave empty. The store deletes in bounded
+// batches, so a large backlog never holds long locks. Replicas may run it
+// at once.
+func (s *Service) PruneExpired(ctx context.Context) (Pruned, error) {
+	var p Pruned
+	now := s.now()
+	var err error
+	if p.Revocations, err = s.store.PruneRevokedAccessTokens(ctx, now.Add(-revocationPruneMargin)); err != nil {
+		return p, fmt.Errorf("prune revoked access tokens: %w", err)
 	}
-	if _, err := s.store.PruneRevokedAccessTokens(ctx, s.now().Add(-pruneMargin)); err != nil {
-		s.log.WarnContext(ctx, "prune revoked access tokens", slog.String("error", err.Error()))
+	if p.RefreshTokens, err = s.store.PruneRefreshTokens(ctx, now.Add(-refreshPruneMargin)); err != nil {
+		return p, fmt.Errorf("prune refresh tokens: %w", err)
 	}
+	return p, nil
 }
 
 // Authenticate verifies a bearer access token and checks that it has not

@@ -454,3 +454,64 @@ func TestProfile(t *testing.T) {
 		t.Errorf("GetProfile of a missing user: got %v, want ErrUserNotFound", err)
 	}
 }
+
+func TestPruneExpired(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	ctx := t.Context()
+	start := time.Now()
+	now := start
+	keys, _ := token.GenerateKeySet()
+	set, _ := token.ParseKeySet(keys)
+	mgr, err := token.NewManager(set, token.Options{Issuer: "i", Audience: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := account.NewService(e.store, tokens{mgr}, e.cache, account.Options{
+		AccessTTL: 10 * time.Minute, RefreshTTL: time.Hour, Now: func() time.Time { return now },
+	})
+	_, old, err := svc.Register(ctx, "old@example.com", "correct horse battery", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := svc.Authenticate(ctx, old.AccessToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Logout(ctx, p, ""); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, step := range []struct {
+		at   time.Duration
+		want account.Pruned
+	}{
+		// The revoked access token expired 20 minutes ago: within the
+		// clock-skew margin, kept.
+		{30 * time.Minute, account.Pruned{}},
+		{2 * time.Hour, account.Pruned{Revocations: 1}},
+		// The refresh token expired 23 hours ago: kept for a day.
+		{24 * time.Hour, account.Pruned{}},
+		{25*time.Hour + time.Minute, account.Pruned{RefreshTokens: 1}},
+	} {
+		now = start.Add(step.at)
+		if got, err := svc.PruneExpired(ctx); err != nil || got != step.want {
+			t.Fatalf("PruneExpired %v after start = %+v, %v; want %+v", step.at, got, err, step.want)
+		}
+	}
+
+	// A session that is still live is left alone.
+	_, fresh, err := svc.Register(ctx, "fresh@example.com", "correct horse battery", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := svc.PruneExpired(ctx); err != nil || got != (account.Pruned{}) {
+		t.Fatalf("PruneExpired with only a live session = %+v, %v", got, err)
+	}
+	if _, err := svc.Refresh(ctx, fresh.RefreshToken); err != nil {
+		t.Fatalf("Refresh of the live session: %v", err)
+	}
+	if _, err := svc.Refresh(ctx, old.RefreshToken); !errors.Is(err, auth.ErrUnauthenticated) {
+		t.Fatalf("Refresh of the pruned token: got %v, want ErrUnauthenticated", err)
+	}
+}

@@ -321,15 +321,77 @@ func (s *AccountStore) RevokedAccessTokens(ctx context.Context, now time.Time) (
 	return out, nil
 }
 
+// PruneBatch bounds the rows one pruning statement deletes, so that a
+// backlog is worked off in short statements, none of which holds many row
+// locks for long.
+const PruneBatch = 500
+
 // PruneRevokedAccessTokens implements account.Store.
 func (s *AccountStore) PruneRevokedAccessTokens(ctx context.Context, before time.Time) (int64, error) {
-	res, err := s.db.NewDelete().Model((*revokedTokenRow)(nil)).Where("expires_at < ?", before).Exec(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("delete revoked tokens: %w", err)
+	return pruneInBatches(func() (int64, error) {
+		res, err := s.db.NewRaw(`
+			DELETE FROM revoked_tokens WHERE jti IN (
+				SELECT jti FROM revoked_tokens WHERE expires_at < ? LIMIT ? FOR UPDATE SKIP LOCKED)`,
+			before, PruneBatch).Exec(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("delete revoked tokens: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, fmt.Errorf("delete revoked tokens: %w", err)
+		}
+		return n, nil
+	})
+}
+
+// PruneRefreshTokens implements account.Store. Each batch deletes tokens
+// and then, in the same transaction, the families they came from that have
+// no token left, so no family is ever left behind empty.
+func (s *AccountStore) PruneRefreshTokens(ctx context.Context, before time.Time) (int64, error) {
+	return pruneInBatches(func() (int64, error) {
+		var families []uuid.UUID
+		err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			// SKIP LOCKED leaves a token that a rotation holds to the next
+			// run, rather than waiting for it.
+			err := tx.NewRaw(`
+				DELETE FROM refresh_tokens WHERE id IN (
+					SELECT id FROM refresh_tokens WHERE expires_at < ? LIMIT ? FOR UPDATE SKIP LOCKED)
+				RETURNING family_id`,
+				before, PruneBatch).Scan(ctx, &families)
+			if err != nil {
+				return fmt.Errorf("delete refresh tokens: %w", err)
+			}
+			if len(families) == 0 {
+				return nil
+			}
+			// A family with a token left keeps it: only an expired one can
+			// have been deleted, and no rotation adds to a family without a
+			// live token.
+			_, err = tx.NewRaw(`
+				DELETE FROM refresh_families AS f
+				WHERE f.id IN (?) AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS t WHERE t.family_id = f.id)`,
+				bun.List(families)).Exec(ctx)
+			if err != nil {
+				return fmt.Errorf("delete refresh families: %w", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+		return int64(len(families)), nil
+	})
+}
+
+// pruneInBatches runs batch, which deletes at most PruneBatch rows, until a
+// batch deletes fewer, and returns how many rows all of them deleted.
+func pruneInBatches(batch func() (int64, error)) (int64, error) {
+	var total int64
+	for {
+		n, err := batch()
+		total += n
+		if err != nil || n < PruneBatch {
+			return total, err
+		}
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, fmt.Errorf("delete revoked tokens: %w", err)
-	}
-	return n, nil
 }

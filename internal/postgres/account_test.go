@@ -3,10 +3,13 @@ package postgres_test
 import (
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
@@ -187,5 +190,131 @@ func TestAccountStoreRevokedAccessTokens(t *testing.T) {
 	}
 	if got, _ := s.IsAccessTokenRevoked(ctx, "old"); got {
 		t.Error("pruned revocation still present")
+	}
+}
+
+// seed calls add(0) to add(n-1), a few at a time.
+func seed(t *testing.T, n int, add func(i int) error) {
+	t.Helper()
+	next := make(chan int)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range next {
+				if err := add(i); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// count runs a SELECT count(*) query, to look at what pruning left.
+func count(t *testing.T, db *bun.DB, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRowContext(t.Context(), query, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+func TestAccountStorePruneRefreshTokens(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	s := postgres.NewAccountStore(db)
+	ctx := t.Context()
+	now := time.Now()
+	u := newUser(t, s, "prune@example.com")
+	token := func(name string, exp time.Time) account.RefreshToken {
+		return account.RefreshToken{ID: uuid.New(), Hash: hashOf(name), UserID: u.ID, FamilyID: uuid.New(), ExpiresAt: exp}
+	}
+
+	// A live family: its first token, spent, expires before the cutoff;
+	// its child, the one the client holds, after it.
+	live := token("live-1", now.Add(time.Hour))
+	if err := s.CreateRefreshToken(ctx, live); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RotateRefreshToken(ctx, live.Hash, token("live-2", now.Add(3*time.Hour)), now); err != nil {
+		t.Fatal(err)
+	}
+	// A dead family: every token expired before the cutoff.
+	dead := token("dead-1", now.Add(time.Hour))
+	if err := s.CreateRefreshToken(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RotateRefreshToken(ctx, dead.Hash, token("dead-2", now.Add(90*time.Minute)), now); err != nil {
+		t.Fatal(err)
+	}
+	// A backlog of more than a batch of lone expired tokens.
+	backlog := postgres.PruneBatch + 7
+	seed(t, backlog, func(i int) error {
+		return s.CreateRefreshToken(ctx, token(fmt.Sprintf("old-%d", i), now.Add(-time.Hour)))
+	})
+
+	cutoff := now.Add(2 * time.Hour)
+	n, err := s.PruneRefreshTokens(ctx, cutoff)
+	if want := int64(backlog + 3); err != nil || n != want {
+		t.Fatalf("PruneRefreshTokens = %d, %v; want %d (the backlog, live-1, dead-1 and dead-2)", n, err, want)
+	}
+	if got := count(t, db, "SELECT count(*) FROM refresh_tokens WHERE expires_at < ?", cutoff); got != 0 {
+		t.Errorf("%d tokens expired before the cutoff are left", got)
+	}
+	if got := count(t, db, "SELECT count(*) FROM refresh_tokens"); got != 1 {
+		t.Errorf("%d tokens left, want only live-2", got)
+	}
+	if got := count(t, db, "SELECT count(*) FROM refresh_families"); got != 1 {
+		t.Errorf("%d families left, want only the live one", got)
+	}
+	if got := count(t, db, "SELECT count(*) FROM refresh_families WHERE id = ?", live.FamilyID); got != 1 {
+		t.Error("the live family was deleted")
+	}
+
+	// The token the client holds still rotates, in its family, and its
+	// spent, pruned parent is simply unknown.
+	spent, err := s.RotateRefreshToken(ctx, hashOf("live-2"), token("live-3", now.Add(3*time.Hour)), now)
+	if err != nil || spent.FamilyID != live.FamilyID {
+		t.Fatalf("rotating the surviving token = %+v, %v", spent, err)
+	}
+	if _, err := s.RotateRefreshToken(ctx, live.Hash, token("x", now.Add(time.Hour)), now); !errors.Is(err, auth.ErrUnauthenticated) || errors.Is(err, account.ErrRefreshTokenReused) {
+		t.Errorf("rotating the pruned token: got %v, want plain ErrUnauthenticated", err)
+	}
+	if n, err := s.PruneRefreshTokens(ctx, now); err != nil || n != 0 {
+		t.Errorf("PruneRefreshTokens with nothing expired = %d, %v", n, err)
+	}
+}
+
+func TestAccountStorePruneRevokedAccessTokensInBatches(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	s := postgres.NewAccountStore(db)
+	ctx := t.Context()
+	now := time.Now()
+	backlog := 2*postgres.PruneBatch + 3
+	seed(t, backlog, func(i int) error {
+		return s.RevokeAccessToken(ctx, account.RevokedToken{ID: fmt.Sprintf("old-%d", i), ExpiresAt: now.Add(-2 * time.Hour)})
+	})
+	if err := s.RevokeAccessToken(ctx, account.RevokedToken{ID: "live", ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.PruneRevokedAccessTokens(ctx, now.Add(-time.Hour)); err != nil || n != int64(backlog) {
+		t.Fatalf("PruneRevokedAccessTokens = %d, %v; want %d", n, err, backlog)
+	}
+	if got := count(t, db, "SELECT count(*) FROM revoked_tokens"); got != 1 {
+		t.Errorf("%d revocations left, want only the live one", got)
+	}
+	if ok, err := s.IsAccessTokenRevoked(ctx, "live"); err != nil || !ok {
+		t.Errorf("the live revocation: %v, %v", ok, err)
 	}
 }
