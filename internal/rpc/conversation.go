@@ -7,9 +7,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
@@ -156,107 +154,6 @@ func (s *ConversationServer) ListMessages(ctx context.Context, req *connect.Requ
 		Messages:       messagesToProto(page.Messages),
 		NextPageToken:  page.NextPageToken,
 	}), nil
-}
-
-// WatchMessages streams the stored messages after after_seq, then each new
-// one, until the client leaves, the conversation is deleted (not_found), the
-// caller's token expires (unauthenticated) or the server drains
-// (unavailable).
-func (s *ConversationServer) WatchMessages(ctx context.Context, req *connect.Request[parleyv1.WatchMessagesRequest], stream *connect.ServerStream[parleyv1.WatchMessagesResponse]) error {
-	p, err := principal(ctx)
-	if err != nil {
-		return toConnectError(ctx, s.log, err)
-	}
-	id, err := parseUUID("conversation_id", req.Msg.GetConversationId())
-	if err != nil {
-		return err
-	}
-	w, err := s.svc.WatchMessages(ctx, p, id, req.Msg.GetAfterSeq())
-	if err != nil {
-		return toConnectError(ctx, s.log, err)
-	}
-	defer w.Close()
-	// Send the headers now: clients (and proxies) see the stream open even
-	// when nothing is stored yet and the first heartbeat is far off.
-	if err := stream.Send(nil); err != nil {
-		return err
-	}
-	return s.pump(ctx, p, w, stream)
-}
-
-// pump sends a watch's messages, and heartbeats while it is idle, until the
-// stream has to end.
-func (s *ConversationServer) pump(ctx context.Context, p auth.Principal, w *conversation.Watch, stream *connect.ServerStream[parleyv1.WatchMessagesResponse]) error {
-	heartbeat := time.NewTimer(s.watch.Heartbeat)
-	defer heartbeat.Stop()
-	var expired <-chan time.Time
-	if !p.ExpiresAt.IsZero() {
-		t := time.NewTimer(time.Until(p.ExpiresAt))
-		defer t.Stop()
-		expired = t.C
-	}
-	var recheck <-chan time.Time
-	if s.watch.Revoked != nil {
-		t := time.NewTicker(s.watch.Heartbeat)
-		defer t.Stop()
-		recheck = t.C
-	}
-	for {
-		// A busy stream never reaches the select below: check here too.
-		select {
-		case <-recheck:
-			if err := s.checkRevoked(ctx, p); err != nil {
-				return err
-			}
-		default:
-		}
-		msgs, err := w.Next(ctx)
-		if err != nil {
-			return toConnectError(ctx, s.log, err)
-		}
-		for _, m := range msgs {
-			if err := stream.Send(&parleyv1.WatchMessagesResponse{Message: messageToProto(m)}); err != nil {
-				return err
-			}
-		}
-		if len(msgs) > 0 {
-			heartbeat.Reset(s.watch.Heartbeat)
-			continue
-		}
-		select {
-		case <-w.Ready():
-		case <-heartbeat.C:
-			if err := stream.Send(&parleyv1.WatchMessagesResponse{Heartbeat: timestamppb.Now()}); err != nil {
-				return err
-			}
-			heartbeat.Reset(s.watch.Heartbeat)
-		case <-recheck:
-			if err := s.checkRevoked(ctx, p); err != nil {
-				return err
-			}
-		case <-expired:
-			return connect.NewError(connect.CodeUnauthenticated, errors.New("access token expired"))
-		case <-s.watch.Drain:
-			return connect.NewError(connect.CodeUnavailable, errors.New("server is draining; reconnect"))
-		case <-ctx.Done():
-			return toConnectError(ctx, s.log, ctx.Err())
-		}
-	}
-}
-
-// checkRevoked ends a stream whose token was revoked after it opened. When
-// revocation cannot be checked, the stream, authenticated at its start, goes
-// on until the next check.
-func (s *ConversationServer) checkRevoked(ctx context.Context, p auth.Principal) error {
-	revoked, err := s.watch.Revoked(ctx, p.TokenID)
-	if err != nil {
-		s.log.WarnContext(ctx, "watch: revocation check failed", slog.String("error", err.Error()))
-		return nil
-	}
-	if revoked {
-		return connect.NewError(connect.CodeUnauthenticated, errors.New("access token revoked"))
-	}
-	return nil
 }
 
 // ExportConversation is served by the files feature (see WithExports); a
