@@ -10,11 +10,11 @@ import (
 // every hit.
 func BenchmarkDecodePage(b *testing.B) {
 	id := uuid.New()
-	enc := encodePage(testPage(id, 50))
+	enc := encodePage(1000, testPage(id, 50))
 	b.ReportAllocs()
 	b.SetBytes(int64(len(enc)))
 	for b.Loop() {
-		if _, err := decodePage(id, enc); err != nil {
+		if _, _, err := decodePage(id, enc); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,7 +1,10 @@
-// Package cache keeps ListMessages pages in Valkey. Pages are keyed by the
-// conversation's last_seq as read from PostgreSQL, so a saved turn moves
-// readers to new keys: nothing is ever invalidated and nothing is ever
-// stale. Old keys expire with their TTL.
+// Package cache keeps conversation heads (owner and last_seq) and
+// ListMessages pages in Valkey. A page is stored with the last_seq it was
+// read at and served only while the conversation's head has that last_seq,
+// so a saved turn, which advances the head before SaveTurn answers, retires
+// every page of its conversation at once. One MGET fetches a head and a
+// page together: an unchanged conversation's page costs one round trip and
+// no PostgreSQL query.
 package cache
 
 import (
@@ -9,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -21,12 +25,19 @@ import (
 const (
 	// DefaultTTL is how long a page is kept when NewPages is given none.
 	DefaultTTL = 5 * time.Minute
+	// headTTL bounds how long a head outlives its last write or read from
+	// PostgreSQL. Only a writer that dies between its commit and advancing
+	// the head leaves a head behind, and then for at most this long; a
+	// busy conversation pays one PostgreSQL read per headTTL for it.
+	headTTL = 10 * time.Second
 	// opTimeout bounds each Valkey call: a slow or dead Valkey costs a
 	// request at most this much before it falls back to PostgreSQL.
 	opTimeout = 250 * time.Millisecond
 
-	keyPrefix       = "parley:msgpage:"
-	encodingVersion = 1
+	keyPrefix       = "parley:page:"
+	headPrefix      = "parley:head:"
+	deletedHead     = "deleted"
+	encodingVersion = 2
 )
 
 // Pages is a conversation.PageCache over Valkey. It is safe for concurrent
@@ -71,26 +82,41 @@ func NewPages(client valkey.Client, ttl time.Duration, reg prometheus.Registerer
 	}, nil
 }
 
-// GetPage implements conversation.PageCache with one GET.
-func (c *Pages) GetPage(ctx context.Context, k conversation.PageKey) (conversation.CachedPage, bool) {
+// Lookup implements conversation.PageCache with one MGET.
+func (c *Pages) Lookup(ctx context.Context, k conversation.PageKey) (conversation.Head, bool, conversation.CachedPage, bool) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	b, err := c.client.Do(ctx, c.client.B().Get().Key(pageKey(k)).Build()).AsBytes()
-	if valkey.IsValkeyNil(err) {
+	vals, err := c.client.Do(ctx, c.client.B().Mget().Key(headKey(k.ConversationID), pageKey(k)).Build()).ToArray()
+	if err != nil || len(vals) != 2 {
+		c.failures.Inc()
+		return conversation.Head{}, false, conversation.CachedPage{}, false
+	}
+	hs, err := vals[0].ToString()
+	if err != nil {
+		c.misses.Inc() // no head (nil), or not a string: ask PostgreSQL
+		return conversation.Head{}, false, conversation.CachedPage{}, false
+	}
+	h, ok := decodeHead(hs)
+	if !ok {
+		c.misses.Inc() // its owner is not known yet
+		return conversation.Head{}, false, conversation.CachedPage{}, false
+	}
+	b, err := vals[1].AsBytes()
+	if err != nil || h.Deleted {
 		c.misses.Inc()
-		return conversation.CachedPage{}, false
+		return h, true, conversation.CachedPage{}, false
 	}
+	last, p, err := decodePage(k.ConversationID, b)
 	if err != nil {
 		c.failures.Inc()
-		return conversation.CachedPage{}, false
+		return h, true, conversation.CachedPage{}, false
 	}
-	p, err := decodePage(k.ConversationID, b)
-	if err != nil {
-		c.failures.Inc()
-		return conversation.CachedPage{}, false
+	if last != h.LastSeq {
+		c.misses.Inc() // cached before the conversation's latest turn
+		return h, true, conversation.CachedPage{}, false
 	}
 	c.hits.Inc()
-	return p, true
+	return h, true, p, true
 }
 
 // PutPage implements conversation.PageCache. Failures are dropped: the page
@@ -98,17 +124,88 @@ func (c *Pages) GetPage(ctx context.Context, k conversation.PageKey) (conversati
 func (c *Pages) PutPage(ctx context.Context, k conversation.PageKey, p conversation.CachedPage) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	cmd := c.client.B().Set().Key(pageKey(k)).Value(valkey.BinaryString(encodePage(p))).Px(c.ttl).Build()
+	cmd := c.client.B().Set().Key(pageKey(k)).Value(valkey.BinaryString(encodePage(k.LastSeq, p))).Px(c.ttl).Build()
 	_ = c.client.Do(ctx, cmd).Error()
 }
 
-// pageKey names a page by everything that determines its content.
+// putHead sets a head to the larger of its cached and given last_seq, with
+// the owner given or, when none is, the cached one. A deleted head stays
+// deleted; a head without a known owner is kept (readers treat it as
+// absent) so that a later RecordHead cannot move last_seq back.
+//
+// KEYS[1] head; ARGV[1] owner or ""; ARGV[2] last_seq; ARGV[3] TTL (ms).
+var putHead = valkey.NewLuaScript(`
+local cur = redis.call('GET', KEYS[1])
+local owner, seq = ARGV[1], tonumber(ARGV[2])
+if cur then
+  if cur == '` + deletedHead + `' then return 0 end
+  local sep = string.find(cur, ':', 1, true)
+  if sep then
+    local cseq = tonumber(string.sub(cur, sep + 1))
+    if cseq and cseq > seq then seq = cseq end
+    if owner == '' then owner = string.sub(cur, 1, sep - 1) end
+  end
+end
+redis.call('SET', KEYS[1], owner .. ':' .. string.format('%d', seq), 'PX', ARGV[3])
+return 1`)
+
+// RecordHead implements conversation.PageCache.
+func (c *Pages) RecordHead(ctx context.Context, id uuid.UUID, h conversation.Head) {
+	c.putHead(ctx, id, h.Owner.String(), h.LastSeq)
+}
+
+// AdvanceHead implements conversation.PageCache.
+func (c *Pages) AdvanceHead(ctx context.Context, id uuid.UUID, lastSeq int64) {
+	c.putHead(ctx, id, "", lastSeq)
+}
+
+func (c *Pages) putHead(ctx context.Context, id uuid.UUID, owner string, lastSeq int64) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if err := putHead.Exec(ctx, c.client, []string{headKey(id)},
+		[]string{owner, strconv.FormatInt(lastSeq, 10), strconv.FormatInt(headTTL.Milliseconds(), 10)}).Error(); err != nil {
+		c.failures.Inc()
+	}
+}
+
+// DeleteHead implements conversation.PageCache.
+func (c *Pages) DeleteHead(ctx context.Context, id uuid.UUID) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if err := c.client.Do(ctx, c.client.B().Set().Key(headKey(id)).Value(deletedHead).Px(headTTL).Build()).Error(); err != nil {
+		c.failures.Inc()
+	}
+}
+
+func headKey(id uuid.UUID) string { return headPrefix + id.String() }
+
+// decodeHead parses "owner:last_seq" or the deleted mark. A head whose
+// owner is not known yet (written by AdvanceHead alone) is not usable.
+func decodeHead(s string) (conversation.Head, bool) {
+	if s == deletedHead {
+		return conversation.Head{Deleted: true}, true
+	}
+	owner, seq, ok := strings.Cut(s, ":")
+	if !ok {
+		return conversation.Head{}, false
+	}
+	id, err := uuid.Parse(owner)
+	if err != nil {
+		return conversation.Head{}, false
+	}
+	last, err := strconv.ParseInt(seq, 10, 64)
+	if err != nil || last < 0 {
+		return conversation.Head{}, false
+	}
+	return conversation.Head{Owner: id, LastSeq: last}, true
+}
+
+// pageKey names a page by everything that determines its content but the
+// last_seq, which is stored in the page.
 func pageKey(k conversation.PageKey) string {
-	b := make([]byte, 0, len(keyPrefix)+36+4*20)
+	b := make([]byte, 0, len(keyPrefix)+36+3*20)
 	b = append(b, keyPrefix...)
 	b = append(b, k.ConversationID.String()...)
-	b = append(b, ':')
-	b = strconv.AppendInt(b, k.LastSeq, 10)
 	b = append(b, ':')
 	b = strconv.AppendInt(b, int64(k.Order), 10)
 	b = append(b, ':')
@@ -118,11 +215,11 @@ func pageKey(k conversation.PageKey) string {
 	return string(b)
 }
 
-// encodePage writes a page compactly: version, more flag, count, then per
-// message its id, seq, role, created_at (Unix nanoseconds), turn id and
-// content. The conversation id is in the key.
-func encodePage(p conversation.CachedPage) []byte {
-	n := 2 + binary.MaxVarintLen64
+// encodePage writes a page compactly: version, more flag, the last_seq it
+// was read at, count, then per message its id, seq, role, created_at (Unix
+// nanoseconds), turn id and content. The conversation id is in the key.
+func encodePage(lastSeq int64, p conversation.CachedPage) []byte {
+	n := 2 + 2*binary.MaxVarintLen64
 	for _, m := range p.Messages {
 		n += 16 + 3*binary.MaxVarintLen64 + 1 + 2*binary.MaxVarintLen64 + len(m.TurnID) + len(m.Content)
 	}
@@ -132,6 +229,7 @@ func encodePage(p conversation.CachedPage) []byte {
 		more = 1
 	}
 	b = append(b, encodingVersion, more)
+	b = binary.AppendUvarint(b, uint64(lastSeq))
 	b = binary.AppendUvarint(b, uint64(len(p.Messages)))
 	for _, m := range p.Messages {
 		b = append(b, m.ID[:]...)
@@ -148,15 +246,16 @@ func encodePage(p conversation.CachedPage) []byte {
 
 var errCorrupt = errors.New("corrupt cached page")
 
-func decodePage(conversationID uuid.UUID, b []byte) (conversation.CachedPage, error) {
+func decodePage(conversationID uuid.UUID, b []byte) (int64, conversation.CachedPage, error) {
 	d := decoder{b: b}
 	if d.byte() != encodingVersion {
-		return conversation.CachedPage{}, errCorrupt
+		return 0, conversation.CachedPage{}, errCorrupt
 	}
 	p := conversation.CachedPage{More: d.byte() == 1}
+	last := int64(d.uvarint())
 	count := d.uvarint()
 	if d.err != nil || count > uint64(len(b)) {
-		return conversation.CachedPage{}, errCorrupt
+		return 0, conversation.CachedPage{}, errCorrupt
 	}
 	p.Messages = make([]conversation.Message, 0, count)
 	// One string holds the whole page: turn ids and contents are slices of
@@ -173,9 +272,9 @@ func decodePage(conversationID uuid.UUID, b []byte) (conversation.CachedPage, er
 		p.Messages = append(p.Messages, m)
 	}
 	if d.err != nil || len(d.b) != 0 {
-		return conversation.CachedPage{}, errCorrupt
+		return 0, conversation.CachedPage{}, errCorrupt
 	}
-	return p, nil
+	return last, p, nil
 }
 
 // decoder reads a page, remembering the first error so the caller checks

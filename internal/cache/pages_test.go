@@ -32,78 +32,143 @@ func TestEncodeDecodePage(t *testing.T) {
 	t.Parallel()
 	id := uuid.New()
 	for _, p := range []conversation.CachedPage{{}, testPage(id, 1), testPage(id, 200)} {
-		got, err := decodePage(id, encodePage(p))
+		last, got, err := decodePage(id, encodePage(1234, p))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if p.Messages == nil {
 			p.Messages = []conversation.Message{}
 		}
-		if diff := cmp.Diff(p, got); diff != "" {
-			t.Errorf("round trip (-want +got):\n%s", diff)
+		if diff := cmp.Diff(p, got); diff != "" || last != 1234 {
+			t.Errorf("round trip: last_seq %d (-want +got):\n%s", last, diff)
 		}
 	}
-	b := encodePage(testPage(id, 3))
+	b := encodePage(3, testPage(id, 3))
 	for _, bad := range [][]byte{nil, {9}, b[:len(b)-1], append(append([]byte{}, b...), 0)} {
-		if _, err := decodePage(id, bad); err == nil {
+		if _, _, err := decodePage(id, bad); err == nil {
 			t.Errorf("decodePage(%x) succeeded", bad)
 		}
 	}
 }
 
-func TestPagesHitMissAndOutage(t *testing.T) {
-	t.Parallel()
-	v := testenv.NewValkey(t)
+func newTestPages(t *testing.T, url string) (*Pages, *prometheus.Registry) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	c, err := NewPages(testenv.ValkeyClient(t, v.URL()), time.Minute, reg)
+	c, err := NewPages(testenv.ValkeyClient(t, url), time.Minute, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, reg
+}
+
+// TestPagesHitMissAndOutage checks that a page is served only with a head
+// that knows the owner and has the page's last_seq, and that a flushed or
+// dead Valkey is a miss.
+func TestPagesHitMissAndOutage(t *testing.T) {
+	t.Parallel()
+	v := testenv.NewValkey(t)
+	c, reg := newTestPages(t, v.URL())
 	ctx := t.Context()
+	owner := uuid.New()
 	k := conversation.PageKey{ConversationID: uuid.New(), LastSeq: 10, Order: conversation.OrderNewestFirst, Size: 50}
 	want := testPage(k.ConversationID, 5)
+	lookup := func(k conversation.PageKey) (conversation.Head, bool, bool) {
+		h, ok, got, pageOK := c.Lookup(ctx, k)
+		if pageOK {
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("cached page (-want +got):\n%s", diff)
+			}
+		}
+		return h, ok, pageOK
+	}
 
-	if _, ok := c.GetPage(ctx, k); ok {
-		t.Fatal("hit on an empty cache")
+	if _, ok, _ := lookup(k); ok { // miss 1
+		t.Fatal("head found in an empty cache")
 	}
 	c.PutPage(ctx, k, want)
-	got, ok := c.GetPage(ctx, k)
-	if !ok {
-		t.Fatal("miss after PutPage")
+	if _, ok, _ := lookup(k); ok { // miss 2
+		t.Fatal("page served without a head")
 	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("cached page (-want +got):\n%s", diff)
+	c.RecordHead(ctx, k.ConversationID, conversation.Head{Owner: owner, LastSeq: 10})
+	h, ok, pageOK := lookup(k) // hit 1
+	if !ok || !pageOK || h.Owner != owner || h.LastSeq != 10 || h.Deleted {
+		t.Fatalf("after RecordHead: head %+v %v, page %v", h, ok, pageOK)
 	}
-	// Every field of the key matters.
+	// Every field of the key but last_seq names another page.
 	for _, other := range []conversation.PageKey{
-		{ConversationID: k.ConversationID, LastSeq: 11, Order: k.Order, Size: k.Size},
-		{ConversationID: k.ConversationID, LastSeq: 10, Order: conversation.OrderOldestFirst, Size: k.Size},
-		{ConversationID: k.ConversationID, LastSeq: 10, Order: k.Order, Cursor: 5, Size: k.Size},
-		{ConversationID: k.ConversationID, LastSeq: 10, Order: k.Order, Size: 20},
+		{ConversationID: k.ConversationID, Order: conversation.OrderOldestFirst, Size: k.Size},
+		{ConversationID: k.ConversationID, Order: k.Order, Cursor: 5, Size: k.Size},
+		{ConversationID: k.ConversationID, Order: k.Order, Size: 20},
 	} {
-		if _, ok := c.GetPage(ctx, other); ok {
-			t.Errorf("hit for %+v", other)
+		if _, ok, pageOK := lookup(other); !ok || pageOK { // misses 3-5
+			t.Errorf("%+v: head %v, page %v; want the head only", other, ok, pageOK)
 		}
+	}
+	// A saved turn retires the page.
+	c.AdvanceHead(ctx, k.ConversationID, 12)
+	if h, ok, pageOK := lookup(k); !ok || pageOK || h.LastSeq != 12 || h.Owner != owner { // miss 6
+		t.Fatalf("after AdvanceHead: head %+v %v, page %v", h, ok, pageOK)
 	}
 
 	v.Flush()
-	if _, ok := c.GetPage(ctx, k); ok {
-		t.Error("hit after FLUSHALL")
+	if _, ok, _ := lookup(k); ok { // miss 7
+		t.Error("head found after FLUSHALL")
 	}
 	v.Stop()
 	start := time.Now()
-	if _, ok := c.GetPage(ctx, k); ok {
-		t.Error("hit while Valkey is down")
+	if _, ok, _ := lookup(k); ok { // error 1
+		t.Error("head found while Valkey is down")
 	}
 	c.PutPage(ctx, k, want)
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("a dead Valkey cost %v", d)
 	}
 
-	for result, n := range map[string]float64{"hit": 1, "miss": 6, "error": 1} {
+	for result, n := range map[string]float64{"hit": 1, "miss": 7, "error": 1} {
 		if got := counterValue(t, reg, result); got != n {
 			t.Errorf("parley_cache_requests_total{result=%q} = %v, want %v", result, got, n)
 		}
+	}
+}
+
+// TestHeadsNeverGoBack checks the orders in which a reader's RecordHead (of
+// a last_seq read before a commit) and the writer's AdvanceHead can land,
+// and that a deleted conversation stays deleted.
+func TestHeadsNeverGoBack(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestPages(t, testenv.ValkeyURL(t))
+	ctx := t.Context()
+	owner := uuid.New()
+	head := func(id uuid.UUID) (conversation.Head, bool) {
+		h, ok, _, _ := c.Lookup(ctx, conversation.PageKey{ConversationID: id, Size: 50})
+		return h, ok
+	}
+
+	// The writer advances first, the stale reader records after.
+	a := uuid.New()
+	c.AdvanceHead(ctx, a, 7)
+	if _, ok := head(a); ok {
+		t.Error("a head without its owner was served")
+	}
+	c.RecordHead(ctx, a, conversation.Head{Owner: owner, LastSeq: 5})
+	if h, ok := head(a); !ok || h.LastSeq != 7 || h.Owner != owner {
+		t.Errorf("advance then stale record: %+v %v, want last_seq 7 of %s", h, ok, owner)
+	}
+
+	// The stale reader records first, the writer advances after.
+	b := uuid.New()
+	c.RecordHead(ctx, b, conversation.Head{Owner: owner, LastSeq: 5})
+	c.AdvanceHead(ctx, b, 7)
+	c.AdvanceHead(ctx, b, 6) // a slower writer of an earlier turn
+	if h, ok := head(b); !ok || h.LastSeq != 7 || h.Owner != owner {
+		t.Errorf("record then advance: %+v %v, want last_seq 7", h, ok)
+	}
+
+	c.DeleteHead(ctx, b)
+	c.RecordHead(ctx, b, conversation.Head{Owner: owner, LastSeq: 7}) // a reader from before the delete
+	c.AdvanceHead(ctx, b, 9)
+	if h, ok := head(b); !ok || !h.Deleted {
+		t.Errorf("after delete: %+v %v, want deleted", h, ok)
 	}
 }
 
@@ -135,7 +200,8 @@ func labelIs(m *dto.Metric, name, value string) bool {
 	return false
 }
 
-func BenchmarkPagesGetHit(b *testing.B) {
+// BenchmarkPagesLookupHit is a cached ListMessages' whole use of Valkey.
+func BenchmarkPagesLookupHit(b *testing.B) {
 	client := testenv.ValkeyClient(b, testenv.ValkeyURL(b))
 	c, err := NewPages(client, time.Minute, prometheus.NewRegistry())
 	if err != nil {
@@ -143,8 +209,10 @@ func BenchmarkPagesGetHit(b *testing.B) {
 	}
 	k := conversation.PageKey{ConversationID: uuid.New(), LastSeq: 1000, Order: conversation.OrderNewestFirst, Size: 50}
 	c.PutPage(b.Context(), k, testPage(k.ConversationID, 50))
+	c.RecordHead(b.Context(), k.ConversationID, conversation.Head{Owner: uuid.New(), LastSeq: 1000})
+	b.ReportAllocs()
 	for b.Loop() {
-		if _, ok := c.GetPage(b.Context(), k); !ok {
+		if _, _, _, ok := c.Lookup(b.Context(), k); !ok {
 			b.Fatal("miss")
 		}
 	}
@@ -154,7 +222,7 @@ func BenchmarkEncodeDecodePage(b *testing.B) {
 	id := uuid.New()
 	p := testPage(id, 50)
 	for b.Loop() {
-		if _, err := decodePage(id, encodePage(p)); err != nil {
+		if _, _, err := decodePage(id, encodePage(7, p)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -155,16 +155,17 @@ type Store interface {
 	// returns the stored messages with Replayed set; the caller checks that
 	// they match.
 	SaveTurn(ctx context.Context, id uuid.UUID, s Scope, turnID string, msgs []NewMessage) (SavedTurn, error)
-	// LastSeq returns the conversation's last_seq: the access check and the
-	// cache key of ListMessages in one primary-key lookup.
-	LastSeq(ctx context.Context, id uuid.UUID, s Scope) (int64, error)
+	// Head returns the conversation's owner and last_seq: the access check
+	// and the page key of ListMessages in one primary-key lookup.
+	Head(ctx context.Context, id uuid.UUID, s Scope) (Head, error)
 	// ListMessages returns the messages in r without an access check.
 	ListMessages(ctx context.Context, r MessageRange) ([]Message, error)
 }
 
 // PageKey identifies a cached ListMessages page. LastSeq is the
-// conversation's last_seq when the page was read, so a saved turn changes
-// every key of its conversation: a cached page is never stale, only unused.
+// conversation's last_seq when the page was read: a page is served only
+// while its conversation's head still has that last_seq, so a saved turn
+// retires every cached page of its conversation.
 type PageKey struct {
 	ConversationID uuid.UUID
 	LastSeq        int64
@@ -182,12 +183,42 @@ type CachedPage struct {
 	More bool
 }
 
-// PageCache caches ListMessages pages. It is an optimisation only: a failing
-// or empty cache makes ListMessages slower, never wrong, so implementations
-// report misses and errors alike as a miss.
+// Head is what ListMessages must know of a conversation before it can pick
+// a page: its owner, for the access check, and its last_seq.
+type Head struct {
+	Owner   uuid.UUID
+	LastSeq int64
+	// Deleted marks a deleted conversation: ids are never reused, so it
+	// answers not found for as long as the mark is kept.
+	Deleted bool
+}
+
+// PageCache caches conversation heads and ListMessages pages, so that a
+// ListMessages of an unchanged conversation needs neither the store nor more
+// than one round trip. It is an optimisation only: a failing or empty cache
+// makes ListMessages slower, never wrong, so implementations report misses
+// and errors alike as a miss.
+//
+// Heads are kept current by the writers: AdvanceHead after every committed
+// (or replayed) turn and DeleteHead after a delete, each before the caller is
+// answered, so a reader never misses a turn whose SaveTurn has answered. A
+// writer that dies between its commit and AdvanceHead leaves the head behind
+// until the turn is retried, the next turn is saved or the head expires, so
+// implementations keep heads briefly (seconds).
 type PageCache interface {
-	GetPage(ctx context.Context, k PageKey) (CachedPage, bool)
+	// Lookup returns the conversation's cached head and, when the page k
+	// names (k.LastSeq aside) was cached at that head's last_seq, the page.
+	Lookup(ctx context.Context, k PageKey) (h Head, headOK bool, p CachedPage, pageOK bool)
+	// PutPage caches p as the page k names, at k.LastSeq.
 	PutPage(ctx context.Context, k PageKey, p CachedPage)
+	// RecordHead caches a head read from the store. It never moves a cached
+	// last_seq back and never revives a deleted conversation.
+	RecordHead(ctx context.Context, id uuid.UUID, h Head)
+	// AdvanceHead moves a cached head's last_seq forward to lastSeq (never
+	// back) after a turn was committed.
+	AdvanceHead(ctx context.Context, id uuid.UUID, lastSeq int64)
+	// DeleteHead marks the conversation deleted.
+	DeleteHead(ctx context.Context, id uuid.UUID)
 }
 
 // Notifier rings every replica's doorbell after a committed change:

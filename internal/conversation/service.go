@@ -158,6 +158,9 @@ func (s *Service) DeleteConversation(ctx context.Context, p auth.Principal, id u
 	if err := s.store.DeleteConversation(ctx, id, Scope{UserID: p.ID}); err != nil {
 		return err
 	}
+	if s.cache != nil {
+		s.cache.DeleteHead(ctx, id)
+	}
 	s.notify(ctx, id, -1)
 	return nil
 }
@@ -179,13 +182,22 @@ func (s *Service) SaveTurn(ctx context.Context, p auth.Principal, t Turn) (Saved
 	if err != nil {
 		return SavedTurn{}, err
 	}
+	last := saved.Messages[len(saved.Messages)-1].Seq
 	if saved.Replayed {
 		if !sameTurn(saved.Messages, msgs) {
 			return SavedTurn{}, ErrTurnConflict
 		}
+		// The first attempt may have died between its commit and advancing
+		// the head; the retry repairs it (AdvanceHead never moves back).
+		if s.cache != nil {
+			s.cache.AdvanceHead(ctx, t.ConversationID, last)
+		}
 		return saved, nil
 	}
-	s.notify(ctx, t.ConversationID, saved.Messages[len(saved.Messages)-1].Seq)
+	if s.cache != nil {
+		s.cache.AdvanceHead(ctx, t.ConversationID, last)
+	}
+	s.notify(ctx, t.ConversationID, last)
 	return saved, nil
 }
 
@@ -240,8 +252,8 @@ func (s *Service) notify(ctx context.Context, id uuid.UUID, lastSeq int64) {
 }
 
 // ListMessages returns one page of a conversation's messages, keyset-paged
-// on seq. Pages come from the cache when possible, keyed by the
-// conversation's current last_seq, so a page never misses a saved turn.
+// on seq. Pages come from the cache when possible, at the conversation's
+// current last_seq, so a page never misses a turn whose SaveTurn answered.
 func (s *Service) ListMessages(ctx context.Context, p auth.Principal, r ListMessagesRequest) (MessagePage, error) {
 	scope, err := scopeOf(p)
 	if err != nil {
@@ -271,32 +283,54 @@ func (s *Service) ListMessages(ctx context.Context, p auth.Principal, r ListMess
 		cursor = tok.Seq
 	}
 
-	last, err := s.store.LastSeq(ctx, r.ConversationID, scope)
+	k := PageKey{ConversationID: r.ConversationID, Order: order, Cursor: cursor, Size: size}
+	cp, err := s.page(ctx, scope, k)
 	if err != nil {
 		return MessagePage{}, err
 	}
-	page := MessagePage{ConversationID: r.ConversationID}
-	if last == 0 {
-		return page, nil
-	}
-	cp, err := s.messagePage(ctx, PageKey{ConversationID: r.ConversationID, LastSeq: last, Order: order, Cursor: cursor, Size: size})
-	if err != nil {
-		return MessagePage{}, err
-	}
-	page.Messages = cp.Messages
+	page := MessagePage{ConversationID: r.ConversationID, Messages: cp.Messages}
 	if cp.More && len(cp.Messages) > 0 {
 		page.NextPageToken = encodeMessageToken(messageToken{Order: order, Seq: cp.Messages[len(cp.Messages)-1].Seq})
 	}
 	return page, nil
 }
 
-// messagePage reads the page k names from the cache, or from the store
-// (bounded by k.LastSeq, so the page is exactly what k names) and caches it.
-func (s *Service) messagePage(ctx context.Context, k PageKey) (CachedPage, error) {
+// page returns the page k names (k.LastSeq aside) at the conversation's
+// current last_seq. An unchanged conversation's page comes from the cache in
+// one lookup; otherwise the head comes from the store, which checks access,
+// and the page from the cache or the store.
+func (s *Service) page(ctx context.Context, scope Scope, k PageKey) (CachedPage, error) {
 	if s.cache != nil {
-		if cp, ok := s.cache.GetPage(ctx, k); ok {
-			return cp, nil
+		h, ok, cp, pageOK := s.cache.Lookup(ctx, k)
+		if ok {
+			// Owners never change, so a cached owner answers the access
+			// check as the store would.
+			if h.Deleted || (!scope.Any() && h.Owner != scope.UserID) {
+				return CachedPage{}, ErrNotFound
+			}
+			if pageOK {
+				return cp, nil
+			}
+			k.LastSeq = h.LastSeq
+			return s.readPage(ctx, k)
 		}
+	}
+	h, err := s.store.Head(ctx, k.ConversationID, scope)
+	if err != nil {
+		return CachedPage{}, err
+	}
+	if s.cache != nil {
+		s.cache.RecordHead(ctx, k.ConversationID, h)
+	}
+	k.LastSeq = h.LastSeq
+	return s.readPage(ctx, k)
+}
+
+// readPage reads the page k names from the store, bounded by k.LastSeq so
+// the page is exactly what k names, and caches it.
+func (s *Service) readPage(ctx context.Context, k PageKey) (CachedPage, error) {
+	if k.LastSeq == 0 {
+		return CachedPage{}, nil
 	}
 	rng := MessageRange{ConversationID: k.ConversationID, Order: k.Order, Before: k.LastSeq + 1, Limit: k.Size + 1}
 	if k.Order == OrderNewestFirst {

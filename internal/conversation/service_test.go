@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -474,6 +475,14 @@ func TestAccess(t *testing.T) {
 		t.Errorf("stranger's ListConversations = %+v, %v", page, err)
 	}
 
+	// Also when the head is cached: the owner's read caches it.
+	if _, err := r.svc.ListMessages(ctx, owner, conversation.ListMessagesRequest{ConversationID: c.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.svc.ListMessages(ctx, stranger, conversation.ListMessagesRequest{ConversationID: c.ID}); !errors.Is(err, conversation.ErrNotFound) {
+		t.Errorf("ListMessages by a stranger with the head cached = %v, want ErrNotFound", err)
+	}
+
 	// Agents reach any conversation for turns and reads, nothing user-scoped.
 	if _, err := r.svc.GetConversation(ctx, agent, c.ID); err != nil {
 		t.Errorf("agent GetConversation: %v", err)
@@ -587,5 +596,75 @@ func BenchmarkListMessagesCached(b *testing.B) {
 		if page, err := rs[0].svc.ListMessages(b.Context(), owner, req); err != nil || len(page.Messages) != 50 {
 			b.Fatal(err)
 		}
+	}
+}
+
+// countingStore counts the store calls of ListMessages.
+type countingStore struct {
+	*postgres.ConversationStore
+	heads, reads atomic.Int64
+}
+
+func (s *countingStore) Head(ctx context.Context, id uuid.UUID, sc conversation.Scope) (conversation.Head, error) {
+	s.heads.Add(1)
+	return s.ConversationStore.Head(ctx, id, sc)
+}
+
+func (s *countingStore) ListMessages(ctx context.Context, r conversation.MessageRange) ([]conversation.Message, error) {
+	s.reads.Add(1)
+	return s.ConversationStore.ListMessages(ctx, r)
+}
+
+// TestListMessagesCachedWithoutStore checks that a ListMessages of an
+// unchanged conversation asks PostgreSQL nothing, that a saved turn costs the
+// next reader one page read and no head read, and that a deleted
+// conversation is not found through the cache.
+func TestListMessagesCachedWithoutStore(t *testing.T) {
+	t.Parallel()
+	rs := newReplicas(t, 1, "")
+	r := rs[0]
+	owner := seedUser(t, r.db)
+	c := create(t, r, owner)
+	saveTurn(t, r, owner, c.ID, "t1", "u1", "a1")
+	pages, err := cache.NewPages(testenv.ValkeyClient(t, testenv.ValkeyURL(t)), time.Minute, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &countingStore{ConversationStore: r.store}
+	svc := conversation.NewService(store, conversation.Options{Cache: pages, Log: slog.New(slog.DiscardHandler)})
+	list := func() []int64 {
+		t.Helper()
+		page, err := svc.ListMessages(t.Context(), owner, conversation.ListMessagesRequest{ConversationID: c.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seqsOf(page.Messages)
+	}
+	calls := func() [2]int64 { return [2]int64{store.heads.Load(), store.reads.Load()} }
+
+	if got := list(); !slices.Equal(got, []int64{2, 1}) {
+		t.Fatalf("first read: %v", got)
+	}
+	if got := calls(); got != [2]int64{1, 1} {
+		t.Fatalf("first read: %v head and page reads, want 1 1", got)
+	}
+	for range 3 {
+		list()
+	}
+	if got := calls(); got != [2]int64{1, 1} {
+		t.Errorf("cached reads asked the store: %v head and page reads in all, want 1 1", got)
+	}
+	saveTurn(t, r, owner, c.ID, "t2", "u2", "a2")
+	if got := list(); !slices.Equal(got, []int64{4, 3, 2, 1}) {
+		t.Fatalf("after a turn: %v", got)
+	}
+	if got := calls(); got != [2]int64{1, 2} {
+		t.Errorf("after a turn: %v head and page reads in all, want 1 2", got)
+	}
+	if err := r.svc.DeleteConversation(t.Context(), owner, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.ListMessages(t.Context(), owner, conversation.ListMessagesRequest{ConversationID: c.ID}); !errors.Is(err, conversation.ErrNotFound) {
+		t.Errorf("after delete: %v, want ErrNotFound", err)
 	}
 }

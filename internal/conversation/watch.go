@@ -59,11 +59,11 @@ func (s *Service) WatchMessages(ctx context.Context, p auth.Principal, id uuid.U
 	if s.hub == nil {
 		return nil, fmt.Errorf("watch messages: no hub configured")
 	}
-	last, err := s.store.LastSeq(ctx, id, scope)
+	h, err := s.store.Head(ctx, id, scope)
 	if err != nil {
 		return nil, err
 	}
-	return &Watch{store: s.store, sub: s.hub.Subscribe(id, last), id: id, pos: afterSeq}, nil
+	return &Watch{store: s.store, sub: s.hub.Subscribe(id, h.LastSeq), id: id, pos: afterSeq}, nil
 }
 
 // Ready receives a value when Next may have more to return.

@@ -64,9 +64,9 @@ SELECT seq, id, role, created_at FROM msg ORDER BY seq`
  WHERE t.conversation_id = $1::uuid AND t.turn_id = $3::text
  ORDER BY m.seq`
 
-	// LastSeqSQL is ListMessages' access check and cache key: one primary-key
-	// lookup. $1 conversation id, $2 owner or NULL.
-	LastSeqSQL = `SELECT last_seq FROM conversations WHERE id = $1::uuid AND ($2::uuid IS NULL OR user_id = $2::uuid)`
+	// LastSeqSQL is ListMessages' access check and page key when the cache
+	// has no head: one primary-key lookup. $1 conversation id, $2 owner or NULL.
+	LastSeqSQL = `SELECT last_seq, user_id FROM conversations WHERE id = $1::uuid AND ($2::uuid IS NULL OR user_id = $2::uuid)`
 
 	// ListMessagesNewestSQL and ListMessagesOldestSQL are keyset pages on the
 	// messages primary key: an index range scan stopped by the LIMIT, whose
@@ -230,17 +230,17 @@ func (s *ConversationStore) replayTurn(ctx context.Context, id uuid.UUID, scope 
 	return saved, nil
 }
 
-// LastSeq implements conversation.Store.
-func (s *ConversationStore) LastSeq(ctx context.Context, id uuid.UUID, scope conversation.Scope) (int64, error) {
-	var last int64
-	err := s.db.QueryRowContext(ctx, LastSeqSQL, id, scopeArg(scope)).Scan(&last)
+// Head implements conversation.Store.
+func (s *ConversationStore) Head(ctx context.Context, id uuid.UUID, scope conversation.Scope) (conversation.Head, error) {
+	var h conversation.Head
+	err := s.db.QueryRowContext(ctx, LastSeqSQL, id, scopeArg(scope)).Scan(&h.LastSeq, &h.Owner)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, conversation.ErrNotFound
+		return conversation.Head{}, conversation.ErrNotFound
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read last seq: %w", err)
+		return conversation.Head{}, fmt.Errorf("read conversation head: %w", err)
 	}
-	return last, nil
+	return h, nil
 }
 
 // ListMessages implements conversation.Store.

@@ -171,8 +171,8 @@ func TestConversationStoreScope(t *testing.T) {
 	if _, err := s.SaveTurn(ctx, c.ID, theirs, "x", convMsgs("u", "")); err != conversation.ErrNotFound {
 		t.Errorf("SaveTurn replay by other = %v, want ErrNotFound", err)
 	}
-	if _, err := s.LastSeq(ctx, c.ID, theirs); err != conversation.ErrNotFound {
-		t.Errorf("LastSeq by other = %v", err)
+	if _, err := s.Head(ctx, c.ID, theirs); err != conversation.ErrNotFound {
+		t.Errorf("Head by other = %v", err)
 	}
 	if _, err := s.GetConversation(ctx, c.ID, theirs); err != conversation.ErrNotFound {
 		t.Errorf("GetConversation by other = %v", err)
@@ -180,8 +180,8 @@ func TestConversationStoreScope(t *testing.T) {
 	if err := s.DeleteConversation(ctx, c.ID, theirs); err != conversation.ErrNotFound {
 		t.Errorf("DeleteConversation by other = %v", err)
 	}
-	if last, err := s.LastSeq(ctx, c.ID, conversation.Scope{}); err != nil || last != 1 {
-		t.Errorf("LastSeq any = %d, %v", last, err)
+	if h, err := s.Head(ctx, c.ID, conversation.Scope{}); err != nil || h.LastSeq != 1 || h.Owner != mine.UserID {
+		t.Errorf("Head any = %+v, %v; want last_seq 1 owned by %s", h, err, mine.UserID)
 	}
 	if err := s.DeleteConversation(ctx, c.ID, mine); err != nil {
 		t.Fatal(err)
