@@ -216,7 +216,8 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	}
 	roomStore := postgres.NewRoomStore(a.db)
 	a.goBackground(ctx, func(ctx context.Context) { pruneExpired(ctx, roomStore, accounts, log) })
-	rooms := room.NewService(roomStore, lk, room.Options{Log: log})
+	var outbox *file.Worker // made below, before anything serves the webhook
+	rooms := room.NewService(roomStore, lk, room.Options{Log: log, RecordingsQueued: func() { outbox.Wake() }})
 	a.closers = append(a.closers, rooms.Close)
 
 	pages, err := cache.NewPages(a.valkey, 10*time.Minute, reg)
@@ -246,7 +247,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		}
 	}
 	fileStore := postgres.NewFileStore(a.db)
-	outbox := file.NewWorker(fileStore, blobs, file.WorkerOptions{Log: log})
+	outbox = file.NewWorker(fileStore, blobs, file.WorkerOptions{Log: log})
 	a.goBackground(ctx, func(ctx context.Context) { _ = outbox.Run(ctx) })
 	files, err := file.NewService(fileStore, blobs, conversationStore, file.Options{
 		ContentTypes: contentTypes,

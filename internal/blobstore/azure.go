@@ -1,7 +1,9 @@
 // Package blobstore keeps file bytes: in Azure Blob storage (Azurite in
 // tests), or in a local directory for `parley dev`, whose signed URLs Parley
-// serves itself. Both implement file.Blobs and accept only the names
-// file.BlobName makes, so no user text ever reaches a storage path.
+// serves itself. Both implement file.Blobs and write only the names
+// file.BlobName and file.StagingBlobName make, so no user text ever reaches
+// a storage path; they read and delete, besides, the names LiveKit egress
+// chose for its recordings, confined to the container.
 package blobstore
 
 import (
@@ -133,6 +135,14 @@ func (a *Azure) blockBlob(name string) (*blockblob.Client, error) {
 	return a.container.NewBlockBlobClient(name), nil
 }
 
+// sourceBlob is blockBlob for the names checkSourceName allows.
+func (a *Azure) sourceBlob(name string) (*blockblob.Client, error) {
+	if err := checkSourceName(name); err != nil {
+		return nil, err
+	}
+	return a.container.NewBlockBlobClient(name), nil
+}
+
 // notFound translates storage's "no such blob" into file.ErrBlobNotFound.
 // HEAD answers carry no error body, hence the status check.
 func notFound(err error) bool {
@@ -195,12 +205,13 @@ func (a *Azure) Open(ctx context.Context, name string) (io.ReadCloser, error) {
 	return resp.Body, nil
 }
 
-// Copy implements file.Blobs with Copy Blob inside the container, which
+// Copy implements file.Blobs with Copy Blob inside the container (src may
+// be a name egress chose, see checkSourceName), which
 // needs no SAS for a source in the same account, and waits for the copy to
 // finish. CopyCreate sends If-None-Match: *, so storage itself refuses an
 // existing destination.
 func (a *Azure) Copy(ctx context.Context, src, dst string, mode file.CopyMode) error {
-	sb, err := a.blockBlob(src)
+	sb, err := a.sourceBlob(src)
 	if err != nil {
 		return err
 	}
@@ -268,7 +279,7 @@ func (a *Azure) breakLease(ctx context.Context, bb *blockblob.Client, name strin
 
 // Delete implements file.Blobs. A leased blob's lease is broken first.
 func (a *Azure) Delete(ctx context.Context, name string) error {
-	bb, err := a.blockBlob(name)
+	bb, err := a.sourceBlob(name)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/google/uuid"
 
 	"github.com/parley-dev/parley/internal/blobstore"
@@ -160,9 +161,74 @@ func TestNamesOtherThanServerIDsAreRefused(t *testing.T) {
 				if _, err := b.DownloadURL(ctx, name, file.DownloadSpec{Expires: time.Now().Add(time.Minute)}); err == nil {
 					t.Errorf("DownloadURL(%q) succeeded", name)
 				}
-				if err := b.Delete(ctx, name); err == nil {
-					t.Errorf("Delete(%q) succeeded", name)
+				if _, err := b.Stat(ctx, name); !errors.Is(err, file.ErrInvalidBlobName) {
+					t.Errorf("Stat(%q) = %v, want ErrInvalidBlobName", name, err)
 				}
+			}
+			// Copy's source and Delete also take the names egress chose,
+			// but none that leaves the container or reaches a hidden file.
+			for _, name := range []string{"../../etc/passwd", id + "/../../" + id, "/" + id + "/" + id, "a//b", "a/./b",
+				".signing-key", "x/.upload-1", `a\b`, "a/b\x00", "a/" + strings.Repeat("b", 1024)} {
+				if err := b.Delete(ctx, name); !errors.Is(err, file.ErrInvalidBlobName) {
+					t.Errorf("Delete(%q) = %v, want ErrInvalidBlobName", name, err)
+				}
+				if err := b.Copy(ctx, name, newName(), file.CopyReplace); !errors.Is(err, file.ErrInvalidBlobName) {
+					t.Errorf("Copy(%q, ...) = %v, want ErrInvalidBlobName", name, err)
+				}
+			}
+		})
+	}
+}
+
+// TestCopyFromEgressNames moves a recording written the way LiveKit egress
+// writes it, under a name of its own, to a file's blob name.
+func TestCopyFromEgressNames(t *testing.T) {
+	t.Parallel()
+	conn, containerName := testenv.AzuriteContainer(t)
+	az, err := blobstore.NewAzure(t.Context(), conn, containerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	egressWrite := map[string]func(name string, data []byte){
+		"azure": func(name string, data []byte) {
+			c, err := container.NewClientFromConnectionString(conn, containerName, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.NewBlockBlobClient(name).UploadBuffer(t.Context(), data, nil); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"dir": func(name string, data []byte) {
+			p := filepath.Join(root, filepath.FromSlash(name))
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for kind, b := range map[string]file.Blobs{"azure": az, "dir": newDir(t, root)} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			source := "recordings/parley-" + uuid.NewString() + "/EG_1 (final).mp4"
+			data := randomBytes(70 << 10)
+			egressWrite[kind](source, data)
+			dst := newName()
+			if err := b.Copy(ctx, source, dst, file.CopyReplace); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Delete(ctx, source); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Copy(ctx, source, newName(), file.CopyReplace); !errors.Is(err, file.ErrBlobNotFound) {
+				t.Errorf("Copy after deleting the source = %v, want ErrBlobNotFound", err)
+			}
+			if got := readBlob(t, b, dst); !bytes.Equal(got, data) {
+				t.Fatal("the copy differs from what egress wrote")
 			}
 		})
 	}

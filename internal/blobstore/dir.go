@@ -102,6 +102,14 @@ func (d *Dir) path(name string) (string, error) {
 	return filepath.Join(d.root, filepath.FromSlash(name)), nil
 }
 
+// sourcePath is path for the names checkSourceName allows.
+func (d *Dir) sourcePath(name string) (string, error) {
+	if err := checkSourceName(name); err != nil {
+		return "", err
+	}
+	return filepath.Join(d.root, filepath.FromSlash(name)), nil
+}
+
 // Put implements file.Blobs: the bytes go to a temporary file that is
 // renamed into place, so a blob is either whole or absent.
 func (d *Dir) Put(_ context.Context, name string, r io.Reader, _ string) error {
@@ -175,13 +183,14 @@ func (d *Dir) Open(_ context.Context, name string) (io.ReadCloser, error) {
 	return f, nil
 }
 
-// Copy implements file.Blobs with a hard link: no bytes are copied, and
+// Copy implements file.Blobs with a hard link (src may be a name egress
+// chose, see checkSourceName): no bytes are copied, and
 // since every write here replaces a file by renaming a new one over it,
 // never writing into one, the copy keeps the bytes src had. CopyCreate
 // links straight to dst, which the file system refuses if dst exists;
 // CopyReplace links beside dst and renames over it.
 func (d *Dir) Copy(_ context.Context, src, dst string, mode file.CopyMode) error {
-	sp, err := d.path(src)
+	sp, err := d.sourcePath(src)
 	if err != nil {
 		return err
 	}
@@ -215,7 +224,7 @@ func (d *Dir) Copy(_ context.Context, src, dst string, mode file.CopyMode) error
 
 // Delete implements file.Blobs.
 func (d *Dir) Delete(_ context.Context, name string) error {
-	p, err := d.path(name)
+	p, err := d.sourcePath(name)
 	if err != nil {
 		return err
 	}

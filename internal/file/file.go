@@ -1,6 +1,6 @@
 // Package file holds the files attached to conversations: uploads through
-// the API or straight to blob storage, agents' recordings, and conversation
-// exports. Blobs are named only by server-made ids; a user's filename is
+// the API or straight to blob storage, agents' and LiveKit egress's
+// recordings, and conversation exports. Blobs are named only by server-made ids; a user's filename is
 // display metadata. Blobs are removed after the database commit through a
 // durable outbox, so neither a crash nor a failing store leaves a row
 // pointing at nothing or a blob nobody owns. The package knows nothing of
@@ -121,6 +121,27 @@ type Store interface {
 	// succeeded on and postpones or parks the others as the Retry del
 	// returned says. It returns how many entries it took.
 	DeleteDueBlobs(ctx context.Context, limit int, del func(ctx context.Context, d Deletion) (Retry, error)) (int, error)
+	// ImportDueRecordings takes up to limit due recording imports that no
+	// other replica holds and calls imp for each. When imp succeeds, one
+	// transaction stores the file it returns (READY, under its BlobName),
+	// removes the import and queues its source blob for deletion; a
+	// conversation that is gone by then gets no file, and both blobs are
+	// queued instead. A failed import is postponed or parked as the Retry
+	// says. It returns how many imports it took.
+	ImportDueRecordings(ctx context.Context, limit int, imp func(ctx context.Context, ri RecordingImport) (File, Retry, error)) (int, error)
+}
+
+// RecordingImport is a recording LiveKit egress wrote under a name of its
+// own choosing, queued to become a file under the file's BlobName.
+type RecordingImport struct {
+	ID int64
+	// File is the file to be, READY and of kind RECORDING; its size is what
+	// egress reported.
+	File File
+	// Source is the name egress wrote the blob under.
+	Source string
+	// Attempts counts the failed attempts so far.
+	Attempts int
 }
 
 // Retry is what becomes of an outbox entry whose attempt failed.

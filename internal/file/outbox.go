@@ -32,12 +32,13 @@ type WorkerOptions struct {
 	Log         *slog.Logger
 }
 
-// Worker drains the blob-deletion outbox: every replica runs one, and
-// FOR UPDATE SKIP LOCKED in the store hands each entry to one of them. A
-// failed deletion is retried with exponential backoff, so a blob outlives
-// its row only while storage is failing. An entry that cannot succeed (a
-// name the store refuses) or has failed MaxAttempts times is parked: kept,
-// never taken again, and logged as an error.
+// Worker drains the outboxes of blobs: recordings to import and blobs to
+// delete. Every replica runs one, and FOR UPDATE SKIP LOCKED in the store
+// hands each entry to one of them. A failed entry is retried with
+// exponential backoff, so a blob outlives its row only while storage is
+// failing. An entry that cannot succeed (a name the store refuses, a
+// recording that is not there) or has failed MaxAttempts times is parked:
+// kept, never taken again, and logged as an error.
 type Worker struct {
 	store Store
 	blobs Blobs
@@ -103,8 +104,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
-// RunOnce deletes expired PENDING files, then takes due outbox entries in
-// batches until none is left, and returns how many entries it took.
+// RunOnce deletes expired PENDING files, imports due recordings, then
+// takes due deletions in batches until none is left, and returns how many
+// entries it took.
 func (w *Worker) RunOnce(ctx context.Context) (int, error) {
 	for {
 		n, err := w.store.ExpirePending(ctx, time.Now().Add(-w.opts.PendingTTL), w.opts.Batch)
@@ -116,6 +118,16 @@ func (w *Worker) RunOnce(ctx context.Context) (int, error) {
 		}
 	}
 	total := 0
+	for {
+		n, err := w.store.ImportDueRecordings(ctx, w.opts.Batch, w.importRecording)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("import recordings: %w", err)
+		}
+		if n < w.opts.Batch {
+			break
+		}
+	}
 	for {
 		n, err := w.store.DeleteDueBlobs(ctx, w.opts.Batch, w.deleteBlob)
 		total += n
@@ -135,13 +147,31 @@ func (w *Worker) deleteBlob(ctx context.Context, d Deletion) (Retry, error) {
 	if err == nil {
 		return Retry{}, nil
 	}
-	return w.retry(ctx, "delete blob", d.BlobName, d.Attempts, err), err
+	return w.retry(ctx, "delete blob", d.BlobName, d.Attempts, err, errors.Is(err, ErrInvalidBlobName)), err
+}
+
+// importRecording copies a recording to its file's blob name, replacing
+// whatever an earlier attempt that died left there, and returns the file
+// with the size storage reports.
+func (w *Worker) importRecording(ctx context.Context, ri RecordingImport) (File, Retry, error) {
+	f := ri.File
+	err := w.blobs.Copy(ctx, ri.Source, f.BlobName(), CopyReplace)
+	if err == nil {
+		var info BlobInfo
+		if info, err = w.blobs.Stat(ctx, f.BlobName()); err == nil {
+			f.SizeBytes = info.Size
+			return f, Retry{}, nil
+		}
+	}
+	err = fmt.Errorf("import recording to %s: %w", f.BlobName(), err)
+	permanent := errors.Is(err, ErrInvalidBlobName) || errors.Is(err, ErrBlobNotFound)
+	return File{}, w.retry(ctx, "import recording", ri.Source, ri.Attempts, err, permanent), err
 }
 
 // retry decides what becomes of an outbox entry that failed its attempt
 // after attempts earlier failures, and logs it.
-func (w *Worker) retry(ctx context.Context, op, blob string, attempts int, err error) Retry {
-	if errors.Is(err, ErrInvalidBlobName) || attempts+1 >= w.opts.MaxAttempts {
+func (w *Worker) retry(ctx context.Context, op, blob string, attempts int, err error, permanent bool) Retry {
+	if permanent || attempts+1 >= w.opts.MaxAttempts {
 		w.opts.Log.ErrorContext(ctx, op+" failed; parked, will not retry",
 			slog.String("blob", blob), slog.Int("attempt", attempts+1), slog.String("error", err.Error()))
 		return Retry{Park: true}

@@ -105,6 +105,44 @@ RETURNING d.id, d.blob_name, d.attempts, EXISTS (SELECT 1 FROM files f WHERE f.b
  WHERE d.id = v.id`
 )
 
+// The recording import outbox, leased like blob_deletions.
+const (
+	leaseImportsSQL = `UPDATE recording_imports i
+   SET locked_until = now() + make_interval(secs => $2::float8)
+  FROM (SELECT id FROM recording_imports
+         WHERE due_at <= now() AND (locked_until IS NULL OR locked_until < now())
+         ORDER BY due_at
+         LIMIT $1
+         FOR UPDATE SKIP LOCKED) due
+ WHERE i.id = due.id
+RETURNING i.id, i.file_id, i.conversation_id, i.source_name, i.filename, i.content_type, i.size_bytes, i.existing, i.attempts`
+
+	// takeImportSQL removes the import in the transaction that files it; no
+	// row means another worker, whose lease this one outlived, filed it.
+	takeImportSQL = `DELETE FROM recording_imports WHERE id = $1::bigint`
+
+	// fileRecordingSQL stores a READY RECORDING file (2 and 2 in file.Kind
+	// and file.Status), unless its conversation is gone.
+	fileRecordingSQL = `INSERT INTO files (id, conversation_id, blob_name, filename, content_type, size_bytes, sha256, kind, status)
+SELECT $1::uuid, c.id, $3::text, $4::text, $5::text, $6::bigint, '', 2, 2
+  FROM conversations c WHERE c.id = $2::uuid
+ON CONFLICT (id) DO NOTHING`
+
+	// moveRecordingSQL points a recording filed by an earlier release at
+	// its own blob, unless it was deleted meanwhile.
+	moveRecordingSQL = `UPDATE files SET blob_name = $2::text, size_bytes = $3::bigint, updated_at = now() WHERE id = $1::uuid`
+
+	queueBlobSQL = `INSERT INTO blob_deletions (blob_name) VALUES ($1::text)`
+
+	retryImportSQL = `UPDATE recording_imports
+   SET attempts = attempts + 1,
+       due_at = CASE WHEN $4::boolean THEN 'infinity'::timestamptz ELSE now() + make_interval(secs => $2::float8) END,
+       parked_at = CASE WHEN $4::boolean THEN now() END,
+       locked_until = NULL,
+       last_error = $3::text
+ WHERE id = $1::bigint`
+)
+
 // deletionLease is how long a worker holds outbox entries it took; it
 // covers a batch of deletions with their timeouts.
 const deletionLease = 10 * time.Minute
@@ -327,4 +365,114 @@ func errorText(err error) string {
 		msg = strings.ToValidUTF8(msg[:maxErrorLen], "")
 	}
 	return msg
+}
+
+// recordingImport is a leased recording_imports row.
+type recordingImport struct {
+	file.RecordingImport
+	existing bool
+}
+
+// ImportDueRecordings implements file.Store. Imports are leased in one
+// short transaction, copied in storage with no transaction open, then each
+// filed or postponed in its own; a worker that dies between leaves them to
+// be taken again when the lease runs out, and the copy is redone.
+func (s *FileStore) ImportDueRecordings(ctx context.Context, limit int, imp func(context.Context, file.RecordingImport) (file.File, file.Retry, error)) (int, error) {
+	due, err := s.leaseImports(ctx, limit)
+	if err != nil {
+		return 0, err
+	}
+	for _, ri := range due {
+		f, retry, err := imp(ctx, ri.RecordingImport)
+		// The outcome is recorded even when ctx ended meanwhile: otherwise
+		// finished work would be redone after the lease.
+		octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		if err == nil {
+			err = s.fileRecording(octx, ri, f)
+		} else {
+			_, err = s.db.ExecContext(octx, retryImportSQL, ri.ID, retry.After.Seconds(), errorText(err), retry.Park)
+			if err != nil {
+				err = fmt.Errorf("postpone recording import: %w", err)
+			}
+		}
+		cancel()
+		if err != nil {
+			return len(due), err
+		}
+	}
+	return len(due), nil
+}
+
+func (s *FileStore) leaseImports(ctx context.Context, limit int) ([]recordingImport, error) {
+	rows, err := s.db.QueryContext(ctx, leaseImportsSQL, limit, deletionLease.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("lease recording imports: %w", err)
+	}
+	defer rows.Close()
+	var due []recordingImport
+	for rows.Next() {
+		var ri recordingImport
+		f := &ri.File
+		if err := rows.Scan(&ri.ID, &f.ID, &f.ConversationID, &ri.Source, &f.Filename, &f.ContentType, &f.SizeBytes,
+			&ri.existing, &ri.Attempts); err != nil {
+			return nil, fmt.Errorf("lease recording imports: scan: %w", err)
+		}
+		f.Kind, f.Status = file.KindRecording, file.StatusReady
+		due = append(due, ri)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lease recording imports: %w", err)
+	}
+	return due, nil
+}
+
+// fileRecording stores the file of an import whose blob was copied, and
+// queues the blobs no row names any longer.
+func (s *FileStore) fileRecording(ctx context.Context, ri recordingImport, f file.File) (err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("file recording: begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if n, err := rowsAffected(tx.ExecContext(ctx, takeImportSQL, ri.ID)); err != nil {
+		return fmt.Errorf("file recording: take import: %w", err)
+	} else if n == 0 {
+		return tx.Rollback()
+	}
+	var n int64
+	if ri.existing {
+		n, err = rowsAffected(tx.ExecContext(ctx, moveRecordingSQL, f.ID, f.BlobName(), f.SizeBytes))
+	} else {
+		n, err = rowsAffected(tx.ExecContext(ctx, fileRecordingSQL, f.ID, f.ConversationID, f.BlobName(), f.Filename,
+			f.ContentType, f.SizeBytes))
+	}
+	if err != nil {
+		return fmt.Errorf("file recording: %w", err)
+	}
+	unnamed := []string{ri.Source}
+	if n == 0 {
+		// The conversation, or the earlier release's row, is gone: so is
+		// the recording.
+		unnamed = append(unnamed, f.BlobName())
+	}
+	for _, name := range unnamed {
+		if _, err := tx.ExecContext(ctx, queueBlobSQL, name); err != nil {
+			return fmt.Errorf("file recording: queue blob deletion: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("file recording: commit: %w", err)
+	}
+	return nil
+}
+
+func rowsAffected(res sql.Result, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }

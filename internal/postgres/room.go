@@ -74,15 +74,20 @@ SELECT id, $2::text, $3::text, $4::text, $5::timestamptz FROM rooms WHERE liveki
 ON CONFLICT (room_id, session_id) DO UPDATE
    SET left_at = COALESCE(room_participants.left_at, EXCLUDED.left_at)`
 
-	// recordingSQL records an egress file as a READY file of kind RECORDING
-	// (2 and 2 in file.Kind and file.Status) on the room's conversation. The
-	// blob name is unique, so a redelivered egress adds nothing; a room
-	// whose conversation was deleted gets no file.
-	// $1 id, $2 livekit room, $3 blob name, $4 filename, $5 content type, $6 size.
-	recordingSQL = `INSERT INTO files (id, conversation_id, blob_name, filename, content_type, size_bytes, sha256, kind, status)
-SELECT $1::uuid, conversation_id, $3::text, $4::text, $5::text, $6::bigint, '', 2, 2
+	// importRecordingSQL queues an egress file for import as a file of the
+	// room's conversation (see recording_imports); egress's name is
+	// unique, so a redelivered egress adds nothing.
+	// $1 file id, $2 livekit room, $3 egress's blob name, $4 filename, $5 content type, $6 size.
+	importRecordingSQL = `INSERT INTO recording_imports (file_id, conversation_id, source_name, filename, content_type, size_bytes)
+SELECT $1::uuid, conversation_id, $3::text, $4::text, $5::text, $6::bigint
   FROM rooms WHERE livekit_room = $2::text AND conversation_id IS NOT NULL
-ON CONFLICT (blob_name) DO NOTHING`
+ON CONFLICT (source_name) DO NOTHING`
+
+	// dropRecordingSQL queues the deletion of an egress file of a room
+	// whose conversation, and with it the room's files, was deleted.
+	// $1 livekit room, $2 egress's blob name.
+	dropRecordingSQL = `INSERT INTO blob_deletions (blob_name)
+SELECT $2::text FROM rooms WHERE livekit_room = $1::text AND conversation_id IS NULL`
 
 	roomByLiveKitNameSQL = `SELECT ` + roomColumns + ` FROM rooms WHERE livekit_room = $1::text`
 
@@ -97,8 +102,8 @@ ON CONFLICT (blob_name) DO NOTHING`
 	pruneEventsSQL = `DELETE FROM livekit_events WHERE received_at < $1::timestamptz`
 )
 
-// RoomStore keeps rooms and their webhook-recorded participants, and files
-// egress recordings on their conversations. It implements room.Store and conversation.Rooms.
+// RoomStore keeps rooms and their webhook-recorded participants, and queues
+// egress recordings for import as files of their conversations. It implements room.Store and conversation.Rooms.
 type RoomStore struct {
 	db *sql.DB
 }
@@ -300,8 +305,11 @@ func applyEffect(ctx context.Context, tx *sql.Tx, e room.Event) error {
 			if idErr != nil {
 				return idErr
 			}
-			if _, err = tx.ExecContext(ctx, recordingSQL, id, e.LiveKitRoom, rec.BlobName,
+			if _, err = tx.ExecContext(ctx, importRecordingSQL, id, e.LiveKitRoom, rec.BlobName,
 				rec.Filename, rec.ContentType, rec.SizeBytes); err != nil {
+				break
+			}
+			if _, err = tx.ExecContext(ctx, dropRecordingSQL, e.LiveKitRoom, rec.BlobName); err != nil {
 				break
 			}
 		}
@@ -334,7 +342,8 @@ func (s *RoomStore) Sessions(ctx context.Context, roomID uuid.UUID) ([]room.Sess
 	return out, nil
 }
 
-// Recordings returns the recording files of a room's conversation.
+// Recordings returns the recording files of a room's conversation (imported
+// ones: BlobName is the file's own).
 func (s *RoomStore) Recordings(ctx context.Context, roomID uuid.UUID) ([]room.Recording, error) {
 	rows, err := s.db.QueryContext(ctx, recordingsSQL, roomID)
 	if err != nil {

@@ -1,8 +1,10 @@
 package postgres_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/file"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/room"
 	"github.com/parley-dev/parley/internal/testenv"
@@ -273,32 +276,167 @@ func TestRoomStoreEgressRecordings(t *testing.T) {
 	t.Parallel()
 	db := testenv.DB(t)
 	ctx := t.Context()
-	rooms := postgres.NewRoomStore(db)
-	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
-	r := roomCreate(t, rooms, owner, "r")
-	rec := room.Recording{EgressID: "EG_1", BlobName: "recordings/" + r.ID.String() + ".mp4", Location: "https://x/c/recordings/a.mp4",
-		Filename: r.ID.String() + ".mp4", SizeBytes: 1234, ContentType: "video/mp4"}
-	for _, id := range []string{"EV_eg", "EV_eg", "EV_eg_again"} {
+	rooms, files := postgres.NewRoomStore(db), postgres.NewFileStore(db)
+	accounts := postgres.NewAccountStore(db)
+	owner := roomSeedUser(t, accounts, "Ada")
+	egressEnded := func(id string, r room.Room, rec room.Recording) {
+		t.Helper()
 		if _, err := rooms.ApplyEvent(ctx, room.Event{ID: id, Kind: room.EventEgressEnded, LiveKitRoom: r.LiveKitRoom, Recordings: []room.Recording{rec}}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	recordingOf := func(r room.Room) room.Recording {
+		return room.Recording{EgressID: "EG_1", BlobName: "recordings/" + r.ID.String() + ".mp4", Location: "https://x/c/recordings/a.mp4",
+			Filename: r.ID.String() + ".mp4", SizeBytes: 1234, ContentType: "video/mp4"}
+	}
+	outbox := func() []string {
+		t.Helper()
+		var names []string
+		if err := db.NewSelect().Table("blob_deletions").Column("blob_name").Order("blob_name").Scan(ctx, &names); err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+	// importAll runs the import outbox with a copy that always works.
+	importAll := func() []file.RecordingImport {
+		t.Helper()
+		var seen []file.RecordingImport
+		if _, err := files.ImportDueRecordings(ctx, 10, func(_ context.Context, ri file.RecordingImport) (file.File, file.Retry, error) {
+			seen = append(seen, ri)
+			f := ri.File
+			f.SizeBytes = 4321 // what storage says, not what egress said
+			return f, file.Retry{}, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return seen
+	}
+
+	// Queued once however often it is delivered, filed by the import.
+	r := roomCreate(t, rooms, owner, "r")
+	rec := recordingOf(r)
+	for _, id := range []string{"EV_eg", "EV_eg", "EV_eg_again"} {
+		egressEnded(id, r, rec)
+	}
+	if got, err := rooms.Recordings(ctx, r.ID); err != nil || len(got) != 0 {
+		t.Fatalf("Recordings before the import = %+v, %v; want none", got, err)
+	}
+	seen := importAll()
+	if len(seen) != 1 || seen[0].Source != rec.BlobName || seen[0].File.ConversationID != r.ConversationID ||
+		seen[0].File.Kind != file.KindRecording || seen[0].File.Filename != rec.Filename || seen[0].File.SizeBytes != rec.SizeBytes {
+		t.Fatalf("imports = %+v, want the one recording", seen)
 	}
 	got, err := rooms.Recordings(ctx, r.ID)
 	if err != nil || len(got) != 1 {
 		t.Fatalf("Recordings = %+v, %v; want one", got, err)
 	}
-	want := rec
-	want.EgressID, want.Location = "", ""
+	want := room.Recording{BlobName: seen[0].File.BlobName(), Filename: rec.Filename, SizeBytes: 4321, ContentType: rec.ContentType}
 	if got[0] != want {
 		t.Errorf("recording = %+v, want %+v", got[0], want)
 	}
-	var kind, status int
-	var convID uuid.UUID
-	if err := db.DB.QueryRowContext(ctx, "SELECT kind, status, conversation_id FROM files WHERE blob_name = $1", rec.BlobName).Scan(&kind, &status, &convID); err != nil {
+	stored, err := files.GetFile(ctx, seen[0].File.ID, conversation.Scope{UserID: owner})
+	if err != nil || stored.Kind != file.KindRecording || stored.Status != file.StatusReady {
+		t.Errorf("file = %+v, %v; want a READY recording", stored, err)
+	}
+	if got := outbox(); !slices.Equal(got, []string{rec.BlobName}) {
+		t.Errorf("outbox = %v, want egress's original", got)
+	}
+	if again := importAll(); len(again) != 0 {
+		t.Errorf("imported again: %+v", again)
+	}
+
+	// A conversation deleted before the import: no file, both blobs go.
+	gone := roomCreate(t, rooms, owner, "gone")
+	goneRec := recordingOf(gone)
+	egressEnded("EV_gone", gone, goneRec)
+	if err := postgres.NewConversationStore(db).DeleteConversation(ctx, gone.ConversationID, conversation.Scope{}); err != nil {
 		t.Fatal(err)
 	}
-	if kind != 2 || status != 2 || convID != r.ConversationID {
-		t.Errorf("files row: kind %d, status %d, conversation %s; want RECORDING, READY, %s", kind, status, convID, r.ConversationID)
+	seen = importAll()
+	if len(seen) != 1 {
+		t.Fatalf("imports = %+v", seen)
+	}
+	if got := outbox(); !slices.Contains(got, goneRec.BlobName) || !slices.Contains(got, seen[0].File.BlobName()) {
+		t.Errorf("outbox = %v, want %s and %s", got, goneRec.BlobName, seen[0].File.BlobName())
+	}
+	// Egress finishing after the conversation's deletion: its blob goes.
+	late := recordingOf(gone)
+	late.BlobName += ".late"
+	egressEnded("EV_late", gone, late)
+	if seen := importAll(); len(seen) != 0 || !slices.Contains(outbox(), late.BlobName) {
+		t.Errorf("imports %+v, outbox %v; want no import and %s queued", seen, outbox(), late.BlobName)
+	}
+
+	// A failed import is postponed, a hopeless one parked.
+	failing := roomCreate(t, rooms, owner, "failing")
+	egressEnded("EV_failing", failing, recordingOf(failing))
+	for _, retry := range []file.Retry{{After: time.Millisecond}, {Park: true}} {
+		time.Sleep(5 * time.Millisecond)
+		n, err := files.ImportDueRecordings(ctx, 10, func(context.Context, file.RecordingImport) (file.File, file.Retry, error) {
+			return file.File{}, retry, errors.New("storage says no")
+		})
+		if err != nil || n != 1 {
+			t.Fatalf("ImportDueRecordings = %d, %v", n, err)
+		}
+	}
+	var (
+		attempts int
+		parked   bool
+		lastErr  string
+	)
+	if err := db.QueryRowContext(ctx, "SELECT attempts, parked_at IS NOT NULL, last_error FROM recording_imports").Scan(&attempts, &parked, &lastErr); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 2 || !parked || lastErr != "storage says no" {
+		t.Errorf("import: attempts %d, parked %v, last_error %q", attempts, parked, lastErr)
+	}
+	if seen := importAll(); len(seen) != 0 {
+		t.Errorf("a parked import was taken again: %+v", seen)
+	}
+}
+
+// TestRecordingImportMovesEarlierRecordings covers recordings an earlier
+// release filed under egress's blob name, which the migration queued.
+func TestRecordingImportMovesEarlierRecordings(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	ctx := t.Context()
+	rooms, files := postgres.NewRoomStore(db), postgres.NewFileStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	var ids []uuid.UUID
+	for i := range 2 {
+		r := roomCreate(t, rooms, owner, "old")
+		id, source := uuid.New(), fmt.Sprintf("recordings/old-%d.mp4", i)
+		ids = append(ids, id)
+		if _, err := db.ExecContext(ctx, `INSERT INTO files (id, conversation_id, blob_name, filename, content_type, size_bytes, kind, status)
+VALUES (?, ?, ?, 'old.mp4', 'video/mp4', 10, 2, 2)`, id, r.ConversationID, source); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.ExecContext(ctx, `INSERT INTO recording_imports (file_id, conversation_id, source_name, filename, content_type, size_bytes, existing)
+VALUES (?, ?, ?, 'old.mp4', 'video/mp4', 10, true)`, id, r.ConversationID, source); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The second is deleted before its import: the trigger queued egress's
+	// blob, and the import must not bring the row back.
+	if err := files.DeleteFile(ctx, ids[1], conversation.Scope{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := files.ImportDueRecordings(ctx, 10, func(_ context.Context, ri file.RecordingImport) (file.File, file.Retry, error) {
+		return ri.File, file.Retry{}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var blobName string
+	if err := db.QueryRowContext(ctx, "SELECT blob_name FROM files WHERE id = ?", ids[0]).Scan(&blobName); err != nil {
+		t.Fatal(err)
+	}
+	moved, err := files.GetFile(ctx, ids[0], conversation.Scope{})
+	if err != nil || blobName != moved.BlobName() {
+		t.Errorf("moved row names %q, want %q (%v)", blobName, moved.BlobName(), err)
+	}
+	if _, err := files.GetFile(ctx, ids[1], conversation.Scope{}); !errors.Is(err, file.ErrNotFound) {
+		t.Errorf("the deleted recording came back: %v", err)
 	}
 }
 

@@ -16,8 +16,8 @@ const (
 	EventParticipantJoined
 	// EventParticipantLeft: a participant session ended (left or aborted).
 	EventParticipantLeft
-	// EventEgressEnded: a recording finished; its files become files of kind
-	// RECORDING of the room's conversation.
+	// EventEgressEnded: a recording finished; its files are queued to
+	// become files of kind RECORDING of the room's conversation.
 	EventEgressEnded
 )
 
@@ -46,7 +46,8 @@ type Participant struct {
 }
 
 // Recording is a file written by LiveKit egress into Parley's blob
-// container. Parley references the blob; it does not copy it.
+// container. Parley copies the blob to the file's own name, then deletes
+// egress's.
 type Recording struct {
 	EgressID string
 	// BlobName is the name egress wrote the file under (its filepath).

@@ -43,6 +43,10 @@ type Options struct {
 	DeleteBackoff time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// RecordingsQueued is called after an egress_ended event queued
+	// recordings for import, to start the file outbox worker at once
+	// (file.Worker.Wake); nil leaves them to its poll.
+	RecordingsQueued func()
 }
 
 // Service is the room use cases. It is safe for concurrent use. Close it at
@@ -54,6 +58,7 @@ type Service struct {
 	now            func() time.Time
 	deleteAttempts int
 	deleteBackoff  time.Duration
+	queued         func()
 
 	// bg is the lifetime of background work: cancelled by Close, so no
 	// retry outlives the process's shutdown.
@@ -73,6 +78,10 @@ func NewService(store Store, lk LiveKit, opts Options) *Service {
 		now:            opts.Now,
 		deleteAttempts: opts.DeleteAttempts,
 		deleteBackoff:  opts.DeleteBackoff,
+		queued:         opts.RecordingsQueued,
+	}
+	if s.queued == nil {
+		s.queued = func() {}
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -235,6 +244,9 @@ func (s *Service) ApplyEvent(ctx context.Context, e Event) error {
 	// room: close it again rather than let an ended room run on.
 	if res.Applied && res.Room.Ended() && (e.Kind == EventRoomStarted || e.Kind == EventParticipantJoined) {
 		s.deleteLater(res.Room.LiveKitRoom)
+	}
+	if res.Applied && e.Kind == EventEgressEnded && len(e.Recordings) > 0 {
+		s.queued()
 	}
 	return nil
 }

@@ -41,8 +41,12 @@ type fileEnv struct {
 	db      *bun.DB
 	blobs   file.Blobs
 	dirRoot string // the directory store's root, "" for Azure
-	files   map[string]parleyv1connect.FileServiceClient
-	convs   parleyv1connect.ConversationServiceClient
+	// azConn and azContainer name the Azure store's container, "" for dir.
+	azConn, azContainer string
+	// wake starts a pass of the outbox worker.
+	wake  func()
+	files map[string]parleyv1connect.FileServiceClient
+	convs parleyv1connect.ConversationServiceClient
 }
 
 type fileEnvOptions struct {
@@ -69,8 +73,8 @@ func newFileEnv(t *testing.T, kind string, o fileEnvOptions) *fileEnv {
 	env := &fileEnv{db: db}
 	switch kind {
 	case "azure":
-		conn, container := testenv.AzuriteContainer(t)
-		az, err := blobstore.NewAzure(t.Context(), conn, container)
+		env.azConn, env.azContainer = testenv.AzuriteContainer(t)
+		az, err := blobstore.NewAzure(t.Context(), env.azConn, env.azContainer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -97,6 +101,7 @@ func newFileEnv(t *testing.T, kind string, o fileEnvOptions) *fileEnv {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = worker.Run(ctx) }()
+	env.wake = worker.Wake
 	t.Cleanup(func() { cancel(); <-done })
 
 	files, err := file.NewService(fileStore, blobs, convStore, file.Options{URLTTL: o.urlTTL, Wake: worker.Wake, Log: log})
