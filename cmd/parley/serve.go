@@ -45,7 +45,9 @@ func serveCommand(ctx context.Context, args []string, getenv func(string) string
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, newLogger(stderr, cfg.LogLevel), nil)
+	log := newLogger(stderr, cfg.LogLevel)
+	applyMemoryLimit(cfg.MemoryLimit, getenv, log)
+	return serve(ctx, cfg, log, nil)
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {

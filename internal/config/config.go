@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -30,6 +31,9 @@ type Config struct {
 	// PprofAddr, when set, is where Go's /debug/pprof profiles are served,
 	// apart from the API port.
 	PprofAddr string
+	// MemoryLimit is the Go runtime's soft memory limit in bytes: 0 for
+	// none, MemoryLimitAuto to derive it from the container's limit.
+	MemoryLimit int64
 
 	DatabaseURL     string
 	DBMaxOpenConns  int
@@ -102,6 +106,8 @@ var vars = []Var{
 	{Name: "PARLEY_DRAIN_TIMEOUT", Default: "20s", Help: "on SIGTERM, how long in-flight calls may take to finish",
 		set: func(c *Config, v string) error { return parseDuration(v, time.Millisecond, &c.DrainTimeout) }},
 
+	{Name: "PARLEY_MEMORY_LIMIT", Default: "auto", Help: "soft memory limit of the Go runtime, e.g. 450MiB (the GC works harder near it); auto: 90% of the container's memory limit, none without one; off: none. GOMEMLIMIT, if set, wins",
+		set: func(c *Config, v string) error { return parseMemoryLimit(v, &c.MemoryLimit) }},
 	{Name: "PARLEY_PPROF_ADDR", Help: "if set, serve Go's /debug/pprof profiles on this address only (keep it private, e.g. 127.0.0.1:6060)",
 		set: func(c *Config, v string) error { c.PprofAddr = v; return nil }},
 
@@ -173,6 +179,10 @@ var vars = []Var{
 	{Name: "PARLEY_LIVEKIT_TOKEN_TTL", Default: "1h", Help: "lifetime of LiveKit join tokens",
 		set: func(c *Config, v string) error { return parseDuration(v, time.Second, &c.LiveKitTokenTTL) }},
 }
+
+// MemoryLimitAuto is Config.MemoryLimit when the limit is to be derived
+// from the container's memory limit.
+const MemoryLimitAuto = -1
 
 // Error names the variable whose value is wrong or missing.
 type Error struct {
@@ -259,6 +269,38 @@ func parseDuration(v string, min time.Duration, dst *time.Duration) error {
 		return fmt.Errorf("must be at least %v, got %v", min, d)
 	}
 	*dst = d
+	return nil
+}
+
+// parseMemoryLimit reads auto, off, or a size in GOMEMLIMIT's notation: a
+// whole number of bytes with an optional B, KiB, MiB, GiB or TiB suffix.
+func parseMemoryLimit(v string, dst *int64) error {
+	switch strings.ToLower(v) {
+	case "auto":
+		*dst = MemoryLimitAuto
+		return nil
+	case "off":
+		*dst = 0
+		return nil
+	}
+	num, mult := v, int64(1)
+	for i, unit := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		if n, ok := strings.CutSuffix(v, unit); ok {
+			num, mult = n, 1<<(10*(i+1))
+			break
+		}
+	}
+	if mult == 1 {
+		num = strings.TrimSuffix(v, "B")
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return fmt.Errorf("want auto, off or a size such as 450MiB, got %q", v)
+	}
+	if n*mult < 16<<20 {
+		return fmt.Errorf("must be at least 16MiB, got %q", v)
+	}
+	*dst = n * mult
 	return nil
 }
 

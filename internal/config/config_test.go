@@ -21,6 +21,9 @@ func TestLoadDefaults(t *testing.T) {
 		c.RateLimitAgentPerMinute != 6000 {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
+	if c.MemoryLimit != MemoryLimitAuto {
+		t.Fatalf("memory limit should default to auto, got %d", c.MemoryLimit)
+	}
 	if c.LiveKitPublicURL != c.LiveKitURL {
 		t.Fatalf("public LiveKit URL should default to LIVEKIT_URL, got %q", c.LiveKitPublicURL)
 	}
@@ -38,6 +41,9 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"bad cidr", "PARLEY_TRUSTED_PROXIES", "10.0.0.0/99"},
 		{"url ttl over 15m", "PARLEY_FILE_URL_TTL", "16m"},
 		{"bad log level", "PARLEY_LOG_LEVEL", "loud"},
+		{"bad memory limit", "PARLEY_MEMORY_LIMIT", "lots"},
+		{"memory limit in decimal units", "PARLEY_MEMORY_LIMIT", "450MB"},
+		{"tiny memory limit", "PARLEY_MEMORY_LIMIT", "1MiB"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +83,25 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	for _, v := range Vars() {
 		if !strings.Contains(b.String(), v.Name) {
 			t.Errorf("help lacks %s", v.Name)
+		}
+	}
+}
+
+func TestMemoryLimit(t *testing.T) {
+	for v, want := range map[string]int64{
+		"auto":      MemoryLimitAuto,
+		"AUTO":      MemoryLimitAuto,
+		"off":       0,
+		"450MiB":    450 << 20,
+		"2GiB":      2 << 30,
+		"16777216":  16 << 20,
+		"16777216B": 16 << 20,
+		"20000KiB":  20000 << 10,
+		"1TiB":      1 << 40,
+	} {
+		var got int64
+		if err := parseMemoryLimit(v, &got); err != nil || got != want {
+			t.Errorf("parseMemoryLimit(%q) = %d, %v; want %d", v, got, err, want)
 		}
 	}
 }
