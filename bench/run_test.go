@@ -174,7 +174,9 @@ func TestBench(t *testing.T) {
 	}
 	bRep.stop()
 
-	if *flagProfile {
+	// The CPU and allocation profiles are of the unary loads: a run without
+	// them (-bench.clients=) keeps only the fan-out's heap profiles.
+	if *flagProfile && len(intList(t, *flagClients)) > 0 {
 		b.profile(a, specPath)
 	}
 	a.stop()
