@@ -83,40 +83,36 @@ func NewPages(client valkey.Client, ttl time.Duration, reg prometheus.Registerer
 }
 
 // Lookup implements conversation.PageCache with one MGET.
-func (c *Pages) Lookup(ctx context.Context, k conversation.PageKey) (conversation.Head, bool, conversation.CachedPage, bool) {
+func (c *Pages) Lookup(ctx context.Context, k conversation.PageKey) (conversation.Head, bool, conversation.CachedPage, int64) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	vals, err := c.client.Do(ctx, c.client.B().Mget().Key(headKey(k.ConversationID), pageKey(k)).Build()).ToArray()
 	if err != nil || len(vals) != 2 {
 		c.failures.Inc()
-		return conversation.Head{}, false, conversation.CachedPage{}, false
+		return conversation.Head{}, false, conversation.CachedPage{}, -1
 	}
-	hs, err := vals[0].ToString()
-	if err != nil {
-		c.misses.Inc() // no head (nil), or not a string: ask PostgreSQL
-		return conversation.Head{}, false, conversation.CachedPage{}, false
+	var (
+		h      conversation.Head
+		headOK bool
+	)
+	if hs, err := vals[0].ToString(); err == nil {
+		// A head whose owner is not known yet is not usable.
+		h, headOK = decodeHead(hs)
 	}
-	h, ok := decodeHead(hs)
-	if !ok {
-		c.misses.Inc() // its owner is not known yet
-		return conversation.Head{}, false, conversation.CachedPage{}, false
+	pageSeq := int64(-1)
+	var p conversation.CachedPage
+	if b, err := vals[1].AsBytes(); err == nil {
+		if pageSeq, p, err = decodePage(k.ConversationID, b); err != nil {
+			c.failures.Inc()
+			return h, headOK, conversation.CachedPage{}, -1
+		}
 	}
-	b, err := vals[1].AsBytes()
-	if err != nil || h.Deleted {
-		c.misses.Inc()
-		return h, true, conversation.CachedPage{}, false
+	if headOK && !h.Deleted && pageSeq == h.LastSeq {
+		c.hits.Inc()
+	} else {
+		c.misses.Inc() // no head, no page, or a page from before the latest turn
 	}
-	last, p, err := decodePage(k.ConversationID, b)
-	if err != nil {
-		c.failures.Inc()
-		return h, true, conversation.CachedPage{}, false
-	}
-	if last != h.LastSeq {
-		c.misses.Inc() // cached before the conversation's latest turn
-		return h, true, conversation.CachedPage{}, false
-	}
-	c.hits.Inc()
-	return h, true, p, true
+	return h, headOK, p, pageSeq
 }
 
 // PutPage implements conversation.PageCache. Failures are dropped: the page

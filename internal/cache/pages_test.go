@@ -72,22 +72,23 @@ func TestPagesHitMissAndOutage(t *testing.T) {
 	owner := uuid.New()
 	k := conversation.PageKey{ConversationID: uuid.New(), LastSeq: 10, Order: conversation.OrderNewestFirst, Size: 50}
 	want := testPage(k.ConversationID, 5)
+	// lookup reports the head and whether the page is current at it.
 	lookup := func(k conversation.PageKey) (conversation.Head, bool, bool) {
-		h, ok, got, pageOK := c.Lookup(ctx, k)
-		if pageOK {
-			if diff := cmp.Diff(want, got); diff != "" {
-				t.Errorf("cached page (-want +got):\n%s", diff)
+		h, ok, got, pageSeq := c.Lookup(ctx, k)
+		if pageSeq >= 0 {
+			if diff := cmp.Diff(want, got); diff != "" || pageSeq != 10 {
+				t.Errorf("cached page at %d (-want +got):\n%s", pageSeq, diff)
 			}
 		}
-		return h, ok, pageOK
+		return h, ok, ok && pageSeq == h.LastSeq
 	}
 
 	if _, ok, _ := lookup(k); ok { // miss 1
 		t.Fatal("head found in an empty cache")
 	}
 	c.PutPage(ctx, k, want)
-	if _, ok, _ := lookup(k); ok { // miss 2
-		t.Fatal("page served without a head")
+	if _, ok, got, pageSeq := c.Lookup(ctx, k); ok || pageSeq != 10 || len(got.Messages) != len(want.Messages) { // miss 2
+		t.Fatalf("page without a head: head %v, page at %d", ok, pageSeq)
 	}
 	c.RecordHead(ctx, k.ConversationID, conversation.Head{Owner: owner, LastSeq: 10})
 	h, ok, pageOK := lookup(k) // hit 1
@@ -212,7 +213,7 @@ func BenchmarkPagesLookupHit(b *testing.B) {
 	c.RecordHead(b.Context(), k.ConversationID, conversation.Head{Owner: uuid.New(), LastSeq: 1000})
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, _, ok := c.Lookup(b.Context(), k); !ok {
+		if h, _, _, pageSeq := c.Lookup(b.Context(), k); pageSeq != h.LastSeq {
 			b.Fatal("miss")
 		}
 	}

@@ -206,9 +206,11 @@ type Head struct {
 // until the turn is retried, the next turn is saved or the head expires, so
 // implementations keep heads briefly (seconds).
 type PageCache interface {
-	// Lookup returns the conversation's cached head and, when the page k
-	// names (k.LastSeq aside) was cached at that head's last_seq, the page.
-	Lookup(ctx context.Context, k PageKey) (h Head, headOK bool, p CachedPage, pageOK bool)
+	// Lookup returns the conversation's cached head, if any, and the page k
+	// names (k.LastSeq aside) with the last_seq it was cached at, if any
+	// (pageSeq -1 when none). The page is current when pageSeq is the
+	// head's last_seq.
+	Lookup(ctx context.Context, k PageKey) (h Head, headOK bool, p CachedPage, pageSeq int64)
 	// PutPage caches p as the page k names, at k.LastSeq.
 	PutPage(ctx context.Context, k PageKey, p CachedPage)
 	// RecordHead caches a head read from the store. It never moves a cached

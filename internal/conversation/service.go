@@ -300,16 +300,22 @@ func (s *Service) ListMessages(ctx context.Context, p auth.Principal, r ListMess
 // one lookup; otherwise the head comes from the store, which checks access,
 // and the page from the cache or the store.
 func (s *Service) page(ctx context.Context, scope Scope, k PageKey) (CachedPage, error) {
+	var (
+		cached  CachedPage
+		pageSeq int64 = -1
+	)
 	if s.cache != nil {
-		h, ok, cp, pageOK := s.cache.Lookup(ctx, k)
+		var h Head
+		var ok bool
+		h, ok, cached, pageSeq = s.cache.Lookup(ctx, k)
 		if ok {
 			// Owners never change, so a cached owner answers the access
 			// check as the store would.
 			if h.Deleted || (!scope.Any() && h.Owner != scope.UserID) {
 				return CachedPage{}, ErrNotFound
 			}
-			if pageOK {
-				return cp, nil
+			if pageSeq == h.LastSeq {
+				return cached, nil
 			}
 			k.LastSeq = h.LastSeq
 			return s.readPage(ctx, k)
@@ -321,6 +327,9 @@ func (s *Service) page(ctx context.Context, scope Scope, k PageKey) (CachedPage,
 	}
 	if s.cache != nil {
 		s.cache.RecordHead(ctx, k.ConversationID, h)
+	}
+	if pageSeq == h.LastSeq {
+		return cached, nil
 	}
 	k.LastSeq = h.LastSeq
 	return s.readPage(ctx, k)
