@@ -561,6 +561,11 @@ type roundTrip struct {
 	Valkey     []counted
 	PGTotal    float64
 	ValkeyTotl float64
+	// ValkeyReads is Valkey's read events (total_reads_processed) per call:
+	// with one client in a closed loop nothing is pipelined across calls,
+	// so it counts round trips, which commandstats cannot (it also counts
+	// the commands scripts run).
+	ValkeyReads float64
 }
 
 type counted struct {
@@ -580,7 +585,7 @@ func (b *bench) countRoundTrips(d database, r *replica, specPath, rpc string) {
 		t.Fatal(err)
 	}
 	res := runLoadgen(t, b.loadgenBin, b.dir, "-mode", "unary", "-spec", specPath, "-url", r.url(),
-		"-rpc", rpc, "-protocol", load.ProtocolConnectJSON, "-clients", "4", "-warmup", "0s", "-duration", "3s",
+		"-rpc", rpc, "-protocol", load.ProtocolConnectJSON, "-clients", "1", "-warmup", "0s", "-duration", "3s",
 		"-run-id", fmt.Sprintf("rt%d", time.Now().UnixNano()))
 	calls := res.Requests + res.Errors
 	rt := roundTrip{RPC: rpc, Requests: calls}
@@ -640,6 +645,16 @@ func (b *bench) countRoundTrips(d database, r *replica, specPath, rpc string) {
 		}
 		rt.Valkey = append(rt.Valkey, counted{Name: name, PerRPC: per})
 		rt.ValkeyTotl += per
+	}
+	stats, err := b.valkey.Do(b.ctx, b.valkey.B().Info().Section("stats").Build()).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(stats, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_reads_processed:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			rt.ValkeyReads = float64(n) / float64(calls)
+		}
 	}
 	b.roundTrips = append(b.roundTrips, rt)
 	t.Logf("round trips per %s (%d calls): PostgreSQL %.2f %v, Valkey %.2f %v", rpc, calls, rt.PGTotal, rt.PG, rt.ValkeyTotl, rt.Valkey)
