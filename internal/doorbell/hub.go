@@ -33,8 +33,8 @@ const (
 	// than this is read in several.
 	fetchLimit = 200
 	// bufferMessages and bufferBytes bound the recent messages a topic keeps
-	// for its watchers. A watcher that falls further behind reads from
-	// PostgreSQL instead.
+	// for its watchers that have not read them yet. A watcher that falls
+	// further behind reads from PostgreSQL instead.
 	bufferMessages = 256
 	bufferBytes    = 4 << 20
 	// fetchTimeout bounds one read of new messages or last seqs.
@@ -84,6 +84,9 @@ type subscription struct {
 	hub   *Hub
 	topic *topic
 	ready chan struct{}
+	// read is the seq up to which the watcher has everything (guarded by
+	// the topic's mu): the topic need not keep those messages for it.
+	read int64
 }
 
 // Subscribe implements conversation.Hub.
@@ -94,7 +97,7 @@ func (h *Hub) Subscribe(id uuid.UUID, lastSeq int64) conversation.Subscription {
 		t = &topic{id: id, fetched: lastSeq, pending: lastSeq, watchers: make(map[*subscription]struct{})}
 		h.topics[id] = t
 	}
-	s := &subscription{hub: h, topic: t, ready: make(chan struct{}, 1)}
+	s := &subscription{hub: h, topic: t, ready: make(chan struct{}, 1), read: lastSeq}
 	t.mu.Lock()
 	t.watchers[s] = struct{}{}
 	t.mu.Unlock()
@@ -240,22 +243,44 @@ func (h *Hub) fetch(t *topic) {
 	}
 }
 
+// appendLocked adds msgs, which follow t.fetched, and drops from the front
+// what every watcher has read and what exceeds the bounds. Without the
+// first rule every watched conversation would keep its last bufferMessages
+// messages for as long as it is watched: tens of megabytes on a replica
+// watching a thousand busy conversations.
 func (t *topic) appendLocked(msgs []conversation.Message) {
-	for _, m := range msgs {
-		t.bufBytes += len(m.Content)
+	floor := t.fetched
+	for s := range t.watchers {
+		floor = min(floor, s.read)
 	}
-	t.buf = append(t.buf, msgs...)
-	t.fetched = msgs[len(msgs)-1].Seq
+	n, bytes := len(t.buf)+len(msgs), t.bufBytes
+	for _, m := range msgs {
+		bytes += len(m.Content)
+	}
+	at := func(i int) *conversation.Message {
+		if i < len(t.buf) {
+			return &t.buf[i]
+		}
+		return &msgs[i-len(t.buf)]
+	}
 	drop := 0
-	for drop < len(t.buf) && (len(t.buf)-drop > bufferMessages || t.bufBytes > bufferBytes) {
-		t.bufBytes -= len(t.buf[drop].Content)
+	for drop < n && (at(drop).Seq <= floor || n-drop > bufferMessages || bytes > bufferBytes) {
+		bytes -= len(at(drop).Content)
 		drop++
 	}
-	if drop > 0 {
+	switch {
+	case drop == 0:
+		t.buf = append(t.buf, msgs...)
+	case drop >= len(t.buf):
+		// msgs is the source's fresh slice: it becomes the buffer.
+		t.buf = msgs[drop-len(t.buf):]
+	default:
 		// Copy rather than reslice so dropped messages can be collected;
 		// watchers keep the old array as long as they need it.
-		t.buf = append([]conversation.Message(nil), t.buf[drop:]...)
+		t.buf = append(append(make([]conversation.Message, 0, n-drop), t.buf[drop:]...), msgs...)
 	}
+	t.bufBytes = bytes
+	t.fetched = msgs[len(msgs)-1].Seq
 }
 
 func (t *topic) wakeLocked() {
@@ -280,6 +305,7 @@ func (s *subscription) Since(after int64) ([]conversation.Message, int64, bool) 
 	if t.gone {
 		return nil, 0, true
 	}
+	s.read = max(s.read, after)
 	if after >= t.fetched || len(t.buf) == 0 || t.buf[0].Seq > after+1 {
 		return nil, t.fetched, false
 	}

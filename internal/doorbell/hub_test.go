@@ -156,6 +156,47 @@ func TestHubBufferIsBounded(t *testing.T) {
 	}
 }
 
+// TestHubDropsWhatEveryWatcherRead: a topic keeps only the messages some
+// watcher has not read yet.
+func TestHubDropsWhatEveryWatcherRead(t *testing.T) {
+	t.Parallel()
+	id := uuid.New()
+	src := &fakeSource{msgs: map[uuid.UUID][]conversation.Message{id: nil}}
+	h := NewHub(src, slog.New(slog.DiscardHandler))
+	a, b := h.Subscribe(id, 0), h.Subscribe(id, 0)
+	defer a.Close()
+	defer b.Close()
+	latest := func(s conversation.Subscription, after, want int64) func() bool {
+		return func() bool { _, l, _ := s.Since(after); return l == want }
+	}
+
+	h.Ring(id, src.append(id, 3))
+	waitFor(t, "seq 3", latest(a, 3, 3))
+	if msgs, _, _ := b.Since(1); len(msgs) != 2 {
+		t.Fatalf("b.Since(1) = %d messages, want 2", len(msgs))
+	}
+	// a has read 3 and b 1: only seq 1 is read by both.
+	h.Ring(id, src.append(id, 2))
+	waitFor(t, "seq 5", latest(b, 1, 5))
+	if msgs, _, _ := b.Since(0); len(msgs) != 0 {
+		t.Errorf("seq 1, read by every watcher, still buffered: Since(0) = %d messages", len(msgs))
+	}
+	if msgs, _, _ := b.Since(1); len(msgs) != 4 || msgs[0].Seq != 2 {
+		t.Errorf("b.Since(1) = %v, want seqs 2-5", msgs)
+	}
+
+	a.Since(5)
+	b.Since(5)
+	h.Ring(id, src.append(id, 1))
+	waitFor(t, "seq 6", latest(a, 5, 6))
+	if msgs, _, _ := a.Since(4); len(msgs) != 0 {
+		t.Errorf("seqs up to 5, read by every watcher, still buffered: Since(4) = %d messages", len(msgs))
+	}
+	if msgs, _, _ := a.Since(5); len(msgs) != 1 || msgs[0].Seq != 6 {
+		t.Errorf("a.Since(5) = %v, want seq 6", msgs)
+	}
+}
+
 func TestRingCodec(t *testing.T) {
 	t.Parallel()
 	id := uuid.New()
