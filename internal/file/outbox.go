@@ -25,6 +25,10 @@ type WorkerOptions struct {
 	PendingTTL time.Duration
 	// DeleteTimeout bounds one blob deletion (default 30s).
 	DeleteTimeout time.Duration
+	// ImportTimeout bounds one recording's copy (default 5m). It must stay
+	// well under the store's lease of an entry, so that no other replica
+	// takes the import while this one still copies.
+	ImportTimeout time.Duration
 	// MaxAttempts is how many failed attempts park an entry (default 200,
 	// about two days at MaxBackoff's default): a blob storage keeps
 	// refusing that long needs an operator, not another retry.
@@ -66,6 +70,9 @@ func NewWorker(store Store, blobs Blobs, opts WorkerOptions) *Worker {
 	}
 	if opts.DeleteTimeout <= 0 {
 		opts.DeleteTimeout = 30 * time.Second
+	}
+	if opts.ImportTimeout <= 0 {
+		opts.ImportTimeout = 5 * time.Minute
 	}
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = 200
@@ -118,13 +125,15 @@ func (w *Worker) RunOnce(ctx context.Context) (int, error) {
 		}
 	}
 	total := 0
+	// One import at a time: each is leased only for its own copy, which
+	// ImportTimeout keeps within the lease.
 	for {
-		n, err := w.store.ImportDueRecordings(ctx, w.opts.Batch, w.importRecording)
+		n, err := w.store.ImportDueRecordings(ctx, 1, w.importRecording)
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("import recordings: %w", err)
 		}
-		if n < w.opts.Batch {
+		if n == 0 {
 			break
 		}
 	}
@@ -154,11 +163,13 @@ func (w *Worker) deleteBlob(ctx context.Context, d Deletion) (Retry, error) {
 // whatever an earlier attempt that died left there, and returns the file
 // with the size storage reports.
 func (w *Worker) importRecording(ctx context.Context, ri RecordingImport) (File, Retry, error) {
+	ictx, cancel := context.WithTimeout(ctx, w.opts.ImportTimeout)
+	defer cancel()
 	f := ri.File
-	err := w.blobs.Copy(ctx, ri.Source, f.BlobName(), CopyReplace)
+	err := w.blobs.Copy(ictx, ri.Source, f.BlobName(), CopyReplace)
 	if err == nil {
 		var info BlobInfo
-		if info, err = w.blobs.Stat(ctx, f.BlobName()); err == nil {
+		if info, err = w.blobs.Stat(ictx, f.BlobName()); err == nil {
 			f.SizeBytes = info.Size
 			return f, Retry{}, nil
 		}
