@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/room"
 	"github.com/parley-dev/parley/internal/testenv"
+	"github.com/parley-dev/parley/migrations"
 )
 
 func roomSeedUser(t *testing.T, s *postgres.AccountStore, name string) uuid.UUID {
@@ -417,6 +420,37 @@ VALUES (?, ?, ?, 'old.mp4', 'video/mp4', 10, true)`, id, r.ConversationID, sourc
 			t.Fatal(err)
 		}
 	}
+	// The migration's backfill finds them (and them only), as it would
+	// have at start-up; the rows are already queued, so it adds nothing.
+	r := roomCreate(t, rooms, owner, "new")
+	canonical := uuid.New()
+	if _, err := db.ExecContext(ctx, `INSERT INTO files (id, conversation_id, blob_name, filename, content_type, size_bytes, kind, status)
+VALUES (?, ?, ?, 'new.mp4', 'video/mp4', 10, 2, 2)`, canonical, r.ConversationID, file.BlobName(r.ConversationID, canonical)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, "DELETE FROM recording_imports"); err != nil {
+		t.Fatal(err)
+	}
+	migration, err := fs.ReadFile(migrations.FS, "20261126000300_recording_imports.up.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, backfill, ok := strings.Cut(string(migration), "\nINSERT INTO recording_imports")
+	if !ok {
+		t.Fatal("the migration has no backfill")
+	}
+	if _, err := db.ExecContext(ctx, "INSERT INTO recording_imports"+backfill); err != nil {
+		t.Fatal(err)
+	}
+	var queued []uuid.UUID
+	if err := db.NewSelect().Table("recording_imports").Column("file_id").Where("existing").Order("file_id").Scan(ctx, &queued); err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(ids, func(a, b uuid.UUID) int { return strings.Compare(a.String(), b.String()) })
+	if !slices.Equal(queued, ids) {
+		t.Fatalf("backfill queued %v, want %v", queued, ids)
+	}
+
 	// The second is deleted before its import: the trigger queued egress's
 	// blob, and the import must not bring the row back.
 	if err := files.DeleteFile(ctx, ids[1], conversation.Scope{}); err != nil {
