@@ -582,8 +582,8 @@ func TestCreateListDeleteConversations(t *testing.T) {
 	}
 }
 
-// BenchmarkListMessagesCached measures the cached path: one primary-key
-// lookup in PostgreSQL and one GET in Valkey.
+// BenchmarkListMessagesCached measures the cached path: one MGET in Valkey
+// and nothing in PostgreSQL.
 func BenchmarkListMessagesCached(b *testing.B) {
 	rs := newReplicas(b, 1, "")
 	owner := seedUser(b, rs[0].db)
@@ -616,9 +616,10 @@ func (s *countingStore) ListMessages(ctx context.Context, r conversation.Message
 }
 
 // TestListMessagesCachedWithoutStore checks that a ListMessages of an
-// unchanged conversation asks PostgreSQL nothing, that a saved turn costs the
-// next reader one page read and no head read, and that a deleted
-// conversation is not found through the cache.
+// unchanged conversation asks PostgreSQL nothing, that an expired head costs
+// one head read and no page read, that a saved turn costs the next reader one
+// page read and no head read, and that a deleted conversation is not found
+// through the cache.
 func TestListMessagesCachedWithoutStore(t *testing.T) {
 	t.Parallel()
 	rs := newReplicas(t, 1, "")

@@ -151,17 +151,22 @@ func scopeArg(s conversation.Scope) any {
 	if s.Any() {
 		return nil
 	}
-	return s.UserID
+	return uuidArg(s.UserID)
 }
+
+// uuidArg passes id to pgx as the 16 bytes its uuid codec sends in binary:
+// uuid.UUID would go through driver.Valuer, a string and PostgreSQL's
+// text parser. The hot statements take their ids this way.
+func uuidArg(id uuid.UUID) [16]byte { return id }
 
 // SaveTurnArgs returns SaveTurnSQL's parameters for msgs (one or two).
 func SaveTurnArgs(id uuid.UUID, s conversation.Scope, turnID string, msgs []conversation.NewMessage) []any {
-	args := []any{id, scopeArg(s), nil, int64(len(msgs)), nil, nil, "", nil, nil, ""}
+	args := []any{uuidArg(id), scopeArg(s), nil, int64(len(msgs)), nil, nil, "", nil, nil, ""}
 	if turnID != "" {
 		args[2] = turnID
 	}
 	for i, m := range msgs[:min(len(msgs), 2)] {
-		args[4+3*i], args[5+3*i], args[6+3*i] = m.ID, int16(m.Role), m.Content
+		args[4+3*i], args[5+3*i], args[6+3*i] = uuidArg(m.ID), int16(m.Role), m.Content
 	}
 	return args
 }
@@ -233,7 +238,7 @@ func (s *ConversationStore) replayTurn(ctx context.Context, id uuid.UUID, scope 
 // Head implements conversation.Store.
 func (s *ConversationStore) Head(ctx context.Context, id uuid.UUID, scope conversation.Scope) (conversation.Head, error) {
 	var h conversation.Head
-	err := s.db.QueryRowContext(ctx, LastSeqSQL, id, scopeArg(scope)).Scan(&h.LastSeq, &h.Owner)
+	err := s.db.QueryRowContext(ctx, LastSeqSQL, uuidArg(id), scopeArg(scope)).Scan(&h.LastSeq, &h.Owner)
 	if errors.Is(err, sql.ErrNoRows) {
 		return conversation.Head{}, conversation.ErrNotFound
 	}
@@ -249,7 +254,7 @@ func (s *ConversationStore) ListMessages(ctx context.Context, r conversation.Mes
 	if r.Order == conversation.OrderOldestFirst {
 		q = ListMessagesOldestSQL
 	}
-	rows, err := s.db.QueryContext(ctx, q, r.ConversationID, r.After, r.Before, r.Limit)
+	rows, err := s.db.QueryContext(ctx, q, uuidArg(r.ConversationID), r.After, r.Before, r.Limit)
 	if err != nil {
 		return nil, fmt.Errorf("list messages: %w", err)
 	}
