@@ -296,15 +296,30 @@ per request than HTTP/1.1 (the gRPC client alone costs 100-150 µs per call agai
 two cores. connect-go clients ask for gzip by default and the server complies on every answer; the
 load generator turns that off, as grpc-go does.
 
-**WatchMessages at 10,000 streams**: delivery stays in the low milliseconds, but memory is bound by
-net/http's goroutine per HTTP/2 stream. Each stream's goroutine stack grows to 16 KiB through the
-handler's call chain (interceptors, connect) and stays there while it waits, and each stream holds
-about 5 KiB of HTTP/2 and connect state (a 4 KiB response buffer among it): about 210 MiB for 10,000
-streams before the garbage collector's headroom (GOGC=100). A GOMEMLIMIT below the target trades
-GC CPU for it; the production manifests set 450MiB.
+**WatchMessages at 10,000 streams**: memory is bound by what each HTTP/2 stream costs in Go's
+net/http, connect and the interceptors, and by the garbage collector's headroom. A stream's goroutine
+lives as long as the stream; WatchMessages does its deep work (access check, reads, revocation checks,
+sends) on a short-lived goroutine per wake-up, so the stream's own goroutine keeps an 8 KiB stack
+(it grew to 16 KiB before: 158 MiB of stacks, now 80-95 MiB). 8 KiB is the floor: net/http, connect
+and the interceptors hold about 3 KiB of frames under the handler and grow the stack past 4 KiB.
+The live heap is about 12.5 KB per stream (the heap profile above): net/http's HTTP/2 stream with its
+4 KiB response buffer, the request and its headers (~6 KB), the interceptors' share (~4 KB: rate-limit
+headers, contexts, connect's conn) and the watch itself (under 1 KB). After a collection, a replica with
+10,000 streams holds about 300 MiB (35 MiB of binary pages, 90 MiB of stacks, 165 MiB of heap in use),
+so the 300 MiB target is out of reach at this per-stream cost whatever the GC settings; with GOGC=100
+the heap may grow to twice what is live before the next collection, which is the rest of the peak.
+A soft memory limit (PARLEY_MEMORY_LIMIT, by default 90% of the container's limit; GOMEMLIMIT wins)
+bounds that headroom but must sit above the working set: with GOMEMLIMIT=280MiB the peak was 333 MiB
+and the collector, running continuously, left deliveries seconds behind on this busy machine.
 
-**Idle memory**: the Go heap is about 12 MiB; the rest of VmRSS is file-backed pages of the binary
-(Azure SDK, LiveKit SDK, CEL for protovalidate, jwx), which the kernel shares and can drop.
+**Idle memory**: VmRSS is mostly file-backed pages of the binary (about 35 MiB of its 48 MiB of text,
+rodata and pclntab), which the runtime's and the packages' initialisation touch and the kernel maps
+64 KiB at a time (fault-around). A parley process that has only run its initialisers (blocked
+connecting to PostgreSQL) already holds 33.3 MiB file-backed and 6.9 MiB anonymous: 40.2 MiB. The same
+initialisers in a binary holding only what they reach touch 14 MiB of file pages; the rest comes from
+init code being spread over the full binary's 21 MiB of text. The Go heap holds about 5 MB live at
+idle (heap_inuse includes start-up garbage until the first collection). Under 40 MiB needs a smaller
+binary or less initialisation (LiveKit and Azure SDKs, CEL), not runtime settings.
 
 **Start-up** is tens of milliseconds: migrations find nothing to do, and the first call needs no warm
 cache.
