@@ -246,9 +246,25 @@ func (s *Service) PruneExpired(ctx context.Context) (Pruned, error) {
 }
 
 // Authenticate verifies a bearer access token and checks that it has not
-// been revoked. Any problem with the token gives auth.ErrUnauthenticated;
-// other errors mean revocation could not be checked at all.
+// been revoked: VerifyAccessToken, then CheckRevoked. Any problem with the
+// token gives auth.ErrUnauthenticated; other errors mean revocation could not
+// be checked at all.
 func (s *Service) Authenticate(ctx context.Context, bearer string) (auth.Principal, error) {
+	p, err := s.VerifyAccessToken(bearer)
+	if err != nil {
+		return auth.Principal{}, err
+	}
+	if err := s.CheckRevoked(ctx, p); err != nil {
+		return auth.Principal{}, err
+	}
+	return p, nil
+}
+
+// VerifyAccessToken checks a bearer access token's signature and claims,
+// not its revocation: a caller must also call CheckRevoked before trusting
+// the principal. It needs no I/O, so a caller may check revocation
+// alongside other work. Any problem gives auth.ErrUnauthenticated.
+func (s *Service) VerifyAccessToken(bearer string) (auth.Principal, error) {
 	p, err := s.tokens.Verify(bearer)
 	if err != nil {
 		if errors.Is(err, auth.ErrUnauthenticated) {
@@ -260,14 +276,20 @@ func (s *Service) Authenticate(ctx context.Context, bearer string) (auth.Princip
 		// Without a jti the token could never be revoked.
 		return auth.Principal{}, fmt.Errorf("%w: token has no id", auth.ErrUnauthenticated)
 	}
+	return p, nil
+}
+
+// CheckRevoked returns auth.ErrUnauthenticated if p's token was revoked,
+// and another error if revocation could not be checked at all.
+func (s *Service) CheckRevoked(ctx context.Context, p auth.Principal) error {
 	revoked, err := s.revoked.IsRevoked(ctx, p.TokenID)
 	if err != nil {
-		return auth.Principal{}, fmt.Errorf("check revocation: %w", err)
+		return fmt.Errorf("check revocation: %w", err)
 	}
 	if revoked {
-		return auth.Principal{}, fmt.Errorf("%w: token revoked", auth.ErrUnauthenticated)
+		return fmt.Errorf("%w: token revoked", auth.ErrUnauthenticated)
 	}
-	return p, nil
+	return nil
 }
 
 // CreateAgentKey makes a new agent API key and returns it with its plaintext,

@@ -21,7 +21,12 @@ import (
 // Authenticator turns a bearer token into the caller. account.Service
 // implements it: signature, claims and revocation are checked there.
 type Authenticator interface {
+	// Authenticate is VerifyAccessToken then CheckRevoked.
 	Authenticate(ctx context.Context, bearer string) (auth.Principal, error)
+	// VerifyAccessToken checks the token's signature and claims, without
+	// I/O; the principal is not to be trusted before CheckRevoked passes.
+	VerifyAccessToken(bearer string) (auth.Principal, error)
+	CheckRevoked(ctx context.Context, p auth.Principal) error
 }
 
 // publicProcedures need no access token.

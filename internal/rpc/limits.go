@@ -83,9 +83,10 @@ type authResult struct {
 
 type authResultKey struct{}
 
-// admission authenticates an API request's bearer token and then counts the
+// admission authenticates an API request's bearer token and counts the
 // request against the per-IP budget and, when the token names a caller, the
-// caller's budget, in one round trip to the limiter. Every other request
+// caller's budget, in one round trip to the limiter, with the token's
+// revocation checked alongside. Every other request
 // (webhooks, signed blob URLs, JWKS) counts against the per-IP budget alone.
 // Doing both here, before any handler, also counts requests the handlers
 // would refuse before their interceptors run (a malformed body, an unknown
@@ -108,12 +109,14 @@ func admit(next http.Handler, a *admission) http.Handler {
 		ctx := r.Context()
 		names := []string{"ip"}
 		checks := []LimitCheck{{Key: ipLimitKey(clientIP(r, a.trusted)), PerMinute: a.limits.IPPerMinute}}
+		var (
+			res     *authResult
+			revoked chan error
+		)
 		if isAPIPath(r.URL.Path) && !publicProcedures[r.URL.Path] && a.auth != nil {
 			if token, ok := bearerToken(r.Header.Get("Authorization")); ok {
-				res := &authResult{}
-				res.principal, res.err = a.auth.Authenticate(ctx, token)
-				ctx = context.WithValue(ctx, authResultKey{}, res)
-				r = r.WithContext(ctx)
+				res = &authResult{}
+				res.principal, res.err = a.auth.VerifyAccessToken(token)
 				if res.err == nil {
 					name, perMinute := "user", a.limits.UserPerMinute
 					if res.principal.IsAgent() {
@@ -121,19 +124,34 @@ func admit(next http.Handler, a *admission) http.Handler {
 					}
 					names = append(names, name)
 					checks = append(checks, LimitCheck{Key: name + ":" + res.principal.ID.String(), PerMinute: perMinute})
+					// The revocation check runs beside the limiter's call:
+					// the Valkey client sends concurrent calls together, so
+					// the two usually share one round trip.
+					revoked = make(chan error, 1)
+					go func(p auth.Principal) { revoked <- a.auth.CheckRevoked(ctx, p) }(res.principal)
 				}
+				r = r.WithContext(context.WithValue(ctx, authResultKey{}, res))
 			}
 		}
-		if a.lim == nil {
-			next.ServeHTTP(w, r)
-			return
+		var (
+			ds  []Decision
+			err error
+		)
+		if a.lim != nil {
+			ds, err = a.lim.Allow(ctx, checks...)
 		}
-		ds, err := a.lim.Allow(ctx, checks...)
-		if err != nil || len(ds) == 0 {
-			// The limiter degrades to local limits by itself; an error here
-			// means it could not decide at all, and refusing every request
-			// would turn a cache outage into a full outage.
-			a.log.WarnContext(ctx, "rate limit check failed", slog.Any("error", err))
+		if revoked != nil {
+			if rerr := <-revoked; rerr != nil {
+				res.err = rerr
+			}
+		}
+		if a.lim == nil || err != nil || len(ds) == 0 {
+			if a.lim != nil {
+				// The limiter degrades to local limits by itself; an error
+				// here means it could not decide at all, and refusing every
+				// request would turn a cache outage into a full outage.
+				a.log.WarnContext(ctx, "rate limit check failed", slog.Any("error", err))
+			}
 			next.ServeHTTP(w, r)
 			return
 		}
