@@ -158,8 +158,10 @@ func (s *Service) DeleteConversation(ctx context.Context, p auth.Principal, id u
 	if err := s.store.DeleteConversation(ctx, id, Scope{UserID: p.ID}); err != nil {
 		return err
 	}
+	// The delete is committed: its mark must be written even if the
+	// caller has gone.
 	if s.cache != nil {
-		s.cache.DeleteHead(ctx, id)
+		s.cache.DeleteHead(context.WithoutCancel(ctx), id)
 	}
 	s.notify(ctx, id, -1)
 	return nil
@@ -190,14 +192,11 @@ func (s *Service) SaveTurn(ctx context.Context, p auth.Principal, t Turn) (Saved
 		// The first attempt may have died between its commit and advancing
 		// the head; the retry repairs it (AdvanceHead never moves back).
 		if s.cache != nil {
-			s.cache.AdvanceHead(ctx, t.ConversationID, last)
+			s.cache.AdvanceHead(context.WithoutCancel(ctx), t.ConversationID, last)
 		}
 		return saved, nil
 	}
-	if s.cache != nil {
-		s.cache.AdvanceHead(ctx, t.ConversationID, last)
-	}
-	s.notify(ctx, t.ConversationID, last)
+	s.advanceAndNotify(ctx, t.ConversationID, last)
 	return saved, nil
 }
 
@@ -245,6 +244,25 @@ func sameTurn(stored []Message, want []NewMessage) bool {
 
 // notify rings the doorbell for a committed change. The change is durable
 // whatever happens here, so a caller that has gone away must not stop it.
+// advanceAndNotify advances the cached head and rings the doorbell after a
+// committed turn, and returns when both are done, so that the turn is
+// listed everywhere before SaveTurn answers. The two are independent: they
+// run side by side, and the Valkey client sends them together.
+func (s *Service) advanceAndNotify(ctx context.Context, id uuid.UUID, lastSeq int64) {
+	if s.cache == nil {
+		s.notify(ctx, id, lastSeq)
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Committed: the head must move even if the caller has gone.
+		s.cache.AdvanceHead(context.WithoutCancel(ctx), id, lastSeq)
+	}()
+	s.notify(ctx, id, lastSeq)
+	<-done
+}
+
 func (s *Service) notify(ctx context.Context, id uuid.UUID, lastSeq int64) {
 	if s.notifier != nil {
 		s.notifier.Notify(context.WithoutCancel(ctx), id, lastSeq)
