@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/auth"
@@ -154,10 +155,13 @@ func scopeArg(s conversation.Scope) any {
 	return uuidArg(s.UserID)
 }
 
-// uuidArg passes id to pgx as the 16 bytes its uuid codec sends in binary:
-// uuid.UUID would go through driver.Valuer, a string and PostgreSQL's
-// text parser. The hot statements take their ids this way.
-func uuidArg(id uuid.UUID) [16]byte { return id }
+// uuidArg passes id to pgx as a pgtype.UUID, which its uuid codec sends as
+// 16 binary bytes: uuid.UUID would go through driver.Valuer, a string and
+// PostgreSQL's text parser. Unlike a bare [16]byte it also encodes as text
+// where pgx sends every parameter as text (default_query_exec_mode
+// simple_protocol or exec, as behind PgBouncer). The hot statements take
+// their ids this way.
+func uuidArg(id uuid.UUID) pgtype.UUID { return pgtype.UUID{Bytes: id, Valid: true} }
 
 // SaveTurnArgs returns SaveTurnSQL's parameters for msgs (one or two).
 func SaveTurnArgs(id uuid.UUID, s conversation.Scope, turnID string, msgs []conversation.NewMessage) []any {

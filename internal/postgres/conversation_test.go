@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -399,5 +400,43 @@ func BenchmarkSaveTurnReplay(b *testing.B) {
 		if r, err := s.SaveTurn(b.Context(), c.ID, conversation.Scope{}, "once", msgs); err != nil || !r.Replayed {
 			b.Fatal(r, err)
 		}
+	}
+}
+
+// TestConversationStoreSimpleProtocol runs the hot statements as pgx runs
+// them behind PgBouncer (deploy/k8s/README.md): every parameter sent as
+// text, with no statement description to type it by.
+func TestConversationStoreSimpleProtocol(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"simple_protocol", "exec"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			url := testenv.DatabaseURL(t)
+			sep := "?"
+			if strings.Contains(url, "?") {
+				sep = "&"
+			}
+			db, err := postgres.Open(t.Context(), url+sep+"default_query_exec_mode="+mode, postgres.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			s := postgres.NewConversationStore(db)
+			owner := convSeedUser(t, db)
+			c := convCreate(t, s, owner)
+			scope := conversation.Scope{UserID: owner}
+			saved, err := s.SaveTurn(t.Context(), c.ID, scope, "t1", convMsgs("u", "a"))
+			if err != nil || len(saved.Messages) != 2 {
+				t.Fatalf("SaveTurn: %+v, %v", saved, err)
+			}
+			h, err := s.Head(t.Context(), c.ID, scope)
+			if err != nil || h.LastSeq != 2 || h.Owner != owner {
+				t.Fatalf("Head: %+v, %v", h, err)
+			}
+			msgs, err := s.ListMessages(t.Context(), conversation.MessageRange{ConversationID: c.ID, Order: conversation.OrderNewestFirst, Before: 3, Limit: 10})
+			if err != nil || len(msgs) != 2 || msgs[0].ID != saved.Messages[1].ID {
+				t.Fatalf("ListMessages: %+v, %v", msgs, err)
+			}
+		})
 	}
 }
