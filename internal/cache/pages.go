@@ -25,11 +25,21 @@ import (
 const (
 	// DefaultTTL is how long a page is kept when NewPages is given none.
 	DefaultTTL = 5 * time.Minute
-	// headTTL bounds how long a head outlives its last write or read from
-	// PostgreSQL. Only a writer that dies between its commit and advancing
-	// the head leaves a head behind, and then for at most this long; a
-	// busy conversation pays one PostgreSQL read per headTTL for it.
-	headTTL = 10 * time.Second
+	// headTTL bounds how long a head outlives its last write. A writer that
+	// cannot advance a head (Valkey unreachable from its replica, or a reply
+	// lost) waits until the stale head has expired before it answers, and a
+	// writer that dies between its commit and the advance leaves the head
+	// behind for at most this long. A busy conversation pays one PostgreSQL
+	// read per headTTL for it.
+	headTTL = 3 * time.Second
+	// recordWindow is how old a reader's PostgreSQL read may be when it
+	// records the head it read: an older read is dropped, so a head from
+	// before a commit can outlive the commit by at most recordWindow+headTTL.
+	recordWindow = headTTL / 2
+	// deletedTTL keeps a deleted conversation's mark far longer than any
+	// reader from before the delete can take to record its head, and longer
+	// than its pages live.
+	deletedTTL = time.Hour
 	// opTimeout bounds each Valkey call: a slow or dead Valkey costs a
 	// request at most this much before it falls back to PostgreSQL.
 	opTimeout = 250 * time.Millisecond
@@ -127,49 +137,92 @@ func (c *Pages) PutPage(ctx context.Context, k conversation.PageKey, p conversat
 // putHead sets a head to the larger of its cached and given last_seq, with
 // the owner given or, when none is, the cached one. A deleted head stays
 // deleted; a head without a known owner is kept (readers treat it as
-// absent) so that a later RecordHead cannot move last_seq back.
+// absent) so that a later RecordHead cannot move last_seq back. A write that
+// would change nothing is skipped, so that it does not extend the life of a
+// head another writer failed to advance.
+//
+// The script is retryable: the same advance applied twice is the same
+// advance.
 //
 // KEYS[1] head; ARGV[1] owner or ""; ARGV[2] last_seq; ARGV[3] TTL (ms).
-var putHead = valkey.NewLuaScript(`
+var putHead = valkey.NewLuaScriptRetryable(`
 local cur = redis.call('GET', KEYS[1])
 local owner, seq = ARGV[1], tonumber(ARGV[2])
 if cur then
   if cur == '` + deletedHead + `' then return 0 end
   local sep = string.find(cur, ':', 1, true)
   if sep then
+    local cowner = string.sub(cur, 1, sep - 1)
     local cseq = tonumber(string.sub(cur, sep + 1))
+    if cseq and cseq >= seq and cowner ~= '' and (owner == '' or owner == cowner) then
+      return 0
+    end
     if cseq and cseq > seq then seq = cseq end
-    if owner == '' then owner = string.sub(cur, 1, sep - 1) end
+    if owner == '' then owner = cowner end
   end
 end
 redis.call('SET', KEYS[1], owner .. ':' .. string.format('%d', seq), 'PX', ARGV[3])
 return 1`)
 
-// RecordHead implements conversation.PageCache.
-func (c *Pages) RecordHead(ctx context.Context, id uuid.UUID, h conversation.Head) {
-	c.putHead(ctx, id, h.Owner.String(), h.LastSeq)
-}
-
-// AdvanceHead implements conversation.PageCache.
-func (c *Pages) AdvanceHead(ctx context.Context, id uuid.UUID, lastSeq int64) {
-	c.putHead(ctx, id, "", lastSeq)
-}
-
-func (c *Pages) putHead(ctx context.Context, id uuid.UUID, owner string, lastSeq int64) {
+// RecordHead implements conversation.PageCache. A head read more than
+// recordWindow ago is not recorded: a commit may have come and its advance
+// expired since.
+func (c *Pages) RecordHead(ctx context.Context, id uuid.UUID, h conversation.Head, readAt time.Time) {
+	if time.Since(readAt) > recordWindow {
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	if err := putHead.Exec(ctx, c.client, []string{headKey(id)},
-		[]string{owner, strconv.FormatInt(lastSeq, 10), strconv.FormatInt(headTTL.Milliseconds(), 10)}).Error(); err != nil {
+	if err := c.putHead(ctx, id, h.Owner.String(), h.LastSeq); err != nil {
 		c.failures.Inc()
 	}
 }
 
-// DeleteHead implements conversation.PageCache.
+// AdvanceHead implements conversation.PageCache. When the advance cannot
+// be written it retries until it is, or until every head a reader could
+// still find without it has expired (headTTL+recordWindow): either way no
+// replica serves a page without the turn once it returns.
+func (c *Pages) AdvanceHead(ctx context.Context, id uuid.UUID, lastSeq int64) {
+	c.ensure(ctx, func(ctx context.Context) error { return c.putHead(ctx, id, "", lastSeq) })
+}
+
+// DeleteHead implements conversation.PageCache, retrying as AdvanceHead does.
 func (c *Pages) DeleteHead(ctx context.Context, id uuid.UUID) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	if err := c.client.Do(ctx, c.client.B().Set().Key(headKey(id)).Value(deletedHead).Px(headTTL).Build()).Error(); err != nil {
+	c.ensure(ctx, func(ctx context.Context) error {
+		return c.client.Do(ctx, c.client.B().Set().Key(headKey(id)).Value(deletedHead).Px(deletedTTL).Build().ToRetryable()).Error()
+	})
+}
+
+func (c *Pages) putHead(ctx context.Context, id uuid.UUID, owner string, lastSeq int64) error {
+	return putHead.Exec(ctx, c.client, []string{headKey(id)},
+		[]string{owner, strconv.FormatInt(lastSeq, 10), strconv.FormatInt(headTTL.Milliseconds(), 10)}).Error()
+}
+
+// ensure runs write until it succeeds or until headTTL+recordWindow has
+// passed since the first attempt, with a short backoff between attempts.
+func (c *Pages) ensure(ctx context.Context, write func(context.Context) error) {
+	deadline := time.Now().Add(headTTL + recordWindow)
+	backoff := 20 * time.Millisecond
+	for {
+		wctx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := write(wctx)
+		cancel()
+		if err == nil {
+			return
+		}
 		c.failures.Inc()
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return
+		}
+		t := time.NewTimer(min(backoff, wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
 	}
 }
 

@@ -90,7 +90,7 @@ func TestPagesHitMissAndOutage(t *testing.T) {
 	if _, ok, got, pageSeq := c.Lookup(ctx, k); ok || pageSeq != 10 || len(got.Messages) != len(want.Messages) { // miss 2
 		t.Fatalf("page without a head: head %v, page at %d", ok, pageSeq)
 	}
-	c.RecordHead(ctx, k.ConversationID, conversation.Head{Owner: owner, LastSeq: 10})
+	c.RecordHead(ctx, k.ConversationID, conversation.Head{Owner: owner, LastSeq: 10}, time.Now())
 	h, ok, pageOK := lookup(k) // hit 1
 	if !ok || !pageOK || h.Owner != owner || h.LastSeq != 10 || h.Deleted {
 		t.Fatalf("after RecordHead: head %+v %v, page %v", h, ok, pageOK)
@@ -151,14 +151,14 @@ func TestHeadsNeverGoBack(t *testing.T) {
 	if _, ok := head(a); ok {
 		t.Error("a head without its owner was served")
 	}
-	c.RecordHead(ctx, a, conversation.Head{Owner: owner, LastSeq: 5})
+	c.RecordHead(ctx, a, conversation.Head{Owner: owner, LastSeq: 5}, time.Now())
 	if h, ok := head(a); !ok || h.LastSeq != 7 || h.Owner != owner {
 		t.Errorf("advance then stale record: %+v %v, want last_seq 7 of %s", h, ok, owner)
 	}
 
 	// The stale reader records first, the writer advances after.
 	b := uuid.New()
-	c.RecordHead(ctx, b, conversation.Head{Owner: owner, LastSeq: 5})
+	c.RecordHead(ctx, b, conversation.Head{Owner: owner, LastSeq: 5}, time.Now())
 	c.AdvanceHead(ctx, b, 7)
 	c.AdvanceHead(ctx, b, 6) // a slower writer of an earlier turn
 	if h, ok := head(b); !ok || h.LastSeq != 7 || h.Owner != owner {
@@ -166,7 +166,7 @@ func TestHeadsNeverGoBack(t *testing.T) {
 	}
 
 	c.DeleteHead(ctx, b)
-	c.RecordHead(ctx, b, conversation.Head{Owner: owner, LastSeq: 7}) // a reader from before the delete
+	c.RecordHead(ctx, b, conversation.Head{Owner: owner, LastSeq: 7}, time.Now()) // a reader from before the delete
 	c.AdvanceHead(ctx, b, 9)
 	if h, ok := head(b); !ok || !h.Deleted {
 		t.Errorf("after delete: %+v %v, want deleted", h, ok)
@@ -201,6 +201,65 @@ func labelIs(m *dto.Metric, name, value string) bool {
 	return false
 }
 
+// TestHeadWritesThatChangeNothing checks that a replay's advance to an older
+// seq neither moves the head back nor extends its life (which would keep a
+// head another writer failed to advance alive), and that a head read from
+// PostgreSQL too long ago is not recorded.
+func TestHeadWritesThatChangeNothing(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestPages(t, testenv.ValkeyURL(t))
+	ctx := t.Context()
+	vc := testenv.ValkeyClient(t, testenv.ValkeyURL(t))
+	id, owner := uuid.New(), uuid.New()
+	pttl := func() int64 {
+		t.Helper()
+		n, err := vc.Do(ctx, vc.B().Pttl().Key(headKey(id)).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	c.RecordHead(ctx, id, conversation.Head{Owner: owner, LastSeq: 7}, time.Now())
+	time.Sleep(300 * time.Millisecond)
+	before := pttl()
+	c.AdvanceHead(ctx, id, 5)
+	c.AdvanceHead(ctx, id, 7)
+	c.RecordHead(ctx, id, conversation.Head{Owner: owner, LastSeq: 6}, time.Now())
+	if after := pttl(); after > before || after <= 0 {
+		t.Errorf("PTTL %d ms after writes that change nothing, %d ms before", after, before)
+	}
+	if h, ok, _, _ := c.Lookup(ctx, conversation.PageKey{ConversationID: id, Size: 50}); !ok || h.LastSeq != 7 {
+		t.Errorf("head %+v %v, want last_seq 7", h, ok)
+	}
+
+	other := uuid.New()
+	c.RecordHead(ctx, other, conversation.Head{Owner: owner, LastSeq: 3}, time.Now().Add(-2*recordWindow))
+	if _, ok, _, _ := c.Lookup(ctx, conversation.PageKey{ConversationID: other, Size: 50}); ok {
+		t.Error("a head read long ago was recorded")
+	}
+	c.DeleteHead(ctx, other)
+	if n, err := vc.Do(ctx, vc.B().Pttl().Key(headKey(other)).Build()).AsInt64(); err != nil || n < (deletedTTL - time.Minute).Milliseconds() {
+		t.Errorf("deleted mark PTTL %d, %v; want about %v", n, err, deletedTTL)
+	}
+}
+
+// TestAdvanceHeadWaitsOutAStaleHead checks that an advance Valkey does not
+// take returns only once the head it could not move has expired.
+func TestAdvanceHeadWaitsOutAStaleHead(t *testing.T) {
+	t.Parallel()
+	v := testenv.NewValkey(t)
+	c, _ := newTestPages(t, v.URL())
+	ctx := t.Context()
+	id := uuid.New()
+	c.RecordHead(ctx, id, conversation.Head{Owner: uuid.New(), LastSeq: 4}, time.Now())
+	v.Stop()
+	start := time.Now()
+	c.AdvanceHead(ctx, id, 6)
+	if took := time.Since(start); took < headTTL || took > headTTL+recordWindow+2*time.Second {
+		t.Errorf("AdvanceHead with Valkey down returned after %v, want between %v and about %v", took, headTTL, headTTL+recordWindow)
+	}
+}
+
 // BenchmarkPagesLookupHit is a cached ListMessages' whole use of Valkey.
 func BenchmarkPagesLookupHit(b *testing.B) {
 	client := testenv.ValkeyClient(b, testenv.ValkeyURL(b))
@@ -210,7 +269,7 @@ func BenchmarkPagesLookupHit(b *testing.B) {
 	}
 	k := conversation.PageKey{ConversationID: uuid.New(), LastSeq: 1000, Order: conversation.OrderNewestFirst, Size: 50}
 	c.PutPage(b.Context(), k, testPage(k.ConversationID, 50))
-	c.RecordHead(b.Context(), k.ConversationID, conversation.Head{Owner: uuid.New(), LastSeq: 1000})
+	c.RecordHead(b.Context(), k.ConversationID, conversation.Head{Owner: uuid.New(), LastSeq: 1000}, time.Now())
 	b.ReportAllocs()
 	for b.Loop() {
 		if h, _, _, pageSeq := c.Lookup(b.Context(), k); pageSeq != h.LastSeq {

@@ -195,16 +195,14 @@ type Head struct {
 
 // PageCache caches conversation heads and ListMessages pages, so that a
 // ListMessages of an unchanged conversation needs neither the store nor more
-// than one round trip. It is an optimisation only: a failing or empty cache
-// makes ListMessages slower, never wrong, so implementations report misses
-// and errors alike as a miss.
+// than one round trip. A failing or empty cache makes ListMessages slower,
+// never wrong, so implementations report misses and errors alike as a miss.
 //
 // Heads are kept current by the writers: AdvanceHead after every committed
 // (or replayed) turn and DeleteHead after a delete, each before the caller is
-// answered, so a reader never misses a turn whose SaveTurn has answered. A
-// writer that dies between its commit and AdvanceHead leaves the head behind
-// until the turn is retried, the next turn is saved or the head expires, so
-// implementations keep heads briefly (seconds).
+// answered, so a reader never misses a turn whose SaveTurn has answered.
+// Implementations keep heads briefly (seconds): that bounds how long a writer
+// that dies between its commit and AdvanceHead leaves readers behind.
 type PageCache interface {
 	// Lookup returns the conversation's cached head, if any, and the page k
 	// names (k.LastSeq aside) with the last_seq it was cached at, if any
@@ -213,13 +211,17 @@ type PageCache interface {
 	Lookup(ctx context.Context, k PageKey) (h Head, headOK bool, p CachedPage, pageSeq int64)
 	// PutPage caches p as the page k names, at k.LastSeq.
 	PutPage(ctx context.Context, k PageKey, p CachedPage)
-	// RecordHead caches a head read from the store. It never moves a cached
-	// last_seq back and never revives a deleted conversation.
-	RecordHead(ctx context.Context, id uuid.UUID, h Head)
+	// RecordHead caches a head read from the store by a query started at
+	// readAt. It never moves a cached last_seq back and never revives a
+	// deleted conversation; it may drop a head read too long ago.
+	RecordHead(ctx context.Context, id uuid.UUID, h Head, readAt time.Time)
 	// AdvanceHead moves a cached head's last_seq forward to lastSeq (never
-	// back) after a turn was committed.
+	// back) after a turn was committed. When it returns, no reader finds a
+	// head older than lastSeq: if the cache cannot be written it waits for
+	// such heads to expire.
 	AdvanceHead(ctx context.Context, id uuid.UUID, lastSeq int64)
-	// DeleteHead marks the conversation deleted.
+	// DeleteHead marks the conversation deleted; like AdvanceHead, when it
+	// returns no reader finds the conversation's head.
 	DeleteHead(ctx context.Context, id uuid.UUID)
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"time"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -339,12 +340,13 @@ func (s *Service) page(ctx context.Context, scope Scope, k PageKey) (CachedPage,
 			return s.readPage(ctx, k)
 		}
 	}
+	readAt := time.Now()
 	h, err := s.store.Head(ctx, k.ConversationID, scope)
 	if err != nil {
 		return CachedPage{}, err
 	}
 	if s.cache != nil {
-		s.cache.RecordHead(ctx, k.ConversationID, h)
+		s.cache.RecordHead(ctx, k.ConversationID, h, readAt)
 	}
 	if pageSeq == h.LastSeq {
 		return cached, nil
