@@ -411,3 +411,7 @@ func (a limiterAdapter) Allow(ctx context.Context, checks ...rpc.LimitCheck) ([]
 	}
 	return out, nil
 }
+
+func (a limiterAdapter) Refund(ctx context.Context, c rpc.LimitCheck) error {
+	return a.l.Refund(ctx, ratelimit.Check{Key: c.Key, Limit: ratelimit.PerMinute(c.PerMinute)})
+}

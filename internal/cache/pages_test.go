@@ -238,7 +238,7 @@ func TestHeadWritesThatChangeNothing(t *testing.T) {
 		t.Error("a head read long ago was recorded")
 	}
 	c.DeleteHead(ctx, other)
-	if n, err := vc.Do(ctx, vc.B().Pttl().Key(headKey(other)).Build()).AsInt64(); err != nil || n < (deletedTTL - time.Minute).Milliseconds() {
+	if n, err := vc.Do(ctx, vc.B().Pttl().Key(headKey(other)).Build()).AsInt64(); err != nil || n < (deletedTTL-time.Minute).Milliseconds() {
 		t.Errorf("deleted mark PTTL %d, %v; want about %v", n, err, deletedTTL)
 	}
 }

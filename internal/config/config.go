@@ -135,11 +135,11 @@ var vars = []Var{
 		set: func(c *Config, v string) error { return parseDuration(v, time.Second, &c.AgentTokenTTL) }},
 
 	{Name: "PARLEY_RATE_LIMIT_USER_PER_MINUTE", Default: "60", Help: "requests per minute per user",
-		set: func(c *Config, v string) error { return parseInt(v, 1, &c.RateLimitUserPerMinute) }},
+		set: func(c *Config, v string) error { return parseRate(v, &c.RateLimitUserPerMinute) }},
 	{Name: "PARLEY_RATE_LIMIT_IP_PER_MINUTE", Default: "100", Help: "requests per minute per client IP (every request)",
-		set: func(c *Config, v string) error { return parseInt(v, 1, &c.RateLimitIPPerMinute) }},
+		set: func(c *Config, v string) error { return parseRate(v, &c.RateLimitIPPerMinute) }},
 	{Name: "PARLEY_RATE_LIMIT_AGENT_PER_MINUTE", Default: "6000", Help: "requests per minute per agent",
-		set: func(c *Config, v string) error { return parseInt(v, 1, &c.RateLimitAgentPerMinute) }},
+		set: func(c *Config, v string) error { return parseRate(v, &c.RateLimitAgentPerMinute) }},
 
 	{Name: "PARLEY_WATCH_HEARTBEAT", Default: "15s", Help: "interval of heartbeats on idle WatchMessages streams",
 		set: func(c *Config, v string) error { return parseDuration(v, 10*time.Millisecond, &c.WatchHeartbeat) }},
@@ -245,6 +245,20 @@ func parseInt(v string, min int, dst *int) error {
 		return fmt.Errorf("must be at least %d, got %d", min, n)
 	}
 	*dst = n
+	return nil
+}
+
+// maxRatePerMinute is the fastest rate the limiter can keep: one request
+// per microsecond, the resolution of its clock in Valkey.
+const maxRatePerMinute = 60_000_000
+
+func parseRate(v string, dst *int) error {
+	if err := parseInt(v, 1, dst); err != nil {
+		return err
+	}
+	if *dst > maxRatePerMinute {
+		return fmt.Errorf("must be at most %d per minute, got %d", maxRatePerMinute, *dst)
+	}
 	return nil
 }
 

@@ -38,6 +38,7 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"bad duration", "PARLEY_ACCESS_TOKEN_TTL", "soon"},
 		{"bad number", "PARLEY_RATE_LIMIT_USER_PER_MINUTE", "many"},
 		{"zero limit", "PARLEY_RATE_LIMIT_IP_PER_MINUTE", "0"},
+		{"limit faster than a microsecond apart", "PARLEY_RATE_LIMIT_AGENT_PER_MINUTE", "60000001"},
 		{"bad cidr", "PARLEY_TRUSTED_PROXIES", "10.0.0.0/99"},
 		{"url ttl over 15m", "PARLEY_FILE_URL_TTL", "16m"},
 		{"bad log level", "PARLEY_LOG_LEVEL", "loud"},

@@ -66,6 +66,23 @@ func (l *localLimiter) allow(now time.Time, key string, p gcraParams) Decision {
 	return d
 }
 
+// refund moves key's theoretical arrival time back by one interval.
+func (l *localLimiter) refund(now time.Time, key string, p gcraParams) {
+	t := time.Duration(now.UnixNano())
+	s := &l.shards[maphash.String(l.seed, key)%localShards]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tat, ok := s.tats[key]
+	if !ok {
+		return
+	}
+	if tat -= p.interval; tat <= t {
+		delete(s.tats, key)
+		return
+	}
+	s.tats[key] = tat
+}
+
 // sweep drops keys whose buckets are full again.
 func (s *localShard) sweep(now time.Duration) {
 	for k, tat := range s.tats {

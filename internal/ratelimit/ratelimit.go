@@ -173,6 +173,50 @@ func (l *Limiter) AllowAll(ctx context.Context, checks ...Check) ([]Decision, er
 	return ds, nil
 }
 
+// Refund gives back one request's worth of c's budget, which AllowAll
+// charged for a request that then turned out not to be the caller's (say,
+// its token was revoked). It never fills a budget past full. Like Allow it
+// falls back to the local limiter while Valkey is unreachable.
+func (l *Limiter) Refund(ctx context.Context, c Check) error {
+	p, err := c.Limit.params()
+	if err != nil {
+		return err
+	}
+	now := l.now()
+	if l.shouldTryValkey(now) {
+		vctx, cancel := context.WithTimeout(ctx, l.timeout)
+		err := refundScript.Exec(vctx, l.client, []string{l.prefix + c.Key},
+			[]string{strconv.FormatInt(p.interval.Microseconds(), 10)}).Error()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return fmt.Errorf("rate limit refund: %w", ctxErr)
+		}
+		l.unhealthy(now, err)
+	}
+	l.local.refund(l.now(), c.Key, p)
+	return nil
+}
+
+// refundScript moves a key's theoretical arrival time back by one emission
+// interval, deleting the key once its bucket is full.
+//
+// KEYS[1] key; ARGV[1] emission interval (µs).
+var refundScript = valkey.NewLuaScript(`
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local new_tat = tat - tonumber(ARGV[1])
+if new_tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+end
+return 1`)
+
 // shouldTryValkey reports whether this call should go to Valkey. During an
 // outage only one call per retry interval probes it, so a dead or stalled
 // server does not add a timeout to every request.

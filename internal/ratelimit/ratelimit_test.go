@@ -533,3 +533,40 @@ func TestAllowAllInvalidLimit(t *testing.T) {
 		t.Fatalf("got %v, want ErrInvalidLimit", err)
 	}
 }
+
+// TestRefund checks that a refund gives back exactly one request, in Valkey
+// and in the local fallback, and never more than a full budget.
+func TestRefund(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"valkey", "local"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			v := testenv.NewValkey(t)
+			l := ratelimit.New(testenv.ValkeyClient(t, v.URL()), ratelimit.Options{RetryInterval: time.Hour})
+			if mode == "local" {
+				v.Stop()
+			}
+			c := ratelimit.Check{Key: "user:" + uuid.NewString(), Limit: ratelimit.PerMinute(3)}
+			for range 3 {
+				allow(t, l, c.Key, c.Limit)
+			}
+			if d := allow(t, l, c.Key, c.Limit); d.Allowed {
+				t.Fatalf("fourth request allowed: %+v", d)
+			}
+			if err := l.Refund(t.Context(), c); err != nil {
+				t.Fatal(err)
+			}
+			if d := allow(t, l, c.Key, c.Limit); !d.Allowed || d.Remaining != 0 {
+				t.Fatalf("after a refund: %+v, want one request allowed", d)
+			}
+			for range 5 {
+				if err := l.Refund(t.Context(), c); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if d := allow(t, l, c.Key, c.Limit); !d.Allowed || d.Remaining != 2 {
+				t.Fatalf("after refunds past full: %+v, want a full budget", d)
+			}
+		})
+	}
+}

@@ -25,6 +25,8 @@ type Limiter interface {
 	// made: the request may proceed when there is one per check and the last
 	// allows it.
 	Allow(ctx context.Context, checks ...LimitCheck) ([]Decision, error)
+	// Refund gives back one request's worth of a budget Allow charged.
+	Refund(ctx context.Context, check LimitCheck) error
 }
 
 // LimitCheck is one budget of perMinute requests, named by Key.
@@ -143,6 +145,14 @@ func admit(next http.Handler, a *admission) http.Handler {
 		if revoked != nil {
 			if rerr := <-revoked; rerr != nil {
 				res.err = rerr
+				// The caller's budget was charged before the token turned
+				// out to be revoked: whoever holds a revoked token must not
+				// spend its owner's budget.
+				if len(ds) == 2 && ds[1].Allowed {
+					if err := a.lim.Refund(ctx, checks[1]); err != nil {
+						a.log.WarnContext(ctx, "rate limit refund failed", slog.String("error", err.Error()))
+					}
+				}
 			}
 		}
 		if a.lim == nil || err != nil || len(ds) == 0 {

@@ -102,6 +102,15 @@ func (l *countingLimiter) Allow(_ context.Context, checks ...LimitCheck) ([]Deci
 	return ds, nil
 }
 
+func (l *countingLimiter) Refund(_ context.Context, c LimitCheck) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.count[c.Key] > 0 {
+		l.count[c.Key]--
+	}
+	return nil
+}
+
 // newRESTServer serves the whole NewHandler (every service with its real
 // domain service, the real interceptors and limits) on a new database.
 func newRESTServer(t *testing.T, limits Limits) string {
@@ -387,5 +396,38 @@ func TestAdmissionOneLimiterCall(t *testing.T) {
 	}
 	if got := calls()[before:]; len(got) != 1 || !strings.HasPrefix(got[0][0], "ip:") {
 		t.Errorf("a refused body was counted as %v, want once against the address", got)
+	}
+}
+
+// TestRevokedTokenSpendsNoUserBudget checks that whoever holds a revoked
+// token cannot spend its owner's budget: the charge is given back.
+func TestRevokedTokenSpendsNoUserBudget(t *testing.T) {
+	t.Parallel()
+	base := newRESTServerWith(t, Limits{UserPerMinute: 3, AgentPerMinute: 3, IPPerMinute: 1000}, &countingLimiter{count: map[string]int{}})
+	email := uuid.NewString() + "@example.com"
+	status, _, out := restCall(t, http.MethodPost, base+"/parley.v1.AuthService/Register", "",
+		fmt.Sprintf(`{"email":%q,"password":"correct horse battery","displayName":"Ada"}`, email))
+	if status != http.StatusOK {
+		t.Fatalf("register: %d %v", status, out)
+	}
+	stolen := out["tokens"].(map[string]any)["accessToken"].(string)
+	if status, _, out := restCall(t, http.MethodPost, base+"/api/v1/auth/logout", stolen, `{}`); status != http.StatusOK {
+		t.Fatalf("logout: %d %v", status, out)
+	}
+	for i := range 6 {
+		status, _, out := restCall(t, http.MethodGet, base+"/api/v1/profile", stolen, "")
+		wantError(t, fmt.Sprintf("revoked token, request %d", i), status, out, http.StatusUnauthorized, connect.CodeUnauthenticated)
+	}
+	status, _, out = restCall(t, http.MethodPost, base+"/parley.v1.AuthService/Login", "",
+		fmt.Sprintf(`{"email":%q,"password":"correct horse battery"}`, email))
+	if status != http.StatusOK {
+		t.Fatalf("login: %d %v", status, out)
+	}
+	fresh := out["tokens"].(map[string]any)["accessToken"].(string)
+	// The logout spent one request of the budget of 3.
+	for i := range 2 {
+		if status, _, out := restCall(t, http.MethodGet, base+"/api/v1/profile", fresh, ""); status != http.StatusOK {
+			t.Fatalf("owner's request %d after the revoked token's: %d %v", i, status, out)
+		}
 	}
 }
