@@ -99,8 +99,14 @@ type admission struct {
 	limits    Limits
 	trusted   []netip.Prefix
 	log       *slog.Logger
+	obs       *observer
 	errWriter *connect.ErrorWriter
 }
+
+// admissionProcedure labels the requests the admission refuses in the
+// observer's metrics: they never reach a procedure, and the path they asked
+// for is the caller's to choose, which a label must not be.
+const admissionProcedure = "(admission)"
 
 func admit(next http.Handler, a *admission) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -108,6 +114,7 @@ func admit(next http.Handler, a *admission) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		start := time.Now()
 		ctx := r.Context()
 		names := []string{"ip"}
 		checks := []LimitCheck{{Key: ipLimitKey(clientIP(r, a.trusted)), PerMinute: a.limits.IPPerMinute}}
@@ -177,8 +184,14 @@ func admit(next http.Handler, a *admission) http.Handler {
 		if len(ds) > 1 {
 			what = names[len(ds)-1]
 		}
-		a.refuse(w, r, connect.NewError(connect.CodeResourceExhausted,
-			fmt.Errorf("rate limit exceeded for this %s: retry in %ds", what, max(1, ceilSeconds(last.RetryAfter)))))
+		cerr := connect.NewError(connect.CodeResourceExhausted,
+			fmt.Errorf("rate limit exceeded for this %s: retry in %ds", what, max(1, ceilSeconds(last.RetryAfter))))
+		id := requestID(r.Header.Get("X-Request-Id"))
+		w.Header().Set("X-Request-Id", id)
+		a.refuse(w, r, cerr)
+		if a.obs != nil {
+			a.obs.done(ctx, admissionProcedure, id, r.RemoteAddr, start, fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, cerr))
+		}
 	})
 }
 

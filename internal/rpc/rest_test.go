@@ -330,8 +330,21 @@ func TestRESTRateLimits(t *testing.T) {
 		}
 		status, hdr, out := restCall(t, http.MethodGet, base+"/api/v1/profile", tok, "")
 		wantError(t, "fourth request", status, out, http.StatusTooManyRequests, connect.CodeResourceExhausted)
-		if hdr.Get("Retry-After") != "7" {
-			t.Errorf("Retry-After = %q, want 7 (headers %v)", hdr.Get("Retry-After"), hdr)
+		if hdr.Get("Retry-After") != "7" || hdr.Get("X-Request-Id") == "" {
+			t.Errorf("Retry-After = %q, X-Request-Id %q; want 7 and an id (headers %v)", hdr.Get("Retry-After"), hdr.Get("X-Request-Id"), hdr)
+		}
+		// The refusal is counted like any call's answer.
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		metrics, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := `parley_rpc_requests_total{code="resource_exhausted",procedure="(admission)"} 1`; !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %s", want)
 		}
 	})
 	t.Run("per address", func(t *testing.T) {

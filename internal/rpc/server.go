@@ -72,12 +72,13 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 		return nil, fmt.Errorf("build validator: %w", err)
 	}
 	log := opts.Logger
+	obs := newObserver(log, opts.Registry)
 	handlerOpts := []connect.HandlerOption{
 		// Outermost first: observe everything, then authenticate, then
 		// validate the now-authorised request. Rate limits are counted
 		// before any handler, by the admission middleware.
 		connect.WithInterceptors(
-			newObserver(log, opts.Registry),
+			obs,
 			&authenticator{auth: opts.Authenticator, log: log},
 			v,
 		),
@@ -132,6 +133,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 		limits:    opts.Limits,
 		trusted:   opts.TrustedProxies,
 		log:       log,
+		obs:       obs,
 		errWriter: connect.NewErrorWriter(),
 	})
 	h = withCORS(h, opts.CORSOrigins)
