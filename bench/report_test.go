@@ -278,9 +278,10 @@ one's mean latency is clients / rate: at a fraction of pgbench's rate the whole 
 distribution is stretched by the inverse of that fraction, and "pgbench's p99 x 1.5 + 5 ms" holds
 only near a ratio of 0.67 or better. ListMessages' "p99 under 10 ms at 16 clients" needs about
 2.5x 16 / 10 ms = 4,000 pages/s on this host; session 1's host, about three times faster for pgbench
-as for Parley, met it (8.3 ms). Where the run has cores to spare (16 clients use about 1.5 of the 2)
-the rest of the latency is queueing behind the load generator's own CPU and the scheduler, not a
-lock or a pool: profiles show no contention, and 64 clients saturate the cores.
+as for Parley, met it (8.3 ms). 16 clients leave part of the two cores idle (see "cores" above;
+64 clients use more of them), so at 16 some of the latency is waiting rather than CPU: the
+sequential Valkey and PostgreSQL round trips of each call, and valkey-go's flush delay (up to
+20 µs per write while other calls are queued). No mutex or block profile was taken in this run.
 
 **Where Parley's CPU goes** (profiles above): system calls (writes to the client, to PostgreSQL and
 to Valkey, about a quarter), database/sql and pgx for SaveTurn's one statement (about an eighth),
