@@ -479,50 +479,42 @@ func BenchmarkAllowValkey(b *testing.B) {
 // the call with the later budgets untouched.
 func TestAllowAll(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"valkey", "local"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			v := testenv.NewValkey(t)
-			l := ratelimit.New(testenv.ValkeyClient(t, v.URL()), ratelimit.Options{RetryInterval: time.Hour})
-			if mode == "local" {
-				v.Stop()
-			}
-			ip, user := "ip:"+uuid.NewString(), "user:"+uuid.NewString()
-			checks := []ratelimit.Check{{Key: ip, Limit: ratelimit.PerMinute(3)}, {Key: user, Limit: ratelimit.PerMinute(2)}}
-			all := func() []ratelimit.Decision {
-				t.Helper()
-				ds, err := l.AllowAll(t.Context(), checks...)
-				if err != nil {
-					t.Fatalf("AllowAll: %v", err)
-				}
-				return ds
-			}
-
-			ds := all()
-			if len(ds) != 2 || !ds[0].Allowed || !ds[1].Allowed || ds[0].Remaining != 2 || ds[1].Remaining != 1 || ds[0].Limit != 3 || ds[1].Limit != 2 {
-				t.Fatalf("first call: %+v", ds)
-			}
-			all()
-			// The user budget (2) is spent: the IP is charged, the user refuses.
-			ds = all()
-			if len(ds) != 2 || !ds[0].Allowed || ds[0].Remaining != 0 || ds[1].Allowed || ds[1].RetryAfter <= 0 {
-				t.Fatalf("third call: %+v", ds)
-			}
-			// The IP budget (3) is spent: it refuses first, and the user's
-			// budget is not looked at.
-			other := "user:" + uuid.NewString()
-			ds, err := l.AllowAll(t.Context(), ratelimit.Check{Key: ip, Limit: ratelimit.PerMinute(3)}, ratelimit.Check{Key: other, Limit: ratelimit.PerMinute(2)})
+	inBothModes(t, func(t *testing.T, l *ratelimit.Limiter) {
+		ip, user := "ip:"+uuid.NewString(), "user:"+uuid.NewString()
+		checks := []ratelimit.Check{{Key: ip, Limit: ratelimit.PerMinute(3)}, {Key: user, Limit: ratelimit.PerMinute(2)}}
+		all := func() []ratelimit.Decision {
+			t.Helper()
+			ds, err := l.AllowAll(t.Context(), checks...)
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("AllowAll: %v", err)
 			}
-			if len(ds) != 1 || ds[0].Allowed {
-				t.Fatalf("fourth call: %+v", ds)
-			}
-			if d := allow(t, l, other, ratelimit.PerMinute(2)); !d.Allowed || d.Remaining != 1 {
-				t.Fatalf("the budget after a refusal was charged: %+v", d)
-			}
-		})
-	}
+			return ds
+		}
+
+		ds := all()
+		if len(ds) != 2 || !ds[0].Allowed || !ds[1].Allowed || ds[0].Remaining != 2 || ds[1].Remaining != 1 || ds[0].Limit != 3 || ds[1].Limit != 2 {
+			t.Fatalf("first call: %+v", ds)
+		}
+		all()
+		// The user budget (2) is spent: the IP is charged, the user refuses.
+		ds = all()
+		if len(ds) != 2 || !ds[0].Allowed || ds[0].Remaining != 0 || ds[1].Allowed || ds[1].RetryAfter <= 0 {
+			t.Fatalf("third call: %+v", ds)
+		}
+		// The IP budget (3) is spent: it refuses first, and the user's
+		// budget is not looked at.
+		other := "user:" + uuid.NewString()
+		ds, err := l.AllowAll(t.Context(), ratelimit.Check{Key: ip, Limit: ratelimit.PerMinute(3)}, ratelimit.Check{Key: other, Limit: ratelimit.PerMinute(2)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ds) != 1 || ds[0].Allowed {
+			t.Fatalf("fourth call: %+v", ds)
+		}
+		if d := allow(t, l, other, ratelimit.PerMinute(2)); !d.Allowed || d.Remaining != 1 {
+			t.Fatalf("the budget after a refusal was charged: %+v", d)
+		}
+	})
 }
 
 func TestAllowAllInvalidLimit(t *testing.T) {
@@ -538,6 +530,34 @@ func TestAllowAllInvalidLimit(t *testing.T) {
 // and in the local fallback, and never more than a full budget.
 func TestRefund(t *testing.T) {
 	t.Parallel()
+	inBothModes(t, func(t *testing.T, l *ratelimit.Limiter) {
+		c := ratelimit.Check{Key: "user:" + uuid.NewString(), Limit: ratelimit.PerMinute(3)}
+		for range 3 {
+			allow(t, l, c.Key, c.Limit)
+		}
+		if d := allow(t, l, c.Key, c.Limit); d.Allowed {
+			t.Fatalf("fourth request allowed: %+v", d)
+		}
+		if err := l.Refund(t.Context(), c); err != nil {
+			t.Fatal(err)
+		}
+		if d := allow(t, l, c.Key, c.Limit); !d.Allowed || d.Remaining != 0 {
+			t.Fatalf("after a refund: %+v, want one request allowed", d)
+		}
+		for range 5 {
+			if err := l.Refund(t.Context(), c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if d := allow(t, l, c.Key, c.Limit); !d.Allowed || d.Remaining != 2 {
+			t.Fatalf("after refunds past full: %+v, want a full budget", d)
+		}
+	})
+}
+
+// inBothModes runs test against a Limiter on a Valkey of its own, and again
+// against one whose Valkey has stopped, so that it decides locally.
+func inBothModes(t *testing.T, test func(t *testing.T, l *ratelimit.Limiter)) {
 	for _, mode := range []string{"valkey", "local"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
@@ -546,27 +566,7 @@ func TestRefund(t *testing.T) {
 			if mode == "local" {
 				v.Stop()
 			}
-			c := ratelimit.Check{Key: "user:" + uuid.NewString(), Limit: ratelimit.PerMinute(3)}
-			for range 3 {
-				allow(t, l, c.Key, c.Limit)
-			}
-			if d := allow(t, l, c.Key, c.Limit); d.Allowed {
-				t.Fatalf("fourth request allowed: %+v", d)
-			}
-			if err := l.Refund(t.Context(), c); err != nil {
-				t.Fatal(err)
-			}
-			if d := allow(t, l, c.Key, c.Limit); !d.Allowed || d.Remaining != 0 {
-				t.Fatalf("after a refund: %+v, want one request allowed", d)
-			}
-			for range 5 {
-				if err := l.Refund(t.Context(), c); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if d := allow(t, l, c.Key, c.Limit); !d.Allowed || d.Remaining != 2 {
-				t.Fatalf("after refunds past full: %+v, want a full budget", d)
-			}
+			test(t, l)
 		})
 	}
 }
