@@ -241,8 +241,11 @@ func (x *LoginResponse) GetTokens() *TokenPair {
 }
 
 type RefreshRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RefreshToken  string                 `protobuf:"bytes,1,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A refresh_token that is empty, unknown or not a refresh token at all is
+	// a wrong credential (unauthenticated), not bad input: the bound is only
+	// resource protection, far above any real secret's length.
+	RefreshToken  string `protobuf:"bytes,1,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -410,8 +413,10 @@ func (*LogoutResponse) Descriptor() ([]byte, []int) {
 }
 
 type ExchangeAgentKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ApiKey        string                 `protobuf:"bytes,1,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Like RefreshRequest.refresh_token: a wrong or empty key is
+	// unauthenticated; the bound is only resource protection.
+	ApiKey        string `protobuf:"bytes,1,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -526,18 +531,16 @@ const file_parley_v1_auth_proto_rawDesc = "" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\bpassword\"b\n" +
 	"\rLoginResponse\x12#\n" +
 	"\x04user\x18\x01 \x01(\v2\x0f.parley.v1.UserR\x04user\x12,\n" +
-	"\x06tokens\x18\x02 \x01(\v2\x14.parley.v1.TokenPairR\x06tokens\"A\n" +
-	"\x0eRefreshRequest\x12/\n" +
-	"\rrefresh_token\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\frefreshToken\"?\n" +
+	"\x06tokens\x18\x02 \x01(\v2\x14.parley.v1.TokenPairR\x06tokens\"?\n" +
+	"\x0eRefreshRequest\x12-\n" +
+	"\rrefresh_token\x18\x01 \x01(\tB\b\xbaH\x05r\x03(\x80 R\frefreshToken\"?\n" +
 	"\x0fRefreshResponse\x12,\n" +
 	"\x06tokens\x18\x01 \x01(\v2\x14.parley.v1.TokenPairR\x06tokens\">\n" +
 	"\rLogoutRequest\x12-\n" +
-	"\rrefresh_token\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\frefreshToken\"\x10\n" +
-	"\x0eLogoutResponse\">\n" +
-	"\x17ExchangeAgentKeyRequest\x12#\n" +
-	"\aapi_key\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x06apiKey\"x\n" +
+	"\rrefresh_token\x18\x01 \x01(\tB\b\xbaH\x05r\x03(\x80 R\frefreshToken\"\x10\n" +
+	"\x0eLogoutResponse\"<\n" +
+	"\x17ExchangeAgentKeyRequest\x12!\n" +
+	"\aapi_key\x18\x01 \x01(\tB\b\xbaH\x05r\x03(\x80 R\x06apiKey\"x\n" +
 	"\x18ExchangeAgentKeyResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x129\n" +
 	"\n" +
