@@ -108,7 +108,8 @@ func (a *authenticator) WrapStreamingHandler(next connect.StreamingHandlerFunc) 
 }
 
 // validator enforces the protovalidate rules written in the proto schema,
-// so handlers only ever see well-formed requests.
+// and refuses U+0000 in any string (see nulError), so handlers only ever
+// see well-formed requests.
 type validator struct {
 	v protovalidate.Validator
 }
@@ -126,7 +127,10 @@ func (v *validator) validate(msg any) error {
 	if !ok {
 		return nil
 	}
-	err := v.v.Validate(m)
+	err := nulError(m.ProtoReflect())
+	if err == nil {
+		err = v.v.Validate(m)
+	}
 	if err == nil {
 		return nil
 	}
