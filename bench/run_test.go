@@ -266,6 +266,8 @@ func (b *bench) replica(name, dbURL, token string) *replica {
 		"DATABASE_URL":                       dbURL,
 		"VALKEY_URL":                         b.valkeyURL,
 		"PARLEY_JWT_KEYS":                    b.keysPath,
+		"LIVEKIT_API_KEY":                    "APIbench",
+		"LIVEKIT_API_SECRET":                 "a-bench-secret-of-at-least-thirty-two-characters",
 		"PARLEY_RATE_LIMIT_USER_PER_MINUTE":  rateLimit,
 		"PARLEY_RATE_LIMIT_IP_PER_MINUTE":    rateLimit,
 		"PARLEY_RATE_LIMIT_AGENT_PER_MINUTE": rateLimit,

@@ -60,16 +60,22 @@ func devCommand(ctx context.Context, args []string, getenv func(string) string, 
 			return fmt.Errorf("dev database: %w (set DATABASE_URL to a PostgreSQL you can reach)", err)
 		}
 	}
+	liveKit := "LiveKit: " + cfg.LiveKitURL + ", with the key in LIVEKIT_API_KEY."
+	if cfg.LiveKitAPIKey == devDefaults["LIVEKIT_API_KEY"] && cfg.LiveKitAPISecret == devDefaults["LIVEKIT_API_SECRET"] {
+		liveKit = "LiveKit: " + cfg.LiveKitURL + ", with LiveKit's public development keys (devkey / secret, those of\n" +
+			"`livekit-server --dev`): anyone can sign webhooks to this server, so keep it private."
+	}
 	return serve(ctx, cfg, log, func(addr string) {
 		base := "http://" + dialable(addr)
 		fmt.Fprintf(stdout, `
 Parley is running on %[1]s (gRPC, gRPC-Web and Connect on one port).
+%[2]s
 
 Register a user and read its profile:
 
   TOKEN=$(curl -s -X POST %[1]s/parley.v1.AuthService/Register -H 'Content-Type: application/json' -d '{"email":"dev-'$RANDOM'@example.com","password":"correct horse battery"}' | sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p') && curl -s -X POST %[1]s/parley.v1.UserService/GetProfile -H 'Content-Type: application/json' -H "Authorization: Bearer $TOKEN" -d '{}'
 
-`, base)
+`, base, liveKit)
 	})
 }
 

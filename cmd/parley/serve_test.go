@@ -55,6 +55,12 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// The LiveKit key and secret the tests configure.
+const (
+	testLiveKitKey    = "APIparleytest"
+	testLiveKitSecret = "a-test-secret-of-at-least-thirty-two-characters"
+)
+
 // baseEnv is a complete configuration over the test's private services.
 func baseEnv(t *testing.T, dbURL string) map[string]string {
 	t.Helper()
@@ -67,9 +73,13 @@ func baseEnv(t *testing.T, dbURL string) map[string]string {
 		t.Fatal(err)
 	}
 	return map[string]string{
-		"DATABASE_URL":          dbURL,
-		"VALKEY_URL":            testenv.ValkeyURL(t),
-		"PARLEY_JWT_KEYS":       keys,
+		"DATABASE_URL":    dbURL,
+		"VALKEY_URL":      testenv.ValkeyURL(t),
+		"PARLEY_JWT_KEYS": keys,
+		// serve has no LiveKit keys of its own: LiveKit's development
+		// keys are public. Nothing listens on the default LIVEKIT_URL.
+		"LIVEKIT_API_KEY":       testLiveKitKey,
+		"LIVEKIT_API_SECRET":    testLiveKitSecret,
 		"PARLEY_HTTP_ADDR":      fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		"PARLEY_SHUTDOWN_DELAY": "0s",
 		"PARLEY_DRAIN_TIMEOUT":  "5s",

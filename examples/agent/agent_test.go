@@ -115,6 +115,8 @@ func TestAgentSurvivesReplicaKill(t *testing.T) {
 		"DATABASE_URL":          testenv.DatabaseURL(t),
 		"VALKEY_URL":            testenv.ValkeyURL(t),
 		"PARLEY_JWT_KEYS":       keys,
+		"LIVEKIT_API_KEY":       "APIagenttest",
+		"LIVEKIT_API_SECRET":    "an-agent-test-secret-of-at-least-thirty-two-characters",
 		"PARLEY_BLOB_DIR":       filepath.Join(t.TempDir(), "blobs"),
 		"PARLEY_SHUTDOWN_DELAY": "0s",
 		"PARLEY_LOG_LEVEL":      "warn",

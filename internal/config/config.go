@@ -77,7 +77,9 @@ type Var struct {
 	Default  string
 	Help     string
 	Required bool
-	set      func(c *Config, v string) error
+	// missing, if set, follows "required but not set" in the error.
+	missing string
+	set     func(c *Config, v string) error
 }
 
 // Vars returns the variables Parley reads, in the order --help lists them.
@@ -170,15 +172,20 @@ var vars = []Var{
 		set: func(c *Config, v string) error { c.LiveKitURL = v; return nil }},
 	{Name: "PARLEY_LIVEKIT_PUBLIC_URL", Help: "LiveKit URL handed to clients (default: LIVEKIT_URL)",
 		set: func(c *Config, v string) error { c.LiveKitPublicURL = v; return nil }},
-	{Name: "LIVEKIT_API_KEY", Default: "devkey", Help: "LiveKit API key",
+	// No defaults: LiveKit's development keys are public, and whoever holds
+	// the secret can sign webhooks. Only `parley dev` uses them.
+	{Name: "LIVEKIT_API_KEY", Required: true, missing: liveKitKeysMissing, Help: "LiveKit API key",
 		set: func(c *Config, v string) error { c.LiveKitAPIKey = v; return nil }},
-	{Name: "LIVEKIT_API_SECRET", Default: "secret", Help: "LiveKit API secret",
+	{Name: "LIVEKIT_API_SECRET", Required: true, missing: liveKitKeysMissing, Help: "LiveKit API secret (it also verifies LiveKit's webhooks)",
 		set: func(c *Config, v string) error { c.LiveKitAPISecret = v; return nil }},
 	{Name: "PARLEY_LIVEKIT_AGENT_NAME", Help: "agent to dispatch into new rooms (empty: none)",
 		set: func(c *Config, v string) error { c.LiveKitAgentName = v; return nil }},
 	{Name: "PARLEY_LIVEKIT_TOKEN_TTL", Default: "1h", Help: "lifetime of LiveKit join tokens",
 		set: func(c *Config, v string) error { return parseDuration(v, time.Second, &c.LiveKitTokenTTL) }},
 }
+
+// liveKitKeysMissing says what to do about a missing LiveKit key or secret.
+const liveKitKeysMissing = "set LIVEKIT_API_KEY and LIVEKIT_API_SECRET to your LiveKit server's API key and secret (only `parley dev` uses LiveKit's development keys)"
 
 // MemoryLimitAuto is Config.MemoryLimit when the limit is to be derived
 // from the container's memory limit.
@@ -202,7 +209,11 @@ func Load(getenv func(string) string) (Config, error) {
 		raw := strings.TrimSpace(getenv(v.Name))
 		if raw == "" {
 			if v.Required {
-				return Config{}, &Error{Var: v.Name, Err: errors.New("required but not set")}
+				msg := "required but not set"
+				if v.missing != "" {
+					msg += "; " + v.missing
+				}
+				return Config{}, &Error{Var: v.Name, Err: errors.New(msg)}
 			}
 			raw = v.Default
 		}

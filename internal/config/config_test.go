@@ -12,7 +12,7 @@ func env(m map[string]string) func(string) string {
 }
 
 func TestLoadDefaults(t *testing.T) {
-	c, err := Load(env(map[string]string{"DATABASE_URL": "postgres://x", "PARLEY_JWT_KEYS": "/k.json"}))
+	c, err := Load(env(map[string]string{"DATABASE_URL": "postgres://x", "PARLEY_JWT_KEYS": "/k.json", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,11 +30,13 @@ func TestLoadDefaults(t *testing.T) {
 }
 
 func TestLoadErrorsNameTheVariable(t *testing.T) {
-	base := map[string]string{"DATABASE_URL": "postgres://x", "PARLEY_JWT_KEYS": "/k.json"}
+	base := map[string]string{"DATABASE_URL": "postgres://x", "PARLEY_JWT_KEYS": "/k.json", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
 	tests := []struct {
 		name, key, value string
 	}{
 		{"missing database", "DATABASE_URL", ""},
+		{"missing livekit key", "LIVEKIT_API_KEY", ""},
+		{"missing livekit secret", "LIVEKIT_API_SECRET", " "},
 		{"bad duration", "PARLEY_ACCESS_TOKEN_TTL", "soon"},
 		{"bad number", "PARLEY_RATE_LIMIT_USER_PER_MINUTE", "many"},
 		{"zero limit", "PARLEY_RATE_LIMIT_IP_PER_MINUTE", "0"},
@@ -65,8 +67,33 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 	}
 }
 
+// TestLiveKitKeysHaveNoDefault: LiveKit's development keys are public, so
+// a missing key or secret stops start-up with a message naming both.
+func TestLiveKitKeysHaveNoDefault(t *testing.T) {
+	for _, m := range []map[string]string{
+		{},
+		{"LIVEKIT_API_KEY": "k"},
+		{"LIVEKIT_API_SECRET": "s"},
+	} {
+		m["DATABASE_URL"], m["PARLEY_JWT_KEYS"] = "postgres://x", "/k.json"
+		_, err := Load(env(m))
+		if err == nil || !strings.Contains(err.Error(), "LIVEKIT_API_KEY and LIVEKIT_API_SECRET") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("Load without a LiveKit key or secret = %v, want one line naming both", err)
+		}
+	}
+	var b strings.Builder
+	if err := WriteHelp(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(line, "LIVEKIT_API_") && !strings.Contains(line, "(required)") {
+			t.Errorf("help: %q, want (required)", line)
+		}
+	}
+}
+
 func TestTrustedProxiesAcceptsAddressesAndPrefixes(t *testing.T) {
-	c, err := Load(env(map[string]string{"DATABASE_URL": "x", "PARLEY_JWT_KEYS": "k",
+	c, err := Load(env(map[string]string{"DATABASE_URL": "x", "PARLEY_JWT_KEYS": "k", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s",
 		"PARLEY_TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.7"}))
 	if err != nil {
 		t.Fatal(err)

@@ -102,6 +102,9 @@ async function main() {
     DATABASE_URL: databaseURL,
     VALKEY_URL: await valkeyURL(env.PARLEY_E2E_VALKEY_URL, defer, log),
     PARLEY_JWT_KEYS: keysPath,
+    // serve has no LiveKit keys of its own; this run needs no LiveKit.
+    LIVEKIT_API_KEY: "APIwebe2e",
+    LIVEKIT_API_SECRET: "a-web-e2e-secret-of-at-least-thirty-two-characters",
     PARLEY_BLOB_DIR: join(work, "blobs"),
     PARLEY_CORS_ORIGINS: site.origin,
     PARLEY_LOG_LEVEL: "info",
