@@ -226,6 +226,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	var outbox *file.Worker // made below, before anything serves the webhook
 	rooms := room.NewService(roomStore, lk, room.Options{Log: log, RecordingsQueued: func() { outbox.Wake() }})
 	a.closers = append(a.closers, rooms.Close)
+	webhook := rpc.NewWebhookHandler(lk, rooms, log, reg)
 
 	pages, err := cache.NewPages(a.valkey, 10*time.Minute, reg)
 	if err != nil {
@@ -254,7 +255,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		}
 	}
 	fileStore := postgres.NewFileStore(a.db)
-	outbox = file.NewWorker(fileStore, blobs, file.WorkerOptions{Log: log})
+	outbox = file.NewWorker(fileStore, blobs, file.WorkerOptions{Log: log, SourceRefused: webhook.RecordingSourceRefused})
 	a.goBackground(ctx, func(ctx context.Context) { _ = outbox.Run(ctx) })
 	files, err := file.NewService(fileStore, blobs, conversationStore, file.Options{
 		ContentTypes: contentTypes,
@@ -269,7 +270,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 
 	routes := map[string]http.Handler{
 		"GET /.well-known/jwks.json": tokens.JWKSHandler(),
-		"POST /livekit/webhook":      rpc.NewWebhookHandler(lk, rooms, log),
+		"POST /livekit/webhook":      webhook,
 	}
 	for pattern, h := range blobRoutes {
 		routes[pattern] = h

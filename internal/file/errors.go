@@ -33,6 +33,11 @@ var (
 	// reservation fell due and the outbox deleted it before the row came:
 	// the upload took longer than the reservation's grace.
 	ErrReservationLost = errors.New("blob reservation expired")
+	// ErrSourceRefused is returned (wrapped) by the outbox worker for a
+	// recording import whose source lies in Parley's own file namespace:
+	// such a name is never egress's, and copying it would hand one
+	// conversation's file to another.
+	ErrSourceRefused = errors.New("recording source is in Parley's own file namespace")
 )
 
 // ruleError is an error that says which rule was broken; the rpc layer

@@ -10,6 +10,8 @@ package file
 import (
 	"context"
 	"io"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -60,6 +62,16 @@ func (f File) BlobName() string { return BlobName(f.ConversationID, f.ID) }
 
 // BlobName returns the storage name of file id of conversation conv.
 func BlobName(conv, id uuid.UUID) string { return conv.String() + "/" + id.String() }
+
+// InNamespace reports whether name lies in Parley's own file namespace:
+// under a conversation id, where BlobName and StagingBlobName put every
+// file's bytes. Any spelling that storage could resolve there counts.
+func InNamespace(name string) bool {
+	name = strings.TrimLeft(path.Clean("/"+strings.ReplaceAll(name, `\`, "/")), "/")
+	first, _, _ := strings.Cut(name, "/")
+	_, err := uuid.Parse(first)
+	return err == nil
+}
 
 // StagingSuffix ends the name of a direct upload's staging blob. The
 // files_queue_blob_deletion trigger appends it too.

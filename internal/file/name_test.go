@@ -101,3 +101,26 @@ func TestListFilesRefusesOtherListsTokens(t *testing.T) {
 		}
 	}
 }
+
+func TestInNamespace(t *testing.T) {
+	t.Parallel()
+	conv, id := uuid.New(), uuid.New()
+	for name, want := range map[string]bool{
+		BlobName(conv, id):                                   true,
+		BlobName(conv, id) + StagingSuffix:                   true,
+		conv.String():                                        true,
+		strings.ToUpper(BlobName(conv, id)):                  true,
+		"/" + BlobName(conv, id):                             true,
+		"./" + BlobName(conv, id):                            true,
+		"recordings/../" + BlobName(conv, id):                true,
+		`recordings\..\` + conv.String() + `\` + id.String(): true,
+		"recordings/parley-" + conv.String() + "/EG_1.mp4":   false,
+		"recordings/" + BlobName(conv, id):                   false,
+		"EG_1.mp4":                                           false,
+		"":                                                   false,
+	} {
+		if got := InNamespace(name); got != want {
+			t.Errorf("InNamespace(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

@@ -33,7 +33,11 @@ type WorkerOptions struct {
 	// about two days at MaxBackoff's default): a blob storage keeps
 	// refusing that long needs an operator, not another retry.
 	MaxAttempts int
-	Log         *slog.Logger
+	// SourceRefused is called for each recording import refused because
+	// its source is in Parley's own file namespace (ErrSourceRefused), to
+	// count it; nil for none.
+	SourceRefused func()
+	Log           *slog.Logger
 }
 
 // Worker drains the outboxes of blobs: recordings to import and blobs to
@@ -79,6 +83,9 @@ func NewWorker(store Store, blobs Blobs, opts WorkerOptions) *Worker {
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.SourceRefused == nil {
+		opts.SourceRefused = func() {}
 	}
 	return &Worker{store: store, blobs: blobs, opts: opts, wake: make(chan struct{}, 1)}
 }
@@ -163,9 +170,17 @@ func (w *Worker) deleteBlob(ctx context.Context, d Deletion) (Retry, error) {
 // whatever an earlier attempt that died left there, and returns the file
 // with the size storage reports.
 func (w *Worker) importRecording(ctx context.Context, ri RecordingImport) (File, Retry, error) {
+	f := ri.File
+	// Nothing Parley queues names its own files, but an import queued by
+	// a forged event (before events were confirmed with LiveKit, or on an
+	// older replica) may: it is parked with both blobs left alone.
+	if InNamespace(ri.Source) {
+		w.opts.SourceRefused()
+		err := fmt.Errorf("import recording to %s from %s: %w", f.BlobName(), ri.Source, ErrSourceRefused)
+		return File{}, w.retry(ctx, "import recording", ri.Source, ri.Attempts, err, true), err
+	}
 	ictx, cancel := context.WithTimeout(ctx, w.opts.ImportTimeout)
 	defer cancel()
-	f := ri.File
 	err := w.blobs.Copy(ictx, ri.Source, f.BlobName(), CopyReplace)
 	if err == nil {
 		var info BlobInfo

@@ -18,7 +18,7 @@ import (
 // The room store's statements are plain SQL on the *sql.DB, like the
 // conversation store's: CreateRoom reuses its insert inside one transaction.
 const (
-	roomColumns = `id, name, conversation_id, livekit_room, status, created_by, created_at, ended_at`
+	roomColumns = `id, name, conversation_id, livekit_room, livekit_sid, status, created_by, created_at, ended_at`
 
 	insertRoomSQL = `INSERT INTO rooms (id, name, conversation_id, livekit_room, created_by)
 VALUES ($1::uuid, $2::text, $3::uuid, $4::text, $5::uuid)
@@ -53,43 +53,47 @@ RETURNING ` + roomColumns
 	// for the first transaction and then does nothing.
 	recordEventSQL = `INSERT INTO livekit_events (id, kind) VALUES ($1::text, $2::text) ON CONFLICT (id) DO NOTHING`
 
-	// $1 livekit room, $2 event time.
-	roomStartedSQL = `UPDATE rooms SET started_at = COALESCE(started_at, $2::timestamptz) WHERE livekit_room = $1::text`
+	setLiveKitSIDSQL = `UPDATE rooms SET livekit_sid = $2::text WHERE id = $1::uuid`
+
+	// roomForEventSQL locks the room an event names, so that its sid
+	// cannot change between the check and the effect.
+	roomForEventSQL = `SELECT ` + roomColumns + ` FROM rooms WHERE livekit_room = $1::text FOR UPDATE`
+
+	// $1 room id, $2 event time, $3 sid (kept if the room has one).
+	roomStartedSQL = `UPDATE rooms SET started_at = COALESCE(started_at, $2::timestamptz), livekit_sid = COALESCE(livekit_sid, $3::text)
+ WHERE id = $1::uuid`
 
 	// Ends the room once: a finished event for an ended room changes nothing.
-	roomFinishedSQL = `UPDATE rooms SET status = 2, ended_at = $2::timestamptz WHERE livekit_room = $1::text AND status = 1`
+	roomFinishedSQL = `UPDATE rooms SET status = 2, ended_at = $2::timestamptz WHERE id = $1::uuid AND status = 1`
 
-	// $1 livekit room, $2 session id, $3 identity, $4 name, $5 event time.
+	// $1 room id, $2 session id, $3 identity, $4 name, $5 event time.
 	// The join time is kept once set; a leave recorded earlier stays, so a
 	// late join never makes a departed session present again.
 	participantJoinedSQL = `INSERT INTO room_participants (room_id, session_id, identity, name, joined_at)
-SELECT id, $2::text, $3::text, $4::text, $5::timestamptz FROM rooms WHERE livekit_room = $1::text
+VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::timestamptz)
 ON CONFLICT (room_id, session_id) DO UPDATE
    SET joined_at = COALESCE(room_participants.joined_at, EXCLUDED.joined_at),
        identity = EXCLUDED.identity,
        name = EXCLUDED.name`
 
 	participantLeftSQL = `INSERT INTO room_participants (room_id, session_id, identity, name, left_at)
-SELECT id, $2::text, $3::text, $4::text, $5::timestamptz FROM rooms WHERE livekit_room = $1::text
+VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::timestamptz)
 ON CONFLICT (room_id, session_id) DO UPDATE
    SET left_at = COALESCE(room_participants.left_at, EXCLUDED.left_at)`
 
 	// importRecordingSQL queues an egress file for import as a file of the
 	// room's conversation (see recording_imports); egress's name is
 	// unique, so a redelivered egress adds nothing.
-	// $1 file id, $2 livekit room, $3 egress's blob name, $4 filename, $5 content type, $6 size.
+	// $1 file id, $2 conversation, $3 egress's blob name, $4 filename, $5 content type, $6 size.
 	importRecordingSQL = `INSERT INTO recording_imports (file_id, conversation_id, source_name, filename, content_type, size_bytes)
-SELECT $1::uuid, conversation_id, $3::text, $4::text, $5::text, $6::bigint
-  FROM rooms WHERE livekit_room = $2::text AND conversation_id IS NOT NULL
+VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::bigint)
 ON CONFLICT (source_name) DO NOTHING`
 
 	// dropRecordingSQL queues the deletion of an egress file of a room
 	// whose conversation, and with it the room's files, was deleted.
-	// $1 livekit room, $2 egress's blob name.
-	dropRecordingSQL = `INSERT INTO blob_deletions (blob_name)
-SELECT $2::text FROM rooms WHERE livekit_room = $1::text AND conversation_id IS NULL`
+	dropRecordingSQL = `INSERT INTO blob_deletions (blob_name) VALUES ($1::text)`
 
-	roomByLiveKitNameSQL = `SELECT ` + roomColumns + ` FROM rooms WHERE livekit_room = $1::text`
+	roomByIDSQL = `SELECT ` + roomColumns + ` FROM rooms WHERE id = $1::uuid`
 
 	sessionsSQL = `SELECT session_id, identity, name, joined_at, left_at
   FROM room_participants WHERE room_id = $1::uuid ORDER BY session_id`
@@ -124,6 +128,7 @@ type roomRow struct {
 	Name           string
 	ConversationID uuid.NullUUID
 	LiveKitRoom    string
+	LiveKitSID     sql.NullString
 	Status         int16
 	CreatedBy      uuid.UUID
 	CreatedAt      time.Time
@@ -131,12 +136,12 @@ type roomRow struct {
 }
 
 func (r *roomRow) dest() []any {
-	return []any{&r.ID, &r.Name, &r.ConversationID, &r.LiveKitRoom, &r.Status, &r.CreatedBy, &r.CreatedAt, &r.EndedAt}
+	return []any{&r.ID, &r.Name, &r.ConversationID, &r.LiveKitRoom, &r.LiveKitSID, &r.Status, &r.CreatedBy, &r.CreatedAt, &r.EndedAt}
 }
 
 func (r *roomRow) room() room.Room {
 	return room.Room{
-		ID: r.ID, Name: r.Name, ConversationID: r.ConversationID.UUID, LiveKitRoom: r.LiveKitRoom,
+		ID: r.ID, Name: r.Name, ConversationID: r.ConversationID.UUID, LiveKitRoom: r.LiveKitRoom, LiveKitSID: r.LiveKitSID.String,
 		Status: room.Status(r.Status), CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, EndedAt: r.EndedAt.Time,
 	}
 }
@@ -243,10 +248,19 @@ func (s *RoomStore) RoomOwnedBy(ctx context.Context, roomID, userID uuid.UUID) (
 	return ok, nil
 }
 
+// SetLiveKitSID implements room.Store. LiveKit's answer to CreateRoom wins
+// over a sid an earlier room_started brought.
+func (s *RoomStore) SetLiveKitSID(ctx context.Context, id uuid.UUID, sid string) error {
+	if _, err := s.db.ExecContext(ctx, setLiveKitSIDSQL, id, sid); err != nil {
+		return fmt.Errorf("set livekit sid: %w", err)
+	}
+	return nil
+}
+
 // ApplyEvent implements room.Store: the event id is claimed and the effect
 // written in one transaction, so an event is applied once however many
 // replicas receive it, and a failed effect leaves the id free for LiveKit's
-// retry.
+// retry. The room is locked while its sid is compared with the event's.
 func (s *RoomStore) ApplyEvent(ctx context.Context, e room.Event) (room.EventResult, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -265,20 +279,28 @@ func (s *RoomStore) ApplyEvent(ctx context.Context, e room.Event) (room.EventRes
 			return room.EventResult{}, tx.Commit()
 		}
 	}
-	if err := applyEffect(ctx, tx, e); err != nil {
-		return room.EventResult{}, fmt.Errorf("apply event: %s: %w", e.Kind, err)
-	}
-	r, err := getRoom(ctx, tx, "apply event: read room", roomByLiveKitNameSQL, e.LiveKitRoom)
+	r, err := getRoom(ctx, tx, "apply event: read room", roomForEventSQL, e.LiveKitRoom)
 	if err != nil && !errors.Is(err, room.ErrNotFound) {
 		return room.EventResult{}, err
+	}
+	matched := r.ID != uuid.Nil && e.RoomSID != "" &&
+		(r.LiveKitSID == e.RoomSID || (r.LiveKitSID == "" && e.Kind == room.EventRoomStarted))
+	if matched {
+		if err := applyEffect(ctx, tx, r, e); err != nil {
+			return room.EventResult{}, fmt.Errorf("apply event: %s: %w", e.Kind, err)
+		}
+		if r, err = getRoom(ctx, tx, "apply event: reread room", roomByIDSQL, r.ID); err != nil {
+			return room.EventResult{}, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return room.EventResult{}, fmt.Errorf("apply event: commit: %w", err)
 	}
-	return room.EventResult{Applied: true, Room: r}, nil
+	return room.EventResult{Applied: true, Matched: matched, Room: r}, nil
 }
 
-func applyEffect(ctx context.Context, tx *sql.Tx, e room.Event) error {
+// applyEffect writes what event e does to room r, whose name and sid it has.
+func applyEffect(ctx context.Context, tx *sql.Tx, r room.Room, e room.Event) error {
 	at := sql.NullTime{Time: e.At, Valid: !e.At.IsZero()}
 	if !at.Valid {
 		at = sql.NullTime{Time: time.Now(), Valid: true}
@@ -286,9 +308,9 @@ func applyEffect(ctx context.Context, tx *sql.Tx, e room.Event) error {
 	var err error
 	switch e.Kind {
 	case room.EventRoomStarted:
-		_, err = tx.ExecContext(ctx, roomStartedSQL, e.LiveKitRoom, at)
+		_, err = tx.ExecContext(ctx, roomStartedSQL, r.ID, at, e.RoomSID)
 	case room.EventRoomFinished:
-		_, err = tx.ExecContext(ctx, roomFinishedSQL, e.LiveKitRoom, at)
+		_, err = tx.ExecContext(ctx, roomFinishedSQL, r.ID, at)
 	case room.EventParticipantJoined, room.EventParticipantLeft:
 		if e.Participant.SessionID == "" {
 			return nil
@@ -298,18 +320,21 @@ func applyEffect(ctx context.Context, tx *sql.Tx, e room.Event) error {
 			q = participantLeftSQL
 		}
 		p := e.Participant
-		_, err = tx.ExecContext(ctx, q, e.LiveKitRoom, p.SessionID, p.Identity, p.Name, at)
+		_, err = tx.ExecContext(ctx, q, r.ID, p.SessionID, p.Identity, p.Name, at)
 	case room.EventEgressEnded:
 		for _, rec := range e.Recordings {
+			if r.ConversationID == uuid.Nil {
+				if _, err = tx.ExecContext(ctx, dropRecordingSQL, rec.BlobName); err != nil {
+					break
+				}
+				continue
+			}
 			id, idErr := uuid.NewV7()
 			if idErr != nil {
 				return idErr
 			}
-			if _, err = tx.ExecContext(ctx, importRecordingSQL, id, e.LiveKitRoom, rec.BlobName,
+			if _, err = tx.ExecContext(ctx, importRecordingSQL, id, r.ConversationID, rec.BlobName,
 				rec.Filename, rec.ContentType, rec.SizeBytes); err != nil {
-				break
-			}
-			if _, err = tx.ExecContext(ctx, dropRecordingSQL, e.LiveKitRoom, rec.BlobName); err != nil {
 				break
 			}
 		}

@@ -32,6 +32,8 @@ func roomSeedUser(t *testing.T, s *postgres.AccountStore, name string) uuid.UUID
 	return u.ID
 }
 
+// roomCreate creates a room and gives it the sid "RM_" + its id, as
+// LiveKit's answer to CreateRoom would.
 func roomCreate(t *testing.T, s *postgres.RoomStore, owner uuid.UUID, name string) room.Room {
 	t.Helper()
 	id := uuid.Must(uuid.NewV7())
@@ -41,7 +43,24 @@ func roomCreate(t *testing.T, s *postgres.RoomStore, owner uuid.UUID, name strin
 	if err != nil {
 		t.Fatalf("CreateRoom: %v", err)
 	}
+	if r.LiveKitSID != "" {
+		t.Fatalf("CreateRoom = %+v, want no sid before LiveKit answers", r)
+	}
+	r.LiveKitSID = "RM_" + id.String()
+	if err := s.SetLiveKitSID(t.Context(), r.ID, r.LiveKitSID); err != nil {
+		t.Fatal(err)
+	}
 	return r
+}
+
+// roomApply applies e, failing the test on an error.
+func roomApply(t *testing.T, s *postgres.RoomStore, e room.Event) room.EventResult {
+	t.Helper()
+	res, err := s.ApplyEvent(t.Context(), e)
+	if err != nil {
+		t.Fatalf("ApplyEvent(%s %s): %v", e.Kind, e.ID, err)
+	}
+	return res
 }
 
 func TestRoomStoreCreateRoomWithConversation(t *testing.T) {
@@ -177,11 +196,10 @@ func TestRoomStoreApplyEvent(t *testing.T) {
 	apply := func(e room.Event) room.EventResult {
 		t.Helper()
 		e.LiveKitRoom = r.LiveKitRoom
-		res, err := rooms.ApplyEvent(ctx, e)
-		if err != nil {
-			t.Fatalf("ApplyEvent(%s %s): %v", e.Kind, e.ID, err)
+		if e.RoomSID == "" {
+			e.RoomSID = r.LiveKitSID
 		}
-		return res
+		return roomApply(t, rooms, e)
 	}
 
 	// A leave delivered before its join: the session never shows present.
@@ -222,8 +240,75 @@ func TestRoomStoreApplyEvent(t *testing.T) {
 	}
 
 	// Events about rooms Parley does not have are recorded and harmless.
-	if res, err := rooms.ApplyEvent(ctx, room.Event{ID: "EV_other", Kind: room.EventRoomFinished, LiveKitRoom: "parley-nope"}); err != nil || res.Room.ID != uuid.Nil {
+	if res, err := rooms.ApplyEvent(ctx, room.Event{ID: "EV_other", Kind: room.EventRoomFinished, LiveKitRoom: "parley-nope", RoomSID: "RM_x"}); err != nil || res.Room.ID != uuid.Nil || res.Matched {
 		t.Errorf("event for an unknown room = %+v, %v", res, err)
+	}
+}
+
+// TestRoomStoreApplyEventMatchesNameAndSid: an event changes the room only
+// under the room's name and sid; a room without a sid takes the one of its
+// first room_started.
+func TestRoomStoreApplyEventMatchesNameAndSid(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	ctx := t.Context()
+	rooms := postgres.NewRoomStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	r := roomCreate(t, rooms, owner, "r")
+	apply := func(e room.Event) room.EventResult { return roomApply(t, rooms, e) }
+	for _, sid := range []string{"", "RM_forged"} {
+		res := apply(room.Event{ID: "EV_finished_" + sid, Kind: room.EventRoomFinished, LiveKitRoom: r.LiveKitRoom, RoomSID: sid})
+		if !res.Applied || res.Matched || res.Room.ID != r.ID || res.Room.Ended() {
+			t.Errorf("room_finished under sid %q = %+v, want applied, unmatched, the room still active", sid, res)
+		}
+		res = apply(room.Event{ID: "EV_joined_" + sid, Kind: room.EventParticipantJoined, LiveKitRoom: r.LiveKitRoom, RoomSID: sid,
+			Participant: room.Participant{SessionID: "PA_" + sid, Identity: "mallory"}})
+		if res.Matched {
+			t.Errorf("participant_joined under sid %q matched", sid)
+		}
+	}
+	if ss, err := rooms.Sessions(ctx, r.ID); err != nil || len(ss) != 0 {
+		t.Errorf("sessions = %+v, %v; want none", ss, err)
+	}
+	rec := room.Recording{EgressID: "EG_1", BlobName: room.RecordingPrefix(r.LiveKitRoom) + "EG_1.mp4", Filename: "EG_1.mp4", ContentType: "video/mp4"}
+	if res := apply(room.Event{ID: "EV_egress_forged", Kind: room.EventEgressEnded, LiveKitRoom: r.LiveKitRoom, RoomSID: "RM_forged", Recordings: []room.Recording{rec}}); res.Matched {
+		t.Errorf("egress_ended under another sid matched")
+	}
+	var queued int
+	if err := db.QueryRowContext(ctx, "SELECT (SELECT count(*) FROM recording_imports) + (SELECT count(*) FROM blob_deletions)").Scan(&queued); err != nil || queued != 0 {
+		t.Errorf("egress_ended under another sid queued %d imports or deletions (%v)", queued, err)
+	}
+	// A room_started under another sid does not replace the room's.
+	if res := apply(room.Event{ID: "EV_started_forged", Kind: room.EventRoomStarted, LiveKitRoom: r.LiveKitRoom, RoomSID: "RM_forged"}); res.Matched || res.Room.LiveKitSID != r.LiveKitSID {
+		t.Errorf("room_started under another sid = %+v, want unmatched, sid kept", res)
+	}
+
+	// LiveKit was unreachable at creation: the first room_started names it.
+	offline, err := rooms.CreateRoom(ctx, room.NewRoom{ID: uuid.New(), Name: "offline", ConversationID: uuid.New(), LiveKitRoom: "parley-" + uuid.NewString(), CreatedBy: owner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := apply(room.Event{ID: "EV_off_finished", Kind: room.EventRoomFinished, LiveKitRoom: offline.LiveKitRoom, RoomSID: "RM_first"}); res.Matched || res.Room.Ended() {
+		t.Errorf("room_finished before any sid = %+v, want unmatched", res)
+	}
+	if res := apply(room.Event{ID: "EV_off_started_blank", Kind: room.EventRoomStarted, LiveKitRoom: offline.LiveKitRoom}); res.Matched || res.Room.LiveKitSID != "" {
+		t.Errorf("room_started without a sid = %+v, want unmatched, no sid", res)
+	}
+	if res := apply(room.Event{ID: "EV_off_started", Kind: room.EventRoomStarted, LiveKitRoom: offline.LiveKitRoom, RoomSID: "RM_first"}); !res.Matched || res.Room.LiveKitSID != "RM_first" {
+		t.Errorf("first room_started = %+v, want matched, sid RM_first", res)
+	}
+	if res := apply(room.Event{ID: "EV_off_started2", Kind: room.EventRoomStarted, LiveKitRoom: offline.LiveKitRoom, RoomSID: "RM_second"}); res.Matched || res.Room.LiveKitSID != "RM_first" {
+		t.Errorf("second room_started = %+v, want unmatched, sid still RM_first", res)
+	}
+	if res := apply(room.Event{ID: "EV_off_finished2", Kind: room.EventRoomFinished, LiveKitRoom: offline.LiveKitRoom, RoomSID: "RM_first"}); !res.Matched || !res.Room.Ended() {
+		t.Errorf("room_finished under the first sid = %+v, want the room ended", res)
+	}
+	// LiveKit's answer to CreateRoom, even when late, is the sid.
+	if err := rooms.SetLiveKitSID(ctx, offline.ID, "RM_created"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := rooms.Room(ctx, offline.ID, owner); err != nil || got.LiveKitSID != "RM_created" {
+		t.Errorf("Room after SetLiveKitSID = %+v, %v", got, err)
 	}
 }
 
@@ -245,7 +330,7 @@ func TestRoomStoreApplyEventOnceAcrossReplicas(t *testing.T) {
 	r := roomCreate(t, first, roomSeedUser(t, accounts, "Ada"), "r")
 
 	for i := range 10 {
-		e := room.Event{ID: uuid.NewString(), Kind: room.EventParticipantJoined, LiveKitRoom: r.LiveKitRoom,
+		e := room.Event{ID: uuid.NewString(), Kind: room.EventParticipantJoined, LiveKitRoom: r.LiveKitRoom, RoomSID: r.LiveKitSID,
 			Participant: room.Participant{SessionID: fmt.Sprintf("PA_%d", i), Identity: "x"}}
 		var (
 			wg      sync.WaitGroup
@@ -284,8 +369,9 @@ func TestRoomStoreEgressRecordings(t *testing.T) {
 	owner := roomSeedUser(t, accounts, "Ada")
 	egressEnded := func(id string, r room.Room, rec room.Recording) {
 		t.Helper()
-		if _, err := rooms.ApplyEvent(ctx, room.Event{ID: id, Kind: room.EventEgressEnded, LiveKitRoom: r.LiveKitRoom, Recordings: []room.Recording{rec}}); err != nil {
-			t.Fatal(err)
+		if res, err := rooms.ApplyEvent(ctx, room.Event{ID: id, Kind: room.EventEgressEnded, LiveKitRoom: r.LiveKitRoom, RoomSID: r.LiveKitSID,
+			Recordings: []room.Recording{rec}}); err != nil || (res.Applied && !res.Matched) {
+			t.Fatalf("egress_ended = %+v, %v", res, err)
 		}
 	}
 	recordingOf := func(r room.Room) room.Recording {
@@ -481,7 +567,7 @@ func TestRoomStorePruneEventsForgetsOnlyOldIDs(t *testing.T) {
 	rooms := postgres.NewRoomStore(db)
 	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
 	r := roomCreate(t, rooms, owner, "r")
-	ev := room.Event{ID: "EV_prune", Kind: room.EventRoomStarted, LiveKitRoom: r.LiveKitRoom, At: time.Now()}
+	ev := room.Event{ID: "EV_prune", Kind: room.EventRoomStarted, LiveKitRoom: r.LiveKitRoom, RoomSID: r.LiveKitSID, At: time.Now()}
 	if res, err := rooms.ApplyEvent(ctx, ev); err != nil || !res.Applied {
 		t.Fatalf("first delivery: %+v, %v", res, err)
 	}

@@ -21,7 +21,39 @@ var (
 	// ErrInvalidWebhook is returned by webhook verifiers when a request's
 	// signature is missing, wrong or stale, or its body is not an event.
 	ErrInvalidWebhook = errors.New("invalid webhook")
+	// ErrEventRefused is returned (as a *RefusedError) by ApplyEvent for a
+	// verified event it will not apply; a redelivery would be refused too.
+	ErrEventRefused = errors.New("webhook event refused")
+	// ErrEgressNotFound is returned by LiveKit.Egress when LiveKit knows no
+	// such egress of the room.
+	ErrEgressNotFound = errors.New("egress not found")
 )
+
+// The reasons of a RefusedError. They label a metric, so they are few.
+const (
+	// RefusedRoomMismatch: no Parley room has both the event's LiveKit
+	// room name and sid.
+	RefusedRoomMismatch = "room_mismatch"
+	// RefusedEgressUnconfirmed: LiveKit's API does not confirm the egress
+	// for the event's room.
+	RefusedEgressUnconfirmed = "egress_unconfirmed"
+	// RefusedRecordingLocation: the egress wrote a file outside the room's
+	// RecordingPrefix.
+	RefusedRecordingLocation = "recording_location"
+)
+
+// RefusedError says why ApplyEvent refused a verified event.
+type RefusedError struct {
+	// Reason is one of the Refused constants.
+	Reason string
+	// Detail is for the logs.
+	Detail string
+}
+
+func (e *RefusedError) Error() string { return "webhook event refused: " + e.Reason + ": " + e.Detail }
+func (e *RefusedError) Unwrap() error { return ErrEventRefused }
+
+func refused(reason, detail string) error { return &RefusedError{Reason: reason, Detail: detail} }
 
 // invalidError is an ErrInvalid that says which rule was broken; the rpc
 // layer shows its message to clients.

@@ -28,11 +28,18 @@ type Event struct {
 	Kind EventKind
 	// LiveKitRoom is the LiveKit room name the event is about.
 	LiveKitRoom string
+	// RoomSID is LiveKit's sid of that room. An event changes a Parley room
+	// only when both its name and sid match what Parley stored.
+	RoomSID string
 	// At is when LiveKit created the event.
 	At time.Time
 	// Participant is set for participant events.
 	Participant Participant
-	// Recordings are the finished files of an egress_ended event.
+	// EgressID is the egress an egress_ended event is about.
+	EgressID string
+	// Recordings are the finished files of an egress_ended event. The
+	// webhook's claim is never trusted: Service.ApplyEvent replaces them
+	// with what LiveKit's API says of the egress.
 	Recordings []Recording
 }
 
@@ -46,8 +53,8 @@ type Participant struct {
 }
 
 // Recording is a file written by LiveKit egress into Parley's blob
-// container. Parley copies the blob to the file's own name, then deletes
-// egress's.
+// container, under the room's RecordingPrefix. Parley copies the blob to the
+// file's own name, then deletes egress's.
 type Recording struct {
 	EgressID string
 	// BlobName is the name egress wrote the file under (its filepath).
@@ -59,6 +66,17 @@ type Recording struct {
 	SizeBytes int64
 	// ContentType is derived from the file name's extension.
 	ContentType string
+}
+
+// Egress is a LiveKit egress as LiveKit's own API describes it.
+type Egress struct {
+	ID       string
+	RoomName string
+	// RoomSID is the sid of the room it records.
+	RoomSID string
+	// Recordings are the files it finished writing: none unless it
+	// completed (or stopped at its limit, having written its file).
+	Recordings []Recording
 }
 
 // Session is a participant session as webhooks recorded it. Either time may

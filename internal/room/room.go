@@ -32,9 +32,11 @@ type Room struct {
 	// LiveKitRoom is the room's name on the LiveKit server. It is derived
 	// from the room id only, never from user input.
 	LiveKitRoom string
-	Status      Status
-	CreatedBy   uuid.UUID
-	CreatedAt   time.Time
+	// LiveKitSID is LiveKit's sid of the room, "" until Parley learns it.
+	LiveKitSID string
+	Status     Status
+	CreatedBy  uuid.UUID
+	CreatedAt  time.Time
 	// EndedAt is the zero time while the room is active.
 	EndedAt time.Time
 }
@@ -73,14 +75,18 @@ type Grant struct {
 // service treats such failures as recoverable.
 type LiveKit interface {
 	// CreateRoom creates the room (with its metadata) and, when an agent is
-	// configured, dispatches the agent into it.
-	CreateRoom(ctx context.Context, s Spec) error
+	// configured, dispatches the agent into it. It returns the room's sid
+	// whenever LiveKit answered with one, even if the dispatch then failed.
+	CreateRoom(ctx context.Context, s Spec) (sid string, err error)
 	// DeleteRoom deletes the room, disconnecting everyone. A room LiveKit
 	// does not know is not an error.
 	DeleteRoom(ctx context.Context, name string) error
 	// JoinToken signs an access token that lets g join exactly the room of s
 	// and carries the room's configuration.
 	JoinToken(s Spec, g Grant) (JoinInfo, error)
+	// Egress asks LiveKit's API about egress id of the room named room:
+	// ErrEgressNotFound if LiveKit knows no such egress of that room.
+	Egress(ctx context.Context, room, id string) (Egress, error)
 }
 
 // NewRoom is a room for the store to create with its conversation.
@@ -119,8 +125,12 @@ type Store interface {
 	EndRoom(ctx context.Context, id, owner uuid.UUID, now time.Time) (r Room, ended bool, err error)
 	// DisplayName returns a user's display name, for join tokens.
 	DisplayName(ctx context.Context, userID uuid.UUID) (string, error)
+	// SetLiveKitSID stores the sid LiveKit answered CreateRoom with.
+	SetLiveKitSID(ctx context.Context, id uuid.UUID, sid string) error
 	// ApplyEvent applies a LiveKit webhook event exactly once per event id,
-	// in one transaction with the record of its id.
+	// in one transaction with the record of its id. It changes only the
+	// room with both e's LiveKit name and sid, except that a room_started
+	// gives its sid to a room that has none yet.
 	ApplyEvent(ctx context.Context, e Event) (EventResult, error)
 }
 
@@ -129,7 +139,10 @@ type EventResult struct {
 	// Applied is false when the event id had been applied before, by any
 	// replica, and nothing was done this time.
 	Applied bool
-	// Room is the Parley room the event is about, after the event; its ID
-	// is uuid.Nil when no room has the event's LiveKit name.
+	// Matched reports whether a room had both the event's LiveKit name and
+	// sid, and so took the event.
+	Matched bool
+	// Room is the Parley room with the event's LiveKit name, after the
+	// event, matched or not; its ID is uuid.Nil when there is none.
 	Room Room
 }

@@ -3,6 +3,7 @@ package room
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -152,9 +153,19 @@ func (s *Service) CreateRoom(ctx context.Context, p auth.Principal, name string)
 		return Room{}, JoinInfo{}, err
 	}
 	spec := specOf(r)
-	if err := s.lk.CreateRoom(ctx, spec); err != nil {
+	sid, err := s.lk.CreateRoom(ctx, spec)
+	if err != nil {
 		s.log.WarnContext(ctx, "livekit create room failed; it will be created on first join",
 			slog.String("room_id", r.ID.String()), slog.String("error", err.Error()))
+	}
+	// Without the sid, the room takes the one of its first room_started.
+	if sid != "" {
+		if err := s.store.SetLiveKitSID(ctx, r.ID, sid); err != nil {
+			s.log.WarnContext(ctx, "store livekit room sid failed; room_started will bring it",
+				slog.String("room_id", r.ID.String()), slog.String("error", err.Error()))
+		} else {
+			r.LiveKitSID = sid
+		}
 	}
 	join, err := s.joinInfo(ctx, p, spec)
 	if err != nil {
@@ -231,24 +242,71 @@ func (s *Service) EndRoom(ctx context.Context, p auth.Principal, id uuid.UUID) (
 
 // ApplyEvent applies a verified LiveKit webhook event, once per event id
 // across replicas. Events about rooms that are not Parley's, and kinds
-// Parley does not use, are ignored.
+// Parley does not use, are ignored. An event that no room has both the
+// LiveKit name and sid of, or an egress_ended that LiveKit's API does not
+// confirm, is refused with a *RefusedError: a valid signature proves only
+// that someone holds the API secret.
 func (s *Service) ApplyEvent(ctx context.Context, e Event) error {
 	if e.Kind == EventOther || !strings.HasPrefix(e.LiveKitRoom, LiveKitRoomPrefix) {
 		return nil
+	}
+	if e.RoomSID == "" && e.Kind != EventEgressEnded {
+		return refused(RefusedRoomMismatch, "the event names no room sid")
+	}
+	if e.Kind == EventEgressEnded {
+		var err error
+		if e, err = s.confirmEgress(ctx, e); err != nil {
+			return err
+		}
 	}
 	res, err := s.store.ApplyEvent(ctx, e)
 	if err != nil {
 		return fmt.Errorf("apply %s event %q: %w", e.Kind, e.ID, err)
 	}
+	if !res.Applied {
+		return nil
+	}
 	// A join token outlives its room, and joining re-creates a LiveKit
-	// room: close it again rather than let an ended room run on.
-	if res.Applied && res.Room.Ended() && (e.Kind == EventRoomStarted || e.Kind == EventParticipantJoined) {
+	// room (under a new sid): close it again rather than let an ended room
+	// run on. No Parley room changes.
+	if res.Room.Ended() && (e.Kind == EventRoomStarted || e.Kind == EventParticipantJoined) {
 		s.deleteLater(res.Room.LiveKitRoom)
 	}
-	if res.Applied && e.Kind == EventEgressEnded && len(e.Recordings) > 0 {
+	if !res.Matched {
+		return refused(RefusedRoomMismatch, fmt.Sprintf("no room %s with sid %q", e.LiveKitRoom, e.RoomSID))
+	}
+	if e.Kind == EventEgressEnded && len(e.Recordings) > 0 {
 		s.queued()
 	}
 	return nil
+}
+
+// confirmEgress replaces what an egress_ended event claims with what
+// LiveKit's API says of the egress: its room's sid and the files it wrote.
+// Parley starts no egress itself, so LiveKit's word is the only one taken.
+// An egress LiveKit does not know for the event's room is refused, and so is
+// one that wrote a file outside the room's RecordingPrefix.
+func (s *Service) confirmEgress(ctx context.Context, e Event) (Event, error) {
+	if e.EgressID == "" {
+		return e, refused(RefusedEgressUnconfirmed, "the event names no egress")
+	}
+	eg, err := s.lk.Egress(ctx, e.LiveKitRoom, e.EgressID)
+	switch {
+	case errors.Is(err, ErrEgressNotFound):
+		return e, refused(RefusedEgressUnconfirmed, fmt.Sprintf("LiveKit knows no egress %q of room %s", e.EgressID, e.LiveKitRoom))
+	case err != nil:
+		// LiveKit redelivers the event; by then it may answer.
+		return e, fmt.Errorf("confirm egress %q: %w", e.EgressID, err)
+	case eg.ID != e.EgressID || eg.RoomName != e.LiveKitRoom:
+		return e, refused(RefusedEgressUnconfirmed, fmt.Sprintf("LiveKit's egress %q is of room %s", eg.ID, eg.RoomName))
+	}
+	for _, rec := range eg.Recordings {
+		if !inRecordingLocation(e.LiveKitRoom, rec.BlobName) {
+			return e, refused(RefusedRecordingLocation, fmt.Sprintf("egress %q wrote %q, outside %s", eg.ID, rec.BlobName, RecordingPrefix(e.LiveKitRoom)))
+		}
+	}
+	e.RoomSID, e.Recordings = eg.RoomSID, eg.Recordings
+	return e, nil
 }
 
 func (s *Service) joinInfo(ctx context.Context, p auth.Principal, spec Spec) (JoinInfo, error) {

@@ -93,3 +93,94 @@ func TestCloseStopsRetries(t *testing.T) {
 		t.Errorf("%d delete attempts, want 1", n)
 	}
 }
+
+func TestRecordingLocation(t *testing.T) {
+	t.Parallel()
+	const lk = "parley-0190a1b2-0000-7000-8000-000000000001"
+	conv, id := uuid.NewString(), uuid.NewString()
+	for name, want := range map[string]bool{
+		RecordingPrefix(lk) + "EG_1.mp4":                 true,
+		RecordingPrefix(lk) + "2026-01-01/EG_1.mp4":      true,
+		RecordingPrefix(lk) + "EG 1 (final).m4a":         true,
+		conv + "/" + id:                                  false, // a file of Parley's
+		conv + "/" + id + ".upload":                      false,
+		RecordingPrefix(lk) + "../../" + conv + "/" + id: false,
+		RecordingPrefix(lk) + "./EG_1.mp4":               false,
+		RecordingPrefix(lk) + "a//EG_1.mp4":              false,
+		RecordingPrefix(lk) + ".keys":                    false,
+		RecordingPrefix(lk) + "a\\..\\b":                 false,
+		RecordingPrefix(lk) + "EG\x00.mp4":               false,
+		RecordingPrefix(lk) + "\xff.mp4":                 false,
+		RecordingPrefix(lk):                              false,
+		RecordingPrefix(lk) + "dir/":                     false,
+		RecordingPrefix("parley-other") + "EG_1.mp4":     false, // another room's
+		"recordings/" + lk + "EG_1.mp4":                  false,
+		"/" + RecordingPrefix(lk) + "EG_1.mp4":           false,
+		RecordingPrefix(lk) + strings.Repeat("x", 1024):  false,
+	} {
+		if got := inRecordingLocation(lk, name); got != want {
+			t.Errorf("inRecordingLocation(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// egressLiveKit answers Egress from a map or, when down, fails as an
+// unreachable LiveKit does.
+type egressLiveKit struct {
+	LiveKit
+	egresses map[string]Egress
+	down     bool
+}
+
+func (f egressLiveKit) Egress(_ context.Context, room, id string) (Egress, error) {
+	if f.down {
+		return Egress{}, errors.New("unreachable")
+	}
+	eg, ok := f.egresses[id]
+	if !ok || eg.RoomName != room {
+		return Egress{}, ErrEgressNotFound
+	}
+	return eg, nil
+}
+
+// TestApplyEventRefusesBeforeStorage: events without a room sid, and
+// egresses LiveKit does not confirm for the room or that wrote outside its
+// prefix, are refused before anything is stored (there is no store).
+func TestApplyEventRefusesBeforeStorage(t *testing.T) {
+	t.Parallel()
+	const lk = "parley-1"
+	victim := uuid.NewString() + "/" + uuid.NewString()
+	lkAPI := egressLiveKit{egresses: map[string]Egress{
+		"EG_outside": {ID: "EG_outside", RoomName: lk, RoomSID: "RM_1", Recordings: []Recording{{BlobName: victim}}},
+		"EG_theirs":  {ID: "EG_theirs", RoomName: "parley-2", RoomSID: "RM_2"},
+	}}
+	s := NewService(nil, lkAPI, Options{})
+	defer s.Close()
+	egress := func(id string) Event {
+		return Event{ID: "EV_" + id, Kind: EventEgressEnded, LiveKitRoom: lk, RoomSID: "RM_1", EgressID: id,
+			Recordings: []Recording{{BlobName: RecordingPrefix(lk) + "claimed.mp4"}}}
+	}
+	for _, tc := range []struct {
+		e      Event
+		reason string
+	}{
+		{Event{ID: "EV_1", Kind: EventRoomFinished, LiveKitRoom: lk}, RefusedRoomMismatch},
+		{Event{ID: "EV_2", Kind: EventParticipantJoined, LiveKitRoom: lk}, RefusedRoomMismatch},
+		{egress(""), RefusedEgressUnconfirmed},
+		{egress("EG_never"), RefusedEgressUnconfirmed},
+		{egress("EG_theirs"), RefusedEgressUnconfirmed},
+		{egress("EG_outside"), RefusedRecordingLocation},
+	} {
+		err := s.ApplyEvent(t.Context(), tc.e)
+		var re *RefusedError
+		if !errors.As(err, &re) || re.Reason != tc.reason || !errors.Is(err, ErrEventRefused) {
+			t.Errorf("ApplyEvent(%s %s) = %v, want refused for %s", tc.e.Kind, tc.e.EgressID, err, tc.reason)
+		}
+	}
+	// LiveKit unreachable is no refusal: the event is redelivered later.
+	down := NewService(nil, egressLiveKit{down: true}, Options{})
+	defer down.Close()
+	if err := down.ApplyEvent(t.Context(), egress("EG_1")); err == nil || errors.Is(err, ErrEventRefused) {
+		t.Errorf("ApplyEvent with LiveKit down = %v, want a retryable error", err)
+	}
+}

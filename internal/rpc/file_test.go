@@ -53,6 +53,8 @@ type fileEnvOptions struct {
 	urlTTL time.Duration
 	// wrap, if set, wraps the blob store the service and worker use.
 	wrap func(file.Blobs) file.Blobs
+	// sourceRefused is the worker's file.WorkerOptions.SourceRefused.
+	sourceRefused func()
 }
 
 var blobKinds = []string{"azure", "dir"}
@@ -97,7 +99,8 @@ func newFileEnv(t *testing.T, kind string, o fileEnvOptions) *fileEnv {
 
 	convStore := postgres.NewConversationStore(db)
 	fileStore := postgres.NewFileStore(db)
-	worker := file.NewWorker(fileStore, blobs, file.WorkerOptions{Poll: 100 * time.Millisecond, MinBackoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Log: log})
+	worker := file.NewWorker(fileStore, blobs, file.WorkerOptions{Poll: 100 * time.Millisecond, MinBackoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		SourceRefused: o.sourceRefused, Log: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = worker.Run(ctx) }()

@@ -14,6 +14,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/livekit/protocol/auth"
 	"github.com/livekit/protocol/livekit"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/account"
@@ -68,7 +70,7 @@ type roomTestEnv struct {
 	dbURL   string
 	db      *bun.DB
 	svc     *room.Service
-	webhook http.Handler
+	webhook *WebhookHandler
 	url     string
 	clients map[string]parleyv1connect.RoomServiceClient
 }
@@ -107,8 +109,9 @@ func newRoomTestEnv(t *testing.T, liveKitURL string) *roomTestEnv {
 }
 
 // newRoomReplica builds what one Parley replica has for rooms: its own pool
-// on the database, LiveKit client, room service and webhook handler.
-func newRoomReplica(t *testing.T, dbURL, liveKitURL string) (*bun.DB, *room.Service, http.Handler) {
+// on the database, LiveKit client, room service and webhook handler (with
+// its metrics on a registry of its own).
+func newRoomReplica(t *testing.T, dbURL, liveKitURL string) (*bun.DB, *room.Service, *WebhookHandler) {
 	t.Helper()
 	db, err := postgres.Open(t.Context(), dbURL, postgres.Options{MaxOpenConns: 8})
 	if err != nil {
@@ -125,7 +128,7 @@ func newRoomReplica(t *testing.T, dbURL, liveKitURL string) (*bun.DB, *room.Serv
 	log := slog.New(slog.DiscardHandler)
 	svc := room.NewService(postgres.NewRoomStore(db), lk, room.Options{Log: log, DeleteBackoff: 20 * time.Millisecond})
 	t.Cleanup(svc.Close)
-	return db, svc, NewWebhookHandler(lk, svc, log)
+	return db, svc, NewWebhookHandler(lk, svc, log, prometheus.NewRegistry())
 }
 
 func (env *roomTestEnv) newUser(t *testing.T, name string) uuid.UUID {
@@ -189,6 +192,16 @@ func checkJoinToken(t *testing.T, join *parleyv1.JoinInfo, r *parleyv1.Room, use
 	if a := cfg.GetAgents(); len(a) != 1 || a[0].GetAgentName() != roomTestAgent || a[0].GetMetadata() != wantMeta {
 		t.Errorf("token room config agents %v", a)
 	}
+}
+
+// refusals reads h's count of refused events of the kind, for the reason.
+func refusals(t *testing.T, h *WebhookHandler, event, reason string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := h.refused.WithLabelValues(event, reason).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
 
 func eventually(t *testing.T, what string, ok func() bool) {
@@ -301,6 +314,52 @@ func TestRoomServiceWorksWithLiveKitDown(t *testing.T) {
 				t.Errorf("EndRoom took %v with LiveKit %s", d, name)
 			}
 		})
+	}
+}
+
+// TestWebhookSidOfFirstRoomStarted: a room created while LiveKit was
+// unreachable has no sid until LiveKit opens it on first join; it takes the
+// sid of its first room_started, and from then on only that sid.
+func TestWebhookSidOfFirstRoomStarted(t *testing.T) {
+	t.Parallel()
+	down := rtctest.NewServer(t, roomTestKey, roomTestSecret)
+	down.Close()
+	env := newRoomTestEnv(t, down.URL)
+	user := env.newUser(t, "Ada")
+	client := env.clients["connect"]
+	created, err := client.CreateRoom(t.Context(), asUser(user, &parleyv1.CreateRoomRequest{Name: "offline"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := created.Msg.GetRoom()
+	event := func(kind, sid string) *livekit.WebhookEvent {
+		return &livekit.WebhookEvent{Id: "EV_" + uuid.NewString(), Event: kind, CreatedAt: time.Now().Unix(), Room: &livekit.Room{Name: r.GetLivekitRoom(), Sid: sid}}
+	}
+	status := func() parleyv1.RoomStatus {
+		got, err := client.GetRoom(t.Context(), asUser(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Msg.GetRoom().GetStatus()
+	}
+	for _, ev := range []*livekit.WebhookEvent{
+		event("room_finished", "RM_first"), // before any room_started: no sid to match
+		event("room_started", "RM_first"),
+		event("room_started", "RM_second"), // the sid is taken once
+		event("room_finished", "RM_second"),
+	} {
+		if code := env.postWebhook(t, env.webhook, signedWebhook(t, ev)); code != http.StatusOK {
+			t.Fatalf("%s %s: HTTP %d", ev.GetEvent(), ev.GetRoom().GetSid(), code)
+		}
+		if s := status(); s != parleyv1.RoomStatus_ROOM_STATUS_ACTIVE {
+			t.Fatalf("after %s under %s: %v, want active", ev.GetEvent(), ev.GetRoom().GetSid(), s)
+		}
+	}
+	if code := env.postWebhook(t, env.webhook, signedWebhook(t, event("room_finished", "RM_first"))); code != http.StatusOK {
+		t.Fatalf("room_finished: HTTP %d", code)
+	}
+	if s := status(); s != parleyv1.RoomStatus_ROOM_STATUS_ENDED {
+		t.Errorf("after room_finished under the first room_started's sid: %v, want ended", s)
 	}
 }
 
@@ -460,8 +519,11 @@ func TestWebhook(t *testing.T) {
 		}
 		return got.Msg.GetRoom().GetStatus()
 	}
+	// finished is LiveKit's room_finished for r, under the sid LiveKit
+	// gave it when Parley created it.
 	finished := func(r *parleyv1.Room, id string) *livekit.WebhookEvent {
-		return &livekit.WebhookEvent{Id: id, Event: "room_finished", CreatedAt: time.Now().Unix(), Room: &livekit.Room{Name: r.GetLivekitRoom()}}
+		return &livekit.WebhookEvent{Id: id, Event: "room_finished", CreatedAt: time.Now().Unix(),
+			Room: &livekit.Room{Name: r.GetLivekitRoom(), Sid: env.lk.RoomSID(r.GetLivekitRoom())}}
 	}
 
 	t.Run("refused", func(t *testing.T) {
@@ -529,10 +591,12 @@ func TestWebhook(t *testing.T) {
 		if code := env.postWebhook(t, env.webhook, signedWebhook(t, finished(r, "EV_"+uuid.NewString()))); code != http.StatusOK {
 			t.Fatalf("room_finished: HTTP %d", code)
 		}
-		// A late room_started (LiveKit re-created the room for a joiner
-		// holding an old token): the room stays ended and LiveKit's is
-		// closed again.
-		started := &livekit.WebhookEvent{Id: "EV_" + uuid.NewString(), Event: "room_started", CreatedAt: at - 60, Room: &livekit.Room{Name: r.GetLivekitRoom()}}
+		// A late room_started (LiveKit re-created the room, under a new
+		// sid, for a joiner holding an old token): the room stays ended
+		// and LiveKit's is closed again.
+		sid := env.lk.StartRoom(r.GetLivekitRoom())
+		started := &livekit.WebhookEvent{Id: "EV_" + uuid.NewString(), Event: "room_started", CreatedAt: at - 60,
+			Room: &livekit.Room{Name: r.GetLivekitRoom(), Sid: sid}}
 		if code := env.postWebhook(t, env.webhook, signedWebhook(t, started)); code != http.StatusOK {
 			t.Fatalf("room_started: HTTP %d", code)
 		}
@@ -547,6 +611,45 @@ func TestWebhook(t *testing.T) {
 			}
 			return false
 		})
+	})
+
+	t.Run("only the room with the name and sid", func(t *testing.T) {
+		r, other := newRoom(), newRoom()
+		refusedBefore := refusals(t, env.webhook, "room_finished", room.RefusedRoomMismatch)
+		for name, lr := range map[string]*livekit.Room{
+			"right name, wrong sid":          {Name: r.GetLivekitRoom(), Sid: "RM_forged"},
+			"right name, no sid":             {Name: r.GetLivekitRoom()},
+			"right name, another room's sid": {Name: r.GetLivekitRoom(), Sid: env.lk.RoomSID(other.GetLivekitRoom())},
+		} {
+			ev := &livekit.WebhookEvent{Id: "EV_" + uuid.NewString(), Event: "room_finished", CreatedAt: time.Now().Unix(), Room: lr}
+			if code := env.postWebhook(t, env.webhook, signedWebhook(t, ev)); code != http.StatusOK {
+				t.Errorf("%s: HTTP %d, want 200 (refused the same way as applied)", name, code)
+			}
+			if s := status(r); s != parleyv1.RoomStatus_ROOM_STATUS_ACTIVE {
+				t.Fatalf("%s: room_finished ended the room", name)
+			}
+		}
+		if s := status(other); s != parleyv1.RoomStatus_ROOM_STATUS_ACTIVE {
+			t.Errorf("room_finished under another room's name ended it: %v", s)
+		}
+		if got := refusals(t, env.webhook, "room_finished", room.RefusedRoomMismatch) - refusedBefore; got != 3 {
+			t.Errorf("refusals counted: %v, want 3", got)
+		}
+		// A participant under a wrong sid is not recorded either.
+		joined := &livekit.WebhookEvent{Id: "EV_" + uuid.NewString(), Event: "participant_joined", Room: &livekit.Room{Name: r.GetLivekitRoom(), Sid: "RM_forged"},
+			Participant: &livekit.ParticipantInfo{Sid: "PA_forged", Identity: "mallory"}}
+		if code := env.postWebhook(t, env.webhook, signedWebhook(t, joined)); code != http.StatusOK {
+			t.Errorf("participant_joined: HTTP %d", code)
+		}
+		if ss, err := postgres.NewRoomStore(env.db).Sessions(ctx, uuid.MustParse(r.GetId())); err != nil || len(ss) != 0 {
+			t.Errorf("sessions after a participant under a wrong sid: %+v, %v", ss, err)
+		}
+		if code := env.postWebhook(t, env.webhook, signedWebhook(t, finished(r, "EV_"+uuid.NewString()))); code != http.StatusOK {
+			t.Fatalf("room_finished under the right sid: HTTP %d", code)
+		}
+		if s := status(r); s != parleyv1.RoomStatus_ROOM_STATUS_ENDED {
+			t.Errorf("room after room_finished under its name and sid: %v, want ended", s)
+		}
 	})
 
 	t.Run("ignored", func(t *testing.T) {

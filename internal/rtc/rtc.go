@@ -1,7 +1,7 @@
 // Package rtc adapts LiveKit to Parley's room domain with LiveKit's own
-// server SDK: rooms and agent dispatches through the Twirp server API, join
-// tokens signed with the API secret, and webhook requests verified against
-// it.
+// server SDK: rooms, agent dispatches and egress look-ups through the Twirp
+// server API, join tokens signed with the API secret, and webhook requests
+// verified against it.
 package rtc
 
 import (
@@ -51,6 +51,7 @@ type Client struct {
 	cfg      Config
 	rooms    *lksdk.RoomServiceClient
 	dispatch *lksdk.AgentDispatchClient
+	egress   *lksdk.EgressClient
 	keys     auth.KeyProvider
 }
 
@@ -74,6 +75,7 @@ func New(cfg Config) (*Client, error) {
 		cfg:      cfg,
 		rooms:    lksdk.NewRoomServiceClient(cfg.URL, cfg.APIKey, cfg.APISecret),
 		dispatch: lksdk.NewAgentDispatchServiceClient(cfg.URL, cfg.APIKey, cfg.APISecret),
+		egress:   lksdk.NewEgressClient(cfg.URL, cfg.APIKey, cfg.APISecret),
 		keys:     auth.NewSimpleKeyProvider(cfg.APIKey, cfg.APISecret),
 	}, nil
 }
@@ -81,24 +83,46 @@ func New(cfg Config) (*Client, error) {
 // CreateRoom implements room.LiveKit: the room with its metadata, then the
 // agent's dispatch (whose metadata repeats the room's, since an agent may
 // start before room metadata reaches it).
-func (c *Client) CreateRoom(ctx context.Context, s room.Spec) error {
+func (c *Client) CreateRoom(ctx context.Context, s room.Spec) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	if _, err := c.rooms.CreateRoom(ctx, &livekit.CreateRoomRequest{Name: s.Name, Metadata: s.Metadata}); err != nil {
-		return fmt.Errorf("livekit create room %s: %w", s.Name, err)
+	lr, err := c.rooms.CreateRoom(ctx, &livekit.CreateRoomRequest{Name: s.Name, Metadata: s.Metadata})
+	if err != nil {
+		return "", fmt.Errorf("livekit create room %s: %w", s.Name, err)
 	}
 	if c.cfg.AgentName == "" {
-		return nil
+		return lr.GetSid(), nil
 	}
-	_, err := c.dispatch.CreateDispatch(ctx, &livekit.CreateAgentDispatchRequest{
+	_, err = c.dispatch.CreateDispatch(ctx, &livekit.CreateAgentDispatchRequest{
 		AgentName: c.cfg.AgentName,
 		Room:      s.Name,
 		Metadata:  s.Metadata,
 	})
 	if err != nil {
-		return fmt.Errorf("livekit dispatch agent %s to %s: %w", c.cfg.AgentName, s.Name, err)
+		return lr.GetSid(), fmt.Errorf("livekit dispatch agent %s to %s: %w", c.cfg.AgentName, s.Name, err)
 	}
-	return nil
+	return lr.GetSid(), nil
+}
+
+// Egress implements room.LiveKit with ListEgress, filtered by room and id.
+func (c *Client) Egress(ctx context.Context, roomName, id string) (room.Egress, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	res, err := c.egress.ListEgress(ctx, &livekit.ListEgressRequest{RoomName: roomName, EgressId: id})
+	var te twirp.Error
+	if errors.As(err, &te) && te.Code() == twirp.NotFound {
+		return room.Egress{}, room.ErrEgressNotFound
+	}
+	if err != nil {
+		return room.Egress{}, fmt.Errorf("livekit list egress %s: %w", id, err)
+	}
+	// The filters are LiveKit's to apply; the answer is checked anyway.
+	for _, info := range res.GetItems() {
+		if info.GetEgressId() == id && info.GetRoomName() == roomName {
+			return room.Egress{ID: id, RoomName: roomName, RoomSID: info.GetRoomId(), Recordings: recordingsOf(info)}, nil
+		}
+	}
+	return room.Egress{}, room.ErrEgressNotFound
 }
 
 // DeleteRoom implements room.LiveKit.
@@ -159,7 +183,7 @@ func (c *Client) Verify(r *http.Request) (room.Event, error) {
 
 // eventOf reduces a LiveKit webhook event to the domain's.
 func eventOf(ev *livekit.WebhookEvent) room.Event {
-	e := room.Event{ID: ev.GetId(), LiveKitRoom: ev.GetRoom().GetName()}
+	e := room.Event{ID: ev.GetId(), LiveKitRoom: ev.GetRoom().GetName(), RoomSID: ev.GetRoom().GetSid()}
 	if ts := ev.GetCreatedAt(); ts > 0 {
 		e.At = time.Unix(ts, 0).UTC()
 	}
@@ -182,8 +206,9 @@ func eventOf(ev *livekit.WebhookEvent) room.Event {
 		e.Kind = room.EventEgressEnded
 		info := ev.GetEgressInfo()
 		if e.LiveKitRoom == "" {
-			e.LiveKitRoom = info.GetRoomName()
+			e.LiveKitRoom, e.RoomSID = info.GetRoomName(), info.GetRoomId()
 		}
+		e.EgressID = info.GetEgressId()
 		e.Recordings = recordingsOf(info)
 	}
 	return e

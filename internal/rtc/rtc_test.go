@@ -50,8 +50,12 @@ func TestCreateRoomOnTheWire(t *testing.T) {
 			lk := rtctest.NewServer(t, testKey, testSecret)
 			c := newClient(t, rtc.Config{URL: lk.URL, AgentName: agent})
 			s := spec()
-			if err := c.CreateRoom(t.Context(), s); err != nil {
+			sid, err := c.CreateRoom(t.Context(), s)
+			if err != nil {
 				t.Fatalf("CreateRoom: %v", err)
+			}
+			if sid == "" || sid != lk.RoomSID(s.Name) {
+				t.Errorf("CreateRoom returned sid %q, the server gave the room %q", sid, lk.RoomSID(s.Name))
 			}
 			created := lk.CreatedRooms()
 			if len(created) != 1 || created[0].GetName() != s.Name || created[0].GetMetadata() != s.Metadata {
@@ -75,7 +79,7 @@ func TestWrongSecretIsRefusedByTheServer(t *testing.T) {
 	t.Parallel()
 	lk := rtctest.NewServer(t, testKey, testSecret)
 	c := newClient(t, rtc.Config{URL: lk.URL, APIKey: testKey, APISecret: "not-the-secret-not-the-secret-not-it"})
-	if err := c.CreateRoom(t.Context(), spec()); err == nil {
+	if _, err := c.CreateRoom(t.Context(), spec()); err == nil {
 		t.Fatal("CreateRoom signed with the wrong secret succeeded")
 	}
 	if lk.Unauthorized() != 1 || len(lk.CreatedRooms()) != 0 {
@@ -92,14 +96,17 @@ func TestUnreachableServerFailsWithinTimeout(t *testing.T) {
 			t.Parallel()
 			c := newClient(t, rtc.Config{URL: url, AgentName: "a", Timeout: 300 * time.Millisecond})
 			start := time.Now()
-			if err := c.CreateRoom(t.Context(), spec()); err == nil {
+			if _, err := c.CreateRoom(t.Context(), spec()); err == nil {
 				t.Error("CreateRoom succeeded against no server")
+			}
+			if _, err := c.Egress(t.Context(), "parley-x", "EG_1"); err == nil || errors.Is(err, room.ErrEgressNotFound) {
+				t.Errorf("Egress against no server = %v, want an outage, not ErrEgressNotFound", err)
 			}
 			if err := c.DeleteRoom(t.Context(), "parley-x"); err == nil {
 				t.Error("DeleteRoom succeeded against no server")
 			}
-			if d := time.Since(start); d > 1500*time.Millisecond {
-				t.Errorf("two calls took %v with a 300ms timeout", d)
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("three calls took %v with a 300ms timeout", d)
 			}
 		})
 	}
@@ -110,7 +117,7 @@ func TestDeleteRoom(t *testing.T) {
 	lk := rtctest.NewServer(t, testKey, testSecret)
 	c := newClient(t, rtc.Config{URL: lk.URL})
 	s := spec()
-	if err := c.CreateRoom(t.Context(), s); err != nil {
+	if _, err := c.CreateRoom(t.Context(), s); err != nil {
 		t.Fatal(err)
 	}
 	lk.FailDeletes(1)
@@ -184,7 +191,7 @@ func TestVerifyWebhook(t *testing.T) {
 	c := newClient(t, rtc.Config{URL: "http://unused"})
 	ev := &livekit.WebhookEvent{
 		Id: "EV_1", Event: "participant_joined", CreatedAt: 1_900_000_000,
-		Room:        &livekit.Room{Name: "parley-1"},
+		Room:        &livekit.Room{Name: "parley-1", Sid: "RM_1"},
 		Participant: &livekit.ParticipantInfo{Sid: "PA_1", Identity: "u1", Name: "Ada"},
 	}
 	ctx := t.Context()
@@ -200,9 +207,10 @@ func TestVerifyWebhook(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify of a signed event: %v", err)
 	}
-	want := room.Event{ID: "EV_1", Kind: room.EventParticipantJoined, LiveKitRoom: "parley-1", At: time.Unix(1_900_000_000, 0).UTC(),
+	want := room.Event{ID: "EV_1", Kind: room.EventParticipantJoined, LiveKitRoom: "parley-1", RoomSID: "RM_1", At: time.Unix(1_900_000_000, 0).UTC(),
 		Participant: room.Participant{SessionID: "PA_1", Identity: "u1", Name: "Ada"}}
-	if got.ID != want.ID || got.Kind != want.Kind || got.LiveKitRoom != want.LiveKitRoom || !got.At.Equal(want.At) || got.Participant != want.Participant {
+	if got.ID != want.ID || got.Kind != want.Kind || got.LiveKitRoom != want.LiveKitRoom || got.RoomSID != want.RoomSID ||
+		!got.At.Equal(want.At) || got.Participant != want.Participant {
 		t.Errorf("Verify = %+v, want %+v", got, want)
 	}
 
@@ -237,7 +245,7 @@ func TestVerifyEgressEnded(t *testing.T) {
 		{livekit.EgressStatus_EGRESS_FAILED, 0},
 	} {
 		ev := &livekit.WebhookEvent{Id: "EV_" + tc.status.String(), Event: "egress_ended", EgressInfo: &livekit.EgressInfo{
-			EgressId: "EG_1", RoomName: "parley-1", Status: tc.status,
+			EgressId: "EG_1", RoomName: "parley-1", RoomId: "RM_1", Status: tc.status,
 			FileResults: []*livekit.FileInfo{{Filename: "recordings/parley-1/EG_1.MP4", Location: "https://acct.blob.core.windows.net/c/recordings/parley-1/EG_1.MP4", Size: 42}},
 		}}
 		r, err := rtctest.WebhookRequest(t.Context(), "http://parley/", testKey, testSecret, ev)
@@ -248,7 +256,7 @@ func TestVerifyEgressEnded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.Kind != room.EventEgressEnded || got.LiveKitRoom != "parley-1" || len(got.Recordings) != tc.want {
+		if got.Kind != room.EventEgressEnded || got.LiveKitRoom != "parley-1" || got.RoomSID != "RM_1" || got.EgressID != "EG_1" || len(got.Recordings) != tc.want {
 			t.Errorf("%s: Verify = %+v", tc.status, got)
 			continue
 		}
@@ -260,6 +268,38 @@ func TestVerifyEgressEnded(t *testing.T) {
 		if got.Recordings[0] != want {
 			t.Errorf("%s: recording = %+v, want %+v", tc.status, got.Recordings[0], want)
 		}
+	}
+}
+
+// TestEgressAsLiveKitSaysIt asks the server's Egress service, not the
+// webhook, what an egress is and wrote.
+func TestEgressAsLiveKitSaysIt(t *testing.T) {
+	t.Parallel()
+	lk := rtctest.NewServer(t, testKey, testSecret)
+	c := newClient(t, rtc.Config{URL: lk.URL})
+	files := []*livekit.FileInfo{{Filename: "recordings/parley-1/EG_1.mp4", Size: 42}}
+	lk.AddEgress(&livekit.EgressInfo{EgressId: "EG_1", RoomName: "parley-1", RoomId: "RM_1", Status: livekit.EgressStatus_EGRESS_COMPLETE, FileResults: files})
+	lk.AddEgress(&livekit.EgressInfo{EgressId: "EG_2", RoomName: "parley-2", RoomId: "RM_2", Status: livekit.EgressStatus_EGRESS_FAILED, FileResults: files})
+
+	got, err := c.Egress(t.Context(), "parley-1", "EG_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := room.Recording{EgressID: "EG_1", BlobName: "recordings/parley-1/EG_1.mp4", Filename: "EG_1.mp4", SizeBytes: 42, ContentType: "video/mp4"}
+	if got.ID != "EG_1" || got.RoomName != "parley-1" || got.RoomSID != "RM_1" || len(got.Recordings) != 1 || got.Recordings[0] != want {
+		t.Errorf("Egress = %+v, want EG_1 of parley-1 (RM_1) with %+v", got, want)
+	}
+	if got, err := c.Egress(t.Context(), "parley-2", "EG_2"); err != nil || len(got.Recordings) != 0 {
+		t.Errorf("failed egress = %+v, %v; want no recordings", got, err)
+	}
+	for _, q := range [][2]string{{"parley-2", "EG_1"}, {"parley-1", "EG_9"}} {
+		if _, err := c.Egress(t.Context(), q[0], q[1]); !errors.Is(err, room.ErrEgressNotFound) {
+			t.Errorf("Egress(%s, %s) = %v, want ErrEgressNotFound", q[0], q[1], err)
+		}
+	}
+	bad := newClient(t, rtc.Config{URL: lk.URL, APIKey: testKey, APISecret: "not-the-secret-not-the-secret-not-it"})
+	if _, err := bad.Egress(t.Context(), "parley-1", "EG_1"); err == nil || errors.Is(err, room.ErrEgressNotFound) {
+		t.Errorf("Egress with the wrong secret = %v, want the server's refusal", err)
 	}
 }
 
@@ -280,7 +320,8 @@ func TestRealLiveKit(t *testing.T) {
 	s := spec()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	if err := c.CreateRoom(ctx, s); err != nil {
+	sid, err := c.CreateRoom(ctx, s)
+	if err != nil {
 		t.Fatalf("CreateRoom: %v", err)
 	}
 	admin := lksdk.NewRoomServiceClient(url, key, secret)
@@ -288,8 +329,11 @@ func TestRealLiveKit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list.GetRooms()) != 1 || list.GetRooms()[0].GetMetadata() != s.Metadata {
-		t.Errorf("server lists %v, want %s with metadata %s", list.GetRooms(), s.Name, s.Metadata)
+	if len(list.GetRooms()) != 1 || list.GetRooms()[0].GetMetadata() != s.Metadata || list.GetRooms()[0].GetSid() != sid {
+		t.Errorf("server lists %v, want %s (sid %s) with metadata %s", list.GetRooms(), s.Name, sid, s.Metadata)
+	}
+	if _, err := c.Egress(ctx, s.Name, "EG_none"); !errors.Is(err, room.ErrEgressNotFound) {
+		t.Errorf("Egress of an egress that never was: %v, want ErrEgressNotFound", err)
 	}
 	var md struct {
 		ConversationID string `json:"conversation_id"`

@@ -1,6 +1,6 @@
 // Package rtctest is a fake LiveKit server for tests, built on LiveKit's own
-// wire protocol: the Twirp RoomService and AgentDispatchService servers
-// generated in github.com/livekit/protocol, behind the same bearer-token
+// wire protocol: the Twirp RoomService, AgentDispatchService and Egress
+// servers generated in github.com/livekit/protocol, behind the same bearer-token
 // check (HS256 with the API secret, per-method grants) a real server makes.
 // It records what it was asked. It also signs webhook requests the way
 // LiveKit's notifier does.
@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -40,6 +41,8 @@ type Server struct {
 
 	mu           sync.Mutex
 	rooms        map[string]*livekit.Room
+	sids         int
+	egresses     []*livekit.EgressInfo
 	created      []*livekit.CreateRoomRequest
 	dispatches   []*livekit.CreateAgentDispatchRequest
 	deleted      []string
@@ -54,9 +57,11 @@ func NewServer(t testing.TB, apiKey, apiSecret string) *Server {
 	s := &Server{APIKey: apiKey, APISecret: apiSecret, rooms: map[string]*livekit.Room{}}
 	rooms := livekit.NewRoomServiceServer(&roomService{s: s})
 	dispatch := livekit.NewAgentDispatchServiceServer(&dispatchService{s: s})
+	egress := livekit.NewEgressServer(&egressService{s: s})
 	mux := http.NewServeMux()
 	mux.Handle(rooms.PathPrefix(), s.authenticate(rooms))
 	mux.Handle(dispatch.PathPrefix(), s.authenticate(dispatch))
+	mux.Handle(egress.PathPrefix(), s.authenticate(egress))
 	s.srv = httptest.NewServer(mux)
 	s.URL = s.srv.URL
 	t.Cleanup(s.Close)
@@ -94,6 +99,37 @@ func (s *Server) DeletedRooms() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.deleted...)
+}
+
+// StartRoom opens the room as a first join does (no CreateRoom, or one
+// that never reached the server) and returns its new sid.
+func (s *Server) StartRoom(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.openRoom(name, "").Sid
+}
+
+// RoomSID returns the sid of the open room, "" if there is none.
+func (s *Server) RoomSID(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rooms[name].GetSid()
+}
+
+// AddEgress records an egress as LiveKit's egress service would, for
+// ListEgress to find.
+func (s *Server) AddEgress(info *livekit.EgressInfo) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.egresses = append(s.egresses, proto.Clone(info).(*livekit.EgressInfo))
+}
+
+// openRoom opens a room under a new sid; s.mu is held.
+func (s *Server) openRoom(name, metadata string) *livekit.Room {
+	s.sids++
+	r := &livekit.Room{Sid: fmt.Sprintf("RM_%d", s.sids), Name: name, Metadata: metadata, CreationTime: time.Now().Unix()}
+	s.rooms[name] = r
+	return r
 }
 
 // Unauthorized returns how many requests the token check refused.
@@ -172,14 +208,7 @@ func (rs *roomService) CreateRoom(ctx context.Context, req *livekit.CreateRoomRe
 	if r, ok := s.rooms[req.GetName()]; ok {
 		return proto.Clone(r).(*livekit.Room), nil
 	}
-	r := &livekit.Room{
-		Sid:          fmt.Sprintf("RM_%d", len(s.created)),
-		Name:         req.GetName(),
-		Metadata:     req.GetMetadata(),
-		CreationTime: time.Now().Unix(),
-	}
-	s.rooms[r.Name] = r
-	return proto.Clone(r).(*livekit.Room), nil
+	return proto.Clone(s.openRoom(req.GetName(), req.GetMetadata())).(*livekit.Room), nil
 }
 
 func (rs *roomService) DeleteRoom(ctx context.Context, req *livekit.DeleteRoomRequest) (*livekit.DeleteRoomResponse, error) {
@@ -210,7 +239,32 @@ func (rs *roomService) ListRooms(ctx context.Context, req *livekit.ListRoomsRequ
 	defer s.mu.Unlock()
 	res := &livekit.ListRoomsResponse{}
 	for _, r := range s.rooms {
-		res.Rooms = append(res.Rooms, proto.Clone(r).(*livekit.Room))
+		if len(req.GetNames()) == 0 || slices.Contains(req.GetNames(), r.GetName()) {
+			res.Rooms = append(res.Rooms, proto.Clone(r).(*livekit.Room))
+		}
+	}
+	return res, nil
+}
+
+type egressService struct {
+	livekit.Egress // methods Parley does not call are absent
+	s              *Server
+}
+
+// ListEgress filters as LiveKit does: by room name and egress id when given.
+func (es *egressService) ListEgress(ctx context.Context, req *livekit.ListEgressRequest) (*livekit.ListEgressResponse, error) {
+	if err := require(ctx, func(g *auth.VideoGrant) bool { return g.RoomRecord }); err != nil {
+		return nil, err
+	}
+	s := es.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	res := &livekit.ListEgressResponse{}
+	for _, info := range s.egresses {
+		if (req.GetRoomName() == "" || info.GetRoomName() == req.GetRoomName()) &&
+			(req.GetEgressId() == "" || info.GetEgressId() == req.GetEgressId()) {
+			res.Items = append(res.Items, proto.Clone(info).(*livekit.EgressInfo))
+		}
 	}
 	return res, nil
 }
