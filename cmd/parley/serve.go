@@ -282,11 +282,14 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 			return a.valkey.Do(ctx, a.valkey.B().Ping().Build()).Error()
 		}},
 	)
+	watch := rpc.WatchOptions{Heartbeat: cfg.WatchHeartbeat, Drain: a.drain, Revoked: func(ctx context.Context, p auth.Principal) (bool, error) {
+		return revoked.IsRevoked(ctx, p.TokenID, p.FamilyID)
+	}}
 	a.handler, err = rpc.NewHandler(rpc.Services{
 		Auth:         rpc.NewAuthServer(accounts, log),
 		User:         rpc.NewUserServer(accounts, log),
 		Room:         rpc.NewRoomServer(rooms, log),
-		Conversation: rpc.WithExports(rpc.NewConversationServer(conversations, rpc.WatchOptions{Heartbeat: cfg.WatchHeartbeat, Drain: a.drain, Revoked: revoked.IsRevoked}, log), fileServer),
+		Conversation: rpc.WithExports(rpc.NewConversationServer(conversations, watch, log), fileServer),
 		File:         fileServer,
 	}, rpc.Options{
 		Logger:        log,
@@ -328,7 +331,8 @@ func pruneExpired(ctx context.Context, rooms *postgres.RoomStore, accounts *acco
 		if p, err := accounts.PruneExpired(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("prune expired tokens", slog.String("error", err.Error()))
 		} else if p != (account.Pruned{}) {
-			log.Info("pruned expired tokens", slog.Int64("revocations", p.Revocations), slog.Int64("refresh_tokens", p.RefreshTokens))
+			log.Info("pruned expired tokens", slog.Int64("revocations", p.Revocations),
+				slog.Int64("family_revocations", p.FamilyRevocations), slog.Int64("refresh_tokens", p.RefreshTokens))
 		}
 		select {
 		case <-ctx.Done():
@@ -384,8 +388,8 @@ func openValkey(url string, log *slog.Logger) (valkey.Client, error) {
 // tokenIssuer adapts token.Manager to account.Tokens.
 type tokenIssuer struct{ m *token.Manager }
 
-func (t tokenIssuer) IssueAccess(sub uuid.UUID, kind auth.Kind, ttl time.Duration) (account.AccessToken, error) {
-	is, err := t.m.Issue(sub, kind, ttl)
+func (t tokenIssuer) IssueAccess(sub uuid.UUID, kind auth.Kind, family uuid.UUID, ttl time.Duration) (account.AccessToken, error) {
+	is, err := t.m.IssueInFamily(sub, kind, family, ttl)
 	if err != nil {
 		return account.AccessToken{}, err
 	}

@@ -56,19 +56,31 @@ type AgentKey struct {
 
 // RefreshToken is a stored refresh token: only the SHA-256 hash of the token
 // the client holds. Every token descends from one login (its family); spending
-// a token twice revokes the whole family.
+// a token twice revokes the whole family, with the access tokens issued from
+// it.
 type RefreshToken struct {
 	ID        uuid.UUID
 	Hash      []byte
 	UserID    uuid.UUID
 	FamilyID  uuid.UUID
 	ExpiresAt time.Time
+	// AccessExpiresAt is, for a token to be stored, when the access token
+	// issued beside it expires at the latest; the store keeps the latest of
+	// these for each family. A token the store returns carries its family's.
+	AccessExpiresAt time.Time
 }
 
 // RevokedToken is a revoked access token, refused until it expires anyway.
 type RevokedToken struct {
 	// ID is the token's jti.
 	ID        string
+	ExpiresAt time.Time
+}
+
+// RevokedFamily is a revoked refresh family: every access token issued from
+// it is refused until ExpiresAt, by which they have all expired anyway.
+type RevokedFamily struct {
+	ID        uuid.UUID
 	ExpiresAt time.Time
 }
 
@@ -94,12 +106,14 @@ type Store interface {
 	// next's UserID and FamilyID are filled in from the spent token, which is
 	// returned. An unknown or expired token (expiry compared with now) gives
 	// auth.ErrUnauthenticated. A token that was already spent, or whose family
-	// is revoked, gets its whole family revoked (committed) and gives
-	// ErrRefreshTokenReused.
+	// is revoked, gets its whole family and the family's access tokens
+	// revoked (committed, until the returned token's AccessExpiresAt) and
+	// gives ErrRefreshTokenReused.
 	RotateRefreshToken(ctx context.Context, hash []byte, next RefreshToken, now time.Time) (RefreshToken, error)
-	// RevokeRefreshFamily revokes the family of the token with the hash if the
-	// token belongs to the user, and reports whether it did.
-	RevokeRefreshFamily(ctx context.Context, hash []byte, userID uuid.UUID, now time.Time) (bool, error)
+	// RevokeRefreshFamily revokes the family of the token with the hash, and
+	// the access tokens issued from it, if the token belongs to the user. It
+	// returns the revocation and whether there was one.
+	RevokeRefreshFamily(ctx context.Context, hash []byte, userID uuid.UUID, now time.Time) (RevokedFamily, bool, error)
 
 	// CreateAgentKey stores a new agent key by the hash of its plaintext.
 	CreateAgentKey(ctx context.Context, k AgentKey, hash []byte) (AgentKey, error)
@@ -113,14 +127,20 @@ type Store interface {
 	// RevokeAccessToken records that an access token is revoked until it
 	// expires. Recording it twice is not an error.
 	RevokeAccessToken(ctx context.Context, t RevokedToken) error
-	// IsAccessTokenRevoked reports whether the access token with the jti is
-	// recorded as revoked.
-	IsAccessTokenRevoked(ctx context.Context, jti string) (bool, error)
+	// IsAccessTokenRevoked reports whether the access token with the jti, or
+	// its refresh family unless that is uuid.Nil, is recorded as revoked.
+	IsAccessTokenRevoked(ctx context.Context, jti string, family uuid.UUID) (bool, error)
 	// RevokedAccessTokens returns every revocation that has not expired at now.
 	RevokedAccessTokens(ctx context.Context, now time.Time) ([]RevokedToken, error)
+	// RevokedFamilies returns every family revocation that has not expired
+	// at now.
+	RevokedFamilies(ctx context.Context, now time.Time) ([]RevokedFamily, error)
 	// PruneRevokedAccessTokens deletes revocations of tokens that expired
 	// before the time and returns how many it deleted.
 	PruneRevokedAccessTokens(ctx context.Context, before time.Time) (int64, error)
+	// PruneRevokedFamilies deletes family revocations that expired before
+	// the time and returns how many it deleted.
+	PruneRevokedFamilies(ctx context.Context, before time.Time) (int64, error)
 	// PruneRefreshTokens deletes refresh tokens that expired before the
 	// time, spent or not, and the families left without a token, and
 	// returns how many tokens it deleted.
@@ -131,8 +151,10 @@ type Store interface {
 // work; cmd/parley adapts it to this interface.
 type Tokens interface {
 	// IssueAccess signs an access token for the subject (a user id or an
-	// agent key id) of the kind, valid for ttl.
-	IssueAccess(sub uuid.UUID, kind auth.Kind, ttl time.Duration) (AccessToken, error)
+	// agent key id) of the kind, valid for ttl, issued from the refresh
+	// family (uuid.Nil for none), which Verify reads back into
+	// auth.Principal.FamilyID.
+	IssueAccess(sub uuid.UUID, kind auth.Kind, family uuid.UUID, ttl time.Duration) (AccessToken, error)
 	// Verify checks a token's signature and expiry and returns its principal.
 	// Any error means the token is not acceptable.
 	Verify(token string) (auth.Principal, error)
@@ -147,7 +169,11 @@ type RevocationCache interface {
 	// already recorded it in the Store, so Revoke may give up (and log)
 	// when the cache is unreachable.
 	Revoke(ctx context.Context, jti string, exp time.Time) error
-	// IsRevoked reports whether the token with the jti was revoked. An error
-	// means neither the cache nor the Store could answer.
-	IsRevoked(ctx context.Context, jti string) (bool, error)
+	// RevokeFamily makes every access token of the refresh family refused
+	// until exp, as Revoke does for one token.
+	RevokeFamily(ctx context.Context, family uuid.UUID, exp time.Time) error
+	// IsRevoked reports whether the token with the jti, or its family unless
+	// that is uuid.Nil, was revoked. An error means neither the cache nor the
+	// Store could answer.
+	IsRevoked(ctx context.Context, jti string, family uuid.UUID) (bool, error)
 }

@@ -143,21 +143,27 @@ func (s *Service) signIn(ctx context.Context, userID uuid.UUID) (TokenPair, erro
 	if err != nil {
 		return TokenPair{}, err
 	}
+	now := s.now()
 	rt := RefreshToken{
-		ID:        uuid.New(),
-		Hash:      hash,
-		UserID:    userID,
-		FamilyID:  uuid.New(),
-		ExpiresAt: s.now().Add(s.refreshTTL),
+		ID:              uuid.New(),
+		Hash:            hash,
+		UserID:          userID,
+		FamilyID:        uuid.New(),
+		ExpiresAt:       now.Add(s.refreshTTL),
+		AccessExpiresAt: now.Add(s.accessTTL),
 	}
 	if err := s.store.CreateRefreshToken(ctx, rt); err != nil {
 		return TokenPair{}, fmt.Errorf("create refresh token: %w", err)
 	}
-	return s.pair(userID, plain, rt.ExpiresAt)
+	return s.pair(userID, rt.FamilyID, plain, rt.ExpiresAt)
 }
 
-func (s *Service) pair(userID uuid.UUID, refresh string, refreshExpiresAt time.Time) (TokenPair, error) {
-	at, err := s.tokens.IssueAccess(userID, auth.KindUser, s.accessTTL)
+// pair issues an access token from the family beside the refresh token.
+// The store was told (AccessExpiresAt) that it expires by now+accessTTL,
+// which holds as exp is rounded down to the second; a revocation is kept a
+// few minutes past that for clock skew anyway.
+func (s *Service) pair(userID, family uuid.UUID, refresh string, refreshExpiresAt time.Time) (TokenPair, error) {
+	at, err := s.tokens.IssueAccess(userID, auth.KindUser, family, s.accessTTL)
 	if err != nil {
 		return TokenPair{}, fmt.Errorf("issue access token: %w", err)
 	}
@@ -171,7 +177,8 @@ func (s *Service) pair(userID uuid.UUID, refresh string, refreshExpiresAt time.T
 
 // Refresh spends a refresh token and returns the next pair. An unknown,
 // expired or spent token gives auth.ErrUnauthenticated; a spent one also
-// revokes every token descended from the same login.
+// revokes every token descended from the same login, access tokens
+// included, on every replica.
 func (s *Service) Refresh(ctx context.Context, refreshToken string) (TokenPair, error) {
 	hash, ok := parseSecret(refreshTokenPrefix, refreshToken)
 	if !ok {
@@ -182,22 +189,32 @@ func (s *Service) Refresh(ctx context.Context, refreshToken string) (TokenPair, 
 		return TokenPair{}, err
 	}
 	now := s.now()
-	next := RefreshToken{ID: uuid.New(), Hash: nextHash, ExpiresAt: now.Add(s.refreshTTL)}
+	next := RefreshToken{ID: uuid.New(), Hash: nextHash, ExpiresAt: now.Add(s.refreshTTL), AccessExpiresAt: now.Add(s.accessTTL)}
 	spent, err := s.store.RotateRefreshToken(ctx, hash, next, now)
 	switch {
 	case errors.Is(err, ErrRefreshTokenReused):
 		s.log.WarnContext(ctx, "refresh token reused; family revoked",
 			slog.String("user_id", spent.UserID.String()), slog.String("family_id", spent.FamilyID.String()))
+		s.cacheFamilyRevocation(ctx, RevokedFamily{ID: spent.FamilyID, ExpiresAt: spent.AccessExpiresAt})
 		return TokenPair{}, auth.ErrUnauthenticated
 	case err != nil:
 		return TokenPair{}, fmt.Errorf("rotate refresh token: %w", err)
 	}
-	return s.pair(spent.UserID, plain, next.ExpiresAt)
+	return s.pair(spent.UserID, spent.FamilyID, plain, next.ExpiresAt)
+}
+
+// cacheFamilyRevocation copies a family revocation the store has recorded
+// into the cache, which falls back to the store when this fails.
+func (s *Service) cacheFamilyRevocation(ctx context.Context, f RevokedFamily) {
+	if err := s.revoked.RevokeFamily(ctx, f.ID, f.ExpiresAt); err != nil {
+		s.log.WarnContext(ctx, "cache refresh family revocation", slog.String("error", err.Error()))
+	}
 }
 
 // Logout revokes the calling access token until it expires and, when a
-// refresh token of the caller's is given, that token's whole family. A
-// refresh token that is unknown or someone else's is ignored.
+// refresh token of the caller's is given, that token's whole family with
+// the access tokens issued from it. A refresh token that is unknown or
+// someone else's is ignored.
 func (s *Service) Logout(ctx context.Context, p auth.Principal, refreshToken string) error {
 	if p.TokenID == "" {
 		return auth.ErrUnauthenticated
@@ -212,8 +229,12 @@ func (s *Service) Logout(ctx context.Context, p auth.Principal, refreshToken str
 	}
 	if refreshToken != "" && p.IsUser() {
 		if hash, ok := parseSecret(refreshTokenPrefix, refreshToken); ok {
-			if _, err := s.store.RevokeRefreshFamily(ctx, hash, p.ID, s.now()); err != nil {
+			f, ok, err := s.store.RevokeRefreshFamily(ctx, hash, p.ID, s.now())
+			if err != nil {
 				return fmt.Errorf("revoke refresh family: %w", err)
+			}
+			if ok {
+				s.cacheFamilyRevocation(ctx, f)
 			}
 		}
 	}
@@ -222,13 +243,14 @@ func (s *Service) Logout(ctx context.Context, p auth.Principal, refreshToken str
 
 // Pruned counts what PruneExpired deleted.
 type Pruned struct {
-	Revocations   int64
-	RefreshTokens int64
+	Revocations       int64
+	FamilyRevocations int64
+	RefreshTokens     int64
 }
 
 // PruneExpired deletes what no request can use any more, so the tables stay
-// as large as the live sessions: access-token revocations whose tokens
-// expired more than an hour ago, and refresh tokens expired more than a day
+// as large as the live sessions: access-token and family revocations whose
+// tokens expired more than an hour ago, and refresh tokens expired more than a day
 // ago with the families they leave empty. The store deletes in bounded
 // batches, so a large backlog never holds long locks. Replicas may run it
 // at once.
@@ -238,6 +260,9 @@ func (s *Service) PruneExpired(ctx context.Context) (Pruned, error) {
 	var err error
 	if p.Revocations, err = s.store.PruneRevokedAccessTokens(ctx, now.Add(-revocationPruneMargin)); err != nil {
 		return p, fmt.Errorf("prune revoked access tokens: %w", err)
+	}
+	if p.FamilyRevocations, err = s.store.PruneRevokedFamilies(ctx, now.Add(-revocationPruneMargin)); err != nil {
+		return p, fmt.Errorf("prune revoked families: %w", err)
 	}
 	if p.RefreshTokens, err = s.store.PruneRefreshTokens(ctx, now.Add(-refreshPruneMargin)); err != nil {
 		return p, fmt.Errorf("prune refresh tokens: %w", err)
@@ -279,10 +304,11 @@ func (s *Service) VerifyAccessToken(bearer string) (auth.Principal, error) {
 	return p, nil
 }
 
-// CheckRevoked returns auth.ErrUnauthenticated if p's token was revoked,
-// and another error if revocation could not be checked at all.
+// CheckRevoked returns auth.ErrUnauthenticated if p's token, or the refresh
+// family it was issued from, was revoked, and another error if revocation
+// could not be checked at all.
 func (s *Service) CheckRevoked(ctx context.Context, p auth.Principal) error {
-	revoked, err := s.revoked.IsRevoked(ctx, p.TokenID)
+	revoked, err := s.revoked.IsRevoked(ctx, p.TokenID, p.FamilyID)
 	if err != nil {
 		return fmt.Errorf("check revocation: %w", err)
 	}
@@ -335,7 +361,7 @@ func (s *Service) ExchangeAgentKey(ctx context.Context, apiKey string) (AccessTo
 	if !k.RevokedAt.IsZero() {
 		return AccessToken{}, fmt.Errorf("%w: agent key revoked", auth.ErrUnauthenticated)
 	}
-	at, err := s.tokens.IssueAccess(k.ID, auth.KindAgent, s.agentTTL)
+	at, err := s.tokens.IssueAccess(k.ID, auth.KindAgent, uuid.Nil, s.agentTTL)
 	if err != nil {
 		return AccessToken{}, fmt.Errorf("issue access token: %w", err)
 	}

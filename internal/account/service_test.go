@@ -24,8 +24,8 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 // tokens adapts token.Manager to account.Tokens, as cmd/parley does.
 type tokens struct{ m *token.Manager }
 
-func (t tokens) IssueAccess(sub uuid.UUID, kind auth.Kind, ttl time.Duration) (account.AccessToken, error) {
-	i, err := t.m.Issue(sub, kind, ttl)
+func (t tokens) IssueAccess(sub uuid.UUID, kind auth.Kind, family uuid.UUID, ttl time.Duration) (account.AccessToken, error) {
+	i, err := t.m.IssueInFamily(sub, kind, family, ttl)
 	return account.AccessToken(i), err
 }
 
@@ -105,7 +105,7 @@ func (e *env) waitWarm(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := e.cache.IsRevoked(t.Context(), "probe"); err != nil {
+		if _, err := e.cache.IsRevoked(t.Context(), "probe", uuid.Nil); err != nil {
 			t.Fatal(err)
 		}
 		n, err := e.valkey.Do(t.Context(), e.valkey.B().Exists().Key(e.prefix+"loaded").Build()).AsInt64()
@@ -206,6 +206,13 @@ func TestRefreshRotatesAndReuseRevokesFamily(t *testing.T) {
 	if _, err := e.svc.Refresh(ctx, third.RefreshToken); !errors.Is(err, auth.ErrUnauthenticated) {
 		t.Fatalf("Refresh of the newest token after reuse: got %v, want ErrUnauthenticated", err)
 	}
+	// So are the access tokens issued from the family, the first included.
+	for i, at := range []string{first.AccessToken, second.AccessToken, third.AccessToken} {
+		if _, err := e.svc.Authenticate(ctx, at); !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Errorf("access token %d of the reused family: got %v, want ErrUnauthenticated", i, err)
+		}
+	}
+	e.mustAuthenticate(t, other.AccessToken)
 	if _, err := e.svc.Refresh(ctx, other.RefreshToken); err != nil {
 		t.Fatalf("Refresh in another family: %v", err)
 	}
@@ -301,12 +308,20 @@ func TestLogout(t *testing.T) {
 		t.Fatalf("stranger's Refresh after someone else's Logout: %v", err)
 	}
 
+	// A third access token of the family, not the caller's: it goes with
+	// the family.
+	third, err := e.svc.Refresh(ctx, other.RefreshToken)
+	if err != nil {
+		t.Fatal(err)
+	}
 	p = e.mustAuthenticate(t, pair.AccessToken)
-	if err := e.svc.Logout(ctx, p, other.RefreshToken); err != nil {
+	if err := e.svc.Logout(ctx, p, third.RefreshToken); err != nil {
 		t.Fatalf("Logout: %v", err)
 	}
 	e.mustRefuse(t, pair.AccessToken)
-	if _, err := e.svc.Refresh(ctx, other.RefreshToken); !errors.Is(err, auth.ErrUnauthenticated) {
+	e.mustRefuse(t, third.AccessToken)
+	e.mustAuthenticate(t, stranger.AccessToken)
+	if _, err := e.svc.Refresh(ctx, third.RefreshToken); !errors.Is(err, auth.ErrUnauthenticated) {
 		t.Fatalf("Refresh after Logout: got %v, want ErrUnauthenticated", err)
 	}
 }
@@ -478,7 +493,9 @@ func TestPruneExpired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.Logout(ctx, p, ""); err != nil {
+	// Logging out with the refresh token revokes the family too, until its
+	// access token has expired.
+	if err := svc.Logout(ctx, p, old.RefreshToken); err != nil {
 		t.Fatal(err)
 	}
 
@@ -489,7 +506,7 @@ func TestPruneExpired(t *testing.T) {
 		// The revoked access token expired 20 minutes ago: within the
 		// clock-skew margin, kept.
 		{30 * time.Minute, account.Pruned{}},
-		{2 * time.Hour, account.Pruned{Revocations: 1}},
+		{2 * time.Hour, account.Pruned{Revocations: 1, FamilyRevocations: 1}},
 		// The refresh token expired 23 hours ago: kept for a day.
 		{24 * time.Hour, account.Pruned{}},
 		{25*time.Hour + time.Minute, account.Pruned{RefreshTokens: 1}},

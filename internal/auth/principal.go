@@ -52,6 +52,10 @@ type Principal struct {
 	Kind Kind
 	// TokenID is the access token's jti, used to revoke it.
 	TokenID string
+	// FamilyID is the refresh family (one sign-in) a user's access token
+	// was issued from, revoked with the family. It is uuid.Nil for agents
+	// and for tokens issued before tokens named their family.
+	FamilyID uuid.UUID
 	// ExpiresAt is when the access token stops being valid.
 	ExpiresAt time.Time
 }

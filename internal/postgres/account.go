@@ -46,10 +46,11 @@ func (r userRow) user() account.User {
 type refreshFamilyRow struct {
 	bun.BaseModel `bun:"table:refresh_families"`
 
-	ID        uuid.UUID `bun:"id,pk,type:uuid"`
-	UserID    uuid.UUID `bun:"user_id,type:uuid"`
-	CreatedAt time.Time `bun:"created_at,nullzero,notnull,default:now()"`
-	RevokedAt time.Time `bun:"revoked_at,nullzero"`
+	ID              uuid.UUID `bun:"id,pk,type:uuid"`
+	UserID          uuid.UUID `bun:"user_id,type:uuid"`
+	CreatedAt       time.Time `bun:"created_at,nullzero,notnull,default:now()"`
+	RevokedAt       time.Time `bun:"revoked_at,nullzero"`
+	AccessExpiresAt time.Time `bun:"access_expires_at,nullzero"`
 }
 
 type refreshTokenRow struct {
@@ -82,6 +83,13 @@ type revokedTokenRow struct {
 	bun.BaseModel `bun:"table:revoked_tokens"`
 
 	JTI       string    `bun:"jti,pk"`
+	ExpiresAt time.Time `bun:"expires_at"`
+}
+
+type revokedFamilyRow struct {
+	bun.BaseModel `bun:"table:revoked_families"`
+
+	FamilyID  uuid.UUID `bun:"family_id,pk,type:uuid"`
 	ExpiresAt time.Time `bun:"expires_at"`
 }
 
@@ -145,7 +153,7 @@ func (s *AccountStore) UpdateDisplayName(ctx context.Context, id uuid.UUID, disp
 // CreateRefreshToken implements account.Store.
 func (s *AccountStore) CreateRefreshToken(ctx context.Context, t account.RefreshToken) error {
 	return s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		family := refreshFamilyRow{ID: t.FamilyID, UserID: t.UserID}
+		family := refreshFamilyRow{ID: t.FamilyID, UserID: t.UserID, AccessExpiresAt: t.AccessExpiresAt}
 		if _, err := tx.NewInsert().Model(&family).Exec(ctx); err != nil {
 			if isForeignKeyViolation(err) {
 				return account.ErrUserNotFound
@@ -174,22 +182,30 @@ func (s *AccountStore) RotateRefreshToken(ctx context.Context, hash []byte, next
 			ExpiresAt       time.Time `bun:"expires_at"`
 			SpentAt         time.Time `bun:"spent_at,nullzero"`
 			FamilyRevokedAt time.Time `bun:"family_revoked_at,nullzero"`
+			AccessExpiresAt time.Time `bun:"access_expires_at,nullzero"`
 		}
 		// Locking the token row serialises concurrent rotations of the same
 		// token: the second waits, then reads the spent_at the first wrote.
+		// Locking the family too orders a reuse after any rotation in the
+		// family that began first, so its revocation outlasts every access
+		// token that rotation issued.
 		err := tx.NewRaw(`
-			SELECT t.id, t.family_id, f.user_id, t.expires_at, t.spent_at, f.revoked_at AS family_revoked_at
+			SELECT t.id, t.family_id, f.user_id, t.expires_at, t.spent_at, f.revoked_at AS family_revoked_at,
+				f.access_expires_at
 			FROM refresh_tokens AS t
 			JOIN refresh_families AS f ON f.id = t.family_id
 			WHERE t.token_hash = ?
-			FOR UPDATE OF t`, hash).Scan(ctx, &cur)
+			FOR UPDATE OF t, f`, hash).Scan(ctx, &cur)
 		if errors.Is(err, sql.ErrNoRows) {
 			return auth.ErrUnauthenticated
 		}
 		if err != nil {
 			return fmt.Errorf("select refresh token: %w", err)
 		}
-		spent = account.RefreshToken{ID: cur.ID, Hash: hash, UserID: cur.UserID, FamilyID: cur.FamilyID, ExpiresAt: cur.ExpiresAt}
+		spent = account.RefreshToken{
+			ID: cur.ID, Hash: hash, UserID: cur.UserID, FamilyID: cur.FamilyID,
+			ExpiresAt: cur.ExpiresAt, AccessExpiresAt: cur.AccessExpiresAt,
+		}
 		if !cur.ExpiresAt.After(now) {
 			return auth.ErrUnauthenticated
 		}
@@ -203,6 +219,11 @@ func (s *AccountStore) RotateRefreshToken(ctx context.Context, hash []byte, next
 			if err != nil {
 				return fmt.Errorf("revoke refresh family: %w", err)
 			}
+			rf, err := revokeFamilyAccess(ctx, tx, cur.FamilyID, cur.AccessExpiresAt, now)
+			if err != nil {
+				return err
+			}
+			spent.AccessExpiresAt = rf.ExpiresAt
 			return nil
 		}
 		_, err = tx.NewUpdate().Model((*refreshTokenRow)(nil)).
@@ -222,6 +243,13 @@ func (s *AccountStore) RotateRefreshToken(ctx context.Context, hash []byte, next
 		if _, err := tx.NewInsert().Model(&child).Exec(ctx); err != nil {
 			return fmt.Errorf("insert refresh token: %w", err)
 		}
+		_, err = tx.NewUpdate().Model((*refreshFamilyRow)(nil)).
+			Set("access_expires_at = greatest(access_expires_at, ?)", next.AccessExpiresAt).
+			Where("id = ?", cur.FamilyID).
+			Exec(ctx)
+		if err != nil {
+			return fmt.Errorf("update refresh family: %w", err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -234,21 +262,54 @@ func (s *AccountStore) RotateRefreshToken(ctx context.Context, hash []byte, next
 }
 
 // RevokeRefreshFamily implements account.Store.
-func (s *AccountStore) RevokeRefreshFamily(ctx context.Context, hash []byte, userID uuid.UUID, now time.Time) (bool, error) {
-	res, err := s.db.NewRaw(`
-		UPDATE refresh_families AS f
-		SET revoked_at = coalesce(f.revoked_at, ?)
-		FROM refresh_tokens AS t
-		WHERE t.token_hash = ? AND t.family_id = f.id AND f.user_id = ?`,
-		now, hash, userID).Exec(ctx)
+func (s *AccountStore) RevokeRefreshFamily(ctx context.Context, hash []byte, userID uuid.UUID, now time.Time) (account.RevokedFamily, bool, error) {
+	var (
+		rf account.RevokedFamily
+		ok bool
+	)
+	err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		var f refreshFamilyRow
+		err := tx.NewRaw(`
+			UPDATE refresh_families AS f
+			SET revoked_at = coalesce(f.revoked_at, ?)
+			FROM refresh_tokens AS t
+			WHERE t.token_hash = ? AND t.family_id = f.id AND f.user_id = ?
+			RETURNING f.id, f.access_expires_at`,
+			now, hash, userID).Scan(ctx, &f)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("revoke refresh family: %w", err)
+		}
+		ok = true
+		rf, err = revokeFamilyAccess(ctx, tx, f.ID, f.AccessExpiresAt, now)
+		return err
+	})
 	if err != nil {
-		return false, fmt.Errorf("revoke refresh family: %w", err)
+		return account.RevokedFamily{}, false, err
 	}
-	n, err := res.RowsAffected()
+	return rf, ok, nil
+}
+
+// revokeFamilyAccess records that the family's access tokens are revoked
+// until accessExpiresAt, or until now when no access token of the family
+// was recorded (a replica of an earlier release issued them, without the
+// family in them). A family revoked twice keeps the later expiry.
+func revokeFamilyAccess(ctx context.Context, tx bun.Tx, family uuid.UUID, accessExpiresAt, now time.Time) (account.RevokedFamily, error) {
+	if accessExpiresAt.IsZero() {
+		accessExpiresAt = now
+	}
+	var exp time.Time
+	err := tx.NewRaw(`
+		INSERT INTO revoked_families AS r (family_id, expires_at) VALUES (?, ?)
+		ON CONFLICT (family_id) DO UPDATE SET expires_at = greatest(r.expires_at, EXCLUDED.expires_at)
+		RETURNING expires_at`,
+		family, accessExpiresAt).Scan(ctx, &exp)
 	if err != nil {
-		return false, fmt.Errorf("revoke refresh family: %w", err)
+		return account.RevokedFamily{}, fmt.Errorf("insert revoked family: %w", err)
 	}
-	return n > 0, nil
+	return account.RevokedFamily{ID: family, ExpiresAt: exp}, nil
 }
 
 // CreateAgentKey implements account.Store.
@@ -299,9 +360,21 @@ func (s *AccountStore) RevokeAccessToken(ctx context.Context, t account.RevokedT
 	return nil
 }
 
-// IsAccessTokenRevoked implements account.Store and revocation.Source.
-func (s *AccountStore) IsAccessTokenRevoked(ctx context.Context, jti string) (bool, error) {
-	ok, err := s.db.NewSelect().Model((*revokedTokenRow)(nil)).Where("jti = ?", jti).Exists(ctx)
+// IsAccessTokenRevoked implements account.Store and revocation.Source, in
+// one query.
+func (s *AccountStore) IsAccessTokenRevoked(ctx context.Context, jti string, family uuid.UUID) (bool, error) {
+	if family == uuid.Nil {
+		ok, err := s.db.NewSelect().Model((*revokedTokenRow)(nil)).Where("jti = ?", jti).Exists(ctx)
+		if err != nil {
+			return false, fmt.Errorf("select revoked token: %w", err)
+		}
+		return ok, nil
+	}
+	var ok bool
+	err := s.db.NewRaw(`
+		SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?)
+			OR EXISTS (SELECT 1 FROM revoked_families WHERE family_id = ?)`,
+		jti, family).Scan(ctx, &ok)
 	if err != nil {
 		return false, fmt.Errorf("select revoked token: %w", err)
 	}
@@ -321,6 +394,19 @@ func (s *AccountStore) RevokedAccessTokens(ctx context.Context, now time.Time) (
 	return out, nil
 }
 
+// RevokedFamilies implements account.Store and revocation.Source.
+func (s *AccountStore) RevokedFamilies(ctx context.Context, now time.Time) ([]account.RevokedFamily, error) {
+	var rows []revokedFamilyRow
+	if err := s.db.NewSelect().Model(&rows).Where("expires_at > ?", now).Scan(ctx); err != nil {
+		return nil, fmt.Errorf("select revoked families: %w", err)
+	}
+	out := make([]account.RevokedFamily, len(rows))
+	for i, r := range rows {
+		out[i] = account.RevokedFamily{ID: r.FamilyID, ExpiresAt: r.ExpiresAt}
+	}
+	return out, nil
+}
+
 // PruneBatch bounds the rows one pruning statement deletes, so that a
 // backlog is worked off in short statements, none of which holds many row
 // locks for long.
@@ -328,17 +414,28 @@ const PruneBatch = 500
 
 // PruneRevokedAccessTokens implements account.Store.
 func (s *AccountStore) PruneRevokedAccessTokens(ctx context.Context, before time.Time) (int64, error) {
+	return s.pruneRevocations(ctx, "revoked_tokens", "jti", before)
+}
+
+// PruneRevokedFamilies implements account.Store.
+func (s *AccountStore) PruneRevokedFamilies(ctx context.Context, before time.Time) (int64, error) {
+	return s.pruneRevocations(ctx, "revoked_families", "family_id", before)
+}
+
+// pruneRevocations deletes the rows of a revocation table (keyed by key)
+// that expired before the time, in batches.
+func (s *AccountStore) pruneRevocations(ctx context.Context, table, key string, before time.Time) (int64, error) {
 	return pruneInBatches(func() (int64, error) {
 		res, err := s.db.NewRaw(`
-			DELETE FROM revoked_tokens WHERE jti IN (
-				SELECT jti FROM revoked_tokens WHERE expires_at < ? LIMIT ? FOR UPDATE SKIP LOCKED)`,
-			before, PruneBatch).Exec(ctx)
+			DELETE FROM ? WHERE ? IN (
+				SELECT ? FROM ? WHERE expires_at < ? LIMIT ? FOR UPDATE SKIP LOCKED)`,
+			bun.Ident(table), bun.Ident(key), bun.Ident(key), bun.Ident(table), before, PruneBatch).Exec(ctx)
 		if err != nil {
-			return 0, fmt.Errorf("delete revoked tokens: %w", err)
+			return 0, fmt.Errorf("delete from %s: %w", table, err)
 		}
 		n, err := res.RowsAffected()
 		if err != nil {
-			return 0, fmt.Errorf("delete revoked tokens: %w", err)
+			return 0, fmt.Errorf("delete from %s: %w", table, err)
 		}
 		return n, nil
 	})

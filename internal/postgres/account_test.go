@@ -119,17 +119,87 @@ func TestAccountStoreRefreshTokens(t *testing.T) {
 	if err := s.CreateRefreshToken(ctx, other); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := s.RevokeRefreshFamily(ctx, other.Hash, mallory.ID, now); err != nil || ok {
+	if _, ok, err := s.RevokeRefreshFamily(ctx, other.Hash, mallory.ID, now); err != nil || ok {
 		t.Errorf("RevokeRefreshFamily by another user = %v, %v; want false", ok, err)
 	}
-	if ok, err := s.RevokeRefreshFamily(ctx, hashOf("unknown"), u.ID, now); err != nil || ok {
+	if _, ok, err := s.RevokeRefreshFamily(ctx, hashOf("unknown"), u.ID, now); err != nil || ok {
 		t.Errorf("RevokeRefreshFamily of an unknown token = %v, %v; want false", ok, err)
 	}
-	if ok, err := s.RevokeRefreshFamily(ctx, other.Hash, u.ID, now); err != nil || !ok {
+	if _, ok, err := s.RevokeRefreshFamily(ctx, other.Hash, u.ID, now); err != nil || !ok {
 		t.Errorf("RevokeRefreshFamily by its owner = %v, %v; want true", ok, err)
 	}
 	if _, err := s.RotateRefreshToken(ctx, other.Hash, next("w"), now); !errors.Is(err, account.ErrRefreshTokenReused) {
 		t.Errorf("rotating a token of a family revoked by logout: got %v", err)
+	}
+}
+
+// TestAccountStoreRevokedFamilies checks that revoking a refresh family,
+// by reuse or by Logout, revokes its access tokens until the latest of them
+// expires, and no longer.
+func TestAccountStoreRevokedFamilies(t *testing.T) {
+	t.Parallel()
+	s := postgres.NewAccountStore(testenv.DB(t))
+	ctx := t.Context()
+	now := time.Now().Truncate(time.Microsecond)
+	u := newUser(t, s, "family@example.com")
+	token := func(name string, family uuid.UUID, accessExp time.Time) account.RefreshToken {
+		return account.RefreshToken{ID: uuid.New(), Hash: hashOf(name), UserID: u.ID, FamilyID: family,
+			ExpiresAt: now.Add(24 * time.Hour), AccessExpiresAt: accessExp}
+	}
+
+	stolen := token("stolen-1", uuid.New(), now.Add(30*time.Minute))
+	if err := s.CreateRefreshToken(ctx, stolen); err != nil {
+		t.Fatal(err)
+	}
+	// The rotation issues a later access token: the revocation must outlast it.
+	if _, err := s.RotateRefreshToken(ctx, stolen.Hash, token("stolen-2", uuid.Nil, now.Add(50*time.Minute)), now); err != nil {
+		t.Fatal(err)
+	}
+	if revoked, err := s.IsAccessTokenRevoked(ctx, "jti", stolen.FamilyID); err != nil || revoked {
+		t.Fatalf("a live family's token: revoked = %v, %v", revoked, err)
+	}
+	reused, err := s.RotateRefreshToken(ctx, stolen.Hash, token("x", uuid.Nil, now.Add(time.Hour)), now)
+	if !errors.Is(err, account.ErrRefreshTokenReused) {
+		t.Fatalf("reuse: %v", err)
+	}
+	if !reused.AccessExpiresAt.Equal(now.Add(50 * time.Minute)) {
+		t.Errorf("reuse revoked the family's access tokens until %v, want %v", reused.AccessExpiresAt, now.Add(50*time.Minute))
+	}
+
+	logout := token("logout-1", uuid.New(), now.Add(20*time.Minute))
+	if err := s.CreateRefreshToken(ctx, logout); err != nil {
+		t.Fatal(err)
+	}
+	rf, ok, err := s.RevokeRefreshFamily(ctx, logout.Hash, u.ID, now)
+	if err != nil || !ok || rf != (account.RevokedFamily{ID: logout.FamilyID, ExpiresAt: now.Add(20 * time.Minute)}) {
+		t.Errorf("RevokeRefreshFamily = %+v, %v, %v", rf, ok, err)
+	}
+	// A second revocation does not shorten the first.
+	if rf, _, err := s.RevokeRefreshFamily(ctx, logout.Hash, u.ID, now.Add(time.Minute)); err != nil || !rf.ExpiresAt.Equal(now.Add(20*time.Minute)) {
+		t.Errorf("revoking again = %+v, %v", rf, err)
+	}
+
+	for family, want := range map[uuid.UUID]bool{stolen.FamilyID: true, logout.FamilyID: true, uuid.New(): false, uuid.Nil: false} {
+		if got, err := s.IsAccessTokenRevoked(ctx, "some-jti", family); err != nil || got != want {
+			t.Errorf("IsAccessTokenRevoked(family %s) = %v, %v; want %v", family, got, err, want)
+		}
+	}
+	if err := s.RevokeAccessToken(ctx, account.RevokedToken{ID: "own", ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.IsAccessTokenRevoked(ctx, "own", uuid.New()); err != nil || !got {
+		t.Errorf("a revoked jti in a live family: %v, %v", got, err)
+	}
+
+	live, err := s.RevokedFamilies(ctx, now.Add(30*time.Minute))
+	if err != nil || len(live) != 1 || live[0] != (account.RevokedFamily{ID: stolen.FamilyID, ExpiresAt: now.Add(50 * time.Minute)}) {
+		t.Errorf("RevokedFamilies = %+v, %v; want only the stolen family", live, err)
+	}
+	if n, err := s.PruneRevokedFamilies(ctx, now.Add(30*time.Minute)); err != nil || n != 1 {
+		t.Errorf("PruneRevokedFamilies = %d, %v; want 1", n, err)
+	}
+	if got, _ := s.IsAccessTokenRevoked(ctx, "some-jti", logout.FamilyID); got {
+		t.Error("pruned family revocation still present")
 	}
 }
 
@@ -177,7 +247,7 @@ func TestAccountStoreRevokedAccessTokens(t *testing.T) {
 		}
 	}
 	for jti, want := range map[string]bool{"live": true, "recent": true, "never": false} {
-		if got, err := s.IsAccessTokenRevoked(ctx, jti); err != nil || got != want {
+		if got, err := s.IsAccessTokenRevoked(ctx, jti, uuid.Nil); err != nil || got != want {
 			t.Errorf("IsAccessTokenRevoked(%q) = %v, %v; want %v", jti, got, err, want)
 		}
 	}
@@ -188,7 +258,7 @@ func TestAccountStoreRevokedAccessTokens(t *testing.T) {
 	if n, err := s.PruneRevokedAccessTokens(ctx, now.Add(-time.Hour)); err != nil || n != 1 {
 		t.Errorf("PruneRevokedAccessTokens = %d, %v; want 1", n, err)
 	}
-	if got, _ := s.IsAccessTokenRevoked(ctx, "old"); got {
+	if got, _ := s.IsAccessTokenRevoked(ctx, "old", uuid.Nil); got {
 		t.Error("pruned revocation still present")
 	}
 }
@@ -314,7 +384,7 @@ func TestAccountStorePruneRevokedAccessTokensInBatches(t *testing.T) {
 	if got := count(t, db, "SELECT count(*) FROM revoked_tokens"); got != 1 {
 		t.Errorf("%d revocations left, want only the live one", got)
 	}
-	if ok, err := s.IsAccessTokenRevoked(ctx, "live"); err != nil || !ok {
+	if ok, err := s.IsAccessTokenRevoked(ctx, "live", uuid.Nil); err != nil || !ok {
 		t.Errorf("the live revocation: %v, %v", ok, err)
 	}
 }

@@ -1,7 +1,8 @@
-// Package revocation keeps revoked access tokens in Valkey so that every
-// replica refuses them with one round trip per request. PostgreSQL holds
-// the record of truth (the Source); Valkey holds a copy, and a marker key
-// that says the copy is complete. Whenever the cache cannot vouch for its
+// Package revocation keeps revoked access tokens, and the revoked refresh
+// families whose access tokens are refused with them, in Valkey so that
+// every replica refuses them with one round trip per request. PostgreSQL
+// holds the record of truth (the Source); Valkey holds a copy, and a marker
+// key that says the copy is complete. Whenever the cache cannot vouch for its
 // answer (the marker is gone after a flush or an empty restart, or Valkey
 // does not answer in time) the check asks the Source, so a revoked token is
 // never accepted because Valkey lost or missed its key.
@@ -19,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/valkey-io/valkey-go"
 
 	"github.com/parley-dev/parley/internal/account"
@@ -27,11 +29,15 @@ import (
 // Source is the durable record of revocations the cache falls back to and
 // is warmed from. postgres.AccountStore implements it.
 type Source interface {
-	// IsAccessTokenRevoked reports whether the token with the jti is revoked.
-	IsAccessTokenRevoked(ctx context.Context, jti string) (bool, error)
+	// IsAccessTokenRevoked reports whether the token with the jti, or its
+	// family unless that is uuid.Nil, is revoked.
+	IsAccessTokenRevoked(ctx context.Context, jti string, family uuid.UUID) (bool, error)
 	// RevokedAccessTokens returns every revocation whose token expires after
 	// the time given.
 	RevokedAccessTokens(ctx context.Context, now time.Time) ([]account.RevokedToken, error)
+	// RevokedFamilies returns every family revocation that expires after
+	// the time given.
+	RevokedFamilies(ctx context.Context, now time.Time) ([]account.RevokedFamily, error)
 }
 
 // Defaults for Options.
@@ -62,7 +68,8 @@ const (
 // Options tune a Cache. Zero values take the defaults.
 type Options struct {
 	// KeyPrefix namespaces the keys (DefaultKeyPrefix): a revoked token is
-	// <prefix><jti>, the marker <prefix>loaded.
+	// <prefix><jti>, a revoked family <prefix>family:<id>, the marker
+	// <prefix>loaded.
 	KeyPrefix string
 	// CheckTimeout bounds the Valkey round trip of IsRevoked before it falls
 	// back to the Source (DefaultCheckTimeout).
@@ -122,18 +129,31 @@ func New(client valkey.Client, source Source, opts Options) *Cache {
 
 func (c *Cache) key(jti string) string { return c.prefix + jti }
 
+// familyKey cannot be taken for a jti's key: a jti is base64url, without
+// a colon.
+func (c *Cache) familyKey(id uuid.UUID) string { return c.prefix + "family:" + id.String() }
+
 // Revoke copies a revocation, already recorded in the Source, into Valkey
-// until a little after exp. When that fails it tries to delete the marker (and any warm-up's
-// claim), so that every
-// replica asks the Source until a warm-up has copied the revocation; and
-// if even that fails, the marker's TTL bounds how long the copy stays
-// incomplete.
+// until a little after exp. When that fails it tries to delete the marker
+// (and any warm-up's claim), so that every replica asks the Source until a
+// warm-up has copied the revocation; and if even that fails, the marker's
+// TTL bounds how long the copy stays incomplete.
 func (c *Cache) Revoke(ctx context.Context, jti string, exp time.Time) error {
+	return c.revoke(ctx, c.key(jti), exp)
+}
+
+// RevokeFamily copies a family revocation, already recorded in the Source,
+// into Valkey, as Revoke does for one token.
+func (c *Cache) RevokeFamily(ctx context.Context, family uuid.UUID, exp time.Time) error {
+	return c.revoke(ctx, c.familyKey(family), exp)
+}
+
+func (c *Cache) revoke(ctx context.Context, key string, exp time.Time) error {
 	until := exp.Add(expiryGrace)
 	if !until.After(c.now()) {
 		return nil
 	}
-	err := c.client.Do(ctx, c.client.B().Set().Key(c.key(jti)).Value("1").
+	err := c.client.Do(ctx, c.client.B().Set().Key(key).Value("1").
 		PxatMillisecondsTimestamp(until.UnixMilli()).Build()).Error()
 	if err == nil {
 		return nil
@@ -146,36 +166,61 @@ func (c *Cache) Revoke(ctx context.Context, jti string, exp time.Time) error {
 	return fmt.Errorf("cache revocation (marker deleted): %w", err)
 }
 
-// IsRevoked reports whether the token with the jti is revoked, in one Valkey
-// round trip when the cache is complete. Otherwise it asks the Source and,
-// if Valkey answered without its marker, starts a warm-up in the background.
-func (c *Cache) IsRevoked(ctx context.Context, jti string) (bool, error) {
-	vctx, cancel := context.WithTimeout(ctx, c.checkTimeout)
-	vals, err := c.client.Do(vctx, c.client.B().Mget().Key(c.key(jti), c.marker).Build()).ToArray()
-	cancel()
+// IsRevoked reports whether the token with the jti, or its family unless
+// that is uuid.Nil, is revoked, in one Valkey round trip when the cache is
+// complete. Otherwise it asks the Source and, if Valkey answered without its
+// marker, starts a warm-up in the background.
+//
+// The family's key is read by a GET of its own, pipelined in the same round
+// trip as the MGET of the token's key and the marker, so that it need not
+// share a hash slot with them, and the keys keep the names older replicas
+// read.
+func (c *Cache) IsRevoked(ctx context.Context, jti string, family uuid.UUID) (bool, error) {
+	revoked, complete, err := c.lookup(ctx, jti, family)
 	switch {
-	case err == nil && len(vals) == 2:
-		if !vals[0].IsNil() {
-			return true, nil
-		}
-		if !vals[1].IsNil() {
-			return false, nil
+	case err == nil:
+		if revoked || complete {
+			return revoked, nil
 		}
 		c.startWarm(ctx)
-	case err == nil:
-		err = fmt.Errorf("MGET answered %d values", len(vals))
-		fallthrough
+	case ctx.Err() != nil:
+		return false, ctx.Err()
 	default:
-		if ctx.Err() != nil {
-			return false, ctx.Err()
-		}
 		c.logError(ctx, "revocation cache unavailable; asking the database", err)
 	}
-	revoked, err := c.source.IsAccessTokenRevoked(ctx, jti)
+	revoked, err = c.source.IsAccessTokenRevoked(ctx, jti, family)
 	if err != nil {
 		return false, fmt.Errorf("check revocation: %w", err)
 	}
 	return revoked, nil
+}
+
+// lookup reads the token's and the family's keys and the marker, and
+// reports whether either key is set and whether the marker is.
+func (c *Cache) lookup(ctx context.Context, jti string, family uuid.UUID) (revoked, complete bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.checkTimeout)
+	defer cancel()
+	mget := c.client.B().Mget().Key(c.key(jti), c.marker).Build()
+	var vals []valkey.ValkeyMessage
+	if family == uuid.Nil {
+		vals, err = c.client.Do(ctx, mget).ToArray()
+	} else {
+		res := c.client.DoMulti(ctx, mget, c.client.B().Get().Key(c.familyKey(family)).Build())
+		ferr := res[1].Error()
+		if ferr == nil {
+			return true, false, nil
+		}
+		if vals, err = res[0].ToArray(); err == nil && !valkey.IsValkeyNil(ferr) {
+			err = ferr
+		}
+	}
+	if err != nil {
+		return false, false, err
+	}
+	if len(vals) != 2 {
+		return false, false, fmt.Errorf("MGET answered %d values", len(vals))
+	}
+	return !vals[0].IsNil(), !vals[1].IsNil(), nil
 }
 
 func (c *Cache) logError(ctx context.Context, msg string, err error) {
@@ -220,9 +265,10 @@ if redis.call("GET", KEYS[1]) == ARGV[1] then
 end
 return 0`)
 
-// Warm copies every unexpired revocation from the Source into Valkey and
-// then sets the marker that lets checks trust the cache. Replicas may warm
-// at once; the marker is set only by a warm-up whose copy is complete.
+// Warm copies every unexpired revocation, of tokens and of families, from
+// the Source into Valkey and then sets the marker that lets checks trust
+// the cache. Replicas may warm at once; the marker is set only by a
+// warm-up whose copy is complete.
 func (c *Cache) Warm(ctx context.Context) error {
 	var idb [16]byte
 	if _, err := rand.Read(idb[:]); err != nil {
@@ -240,7 +286,11 @@ func (c *Cache) Warm(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("warm: %w", err)
 	}
-	cmds := make(valkey.Commands, 0, min(len(toks), warmBatch))
+	families, err := c.source.RevokedFamilies(ctx, now.Add(-expiryGrace))
+	if err != nil {
+		return fmt.Errorf("warm: %w", err)
+	}
+	cmds := make(valkey.Commands, 0, min(len(toks)+len(families), warmBatch))
 	flush := func() error {
 		for _, r := range c.client.DoMulti(ctx, cmds...) {
 			if err := r.Error(); err != nil {
@@ -250,17 +300,26 @@ func (c *Cache) Warm(ctx context.Context) error {
 		cmds = cmds[:0]
 		return nil
 	}
-	for _, t := range toks {
-		until := t.ExpiresAt.Add(expiryGrace)
+	copyKey := func(key string, exp time.Time) error {
+		until := exp.Add(expiryGrace)
 		if !until.After(now) {
-			continue
+			return nil
 		}
-		cmds = append(cmds, c.client.B().Set().Key(c.key(t.ID)).Value("1").
+		cmds = append(cmds, c.client.B().Set().Key(key).Value("1").
 			PxatMillisecondsTimestamp(until.UnixMilli()).Build())
 		if len(cmds) == warmBatch {
-			if err := flush(); err != nil {
-				return err
-			}
+			return flush()
+		}
+		return nil
+	}
+	for _, t := range toks {
+		if err := copyKey(c.key(t.ID), t.ExpiresAt); err != nil {
+			return err
+		}
+	}
+	for _, f := range families {
+		if err := copyKey(c.familyKey(f.ID), f.ExpiresAt); err != nil {
+			return err
 		}
 	}
 	if len(cmds) > 0 {

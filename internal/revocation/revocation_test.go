@@ -28,9 +28,9 @@ type source struct {
 	duringWarm func()
 }
 
-func (s *source) IsAccessTokenRevoked(ctx context.Context, jti string) (bool, error) {
+func (s *source) IsAccessTokenRevoked(ctx context.Context, jti string, family uuid.UUID) (bool, error) {
 	s.checks.Add(1)
-	return s.AccountStore.IsAccessTokenRevoked(ctx, jti)
+	return s.AccountStore.IsAccessTokenRevoked(ctx, jti, family)
 }
 
 func (s *source) RevokedAccessTokens(ctx context.Context, now time.Time) ([]account.RevokedToken, error) {
@@ -82,7 +82,12 @@ func (f *fixture) revoke(t *testing.T, jti string, exp time.Time) error {
 
 func (f *fixture) isRevoked(t *testing.T, jti string) bool {
 	t.Helper()
-	revoked, err := f.cache.IsRevoked(t.Context(), jti)
+	return f.isFamilyRevoked(t, jti, uuid.Nil)
+}
+
+func (f *fixture) isFamilyRevoked(t *testing.T, jti string, family uuid.UUID) bool {
+	t.Helper()
+	revoked, err := f.cache.IsRevoked(t.Context(), jti, family)
 	if err != nil {
 		t.Fatalf("IsRevoked(%q): %v", jti, err)
 	}
@@ -258,14 +263,27 @@ func TestSourceDownToo(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Fail closed: an error, never "not revoked".
-	if _, err := cache.IsRevoked(t.Context(), "jti"); err == nil {
+	if _, err := cache.IsRevoked(t.Context(), "jti", uuid.New()); err == nil {
 		t.Fatal("IsRevoked answered with neither Valkey nor the database")
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := cache.IsRevoked(ctx, "jti"); !errors.Is(err, context.Canceled) {
+	if _, err := cache.IsRevoked(ctx, "jti", uuid.Nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("IsRevoked with a cancelled context: got %v", err)
 	}
+}
+
+// twoReplicas returns the fixtures of two replicas sharing a private Valkey
+// and the source, the cache warmed.
+func twoReplicas(t *testing.T, v *testenv.Valkey) (a, b *fixture) {
+	t.Helper()
+	a = newFixture(t, v.URL())
+	if err := a.cache.Warm(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b = &fixture{src: a.src, client: testenv.ValkeyClient(t, v.URL()), prefix: a.prefix}
+	b.cache = b.replica(t)
+	return a, b
 }
 
 // TestRevokeReachesOtherReplicasAtOnce checks that a replica which has just
@@ -276,12 +294,7 @@ func TestSourceDownToo(t *testing.T) {
 func TestRevokeReachesOtherReplicasAtOnce(t *testing.T) {
 	t.Parallel()
 	v := testenv.NewValkey(t)
-	a := newFixture(t, v.URL())
-	if err := a.cache.Warm(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	b := &fixture{src: a.src, client: testenv.ValkeyClient(t, v.URL()), prefix: a.prefix}
-	b.cache = b.replica(t)
+	a, b := twoReplicas(t, v)
 	exp := time.Now().Add(time.Hour)
 	for i := range 50 {
 		jti := fmt.Sprintf("jti-%d", i)
@@ -309,5 +322,72 @@ func TestRevokeReachesOtherReplicasAtOnce(t *testing.T) {
 	}
 	if a.src.checks.Load() == before {
 		t.Error("after a flush the check did not ask the source")
+	}
+}
+
+// revokeFamily records a family revocation the way account.Service does:
+// the store (through a refresh token of the family), then the cache.
+func (f *fixture) revokeFamily(t *testing.T, accessExp time.Time) (uuid.UUID, error) {
+	t.Helper()
+	ctx := t.Context()
+	u, err := f.src.CreateUser(ctx, account.User{ID: uuid.New(), Email: uuid.NewString() + "@example.com", DisplayName: "x"}, "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := account.RefreshToken{ID: uuid.New(), Hash: []byte(uuid.NewString()), UserID: u.ID, FamilyID: uuid.New(),
+		ExpiresAt: time.Now().Add(time.Hour), AccessExpiresAt: accessExp}
+	if err := f.src.CreateRefreshToken(ctx, rt); err != nil {
+		t.Fatal(err)
+	}
+	rf, ok, err := f.src.RevokeRefreshFamily(ctx, rt.Hash, u.ID, time.Now())
+	if err != nil || !ok {
+		t.Fatalf("RevokeRefreshFamily = %v, %v", ok, err)
+	}
+	return rf.ID, f.cache.RevokeFamily(ctx, rf.ID, rf.ExpiresAt)
+}
+
+// TestFamilyRevocation checks that a revoked family's tokens are refused by
+// every replica: from Valkey alone while the cache is complete, from the
+// source once Valkey has lost the keys, and from Valkey again once warmed.
+func TestFamilyRevocation(t *testing.T) {
+	t.Parallel()
+	v := testenv.NewValkey(t)
+	a, b := twoReplicas(t, v)
+	live := uuid.New()
+	family, err := a.revokeFamily(t, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string) {
+		t.Helper()
+		if !b.isFamilyRevoked(t, "any-jti", family) {
+			t.Errorf("%s: a token of the revoked family was accepted", what)
+		}
+		if b.isFamilyRevoked(t, "any-jti", live) || b.isFamilyRevoked(t, "any-jti", uuid.Nil) {
+			t.Errorf("%s: a token of another family was refused", what)
+		}
+	}
+	check("warm cache")
+	if n := a.src.checks.Load(); n != 0 {
+		t.Errorf("a warm cache asked the source %d times", n)
+	}
+	pttl, err := b.client.Do(t.Context(), b.client.B().Pttl().Key(b.prefix+"family:"+family.String()).Build()).AsInt64()
+	if err != nil || pttl <= time.Hour.Milliseconds() || pttl > (time.Hour+10*time.Minute).Milliseconds() {
+		t.Errorf("family key PTTL = %d, %v; want it to expire shortly after the family's last access token", pttl, err)
+	}
+
+	v.Flush()
+	check("flushed")
+	if a.src.checks.Load() == 0 {
+		t.Error("after a flush the source was not asked")
+	}
+	b.waitMarker(t)
+	if !b.exists(t, "family:"+family.String()) {
+		t.Error("the warm-up did not copy the family revocation")
+	}
+	before := a.src.checks.Load()
+	check("warmed again")
+	if n := a.src.checks.Load() - before; n != 0 {
+		t.Errorf("the source was asked %d times after the warm-up", n)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
@@ -27,9 +28,10 @@ type WatchOptions struct {
 	// with unavailable so clients reconnect to another replica.
 	Drain <-chan struct{}
 	// Revoked, if set, is asked every Heartbeat interval whether the
-	// stream's access token was revoked since the stream opened (Logout on
-	// any replica); such a stream ends with unauthenticated.
-	Revoked func(ctx context.Context, tokenID string) (bool, error)
+	// stream's access token, or the refresh family it was issued from, was
+	// revoked since the stream opened (Logout or refresh token reuse on any
+	// replica); such a stream ends with unauthenticated.
+	Revoked func(ctx context.Context, p auth.Principal) (bool, error)
 }
 
 // ConversationServer serves parley.v1.ConversationService.

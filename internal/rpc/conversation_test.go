@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
 
+	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/cache"
 	"github.com/parley-dev/parley/internal/conversation"
@@ -23,6 +23,7 @@ import (
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 	"github.com/parley-dev/parley/internal/postgres"
+	"github.com/parley-dev/parley/internal/revocation"
 	"github.com/parley-dev/parley/internal/testenv"
 )
 
@@ -32,6 +33,7 @@ const (
 	testUserHeader    = "X-Test-User"
 	testAgentHeader   = "X-Test-Agent"
 	testExpiresHeader = "X-Test-Expires"
+	testFamilyHeader  = "X-Test-Family"
 )
 
 type testPrincipals struct{}
@@ -40,6 +42,9 @@ func (testPrincipals) principal(h http.Header) (auth.Principal, bool) {
 	p := auth.Principal{TokenID: "test", ExpiresAt: time.Now().Add(time.Hour)}
 	if exp, err := time.Parse(time.RFC3339Nano, h.Get(testExpiresHeader)); err == nil {
 		p.ExpiresAt = exp
+	}
+	if family, err := uuid.Parse(h.Get(testFamilyHeader)); err == nil {
+		p.FamilyID = family
 	}
 	if id, err := uuid.Parse(h.Get(testUserHeader)); err == nil {
 		p.ID, p.Kind = id, auth.KindUser
@@ -102,22 +107,11 @@ func newTestServer(t *testing.T, opts WatchOptions) *testServer {
 
 	mux := http.NewServeMux()
 	mux.Handle(parleyv1connect.NewConversationServiceHandler(NewConversationServer(svc, opts, log), connect.WithInterceptors(testPrincipals{})))
-	srv := httptest.NewUnstartedServer(mux)
-	srv.EnableHTTP2 = true
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-
-	transport := &http.Transport{Protocols: new(http.Protocols)}
-	transport.Protocols.SetUnencryptedHTTP2(true)
-	t.Cleanup(transport.CloseIdleConnections)
-	httpClient := &http.Client{Transport: transport}
-	ts := &testServer{url: srv.URL, db: db, clients: map[string]parleyv1connect.ConversationServiceClient{
-		"connect": parleyv1connect.NewConversationServiceClient(httpClient, srv.URL),
-		"grpc":    parleyv1connect.NewConversationServiceClient(httpClient, srv.URL, connect.WithGRPC()),
-		"grpcweb": parleyv1connect.NewConversationServiceClient(httpClient, srv.URL, connect.WithGRPCWeb()),
+	url, httpClient := serveH2C(t, mux)
+	ts := &testServer{url: url, db: db, clients: map[string]parleyv1connect.ConversationServiceClient{
+		"connect": parleyv1connect.NewConversationServiceClient(httpClient, url),
+		"grpc":    parleyv1connect.NewConversationServiceClient(httpClient, url, connect.WithGRPC()),
+		"grpcweb": parleyv1connect.NewConversationServiceClient(httpClient, url, connect.WithGRPCWeb()),
 	}}
 	return ts
 }
@@ -449,7 +443,7 @@ func TestWatchMessagesEndsOnExpiryAndDrain(t *testing.T) {
 func TestWatchMessagesEndsWhenTheTokenIsRevoked(t *testing.T) {
 	t.Parallel()
 	var revoked atomic.Bool
-	ts := newTestServer(t, WatchOptions{Heartbeat: 50 * time.Millisecond, Revoked: func(context.Context, string) (bool, error) {
+	ts := newTestServer(t, WatchOptions{Heartbeat: 50 * time.Millisecond, Revoked: func(context.Context, auth.Principal) (bool, error) {
 		return revoked.Load(), nil
 	}})
 	owner := ts.user(t)
@@ -476,5 +470,72 @@ func TestWatchMessagesEndsWhenTheTokenIsRevoked(t *testing.T) {
 		if codeOf(end.err) != connect.CodeUnauthenticated || time.Since(start) > 5*time.Second {
 			t.Errorf("%s: %+v after %v, want unauthenticated", name, end, time.Since(start))
 		}
+	}
+}
+
+// TestWatchMessagesEndsWhenTheFamilyIsRevoked checks that a stream ends once
+// the refresh family its token was issued from is revoked (reuse or Logout
+// on any replica), and that a stream of another family goes on.
+func TestWatchMessagesEndsWhenTheFamilyIsRevoked(t *testing.T) {
+	t.Parallel()
+	accounts := postgres.NewAccountStore(testenv.DB(t))
+	revoked := revocation.New(testenv.ValkeyClient(t, testenv.ValkeyURL(t)), accounts,
+		revocation.Options{KeyPrefix: "test:" + uuid.NewString() + ":revoked:"})
+	t.Cleanup(revoked.Close)
+	ts := newTestServer(t, WatchOptions{Heartbeat: 50 * time.Millisecond, Revoked: func(ctx context.Context, p auth.Principal) (bool, error) {
+		return revoked.IsRevoked(ctx, p.TokenID, p.FamilyID)
+	}})
+	owner := ts.user(t)
+	u, err := accounts.CreateUser(t.Context(), account.User{ID: owner, Email: uuid.NewString() + "@example.com", DisplayName: "x"}, "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signIn := func(name string) account.RefreshToken {
+		rt := account.RefreshToken{ID: uuid.New(), Hash: []byte(name), UserID: u.ID, FamilyID: uuid.New(),
+			ExpiresAt: time.Now().Add(time.Hour), AccessExpiresAt: time.Now().Add(time.Hour)}
+		if err := accounts.CreateRefreshToken(t.Context(), rt); err != nil {
+			t.Fatal(err)
+		}
+		return rt
+	}
+	doomed, kept := signIn("doomed"), signIn("kept")
+	created, err := ts.clients["connect"].CreateConversation(t.Context(), as(owner, false, &parleyv1.CreateConversationRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := func(c parleyv1connect.ConversationServiceClient, family uuid.UUID) *connect.ServerStreamForClient[parleyv1.WatchMessagesResponse] {
+		req := as(owner, false, &parleyv1.WatchMessagesRequest{ConversationId: created.Msg.GetConversation().GetId()})
+		req.Header().Set(testFamilyHeader, family.String())
+		s, err := c.WatchMessages(t.Context(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	streams := map[string]*connect.ServerStreamForClient[parleyv1.WatchMessagesResponse]{}
+	for name, c := range ts.clients {
+		streams[name] = watch(c, doomed.FamilyID)
+	}
+	other := watch(ts.clients["connect"], kept.FamilyID)
+	// Let each stream live through a few checks before the family goes,
+	// as account.Service revokes it: the store, then the cache.
+	time.Sleep(200 * time.Millisecond)
+	rf, ok, err := accounts.RevokeRefreshFamily(t.Context(), doomed.Hash, u.ID, time.Now())
+	if err != nil || !ok {
+		t.Fatalf("RevokeRefreshFamily = %v, %v", ok, err)
+	}
+	if err := revoked.RevokeFamily(t.Context(), rf.ID, rf.ExpiresAt); err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range streams {
+		start := time.Now()
+		end := watchUntil(s, func(watchResult) bool { return false })
+		if codeOf(end.err) != connect.CodeUnauthenticated || time.Since(start) > 5*time.Second {
+			t.Errorf("%s: %+v after %v, want unauthenticated", name, end, time.Since(start))
+		}
+	}
+	if r := watchUntil(other, func(r watchResult) bool { return r.heartbeats >= 3 }); r.err != nil {
+		t.Errorf("the stream of another family ended: %v", r.err)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -64,13 +63,7 @@ func newFileEnv(t *testing.T, kind string, o fileEnvOptions) *fileEnv {
 	db := testenv.DB(t)
 	log := slog.New(slog.DiscardHandler)
 	mux := http.NewServeMux()
-	srv := httptest.NewUnstartedServer(mux)
-	srv.EnableHTTP2 = true
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
+	url, hc := serveH2C(t, mux)
 
 	env := &fileEnv{db: db}
 	switch kind {
@@ -83,7 +76,7 @@ func newFileEnv(t *testing.T, kind string, o fileEnvOptions) *fileEnv {
 		env.blobs = az
 	case "dir":
 		env.dirRoot = filepath.Join(t.TempDir(), "blobs")
-		d, err := blobstore.NewDir(env.dirRoot, srv.URL, nil)
+		d, err := blobstore.NewDir(env.dirRoot, url, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,15 +114,11 @@ func newFileEnv(t *testing.T, kind string, o fileEnvOptions) *fileEnv {
 	mux.Handle(parleyv1connect.NewFileServiceHandler(fs, opts...))
 	mux.Handle(parleyv1connect.NewConversationServiceHandler(cs, opts...))
 
-	transport := &http.Transport{Protocols: new(http.Protocols)}
-	transport.Protocols.SetUnencryptedHTTP2(true)
-	t.Cleanup(transport.CloseIdleConnections)
-	hc := &http.Client{Transport: transport}
 	env.files = map[string]parleyv1connect.FileServiceClient{
-		"connect": parleyv1connect.NewFileServiceClient(hc, srv.URL),
-		"grpc":    parleyv1connect.NewFileServiceClient(hc, srv.URL, connect.WithGRPC()),
+		"connect": parleyv1connect.NewFileServiceClient(hc, url),
+		"grpc":    parleyv1connect.NewFileServiceClient(hc, url, connect.WithGRPC()),
 	}
-	env.convs = parleyv1connect.NewConversationServiceClient(hc, srv.URL)
+	env.convs = parleyv1connect.NewConversationServiceClient(hc, url)
 	return env
 }
 

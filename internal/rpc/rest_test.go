@@ -32,27 +32,28 @@ import (
 // transcoding, and the real signing is tested in internal/token and cmd/parley.
 type restTokens struct{}
 
-func (restTokens) IssueAccess(sub uuid.UUID, kind auth.Kind, ttl time.Duration) (account.AccessToken, error) {
+func (restTokens) IssueAccess(sub uuid.UUID, kind auth.Kind, family uuid.UUID, ttl time.Duration) (account.AccessToken, error) {
 	now := time.Now()
 	jti := uuid.NewString()
 	return account.AccessToken{
-		Token: fmt.Sprintf("test.%d.%s.%s.%d", kind, sub, jti, now.Add(ttl).Unix()),
+		Token: fmt.Sprintf("test.%d.%s.%s.%d.%s", kind, sub, jti, now.Add(ttl).Unix(), family),
 		ID:    jti, IssuedAt: now, ExpiresAt: now.Add(ttl),
 	}, nil
 }
 
 func (restTokens) Verify(tok string) (auth.Principal, error) {
 	parts := strings.Split(tok, ".")
-	if len(parts) != 5 || parts[0] != "test" {
+	if len(parts) != 6 || parts[0] != "test" {
 		return auth.Principal{}, auth.ErrUnauthenticated
 	}
 	kind, err1 := strconv.Atoi(parts[1])
 	sub, err2 := uuid.Parse(parts[2])
 	exp, err3 := strconv.ParseInt(parts[4], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || time.Unix(exp, 0).Before(time.Now()) {
+	family, err4 := uuid.Parse(parts[5])
+	if err1 != nil || err2 != nil || err3 != nil || err4 != nil || time.Unix(exp, 0).Before(time.Now()) {
 		return auth.Principal{}, auth.ErrUnauthenticated
 	}
-	return auth.Principal{ID: sub, Kind: auth.Kind(kind), TokenID: parts[3], ExpiresAt: time.Unix(exp, 0)}, nil
+	return auth.Principal{ID: sub, Kind: auth.Kind(kind), TokenID: parts[3], FamilyID: family, ExpiresAt: time.Unix(exp, 0)}, nil
 }
 
 type restRevocations struct {
@@ -67,10 +68,17 @@ func (r *restRevocations) Revoke(_ context.Context, jti string, _ time.Time) err
 	return nil
 }
 
-func (r *restRevocations) IsRevoked(_ context.Context, jti string) (bool, error) {
+func (r *restRevocations) RevokeFamily(_ context.Context, family uuid.UUID, _ time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.ids[jti], nil
+	r.ids[family.String()] = true
+	return nil
+}
+
+func (r *restRevocations) IsRevoked(_ context.Context, jti string, family uuid.UUID) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ids[jti] || (family != uuid.Nil && r.ids[family.String()]), nil
 }
 
 // countingLimiter allows perMinute requests per key and refuses the rest, so

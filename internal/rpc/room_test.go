@@ -88,22 +88,12 @@ func newRoomTestEnv(t *testing.T, liveKitURL string) *roomTestEnv {
 	mux := http.NewServeMux()
 	mux.Handle(parleyv1connect.NewRoomServiceHandler(NewRoomServer(env.svc, slog.New(slog.DiscardHandler)), connect.WithInterceptors(roomTestPrincipals{})))
 	mux.Handle("POST /livekit/webhook", env.webhook)
-	srv := httptest.NewUnstartedServer(mux)
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-	env.url = srv.URL
-
-	transport := &http.Transport{Protocols: new(http.Protocols)}
-	transport.Protocols.SetUnencryptedHTTP2(true)
-	t.Cleanup(transport.CloseIdleConnections)
-	hc := &http.Client{Transport: transport}
+	var hc *http.Client
+	env.url, hc = serveH2C(t, mux)
 	env.clients = map[string]parleyv1connect.RoomServiceClient{
-		"connect": parleyv1connect.NewRoomServiceClient(hc, srv.URL),
-		"grpc":    parleyv1connect.NewRoomServiceClient(hc, srv.URL, connect.WithGRPC()),
-		"grpcweb": parleyv1connect.NewRoomServiceClient(hc, srv.URL, connect.WithGRPCWeb()),
+		"connect": parleyv1connect.NewRoomServiceClient(hc, env.url),
+		"grpc":    parleyv1connect.NewRoomServiceClient(hc, env.url, connect.WithGRPC()),
+		"grpcweb": parleyv1connect.NewRoomServiceClient(hc, env.url, connect.WithGRPCWeb()),
 	}
 	return env
 }

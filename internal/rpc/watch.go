@@ -159,7 +159,7 @@ func (ws *watchStream) checkToken(ctx context.Context, now time.Time) error {
 		return nil
 	}
 	ws.recheckAt = now.Add(ws.s.watch.Heartbeat)
-	revoked, err := ws.s.watch.Revoked(ctx, ws.p.TokenID)
+	revoked, err := ws.s.watch.Revoked(ctx, ws.p)
 	if err != nil {
 		ws.s.log.WarnContext(ctx, "watch: revocation check failed", slog.String("error", err.Error()))
 		return nil

@@ -29,6 +29,10 @@ const (
 	// RoleClaim is the private claim holding the principal's kind, as written
 	// by auth.Kind.String ("user" or "agent").
 	RoleClaim = "role"
+	// FamilyClaim holds the refresh family (sign-in session) a user's token
+	// was issued from, so revoking the family revokes the token. It is the
+	// registered "sid" (session id) claim; tokens without it have no family.
+	FamilyClaim = "sid"
 	// Type is the JOSE "typ" header of access tokens (RFC 9068). Verify requires
 	// it, so a JWT of another kind signed with the same keys is not taken for one.
 	Type = "at+jwt"
@@ -126,8 +130,15 @@ func NewManager(keys jwk.Set, opts Options) (*Manager, error) {
 	return m, nil
 }
 
-// Issue signs a token for subject sub of the given kind, valid for ttl.
+// Issue signs a token for subject sub of the given kind, valid for ttl,
+// that belongs to no refresh family.
 func (m *Manager) Issue(sub uuid.UUID, kind auth.Kind, ttl time.Duration) (Issued, error) {
+	return m.IssueInFamily(sub, kind, uuid.Nil, ttl)
+}
+
+// IssueInFamily is Issue for a token issued from a refresh family, which it
+// names in FamilyClaim. uuid.Nil leaves the claim out.
+func (m *Manager) IssueInFamily(sub uuid.UUID, kind auth.Kind, family uuid.UUID, ttl time.Duration) (Issued, error) {
 	if sub == uuid.Nil {
 		return Issued{}, errors.New("issue token: nil subject")
 	}
@@ -162,6 +173,11 @@ func (m *Manager) Issue(sub uuid.UUID, kind auth.Kind, ttl time.Duration) (Issue
 	} {
 		if err := tok.Set(c.name, c.value); err != nil {
 			return Issued{}, fmt.Errorf("issue token: set %s: %w", c.name, err)
+		}
+	}
+	if family != uuid.Nil {
+		if err := tok.Set(FamilyClaim, family.String()); err != nil {
+			return Issued{}, fmt.Errorf("issue token: set %s: %w", FamilyClaim, err)
 		}
 	}
 	hdr := jws.NewHeaders()
@@ -218,7 +234,16 @@ func (m *Manager) verify(token string) (auth.Principal, error) {
 	if tok.JwtID() == "" {
 		return auth.Principal{}, unauthenticated("empty jti claim")
 	}
-	return auth.Principal{ID: sub, Kind: kind, TokenID: tok.JwtID(), ExpiresAt: tok.Expiration()}, nil
+	var family uuid.UUID
+	if v, ok := tok.Get(FamilyClaim); ok {
+		// Only Parley signs these, but a claim that does not name a family
+		// would make the token unrevocable by its family: refuse it.
+		s, _ := v.(string)
+		if family, err = uuid.Parse(s); err != nil || family == uuid.Nil {
+			return auth.Principal{}, unauthenticated("invalid sid claim")
+		}
+	}
+	return auth.Principal{ID: sub, Kind: kind, TokenID: tok.JwtID(), FamilyID: family, ExpiresAt: tok.Expiration()}, nil
 }
 
 func unauthenticated(reason string) error {

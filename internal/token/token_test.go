@@ -208,6 +208,34 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestFamilyClaim checks that a token issued from a refresh family names it
+// and a token issued from none names nothing.
+func TestFamilyClaim(t *testing.T) {
+	t.Parallel()
+	m := newFixture(t).manager(t, Options{}, "A")
+	sub, family := uuid.New(), uuid.New()
+	in, err := m.IssueInFamily(sub, auth.KindUser, family, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claims := decodeSegment(t, strings.Split(in.Token, ".")[1]); claims["sid"] != family.String() {
+		t.Errorf("claims = %v, want sid %s", claims, family)
+	}
+	if p, err := m.Verify(in.Token); err != nil || p.FamilyID != family || p.ID != sub {
+		t.Errorf("Verify = %+v, %v; want family %s", p, err, family)
+	}
+	out, err := m.Issue(sub, auth.KindAgent, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := decodeSegment(t, strings.Split(out.Token, ".")[1])["sid"]; ok {
+		t.Error("a token without a family has a sid claim")
+	}
+	if p, err := m.Verify(out.Token); err != nil || p.FamilyID != uuid.Nil {
+		t.Errorf("Verify = %+v, %v; want no family", p, err)
+	}
+}
+
 func TestIssueUniqueIDs(t *testing.T) {
 	t.Parallel()
 	m := newFixture(t).manager(t, Options{}, "A")
@@ -406,6 +434,9 @@ func TestVerifyRefuses(t *testing.T) {
 		{"role upper case", "invalid role", forge(validHeader("A"), with(good, "role", "User"), signA)},
 		{"role not a string", "invalid role", forge(validHeader("A"), with(good, "role", 1), signA)},
 		{"role list", "invalid role", forge(validHeader("A"), with(good, "role", []string{"user"}), signA)},
+		{"sid not a uuid", "invalid sid", forge(validHeader("A"), with(good, "sid", "session"), signA)},
+		{"nil sid", "invalid sid", forge(validHeader("A"), with(good, "sid", uuid.Nil.String()), signA)},
+		{"sid not a string", "invalid sid", forge(validHeader("A"), with(good, "sid", 7), signA)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
