@@ -228,7 +228,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	a.closers = append(a.closers, rooms.Close)
 	webhook := rpc.NewWebhookHandler(lk, rooms, log, reg)
 
-	pages, err := cache.NewPages(a.valkey, 10*time.Minute, reg)
+	pages, err := cache.NewPages(a.valkey, 10*time.Minute, reg, log)
 	if err != nil {
 		return nil, fmt.Errorf("page cache: %w", err)
 	}

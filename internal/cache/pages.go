@@ -11,6 +11,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/valkey-io/valkey-go"
 
 	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/outage"
 )
 
 const (
@@ -58,13 +61,16 @@ type Pages struct {
 	hits     prometheus.Counter
 	misses   prometheus.Counter
 	failures prometheus.Counter
+	outage   *outage.Log
 }
 
 var _ conversation.PageCache = (*Pages)(nil)
 
 // NewPages returns a page cache over client whose pages live for ttl (0 for
-// DefaultTTL), counting its requests in parley_cache_requests_total on reg.
-func NewPages(client valkey.Client, ttl time.Duration, reg prometheus.Registerer) (*Pages, error) {
+// DefaultTTL), counting its requests in parley_cache_requests_total on reg
+// and logging Valkey's failures to log (nil discards them), at most once per
+// outage.Interval.
+func NewPages(client valkey.Client, ttl time.Duration, reg prometheus.Registerer, log *slog.Logger) (*Pages, error) {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
@@ -89,18 +95,32 @@ func NewPages(client valkey.Client, ttl time.Duration, reg prometheus.Registerer
 		hits:     requests.WithLabelValues("hit"),
 		misses:   requests.WithLabelValues("miss"),
 		failures: requests.WithLabelValues("error"),
+		outage:   outage.New(log, "page cache unavailable; reading PostgreSQL", nil),
 	}, nil
+}
+
+// failed counts a failed Valkey call made for a request whose context is
+// ctx, and logs it unless the request itself had given up.
+func (c *Pages) failed(ctx context.Context, err error) {
+	c.failures.Inc()
+	if ctx.Err() == nil {
+		c.outage.Failed(ctx, err)
+	}
 }
 
 // Lookup implements conversation.PageCache with one MGET.
 func (c *Pages) Lookup(ctx context.Context, k conversation.PageKey) (conversation.Head, bool, conversation.CachedPage, int64) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	vctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	vals, err := c.client.Do(ctx, c.client.B().Mget().Key(headKey(k.ConversationID), pageKey(k)).Build()).ToArray()
-	if err != nil || len(vals) != 2 {
-		c.failures.Inc()
+	vals, err := c.client.Do(vctx, c.client.B().Mget().Key(headKey(k.ConversationID), pageKey(k)).Build()).ToArray()
+	if err == nil && len(vals) != 2 {
+		err = fmt.Errorf("MGET answered %d values", len(vals))
+	}
+	if err != nil {
+		c.failed(ctx, err)
 		return conversation.Head{}, false, conversation.CachedPage{}, -1
 	}
+	c.outage.Recovered(ctx, "page cache answering again")
 	var (
 		h      conversation.Head
 		headOK bool
@@ -128,10 +148,12 @@ func (c *Pages) Lookup(ctx context.Context, k conversation.PageKey) (conversatio
 // PutPage implements conversation.PageCache. Failures are dropped: the page
 // is read from PostgreSQL again next time.
 func (c *Pages) PutPage(ctx context.Context, k conversation.PageKey, p conversation.CachedPage) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	vctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	cmd := c.client.B().Set().Key(pageKey(k)).Value(valkey.BinaryString(encodePage(k.LastSeq, p))).Px(c.ttl).Build()
-	_ = c.client.Do(ctx, cmd).Error()
+	if err := c.client.Do(vctx, cmd).Error(); err != nil && ctx.Err() == nil {
+		c.outage.Failed(ctx, err)
+	}
 }
 
 // putHead sets a head to the larger of its cached and given last_seq, with
@@ -171,10 +193,10 @@ func (c *Pages) RecordHead(ctx context.Context, id uuid.UUID, h conversation.Hea
 	if time.Since(readAt) > recordWindow {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	vctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	if err := c.putHead(ctx, id, h.Owner.String(), h.LastSeq); err != nil {
-		c.failures.Inc()
+	if err := c.putHead(vctx, id, h.Owner.String(), h.LastSeq); err != nil {
+		c.failed(ctx, err)
 	}
 }
 
@@ -210,7 +232,7 @@ func (c *Pages) ensure(ctx context.Context, write func(context.Context) error) {
 		if err == nil {
 			return
 		}
-		c.failures.Inc()
+		c.failed(ctx, err)
 		wait := time.Until(deadline)
 		if wait <= 0 {
 			return

@@ -1,6 +1,10 @@
 package cache
 
 import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,7 +58,7 @@ func TestEncodeDecodePage(t *testing.T) {
 func newTestPages(t *testing.T, url string) (*Pages, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	c, err := NewPages(testenv.ValkeyClient(t, url), time.Minute, reg)
+	c, err := NewPages(testenv.ValkeyClient(t, url), time.Minute, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,10 +264,41 @@ func TestAdvanceHeadWaitsOutAStaleHead(t *testing.T) {
 	}
 }
 
+// TestPagesOutageLogsOnce checks that a dead Valkey costs the log one line
+// however many requests find it dead, and a request that gave up none.
+func TestPagesOutageLogsOnce(t *testing.T) {
+	t.Parallel()
+	v := testenv.NewValkey(t)
+	var logs bytes.Buffer // slog's handler serialises the writes
+	c, err := NewPages(testenv.ValkeyClient(t, v.URL()), time.Minute, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := conversation.PageKey{ConversationID: uuid.New(), LastSeq: 1, Size: 50}
+	canceled, cancel := context.WithCancel(t.Context())
+	cancel()
+	v.Stop()
+	c.Lookup(canceled, k)
+	c.PutPage(canceled, k, testPage(k.ConversationID, 1))
+	if logs.Len() != 0 {
+		t.Fatalf("requests that gave up were logged:\n%s", logs.String())
+	}
+	// A few, so that they take less than outage.Interval: each waits for
+	// its timeout.
+	for range 5 {
+		c.Lookup(t.Context(), k)
+		c.PutPage(t.Context(), k, testPage(k.ConversationID, 1))
+		c.RecordHead(t.Context(), k.ConversationID, conversation.Head{Owner: uuid.New(), LastSeq: 1}, time.Now())
+	}
+	if got := logs.String(); strings.Count(got, "\n") != 1 || !strings.Contains(got, "level=WARN msg=\"page cache unavailable; reading PostgreSQL\"") {
+		t.Errorf("15 failed calls logged:\n%s\nwant one warning", got)
+	}
+}
+
 // BenchmarkPagesLookupHit is a cached ListMessages' whole use of Valkey.
 func BenchmarkPagesLookupHit(b *testing.B) {
 	client := testenv.ValkeyClient(b, testenv.ValkeyURL(b))
-	c, err := NewPages(client, time.Minute, prometheus.NewRegistry())
+	c, err := NewPages(client, time.Minute, prometheus.NewRegistry(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -51,7 +51,7 @@ func newReplica(t testing.TB, dbURL, valkeyURL string) *replica {
 	store := postgres.NewConversationStore(db)
 	vc := testenv.ValkeyClient(t, valkeyURL)
 	reg := prometheus.NewRegistry()
-	pages, err := cache.NewPages(vc, time.Minute, reg)
+	pages, err := cache.NewPages(vc, time.Minute, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -628,7 +628,7 @@ func TestListMessagesCachedWithoutStore(t *testing.T) {
 	c := create(t, r, owner)
 	saveTurn(t, r, owner, c.ID, "t1", "u1", "a1")
 	vc := testenv.ValkeyClient(t, testenv.ValkeyURL(t))
-	pages, err := cache.NewPages(vc, time.Minute, prometheus.NewRegistry())
+	pages, err := cache.NewPages(vc, time.Minute, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

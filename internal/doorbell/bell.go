@@ -11,6 +11,7 @@ import (
 	"github.com/valkey-io/valkey-go"
 
 	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/outage"
 )
 
 // Channel is the one Valkey channel every replica's doorbell uses.
@@ -34,6 +35,9 @@ type Bell struct {
 	hub     *Hub
 	recheck time.Duration
 	log     *slog.Logger
+	// publishFailed logs failed publishes, one per SaveTurn while Valkey is
+	// down, at most once per outage.Interval.
+	publishFailed *outage.Log
 }
 
 var _ conversation.Notifier = (*Bell)(nil)
@@ -44,7 +48,8 @@ func NewBell(client valkey.Client, hub *Hub, recheck time.Duration, log *slog.Lo
 	if recheck <= 0 {
 		recheck = DefaultRecheck
 	}
-	return &Bell{client: client, hub: hub, recheck: recheck, log: log}
+	return &Bell{client: client, hub: hub, recheck: recheck, log: log,
+		publishFailed: outage.New(log, "doorbell: publish failed; watchers elsewhere catch up at the next re-check", nil)}
 }
 
 // Notify implements conversation.Notifier: it rings this replica's hub at
@@ -55,8 +60,7 @@ func (b *Bell) Notify(ctx context.Context, id uuid.UUID, lastSeq int64) {
 	defer cancel()
 	cmd := b.client.B().Publish().Channel(Channel).Message(encodeRing(id, lastSeq)).Build()
 	if err := b.client.Do(ctx, cmd).Error(); err != nil {
-		b.log.WarnContext(ctx, "doorbell: publish failed; watchers elsewhere catch up at the next re-check",
-			slog.String("conversation_id", id.String()), slog.String("error", err.Error()))
+		b.publishFailed.Failed(ctx, err)
 	}
 }
 

@@ -242,10 +242,11 @@ func TestOutageBookkeeping(t *testing.T) {
 	if !l.shouldTryValkey(t0) {
 		t.Fatal("healthy limiter does not try Valkey")
 	}
-	l.unhealthy(t0.Add(time.Millisecond), errors.New("boom"))
-	l.unhealthy(t0.Add(2*time.Millisecond), errors.New("boom"))
+	ctx := t.Context()
+	l.unhealthy(ctx, t0.Add(time.Millisecond), errors.New("boom"))
+	l.unhealthy(ctx, t0.Add(2*time.Millisecond), errors.New("boom"))
 	// A reply to a call begun before the failure is no sign of recovery.
-	l.healthy(t0)
+	l.healthy(ctx, t0)
 	if l.shouldTryValkey(t0.Add(500 * time.Millisecond)) {
 		t.Fatal("tried Valkey before the retry interval passed")
 	}
@@ -256,8 +257,8 @@ func TestOutageBookkeeping(t *testing.T) {
 	if l.shouldTryValkey(probe) {
 		t.Fatal("two probes in one retry interval")
 	}
-	l.healthy(probe)
-	l.healthy(probe.Add(time.Millisecond))
+	l.healthy(ctx, probe)
+	l.healthy(ctx, probe.Add(time.Millisecond))
 	if !l.shouldTryValkey(probe.Add(time.Millisecond)) {
 		t.Fatal("recovered limiter does not try Valkey")
 	}

@@ -1,7 +1,9 @@
 // Package ratelimit limits request rates across all replicas with GCRA state
-// kept in Valkey, one round trip per check. While Valkey is unreachable it
-// falls back to an in-process limiter with the same limits, so an outage
-// loosens limits (each replica counts alone) but never removes them.
+// kept in Valkey, one round trip per check. Whenever Valkey does not answer a
+// check (it is down or slow, or the request gave up first) the check is
+// made by an in-process limiter with the same limits, so an outage loosens
+// limits (each replica counts alone) but never removes them, and a request
+// cannot skip its limit by cancelling itself.
 package ratelimit
 
 import (
@@ -16,6 +18,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valkey-io/valkey-go"
+
+	"github.com/parley-dev/parley/internal/outage"
 )
 
 // Defaults for Options' zero values.
@@ -57,7 +61,7 @@ type Limiter struct {
 	timeout       time.Duration
 	retryInterval time.Duration
 	now           func() time.Time
-	log           *slog.Logger
+	outage        *outage.Log
 	local         *localLimiter
 
 	// probeAt is when Valkey may next be tried, in Unix nanoseconds; zero
@@ -65,8 +69,7 @@ type Limiter struct {
 	probeAt atomic.Int64
 	// failedAt is when the latest failed call began, in Unix nanoseconds.
 	failedAt atomic.Int64
-	// degraded is true between the outage's warning and the recovery notice,
-	// so each is logged once per outage.
+	// degraded is true from a failed call until Valkey answers again.
 	degraded atomic.Bool
 
 	allowed  prometheus.Counter
@@ -83,15 +86,12 @@ func New(client valkey.Client, opts Options) *Limiter {
 		timeout:       cmp.Or(opts.Timeout, DefaultTimeout),
 		retryInterval: cmp.Or(opts.RetryInterval, DefaultRetryInterval),
 		now:           opts.Now,
-		log:           opts.Logger,
 		local:         newLocalLimiter(cmp.Or(opts.MaxLocalKeys, DefaultMaxLocalKeys)),
 	}
 	if l.now == nil {
 		l.now = time.Now
 	}
-	if l.log == nil {
-		l.log = slog.New(slog.DiscardHandler)
-	}
+	l.outage = outage.New(opts.Logger, "rate limiter falling back to local limits", l.now)
 	decisions := register(opts.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "parley_ratelimit_decisions_total",
 		Help: "Rate limit decisions, by result (allowed or refused).",
@@ -100,7 +100,7 @@ func New(client valkey.Client, opts Options) *Limiter {
 	l.refused = decisions.WithLabelValues("refused")
 	l.fallback = register(opts.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "parley_ratelimit_fallback_total",
-		Help: "Rate limit decisions made by the local limiter because Valkey was unreachable.",
+		Help: "Rate limit decisions made by the local limiter because Valkey did not answer (down, slow, or the request gave up first).",
 	}))
 	return l
 }
@@ -115,9 +115,10 @@ type Check struct {
 // proceed. Every replica calling Allow with the same key shares one budget; a
 // key should always be used with the same Limit.
 //
-// When Valkey fails or is slower than Options.Timeout, Allow answers from the
-// local limiter and returns a nil error. It returns an error only for an
-// invalid lim (ErrInvalidLimit) or when ctx itself is done.
+// When Valkey fails, is slower than Options.Timeout or the ctx's deadline,
+// or ctx is done before it answers, Allow answers from the local limiter
+// and returns a nil error. It returns an error only for an invalid lim
+// (ErrInvalidLimit).
 func (l *Limiter) Allow(ctx context.Context, key string, lim Limit) (Decision, error) {
 	ds, err := l.AllowAll(ctx, Check{Key: key, Limit: lim})
 	if err != nil {
@@ -146,18 +147,21 @@ func (l *Limiter) AllowAll(ctx context.Context, checks ...Check) ([]Decision, er
 		ps[i] = p
 	}
 	now := l.now()
-	if l.shouldTryValkey(now) {
+	// A request that has already given up (an HTTP/2 stream reset at once)
+	// is counted locally without a round trip.
+	if ctx.Err() == nil && l.shouldTryValkey(now) {
 		ds, err := l.allowValkey(ctx, checks, ps)
 		if err == nil {
-			l.healthy(now)
+			l.healthy(ctx, now)
 			l.count(ds[len(ds)-1])
 			return ds, nil
 		}
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			// The caller gave up; that says nothing about Valkey's health.
-			return nil, fmt.Errorf("rate limit: %w", ctxErr)
+		// A caller that gave up, or whose deadline was shorter than the
+		// timeout, says nothing about Valkey's health; either way the
+		// request is counted locally, never let through uncounted.
+		if ctx.Err() == nil {
+			l.unhealthy(ctx, now, err)
 		}
-		l.unhealthy(now, err)
 		now = l.now() // the failed call may have used up the timeout
 	}
 	ds := make([]Decision, 0, len(checks))
@@ -176,7 +180,10 @@ func (l *Limiter) AllowAll(ctx context.Context, checks ...Check) ([]Decision, er
 // Refund gives back one request's worth of c's budget, which AllowAll
 // charged for a request that then turned out not to be the caller's (say,
 // its token was revoked). It never fills a budget past full. Like Allow it
-// falls back to the local limiter while Valkey is unreachable.
+// falls back to the local limiter while Valkey is unreachable. It returns
+// an error only for an invalid limit or when ctx is done before Valkey
+// answers; the refund is the owner's, so a caller may pass a ctx that a
+// request's end does not cancel.
 func (l *Limiter) Refund(ctx context.Context, c Check) error {
 	p, err := c.Limit.params()
 	if err != nil {
@@ -194,7 +201,7 @@ func (l *Limiter) Refund(ctx context.Context, c Check) error {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return fmt.Errorf("rate limit refund: %w", ctxErr)
 		}
-		l.unhealthy(now, err)
+		l.unhealthy(ctx, now, err)
 	}
 	l.local.refund(l.now(), c.Key, p)
 	return nil
@@ -233,7 +240,7 @@ func (l *Limiter) shouldTryValkey(now time.Time) bool {
 }
 
 // healthy records that a call begun at start was answered by Valkey.
-func (l *Limiter) healthy(start time.Time) {
+func (l *Limiter) healthy(ctx context.Context, start time.Time) {
 	if l.probeAt.Load() == 0 && !l.degraded.Load() {
 		return // the hot path: no shared writes
 	}
@@ -243,17 +250,18 @@ func (l *Limiter) healthy(start time.Time) {
 	}
 	l.probeAt.Store(0)
 	if l.degraded.CompareAndSwap(true, false) {
-		l.log.Info("rate limiter using Valkey again")
+		l.outage.Recovered(ctx, "rate limiter using Valkey again")
 	}
 }
 
-// unhealthy records that a call begun at start failed with err.
-func (l *Limiter) unhealthy(start time.Time, err error) {
+// unhealthy records that a call begun at start failed with err. During an
+// outage only the probes fail (one per retry interval), and the log says so
+// at most once per outage.Interval.
+func (l *Limiter) unhealthy(ctx context.Context, start time.Time, err error) {
 	l.failedAt.Store(start.UnixNano())
 	l.probeAt.Store(start.UnixNano() + int64(l.retryInterval))
-	if l.degraded.CompareAndSwap(false, true) {
-		l.log.Warn("rate limiter falling back to local limits", slog.String("error", err.Error()))
-	}
+	l.degraded.Store(true)
+	l.outage.Failed(ctx, err)
 }
 
 func (l *Limiter) count(d Decision) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -276,17 +277,47 @@ func TestAllowInvalidLimit(t *testing.T) {
 	}
 }
 
-func TestAllowCanceledContext(t *testing.T) {
+// TestCanceledContextCountsLocally checks that a request that gave up (an
+// HTTP/2 stream reset at once, a deadline shorter than the timeout) is still
+// counted, by the local limiter, and that this is no Valkey outage.
+func TestCanceledContextCountsLocally(t *testing.T) {
 	t.Parallel()
-	l, reg := newLimiter(t)
-	ctx, cancel := context.WithCancel(t.Context())
+	reg := prometheus.NewRegistry()
+	var logs logBuffer
+	l := ratelimit.New(testenv.ValkeyClient(t, testenv.ValkeyURL(t)), ratelimit.Options{
+		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
+		Registerer: reg,
+	})
+	key := "user:" + uuid.NewString()
+	lim := ratelimit.PerMinute(2)
+	canceled, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := l.Allow(ctx, "user:"+uuid.NewString(), ratelimit.PerMinute(1)); !errors.Is(err, context.Canceled) {
-		t.Fatalf("err %v, want context.Canceled", err)
+	expired, cancel := context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+	defer cancel()
+	var got []bool
+	for _, ctx := range []context.Context{canceled, expired, canceled} {
+		d, err := l.Allow(ctx, key, lim)
+		if err != nil {
+			t.Fatalf("Allow with a done context: %v", err)
+		}
+		got = append(got, d.Allowed)
 	}
-	// A caller giving up is not a Valkey outage.
-	if got := counter(t, reg, "parley_ratelimit_fallback_total"); got != 0 {
-		t.Fatalf("fallback decisions %v, want 0", got)
+	if want := []bool{true, true, false}; !slices.Equal(got, want) {
+		t.Errorf("done contexts allowed %v, want %v: the local budget of 2", got, want)
+	}
+	if n := counter(t, reg, "parley_ratelimit_fallback_total"); n != 3 {
+		t.Errorf("fallback decisions %v, want 3", n)
+	}
+	// A caller giving up is not a Valkey outage: the next request asks
+	// Valkey, whose budget is untouched.
+	if d := allow(t, l, key, lim); !d.Allowed || d.Remaining != 1 {
+		t.Errorf("a live request after the done ones: %+v, want Valkey's first", d)
+	}
+	if n := counter(t, reg, "parley_ratelimit_fallback_total"); n != 3 {
+		t.Errorf("fallback decisions %v after a live request, want 3", n)
+	}
+	if n := logs.count("level="); n != 0 {
+		t.Errorf("done contexts were logged:\n%s", logs.buf.String())
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/valkey-io/valkey-go"
 
 	"github.com/parley-dev/parley/internal/account"
+	"github.com/parley-dev/parley/internal/outage"
 )
 
 // Source is the durable record of revocations the cache falls back to and
@@ -60,9 +61,6 @@ const (
 	// PostgreSQL or Valkey is struggling.
 	minWarmInterval = time.Second
 	warmBatch       = 500
-	// errorLogInterval rate-limits the log of failed checks, which would
-	// otherwise be one line per request while Valkey is down.
-	errorLogInterval = 10 * time.Second
 )
 
 // Options tune a Cache. Zero values take the defaults.
@@ -89,7 +87,6 @@ type Options struct {
 type Cache struct {
 	client       valkey.Client
 	source       Source
-	log          *slog.Logger
 	now          func() time.Time
 	prefix       string
 	marker       string
@@ -97,10 +94,14 @@ type Cache struct {
 	checkTimeout time.Duration
 	markerTTL    time.Duration
 
-	warmingNow   atomic.Bool
-	lastWarm     atomic.Int64 // unix nanoseconds of the last warm-up started
-	lastErrorLog atomic.Int64 // unix nanoseconds
-	wg           sync.WaitGroup
+	// unavailable logs failed checks, which would otherwise be one line
+	// per request while Valkey is down; warmFailed failed warm-ups, one a
+	// second while the checks find no marker.
+	unavailable, warmFailed *outage.Log
+
+	warmingNow atomic.Bool
+	lastWarm   atomic.Int64 // unix nanoseconds of the last warm-up started
+	wg         sync.WaitGroup
 }
 
 var _ account.RevocationCache = (*Cache)(nil)
@@ -110,7 +111,6 @@ func New(client valkey.Client, source Source, opts Options) *Cache {
 	c := &Cache{
 		client:       client,
 		source:       source,
-		log:          opts.Logger,
 		now:          opts.Now,
 		prefix:       cmp.Or(opts.KeyPrefix, DefaultKeyPrefix),
 		checkTimeout: cmp.Or(opts.CheckTimeout, DefaultCheckTimeout),
@@ -118,12 +118,11 @@ func New(client valkey.Client, source Source, opts Options) *Cache {
 	}
 	c.marker = c.prefix + "loaded"
 	c.warming = c.prefix + "warming"
-	if c.log == nil {
-		c.log = slog.New(slog.DiscardHandler)
-	}
 	if c.now == nil {
 		c.now = time.Now
 	}
+	c.unavailable = outage.New(opts.Logger, "revocation cache unavailable; asking the database", c.now)
+	c.warmFailed = outage.New(opts.Logger, "warm revocation cache", c.now)
 	return c
 }
 
@@ -179,6 +178,7 @@ func (c *Cache) IsRevoked(ctx context.Context, jti string, family uuid.UUID) (bo
 	revoked, complete, err := c.lookup(ctx, jti, family)
 	switch {
 	case err == nil:
+		c.unavailable.Recovered(ctx, "revocation cache answering again")
 		if revoked || complete {
 			return revoked, nil
 		}
@@ -186,7 +186,7 @@ func (c *Cache) IsRevoked(ctx context.Context, jti string, family uuid.UUID) (bo
 	case ctx.Err() != nil:
 		return false, ctx.Err()
 	default:
-		c.logError(ctx, "revocation cache unavailable; asking the database", err)
+		c.unavailable.Failed(ctx, err)
 	}
 	revoked, err = c.source.IsAccessTokenRevoked(ctx, jti, family)
 	if err != nil {
@@ -223,15 +223,6 @@ func (c *Cache) lookup(ctx context.Context, jti string, family uuid.UUID) (revok
 	return !vals[0].IsNil(), !vals[1].IsNil(), nil
 }
 
-func (c *Cache) logError(ctx context.Context, msg string, err error) {
-	now := c.now().UnixNano()
-	last := c.lastErrorLog.Load()
-	if now-last < int64(errorLogInterval) || !c.lastErrorLog.CompareAndSwap(last, now) {
-		return
-	}
-	c.log.WarnContext(ctx, msg, slog.String("error", err.Error()))
-}
-
 // startWarm runs Warm in the background unless this process is already
 // warming or did so less than minWarmInterval ago.
 func (c *Cache) startWarm(ctx context.Context) {
@@ -249,7 +240,7 @@ func (c *Cache) startWarm(ctx context.Context) {
 		defer cancel()
 		defer c.warmingNow.Store(false)
 		if err := c.Warm(ctx); err != nil {
-			c.log.WarnContext(ctx, "warm revocation cache", slog.String("error", err.Error()))
+			c.warmFailed.Failed(ctx, err)
 		}
 	}()
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+	"github.com/parley-dev/parley/internal/outage"
 )
 
 // DefaultHeartbeat is how often an idle WatchMessages stream gets a
@@ -39,6 +40,10 @@ type ConversationServer struct {
 	svc   *conversation.Service
 	watch WatchOptions
 	log   *slog.Logger
+	// revocationFailed logs the streams' failed revocation checks: every
+	// stream checks each heartbeat, so an outage would log one line per
+	// stream per heartbeat.
+	revocationFailed *outage.Log
 }
 
 var _ parleyv1connect.ConversationServiceHandler = (*ConversationServer)(nil)
@@ -48,7 +53,8 @@ func NewConversationServer(svc *conversation.Service, opts WatchOptions, log *sl
 	if opts.Heartbeat <= 0 {
 		opts.Heartbeat = DefaultHeartbeat
 	}
-	return &ConversationServer{svc: svc, watch: opts, log: log}
+	return &ConversationServer{svc: svc, watch: opts, log: log,
+		revocationFailed: outage.New(log, "watch: revocation check failed; streams go on", nil)}
 }
 
 // CreateConversation creates a conversation owned by the caller.

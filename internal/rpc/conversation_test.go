@@ -93,7 +93,7 @@ func newTestServer(t *testing.T, opts WatchOptions) *testServer {
 	log := slog.New(slog.DiscardHandler)
 	store := postgres.NewConversationStore(db)
 	vc := testenv.ValkeyClient(t, testenv.ValkeyURL(t))
-	pages, err := cache.NewPages(vc, time.Minute, prometheus.NewRegistry())
+	pages, err := cache.NewPages(vc, time.Minute, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

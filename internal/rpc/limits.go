@@ -3,8 +3,8 @@ package rpc
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"net/http"
 	"net/netip"
@@ -15,6 +15,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/outage"
 )
 
 // Limiter counts requests against budgets shared by every replica.
@@ -23,7 +24,8 @@ type Limiter interface {
 	// Allow counts one request against each check in turn, in one round
 	// trip, and stops at the first that refuses it. It returns the decisions
 	// made: the request may proceed when there is one per check and the last
-	// allows it.
+	// allows it. It decides even when ctx is done (a reset stream is counted
+	// like any request); an error means it could not decide at all.
 	Allow(ctx context.Context, checks ...LimitCheck) ([]Decision, error)
 	// Refund gives back one request's worth of a budget Allow charged.
 	Refund(ctx context.Context, check LimitCheck) error
@@ -98,9 +100,11 @@ type admission struct {
 	lim       Limiter
 	limits    Limits
 	trusted   []netip.Prefix
-	log       *slog.Logger
 	obs       *observer
 	errWriter *connect.ErrorWriter
+	// limitFailed and refundFailed log the limiter's failures, which are
+	// per request, at most once per outage.Interval.
+	limitFailed, refundFailed *outage.Log
 }
 
 // admissionProcedure labels the requests the admission refuses in the
@@ -154,20 +158,25 @@ func admit(next http.Handler, a *admission) http.Handler {
 				res.err = rerr
 				// The caller's budget was charged before the token turned
 				// out to be revoked: whoever holds a revoked token must not
-				// spend its owner's budget.
+				// spend its owner's budget. The refund is the owner's, so
+				// the request's end does not cancel it.
 				if len(ds) == 2 && ds[1].Allowed {
-					if err := a.lim.Refund(ctx, checks[1]); err != nil {
-						a.log.WarnContext(ctx, "rate limit refund failed", slog.String("error", err.Error()))
+					if err := a.lim.Refund(context.WithoutCancel(ctx), checks[1]); err != nil {
+						a.refundFailed.Failed(ctx, err)
 					}
 				}
 			}
 		}
 		if a.lim == nil || err != nil || len(ds) == 0 {
 			if a.lim != nil {
-				// The limiter degrades to local limits by itself; an error
-				// here means it could not decide at all, and refusing every
-				// request would turn a cache outage into a full outage.
-				a.log.WarnContext(ctx, "rate limit check failed", slog.Any("error", err))
+				// The limiter falls back to local limits by itself, for a
+				// reset stream too; an error here means it could not decide
+				// at all (a bug), and refusing every request would turn it
+				// into a full outage.
+				if err == nil {
+					err = errors.New("no decision")
+				}
+				a.limitFailed.Failed(ctx, err)
 			}
 			next.ServeHTTP(w, r)
 			return

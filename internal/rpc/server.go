@@ -25,6 +25,7 @@ import (
 	"github.com/rs/cors"
 
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+	"github.com/parley-dev/parley/internal/outage"
 )
 
 // serviceNames are the fully-qualified names of Parley's services, for
@@ -128,13 +129,14 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 
 	var h http.Handler = mux
 	h = admit(h, &admission{
-		auth:      opts.Authenticator,
-		lim:       opts.Limiter,
-		limits:    opts.Limits,
-		trusted:   opts.TrustedProxies,
-		log:       log,
-		obs:       obs,
-		errWriter: connect.NewErrorWriter(),
+		auth:         opts.Authenticator,
+		lim:          opts.Limiter,
+		limits:       opts.Limits,
+		trusted:      opts.TrustedProxies,
+		obs:          obs,
+		errWriter:    connect.NewErrorWriter(),
+		limitFailed:  outage.New(log, "rate limit check failed; requests let through", nil),
+		refundFailed: outage.New(log, "rate limit refund failed", nil),
 	})
 	h = withCORS(h, opts.CORSOrigins)
 	return h, nil

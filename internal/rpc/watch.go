@@ -3,7 +3,6 @@ package rpc
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"time"
 
 	"connectrpc.com/connect"
@@ -161,7 +160,9 @@ func (ws *watchStream) checkToken(ctx context.Context, now time.Time) error {
 	ws.recheckAt = now.Add(ws.s.watch.Heartbeat)
 	revoked, err := ws.s.watch.Revoked(ctx, ws.p)
 	if err != nil {
-		ws.s.log.WarnContext(ctx, "watch: revocation check failed", slog.String("error", err.Error()))
+		if ctx.Err() == nil {
+			ws.s.revocationFailed.Failed(ctx, err)
+		}
 		return nil
 	}
 	if revoked {
