@@ -58,13 +58,13 @@ func runCmdCPU(t *testing.T, env []string, name string, args ...string) (string,
 
 // replica is a Parley process started from the built binary.
 type replica struct {
-	name      string
-	cmd       *exec.Cmd
-	addr      string
-	pprofAddr string
-	logPath   string
-	startup   time.Duration
-	exited    chan struct{}
+	name    string
+	cmd     *exec.Cmd
+	addr    string
+	opsAddr string
+	logPath string
+	startup time.Duration
+	exited  chan struct{}
 }
 
 func (r *replica) url() string { return "http://" + r.addr }
@@ -75,11 +75,11 @@ func (r *replica) pid() int    { return r.cmd.Process.Pid }
 func startReplica(t *testing.T, name, bin, dir string, env map[string]string, token string) *replica {
 	t.Helper()
 	r := &replica{
-		name:      name,
-		addr:      fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		pprofAddr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		logPath:   filepath.Join(dir, name+".log"),
-		exited:    make(chan struct{}),
+		name:    name,
+		addr:    fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		opsAddr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		logPath: filepath.Join(dir, name+".log"),
+		exited:  make(chan struct{}),
 	}
 	logf, err := os.Create(r.logPath)
 	if err != nil {
@@ -87,7 +87,7 @@ func startReplica(t *testing.T, name, bin, dir string, env map[string]string, to
 	}
 	defer logf.Close()
 	r.cmd = exec.Command(bin, "serve")
-	r.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "PARLEY_HTTP_ADDR=" + r.addr, "PARLEY_PPROF_ADDR=" + r.pprofAddr}
+	r.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "PARLEY_HTTP_ADDR=" + r.addr, "PARLEY_OPS_ADDR=" + r.opsAddr}
 	for k, v := range env {
 		r.cmd.Env = append(r.cmd.Env, k+"="+v)
 	}

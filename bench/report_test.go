@@ -125,7 +125,7 @@ func (b *bench) report() {
 	}
 
 	if len(b.profiles) > 0 {
-		s.WriteString("\n## Profiles under load\n\nTaken from the replica's PARLEY_PPROF_ADDR during separate 64-client runs (files in bench/profiles/).\n")
+		s.WriteString("\n## Profiles under load\n\nTaken from the replica's PARLEY_OPS_ADDR during separate 64-client runs (files in bench/profiles/).\n")
 		for _, p := range b.profiles {
 			fmt.Fprintf(&s, "\n<details><summary>%s</summary>\n\n```\n%s```\n</details>\n", p.Name, p.Top)
 		}

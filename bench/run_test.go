@@ -431,7 +431,7 @@ func (b *bench) fanout(a, w *replica, specPath string, streams int) {
 // /metrics.
 func (b *bench) goMemory(r *replica) string {
 	path := filepath.Join(b.dir, "metrics.txt")
-	if err := fetch(b.ctx, r.url()+"/metrics", path); err != nil {
+	if err := fetch(b.ctx, "http://"+r.opsAddr+"/metrics", path); err != nil {
 		return ""
 	}
 	text, _ := os.ReadFile(path)
@@ -459,7 +459,7 @@ func (b *bench) profileHeap(r *replica, name string) {
 		return
 	}
 	path := filepath.Join("profiles", name+"-heap.pb.gz")
-	base := "http://" + r.pprofAddr + "/debug/pprof/"
+	base := "http://" + r.opsAddr + "/debug/pprof/"
 	if err := fetch(b.ctx, base+"heap", path); err != nil {
 		t.Error(err)
 		return
@@ -683,7 +683,7 @@ func (b *bench) profile(r *replica, specPath string) {
 				"-run-id", fmt.Sprintf("p%d", time.Now().UnixNano()))
 		})
 		time.Sleep(2 * time.Second)
-		base := "http://" + r.pprofAddr + "/debug/pprof/"
+		base := "http://" + r.opsAddr + "/debug/pprof/"
 		cpu := filepath.Join(outDir, rpc+"-cpu.pb.gz")
 		allocs := filepath.Join(outDir, rpc+"-allocs.pb.gz")
 		if err := fetch(b.ctx, base+"profile?seconds=8", cpu); err != nil {

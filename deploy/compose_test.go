@@ -15,6 +15,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
+	"sigs.k8s.io/yaml"
 
 	"github.com/parley-dev/parley/internal/config"
 )
@@ -442,6 +443,17 @@ func stripHashComments(s string) string {
 // compose.yaml, else from the image's ENV, else config's default.
 func composeHTTPPort(t *testing.T, p *types.Project) string {
 	t.Helper()
+	_, port, err := net.SplitHostPort(composeConfig(t, p).HTTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// composeConfig is the first replica's configuration: the image's ENV, then
+// compose.yaml's environment.
+func composeConfig(t *testing.T, p *types.Project) config.Config {
+	t.Helper()
 	full := map[string]string{}
 	for k, v := range finalStage(t, parseDockerfile(t)).env {
 		full[k] = v
@@ -453,11 +465,73 @@ func composeHTTPPort(t *testing.T, p *types.Project) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, port, err := net.SplitHostPort(cfg.HTTPAddr)
-	if err != nil {
-		t.Fatal(err)
+	return cfg
+}
+
+// TestComposeMetrics: the replicas serve /metrics on PARLEY_OPS_ADDR, which
+// prometheus scrapes on every replica and nginx never reaches (its upstreams
+// are the replicas' HTTP port, checked by TestComposeNginx).
+func TestComposeMetrics(t *testing.T) {
+	t.Parallel()
+	p := loadCompose(t)
+	cfg := composeConfig(t, p)
+	if cfg.OpsAddr == "" {
+		t.Fatal("the replicas set no PARLEY_OPS_ADDR: /metrics would be served through nginx")
 	}
-	return port
+	_, opsPort, err := net.SplitHostPort(cfg.OpsAddr)
+	if err != nil {
+		t.Fatalf("PARLEY_OPS_ADDR %q: %v", cfg.OpsAddr, err)
+	}
+	if opsPort == composeHTTPPort(t, p) {
+		t.Fatalf("PARLEY_OPS_ADDR and PARLEY_HTTP_ADDR share port %s", opsPort)
+	}
+
+	prom := service(t, p, "prometheus")
+	var confPath string
+	for _, v := range prom.Volumes {
+		if v.Target == "/etc/prometheus/prometheus.yml" {
+			confPath = v.Source
+		}
+	}
+	raw, err := os.ReadFile(confPath)
+	if err != nil {
+		t.Fatalf("prometheus config (%q): %v", confPath, err)
+	}
+	var conf struct {
+		ScrapeConfigs []struct {
+			MetricsPath   string `json:"metrics_path"`
+			StaticConfigs []struct {
+				Targets []string `json:"targets"`
+			} `json:"static_configs"`
+		} `json:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(raw, &conf); err != nil {
+		t.Fatalf("%s: %v", confPath, err)
+	}
+	var targets, want []string
+	for _, sc := range conf.ScrapeConfigs {
+		if sc.MetricsPath != "" && sc.MetricsPath != "/metrics" {
+			t.Errorf("metrics_path %q, Parley serves /metrics", sc.MetricsPath)
+		}
+		for _, st := range sc.StaticConfigs {
+			targets = append(targets, st.Targets...)
+		}
+	}
+	for _, r := range replicaServices {
+		want = append(want, net.JoinHostPort(r, opsPort))
+		if _, ok := prom.DependsOn[r]; !ok {
+			t.Errorf("prometheus does not depend on %s", r)
+		}
+	}
+	slices.Sort(targets)
+	if !slices.Equal(targets, want) {
+		t.Errorf("prometheus scrapes %v, want every replica's ops port %v", targets, want)
+	}
+	for _, pc := range prom.Ports {
+		if pc.HostIP != "127.0.0.1" {
+			t.Errorf("prometheus publishes %s:%s; publish it to 127.0.0.1 only", pc.HostIP, pc.Published)
+		}
+	}
 }
 
 // stage is one FROM section of the Dockerfile.

@@ -495,13 +495,19 @@ func parseGoMemLimit(s string) (int64, error) {
 // httpPort is the port the binary listens on, from PARLEY_HTTP_ADDR.
 func httpPort(t *testing.T, cfg config.Config) int32 {
 	t.Helper()
-	_, p, err := net.SplitHostPort(cfg.HTTPAddr)
+	return addrPort(t, "PARLEY_HTTP_ADDR", cfg.HTTPAddr)
+}
+
+// addrPort is the port of the listen address in variable name.
+func addrPort(t *testing.T, name, addr string) int32 {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
 	if err != nil {
-		t.Fatalf("PARLEY_HTTP_ADDR %q: %v", cfg.HTTPAddr, err)
+		t.Fatalf("%s %q: %v", name, addr, err)
 	}
 	n, err := strconv.ParseInt(p, 10, 32)
 	if err != nil {
-		t.Fatalf("PARLEY_HTTP_ADDR %q: port %q", cfg.HTTPAddr, p)
+		t.Fatalf("%s %q: port %q", name, addr, p)
 	}
 	return int32(n)
 }
@@ -529,8 +535,16 @@ func TestProbesAndPorts(t *testing.T) {
 	cfg := loadConfig(t, m.environment(t, c))
 	port := httpPort(t, cfg)
 
-	if len(c.Ports) != 1 || c.Ports[0].ContainerPort != port {
-		t.Errorf("container ports %+v, want exactly PARLEY_HTTP_ADDR's %d", c.Ports, port)
+	want := []int32{port}
+	if cfg.OpsAddr != "" {
+		want = append(want, addrPort(t, "PARLEY_OPS_ADDR", cfg.OpsAddr))
+	}
+	var got []int32
+	for _, cp := range c.Ports {
+		got = append(got, cp.ContainerPort)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("container ports %+v, want exactly PARLEY_HTTP_ADDR's and PARLEY_OPS_ADDR's %v", c.Ports, want)
 	}
 	for _, cp := range c.Ports {
 		for _, msg := range validation.IsValidPortName(cp.Name) {
@@ -599,6 +613,45 @@ func TestProbesAndPorts(t *testing.T) {
 		}
 		if sp.AppProtocol == nil || *sp.AppProtocol != "kubernetes.io/h2c" {
 			t.Errorf("Service port %s: appProtocol must be kubernetes.io/h2c so proxies speak HTTP/2 (gRPC) to the pods", sp.Name)
+		}
+	}
+}
+
+// TestMetricsOnTheOpsPort: /metrics (and pprof) are served on
+// PARLEY_OPS_ADDR, a container port Prometheus scrapes pod by pod and that
+// no Service exposes, so nothing outside the cluster reads them.
+func TestMetricsOnTheOpsPort(t *testing.T) {
+	t.Parallel()
+	m := loadManifests(t)
+	c := m.container(t)
+	cfg := loadConfig(t, m.environment(t, c))
+	if cfg.OpsAddr == "" {
+		t.Fatal("PARLEY_OPS_ADDR is not set: /metrics would be served on the public port")
+	}
+	host, _, _ := net.SplitHostPort(cfg.OpsAddr)
+	if host != "" && host != "0.0.0.0" && host != "::" {
+		t.Errorf("PARLEY_OPS_ADDR %q listens on %s only; Prometheus scrapes from another pod", cfg.OpsAddr, host)
+	}
+	ops := addrPort(t, "PARLEY_OPS_ADDR", cfg.OpsAddr)
+	if ops == httpPort(t, cfg) {
+		t.Fatalf("PARLEY_OPS_ADDR and PARLEY_HTTP_ADDR share port %d", ops)
+	}
+	if got := resolvePort(t, c, intstr.FromString("ops")); got != ops {
+		t.Errorf("container port ops is %d, PARLEY_OPS_ADDR's %d", got, ops)
+	}
+
+	a := m.deployments[0].Spec.Template.Annotations
+	if a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != strconv.Itoa(int(ops)) || a["prometheus.io/path"] != "/metrics" {
+		t.Errorf("pod annotations %v: want prometheus.io/scrape true, port %d, path /metrics", a, ops)
+	}
+	for _, sp := range m.services[0].Spec.Ports {
+		if resolvePort(t, c, sp.TargetPort) == ops || sp.Port == ops {
+			t.Errorf("Service port %s exposes the ops port %d", sp.Name, ops)
+		}
+	}
+	for name, p := range map[string]*corev1.Probe{"readinessProbe": c.ReadinessProbe, "livenessProbe": c.LivenessProbe, "startupProbe": c.StartupProbe} {
+		if p != nil && p.HTTPGet != nil && resolvePort(t, c, p.HTTPGet.Port) == ops {
+			t.Errorf("%s on the ops port, which serves no probes", name)
 		}
 	}
 }

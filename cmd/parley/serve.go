@@ -73,8 +73,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, onReady fun
 	srv := rpc.NewServer(cfg.HTTPAddr, a.handler, log)
 	idle := newIdleConns()
 	srv.ConnState = idle.track
-	if cfg.PprofAddr != "" {
-		stop, err := servePprof(cfg.PprofAddr, log)
+	if cfg.OpsAddr != "" {
+		stop, err := serveOps(cfg.OpsAddr, a.registry, log)
 		if err != nil {
 			ln.Close()
 			return err
@@ -122,12 +122,13 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, onReady fun
 // app is one replica's wiring: every component built once, in order, and
 // closed in reverse.
 type app struct {
-	db      *bun.DB
-	valkey  valkey.Client
-	probe   *rpc.Probe
-	handler http.Handler
-	drain   chan struct{}
-	closers []func()
+	db       *bun.DB
+	valkey   valkey.Client
+	registry *prometheus.Registry
+	probe    *rpc.Probe
+	handler  http.Handler
+	drain    chan struct{}
+	closers  []func()
 }
 
 // goBackground runs f until the app closes: background work (doorbell
@@ -160,6 +161,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	}()
 
 	reg := prometheus.NewRegistry()
+	a.registry = reg
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	a.db, err = postgres.Open(ctx, cfg.DatabaseURL, postgres.Options{
@@ -304,8 +306,10 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		TrustedProxies:  cfg.TrustedProxies,
 		CORSOrigins:     cfg.CORSOrigins,
 		MaxRequestBytes: cfg.MaxRequestBytes,
-		Probe:           a.probe,
-		Routes:          routes,
+		// With an operations address, /metrics is served there only.
+		Metrics: cfg.OpsAddr == "",
+		Probe:   a.probe,
+		Routes:  routes,
 	})
 	if err != nil {
 		return nil, err

@@ -28,9 +28,9 @@ type Config struct {
 	ShutdownDelay time.Duration
 	// DrainTimeout bounds how long in-flight calls may take to finish.
 	DrainTimeout time.Duration
-	// PprofAddr, when set, is where Go's /debug/pprof profiles are served,
-	// apart from the API port.
-	PprofAddr string
+	// OpsAddr, when set, is where /metrics and Go's /debug/pprof profiles
+	// are served, apart from the API port, which then has no /metrics.
+	OpsAddr string
 	// MemoryLimit is the Go runtime's soft memory limit in bytes: 0 for
 	// none, MemoryLimitAuto to derive it from the container's limit.
 	MemoryLimit int64
@@ -110,8 +110,19 @@ var vars = []Var{
 
 	{Name: "PARLEY_MEMORY_LIMIT", Default: "auto", Help: "soft memory limit of the Go runtime, e.g. 450MiB (the GC works harder near it); auto: 90% of the container's memory limit, none without one; off: none. GOMEMLIMIT, if set, wins",
 		set: func(c *Config, v string) error { return parseMemoryLimit(v, &c.MemoryLimit) }},
-	{Name: "PARLEY_PPROF_ADDR", Help: "if set, serve Go's /debug/pprof profiles on this address only (keep it private, e.g. 127.0.0.1:6060)",
-		set: func(c *Config, v string) error { c.PprofAddr = v; return nil }},
+	{Name: "PARLEY_OPS_ADDR", Help: "if set, serve /metrics and Go's /debug/pprof profiles on this address, and /metrics no longer on PARLEY_HTTP_ADDR (keep it private, e.g. :9090 reached only by Prometheus)",
+		set: func(c *Config, v string) error { c.OpsAddr = v; return nil }},
+	{Name: "PARLEY_PPROF_ADDR", Help: "older name of PARLEY_OPS_ADDR",
+		set: func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			if c.OpsAddr != "" && c.OpsAddr != v {
+				return fmt.Errorf("is the older name of PARLEY_OPS_ADDR, which is set to %q; set only PARLEY_OPS_ADDR", c.OpsAddr)
+			}
+			c.OpsAddr = v
+			return nil
+		}},
 
 	{Name: "DATABASE_URL", Required: true, Help: "PostgreSQL URL, e.g. postgres://user:pass@host:5432/parley",
 		set: func(c *Config, v string) error { c.DatabaseURL = v; return nil }},
@@ -223,6 +234,9 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if c.LiveKitPublicURL == "" {
 		c.LiveKitPublicURL = c.LiveKitURL
+	}
+	if c.OpsAddr != "" && c.OpsAddr == c.HTTPAddr {
+		return Config{}, &Error{Var: "PARLEY_OPS_ADDR", Err: errors.New("must differ from PARLEY_HTTP_ADDR")}
 	}
 	if c.DBMaxIdleConns > c.DBMaxOpenConns {
 		c.DBMaxIdleConns = c.DBMaxOpenConns

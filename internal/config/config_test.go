@@ -21,6 +21,9 @@ func TestLoadDefaults(t *testing.T) {
 		c.RateLimitAgentPerMinute != 6000 {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
+	if c.OpsAddr != "" {
+		t.Fatalf("ops address default not applied: %+v", c)
+	}
 	if c.MemoryLimit != MemoryLimitAuto {
 		t.Fatalf("memory limit should default to auto, got %d", c.MemoryLimit)
 	}
@@ -47,6 +50,7 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"bad memory limit", "PARLEY_MEMORY_LIMIT", "lots"},
 		{"memory limit in decimal units", "PARLEY_MEMORY_LIMIT", "450MB"},
 		{"tiny memory limit", "PARLEY_MEMORY_LIMIT", "1MiB"},
+		{"ops on the API address", "PARLEY_OPS_ADDR", ":8080"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,5 +135,38 @@ func TestMemoryLimit(t *testing.T) {
 		if err := parseMemoryLimit(v, &got); err != nil || got != want {
 			t.Errorf("parseMemoryLimit(%q) = %d, %v; want %d", v, got, err, want)
 		}
+	}
+}
+
+func TestPprofAddrIsTheOpsAddress(t *testing.T) {
+	base := map[string]string{"DATABASE_URL": "x", "PARLEY_JWT_KEYS": "k"}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"older name alone", with("PARLEY_PPROF_ADDR", "127.0.0.1:6060"), "127.0.0.1:6060"},
+		{"new name alone", with("PARLEY_OPS_ADDR", ":9090"), ":9090"},
+		{"both, the same", with("PARLEY_OPS_ADDR", ":9090", "PARLEY_PPROF_ADDR", ":9090"), ":9090"},
+	} {
+		c, err := Load(env(tt.env))
+		if err != nil || c.OpsAddr != tt.want {
+			t.Errorf("%s: OpsAddr %q, %v; want %q", tt.name, c.OpsAddr, err, tt.want)
+		}
+	}
+	_, err := Load(env(with("PARLEY_OPS_ADDR", ":9090", "PARLEY_PPROF_ADDR", ":6060")))
+	var cerr *Error
+	if !errors.As(err, &cerr) || cerr.Var != "PARLEY_PPROF_ADDR" {
+		t.Fatalf("two different ops addresses: %v, want an error naming PARLEY_PPROF_ADDR", err)
 	}
 }

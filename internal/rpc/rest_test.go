@@ -147,6 +147,7 @@ func newRESTServerWith(t *testing.T, limits Limits, lim Limiter) string {
 		Limiter:         lim,
 		Limits:          limits,
 		MaxRequestBytes: 1 << 20,
+		Metrics:         true,
 		Probe:           NewProbe(),
 	})
 	if err != nil {

@@ -59,7 +59,9 @@ type Options struct {
 	TrustedProxies  []netip.Prefix
 	CORSOrigins     []string
 	MaxRequestBytes int64
-	Probe           *Probe
+	// Metrics serves GET /metrics (Registry) on this handler too.
+	Metrics bool
+	Probe   *Probe
 	// Routes are extra plain-HTTP endpoints (JWKS, webhooks, signed blob
 	// URLs), mounted on the same port behind the per-IP limit.
 	Routes map[string]http.Handler
@@ -122,7 +124,9 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 
 	mux.HandleFunc("GET /healthz", opts.Probe.healthz)
 	mux.HandleFunc("GET /readyz", opts.Probe.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry}))
+	if opts.Metrics {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry}))
+	}
 	for path, h := range opts.Routes {
 		mux.Handle(path, h)
 	}
