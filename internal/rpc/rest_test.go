@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,33 +129,50 @@ func newRESTServer(t *testing.T, limits Limits) string {
 // newRESTServerWith is newRESTServer with the limiter given.
 func newRESTServerWith(t *testing.T, limits Limits, lim Limiter) string {
 	t.Helper()
+	return newWholeServer(t, Options{Limiter: lim, Limits: limits, MaxRequestBytes: 1 << 20, Metrics: true})
+}
+
+// newWholeServer serves NewHandler with opts over NewServer (HTTP/1.1 and
+// h2c) on a new database: every service but files, with its real domain
+// service and the real interceptors. It fills in the logger, registry,
+// authenticator and probe when opts has none.
+func newWholeServer(t *testing.T, opts Options) string {
+	t.Helper()
 	lk := rtctest.NewServer(t, roomTestKey, roomTestSecret)
 	db, rooms, _ := newRoomReplica(t, testenv.DatabaseURL(t), lk.URL)
 	log := slog.New(slog.DiscardHandler)
 	accounts := account.NewService(postgres.NewAccountStore(db), restTokens{}, &restRevocations{ids: map[string]bool{}},
 		account.Options{AccessTTL: time.Hour, RefreshTTL: time.Hour, AgentTTL: time.Hour, Logger: log})
 	conversations := conversation.NewService(postgres.NewConversationStore(db), conversation.Options{Log: log})
+	if opts.Logger == nil {
+		opts.Logger = log
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.Authenticator == nil {
+		opts.Authenticator = accounts
+	}
+	if opts.Probe == nil {
+		opts.Probe = NewProbe()
+	}
 	h, err := NewHandler(Services{
 		Auth:         NewAuthServer(accounts, log),
 		User:         NewUserServer(accounts, log),
 		Room:         NewRoomServer(rooms, log),
 		Conversation: NewConversationServer(conversations, WatchOptions{}, log),
-	}, Options{
-		Logger:          log,
-		Registry:        prometheus.NewRegistry(),
-		Authenticator:   accounts,
-		Limiter:         lim,
-		Limits:          limits,
-		MaxRequestBytes: 1 << 20,
-		Metrics:         true,
-		Probe:           NewProbe(),
-	})
+	}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return srv.URL
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(ln.Addr().String(), h, log)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + ln.Addr().String()
 }
 
 // restCall sends a request as curl would: a JSON body (or none), optionally

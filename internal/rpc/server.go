@@ -76,6 +76,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 	}
 	log := opts.Logger
 	obs := newObserver(log, opts.Registry)
+	inflate := newInflation(opts.MaxRequestBytes, opts.Registry)
 	handlerOpts := []connect.HandlerOption{
 		// Outermost first: observe everything, then authenticate, then
 		// validate the now-authorised request. Rate limits are counted
@@ -86,6 +87,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 			v,
 		),
 		connect.WithReadMaxBytes(int(opts.MaxRequestBytes)),
+		inflate.handlerOption(),
 		// Compressing a small answer costs more CPU than the bytes it saves
 		// (connect-go clients ask for gzip by default).
 		connect.WithCompressMinBytes(1024),
@@ -115,7 +117,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build REST transcoder: %w", err)
 	}
-	mount(restPrefix, restRequest(transcoder, opts.MaxRequestBytes))
+	mount(restPrefix, restRequest(transcoder, opts.MaxRequestBytes, inflate))
 
 	mount(grpchealth.NewHandler(opts.Probe.health))
 	reflector := grpcreflect.NewStaticReflector(append([]string{grpchealth.HealthV1ServiceName}, serviceNames...)...)
