@@ -306,6 +306,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		TrustedProxies:  cfg.TrustedProxies,
 		CORSOrigins:     cfg.CORSOrigins,
 		MaxRequestBytes: cfg.MaxRequestBytes,
+		BodyTime:        rpc.BodyTime{Timeout: cfg.BodyTimeout, MinRate: cfg.BodyMinRate},
 		// With an operations address, /metrics is served there only.
 		Metrics: cfg.OpsAddr == "",
 		Probe:   a.probe,

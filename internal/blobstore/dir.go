@@ -342,6 +342,10 @@ func (d *Dir) serveUpload(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "body larger than the declared size", http.StatusRequestEntityTooLarge)
 			return
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			http.Error(w, "body arrived too slowly", http.StatusRequestTimeout)
+			return
+		}
 		http.Error(w, "could not store the upload", http.StatusInternalServerError)
 		return
 	}

@@ -20,9 +20,13 @@ import (
 type Config struct {
 	HTTPAddr        string
 	MaxRequestBytes int64
-	CORSOrigins     []string
-	TrustedProxies  []netip.Prefix
-	LogLevel        string
+	// BodyTimeout and BodyMinRate bound the time a request body may take to
+	// arrive: BodyTimeout plus its size at BodyMinRate bytes per second.
+	BodyTimeout    time.Duration
+	BodyMinRate    int64
+	CORSOrigins    []string
+	TrustedProxies []netip.Prefix
+	LogLevel       string
 	// ShutdownDelay is how long /readyz answers 503 before the listener
 	// closes, so load balancers stop sending new requests first.
 	ShutdownDelay time.Duration
@@ -90,6 +94,10 @@ var vars = []Var{
 		set: func(c *Config, v string) error { c.HTTPAddr = v; return nil }},
 	{Name: "PARLEY_MAX_REQUEST_BYTES", Default: "16777216", Help: "largest request body accepted (bytes)",
 		set: func(c *Config, v string) error { return parseInt64(v, 1024, &c.MaxRequestBytes) }},
+	{Name: "PARLEY_BODY_TIMEOUT", Default: "10s", Help: "a request body may take this long plus its size at PARLEY_BODY_MIN_RATE to arrive; slower ones are cut off (server streams are bound only until their request has arrived)",
+		set: func(c *Config, v string) error { return parseDuration(v, 100*time.Millisecond, &c.BodyTimeout) }},
+	{Name: "PARLEY_BODY_MIN_RATE", Default: "8192", Help: "slowest request body accepted once PARLEY_BODY_TIMEOUT has passed (bytes per second; 8192 lets a 10 MiB upload take 21 minutes)",
+		set: func(c *Config, v string) error { return parseInt64(v, 1, &c.BodyMinRate) }},
 	{Name: "PARLEY_CORS_ORIGINS", Help: "comma-separated browser origins allowed by CORS (empty: none; * for any)",
 		set: func(c *Config, v string) error { c.CORSOrigins = splitList(v); return nil }},
 	{Name: "PARLEY_TRUSTED_PROXIES", Help: "comma-separated CIDRs whose X-Forwarded-For is believed for the client IP",

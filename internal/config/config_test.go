@@ -21,8 +21,8 @@ func TestLoadDefaults(t *testing.T) {
 		c.RateLimitAgentPerMinute != 6000 {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
-	if c.OpsAddr != "" {
-		t.Fatalf("ops address default not applied: %+v", c)
+	if c.BodyTimeout != 10*time.Second || c.BodyMinRate != 8192 || c.OpsAddr != "" {
+		t.Fatalf("body time or ops address defaults not applied: %+v", c)
 	}
 	if c.MemoryLimit != MemoryLimitAuto {
 		t.Fatalf("memory limit should default to auto, got %d", c.MemoryLimit)
@@ -50,6 +50,8 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"bad memory limit", "PARLEY_MEMORY_LIMIT", "lots"},
 		{"memory limit in decimal units", "PARLEY_MEMORY_LIMIT", "450MB"},
 		{"tiny memory limit", "PARLEY_MEMORY_LIMIT", "1MiB"},
+		{"body timeout too short", "PARLEY_BODY_TIMEOUT", "1ms"},
+		{"zero body rate", "PARLEY_BODY_MIN_RATE", "0"},
 		{"ops on the API address", "PARLEY_OPS_ADDR", ":8080"},
 	}
 	for _, tt := range tests {

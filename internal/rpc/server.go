@@ -59,6 +59,9 @@ type Options struct {
 	TrustedProxies  []netip.Prefix
 	CORSOrigins     []string
 	MaxRequestBytes int64
+	// BodyTime bounds the time a request body takes to arrive, on every
+	// path (the zero value: no bound).
+	BodyTime BodyTime
 	// Metrics serves GET /metrics (Registry) on this handler too.
 	Metrics bool
 	Probe   *Probe
@@ -145,6 +148,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 		refundFailed: outage.New(log, "rate limit refund failed", nil),
 	})
 	h = withCORS(h, opts.CORSOrigins)
+	h = limitBodyTime(h, opts.BodyTime, opts.Registry)
 	return h, nil
 }
 
