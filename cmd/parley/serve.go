@@ -279,7 +279,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	}
 
 	a.probe = rpc.NewProbe(
-		rpc.Dependency{Name: "postgres", Check: func(ctx context.Context) error { return a.db.PingContext(ctx) }},
+		rpc.Dependency{Name: "postgres", Check: func(ctx context.Context) error { return a.db.PingContext(ctx) }, Required: cfg.ReadyzRequireDatabase},
 		rpc.Dependency{Name: "valkey", Check: func(ctx context.Context) error {
 			return a.valkey.Do(ctx, a.valkey.B().Ping().Build()).Error()
 		}},

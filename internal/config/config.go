@@ -35,6 +35,10 @@ type Config struct {
 	// OpsAddr, when set, is where /metrics and Go's /debug/pprof profiles
 	// are served, apart from the API port, which then has no /metrics.
 	OpsAddr string
+	// ReadyzRequireDatabase makes /readyz answer 503 while PostgreSQL is
+	// unreachable. Off by default: one database blip would then take every
+	// replica out of the load balancer at once.
+	ReadyzRequireDatabase bool
 	// MemoryLimit is the Go runtime's soft memory limit in bytes: 0 for
 	// none, MemoryLimitAuto to derive it from the container's limit.
 	MemoryLimit int64
@@ -115,6 +119,9 @@ var vars = []Var{
 		set: func(c *Config, v string) error { return parseDuration(v, 0, &c.ShutdownDelay) }},
 	{Name: "PARLEY_DRAIN_TIMEOUT", Default: "20s", Help: "on SIGTERM, how long in-flight calls may take to finish",
 		set: func(c *Config, v string) error { return parseDuration(v, time.Millisecond, &c.DrainTimeout) }},
+
+	{Name: "PARLEY_READYZ_REQUIRE_DATABASE", Default: "false", Help: "true: /readyz answers 503 while PostgreSQL is unreachable (off: every replica would leave the load balancer over one database blip)",
+		set: func(c *Config, v string) error { return parseBool(v, &c.ReadyzRequireDatabase) }},
 
 	{Name: "PARLEY_MEMORY_LIMIT", Default: "auto", Help: "soft memory limit of the Go runtime, e.g. 450MiB (the GC works harder near it); auto: 90% of the container's memory limit, none without one; off: none. GOMEMLIMIT, if set, wins",
 		set: func(c *Config, v string) error { return parseMemoryLimit(v, &c.MemoryLimit) }},
@@ -267,6 +274,15 @@ func WriteHelp(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, def, v.Help)
 	}
 	return tw.Flush()
+}
+
+func parseBool(v string, dst *bool) error {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("want true or false, got %q", v)
+	}
+	*dst = b
+	return nil
 }
 
 func parseInt(v string, min int, dst *int) error {

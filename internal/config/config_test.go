@@ -30,6 +30,17 @@ func TestLoadDefaults(t *testing.T) {
 	if c.LiveKitPublicURL != c.LiveKitURL {
 		t.Fatalf("public LiveKit URL should default to LIVEKIT_URL, got %q", c.LiveKitPublicURL)
 	}
+	if c.ReadyzRequireDatabase {
+		t.Fatal("readyz must not require the database by default (contract: an outage does not turn it 503)")
+	}
+}
+
+func TestReadyzRequireDatabase(t *testing.T) {
+	c, err := Load(env(map[string]string{"DATABASE_URL": "x", "PARLEY_JWT_KEYS": "k", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s",
+		"PARLEY_READYZ_REQUIRE_DATABASE": "true"}))
+	if err != nil || !c.ReadyzRequireDatabase {
+		t.Fatalf("Load = %+v, %v; want ReadyzRequireDatabase", c.ReadyzRequireDatabase, err)
+	}
 }
 
 func TestLoadErrorsNameTheVariable(t *testing.T) {
@@ -53,6 +64,7 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"body timeout too short", "PARLEY_BODY_TIMEOUT", "1ms"},
 		{"zero body rate", "PARLEY_BODY_MIN_RATE", "0"},
 		{"ops on the API address", "PARLEY_OPS_ADDR", ":8080"},
+		{"not a boolean", "PARLEY_READYZ_REQUIRE_DATABASE", "sometimes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

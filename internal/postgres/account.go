@@ -94,9 +94,10 @@ type revokedFamilyRow struct {
 }
 
 // CreateUser implements account.Store.
-func (s *AccountStore) CreateUser(ctx context.Context, u account.User, passwordHash string) (account.User, error) {
+func (s *AccountStore) CreateUser(ctx context.Context, u account.User, passwordHash string) (_ account.User, err error) {
+	defer markUnavailable(&err)
 	row := userRow{ID: u.ID, Email: u.Email, DisplayName: u.DisplayName, PasswordHash: passwordHash}
-	_, err := s.db.NewInsert().Model(&row).Returning("created_at, updated_at").Exec(ctx)
+	_, err = s.db.NewInsert().Model(&row).Returning("created_at, updated_at").Exec(ctx)
 	if isUniqueViolation(err, "users_email_key") {
 		return account.User{}, account.ErrEmailTaken
 	}
@@ -107,9 +108,10 @@ func (s *AccountStore) CreateUser(ctx context.Context, u account.User, passwordH
 }
 
 // UserByEmail implements account.Store.
-func (s *AccountStore) UserByEmail(ctx context.Context, email string) (account.User, string, error) {
+func (s *AccountStore) UserByEmail(ctx context.Context, email string) (_ account.User, _ string, err error) {
+	defer markUnavailable(&err)
 	var row userRow
-	err := s.db.NewSelect().Model(&row).Where("email = ?", email).Scan(ctx)
+	err = s.db.NewSelect().Model(&row).Where("email = ?", email).Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
 		return account.User{}, "", account.ErrUserNotFound
 	}
@@ -120,9 +122,10 @@ func (s *AccountStore) UserByEmail(ctx context.Context, email string) (account.U
 }
 
 // User implements account.Store.
-func (s *AccountStore) User(ctx context.Context, id uuid.UUID) (account.User, error) {
+func (s *AccountStore) User(ctx context.Context, id uuid.UUID) (_ account.User, err error) {
+	defer markUnavailable(&err)
 	var row userRow
-	err := s.db.NewSelect().Model(&row).Where("id = ?", id).Scan(ctx)
+	err = s.db.NewSelect().Model(&row).Where("id = ?", id).Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
 		return account.User{}, account.ErrUserNotFound
 	}
@@ -133,9 +136,10 @@ func (s *AccountStore) User(ctx context.Context, id uuid.UUID) (account.User, er
 }
 
 // UpdateDisplayName implements account.Store.
-func (s *AccountStore) UpdateDisplayName(ctx context.Context, id uuid.UUID, displayName string, now time.Time) (account.User, error) {
+func (s *AccountStore) UpdateDisplayName(ctx context.Context, id uuid.UUID, displayName string, now time.Time) (_ account.User, err error) {
+	defer markUnavailable(&err)
 	var row userRow
-	err := s.db.NewUpdate().Model(&row).
+	err = s.db.NewUpdate().Model(&row).
 		Set("display_name = ?", displayName).
 		Set("updated_at = ?", now).
 		Where("id = ?", id).
@@ -151,7 +155,8 @@ func (s *AccountStore) UpdateDisplayName(ctx context.Context, id uuid.UUID, disp
 }
 
 // CreateRefreshToken implements account.Store.
-func (s *AccountStore) CreateRefreshToken(ctx context.Context, t account.RefreshToken) error {
+func (s *AccountStore) CreateRefreshToken(ctx context.Context, t account.RefreshToken) (err error) {
+	defer markUnavailable(&err)
 	return s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		family := refreshFamilyRow{ID: t.FamilyID, UserID: t.UserID, AccessExpiresAt: t.AccessExpiresAt}
 		if _, err := tx.NewInsert().Model(&family).Exec(ctx); err != nil {
@@ -169,12 +174,13 @@ func (s *AccountStore) CreateRefreshToken(ctx context.Context, t account.Refresh
 }
 
 // RotateRefreshToken implements account.Store.
-func (s *AccountStore) RotateRefreshToken(ctx context.Context, hash []byte, next account.RefreshToken, now time.Time) (account.RefreshToken, error) {
+func (s *AccountStore) RotateRefreshToken(ctx context.Context, hash []byte, next account.RefreshToken, now time.Time) (_ account.RefreshToken, err error) {
+	defer markUnavailable(&err)
 	var (
 		spent  account.RefreshToken
 		reused bool
 	)
-	err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		var cur struct {
 			ID              uuid.UUID `bun:"id"`
 			FamilyID        uuid.UUID `bun:"family_id"`
@@ -262,12 +268,13 @@ func (s *AccountStore) RotateRefreshToken(ctx context.Context, hash []byte, next
 }
 
 // RevokeRefreshFamily implements account.Store.
-func (s *AccountStore) RevokeRefreshFamily(ctx context.Context, hash []byte, userID uuid.UUID, now time.Time) (account.RevokedFamily, bool, error) {
+func (s *AccountStore) RevokeRefreshFamily(ctx context.Context, hash []byte, userID uuid.UUID, now time.Time) (_ account.RevokedFamily, _ bool, err error) {
+	defer markUnavailable(&err)
 	var (
 		rf account.RevokedFamily
 		ok bool
 	)
-	err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		var f refreshFamilyRow
 		err := tx.NewRaw(`
 			UPDATE refresh_families AS f
@@ -313,7 +320,8 @@ func revokeFamilyAccess(ctx context.Context, tx bun.Tx, family uuid.UUID, access
 }
 
 // CreateAgentKey implements account.Store.
-func (s *AccountStore) CreateAgentKey(ctx context.Context, k account.AgentKey, hash []byte) (account.AgentKey, error) {
+func (s *AccountStore) CreateAgentKey(ctx context.Context, k account.AgentKey, hash []byte) (_ account.AgentKey, err error) {
+	defer markUnavailable(&err)
 	row := agentKeyRow{ID: k.ID, Name: k.Name, KeyHash: hash}
 	if _, err := s.db.NewInsert().Model(&row).Returning("created_at").Exec(ctx); err != nil {
 		return account.AgentKey{}, fmt.Errorf("insert agent key: %w", err)
@@ -322,9 +330,10 @@ func (s *AccountStore) CreateAgentKey(ctx context.Context, k account.AgentKey, h
 }
 
 // AgentKeyByHash implements account.Store.
-func (s *AccountStore) AgentKeyByHash(ctx context.Context, hash []byte) (account.AgentKey, error) {
+func (s *AccountStore) AgentKeyByHash(ctx context.Context, hash []byte) (_ account.AgentKey, err error) {
+	defer markUnavailable(&err)
 	var row agentKeyRow
-	err := s.db.NewSelect().Model(&row).Where("key_hash = ?", hash).Scan(ctx)
+	err = s.db.NewSelect().Model(&row).Where("key_hash = ?", hash).Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
 		return account.AgentKey{}, auth.ErrUnauthenticated
 	}
@@ -335,7 +344,8 @@ func (s *AccountStore) AgentKeyByHash(ctx context.Context, hash []byte) (account
 }
 
 // RevokeAgentKey implements account.Store.
-func (s *AccountStore) RevokeAgentKey(ctx context.Context, id uuid.UUID, now time.Time) error {
+func (s *AccountStore) RevokeAgentKey(ctx context.Context, id uuid.UUID, now time.Time) (err error) {
+	defer markUnavailable(&err)
 	res, err := s.db.NewUpdate().Model((*agentKeyRow)(nil)).
 		Set("revoked_at = coalesce(revoked_at, ?)", now).
 		Where("id = ?", id).
@@ -352,7 +362,8 @@ func (s *AccountStore) RevokeAgentKey(ctx context.Context, id uuid.UUID, now tim
 }
 
 // RevokeAccessToken implements account.Store.
-func (s *AccountStore) RevokeAccessToken(ctx context.Context, t account.RevokedToken) error {
+func (s *AccountStore) RevokeAccessToken(ctx context.Context, t account.RevokedToken) (err error) {
+	defer markUnavailable(&err)
 	row := revokedTokenRow{JTI: t.ID, ExpiresAt: t.ExpiresAt}
 	if _, err := s.db.NewInsert().Model(&row).On("CONFLICT (jti) DO NOTHING").Exec(ctx); err != nil {
 		return fmt.Errorf("insert revoked token: %w", err)
@@ -362,7 +373,8 @@ func (s *AccountStore) RevokeAccessToken(ctx context.Context, t account.RevokedT
 
 // IsAccessTokenRevoked implements account.Store and revocation.Source, in
 // one query.
-func (s *AccountStore) IsAccessTokenRevoked(ctx context.Context, jti string, family uuid.UUID) (bool, error) {
+func (s *AccountStore) IsAccessTokenRevoked(ctx context.Context, jti string, family uuid.UUID) (_ bool, err error) {
+	defer markUnavailable(&err)
 	if family == uuid.Nil {
 		ok, err := s.db.NewSelect().Model((*revokedTokenRow)(nil)).Where("jti = ?", jti).Exists(ctx)
 		if err != nil {
@@ -371,7 +383,7 @@ func (s *AccountStore) IsAccessTokenRevoked(ctx context.Context, jti string, fam
 		return ok, nil
 	}
 	var ok bool
-	err := s.db.NewRaw(`
+	err = s.db.NewRaw(`
 		SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?)
 			OR EXISTS (SELECT 1 FROM revoked_families WHERE family_id = ?)`,
 		jti, family).Scan(ctx, &ok)
@@ -382,7 +394,8 @@ func (s *AccountStore) IsAccessTokenRevoked(ctx context.Context, jti string, fam
 }
 
 // RevokedAccessTokens implements account.Store and revocation.Source.
-func (s *AccountStore) RevokedAccessTokens(ctx context.Context, now time.Time) ([]account.RevokedToken, error) {
+func (s *AccountStore) RevokedAccessTokens(ctx context.Context, now time.Time) (_ []account.RevokedToken, err error) {
+	defer markUnavailable(&err)
 	var rows []revokedTokenRow
 	if err := s.db.NewSelect().Model(&rows).Where("expires_at > ?", now).Scan(ctx); err != nil {
 		return nil, fmt.Errorf("select revoked tokens: %w", err)
@@ -395,7 +408,8 @@ func (s *AccountStore) RevokedAccessTokens(ctx context.Context, now time.Time) (
 }
 
 // RevokedFamilies implements account.Store and revocation.Source.
-func (s *AccountStore) RevokedFamilies(ctx context.Context, now time.Time) ([]account.RevokedFamily, error) {
+func (s *AccountStore) RevokedFamilies(ctx context.Context, now time.Time) (_ []account.RevokedFamily, err error) {
+	defer markUnavailable(&err)
 	var rows []revokedFamilyRow
 	if err := s.db.NewSelect().Model(&rows).Where("expires_at > ?", now).Scan(ctx); err != nil {
 		return nil, fmt.Errorf("select revoked families: %w", err)
@@ -413,12 +427,14 @@ func (s *AccountStore) RevokedFamilies(ctx context.Context, now time.Time) ([]ac
 const PruneBatch = 500
 
 // PruneRevokedAccessTokens implements account.Store.
-func (s *AccountStore) PruneRevokedAccessTokens(ctx context.Context, before time.Time) (int64, error) {
+func (s *AccountStore) PruneRevokedAccessTokens(ctx context.Context, before time.Time) (_ int64, err error) {
+	defer markUnavailable(&err)
 	return s.pruneRevocations(ctx, "revoked_tokens", "jti", before)
 }
 
 // PruneRevokedFamilies implements account.Store.
-func (s *AccountStore) PruneRevokedFamilies(ctx context.Context, before time.Time) (int64, error) {
+func (s *AccountStore) PruneRevokedFamilies(ctx context.Context, before time.Time) (_ int64, err error) {
+	defer markUnavailable(&err)
 	return s.pruneRevocations(ctx, "revoked_families", "family_id", before)
 }
 
@@ -444,7 +460,8 @@ func (s *AccountStore) pruneRevocations(ctx context.Context, table, key string, 
 // PruneRefreshTokens implements account.Store. Each batch deletes tokens
 // and then, in the same transaction, the families they came from that have
 // no token left, so no family is ever left behind empty.
-func (s *AccountStore) PruneRefreshTokens(ctx context.Context, before time.Time) (int64, error) {
+func (s *AccountStore) PruneRefreshTokens(ctx context.Context, before time.Time) (_ int64, err error) {
+	defer markUnavailable(&err)
 	return pruneInBatches(func() (int64, error) {
 		var families []uuid.UUID
 		err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {

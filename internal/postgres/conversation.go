@@ -176,7 +176,8 @@ func SaveTurnArgs(id uuid.UUID, s conversation.Scope, turnID string, msgs []conv
 }
 
 // SaveTurn implements conversation.Store.
-func (s *ConversationStore) SaveTurn(ctx context.Context, id uuid.UUID, scope conversation.Scope, turnID string, msgs []conversation.NewMessage) (conversation.SavedTurn, error) {
+func (s *ConversationStore) SaveTurn(ctx context.Context, id uuid.UUID, scope conversation.Scope, turnID string, msgs []conversation.NewMessage) (_ conversation.SavedTurn, err error) {
+	defer markUnavailable(&err)
 	if len(msgs) < 1 || len(msgs) > 2 {
 		return conversation.SavedTurn{}, fmt.Errorf("save turn: %d messages", len(msgs))
 	}
@@ -240,9 +241,10 @@ func (s *ConversationStore) replayTurn(ctx context.Context, id uuid.UUID, scope 
 }
 
 // Head implements conversation.Store.
-func (s *ConversationStore) Head(ctx context.Context, id uuid.UUID, scope conversation.Scope) (conversation.Head, error) {
+func (s *ConversationStore) Head(ctx context.Context, id uuid.UUID, scope conversation.Scope) (_ conversation.Head, err error) {
+	defer markUnavailable(&err)
 	var h conversation.Head
-	err := s.db.QueryRowContext(ctx, LastSeqSQL, uuidArg(id), scopeArg(scope)).Scan(&h.LastSeq, &h.Owner)
+	err = s.db.QueryRowContext(ctx, LastSeqSQL, uuidArg(id), scopeArg(scope)).Scan(&h.LastSeq, &h.Owner)
 	if errors.Is(err, sql.ErrNoRows) {
 		return conversation.Head{}, conversation.ErrNotFound
 	}
@@ -253,7 +255,8 @@ func (s *ConversationStore) Head(ctx context.Context, id uuid.UUID, scope conver
 }
 
 // ListMessages implements conversation.Store.
-func (s *ConversationStore) ListMessages(ctx context.Context, r conversation.MessageRange) ([]conversation.Message, error) {
+func (s *ConversationStore) ListMessages(ctx context.Context, r conversation.MessageRange) (_ []conversation.Message, err error) {
+	defer markUnavailable(&err)
 	q := ListMessagesNewestSQL
 	if r.Order == conversation.OrderOldestFirst {
 		q = ListMessagesOldestSQL
@@ -282,6 +285,7 @@ func (s *ConversationStore) ListMessages(ctx context.Context, r conversation.Mes
 // NewMessages returns up to limit messages of conversation id with seq >
 // after, and its last_seq; exists is false when the conversation is gone.
 func (s *ConversationStore) NewMessages(ctx context.Context, id uuid.UUID, after int64, limit int) (msgs []conversation.Message, lastSeq int64, exists bool, err error) {
+	defer markUnavailable(&err)
 	rows, err := s.db.QueryContext(ctx, NewMessagesSQL, id, after, limit)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("new messages: %w", err)
@@ -315,7 +319,8 @@ func (s *ConversationStore) NewMessages(ctx context.Context, id uuid.UUID, after
 }
 
 // LastSeqs returns the last_seq of each of ids that still exists.
-func (s *ConversationStore) LastSeqs(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error) {
+func (s *ConversationStore) LastSeqs(ctx context.Context, ids []uuid.UUID) (_ map[uuid.UUID]int64, err error) {
+	defer markUnavailable(&err)
 	rows, err := s.db.QueryContext(ctx, LastSeqsSQL, ids)
 	if err != nil {
 		return nil, fmt.Errorf("last seqs: %w", err)
@@ -339,8 +344,9 @@ func (s *ConversationStore) LastSeqs(ctx context.Context, ids []uuid.UUID) (map[
 }
 
 // CreateConversation implements conversation.Store.
-func (s *ConversationStore) CreateConversation(ctx context.Context, c conversation.Conversation) (conversation.Conversation, error) {
-	err := s.db.QueryRowContext(ctx, createConversationSQL, c.ID, c.UserID, uuid.NullUUID{UUID: c.RoomID, Valid: c.RoomID != uuid.Nil}, c.Title).
+func (s *ConversationStore) CreateConversation(ctx context.Context, c conversation.Conversation) (_ conversation.Conversation, err error) {
+	defer markUnavailable(&err)
+	err = s.db.QueryRowContext(ctx, createConversationSQL, c.ID, c.UserID, uuid.NullUUID{UUID: c.RoomID, Valid: c.RoomID != uuid.Nil}, c.Title).
 		Scan(&c.CreatedAt, &c.UpdatedAt)
 	if isForeignKeyViolation(err) {
 		if pgConstraint(err) == conversationsRoomKey {
@@ -380,9 +386,10 @@ func (r *conversationRow) conversation() conversation.Conversation {
 }
 
 // GetConversation implements conversation.Store.
-func (s *ConversationStore) GetConversation(ctx context.Context, id uuid.UUID, scope conversation.Scope) (conversation.Conversation, error) {
+func (s *ConversationStore) GetConversation(ctx context.Context, id uuid.UUID, scope conversation.Scope) (_ conversation.Conversation, err error) {
+	defer markUnavailable(&err)
 	var r conversationRow
-	err := s.db.QueryRowContext(ctx, getConversationSQL, id, scopeArg(scope)).Scan(r.dest()...)
+	err = s.db.QueryRowContext(ctx, getConversationSQL, id, scopeArg(scope)).Scan(r.dest()...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return conversation.Conversation{}, conversation.ErrNotFound
 	}
@@ -393,7 +400,8 @@ func (s *ConversationStore) GetConversation(ctx context.Context, id uuid.UUID, s
 }
 
 // ListConversations implements conversation.Store.
-func (s *ConversationStore) ListConversations(ctx context.Context, userID uuid.UUID, after *conversation.ConversationCursor, limit int) ([]conversation.Conversation, error) {
+func (s *ConversationStore) ListConversations(ctx context.Context, userID uuid.UUID, after *conversation.ConversationCursor, limit int) (_ []conversation.Conversation, err error) {
+	defer markUnavailable(&err)
 	return listPage(ctx, s.db, "list conversations", listConversationsFirstSQL, listConversationsNextSQL, userID, after, limit,
 		func(rows *sql.Rows) (conversation.Conversation, error) {
 			var r conversationRow
@@ -404,7 +412,8 @@ func (s *ConversationStore) ListConversations(ctx context.Context, userID uuid.U
 
 // DeleteConversation implements conversation.Store. Messages and turn ids
 // go with the row (ON DELETE CASCADE).
-func (s *ConversationStore) DeleteConversation(ctx context.Context, id uuid.UUID, scope conversation.Scope) error {
+func (s *ConversationStore) DeleteConversation(ctx context.Context, id uuid.UUID, scope conversation.Scope) (err error) {
+	defer markUnavailable(&err)
 	res, err := s.db.ExecContext(ctx, deleteConversationSQL, id, scopeArg(scope))
 	if err != nil {
 		return fmt.Errorf("delete conversation: %w", err)

@@ -1,11 +1,32 @@
 package postgres
 
 import (
+	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// ErrUnavailable is returned, wrapping the driver's error, by every store
+// method when PostgreSQL could not be reached or would not take work: a
+// refused, lost or timed-out connection, a server shutting down or starting
+// up, too many connections. The call may succeed if retried. It belongs to
+// no domain. The rpc layer, which may not import adapters, maps it by its
+// Unavailable method.
+var ErrUnavailable error = outageError{}
+
+type outageError struct{}
+
+func (outageError) Error() string { return "database unavailable" }
+
+// Unavailable marks the error as a dependency's outage (see rpc/errors.go).
+func (outageError) Unavailable() bool { return true }
 
 // SQLSTATE codes the stores translate into domain errors. See
 // https://www.postgresql.org/docs/current/errcodes-appendix.html.
@@ -15,6 +36,14 @@ const (
 	codeSerializationFailure      = "40001"
 	codeDeadlockDetected          = "40P01"
 	codeInvalidTextRepresentation = "22P02"
+
+	// A server going away, not yet up or full. Class 08 (connection
+	// exception) is matched whole.
+	classConnectionException = "08"
+	codeAdminShutdown        = "57P01"
+	codeCrashShutdown        = "57P02"
+	codeCannotConnectNow     = "57P03"
+	codeTooManyConnections   = "53300"
 )
 
 // pgCode returns the SQLSTATE of a PostgreSQL error anywhere in err's
@@ -68,4 +97,40 @@ func isRetryable(err error) bool {
 		return true
 	}
 	return false
+}
+
+// isUnavailable reports whether err says PostgreSQL could not be reached or
+// would not take work now, rather than that the statement was wrong. The
+// caller's own cancellation or deadline on a query is not an outage; a
+// deadline that ran out while connecting is.
+func isUnavailable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	if code := pgCode(err); code != "" {
+		switch code {
+		case codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections:
+			return true
+		}
+		return strings.HasPrefix(code, classConnectionException)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// markUnavailable wraps *errp in ErrUnavailable when it is an outage. Every
+// store method defers it, so that no caller needs to know the driver's
+// errors.
+func markUnavailable(errp *error) {
+	if err := *errp; isUnavailable(err) && !errors.Is(err, ErrUnavailable) {
+		*errp = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 }

@@ -10,6 +10,7 @@ var (
 	IsForeignKeyViolation = isForeignKeyViolation
 	IsInvalidText         = isInvalidText
 	IsRetryable           = isRetryable
+	IsUnavailable         = isUnavailable
 	MigrateFS             = migrateFS
 	MigrationLockKey      = migrationLockKey
 )

@@ -164,7 +164,8 @@ func NewFileStore(db *bun.DB) *FileStore {
 }
 
 // Reserve implements file.Store.
-func (s *FileStore) Reserve(ctx context.Context, blobName string, due time.Time) (file.Reservation, error) {
+func (s *FileStore) Reserve(ctx context.Context, blobName string, due time.Time) (_ file.Reservation, err error) {
+	defer markUnavailable(&err)
 	var id int64
 	if err := s.db.QueryRowContext(ctx, reserveBlobSQL, blobName, due).Scan(&id); err != nil {
 		return 0, fmt.Errorf("reserve blob: %w", err)
@@ -174,6 +175,7 @@ func (s *FileStore) Reserve(ctx context.Context, blobName string, due time.Time)
 
 // CreateFile implements file.Store.
 func (s *FileStore) CreateFile(ctx context.Context, f file.File, r file.Reservation) (_ file.File, err error) {
+	defer markUnavailable(&err)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return file.File{}, fmt.Errorf("create file: begin: %w", err)
@@ -224,9 +226,10 @@ func (r *fileRow) file() file.File {
 }
 
 // GetFile implements file.Store.
-func (s *FileStore) GetFile(ctx context.Context, id uuid.UUID, scope conversation.Scope) (file.File, error) {
+func (s *FileStore) GetFile(ctx context.Context, id uuid.UUID, scope conversation.Scope) (_ file.File, err error) {
+	defer markUnavailable(&err)
 	var r fileRow
-	err := s.db.QueryRowContext(ctx, getFileSQL, id, scopeArg(scope)).Scan(r.dest()...)
+	err = s.db.QueryRowContext(ctx, getFileSQL, id, scopeArg(scope)).Scan(r.dest()...)
 	if isNoRows(err) {
 		return file.File{}, file.ErrNotFound
 	}
@@ -237,7 +240,8 @@ func (s *FileStore) GetFile(ctx context.Context, id uuid.UUID, scope conversatio
 }
 
 // ListFiles implements file.Store.
-func (s *FileStore) ListFiles(ctx context.Context, conv uuid.UUID, after *file.Cursor, limit int) ([]file.File, error) {
+func (s *FileStore) ListFiles(ctx context.Context, conv uuid.UUID, after *file.Cursor, limit int) (_ []file.File, err error) {
+	defer markUnavailable(&err)
 	return listPage(ctx, s.db, "list files", listFilesFirstSQL, listFilesNextSQL, conv, after, limit,
 		func(rows *sql.Rows) (file.File, error) {
 			var r fileRow
@@ -247,9 +251,10 @@ func (s *FileStore) ListFiles(ctx context.Context, conv uuid.UUID, after *file.C
 }
 
 // MarkReady implements file.Store.
-func (s *FileStore) MarkReady(ctx context.Context, id uuid.UUID, size int64, sha256 string, res file.Reservation) (file.File, error) {
+func (s *FileStore) MarkReady(ctx context.Context, id uuid.UUID, size int64, sha256 string, res file.Reservation) (_ file.File, err error) {
+	defer markUnavailable(&err)
 	var r fileRow
-	err := s.db.QueryRowContext(ctx, markReadySQL, id, size, sha256, file.StagingSuffix, int64(res)).Scan(r.dest()...)
+	err = s.db.QueryRowContext(ctx, markReadySQL, id, size, sha256, file.StagingSuffix, int64(res)).Scan(r.dest()...)
 	if isNoRows(err) {
 		// Not pending: completed by a concurrent call, or gone.
 		return s.GetFile(ctx, id, conversation.Scope{})
@@ -261,7 +266,8 @@ func (s *FileStore) MarkReady(ctx context.Context, id uuid.UUID, size int64, sha
 }
 
 // DeleteFile implements file.Store.
-func (s *FileStore) DeleteFile(ctx context.Context, id uuid.UUID, scope conversation.Scope) error {
+func (s *FileStore) DeleteFile(ctx context.Context, id uuid.UUID, scope conversation.Scope) (err error) {
+	defer markUnavailable(&err)
 	res, err := s.db.ExecContext(ctx, deleteFileSQL, id, scopeArg(scope))
 	if err != nil {
 		return fmt.Errorf("delete file: %w", err)
@@ -277,7 +283,8 @@ func (s *FileStore) DeleteFile(ctx context.Context, id uuid.UUID, scope conversa
 }
 
 // ExpirePending implements file.Store.
-func (s *FileStore) ExpirePending(ctx context.Context, olderThan time.Time, limit int) (int, error) {
+func (s *FileStore) ExpirePending(ctx context.Context, olderThan time.Time, limit int) (_ int, err error) {
+	defer markUnavailable(&err)
 	res, err := s.db.ExecContext(ctx, expirePendingSQL, olderThan, limit)
 	if err != nil {
 		return 0, fmt.Errorf("expire pending files: %w", err)
@@ -293,7 +300,8 @@ func (s *FileStore) ExpirePending(ctx context.Context, olderThan time.Time, limi
 // transaction, deleted from storage with no transaction open, then removed
 // or postponed in another; a worker that dies between leaves them to be
 // taken again when the lease runs out.
-func (s *FileStore) DeleteDueBlobs(ctx context.Context, limit int, del func(context.Context, file.Deletion) (file.Retry, error)) (int, error) {
+func (s *FileStore) DeleteDueBlobs(ctx context.Context, limit int, del func(context.Context, file.Deletion) (file.Retry, error)) (_ int, err error) {
+	defer markUnavailable(&err)
 	rows, err := s.db.QueryContext(ctx, leaseDeletionsSQL, limit, deletionLease.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("lease blob deletions: %w", err)
@@ -377,7 +385,8 @@ type recordingImport struct {
 // short transaction, copied in storage with no transaction open, then each
 // filed or postponed in its own; a worker that dies between leaves them to
 // be taken again when the lease runs out, and the copy is redone.
-func (s *FileStore) ImportDueRecordings(ctx context.Context, limit int, imp func(context.Context, file.RecordingImport) (file.File, file.Retry, error)) (int, error) {
+func (s *FileStore) ImportDueRecordings(ctx context.Context, limit int, imp func(context.Context, file.RecordingImport) (file.File, file.Retry, error)) (_ int, err error) {
+	defer markUnavailable(&err)
 	due, err := s.leaseImports(ctx, limit)
 	if err != nil {
 		return 0, err

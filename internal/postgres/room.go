@@ -153,7 +153,8 @@ type rowQuerier interface {
 
 // CreateRoom implements room.Store: the room and its conversation in one
 // transaction. The room's key to the conversation is checked at commit.
-func (s *RoomStore) CreateRoom(ctx context.Context, nr room.NewRoom) (room.Room, error) {
+func (s *RoomStore) CreateRoom(ctx context.Context, nr room.NewRoom) (_ room.Room, err error) {
+	defer markUnavailable(&err)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return room.Room{}, fmt.Errorf("create room: begin: %w", err)
@@ -185,7 +186,8 @@ func createRoomError(op string, err error) error {
 }
 
 // Room implements room.Store.
-func (s *RoomStore) Room(ctx context.Context, id, owner uuid.UUID) (room.Room, error) {
+func (s *RoomStore) Room(ctx context.Context, id, owner uuid.UUID) (_ room.Room, err error) {
+	defer markUnavailable(&err)
 	return getRoom(ctx, s.db, "get room", getRoomSQL, id, owner)
 }
 
@@ -202,7 +204,8 @@ func getRoom(ctx context.Context, q rowQuerier, op, query string, args ...any) (
 }
 
 // ListRooms implements room.Store.
-func (s *RoomStore) ListRooms(ctx context.Context, owner uuid.UUID, after *room.Cursor, limit int) ([]room.Room, error) {
+func (s *RoomStore) ListRooms(ctx context.Context, owner uuid.UUID, after *room.Cursor, limit int) (_ []room.Room, err error) {
+	defer markUnavailable(&err)
 	return listPage(ctx, s.db, "list rooms", listRoomsFirstSQL, listRoomsNextSQL, owner, after, limit,
 		func(rows *sql.Rows) (room.Room, error) {
 			var r roomRow
@@ -212,7 +215,8 @@ func (s *RoomStore) ListRooms(ctx context.Context, owner uuid.UUID, after *room.
 }
 
 // EndRoom implements room.Store.
-func (s *RoomStore) EndRoom(ctx context.Context, id, owner uuid.UUID, now time.Time) (room.Room, bool, error) {
+func (s *RoomStore) EndRoom(ctx context.Context, id, owner uuid.UUID, now time.Time) (_ room.Room, _ bool, err error) {
+	defer markUnavailable(&err)
 	r, err := getRoom(ctx, s.db, "end room", endRoomSQL, id, owner, now)
 	if err == nil {
 		return r, true, nil
@@ -227,9 +231,10 @@ func (s *RoomStore) EndRoom(ctx context.Context, id, owner uuid.UUID, now time.T
 }
 
 // DisplayName implements room.Store.
-func (s *RoomStore) DisplayName(ctx context.Context, userID uuid.UUID) (string, error) {
+func (s *RoomStore) DisplayName(ctx context.Context, userID uuid.UUID) (_ string, err error) {
+	defer markUnavailable(&err)
 	var name string
-	err := s.db.QueryRowContext(ctx, displayNameSQL, userID).Scan(&name)
+	err = s.db.QueryRowContext(ctx, displayNameSQL, userID).Scan(&name)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", auth.ErrUnauthenticated
 	}
@@ -240,7 +245,8 @@ func (s *RoomStore) DisplayName(ctx context.Context, userID uuid.UUID) (string, 
 }
 
 // RoomOwnedBy implements conversation.Rooms.
-func (s *RoomStore) RoomOwnedBy(ctx context.Context, roomID, userID uuid.UUID) (bool, error) {
+func (s *RoomStore) RoomOwnedBy(ctx context.Context, roomID, userID uuid.UUID) (_ bool, err error) {
+	defer markUnavailable(&err)
 	var ok bool
 	if err := s.db.QueryRowContext(ctx, roomOwnedBySQL, roomID, userID).Scan(&ok); err != nil {
 		return false, fmt.Errorf("room owned by: %w", err)
@@ -250,7 +256,8 @@ func (s *RoomStore) RoomOwnedBy(ctx context.Context, roomID, userID uuid.UUID) (
 
 // SetLiveKitSID implements room.Store. LiveKit's answer to CreateRoom wins
 // over a sid an earlier room_started brought.
-func (s *RoomStore) SetLiveKitSID(ctx context.Context, id uuid.UUID, sid string) error {
+func (s *RoomStore) SetLiveKitSID(ctx context.Context, id uuid.UUID, sid string) (err error) {
+	defer markUnavailable(&err)
 	if _, err := s.db.ExecContext(ctx, setLiveKitSIDSQL, id, sid); err != nil {
 		return fmt.Errorf("set livekit sid: %w", err)
 	}
@@ -261,7 +268,8 @@ func (s *RoomStore) SetLiveKitSID(ctx context.Context, id uuid.UUID, sid string)
 // written in one transaction, so an event is applied once however many
 // replicas receive it, and a failed effect leaves the id free for LiveKit's
 // retry. The room is locked while its sid is compared with the event's.
-func (s *RoomStore) ApplyEvent(ctx context.Context, e room.Event) (room.EventResult, error) {
+func (s *RoomStore) ApplyEvent(ctx context.Context, e room.Event) (_ room.EventResult, err error) {
+	defer markUnavailable(&err)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return room.EventResult{}, fmt.Errorf("apply event: begin: %w", err)
@@ -343,7 +351,8 @@ func applyEffect(ctx context.Context, tx *sql.Tx, r room.Room, e room.Event) err
 }
 
 // Sessions returns the participant sessions recorded for a room.
-func (s *RoomStore) Sessions(ctx context.Context, roomID uuid.UUID) ([]room.Session, error) {
+func (s *RoomStore) Sessions(ctx context.Context, roomID uuid.UUID) (_ []room.Session, err error) {
+	defer markUnavailable(&err)
 	rows, err := s.db.QueryContext(ctx, sessionsSQL, roomID)
 	if err != nil {
 		return nil, fmt.Errorf("sessions: %w", err)
@@ -369,7 +378,8 @@ func (s *RoomStore) Sessions(ctx context.Context, roomID uuid.UUID) ([]room.Sess
 
 // Recordings returns the recording files of a room's conversation (imported
 // ones: BlobName is the file's own).
-func (s *RoomStore) Recordings(ctx context.Context, roomID uuid.UUID) ([]room.Recording, error) {
+func (s *RoomStore) Recordings(ctx context.Context, roomID uuid.UUID) (_ []room.Recording, err error) {
+	defer markUnavailable(&err)
 	rows, err := s.db.QueryContext(ctx, recordingsSQL, roomID)
 	if err != nil {
 		return nil, fmt.Errorf("recordings: %w", err)
@@ -392,7 +402,8 @@ func (s *RoomStore) Recordings(ctx context.Context, roomID uuid.UUID) ([]room.Re
 // PruneEvents forgets applied webhook event ids received before before.
 // LiveKit stops retrying a delivery within minutes, so ids older than a
 // day or so will never be seen again.
-func (s *RoomStore) PruneEvents(ctx context.Context, before time.Time) (int64, error) {
+func (s *RoomStore) PruneEvents(ctx context.Context, before time.Time) (_ int64, err error) {
+	defer markUnavailable(&err)
 	res, err := s.db.ExecContext(ctx, pruneEventsSQL, before)
 	if err != nil {
 		return 0, fmt.Errorf("prune events: %w", err)

@@ -16,7 +16,8 @@ import (
 
 // errorCodes is the one mapping from domain errors to Connect codes. Each
 // domain's sentinels are listed here; the domain error's message is safe to
-// show to clients. Anything not listed becomes CodeInternal with a generic
+// show to clients. An adapter's outage (see outage) becomes CodeUnavailable.
+// Anything else not listed becomes CodeInternal with a generic
 // message, so driver text (SQL, hosts) never reaches a client.
 var errorCodes = []struct {
 	err  error
@@ -64,6 +65,14 @@ func toConnectError(ctx context.Context, log *slog.Logger, err error) error {
 	if errors.As(err, &ce) {
 		return ce
 	}
+	// Before the table: an outage that surfaced as a connect timeout is
+	// still an outage, not the caller's deadline.
+	var u unavailable
+	if errors.As(err, &u) && u.Unavailable() {
+		// Not logged here, once per failing call: the observer logs the
+		// cause once per outage.Interval.
+		return connect.NewError(connect.CodeUnavailable, &causedError{public: publicMessage(err, u), cause: err})
+	}
 	for _, m := range errorCodes {
 		if errors.Is(err, m.err) {
 			return connect.NewError(m.code, errors.New(publicMessage(err, m.err)))
@@ -84,6 +93,26 @@ func publicMessage(err, s error) string {
 	}
 	return s.Error()
 }
+
+// unavailable is implemented by an adapter's sentinel for a dependency
+// that cannot be reached now (postgres.ErrUnavailable): the call may
+// succeed if retried. rpc may not import adapters, so it maps the
+// behaviour, in one place for every domain.
+type unavailable interface {
+	error
+	Unavailable() bool
+}
+
+// causedError is what a client reads (public) over the error it stands
+// for, which stays in the server: connect sends only Error().
+type causedError struct {
+	public string
+	cause  error
+}
+
+func (e *causedError) Error() string { return e.public }
+
+func (e *causedError) Unwrap() error { return e.cause }
 
 // messager is implemented by domain errors whose message is written for
 // clients and is more specific than their sentinel (e.g. which field).

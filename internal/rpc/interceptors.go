@@ -16,6 +16,7 @@ import (
 
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+	"github.com/parley-dev/parley/internal/outage"
 )
 
 // Authenticator turns a bearer token into the caller. account.Service
@@ -181,11 +182,15 @@ type observer struct {
 	log      *slog.Logger
 	calls    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// unavailable logs the causes of calls answered unavailable because a
+	// dependency is down, at most once per outage.Interval.
+	unavailable *outage.Log
 }
 
 func newObserver(log *slog.Logger, reg prometheus.Registerer) *observer {
 	o := &observer{
-		log: log,
+		log:         log,
+		unavailable: outage.New(log, "dependency unavailable", nil),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "parley_rpc_requests_total",
 			Help: "RPCs handled, by procedure and Connect code.",
@@ -207,6 +212,9 @@ func (o *observer) done(ctx context.Context, procedure, requestID, peer string, 
 	if err != nil {
 		c := connect.CodeOf(err)
 		code = c.String()
+		if ce := (*causedError)(nil); c == connect.CodeUnavailable && errors.As(err, &ce) {
+			o.unavailable.Failed(ctx, ce.cause)
+		}
 		if c == connect.CodeInternal || c == connect.CodeUnknown {
 			level = slog.LevelError
 		}

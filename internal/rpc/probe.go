@@ -14,13 +14,16 @@ import (
 type Dependency struct {
 	Name  string
 	Check func(ctx context.Context) error
+	// Required makes an outage of the dependency turn /readyz 503. Off by
+	// default: see Probe.
+	Required bool
 }
 
 // Probe tracks this replica's life cycle for /healthz, /readyz and the gRPC
 // health service: not ready until start-up finishes, not ready again once
 // draining starts. A shared dependency's outage is reported in the body but
-// never turns /readyz 503: every replica would leave the load balancer at
-// once over a blip that they all share.
+// does not turn /readyz 503 unless the dependency is Required: every replica
+// would leave the load balancer at once over a blip that they all share.
 type Probe struct {
 	ready    atomic.Bool
 	draining atomic.Bool
@@ -71,11 +74,13 @@ func (p *Probe) readyz(w http.ResponseWriter, r *http.Request) {
 	}{Dependencies: make(map[string]string, len(p.deps))}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 	defer cancel()
+	missing := false
 	for _, d := range p.deps {
 		if err := d.Check(ctx); err != nil {
 			// The cause stays in the logs of the component that failed;
 			// connection strings must not leak through a public probe.
 			body.Dependencies[d.Name] = "unavailable"
+			missing = missing || d.Required
 		} else {
 			body.Dependencies[d.Name] = "ok"
 		}
@@ -86,6 +91,8 @@ func (p *Probe) readyz(w http.ResponseWriter, r *http.Request) {
 		body.Status, code = "draining", http.StatusServiceUnavailable
 	case !p.ready.Load():
 		body.Status, code = "starting", http.StatusServiceUnavailable
+	case missing:
+		body.Status, code = "unavailable", http.StatusServiceUnavailable
 	default:
 		body.Status = "ready"
 	}

@@ -32,6 +32,7 @@ type Postgres struct {
 	adminURL string
 	binDir   string
 	settings []string
+	proc     *process
 }
 
 // StartPostgres starts a private PostgreSQL server with opts, stopped and
@@ -90,8 +91,12 @@ func startServer(t testing.TB, opts PostgresOptions) (*Postgres, error) {
 	}
 	// Registered after the directory's removal, so it runs first.
 	t.Cleanup(proc.stop)
-	return &Postgres{adminURL: adminURL, binDir: bin, settings: settings}, nil
+	return &Postgres{adminURL: adminURL, binDir: bin, settings: settings, proc: proc}, nil
 }
+
+// Stop shuts the server down at once (SIGQUIT, an immediate shutdown):
+// clients' connections end and new ones are refused, as in an outage.
+func (p *Postgres) Stop() { p.proc.stop() }
 
 // AdminURL returns the URL of the server's `postgres` database as the
 // superuser.
