@@ -319,7 +319,7 @@ func TestDirectUpload(t *testing.T) {
 			c := env.files["grpc"]
 			data := bytes.Repeat([]byte("direct upload bytes\n"), 1000)
 
-			created := createUpload(t, c, owner, conv, "big\x00 notes.txt", len(data))
+			created := createUpload(t, c, owner, conv, "big\x1b notes.txt", len(data))
 			f := created.Msg.GetFile()
 			if f.GetStatus() != parleyv1.FileStatus_FILE_STATUS_PENDING || f.GetFilename() != "big notes.txt" || f.GetSha256() != "" {
 				t.Errorf("created %v", f)
