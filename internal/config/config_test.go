@@ -153,7 +153,7 @@ func TestMemoryLimit(t *testing.T) {
 }
 
 func TestPprofAddrIsTheOpsAddress(t *testing.T) {
-	base := map[string]string{"DATABASE_URL": "x", "PARLEY_JWT_KEYS": "k"}
+	base := map[string]string{"DATABASE_URL": "x", "PARLEY_JWT_KEYS": "k", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
 	with := func(kv ...string) map[string]string {
 		m := map[string]string{}
 		for k, v := range base {
