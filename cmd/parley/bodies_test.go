@@ -201,6 +201,15 @@ func TestSlowBodies(t *testing.T) {
 			t.Errorf("answered %d", status)
 		}
 	})
+	// Bidirectional streams need HTTP/2: over HTTP/1.1 reflection's body
+	// is bounded like any other.
+	t.Run("stalled HTTP/1.1 body to reflection", func(t *testing.T) {
+		t.Parallel()
+		closed, answer := rawRequest(t, addr, "POST /grpc.reflection.v1.ServerReflection/ServerReflectionInfo HTTP/1.1\r\nHost: x\r\nContent-Type: application/connect+proto\r\nContent-Length: 50\r\n\r\n", nil)
+		if status := cutAfter(t, closed, answer); status != http.StatusHTTPVersionNotSupported {
+			t.Errorf("answered %d, want 505", status)
+		}
+	})
 	t.Run("upload PUT below the rate", func(t *testing.T) {
 		t.Parallel()
 		up := createUpload(t, s.base, tok, convID, 8000)

@@ -40,7 +40,7 @@ func limitBodyTime(next http.Handler, bt BodyTime, reg prometheus.Registerer) ht
 	})
 	reg.MustRegister(expired)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || streamingBody(r.URL.Path) {
+		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || streamingBody(r) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -63,9 +63,16 @@ func limitBodyTime(next http.Handler, bt BodyTime, reg prometheus.Registerer) ht
 	})
 }
 
-func streamingBody(path string) bool {
+// streamingBody reports whether r is a bidirectional stream's. Only HTTP/2
+// carries one: over HTTP/1.1 connect refuses it unread, and net/http then
+// reads what is left of the body, which without a deadline a stalled client
+// held open forever.
+func streamingBody(r *http.Request) bool {
+	if r.ProtoMajor < 2 {
+		return false
+	}
 	for _, p := range streamingBodyPrefixes {
-		if strings.HasPrefix(path, p) {
+		if strings.HasPrefix(r.URL.Path, p) {
 			return true
 		}
 	}
