@@ -118,7 +118,7 @@ func (b *bench) report() {
 	}
 
 	s.WriteString("\n## Round trips per RPC\n\nMeasured (pg_stat_statements, Valkey commandstats and total_reads_processed) over a 3 s load of 1 client, Connect JSON.\n\n")
-	s.WriteString("Each PostgreSQL statement is one round trip (pgx keeps them prepared). Valkey's commandstats also count the commands its scripts run (EVALSHA: the rate limiter's GCRA over the address and the caller, TIME then GET and SET per key; the conversation head's advance, GET and SET), so Valkey round trips are counted as the read events Valkey processed per call (total_reads_processed): one client in a closed loop pipelines nothing across calls. The few reads of the replicas' background work (the doorbell's re-check) are included.\n\n")
+	s.WriteString("Each PostgreSQL statement is one round trip (pgx keeps them prepared). Valkey's commandstats also count the commands its scripts run (EVALSHA: the rate limiter's GCRA over the address and the caller, TIME then GET and SET per key; the conversation head's advance, GET and SET), so Valkey round trips are counted as the read events Valkey processed per call (total_reads_processed): one client in a closed loop pipelines nothing across calls. The few reads of the replicas' background work (the watch hub's re-check) are included.\n\n")
 	s.WriteString("| RPC | calls | PostgreSQL statements per call | Valkey commands per call | Valkey round trips per call |\n|---|---:|---|---|---:|\n")
 	for _, rt := range b.roundTrips {
 		fmt.Fprintf(&s, "| %s | %d | %.2f: %s | %.2f: %s | %.2f |\n", rt.RPC, rt.Requests, rt.PGTotal, countedList(rt.PG), rt.ValkeyTotl, countedList(rt.Valkey), rt.ValkeyReads)
@@ -304,7 +304,7 @@ and the interceptor chain, protovalidate (about 5% of a SaveTurn), and the one l
   counts the store calls.)
 - **Valkey round trips.** The per-IP and per-user budgets are one EVALSHA (a multi-key GCRA
   script) instead of two; the revocation MGET is sent alongside it, and SaveTurn's head advance
-  alongside its doorbell PUBLISH, so valkey-go writes each pair together; and the client waits up to
+  alongside its change PUBLISH, so valkey-go writes each pair together; and the client waits up to
   20 µs after a flush (MaxFlushDelay) so that concurrent requests share writes. Per call, SaveTurn
   went from 4 sequential round trips to 2 pairs, ListMessages from 4 plus a PostgreSQL query to a
   pair plus one MGET. The table above counts Valkey's read events per call of a single client.

@@ -24,7 +24,6 @@ import (
 	"github.com/parley-dev/parley/internal/cache"
 	"github.com/parley-dev/parley/internal/config"
 	"github.com/parley-dev/parley/internal/conversation"
-	"github.com/parley-dev/parley/internal/doorbell"
 	"github.com/parley-dev/parley/internal/file"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/ratelimit"
@@ -34,6 +33,7 @@ import (
 	"github.com/parley-dev/parley/internal/rtc"
 	"github.com/parley-dev/parley/internal/token"
 	"github.com/parley-dev/parley/internal/valkeyconfig"
+	"github.com/parley-dev/parley/internal/valkeypubsub"
 )
 
 func serveCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -102,7 +102,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, onReady fun
 	log.Info("draining", slog.Duration("shutdown_delay", cfg.ShutdownDelay), slog.Duration("drain_timeout", cfg.DrainTimeout))
 	a.probe.SetDraining()
 	time.Sleep(cfg.ShutdownDelay)
-	close(a.drain)
+	a.drain()
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.DrainTimeout)
 	defer cancel()
 	stopClosing := idle.closeIdle()
@@ -127,11 +127,12 @@ type app struct {
 	registry *prometheus.Registry
 	probe    *rpc.Probe
 	handler  http.Handler
-	drain    chan struct{}
-	closers  []func()
+	// drain ends every WatchMessages stream, so clients reconnect elsewhere.
+	drain   func()
+	closers []func()
 }
 
-// goBackground runs f until the app closes: background work (doorbell
+// goBackground runs f until the app closes: background work (Valkey
 // subscription, outbox) stops before the pools it uses are closed.
 func (a *app) goBackground(ctx context.Context, f func(ctx context.Context)) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -153,7 +154,7 @@ func (a *app) close() {
 }
 
 func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, err error) {
-	a := &app{drain: make(chan struct{})}
+	a := &app{}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -235,15 +236,18 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		return nil, fmt.Errorf("page cache: %w", err)
 	}
 	conversationStore := postgres.NewConversationStore(a.db)
-	hub := doorbell.NewHub(conversationStore, log)
-	bell := doorbell.NewBell(a.valkey, hub, 0, log)
-	a.goBackground(ctx, bell.Run)
+	hub := conversation.NewHub(conversationStore, log)
+	a.drain = hub.Drain
+	changes := valkeypubsub.New(a.valkey, hub, 0, log)
+	a.goBackground(ctx, changes.Run)
 	conversations := conversation.NewService(conversationStore, conversation.Options{
-		Cache:    pages,
-		Notifier: bell,
-		Hub:      hub,
-		Rooms:    roomStore,
-		Log:      log,
+		Cache:        pages,
+		Notifier:     changes,
+		Hub:          hub,
+		Sessions:     accounts,
+		SessionCheck: cfg.WatchHeartbeat,
+		Rooms:        roomStore,
+		Log:          log,
 	})
 
 	blobs, blobRoutes, err := openBlobs(ctx, cfg)
@@ -284,9 +288,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 			return a.valkey.Do(ctx, a.valkey.B().Ping().Build()).Error()
 		}},
 	)
-	watch := rpc.WatchOptions{Heartbeat: cfg.WatchHeartbeat, Drain: a.drain, Revoked: func(ctx context.Context, p auth.Principal) (bool, error) {
-		return revoked.IsRevoked(ctx, p.TokenID, p.FamilyID)
-	}}
+	watch := rpc.WatchOptions{Heartbeat: cfg.WatchHeartbeat}
 	a.handler, err = rpc.NewHandler(rpc.Services{
 		Auth:         rpc.NewAuthServer(accounts, log),
 		User:         rpc.NewUserServer(accounts, log),

@@ -147,7 +147,7 @@ var vars = []Var{
 		set: func(c *Config, v string) error { return parseInt(v, 0, &c.DBMaxIdleConns) }},
 	{Name: "PARLEY_DB_CONN_LIFETIME", Default: "30m", Help: "recycle connections after this long",
 		set: func(c *Config, v string) error { return parseDuration(v, 0, &c.DBConnLifetime) }},
-	{Name: "VALKEY_URL", Default: "redis://127.0.0.1:6379/0", Help: "Valkey (or Redis) URL: cache, rate limits, revocations, doorbell",
+	{Name: "VALKEY_URL", Default: "redis://127.0.0.1:6379/0", Help: "Valkey (or Redis) URL: cache, rate limits, revocations, new-message notifications",
 		set: func(c *Config, v string) error { c.ValkeyURL = v; return nil }},
 	{Name: "PARLEY_JWT_KEYS", Required: true, Help: "path to the private JWK set (first key signs, all verify); make one with `parley keys generate`",
 		set: func(c *Config, v string) error { c.JWTKeysPath = v; return nil }},

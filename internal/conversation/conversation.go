@@ -160,6 +160,13 @@ type Store interface {
 	Head(ctx context.Context, id uuid.UUID, s Scope) (Head, error)
 	// ListMessages returns the messages in r without an access check.
 	ListMessages(ctx context.Context, r MessageRange) ([]Message, error)
+	// NewMessages is the Hub's read after a change: up to limit messages of
+	// conversation id with seq > after, and its last_seq; exists is false
+	// when it is gone. No access check.
+	NewMessages(ctx context.Context, id uuid.UUID, after int64, limit int) (msgs []Message, lastSeq int64, exists bool, err error)
+	// LastSeqs is the Hub's re-check: the last_seq of each of ids that still
+	// exists.
+	LastSeqs(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error)
 }
 
 // PageKey identifies a cached ListMessages page. LastSeq is the
@@ -225,9 +232,9 @@ type PageCache interface {
 	DeleteHead(ctx context.Context, id uuid.UUID)
 }
 
-// Notifier rings every replica's doorbell after a committed change:
-// lastSeq is the conversation's new last_seq, or -1 when it was deleted.
-// Notifications are hints; a lost one delays watchers, never misleads them.
+// Notifier tells the other replicas' hubs of a committed change: lastSeq is
+// the conversation's new last_seq, or -1 when it was deleted. Notifications
+// are hints; a lost one delays watches, never misleads them.
 type Notifier interface {
 	Notify(ctx context.Context, id uuid.UUID, lastSeq int64)
 }

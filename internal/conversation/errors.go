@@ -34,3 +34,15 @@ func (e *invalidError) Unwrap() error         { return ErrInvalid }
 func (e *invalidError) PublicMessage() string { return e.msg }
 
 func invalid(msg string) error { return &invalidError{msg: msg} }
+
+// The reasons a watch ends while its stream is open, returned by Watch.Next.
+var (
+	// ErrTokenExpired is returned once the caller's access token has expired.
+	ErrTokenExpired = errors.New("access token expired")
+	// ErrTokenRevoked is returned once the caller's access token, or the
+	// refresh family it was issued from, was revoked.
+	ErrTokenRevoked = errors.New("access token revoked")
+	// ErrDraining is returned once the replica drains: the client is to
+	// reconnect, and reaches another replica.
+	ErrDraining = errors.New("server is draining; reconnect")
+)

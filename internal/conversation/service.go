@@ -12,6 +12,7 @@ import (
 
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/keyset"
+	"github.com/parley-dev/parley/internal/outage"
 )
 
 // Limits of the rules the service enforces. The proto schema checks the
@@ -30,11 +31,17 @@ var turnIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 type Options struct {
 	// Cache serves ListMessages pages; nil disables caching.
 	Cache PageCache
-	// Notifier rings other replicas after SaveTurn and DeleteConversation;
-	// nil leaves watchers to their periodic re-check.
+	// Notifier tells other replicas of SaveTurn and DeleteConversation;
+	// nil leaves their watches to the periodic re-check.
 	Notifier Notifier
 	// Hub feeds WatchMessages; nil makes WatchMessages fail.
-	Hub Hub
+	Hub *Hub
+	// Sessions ends watches whose token is revoked while they run; nil
+	// leaves them to their token's expiry.
+	Sessions Sessions
+	// SessionCheck is how often a watch asks Sessions; 0 means
+	// DefaultSessionCheck.
+	SessionCheck time.Duration
 	// Rooms checks CreateConversation's room id; nil refuses every room id.
 	Rooms Rooms
 	Log   *slog.Logger
@@ -45,9 +52,16 @@ type Service struct {
 	store    Store
 	cache    PageCache
 	notifier Notifier
-	hub      Hub
+	hub      *Hub
 	rooms    Rooms
 	log      *slog.Logger
+
+	sessions     Sessions
+	sessionCheck time.Duration
+	// sessionCheckFailed logs the watches' failed revocation checks: every
+	// watch checks each interval, so an outage would log one line per
+	// watch per interval.
+	sessionCheckFailed *outage.Log
 }
 
 // NewService returns a Service over store.
@@ -56,13 +70,19 @@ func NewService(store Store, opts Options) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if opts.SessionCheck <= 0 {
+		opts.SessionCheck = DefaultSessionCheck
+	}
 	return &Service{
-		store:    store,
-		cache:    opts.Cache,
-		notifier: opts.Notifier,
-		hub:      opts.Hub,
-		rooms:    opts.Rooms,
-		log:      log,
+		store:              store,
+		cache:              opts.Cache,
+		notifier:           opts.Notifier,
+		hub:                opts.Hub,
+		rooms:              opts.Rooms,
+		log:                log,
+		sessions:           opts.Sessions,
+		sessionCheck:       opts.SessionCheck,
+		sessionCheckFailed: outage.New(log, "watch: revocation check failed; streams go on", nil),
 	}
 }
 
@@ -243,9 +263,7 @@ func sameTurn(stored []Message, want []NewMessage) bool {
 	return true
 }
 
-// notify rings the doorbell for a committed change. The change is durable
-// whatever happens here, so a caller that has gone away must not stop it.
-// advanceAndNotify advances the cached head and rings the doorbell after a
+// advanceAndNotify advances the cached head and announces the change after a
 // committed turn, and returns when both are done, so that the turn is
 // listed everywhere before SaveTurn answers. The two are independent: they
 // run side by side, and the Valkey client sends them together.
@@ -264,7 +282,13 @@ func (s *Service) advanceAndNotify(ctx context.Context, id uuid.UUID, lastSeq in
 	<-done
 }
 
+// notify tells this replica's hub of a committed change at once, and the
+// other replicas through the notifier. The change is durable whatever
+// happens here, so a caller that has gone away must not stop it.
 func (s *Service) notify(ctx context.Context, id uuid.UUID, lastSeq int64) {
+	if s.hub != nil {
+		s.hub.Changed(id, lastSeq)
+	}
 	if s.notifier != nil {
 		s.notifier.Notify(context.WithoutCancel(ctx), id, lastSeq)
 	}

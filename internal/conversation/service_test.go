@@ -19,9 +19,9 @@ import (
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/cache"
 	"github.com/parley-dev/parley/internal/conversation"
-	"github.com/parley-dev/parley/internal/doorbell"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/testenv"
+	"github.com/parley-dev/parley/internal/valkeypubsub"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -31,12 +31,12 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 const testRecheck = 300 * time.Millisecond
 
 // replica is one Parley process's conversation stack: its own pool, Valkey
-// client, cache, hub and doorbell subscription.
+// client, cache, hub and Valkey subscription.
 type replica struct {
 	svc   *conversation.Service
 	db    *bun.DB
 	store *postgres.ConversationStore
-	hub   *doorbell.Hub
+	hub   *conversation.Hub
 	reg   *prometheus.Registry
 }
 
@@ -55,16 +55,16 @@ func newReplica(t testing.TB, dbURL, valkeyURL string) *replica {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hub := doorbell.NewHub(store, log)
-	bell := doorbell.NewBell(vc, hub, testRecheck, log)
+	hub := conversation.NewHub(store, log)
+	notifier := valkeypubsub.New(vc, hub, testRecheck, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		bell.Run(ctx)
+		notifier.Run(ctx)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	svc := conversation.NewService(store, conversation.Options{Cache: pages, Notifier: bell, Hub: hub, Log: log})
+	svc := conversation.NewService(store, conversation.Options{Cache: pages, Notifier: notifier, Hub: hub, Log: log})
 	return &replica{svc: svc, db: db, store: store, hub: hub, reg: reg}
 }
 

@@ -2,52 +2,56 @@ package conversation
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/outage"
 )
 
-// watchPageSize bounds how many stored messages a watch reads at once while
-// it catches up, so a long history streams in steps.
-const watchPageSize = 200
+const (
+	// watchPageSize bounds how many stored messages a watch reads at once
+	// while it catches up, so a long history streams in steps.
+	watchPageSize = 200
+	// DefaultSessionCheck is how often an open watch asks Sessions whether
+	// its caller's token was revoked, when Options leaves it zero.
+	DefaultSessionCheck = 15 * time.Second
+)
 
-// Hub fans the new messages of conversations out to this replica's
-// watchers, reading each conversation's new rows once for all of them.
-type Hub interface {
-	// Subscribe follows conversation id, whose last_seq was lastSeq when the
-	// caller checked access.
-	Subscribe(id uuid.UUID, lastSeq int64) Subscription
-}
-
-// Subscription is one watcher's view of a conversation in the Hub.
-type Subscription interface {
-	// Ready receives a value whenever messages newer than those seen may
-	// have arrived, or the conversation was deleted.
-	Ready() <-chan struct{}
-	// Since returns the hub's buffered messages with seq > after, in order,
-	// starting at after+1, or none when the buffer does not reach back that
-	// far. latest is the highest seq known committed; gone reports that the
-	// conversation was deleted.
-	Since(after int64) (msgs []Message, latest int64, gone bool)
-	// Close stops following; Ready is not signalled afterwards.
-	Close()
+// Sessions tells an open watch whether its caller is still signed in:
+// account.Service implements it. A watch is authenticated when it opens and
+// may then run for as long as its token lives, so a Logout or a refresh
+// token's reuse on any replica must reach it too.
+type Sessions interface {
+	// CheckRevoked returns an error wrapping auth.ErrUnauthenticated if p's
+	// token, or the refresh family it was issued from, was revoked, and
+	// another error if that cannot be checked now.
+	CheckRevoked(ctx context.Context, p auth.Principal) error
 }
 
 // Watch is one WatchMessages stream: it yields every message with seq past
-// its position, in order, without gaps or duplicates. It is not safe for
-// concurrent use.
+// its position, in order, without gaps or duplicates, and says when the
+// stream must end. It is not safe for concurrent use.
 type Watch struct {
 	store Store
-	sub   Subscription
+	sub   *subscription
 	id    uuid.UUID
 	pos   int64
+
+	p        auth.Principal
+	sessions Sessions
+	every    time.Duration
+	// checkAt is when sessions is asked next.
+	checkAt time.Time
+	failed  *outage.Log
 }
 
 // WatchMessages checks that p may read conversation id and starts a watch
 // after afterSeq. The caller loops: Next until it returns no messages, then
-// wait for Ready; and closes the watch when done.
+// wait for Ready or Due; and closes the watch when done.
 func (s *Service) WatchMessages(ctx context.Context, p auth.Principal, id uuid.UUID, afterSeq int64) (*Watch, error) {
 	scope, err := scopeOf(p)
 	if err != nil {
@@ -63,11 +67,30 @@ func (s *Service) WatchMessages(ctx context.Context, p auth.Principal, id uuid.U
 	if err != nil {
 		return nil, err
 	}
-	return &Watch{store: s.store, sub: s.hub.Subscribe(id, h.LastSeq), id: id, pos: afterSeq}, nil
+	return &Watch{
+		store: s.store, sub: s.hub.subscribe(id, h.LastSeq), id: id, pos: afterSeq,
+		p: p, sessions: s.sessions, every: s.sessionCheck,
+		checkAt: time.Now().Add(s.sessionCheck), failed: s.sessionCheckFailed,
+	}, nil
 }
 
-// Ready receives a value when Next may have more to return.
-func (w *Watch) Ready() <-chan struct{} { return w.sub.Ready() }
+// Ready receives a value when Next may have more to return, or the stream
+// may have to end.
+func (w *Watch) Ready() <-chan struct{} { return w.sub.ready }
+
+// Due is when Next must be called even if Ready does not receive: the
+// token's expiry or its next revocation check. It is zero when neither
+// applies.
+func (w *Watch) Due() time.Time {
+	var t time.Time
+	if w.sessions != nil {
+		t = w.checkAt
+	}
+	if exp := w.p.ExpiresAt; !exp.IsZero() && (t.IsZero() || exp.Before(t)) {
+		t = exp
+	}
+	return t
+}
 
 // Position is the seq of the last message Next returned (or the watch's
 // after_seq).
@@ -75,10 +98,18 @@ func (w *Watch) Position() int64 { return w.pos }
 
 // Next returns the next messages in seq order, or none when the watch is
 // caught up. Messages the hub still buffers are shared; older ones (a new
-// watch catching up, or one that fell behind) are read from the store. It
-// returns ErrNotFound once the conversation is deleted.
+// watch catching up, or one that fell behind) are read from the store.
+//
+// Next returns an error when the stream must end: ErrDraining once the
+// replica drains, ErrTokenExpired once the caller's token has expired,
+// ErrTokenRevoked once Sessions reports it revoked, and ErrNotFound once
+// the conversation is deleted. The checks that fall due come first on
+// every call, so a busy stream is held to them too.
 func (w *Watch) Next(ctx context.Context) ([]Message, error) {
-	msgs, latest, gone := w.sub.Since(w.pos)
+	if err := w.check(ctx, time.Now()); err != nil {
+		return nil, err
+	}
+	msgs, latest, gone := w.sub.since(w.pos)
 	if gone {
 		return nil, ErrNotFound
 	}
@@ -110,5 +141,31 @@ func (w *Watch) Next(ctx context.Context) ([]Message, error) {
 	return msgs, nil
 }
 
+// check ends a watch whose replica drains, or whose token expired or was
+// revoked after the watch opened. When revocation cannot be checked, the
+// watch, authenticated at its start, goes on until the next check.
+func (w *Watch) check(ctx context.Context, now time.Time) error {
+	if w.sub.hub.draining.Load() {
+		return ErrDraining
+	}
+	if exp := w.p.ExpiresAt; !exp.IsZero() && !now.Before(exp) {
+		return ErrTokenExpired
+	}
+	if w.sessions == nil || now.Before(w.checkAt) {
+		return nil
+	}
+	w.checkAt = now.Add(w.every)
+	err := w.sessions.CheckRevoked(ctx, w.p)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return ErrTokenRevoked
+	case ctx.Err() == nil:
+		w.failed.Failed(ctx, err)
+	}
+	return nil
+}
+
 // Close ends the watch.
-func (w *Watch) Close() { w.sub.Close() }
+func (w *Watch) Close() { w.sub.close() }

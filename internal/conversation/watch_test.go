@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	"github.com/parley-dev/parley/internal/testenv"
 )
@@ -72,7 +74,7 @@ func TestWatchAcrossReplicas(t *testing.T) {
 	}
 }
 
-// TestWatchAcrossValkeyRestart loses the doorbell for a while: the periodic
+// TestWatchAcrossValkeyRestart loses the Valkey channel for a while: the periodic
 // re-check and the re-check after resubscribing fill in from PostgreSQL.
 func TestWatchAcrossValkeyRestart(t *testing.T) {
 	t.Parallel()
@@ -177,5 +179,80 @@ func TestWatchManyWatchersShareReads(t *testing.T) {
 	}
 	if n := rs[0].hub.Watched(); n != 0 {
 		t.Errorf("hub follows %d conversations after every watch closed", n)
+	}
+}
+
+// sessionsFunc is a conversation.Sessions answering with a function.
+type sessionsFunc func(ctx context.Context, p auth.Principal) error
+
+func (f sessionsFunc) CheckRevoked(ctx context.Context, p auth.Principal) error { return f(ctx, p) }
+
+// TestWatchEndsWhenItMust: the watch, not its transport, decides that a
+// stream ends when the token expires, when Sessions reports it revoked (a
+// failed check lets it go on) and when the replica drains; Due says when
+// the first two must be looked at.
+func TestWatchEndsWhenItMust(t *testing.T) {
+	t.Parallel()
+	r := newReplicas(t, 1, "")[0]
+	owner := seedUser(t, r.db)
+	c := create(t, r, owner)
+	var answer atomic.Pointer[error]
+	set := func(err error) { answer.Store(&err) }
+	set(nil)
+	svc := conversation.NewService(r.store, conversation.Options{Hub: r.hub, SessionCheck: 20 * time.Millisecond,
+		Sessions: sessionsFunc(func(context.Context, auth.Principal) error { return *answer.Load() })})
+	next := func(w *conversation.Watch) error {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		for {
+			if _, err := w.Next(ctx); err != nil {
+				return err
+			}
+			timer := time.NewTimer(time.Until(w.Due()))
+			select {
+			case <-w.Ready():
+			case <-timer.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			timer.Stop()
+		}
+	}
+
+	p := owner
+	p.ExpiresAt = time.Now().Add(100 * time.Millisecond)
+	w, err := svc.WatchMessages(t.Context(), p, c.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := w.Due(); d.After(p.ExpiresAt) || time.Until(d) > 20*time.Millisecond {
+		t.Errorf("Due() = %v, want the next session check", d)
+	}
+	set(errors.New("valkey down"))
+	if err := next(w); !errors.Is(err, conversation.ErrTokenExpired) {
+		t.Errorf("Next after expiry = %v, want ErrTokenExpired (a failed check goes on)", err)
+	}
+	w.Close()
+
+	w, err = svc.WatchMessages(t.Context(), owner, c.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set(fmt.Errorf("%w: token revoked", auth.ErrUnauthenticated))
+	if err := next(w); !errors.Is(err, conversation.ErrTokenRevoked) {
+		t.Errorf("Next after revocation = %v, want ErrTokenRevoked", err)
+	}
+	w.Close()
+
+	set(nil)
+	w, err = svc.WatchMessages(t.Context(), owner, c.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	go func() { time.Sleep(50 * time.Millisecond); r.hub.Drain() }()
+	if err := next(w); !errors.Is(err, conversation.ErrDraining) {
+		t.Errorf("Next after drain = %v, want ErrDraining", err)
 	}
 }

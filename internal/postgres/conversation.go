@@ -84,7 +84,7 @@ SELECT seq, id, role, created_at FROM msg ORDER BY seq`
  ORDER BY seq
  LIMIT $4`
 
-	// NewMessagesSQL is the watch hub's read on a doorbell ring: the
+	// NewMessagesSQL is the watch hub's read after a change: the
 	// conversation's last_seq with up to $3 messages after seq $2. No row at
 	// all means the conversation is gone; one row with NULL message columns
 	// means nothing new.
@@ -135,7 +135,7 @@ const (
 )
 
 // ConversationStore keeps conversations, their messages and turn ids. It
-// implements conversation.Store and the watch hub's source.
+// implements conversation.Store.
 type ConversationStore struct {
 	db *sql.DB
 }

@@ -8,11 +8,9 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
-	"github.com/parley-dev/parley/internal/outage"
 )
 
 // DefaultHeartbeat is how often an idle WatchMessages stream gets a
@@ -20,19 +18,12 @@ import (
 // browsers (connect-web has no keepalive) not to time it out.
 const DefaultHeartbeat = 15 * time.Second
 
-// WatchOptions tune WatchMessages streams.
+// WatchOptions tune WatchMessages streams on the wire; when a stream must
+// end is conversation.Watch's to say.
 type WatchOptions struct {
 	// Heartbeat is the idle interval after which a stream gets a heartbeat;
 	// 0 means DefaultHeartbeat.
 	Heartbeat time.Duration
-	// Drain is closed when the server starts draining: open streams end
-	// with unavailable so clients reconnect to another replica.
-	Drain <-chan struct{}
-	// Revoked, if set, is asked every Heartbeat interval whether the
-	// stream's access token, or the refresh family it was issued from, was
-	// revoked since the stream opened (Logout or refresh token reuse on any
-	// replica); such a stream ends with unauthenticated.
-	Revoked func(ctx context.Context, p auth.Principal) (bool, error)
 }
 
 // ConversationServer serves parley.v1.ConversationService.
@@ -40,10 +31,6 @@ type ConversationServer struct {
 	svc   *conversation.Service
 	watch WatchOptions
 	log   *slog.Logger
-	// revocationFailed logs the streams' failed revocation checks: every
-	// stream checks each heartbeat, so an outage would log one line per
-	// stream per heartbeat.
-	revocationFailed *outage.Log
 }
 
 var _ parleyv1connect.ConversationServiceHandler = (*ConversationServer)(nil)
@@ -53,8 +40,7 @@ func NewConversationServer(svc *conversation.Service, opts WatchOptions, log *sl
 	if opts.Heartbeat <= 0 {
 		opts.Heartbeat = DefaultHeartbeat
 	}
-	return &ConversationServer{svc: svc, watch: opts, log: log,
-		revocationFailed: outage.New(log, "watch: revocation check failed; streams go on", nil)}
+	return &ConversationServer{svc: svc, watch: opts, log: log}
 }
 
 // CreateConversation creates a conversation owned by the caller.

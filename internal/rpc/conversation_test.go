@@ -19,12 +19,12 @@ import (
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/cache"
 	"github.com/parley-dev/parley/internal/conversation"
-	"github.com/parley-dev/parley/internal/doorbell"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/revocation"
 	"github.com/parley-dev/parley/internal/testenv"
+	"github.com/parley-dev/parley/internal/valkeypubsub"
 )
 
 // Test principals travel in headers, read by testPrincipals in place of the
@@ -79,6 +79,20 @@ func (tp testPrincipals) WrapStreamingHandler(next connect.StreamingHandlerFunc)
 	}
 }
 
+// watchSetup tunes a test server's watches: the heartbeat on the wire, which
+// is also how often a watch asks sessions, a channel whose closing drains
+// the server, and the sessions (nil: never asked).
+type watchSetup struct {
+	Heartbeat time.Duration
+	Drain     chan struct{}
+	Sessions  conversation.Sessions
+}
+
+// sessionsFunc is a conversation.Sessions answering with a function.
+type sessionsFunc func(ctx context.Context, p auth.Principal) error
+
+func (f sessionsFunc) CheckRevoked(ctx context.Context, p auth.Principal) error { return f(ctx, p) }
+
 type testServer struct {
 	url     string
 	db      *bun.DB
@@ -87,7 +101,7 @@ type testServer struct {
 
 // newTestServer serves a ConversationServer over h2c, backed by a new
 // database and the shared Valkey.
-func newTestServer(t *testing.T, opts WatchOptions) *testServer {
+func newTestServer(t *testing.T, opts watchSetup) *testServer {
 	t.Helper()
 	db := testenv.DB(t)
 	log := slog.New(slog.DiscardHandler)
@@ -97,16 +111,26 @@ func newTestServer(t *testing.T, opts WatchOptions) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hub := doorbell.NewHub(store, log)
-	bell := doorbell.NewBell(vc, hub, 500*time.Millisecond, log)
+	hub := conversation.NewHub(store, log)
+	notifier := valkeypubsub.New(vc, hub, 500*time.Millisecond, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); bell.Run(ctx) }()
+	go func() { defer close(done); notifier.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	svc := conversation.NewService(store, conversation.Options{Cache: pages, Notifier: bell, Hub: hub, Log: log})
+	if opts.Drain != nil {
+		go func() {
+			select {
+			case <-opts.Drain:
+				hub.Drain()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	svc := conversation.NewService(store, conversation.Options{Cache: pages, Notifier: notifier, Hub: hub, Log: log,
+		Sessions: opts.Sessions, SessionCheck: opts.Heartbeat})
 
 	mux := http.NewServeMux()
-	mux.Handle(parleyv1connect.NewConversationServiceHandler(NewConversationServer(svc, opts, log), connect.WithInterceptors(testPrincipals{})))
+	mux.Handle(parleyv1connect.NewConversationServiceHandler(NewConversationServer(svc, WatchOptions{Heartbeat: opts.Heartbeat}, log), connect.WithInterceptors(testPrincipals{})))
 	url, httpClient := serveH2C(t, mux)
 	ts := &testServer{url: url, db: db, clients: map[string]parleyv1connect.ConversationServiceClient{
 		"connect": parleyv1connect.NewConversationServiceClient(httpClient, url),
@@ -152,7 +176,7 @@ func forEachProtocol(t *testing.T, ts *testServer, f func(t *testing.T, c parley
 
 func TestConversationRPCFlow(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, WatchOptions{})
+	ts := newTestServer(t, watchSetup{})
 	forEachProtocol(t, ts, func(t *testing.T, c parleyv1connect.ConversationServiceClient) {
 		ctx := t.Context()
 		owner, agentID := ts.user(t), uuid.New()
@@ -232,7 +256,7 @@ func TestConversationRPCFlow(t *testing.T) {
 // someone else's conversation; agents are refused the user-scoped RPCs.
 func TestConversationRPCAccess(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, WatchOptions{})
+	ts := newTestServer(t, watchSetup{})
 	forEachProtocol(t, ts, func(t *testing.T, c parleyv1connect.ConversationServiceClient) {
 		ctx := t.Context()
 		owner, stranger, agentID := ts.user(t), ts.user(t), uuid.New()
@@ -335,7 +359,7 @@ func watchUntil(s *connect.ServerStreamForClient[parleyv1.WatchMessagesResponse]
 
 func TestWatchMessagesRPC(t *testing.T) {
 	t.Parallel()
-	ts := newTestServer(t, WatchOptions{Heartbeat: 100 * time.Millisecond})
+	ts := newTestServer(t, watchSetup{Heartbeat: 100 * time.Millisecond})
 	forEachProtocol(t, ts, func(t *testing.T, c parleyv1connect.ConversationServiceClient) {
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 		defer cancel()
@@ -396,7 +420,7 @@ func equalSeqs(got []int64, from, to int64) bool {
 func TestWatchMessagesEndsOnExpiryAndDrain(t *testing.T) {
 	t.Parallel()
 	drain := make(chan struct{})
-	ts := newTestServer(t, WatchOptions{Heartbeat: time.Hour, Drain: drain})
+	ts := newTestServer(t, watchSetup{Heartbeat: time.Hour, Drain: drain})
 	owner := ts.user(t)
 	c := ts.clients["connect"]
 	created, err := c.CreateConversation(t.Context(), as(owner, false, &parleyv1.CreateConversationRequest{}))
@@ -443,9 +467,12 @@ func TestWatchMessagesEndsOnExpiryAndDrain(t *testing.T) {
 func TestWatchMessagesEndsWhenTheTokenIsRevoked(t *testing.T) {
 	t.Parallel()
 	var revoked atomic.Bool
-	ts := newTestServer(t, WatchOptions{Heartbeat: 50 * time.Millisecond, Revoked: func(context.Context, auth.Principal) (bool, error) {
-		return revoked.Load(), nil
-	}})
+	ts := newTestServer(t, watchSetup{Heartbeat: 50 * time.Millisecond, Sessions: sessionsFunc(func(context.Context, auth.Principal) error {
+		if revoked.Load() {
+			return auth.ErrUnauthenticated
+		}
+		return nil
+	})})
 	owner := ts.user(t)
 	created, err := ts.clients["connect"].CreateConversation(t.Context(), as(owner, false, &parleyv1.CreateConversationRequest{}))
 	if err != nil {
@@ -482,9 +509,7 @@ func TestWatchMessagesEndsWhenTheFamilyIsRevoked(t *testing.T) {
 	revoked := revocation.New(testenv.ValkeyClient(t, testenv.ValkeyURL(t)), accounts,
 		revocation.Options{KeyPrefix: "test:" + uuid.NewString() + ":revoked:"})
 	t.Cleanup(revoked.Close)
-	ts := newTestServer(t, WatchOptions{Heartbeat: 50 * time.Millisecond, Revoked: func(ctx context.Context, p auth.Principal) (bool, error) {
-		return revoked.IsRevoked(ctx, p.TokenID, p.FamilyID)
-	}})
+	ts := newTestServer(t, watchSetup{Heartbeat: 50 * time.Millisecond, Sessions: account.NewService(accounts, nil, revoked, account.Options{})})
 	owner := ts.user(t)
 	u, err := accounts.CreateUser(t.Context(), account.User{ID: owner, Email: uuid.NewString() + "@example.com", DisplayName: "x"}, "h")
 	if err != nil {

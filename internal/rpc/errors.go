@@ -40,6 +40,9 @@ var errorCodes = []struct {
 	{conversation.ErrInvalidPageToken, connect.CodeInvalidArgument},
 	{conversation.ErrInvalid, connect.CodeInvalidArgument},
 	{conversation.ErrRoomNotFound, connect.CodeNotFound},
+	{conversation.ErrTokenExpired, connect.CodeUnauthenticated},
+	{conversation.ErrTokenRevoked, connect.CodeUnauthenticated},
+	{conversation.ErrDraining, connect.CodeUnavailable},
 
 	// room
 	{room.ErrNotFound, connect.CodeNotFound},

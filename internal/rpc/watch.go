@@ -2,21 +2,21 @@ package rpc
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 )
 
 // WatchMessages streams the stored messages after after_seq, then each new
-// one, until the client leaves, the conversation is deleted (not_found), the
-// caller's token expires (unauthenticated) or the server drains
-// (unavailable).
+// one, until the client leaves or the watch ends: the conversation is
+// deleted (not_found), the caller's token expires or is revoked
+// (unauthenticated) or the server drains (unavailable). conversation.Watch
+// decides when; this is the transport: the goroutine the stream lives on,
+// heartbeats on the wire and the mapping of errors.
 //
 // A stream's goroutine lives as long as the stream and is parked nearly all
 // that time, and Go keeps a goroutine's stack at the largest size it ever
@@ -41,12 +41,11 @@ func (s *ConversationServer) WatchMessages(ctx context.Context, req *connect.Req
 // watchStream is one WatchMessages stream between wake-ups.
 type watchStream struct {
 	s      *ConversationServer
-	p      auth.Principal
 	w      *conversation.Watch
 	stream *connect.ServerStream[parleyv1.WatchMessagesResponse]
 	// heartbeatAt is when the stream gets a heartbeat unless a message goes
-	// out first; recheckAt is when the token's revocation is checked next.
-	heartbeatAt, recheckAt time.Time
+	// out first.
+	heartbeatAt time.Time
 }
 
 // openWatch checks access, starts the watch and sends the response headers.
@@ -69,17 +68,12 @@ func (s *ConversationServer) openWatch(ctx context.Context, req *connect.Request
 		w.Close()
 		return nil, err
 	}
-	now := time.Now()
-	return &watchStream{
-		s: s, p: p, w: w, stream: stream,
-		heartbeatAt: now.Add(s.watch.Heartbeat),
-		recheckAt:   now.Add(s.watch.Heartbeat),
-	}, nil
+	return &watchStream{s: s, w: w, stream: stream, heartbeatAt: time.Now().Add(s.watch.Heartbeat)}, nil
 }
 
-// run wakes the stream whenever the hub rings or something falls due, until
-// the stream has to end. One timer serves heartbeats, revocation checks and
-// the token's expiry.
+// run wakes the stream whenever the watch is ready or something falls due,
+// until the stream has to end. One timer serves heartbeats and the watch's
+// own deadlines.
 func (ws *watchStream) run(ctx context.Context) error {
 	timer := time.NewTimer(ws.s.watch.Heartbeat)
 	defer timer.Stop()
@@ -92,37 +86,26 @@ func (ws *watchStream) run(ctx context.Context) error {
 		select {
 		case <-ws.w.Ready():
 		case <-timer.C:
-		case <-ws.s.watch.Drain:
-			return connect.NewError(connect.CodeUnavailable, errors.New("server is draining; reconnect"))
 		case <-ctx.Done():
 			return toConnectError(ctx, ws.s.log, ctx.Err())
 		}
 	}
 }
 
-// due is when the stream has to wake even if the hub does not ring.
+// due is when the stream has to wake even if the watch is not ready.
 func (ws *watchStream) due() time.Time {
 	t := ws.heartbeatAt
-	if ws.s.watch.Revoked != nil && ws.recheckAt.Before(t) {
-		t = ws.recheckAt
-	}
-	if exp := ws.p.ExpiresAt; !exp.IsZero() && exp.Before(t) {
-		t = exp
+	if d := ws.w.Due(); !d.IsZero() && d.Before(t) {
+		t = d
 	}
 	return t
 }
 
-// step ends the stream if its token expired or was revoked, sends every
-// message the watch has, and a heartbeat if the stream has been idle for a
-// heartbeat interval.
+// step sends every message the watch has, and a heartbeat if the stream has
+// been idle for a heartbeat interval.
 func (ws *watchStream) step(ctx context.Context) error {
 	for sent := false; ; sent = true {
-		// A busy stream does not wait between sends: the checks that fall
-		// due come first on every round.
 		now := time.Now()
-		if err := ws.checkToken(ctx, now); err != nil {
-			return err
-		}
 		msgs, err := ws.w.Next(ctx)
 		if err != nil {
 			return toConnectError(ctx, ws.s.log, err)
@@ -145,30 +128,6 @@ func (ws *watchStream) step(ctx context.Context) error {
 			}
 		}
 	}
-}
-
-// checkToken ends a stream whose token expired, or was revoked after the
-// stream opened. When revocation cannot be checked, the stream,
-// authenticated at its start, goes on until the next check.
-func (ws *watchStream) checkToken(ctx context.Context, now time.Time) error {
-	if exp := ws.p.ExpiresAt; !exp.IsZero() && !now.Before(exp) {
-		return connect.NewError(connect.CodeUnauthenticated, errors.New("access token expired"))
-	}
-	if ws.s.watch.Revoked == nil || now.Before(ws.recheckAt) {
-		return nil
-	}
-	ws.recheckAt = now.Add(ws.s.watch.Heartbeat)
-	revoked, err := ws.s.watch.Revoked(ctx, ws.p)
-	if err != nil {
-		if ctx.Err() == nil {
-			ws.s.revocationFailed.Failed(ctx, err)
-		}
-		return nil
-	}
-	if revoked {
-		return connect.NewError(connect.CodeUnauthenticated, errors.New("access token revoked"))
-	}
-	return nil
 }
 
 // offStack runs f on a goroutine of its own and waits for it, so that the

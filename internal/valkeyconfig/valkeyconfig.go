@@ -1,5 +1,5 @@
 // Package valkeyconfig checks the settings of the Valkey server that
-// Parley's Valkey adapters (revocation, ratelimit, cache, doorbell) share
+// Parley's Valkey adapters (revocation, ratelimit, cache, valkeypubsub) share
 // and rely on.
 package valkeyconfig
 

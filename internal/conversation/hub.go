@@ -1,32 +1,23 @@
-// Package doorbell tells WatchMessages streams that a conversation has new
-// messages. After each committed change a replica PUBLISHes (conversation
-// id, last_seq) on one Valkey channel; every replica holds one subscription
-// to it and fans rings out to its watchers in process. Per conversation, the
-// Hub reads the new rows from PostgreSQL once per ring and shares them among
-// that conversation's watchers. The bell is only a hint: PostgreSQL fills
-// gaps by seq, and a slow periodic re-check of every watched conversation's
-// last_seq (one query) catches what lost notifications missed.
-package doorbell
+package conversation
 
 import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
-
-	"github.com/parley-dev/parley/internal/conversation"
 )
 
-// Source is what the Hub reads from PostgreSQL.
-type Source interface {
-	// NewMessages returns up to limit messages of conversation id with seq >
-	// after, and its last_seq; exists is false when it is gone.
-	NewMessages(ctx context.Context, id uuid.UUID, after int64, limit int) (msgs []conversation.Message, lastSeq int64, exists bool, err error)
-	// LastSeqs returns the last_seq of each of ids that still exists.
-	LastSeqs(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error)
-}
+// How a replica's watches learn of new messages: after each committed change
+// the Service tells its own Hub at once and the other replicas through its
+// Notifier (one Valkey channel), whose subscriber passes every change to its
+// Hub. Per conversation, the Hub reads the new rows from the Store once per
+// change and shares them among that conversation's watches. A change is only
+// a hint: the Store fills gaps by seq, and a slow periodic re-check of every
+// watched conversation's last_seq (one query) catches what lost
+// notifications missed.
 
 const (
 	// fetchLimit is how many new messages one read takes; a burst larger
@@ -43,22 +34,26 @@ const (
 	recheckBatch = 5000
 )
 
-// Hub fans new messages out to this replica's watchers. It implements
-// conversation.Hub. Rings come from Ring (the Bell's subscription and local
-// saves) and from Recheck.
+// Hub fans the new messages of conversations out to this replica's
+// watches, reading each conversation's new rows once for all of them. It
+// learns of changes from Changed (this replica's saves and the Notifier's
+// subscription) and from Recheck.
 type Hub struct {
-	src Source
-	log *slog.Logger
+	store Store
+	log   *slog.Logger
+	// draining is set by Drain: every watch ends with ErrDraining.
+	draining atomic.Bool
 
 	mu     sync.Mutex
 	topics map[uuid.UUID]*topic
 }
 
-var _ conversation.Hub = (*Hub)(nil)
-
-// NewHub returns a Hub reading from src.
-func NewHub(src Source, log *slog.Logger) *Hub {
-	return &Hub{src: src, log: log, topics: make(map[uuid.UUID]*topic)}
+// NewHub returns a Hub reading from store.
+func NewHub(store Store, log *slog.Logger) *Hub {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Hub{store: store, log: log, topics: make(map[uuid.UUID]*topic)}
 }
 
 // topic is one watched conversation: the messages read for its watchers,
@@ -68,11 +63,11 @@ type topic struct {
 
 	mu       sync.Mutex
 	fetched  int64
-	buf      []conversation.Message
+	buf      []Message
 	bufBytes int
 	gone     bool
-	// pending is the highest last_seq rung; check asks for a read even when
-	// nothing newer was rung (a deletion or a new topic).
+	// pending is the highest last_seq announced; check asks for a read even
+	// when nothing newer was announced (a deletion or a new topic).
 	pending  int64
 	check    bool
 	fetching bool
@@ -83,14 +78,17 @@ type topic struct {
 type subscription struct {
 	hub   *Hub
 	topic *topic
+	// ready receives a value whenever messages newer than those seen may
+	// have arrived, the conversation was deleted or the hub drains.
 	ready chan struct{}
 	// read is the seq up to which the watcher has everything (guarded by
 	// the topic's mu): the topic need not keep those messages for it.
 	read int64
 }
 
-// Subscribe implements conversation.Hub.
-func (h *Hub) Subscribe(id uuid.UUID, lastSeq int64) conversation.Subscription {
+// subscribe follows conversation id, whose last_seq was lastSeq when the
+// caller checked access.
+func (h *Hub) subscribe(id uuid.UUID, lastSeq int64) *subscription {
 	h.mu.Lock()
 	t, ok := h.topics[id]
 	if !ok {
@@ -103,24 +101,37 @@ func (h *Hub) Subscribe(id uuid.UUID, lastSeq int64) conversation.Subscription {
 	t.mu.Unlock()
 	h.mu.Unlock()
 	// A new topic looks once at once: a turn committed between the caller's
-	// read of lastSeq and this moment rang nobody here.
-	h.ring(t, lastSeq, !ok)
+	// read of lastSeq and this moment was announced to nobody here.
+	h.changed(t, lastSeq, !ok)
 	return s
 }
 
-// Ring tells the hub that conversation id's last_seq is now lastSeq, or
-// that it was deleted (lastSeq < 0). Rings for unwatched conversations cost
-// a map lookup.
-func (h *Hub) Ring(id uuid.UUID, lastSeq int64) {
+// Changed tells the hub that conversation id's last_seq is now lastSeq, or
+// that it was deleted (lastSeq < 0). A change to an unwatched conversation
+// costs a map lookup.
+func (h *Hub) Changed(id uuid.UUID, lastSeq int64) {
 	h.mu.Lock()
 	t := h.topics[id]
 	h.mu.Unlock()
 	if t != nil {
-		h.ring(t, lastSeq, lastSeq < 0)
+		h.changed(t, lastSeq, lastSeq < 0)
 	}
 }
 
-// Watched returns how many conversations have watchers here.
+// Drain ends every watch of this replica, open or opened later, with
+// ErrDraining, so that clients reconnect to another replica.
+func (h *Hub) Drain() {
+	h.draining.Store(true)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, t := range h.topics {
+		t.mu.Lock()
+		t.wakeLocked()
+		t.mu.Unlock()
+	}
+}
+
+// Watched returns how many conversations have watches here.
 func (h *Hub) Watched() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -129,7 +140,7 @@ func (h *Hub) Watched() int {
 
 // Recheck compares every watched conversation's last_seq in PostgreSQL with
 // what the hub has read, in one query per recheckBatch conversations, and
-// reads what rings missed.
+// reads what notifications missed.
 func (h *Hub) Recheck(ctx context.Context) error {
 	h.mu.Lock()
 	ids := make([]uuid.UUID, 0, len(h.topics))
@@ -141,7 +152,7 @@ func (h *Hub) Recheck(ctx context.Context) error {
 		batch := ids[:min(len(ids), recheckBatch)]
 		ids = ids[len(batch):]
 		qctx, cancel := context.WithTimeout(ctx, fetchTimeout)
-		last, err := h.src.LastSeqs(qctx, batch)
+		last, err := h.store.LastSeqs(qctx, batch)
 		cancel()
 		if err != nil {
 			return err
@@ -151,7 +162,7 @@ func (h *Hub) Recheck(ctx context.Context) error {
 			if !ok {
 				seq = -1
 			}
-			h.Ring(id, seq)
+			h.Changed(id, seq)
 		}
 	}
 	return nil
@@ -170,14 +181,14 @@ func (h *Hub) RunRecheck(ctx context.Context, interval time.Duration, kick <-cha
 		case <-kick:
 		}
 		if err := h.Recheck(ctx); err != nil && ctx.Err() == nil {
-			h.log.WarnContext(ctx, "doorbell: re-check failed", slog.String("error", err.Error()))
+			h.log.WarnContext(ctx, "watch: re-check failed", slog.String("error", err.Error()))
 		}
 	}
 }
 
-// ring records a ring and starts a read unless one is running (it will
-// pick the ring up) or there is nothing to read.
-func (h *Hub) ring(t *topic, lastSeq int64, check bool) {
+// changed records a change and starts a read unless one is running (it
+// will pick the change up) or there is nothing to read.
+func (h *Hub) changed(t *topic, lastSeq int64, check bool) {
 	t.mu.Lock()
 	if t.gone {
 		t.mu.Unlock()
@@ -193,9 +204,9 @@ func (h *Hub) ring(t *topic, lastSeq int64, check bool) {
 	}
 }
 
-// fetch reads the topic's new messages until it has read everything rung,
-// then wakes its watchers after each read. One fetch runs per topic at a
-// time, whatever the number of watchers and rings.
+// fetch reads the topic's new messages until it has read every change
+// announced, and wakes its watchers after each read. One fetch runs per
+// topic at a time, whatever the number of watchers and changes.
 func (h *Hub) fetch(t *topic) {
 	for {
 		t.mu.Lock()
@@ -205,20 +216,20 @@ func (h *Hub) fetch(t *topic) {
 			return
 		}
 		t.check = false
-		after, rung := t.fetched, t.pending
+		after, announced := t.fetched, t.pending
 		t.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
-		msgs, last, exists, err := h.src.NewMessages(ctx, t.id, after, fetchLimit)
+		msgs, last, exists, err := h.store.NewMessages(ctx, t.id, after, fetchLimit)
 		cancel()
 
 		t.mu.Lock()
 		switch {
 		case err != nil:
-			// Leave it to the next ring or re-check.
+			// Leave it to the next change or re-check.
 			t.fetching = false
 			t.mu.Unlock()
-			h.log.Warn("doorbell: read new messages", slog.String("conversation_id", t.id.String()), slog.String("error", err.Error()))
+			h.log.Warn("watch: read new messages", slog.String("conversation_id", t.id.String()), slog.String("error", err.Error()))
 			return
 		case !exists:
 			t.gone = true
@@ -231,9 +242,10 @@ func (h *Hub) fetch(t *topic) {
 			t.appendLocked(msgs)
 			t.pending = max(t.pending, last)
 			t.wakeLocked()
-		case t.pending == rung && !t.check:
-			// Nothing new and no ring during the read: every ring so far
-			// is satisfied (a ring is only sent after its commit).
+		case t.pending == announced && !t.check:
+			// Nothing new and no change announced during the read: every
+			// change so far is read (one is only announced after its
+			// commit).
 			t.pending = t.fetched
 			t.fetching = false
 			t.mu.Unlock()
@@ -248,7 +260,7 @@ func (h *Hub) fetch(t *topic) {
 // first rule every watched conversation would keep its last bufferMessages
 // messages for as long as it is watched: tens of megabytes on a replica
 // watching a thousand busy conversations.
-func (t *topic) appendLocked(msgs []conversation.Message) {
+func (t *topic) appendLocked(msgs []Message) {
 	floor := t.fetched
 	for s := range t.watchers {
 		floor = min(floor, s.read)
@@ -257,7 +269,7 @@ func (t *topic) appendLocked(msgs []conversation.Message) {
 	for _, m := range msgs {
 		bytes += len(m.Content)
 	}
-	at := func(i int) *conversation.Message {
+	at := func(i int) *Message {
 		if i < len(t.buf) {
 			return &t.buf[i]
 		}
@@ -272,12 +284,12 @@ func (t *topic) appendLocked(msgs []conversation.Message) {
 	case drop == 0:
 		t.buf = append(t.buf, msgs...)
 	case drop >= len(t.buf):
-		// msgs is the source's fresh slice: it becomes the buffer.
+		// msgs is the store's fresh slice: it becomes the buffer.
 		t.buf = msgs[drop-len(t.buf):]
 	default:
 		// Copy rather than reslice so dropped messages can be collected;
 		// watchers keep the old array as long as they need it.
-		t.buf = append(append(make([]conversation.Message, 0, n-drop), t.buf[drop:]...), msgs...)
+		t.buf = append(append(make([]Message, 0, n-drop), t.buf[drop:]...), msgs...)
 	}
 	t.bufBytes = bytes
 	t.fetched = msgs[len(msgs)-1].Seq
@@ -292,13 +304,13 @@ func (t *topic) wakeLocked() {
 	}
 }
 
-// Ready implements conversation.Subscription.
-func (s *subscription) Ready() <-chan struct{} { return s.ready }
-
-// Since implements conversation.Subscription. The returned slice shares the
-// topic's array; it is capped so that appends by the caller cannot write
-// into it, and the topic never changes elements it has handed out.
-func (s *subscription) Since(after int64) ([]conversation.Message, int64, bool) {
+// since returns the topic's buffered messages with seq > after, in order,
+// starting at after+1, or none when the buffer does not reach back that
+// far; latest is the highest seq known committed, and gone reports that the
+// conversation was deleted. The returned slice shares the topic's array; it
+// is capped so that appends by the caller cannot write into it, and the
+// topic never changes elements it has handed out.
+func (s *subscription) since(after int64) (msgs []Message, latest int64, gone bool) {
 	t := s.topic
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -313,8 +325,8 @@ func (s *subscription) Since(after int64) ([]conversation.Message, int64, bool) 
 	return t.buf[i:len(t.buf):len(t.buf)], t.fetched, false
 }
 
-// Close implements conversation.Subscription.
-func (s *subscription) Close() {
+// close stops following; ready is not signalled afterwards.
+func (s *subscription) close() {
 	h, t := s.hub, s.topic
 	h.mu.Lock()
 	defer h.mu.Unlock()

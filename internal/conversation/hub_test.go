@@ -1,4 +1,4 @@
-package doorbell
+package conversation
 
 import (
 	"context"
@@ -8,14 +8,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-
-	"github.com/parley-dev/parley/internal/conversation"
 )
 
-// fakeSource is an in-memory conversation log that counts reads.
+// fakeSource is an in-memory conversation log that counts reads. It serves
+// only the Store's reads the Hub makes.
 type fakeSource struct {
+	Store
 	mu    sync.Mutex
-	msgs  map[uuid.UUID][]conversation.Message
+	msgs  map[uuid.UUID][]Message
 	reads int
 }
 
@@ -23,12 +23,12 @@ func (f *fakeSource) append(id uuid.UUID, n int) int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for range n {
-		f.msgs[id] = append(f.msgs[id], conversation.Message{ConversationID: id, Seq: int64(len(f.msgs[id]) + 1)})
+		f.msgs[id] = append(f.msgs[id], Message{ConversationID: id, Seq: int64(len(f.msgs[id]) + 1)})
 	}
 	return int64(len(f.msgs[id]))
 }
 
-func (f *fakeSource) NewMessages(_ context.Context, id uuid.UUID, after int64, limit int) ([]conversation.Message, int64, bool, error) {
+func (f *fakeSource) NewMessages(_ context.Context, id uuid.UUID, after int64, limit int) ([]Message, int64, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reads++
@@ -37,7 +37,7 @@ func (f *fakeSource) NewMessages(_ context.Context, id uuid.UUID, after int64, l
 		return nil, 0, false, nil
 	}
 	rest := all[min(int(after), len(all)):]
-	return append([]conversation.Message(nil), rest[:min(limit, len(rest))]...), int64(len(all)), true, nil
+	return append([]Message(nil), rest[:min(limit, len(rest))]...), int64(len(all)), true, nil
 }
 
 func (f *fakeSource) LastSeqs(_ context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error) {
@@ -69,59 +69,59 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestHubReadsOncePerRing: however many watchers a conversation has, a ring
+// TestHubReadsOncePerChange: however many watchers a conversation has, a change
 // costs one read, and every watcher sees the shared messages.
-func TestHubReadsOncePerRing(t *testing.T) {
+func TestHubReadsOncePerChange(t *testing.T) {
 	t.Parallel()
 	id := uuid.New()
-	src := &fakeSource{msgs: map[uuid.UUID][]conversation.Message{id: nil}}
+	src := &fakeSource{msgs: map[uuid.UUID][]Message{id: nil}}
 	h := NewHub(src, slog.New(slog.DiscardHandler))
-	subs := make([]conversation.Subscription, 1000)
+	subs := make([]*subscription, 1000)
 	for i := range subs {
-		subs[i] = h.Subscribe(id, 0)
+		subs[i] = h.subscribe(id, 0)
 	}
 	waitFor(t, "the new topic's first look", func() bool { return src.readCount() == 1 })
 
-	h.Ring(id, src.append(id, 3))
+	h.Changed(id, src.append(id, 3))
 	for i, s := range subs {
 		select {
-		case <-s.Ready():
+		case <-s.ready:
 		case <-time.After(5 * time.Second):
 			t.Fatalf("watcher %d not woken", i)
 		}
-		msgs, latest, gone := s.Since(1)
+		msgs, latest, gone := s.since(1)
 		if gone || latest != 3 || len(msgs) != 2 || msgs[0].Seq != 2 {
 			t.Fatalf("Since(1) = %v, %d, %v", msgs, latest, gone)
 		}
 	}
 	if n := src.readCount(); n != 2 {
-		t.Errorf("%d reads for 1000 watchers and one ring, want 2 (first look + ring)", n)
+		t.Errorf("%d reads for 1000 watchers and one change, want 2 (first look + change)", n)
 	}
-	// A ring for what was read already costs nothing.
-	h.Ring(id, 3)
-	h.Ring(id, 2)
+	// A change to what was read already costs nothing.
+	h.Changed(id, 3)
+	h.Changed(id, 2)
 	time.Sleep(20 * time.Millisecond)
 	if n := src.readCount(); n != 2 {
-		t.Errorf("stale rings caused reads: %d", n)
+		t.Errorf("stale changes caused reads: %d", n)
 	}
 	for _, s := range subs {
-		s.Close()
+		s.close()
 	}
 	if h.Watched() != 0 {
 		t.Errorf("Watched() = %d after all closed", h.Watched())
 	}
 }
 
-// TestHubRecheckFindsLostRings: with no ring at all, Recheck finds new
+// TestHubRecheckFindsLostChanges: with no change announced at all, Recheck finds new
 // messages and deletions.
-func TestHubRecheckFindsLostRings(t *testing.T) {
+func TestHubRecheckFindsLostChanges(t *testing.T) {
 	t.Parallel()
 	a, b := uuid.New(), uuid.New()
-	src := &fakeSource{msgs: map[uuid.UUID][]conversation.Message{a: nil, b: nil}}
+	src := &fakeSource{msgs: map[uuid.UUID][]Message{a: nil, b: nil}}
 	h := NewHub(src, slog.New(slog.DiscardHandler))
-	sa, sb := h.Subscribe(a, 0), h.Subscribe(b, 0)
-	defer sa.Close()
-	defer sb.Close()
+	sa, sb := h.subscribe(a, 0), h.subscribe(b, 0)
+	defer sa.close()
+	defer sb.close()
 	src.append(a, 2)
 	src.mu.Lock()
 	delete(src.msgs, b)
@@ -130,8 +130,8 @@ func TestHubRecheckFindsLostRings(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the re-check's reads", func() bool {
-		msgs, _, _ := sa.Since(0)
-		_, _, gone := sb.Since(0)
+		msgs, _, _ := sa.since(0)
+		_, _, gone := sb.since(0)
 		return len(msgs) == 2 && gone
 	})
 }
@@ -141,16 +141,16 @@ func TestHubRecheckFindsLostRings(t *testing.T) {
 func TestHubBufferIsBounded(t *testing.T) {
 	t.Parallel()
 	id := uuid.New()
-	src := &fakeSource{msgs: map[uuid.UUID][]conversation.Message{id: nil}}
+	src := &fakeSource{msgs: map[uuid.UUID][]Message{id: nil}}
 	h := NewHub(src, slog.New(slog.DiscardHandler))
-	s := h.Subscribe(id, 0)
-	defer s.Close()
-	h.Ring(id, src.append(id, 3*bufferMessages))
-	waitFor(t, "all messages read", func() bool { _, latest, _ := s.Since(0); return latest == 3*bufferMessages })
-	if msgs, _, _ := s.Since(0); len(msgs) != 0 {
+	s := h.subscribe(id, 0)
+	defer s.close()
+	h.Changed(id, src.append(id, 3*bufferMessages))
+	waitFor(t, "all messages read", func() bool { _, latest, _ := s.since(0); return latest == 3*bufferMessages })
+	if msgs, _, _ := s.since(0); len(msgs) != 0 {
 		t.Errorf("Since(0) returned %d messages from a bounded buffer", len(msgs))
 	}
-	msgs, _, _ := s.Since(3*bufferMessages - 10)
+	msgs, _, _ := s.since(3*bufferMessages - 10)
 	if len(msgs) != 10 || msgs[0].Seq != 3*bufferMessages-9 {
 		t.Errorf("Since(latest-10) = %d messages", len(msgs))
 	}
@@ -161,54 +161,38 @@ func TestHubBufferIsBounded(t *testing.T) {
 func TestHubDropsWhatEveryWatcherRead(t *testing.T) {
 	t.Parallel()
 	id := uuid.New()
-	src := &fakeSource{msgs: map[uuid.UUID][]conversation.Message{id: nil}}
+	src := &fakeSource{msgs: map[uuid.UUID][]Message{id: nil}}
 	h := NewHub(src, slog.New(slog.DiscardHandler))
-	a, b := h.Subscribe(id, 0), h.Subscribe(id, 0)
-	defer a.Close()
-	defer b.Close()
-	latest := func(s conversation.Subscription, after, want int64) func() bool {
-		return func() bool { _, l, _ := s.Since(after); return l == want }
+	a, b := h.subscribe(id, 0), h.subscribe(id, 0)
+	defer a.close()
+	defer b.close()
+	latest := func(s *subscription, after, want int64) func() bool {
+		return func() bool { _, l, _ := s.since(after); return l == want }
 	}
 
-	h.Ring(id, src.append(id, 3))
+	h.Changed(id, src.append(id, 3))
 	waitFor(t, "seq 3", latest(a, 3, 3))
-	if msgs, _, _ := b.Since(1); len(msgs) != 2 {
-		t.Fatalf("b.Since(1) = %d messages, want 2", len(msgs))
+	if msgs, _, _ := b.since(1); len(msgs) != 2 {
+		t.Fatalf("b.since(1) = %d messages, want 2", len(msgs))
 	}
 	// a has read 3 and b 1: only seq 1 is read by both.
-	h.Ring(id, src.append(id, 2))
+	h.Changed(id, src.append(id, 2))
 	waitFor(t, "seq 5", latest(b, 1, 5))
-	if msgs, _, _ := b.Since(0); len(msgs) != 0 {
+	if msgs, _, _ := b.since(0); len(msgs) != 0 {
 		t.Errorf("seq 1, read by every watcher, still buffered: Since(0) = %d messages", len(msgs))
 	}
-	if msgs, _, _ := b.Since(1); len(msgs) != 4 || msgs[0].Seq != 2 {
-		t.Errorf("b.Since(1) = %v, want seqs 2-5", msgs)
+	if msgs, _, _ := b.since(1); len(msgs) != 4 || msgs[0].Seq != 2 {
+		t.Errorf("b.since(1) = %v, want seqs 2-5", msgs)
 	}
 
-	a.Since(5)
-	b.Since(5)
-	h.Ring(id, src.append(id, 1))
+	a.since(5)
+	b.since(5)
+	h.Changed(id, src.append(id, 1))
 	waitFor(t, "seq 6", latest(a, 5, 6))
-	if msgs, _, _ := a.Since(4); len(msgs) != 0 {
+	if msgs, _, _ := a.since(4); len(msgs) != 0 {
 		t.Errorf("seqs up to 5, read by every watcher, still buffered: Since(4) = %d messages", len(msgs))
 	}
-	if msgs, _, _ := a.Since(5); len(msgs) != 1 || msgs[0].Seq != 6 {
-		t.Errorf("a.Since(5) = %v, want seq 6", msgs)
-	}
-}
-
-func TestRingCodec(t *testing.T) {
-	t.Parallel()
-	id := uuid.New()
-	for _, seq := range []int64{-1, 0, 1, 1 << 40} {
-		gotID, gotSeq, ok := decodeRing(encodeRing(id, seq))
-		if !ok || gotID != id || gotSeq != seq {
-			t.Errorf("round trip of %d = %v %d %v", seq, gotID, gotSeq, ok)
-		}
-	}
-	for _, bad := range []string{"", "x", id.String(), id.String() + " x", "nope 5"} {
-		if _, _, ok := decodeRing(bad); ok {
-			t.Errorf("decodeRing(%q) accepted", bad)
-		}
+	if msgs, _, _ := a.since(5); len(msgs) != 1 || msgs[0].Seq != 6 {
+		t.Errorf("a.since(5) = %v, want seq 6", msgs)
 	}
 }
