@@ -310,8 +310,11 @@ func TestRapidResetCountsEveryRequest(t *testing.T) {
 	if allowed > 2*perMinute+20 {
 		t.Errorf("%d reset requests allowed, want at most about %d", allowed, 2*perMinute)
 	}
-	if warn+other > 3 {
-		t.Errorf("the rapid reset logged %d lines besides the access log, want at most 3: %q", warn+other, sample)
+	// Each dependency's outage log writes at most a failure and a recovery
+	// line per interval, so a busy machine whose Valkey times out now and
+	// then adds a line or two; one line per stream would be thousands.
+	if warn+other > 10 {
+		t.Errorf("the rapid reset logged %d lines besides the access log, want at most 10: %q", warn+other, sample)
 	}
 }
 
