@@ -76,6 +76,10 @@ var wire = []string{
 
 var domains = []string{"account", "auth", "conversation", "room", "file"}
 
+// localServers starts database servers as child processes: a tool for the
+// test harness and `parley dev`, never for a serving path. It stands alone.
+const localServers = module + "/internal/localserver"
+
 func TestDependenciesPointInward(t *testing.T) {
 	pkgs := listPackages(t)
 	// The rules below only mean something if go list reports transitive
@@ -100,11 +104,17 @@ func TestDependenciesPointInward(t *testing.T) {
 			banned = append(banned, "github.com/prometheus/", module+"/internal/rpc", module+"/internal/postgres")
 		case rel == "internal/rpc":
 			banned = append(banned, infrastructure...)
+		case p.ImportPath == localServers:
+			banned = append(append(banned, infrastructure...), wire...)
+			banned = append(banned, module+"/internal", module+"/cmd")
 		case strings.HasPrefix(rel, "internal/") && !strings.HasPrefix(rel, "internal/testenv"):
 			banned = append(banned, module+"/cmd")
 		}
 		if !strings.HasPrefix(rel, "internal/rpc") && !strings.HasPrefix(rel, "cmd/") && !strings.HasPrefix(rel, "internal/archtest") {
 			banned = append(banned, module+"/internal/rpc")
+		}
+		if !strings.HasPrefix(rel, "cmd/") && !strings.HasPrefix(rel, "internal/testenv") {
+			banned = append(banned, localServers)
 		}
 		for _, dep := range p.Deps {
 			for _, b := range banned {

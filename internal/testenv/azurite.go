@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/parley-dev/parley/internal/localserver"
 )
 
 const (
@@ -68,19 +70,19 @@ func startAzurite() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	su := serverUser{uid: -1, gid: -1}
-	dir, err := su.makeDir(azuriteDirPrefix)
+	dir, err := makeDir(azuriteDirPrefix)
 	if err != nil {
 		return "", err
 	}
 	azurite.dir = dir
 	logPath := filepath.Join(dir, "azurite.log")
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := localserver.FreePort()
 		if err != nil {
 			return "", err
 		}
-		proc, err := su.start("azurite", syscall.SIGKILL, dir, logPath, node, main,
+		proc, err := localserver.Start(localserver.Command{Name: "azurite", Path: node, Dir: dir, Log: logPath, User: localserver.CurrentUser(), Args: []string{
+			main,
 			"--blobHost", "127.0.0.1",
 			"--blobPort", strconv.Itoa(port),
 			// In memory; the working directory (dir) takes what little
@@ -91,12 +93,13 @@ func startAzurite() (string, error) {
 			"--disableProductStyleUrl",
 			"--disableTelemetry",
 			"--silent",
-		)
+		}})
 		if err != nil {
 			return "", err
 		}
+		track(proc)
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		err = proc.waitReady(azuriteReadyTimeout, func(ctx context.Context) error {
+		err = proc.WaitReady(context.Background(), azuriteReadyTimeout, func(ctx context.Context) error {
 			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 			if err != nil {
 				return err
@@ -107,7 +110,7 @@ func startAzurite() (string, error) {
 			return fmt.Sprintf("DefaultEndpointsProtocol=http;AccountName=%s;AccountKey=%s;BlobEndpoint=http://%s/%s;",
 				azuriteAccount, azuriteKey, addr, azuriteAccount), nil
 		}
-		proc.stop()
+		stop(proc)
 		if attempt == azuriteStartTries {
 			return "", err
 		}
@@ -116,14 +119,8 @@ func startAzurite() (string, error) {
 
 // lookNode finds the node binary, preferring PATH.
 func lookNode() (string, error) {
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		p := filepath.Join(dir, "node")
-		if isExecutable(p) {
-			return p, nil
-		}
-	}
-	for _, p := range []string{"/usr/bin/node", "/usr/local/bin/node"} {
-		if isExecutable(p) {
+	for _, name := range []string{"node", "/usr/bin/node", "/usr/local/bin/node"} {
+		if p, err := exec.LookPath(name); err == nil {
 			return p, nil
 		}
 	}

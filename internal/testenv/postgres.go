@@ -2,30 +2,25 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"slices"
-	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/uptrace/bun"
 
+	"github.com/parley-dev/parley/internal/localserver"
 	"github.com/parley-dev/parley/internal/postgres"
 )
 
 const (
 	databaseURLEnv   = "PARLEY_TEST_DATABASE_URL"
 	pgDirPrefix      = "parley-pg-"
-	pgReadyTimeout   = 60 * time.Second
-	pgStartAttempts  = 3
 	adminOpTimeout   = 60 * time.Second
 	privateTemplate  = "parley_template"
 	testDBMaxConns   = 20
@@ -40,7 +35,7 @@ var pg struct {
 	err      error
 	adminURL string
 	admin    *bun.DB
-	proc     *process // nil for an external server
+	proc     *localserver.Process // nil for an external server
 	dir      string
 
 	tplOnce sync.Once
@@ -122,108 +117,43 @@ func initPostgres() error {
 	return nil
 }
 
-// startPrivatePostgres runs initdb and postgres in a fresh temporary
-// directory, retrying when another process grabs the chosen port first.
+// startPrivatePostgres starts a server in a fresh temporary directory.
 func startPrivatePostgres() error {
-	bin, err := postgresBinDir()
-	if err != nil {
-		return err
-	}
-	su, err := postgresUser()
-	if err != nil {
-		return err
-	}
-	dir, err := su.makeDir(pgDirPrefix)
+	dir, err := makeDir(pgDirPrefix)
 	if err != nil {
 		return err
 	}
 	pg.dir = dir
-	logPath := filepath.Join(dir, "postgres.log")
-	data := filepath.Join(dir, "data")
-	if err := su.run(dir, logPath, filepath.Join(bin, "initdb"),
-		"-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
-		return err
-	}
-	proc, adminURL, err := launchPostgres(su, bin, dir, logPath, data, []string{
-		"fsync=off",
-		"synchronous_commit=off",
-		"full_page_writes=off",
-		"max_connections=500",
+	srv, err := startLocalPostgres(localserver.PostgresOptions{
+		Dir:    dir,
+		NoSync: true,
+		Settings: []string{
+			"fsync=off",
+			"synchronous_commit=off",
+			"full_page_writes=off",
+			"max_connections=500",
+		},
 	})
 	if err != nil {
 		return err
 	}
-	pg.proc = proc
-	pg.adminURL = adminURL
+	pg.proc = srv.Process
+	pg.adminURL = srv.AdminURL()
 	return nil
 }
 
-// launchPostgres starts postgres on an initialised data directory with the
-// given -c settings and waits until it accepts connections, retrying when
-// another process grabs the chosen port first.
-func launchPostgres(su serverUser, bin, dir, logPath, data string, settings []string) (*process, string, error) {
-	for attempt := 1; ; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			return nil, "", err
-		}
-		args := []string{"-D", data, "-p", strconv.Itoa(port), "-k", dir, "-c", "listen_addresses=127.0.0.1"}
-		for _, s := range settings {
-			args = append(args, "-c", s)
-		}
-		proc, err := su.start("postgres", syscall.SIGQUIT, dir, logPath, filepath.Join(bin, "postgres"), args...)
-		if err != nil {
-			return nil, "", err
-		}
-		adminURL := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
-		err = proc.waitReady(pgReadyTimeout, func(ctx context.Context) error {
-			db, err := postgres.Open(ctx, adminURL, postgres.Options{MaxOpenConns: 1})
-			if err != nil {
-				return err
-			}
-			return db.Close()
-		})
-		if err == nil {
-			return proc, adminURL, nil
-		}
-		proc.stop()
-		if attempt == pgStartAttempts {
-			return nil, "", err
-		}
+// startLocalPostgres starts a tracked server, naming the variable that
+// would make it unneeded when PostgreSQL is not installed.
+func startLocalPostgres(opts localserver.PostgresOptions) (*localserver.Postgres, error) {
+	srv, err := localserver.StartPostgres(context.Background(), opts)
+	if errors.Is(err, localserver.ErrNotInstalled) {
+		return nil, fmt.Errorf("%w: install it or set %s", err, databaseURLEnv)
 	}
-}
-
-// postgresBinDir finds a directory holding both initdb and postgres of the
-// same installation: PATH first, then the newest /usr/lib/postgresql/*/bin.
-func postgresBinDir() (string, error) {
-	var candidates []string
-	if p, err := exec.LookPath("initdb"); err == nil {
-		if real, err := filepath.EvalSymlinks(p); err == nil {
-			candidates = append(candidates, filepath.Dir(real))
-		}
-		candidates = append(candidates, filepath.Dir(p))
+	if err != nil {
+		return nil, err
 	}
-	versions, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	slices.SortFunc(versions, func(a, b string) int {
-		return versionOf(b) - versionOf(a)
-	})
-	candidates = append(candidates, versions...)
-	for _, dir := range candidates {
-		if isExecutable(filepath.Join(dir, "initdb")) && isExecutable(filepath.Join(dir, "postgres")) {
-			return dir, nil
-		}
-	}
-	return "", fmt.Errorf("initdb and postgres not found on PATH or in /usr/lib/postgresql/*/bin: install PostgreSQL or set %s", databaseURLEnv)
-}
-
-func versionOf(binDir string) int {
-	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
-	return v
-}
-
-func isExecutable(path string) bool {
-	st, err := os.Stat(path)
-	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+	track(srv.Process)
+	return srv, nil
 }
 
 // createTemplate creates and migrates the database every test database is
@@ -318,7 +248,7 @@ func stopPostgres() {
 		_ = pg.admin.Close()
 	}
 	if pg.proc != nil {
-		pg.proc.stop()
+		stop(pg.proc)
 	}
 	if pg.dir != "" {
 		_ = os.RemoveAll(pg.dir)

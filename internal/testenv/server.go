@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/parley-dev/parley/internal/localserver"
 	"github.com/parley-dev/parley/internal/postgres"
 )
 
@@ -32,7 +33,7 @@ type Postgres struct {
 	adminURL string
 	binDir   string
 	settings []string
-	proc     *process
+	proc     *localserver.Process
 }
 
 // StartPostgres starts a private PostgreSQL server with opts, stopped and
@@ -48,28 +49,11 @@ func StartPostgres(t testing.TB, opts PostgresOptions) *Postgres {
 }
 
 func startServer(t testing.TB, opts PostgresOptions) (*Postgres, error) {
-	bin, err := postgresBinDir()
-	if err != nil {
-		return nil, err
-	}
-	su, err := postgresUser()
-	if err != nil {
-		return nil, err
-	}
-	dir, err := su.makeDir(serverDirPrefix)
+	dir, err := makeDir(serverDirPrefix)
 	if err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	logPath := filepath.Join(dir, "postgres.log")
-	data := filepath.Join(dir, "data")
-	initArgs := []string{"-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"}
-	if !opts.Durable {
-		initArgs = append(initArgs, "--no-sync")
-	}
-	if err := su.run(dir, logPath, filepath.Join(bin, "initdb"), initArgs...); err != nil {
-		return nil, err
-	}
 	onOff := "off"
 	if opts.Durable {
 		onOff = "on"
@@ -85,18 +69,18 @@ func startServer(t testing.TB, opts PostgresOptions) (*Postgres, error) {
 		"max_connections=" + strconv.Itoa(maxConns),
 	}
 	settings = append(settings, opts.Settings...)
-	proc, adminURL, err := launchPostgres(su, bin, dir, logPath, data, settings)
+	srv, err := startLocalPostgres(localserver.PostgresOptions{Dir: dir, NoSync: !opts.Durable, Settings: settings})
 	if err != nil {
 		return nil, err
 	}
 	// Registered after the directory's removal, so it runs first.
-	t.Cleanup(proc.stop)
-	return &Postgres{adminURL: adminURL, binDir: bin, settings: settings, proc: proc}, nil
+	t.Cleanup(func() { stop(srv.Process) })
+	return &Postgres{adminURL: srv.AdminURL(), binDir: srv.BinDir, settings: settings, proc: srv.Process}, nil
 }
 
 // Stop shuts the server down at once (SIGQUIT, an immediate shutdown):
 // clients' connections end and new ones are refused, as in an outage.
-func (p *Postgres) Stop() { p.proc.stop() }
+func (p *Postgres) Stop() { stop(p.proc) }
 
 // AdminURL returns the URL of the server's `postgres` database as the
 // superuser.

@@ -1,28 +1,20 @@
 package testenv
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/valkey-io/valkey-go"
+
+	"github.com/parley-dev/parley/internal/localserver"
 )
 
 const (
-	valkeyURLEnv       = "PARLEY_TEST_VALKEY_URL"
-	valkeyDirPrefix    = "parley-valkey-"
-	valkeyReadyTimeout = 20 * time.Second
-	valkeyStartTries   = 3
+	valkeyURLEnv    = "PARLEY_TEST_VALKEY_URL"
+	valkeyDirPrefix = "parley-valkey-"
 )
 
 var shared struct {
@@ -45,7 +37,7 @@ func ValkeyURL(t testing.TB) string {
 		v := &Valkey{}
 		if shared.err = v.init(); shared.err == nil {
 			shared.dir = v.dir
-			shared.err = v.startNew()
+			shared.err = v.start()
 		}
 		shared.url = v.URL()
 	})
@@ -59,11 +51,10 @@ func ValkeyURL(t testing.TB) string {
 // stop and restart it or need it empty.
 type Valkey struct {
 	t    testing.TB
-	bin  string
 	dir  string
 	port int
 	mu   sync.Mutex
-	proc *process
+	srv  *localserver.Valkey
 }
 
 // NewValkey starts a private server, stopped at cleanup. It always starts
@@ -78,7 +69,7 @@ func NewValkey(t testing.TB) *Valkey {
 		v.Stop()
 		_ = os.RemoveAll(v.dir)
 	})
-	if err := v.startNew(); err != nil {
+	if err := v.start(); err != nil {
 		t.Fatalf("testenv: Valkey: %v", err)
 	}
 	return v
@@ -103,111 +94,49 @@ func (v *Valkey) Start() {
 func (v *Valkey) Stop() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.proc != nil {
-		v.proc.stop()
-		v.proc = nil
+	if v.srv != nil {
+		stop(v.srv.Process)
+		v.srv = nil
 	}
 }
 
 // Flush deletes every key.
 func (v *Valkey) Flush() {
 	v.t.Helper()
-	if reply, err := command(v.URL(), "FLUSHALL"); err != nil || reply != "+OK" {
-		v.t.Fatalf("testenv: Valkey FLUSHALL: %q %v", reply, err)
+	c := ValkeyClient(v.t, v.URL())
+	if err := c.Do(context.Background(), c.B().Flushall().Build()).Error(); err != nil {
+		v.t.Fatalf("testenv: Valkey FLUSHALL: %v", err)
 	}
 }
 
 func (v *Valkey) init() error {
-	bin, err := valkeyBinary()
+	if _, err := localserver.FindValkey(); err != nil {
+		return fmt.Errorf("%w: install valkey-server or redis-server, or set %s", err, valkeyURLEnv)
+	}
+	dir, err := makeDir(valkeyDirPrefix)
 	if err != nil {
 		return err
 	}
-	dir, err := serverUser{uid: -1, gid: -1}.makeDir(valkeyDirPrefix)
-	if err != nil {
-		return err
-	}
-	port, err := freePort()
-	if err != nil {
-		os.RemoveAll(dir)
-		return err
-	}
-	v.bin, v.dir, v.port = bin, dir, port
+	v.dir = dir
 	return nil
 }
 
-// startNew starts the server for the first time, on another free port when
-// something else takes the chosen one before the server binds it. Later
-// starts keep the port, so the URL stays the same.
-func (v *Valkey) startNew() error {
-	for attempt := 1; ; attempt++ {
-		err := v.start()
-		if err == nil || attempt == valkeyStartTries {
-			return err
-		}
-		if v.port, err = freePort(); err != nil {
-			return err
-		}
-	}
-}
-
+// start starts the server: the first time on a free port (another one when
+// something else takes it before the server binds it), later on the same
+// port, so the URL stays the same.
 func (v *Valkey) start() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.proc != nil {
+	if v.srv != nil {
 		return nil
 	}
-	logPath := filepath.Join(v.dir, "valkey.log")
-	su := serverUser{uid: -1, gid: -1}
-	proc, err := su.start(filepath.Base(v.bin), syscall.SIGKILL, v.dir, logPath, v.bin,
-		"--port", strconv.Itoa(v.port),
-		"--bind", "127.0.0.1",
-		"--save", "",
-		"--appendonly", "no",
-		"--dir", v.dir,
-	)
+	srv, err := localserver.StartValkey(context.Background(), localserver.ValkeyOptions{Dir: v.dir, Port: v.port})
 	if err != nil {
 		return err
 	}
-	url := v.URL()
-	if err := proc.waitReady(valkeyReadyTimeout, func(context.Context) error {
-		reply, err := command(url, "PING")
-		if err == nil && reply != "+PONG" {
-			err = fmt.Errorf("PING answered %q", reply)
-		}
-		return err
-	}); err != nil {
-		proc.stop()
-		return err
-	}
-	v.proc = proc
+	track(srv.Process)
+	v.srv, v.port = srv, srv.Port
 	return nil
-}
-
-// valkeyBinary prefers valkey-server and falls back to redis-server.
-func valkeyBinary() (string, error) {
-	for _, name := range []string{"valkey-server", "redis-server"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("neither valkey-server nor redis-server is on PATH: install one or set %s", valkeyURLEnv)
-}
-
-// command sends one inline command and returns the first reply line. It
-// needs no client, so readiness checks stay independent of valkey-go.
-func command(url, cmd string) (string, error) {
-	addr := strings.TrimSuffix(strings.TrimPrefix(url, "redis://"), "/0")
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := conn.Write([]byte(cmd + "\r\n")); err != nil {
-		return "", err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	return strings.TrimSpace(line), err
 }
 
 // ValkeyClient returns a valkey-go client for url, closed at cleanup.
