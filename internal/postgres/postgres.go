@@ -96,3 +96,35 @@ func redactParseError(err error) error {
 	}
 	return fmt.Errorf("invalid database URL: %w", inner)
 }
+
+// EnsureDatabase creates the database that url names unless the server has
+// it, connecting to the server's `postgres` database as url's user, who
+// must be allowed to create databases.
+func EnsureDatabase(ctx context.Context, url string) error {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("ensure database: %w", redactParseError(err))
+	}
+	name := cfg.Database
+	u, err := neturl.Parse(url)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return errors.New("ensure database: want a postgres:// URL")
+	}
+	u.Path, u.RawPath = "/postgres", ""
+	db, err := Open(ctx, u.String(), Options{MaxOpenConns: 1})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var exists bool
+	if err := db.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", name).Scan(ctx, &exists); err != nil {
+		return fmt.Errorf("ensure database %s: %w", name, err)
+	}
+	if exists {
+		return nil
+	}
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
