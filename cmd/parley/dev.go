@@ -6,25 +6,23 @@ import (
 	"fmt"
 	"io"
 	"net"
-	neturl "net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/parley-dev/parley/internal/config"
 	"github.com/parley-dev/parley/internal/postgres"
 )
 
-// devDir keeps what `parley dev` makes for itself: the JWK set and blobs.
+// devDir keeps what `parley dev` makes for itself: the JWK set, blobs and
+// the data of the servers it starts.
 const devDir = ".parley-dev"
 
 // devDefaults are the settings `parley dev` uses for whatever the environment
-// leaves unset: the machine's local PostgreSQL and Valkey, a generated key,
-// LiveKit's --dev keys, and a browser origin for the example web app.
+// leaves unset: a generated key, LiveKit's --dev keys, and a browser origin
+// for the example web app. DATABASE_URL and VALKEY_URL name the servers on
+// --postgres-port and --valkey-port, or those dev starts itself.
 var devDefaults = map[string]string{
-	"DATABASE_URL":        "postgres://postgres@127.0.0.1:5432/parley_dev?sslmode=disable",
-	"VALKEY_URL":          "redis://127.0.0.1:6379/0",
 	"PARLEY_JWT_KEYS":     filepath.Join(devDir, "jwks.json"),
 	"PARLEY_BLOB_DIR":     filepath.Join(devDir, "blobs"),
 	"PARLEY_CORS_ORIGINS": "http://localhost:5173,http://127.0.0.1:5173",
@@ -36,14 +34,32 @@ var devDefaults = map[string]string{
 	"PARLEY_DRAIN_TIMEOUT":  "5s",
 }
 
+func devDatabaseURL(port int) string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/parley_dev?sslmode=disable", port)
+}
+
+func devValkeyURL(port int) string { return fmt.Sprintf("redis://127.0.0.1:%d/0", port) }
+
 func devCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dev", stderr, true)
+	var opts devServerOptions
+	fs.IntVar(&opts.postgresPort, "postgres-port", 5432, "use the PostgreSQL listening on this port of 127.0.0.1; if none does, start one")
+	fs.IntVar(&opts.valkeyPort, "valkey-port", 6379, "use the Valkey listening on this port of 127.0.0.1; if none does, start one")
+	fs.StringVar(&opts.postgresBin, "postgres-bin", "", "bin directory of the PostgreSQL to start (default: initdb on PATH, else the newest /usr/lib/postgresql/*/bin)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	opts.dir = devDir
+	opts.databaseURL, opts.valkeyURL = getenv("DATABASE_URL"), getenv("VALKEY_URL")
 	env := func(k string) string {
 		if v := getenv(k); v != "" {
 			return v
+		}
+		switch k {
+		case "DATABASE_URL":
+			return devDatabaseURL(opts.postgresPort)
+		case "VALKEY_URL":
+			return devValkeyURL(opts.valkeyPort)
 		}
 		return devDefaults[k]
 	}
@@ -55,8 +71,23 @@ func devCommand(ctx context.Context, args []string, getenv func(string) string, 
 	if err := ensureDevKeys(cfg.JWTKeysPath); err != nil {
 		return err
 	}
-	if getenv("DATABASE_URL") == "" {
-		if err := ensureDatabase(ctx, cfg.DatabaseURL); err != nil {
+	servers, err := startDevServers(ctx, opts, stderr)
+	if err != nil {
+		return err
+	}
+	// Also when Parley fails to start.
+	defer servers.stop()
+	if servers.postgres != nil {
+		cfg.DatabaseURL = devDatabaseURL(servers.postgres.Port)
+	}
+	if servers.valkey != nil {
+		cfg.ValkeyURL = devValkeyURL(servers.valkey.Port)
+	}
+	if opts.databaseURL == "" {
+		ensureCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := postgres.EnsureDatabase(ensureCtx, cfg.DatabaseURL)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("dev database: %w (set DATABASE_URL to a PostgreSQL you can reach)", err)
 		}
 	}
@@ -70,12 +101,12 @@ func devCommand(ctx context.Context, args []string, getenv func(string) string, 
 		fmt.Fprintf(stdout, `
 Parley is running on %[1]s (gRPC, gRPC-Web and Connect on one port).
 %[2]s
-
+%[3]s
 Register a user and read its profile:
 
   TOKEN=$(curl -s -X POST %[1]s/parley.v1.AuthService/Register -H 'Content-Type: application/json' -d '{"email":"dev-'$RANDOM'@example.com","password":"correct horse battery"}' | sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p') && curl -s -X POST %[1]s/parley.v1.UserService/GetProfile -H 'Content-Type: application/json' -H "Authorization: Bearer $TOKEN" -d '{}'
 
-`, base, liveKit)
+`, base, liveKit, servers.describe())
 	})
 }
 
@@ -107,32 +138,3 @@ func ensureDevKeys(path string) error {
 	}
 	return os.WriteFile(path, set, 0o600)
 }
-
-// ensureDatabase creates the database named in url if the server lacks it.
-func ensureDatabase(ctx context.Context, url string) error {
-	u, err := neturl.Parse(url)
-	if err != nil {
-		return errors.New("DATABASE_URL is not a URL")
-	}
-	name := strings.TrimPrefix(u.Path, "/")
-	admin := *u
-	admin.Path = "/postgres"
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	db, err := postgres.Open(ctx, admin.String(), postgres.Options{MaxOpenConns: 1})
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	var exists bool
-	if err := db.NewRaw("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = ?)", name).Scan(ctx, &exists); err != nil {
-		return err
-	}
-	if exists {
-		return nil
-	}
-	_, err = db.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name))
-	return err
-}
-
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
