@@ -157,7 +157,7 @@ func (s *AccountStore) UpdateDisplayName(ctx context.Context, id uuid.UUID, disp
 // CreateRefreshToken implements account.Store.
 func (s *AccountStore) CreateRefreshToken(ctx context.Context, t account.RefreshToken) (err error) {
 	defer markUnavailable(&err)
-	return s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	return inTx(ctx, s.db, "create refresh token", func(ctx context.Context, tx bun.Tx) error {
 		family := refreshFamilyRow{ID: t.FamilyID, UserID: t.UserID, AccessExpiresAt: t.AccessExpiresAt}
 		if _, err := tx.NewInsert().Model(&family).Exec(ctx); err != nil {
 			if isForeignKeyViolation(err) {
@@ -180,7 +180,7 @@ func (s *AccountStore) RotateRefreshToken(ctx context.Context, hash []byte, next
 		spent  account.RefreshToken
 		reused bool
 	)
-	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	err = inTx(ctx, s.db, "rotate refresh token", func(ctx context.Context, tx bun.Tx) error {
 		var cur struct {
 			ID              uuid.UUID `bun:"id"`
 			FamilyID        uuid.UUID `bun:"family_id"`
@@ -274,7 +274,7 @@ func (s *AccountStore) RevokeRefreshFamily(ctx context.Context, hash []byte, use
 		rf account.RevokedFamily
 		ok bool
 	)
-	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	err = inTx(ctx, s.db, "revoke refresh family", func(ctx context.Context, tx bun.Tx) error {
 		var f refreshFamilyRow
 		err := tx.NewRaw(`
 			UPDATE refresh_families AS f
@@ -464,7 +464,7 @@ func (s *AccountStore) PruneRefreshTokens(ctx context.Context, before time.Time)
 	defer markUnavailable(&err)
 	return pruneInBatches(func() (int64, error) {
 		var families []uuid.UUID
-		err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		err := inTx(ctx, s.db, "prune refresh tokens", func(ctx context.Context, tx bun.Tx) error {
 			// SKIP LOCKED leaves a token that a rotation holds to the next
 			// run, rather than waiting for it.
 			err := tx.NewRaw(`

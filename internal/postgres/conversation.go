@@ -113,18 +113,6 @@ RETURNING created_at, updated_at`
 	getConversationSQL = `SELECT ` + conversationColumns + `
   FROM conversations WHERE id = $1::uuid AND ($2::uuid IS NULL OR user_id = $2::uuid)`
 
-	listConversationsFirstSQL = `SELECT ` + conversationColumns + `
-  FROM conversations
- WHERE user_id = $1::uuid
- ORDER BY created_at DESC, id DESC
- LIMIT $2`
-
-	listConversationsNextSQL = `SELECT ` + conversationColumns + `
-  FROM conversations
- WHERE user_id = $1::uuid AND (created_at, id) < ($3::timestamptz, $4::uuid)
- ORDER BY created_at DESC, id DESC
- LIMIT $2`
-
 	deleteConversationSQL = `DELETE FROM conversations
  WHERE id = $1::uuid AND ($2::uuid IS NULL OR user_id = $2::uuid)`
 )
@@ -137,14 +125,15 @@ const (
 // ConversationStore keeps conversations, their messages and turn ids. It
 // implements conversation.Store.
 type ConversationStore struct {
-	db *sql.DB
+	db    *sql.DB
+	pages newestFirst
 }
 
 var _ conversation.Store = (*ConversationStore)(nil)
 
 // NewConversationStore returns a ConversationStore over db.
 func NewConversationStore(db *bun.DB) *ConversationStore {
-	return &ConversationStore{db: db.DB}
+	return &ConversationStore{db: db.DB, pages: newestFirstPages(conversationColumns, "conversations", "", "user_id")}
 }
 
 // scopeArg is the $2 of scoped statements: the owner, or NULL for any.
@@ -261,25 +250,13 @@ func (s *ConversationStore) ListMessages(ctx context.Context, r conversation.Mes
 	if r.Order == conversation.OrderOldestFirst {
 		q = ListMessagesOldestSQL
 	}
-	rows, err := s.db.QueryContext(ctx, q, uuidArg(r.ConversationID), r.After, r.Before, r.Limit)
-	if err != nil {
-		return nil, fmt.Errorf("list messages: %w", err)
-	}
-	defer rows.Close()
-	msgs := make([]conversation.Message, 0, min(r.Limit, 256))
-	for rows.Next() {
+	return readRows(ctx, s.db, "list messages", min(r.Limit, 256), func(rows *sql.Rows) (conversation.Message, error) {
 		m := conversation.Message{ConversationID: r.ConversationID}
 		var turnID sql.NullString
-		if err := rows.Scan(&m.Seq, &m.ID, &m.Role, &m.Content, &turnID, &m.CreatedAt); err != nil {
-			return nil, fmt.Errorf("list messages: scan: %w", err)
-		}
+		err := rows.Scan(&m.Seq, &m.ID, &m.Role, &m.Content, &turnID, &m.CreatedAt)
 		m.TurnID = turnID.String
-		msgs = append(msgs, m)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list messages: %w", err)
-	}
-	return msgs, nil
+		return m, err
+	}, q, uuidArg(r.ConversationID), r.After, r.Before, r.Limit)
 }
 
 // NewMessages returns up to limit messages of conversation id with seq >
@@ -402,7 +379,7 @@ func (s *ConversationStore) GetConversation(ctx context.Context, id uuid.UUID, s
 // ListConversations implements conversation.Store.
 func (s *ConversationStore) ListConversations(ctx context.Context, userID uuid.UUID, after *conversation.ConversationCursor, limit int) (_ []conversation.Conversation, err error) {
 	defer markUnavailable(&err)
-	return listPage(ctx, s.db, "list conversations", listConversationsFirstSQL, listConversationsNextSQL, userID, after, limit,
+	return listPage(ctx, s.db, "list conversations", s.pages, userID, after, limit,
 		func(rows *sql.Rows) (conversation.Conversation, error) {
 			var r conversationRow
 			err := rows.Scan(r.dest()...)

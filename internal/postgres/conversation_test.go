@@ -367,14 +367,19 @@ func assertKeysetPlan(t *testing.T, plan planNode, limit float64) {
 	}
 }
 
-// BenchmarkSaveTurn measures SaveTurnSQL as the store runs it: one round
-// trip per turn.
-func BenchmarkSaveTurn(b *testing.B) {
+// convBench returns a store on a database of its own and a conversation
+// there, with the scope of its owner.
+func convBench(b *testing.B) (*postgres.ConversationStore, conversation.Conversation, conversation.Scope) {
 	db := testenv.DB(b)
 	s := postgres.NewConversationStore(db)
 	owner := convSeedUser(b, db)
-	c := convCreate(b, s, owner)
-	scope := conversation.Scope{UserID: owner}
+	return s, convCreate(b, s, owner), conversation.Scope{UserID: owner}
+}
+
+// BenchmarkSaveTurn measures SaveTurnSQL as the store runs it: one round
+// trip per turn.
+func BenchmarkSaveTurn(b *testing.B) {
+	s, c, scope := convBench(b)
 	msgs := convMsgs("what is the weather like?", "Sunny, 21 degrees.")
 	i := 0
 	for b.Loop() {
@@ -438,5 +443,22 @@ func TestConversationStoreSimpleProtocol(t *testing.T) {
 				t.Fatalf("ListMessages: %+v, %v", msgs, err)
 			}
 		})
+	}
+}
+
+// BenchmarkListMessages measures an uncached ListMessages page of 50 as the
+// store reads it.
+func BenchmarkListMessages(b *testing.B) {
+	s, c, scope := convBench(b)
+	for i := range 30 {
+		if _, err := s.SaveTurn(b.Context(), c.ID, scope, fmt.Sprint("turn-", i), convMsgs("u", "a")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r := conversation.MessageRange{ConversationID: c.ID, Order: conversation.OrderNewestFirst, Before: 61, Limit: 51}
+	for b.Loop() {
+		if msgs, err := s.ListMessages(b.Context(), r); err != nil || len(msgs) != 51 {
+			b.Fatal(len(msgs), err)
+		}
 	}
 }

@@ -13,4 +13,5 @@ var (
 	IsUnavailable         = isUnavailable
 	MigrateFS             = migrateFS
 	MigrationLockKey      = migrationLockKey
+	InTx                  = inTx
 )

@@ -37,18 +37,6 @@ RETURNING created_at`
   FROM files f JOIN conversations c ON c.id = f.conversation_id
  WHERE f.id = $1::uuid AND ($2::uuid IS NULL OR c.user_id = $2::uuid)`
 
-	listFilesFirstSQL = `SELECT ` + fileColumns + `
-  FROM files f
- WHERE f.conversation_id = $1::uuid
- ORDER BY f.created_at DESC, f.id DESC
- LIMIT $2`
-
-	listFilesNextSQL = `SELECT ` + fileColumns + `
-  FROM files f
- WHERE f.conversation_id = $1::uuid AND (f.created_at, f.id) < ($3::timestamptz, $4::uuid)
- ORDER BY f.created_at DESC, f.id DESC
- LIMIT $2`
-
 	// markReadySQL turns a pending file READY, claims the reservation $5 of
 	// its blob, and queues its staging blob ($4 is file.StagingSuffix) for
 	// deletion once no upload URL can create it again: 16 minutes after the
@@ -153,14 +141,16 @@ const maxErrorLen = 1000
 // FileStore keeps files and the blob-deletion outbox. It implements
 // file.Store.
 type FileStore struct {
-	db *sql.DB
+	db    *sql.DB // for $n statements: bun.DB's own methods would format them
+	bun   *bun.DB // for inTx
+	pages newestFirst
 }
 
 var _ file.Store = (*FileStore)(nil)
 
 // NewFileStore returns a FileStore over db.
 func NewFileStore(db *bun.DB) *FileStore {
-	return &FileStore{db: db.DB}
+	return &FileStore{db: db.DB, bun: db, pages: newestFirstPages(fileColumns, "files f", "f.", "conversation_id")}
 }
 
 // Reserve implements file.Store.
@@ -176,36 +166,28 @@ func (s *FileStore) Reserve(ctx context.Context, blobName string, due time.Time)
 // CreateFile implements file.Store.
 func (s *FileStore) CreateFile(ctx context.Context, f file.File, r file.Reservation) (_ file.File, err error) {
 	defer markUnavailable(&err)
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return file.File{}, fmt.Errorf("create file: begin: %w", err)
-	}
-	defer func() {
+	err = inTx(ctx, s.bun, "create file", func(ctx context.Context, tx bun.Tx) error {
+		if r != 0 {
+			n, err := rowsAffected(tx.Tx.ExecContext(ctx, claimReservationSQL, int64(r)))
+			if err != nil {
+				return fmt.Errorf("create file: claim reservation: %w", err)
+			}
+			if n != 1 {
+				return file.ErrReservationLost
+			}
+		}
+		err := tx.Tx.QueryRowContext(ctx, insertFileSQL, f.ID, f.ConversationID, f.BlobName(), f.Filename, f.ContentType,
+			f.SizeBytes, f.SHA256, int16(f.Kind), int16(f.Status)).Scan(&f.CreatedAt)
+		if isForeignKeyViolation(err) {
+			return conversation.ErrNotFound
+		}
 		if err != nil {
-			_ = tx.Rollback()
+			return fmt.Errorf("create file: %w", err)
 		}
-	}()
-	if r != 0 {
-		res, err := tx.ExecContext(ctx, claimReservationSQL, int64(r))
-		if err != nil {
-			return file.File{}, fmt.Errorf("create file: claim reservation: %w", err)
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return file.File{}, fmt.Errorf("create file: claim reservation: %w", err)
-		} else if n != 1 {
-			return file.File{}, file.ErrReservationLost
-		}
-	}
-	err = tx.QueryRowContext(ctx, insertFileSQL, f.ID, f.ConversationID, f.BlobName(), f.Filename, f.ContentType,
-		f.SizeBytes, f.SHA256, int16(f.Kind), int16(f.Status)).Scan(&f.CreatedAt)
-	if isForeignKeyViolation(err) {
-		return file.File{}, conversation.ErrNotFound
-	}
+		return nil
+	})
 	if err != nil {
-		return file.File{}, fmt.Errorf("create file: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return file.File{}, fmt.Errorf("create file: commit: %w", err)
+		return file.File{}, err
 	}
 	return f, nil
 }
@@ -242,7 +224,7 @@ func (s *FileStore) GetFile(ctx context.Context, id uuid.UUID, scope conversatio
 // ListFiles implements file.Store.
 func (s *FileStore) ListFiles(ctx context.Context, conv uuid.UUID, after *file.Cursor, limit int) (_ []file.File, err error) {
 	defer markUnavailable(&err)
-	return listPage(ctx, s.db, "list files", listFilesFirstSQL, listFilesNextSQL, conv, after, limit,
+	return listPage(ctx, s.db, "list files", s.pages, conv, after, limit,
 		func(rows *sql.Rows) (file.File, error) {
 			var r fileRow
 			err := rows.Scan(r.dest()...)
@@ -437,46 +419,40 @@ func (s *FileStore) leaseImports(ctx context.Context, limit int) ([]recordingImp
 
 // fileRecording stores the file of an import whose blob was copied, and
 // queues the blobs no row names any longer.
-func (s *FileStore) fileRecording(ctx context.Context, ri recordingImport, f file.File) (err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("file recording: begin: %w", err)
-	}
-	defer func() {
+func (s *FileStore) fileRecording(ctx context.Context, ri recordingImport, f file.File) error {
+	return inTx(ctx, s.bun, "file recording", func(ctx context.Context, tx bun.Tx) error {
+		if n, err := rowsAffected(tx.Tx.ExecContext(ctx, takeImportSQL, ri.ID)); err != nil {
+			return fmt.Errorf("file recording: take import: %w", err)
+		} else if n == 0 {
+			// Filed by another worker; this transaction changed nothing.
+			return nil
+		}
+		var (
+			n   int64
+			err error
+		)
+		if ri.existing {
+			n, err = rowsAffected(tx.Tx.ExecContext(ctx, moveRecordingSQL, f.ID, f.BlobName(), f.SizeBytes))
+		} else {
+			n, err = rowsAffected(tx.Tx.ExecContext(ctx, fileRecordingSQL, f.ID, f.ConversationID, f.BlobName(), f.Filename,
+				f.ContentType, f.SizeBytes))
+		}
 		if err != nil {
-			_ = tx.Rollback()
+			return fmt.Errorf("file recording: %w", err)
 		}
-	}()
-	if n, err := rowsAffected(tx.ExecContext(ctx, takeImportSQL, ri.ID)); err != nil {
-		return fmt.Errorf("file recording: take import: %w", err)
-	} else if n == 0 {
-		return tx.Rollback()
-	}
-	var n int64
-	if ri.existing {
-		n, err = rowsAffected(tx.ExecContext(ctx, moveRecordingSQL, f.ID, f.BlobName(), f.SizeBytes))
-	} else {
-		n, err = rowsAffected(tx.ExecContext(ctx, fileRecordingSQL, f.ID, f.ConversationID, f.BlobName(), f.Filename,
-			f.ContentType, f.SizeBytes))
-	}
-	if err != nil {
-		return fmt.Errorf("file recording: %w", err)
-	}
-	unnamed := []string{ri.Source}
-	if n == 0 {
-		// The conversation, or the earlier release's row, is gone: so is
-		// the recording.
-		unnamed = append(unnamed, f.BlobName())
-	}
-	for _, name := range unnamed {
-		if _, err := tx.ExecContext(ctx, queueBlobSQL, name); err != nil {
-			return fmt.Errorf("file recording: queue blob deletion: %w", err)
+		unnamed := []string{ri.Source}
+		if n == 0 {
+			// The conversation, or the earlier release's row, is gone: so is
+			// the recording.
+			unnamed = append(unnamed, f.BlobName())
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("file recording: commit: %w", err)
-	}
-	return nil
+		for _, name := range unnamed {
+			if _, err := tx.Tx.ExecContext(ctx, queueBlobSQL, name); err != nil {
+				return fmt.Errorf("file recording: queue blob deletion: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 func rowsAffected(res sql.Result, err error) (int64, error) {

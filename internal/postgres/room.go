@@ -26,18 +26,6 @@ RETURNING ` + roomColumns
 
 	getRoomSQL = `SELECT ` + roomColumns + ` FROM rooms WHERE id = $1::uuid AND created_by = $2::uuid`
 
-	listRoomsFirstSQL = `SELECT ` + roomColumns + `
-  FROM rooms
- WHERE created_by = $1::uuid
- ORDER BY created_at DESC, id DESC
- LIMIT $2`
-
-	listRoomsNextSQL = `SELECT ` + roomColumns + `
-  FROM rooms
- WHERE created_by = $1::uuid AND (created_at, id) < ($3::timestamptz, $4::uuid)
- ORDER BY created_at DESC, id DESC
- LIMIT $2`
-
 	// endRoomSQL ends an active room; no row means it was ended already (or
 	// is not the owner's), which getRoomSQL then tells apart.
 	endRoomSQL = `UPDATE rooms SET status = 2, ended_at = $3::timestamptz
@@ -109,7 +97,9 @@ ON CONFLICT (source_name) DO NOTHING`
 // RoomStore keeps rooms and their webhook-recorded participants, and queues
 // egress recordings for import as files of their conversations. It implements room.Store and conversation.Rooms.
 type RoomStore struct {
-	db *sql.DB
+	db    *sql.DB // for $n statements: bun.DB's own methods would format them
+	bun   *bun.DB // for inTx
+	pages newestFirst
 }
 
 var (
@@ -119,7 +109,7 @@ var (
 
 // NewRoomStore returns a RoomStore over db.
 func NewRoomStore(db *bun.DB) *RoomStore {
-	return &RoomStore{db: db.DB}
+	return &RoomStore{db: db.DB, bun: db, pages: newestFirstPages(roomColumns, "rooms", "", "created_by")}
 }
 
 // roomRow scans a row of roomColumns.
@@ -155,34 +145,27 @@ type rowQuerier interface {
 // transaction. The room's key to the conversation is checked at commit.
 func (s *RoomStore) CreateRoom(ctx context.Context, nr room.NewRoom) (_ room.Room, err error) {
 	defer markUnavailable(&err)
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return room.Room{}, fmt.Errorf("create room: begin: %w", err)
-	}
-	defer func() { _ = tx.Rollback() }() // ErrTxDone after Commit
-
 	var r roomRow
-	err = tx.QueryRowContext(ctx, insertRoomSQL, nr.ID, nr.Name, nr.ConversationID, nr.LiveKitRoom, nr.CreatedBy).Scan(r.dest()...)
-	if err != nil {
-		return room.Room{}, createRoomError("insert room", err)
-	}
-	var created, updated time.Time
-	err = tx.QueryRowContext(ctx, createConversationSQL, nr.ConversationID, nr.CreatedBy, nr.ID, nr.Name).Scan(&created, &updated)
-	if err != nil {
-		return room.Room{}, createRoomError("insert conversation", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return room.Room{}, createRoomError("commit", err)
-	}
-	return r.room(), nil
-}
-
-func createRoomError(op string, err error) error {
+	err = inTx(ctx, s.bun, "create room", func(ctx context.Context, tx bun.Tx) error {
+		err := tx.Tx.QueryRowContext(ctx, insertRoomSQL, nr.ID, nr.Name, nr.ConversationID, nr.LiveKitRoom, nr.CreatedBy).Scan(r.dest()...)
+		if err != nil {
+			return fmt.Errorf("create room: insert room: %w", err)
+		}
+		var created, updated time.Time
+		err = tx.Tx.QueryRowContext(ctx, createConversationSQL, nr.ConversationID, nr.CreatedBy, nr.ID, nr.Name).Scan(&created, &updated)
+		if err != nil {
+			return fmt.Errorf("create room: insert conversation: %w", err)
+		}
+		return nil
+	})
 	if isForeignKeyViolation(err) {
 		// The owner's row is gone: its tokens no longer name anyone.
-		return auth.ErrUnauthenticated
+		return room.Room{}, auth.ErrUnauthenticated
 	}
-	return fmt.Errorf("create room: %s: %w", op, err)
+	if err != nil {
+		return room.Room{}, err
+	}
+	return r.room(), nil
 }
 
 // Room implements room.Store.
@@ -206,7 +189,7 @@ func getRoom(ctx context.Context, q rowQuerier, op, query string, args ...any) (
 // ListRooms implements room.Store.
 func (s *RoomStore) ListRooms(ctx context.Context, owner uuid.UUID, after *room.Cursor, limit int) (_ []room.Room, err error) {
 	defer markUnavailable(&err)
-	return listPage(ctx, s.db, "list rooms", listRoomsFirstSQL, listRoomsNextSQL, owner, after, limit,
+	return listPage(ctx, s.db, "list rooms", s.pages, owner, after, limit,
 		func(rows *sql.Rows) (room.Room, error) {
 			var r roomRow
 			err := rows.Scan(r.dest()...)
@@ -270,41 +253,38 @@ func (s *RoomStore) SetLiveKitSID(ctx context.Context, id uuid.UUID, sid string)
 // retry. The room is locked while its sid is compared with the event's.
 func (s *RoomStore) ApplyEvent(ctx context.Context, e room.Event) (_ room.EventResult, err error) {
 	defer markUnavailable(&err)
-	tx, err := s.db.BeginTx(ctx, nil)
+	var res room.EventResult
+	err = inTx(ctx, s.bun, "apply event", func(ctx context.Context, tx bun.Tx) error {
+		if e.ID != "" {
+			n, err := rowsAffected(tx.Tx.ExecContext(ctx, recordEventSQL, e.ID, e.Kind.String()))
+			if err != nil {
+				return fmt.Errorf("apply event: record id: %w", err)
+			}
+			if n == 0 {
+				return nil
+			}
+		}
+		r, err := getRoom(ctx, tx.Tx, "apply event: read room", roomForEventSQL, e.LiveKitRoom)
+		if err != nil && !errors.Is(err, room.ErrNotFound) {
+			return err
+		}
+		matched := r.ID != uuid.Nil && e.RoomSID != "" &&
+			(r.LiveKitSID == e.RoomSID || (r.LiveKitSID == "" && e.Kind == room.EventRoomStarted))
+		if matched {
+			if err := applyEffect(ctx, tx.Tx, r, e); err != nil {
+				return fmt.Errorf("apply event: %s: %w", e.Kind, err)
+			}
+			if r, err = getRoom(ctx, tx.Tx, "apply event: reread room", roomByIDSQL, r.ID); err != nil {
+				return err
+			}
+		}
+		res = room.EventResult{Applied: true, Matched: matched, Room: r}
+		return nil
+	})
 	if err != nil {
-		return room.EventResult{}, fmt.Errorf("apply event: begin: %w", err)
-	}
-	defer func() { _ = tx.Rollback() }() // ErrTxDone after Commit
-
-	if e.ID != "" {
-		res, err := tx.ExecContext(ctx, recordEventSQL, e.ID, e.Kind.String())
-		if err != nil {
-			return room.EventResult{}, fmt.Errorf("apply event: record id: %w", err)
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return room.EventResult{}, fmt.Errorf("apply event: record id: %w", err)
-		} else if n == 0 {
-			return room.EventResult{}, tx.Commit()
-		}
-	}
-	r, err := getRoom(ctx, tx, "apply event: read room", roomForEventSQL, e.LiveKitRoom)
-	if err != nil && !errors.Is(err, room.ErrNotFound) {
 		return room.EventResult{}, err
 	}
-	matched := r.ID != uuid.Nil && e.RoomSID != "" &&
-		(r.LiveKitSID == e.RoomSID || (r.LiveKitSID == "" && e.Kind == room.EventRoomStarted))
-	if matched {
-		if err := applyEffect(ctx, tx, r, e); err != nil {
-			return room.EventResult{}, fmt.Errorf("apply event: %s: %w", e.Kind, err)
-		}
-		if r, err = getRoom(ctx, tx, "apply event: reread room", roomByIDSQL, r.ID); err != nil {
-			return room.EventResult{}, err
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return room.EventResult{}, fmt.Errorf("apply event: commit: %w", err)
-	}
-	return room.EventResult{Applied: true, Matched: matched, Room: r}, nil
+	return res, nil
 }
 
 // applyEffect writes what event e does to room r, whose name and sid it has.
