@@ -16,10 +16,7 @@ import (
 	"github.com/uptrace/bun"
 	"github.com/valkey-io/valkey-go"
 
-	"github.com/google/uuid"
-
 	"github.com/parley-dev/parley/internal/account"
-	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/blobstore"
 	"github.com/parley-dev/parley/internal/cache"
 	"github.com/parley-dev/parley/internal/config"
@@ -205,7 +202,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	accountStore := postgres.NewAccountStore(a.db)
 	revoked := revocation.New(a.valkey, accountStore, revocation.Options{Logger: log})
 	a.closers = append(a.closers, revoked.Close)
-	accounts := account.NewService(accountStore, tokenIssuer{tokens}, revoked, account.Options{
+	accounts := account.NewService(accountStore, tokens, revoked, account.Options{
 		AccessTTL:  cfg.AccessTokenTTL,
 		RefreshTTL: cfg.RefreshTokenTTL,
 		AgentTTL:   cfg.AgentTokenTTL,
@@ -391,19 +388,6 @@ func openValkey(url string, log *slog.Logger) (valkey.Client, error) {
 	}
 	return client, nil
 }
-
-// tokenIssuer adapts token.Manager to account.Tokens.
-type tokenIssuer struct{ m *token.Manager }
-
-func (t tokenIssuer) IssueAccess(sub uuid.UUID, kind auth.Kind, family uuid.UUID, ttl time.Duration) (account.AccessToken, error) {
-	is, err := t.m.IssueInFamily(sub, kind, family, ttl)
-	if err != nil {
-		return account.AccessToken{}, err
-	}
-	return account.AccessToken{Token: is.Token, ID: is.ID, IssuedAt: is.IssuedAt, ExpiresAt: is.ExpiresAt}, nil
-}
-
-func (t tokenIssuer) Verify(tok string) (auth.Principal, error) { return t.m.Verify(tok) }
 
 // limiterAdapter adapts ratelimit.Limiter to rpc.Limiter.
 type limiterAdapter struct{ l *ratelimit.Limiter }

@@ -148,7 +148,7 @@ type Store interface {
 }
 
 // Tokens signs and verifies access tokens. internal/token.Manager does the
-// work; cmd/parley adapts it to this interface.
+// work.
 type Tokens interface {
 	// IssueAccess signs an access token for the subject (a user id or an
 	// agent key id) of the kind, valid for ttl, issued from the refresh
