@@ -1,0 +1,14 @@
+// Command app hands os.Getenv to run from main, which is allowed; any other
+// read is not.
+package main
+
+import "os"
+
+func main() { os.Exit(run(os.Getenv)) }
+
+func run(getenv func(string) string) int {
+	_ = os.Getenv("SHOP_URL") // want env
+	lookup := os.Getenv       // want env: outside main
+	_ = lookup
+	return len(getenv("SHOP_URL"))
+}

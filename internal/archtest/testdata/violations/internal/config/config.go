@@ -1,0 +1,6 @@
+// Package config may read the environment.
+package config
+
+import "os"
+
+func Load() string { return os.Getenv("SHOP_URL") }
