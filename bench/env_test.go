@@ -24,16 +24,36 @@ import (
 	"github.com/parley-dev/parley/internal/testenv"
 )
 
-// goBuild builds a package of this module into dir and returns the binary.
-func goBuild(t *testing.T, dir, pkg, name string) string {
+// goBuild builds a package of this module into dir and returns the binary;
+// flags go to go build before the package.
+func goBuild(t *testing.T, dir, pkg, name string, flags ...string) string {
 	t.Helper()
 	bin := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, pkg)
+	cmd := exec.Command("go", append(append([]string{"build", "-trimpath", "-o", bin}, flags...), pkg)...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
+}
+
+// protojsonOverlay is go build's -overlay for a Parley without the
+// hand-written JSON codec: jsoncodec.go is replaced by a jsonCodecs that
+// installs nothing, so connect's protojson codec serves JSON.
+func protojsonOverlay(t *testing.T, dir string) string {
+	t.Helper()
+	src, err := filepath.Abs("../internal/rpc/jsoncodec.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stub := filepath.Join(dir, "jsoncodec-off.go")
+	const code = "package rpc\n\nimport \"connectrpc.com/connect\"\n\nfunc jsonCodecs() []connect.HandlerOption { return nil }\n"
+	if err := os.WriteFile(stub, []byte(code), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	overlay := filepath.Join(dir, "overlay-protojson.json")
+	writeJSON(t, overlay, map[string]any{"Replace": map[string]string{src: stub}})
+	return overlay
 }
 
 // runCmd runs a short command and returns its stdout.

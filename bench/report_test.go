@@ -44,6 +44,10 @@ One command, ` + "`make bench`" + `, runs everything below on this machine and r
   same way pgbench's default mode does, so the two are comparable with each other but p99 is not a
   latency under a fixed offered load; the load generator, pgbench, PostgreSQL, Valkey and Parley share
   the same 2 cores, so every figure includes the cost of the client, as in the seed's measurement.
+- **JSON codec.** Unless -bench.protojson=false, the Connect JSON loads also run, right after the
+  same load on replica A, on a replica built with go build -overlay replacing
+  internal/rpc/jsoncodec.go by a stub, so connect's protojson codec writes every answer (rows
+  "protojson codec"); a note compares Parley's CPU per request of the two.
 - **WatchMessages fan-out.** N idle streams (gRPC over h2c, at most 200 per connection) on replica A,
   spread evenly over the 1,000 conversations, each from after the conversation's current last_seq;
   once all are open, turns are saved through replica B at a fixed rate. For every saved message and

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,14 +27,17 @@ import (
 )
 
 var (
-	flagDuration = flag.Duration("bench.duration", 20*time.Second, "measured time of each load")
-	flagWarmup   = flag.Duration("bench.warmup", 2*time.Second, "unmeasured warm-up before each load")
-	flagClients  = flag.String("bench.clients", "16,64", "concurrent clients of the unary loads")
-	flagStreams  = flag.String("bench.streams", "1000,10000", "idle WatchMessages streams of the fan-out loads")
-	flagRate     = flag.Float64("bench.watch-rate", 200, "turns per second saved during the fan-out loads")
-	flagScale    = flag.String("bench.scale", "10000", "stored-message counts of the scaling loads (10000, 10000000)")
-	flagProfile  = flag.Bool("bench.profile", true, "profile Parley under load after the measurements")
-	flagOut      = flag.String("bench.out", "RESULTS.md", "report to write")
+	flagDuration  = flag.Duration("bench.duration", 20*time.Second, "measured time of each load")
+	flagWarmup    = flag.Duration("bench.warmup", 2*time.Second, "unmeasured warm-up before each load")
+	flagClients   = flag.String("bench.clients", "16,64", "concurrent clients of the unary loads")
+	flagStreams   = flag.String("bench.streams", "1000,10000", "idle WatchMessages streams of the fan-out loads")
+	flagRate      = flag.Float64("bench.watch-rate", 200, "turns per second saved during the fan-out loads")
+	flagScale     = flag.String("bench.scale", "10000", "stored-message counts of the scaling loads (10000, 10000000)")
+	flagRPCs      = flag.String("bench.rpcs", "SaveTurn,ListMessages", "unary RPCs to load")
+	flagProtos    = flag.String("bench.protocols", "connect-json-http1,grpc-h2c,rest-json-http1", "protocols of the unary loads")
+	flagProtojson = flag.Bool("bench.protojson", true, "also run the Connect JSON loads on a replica built without the hand-written JSON codec (connect's protojson)")
+	flagProfile   = flag.Bool("bench.profile", true, "profile Parley under load after the measurements")
+	flagOut       = flag.String("bench.out", "RESULTS.md", "report to write")
 )
 
 const (
@@ -45,21 +49,23 @@ const (
 
 // bench holds one run's servers, binaries and results.
 type bench struct {
-	t          *testing.T
-	ctx        context.Context
-	dir        string
-	srv        *testenv.Postgres
-	valkeyURL  string
-	valkey     valkey.Client
-	parleyBin  string
-	loadgenBin string
-	keysPath   string
-	facts      facts
-	rows       []row
-	roundTrips []roundTrip
-	profiles   []profileSummary
-	notes      []string
-	runs       int
+	t         *testing.T
+	ctx       context.Context
+	dir       string
+	srv       *testenv.Postgres
+	valkeyURL string
+	valkey    valkey.Client
+	parleyBin string
+	// protojsonBin is Parley built without rpc's hand-written JSON codec.
+	protojsonBin string
+	loadgenBin   string
+	keysPath     string
+	facts        facts
+	rows         []row
+	roundTrips   []roundTrip
+	profiles     []profileSummary
+	notes        []string
+	runs         int
 }
 
 // row is one line of the table.
@@ -145,19 +151,34 @@ func TestBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	protocols := []string{load.ProtocolConnectJSON, load.ProtocolGRPC}
-	if b.restAvailable(a, toks[0]) {
-		protocols = append(protocols, load.ProtocolREST)
-	} else {
+	protocols := selected(t, *flagProtos, load.ProtocolConnectJSON, load.ProtocolGRPC, load.ProtocolREST)
+	if slices.Contains(protocols, load.ProtocolREST) && !b.restAvailable(a, toks[0]) {
+		protocols = slices.DeleteFunc(protocols, func(p string) bool { return p == load.ProtocolREST })
 		b.notes = append(b.notes, "The seed's REST paths (/api/v1/...) answered 404 on this build: not measured.")
 	}
+	// The same Connect JSON loads on a replica whose JSON is connect's
+	// protojson codec: the hand-written codec stays only while it saves CPU.
+	var pj *replica
+	if *flagProtojson && slices.Contains(protocols, load.ProtocolConnectJSON) {
+		b.protojsonBin = goBuild(t, b.dir, "../cmd/parley", "parley-protojson", "-overlay", protojsonOverlay(t, b.dir))
+		pj = b.startReplica(b.protojsonBin, "parley-protojson", mainDB.url, toks[0])
+	}
+	workloads := map[string]string{load.RPCSaveTurn: saveScript, load.RPCListMessages: listScript}
+	var codecRows []row
 	for _, c := range intList(t, *flagClients) {
-		for _, w := range []struct{ rpc, script string }{{load.RPCSaveTurn, saveScript}, {load.RPCListMessages, listScript}} {
-			limit := b.pgbench(mainDB.url, w.rpc, w.script, c, "")
+		for _, rpc := range selected(t, *flagRPCs, load.RPCSaveTurn, load.RPCListMessages) {
+			limit := b.pgbench(mainDB.url, rpc, workloads[rpc], c, "")
 			for _, p := range protocols {
-				b.parley(a, specPath, w.rpc, p, c, limit.RPS, "")
+				r := b.parley(a, specPath, rpc, p, c, limit.RPS, "")
+				if p == load.ProtocolConnectJSON && pj != nil {
+					codecRows = append(codecRows, r, b.parleyAs(pj, protojsonProtocol, specPath, rpc, p, c, limit.RPS, ""))
+				}
 			}
 		}
+	}
+	if pj != nil {
+		pj.stop()
+		b.notes = append(b.notes, codecNote(codecRows))
 	}
 
 	// Round trips per RPC, from PostgreSQL's and Valkey's own counters.
@@ -262,7 +283,11 @@ func (b *bench) database(name string) database {
 }
 
 func (b *bench) replica(name, dbURL, token string) *replica {
-	r := startReplica(b.t, name, b.parleyBin, b.dir, map[string]string{
+	return b.startReplica(b.parleyBin, name, dbURL, token)
+}
+
+func (b *bench) startReplica(bin, name, dbURL, token string) *replica {
+	r := startReplica(b.t, name, bin, b.dir, map[string]string{
 		"DATABASE_URL":                       dbURL,
 		"VALKEY_URL":                         b.valkeyURL,
 		"PARLEY_JWT_KEYS":                    b.keysPath,
@@ -295,8 +320,48 @@ var protocolNames = map[string]string{
 	load.ProtocolREST:        "REST JSON, HTTP/1.1",
 }
 
+// protojsonProtocol names the rows of the replica built without the
+// hand-written JSON codec.
+const protojsonProtocol = "Connect JSON, HTTP/1.1, protojson codec"
+
+// selected returns the names of list (comma-separated) in the order of all,
+// failing on one it does not know.
+func selected(t *testing.T, list string, all ...string) []string {
+	var out []string
+	want := strings.Split(list, ",")
+	for _, name := range all {
+		if slices.Contains(want, name) {
+			out = append(out, name)
+		}
+	}
+	for _, w := range want {
+		if w = strings.TrimSpace(w); w != "" && !slices.Contains(all, w) {
+			t.Fatalf("unknown name %q (want some of %v)", w, all)
+		}
+	}
+	return out
+}
+
+// codecNote compares Parley's CPU per request with the hand-written JSON
+// codec and with protojson, from pairs of rows of the same load.
+func codecNote(rows []row) string {
+	var parts []string
+	for i := 0; i+1 < len(rows); i += 2 {
+		fast, pj := rows[i], rows[i+1]
+		parts = append(parts, fmt.Sprintf("%s at %s clients %.0f µs with it vs %.0f µs with protojson (%+.0f%%; %.0f vs %.0f req/s)",
+			fast.Workload, fast.Clients, fast.CPU.Parley, pj.CPU.Parley, 100*(fast.CPU.Parley/pj.CPU.Parley-1), fast.RPS, pj.RPS))
+	}
+	return "**The hand-written JSON codec** (internal/rpc/jsoncodec.go) against connect's protojson codec, Parley's CPU per request over Connect JSON, same run: " +
+		strings.Join(parts, "; ") + "."
+}
+
 // parley measures one unary load on replica r.
 func (b *bench) parley(r *replica, specPath, rpc, protocol string, clients int, limit float64, label string) row {
+	return b.parleyAs(r, protocolNames[protocol], specPath, rpc, protocol, clients, limit, label)
+}
+
+// parleyAs is parley with the row's protocol column named by the caller.
+func (b *bench) parleyAs(r *replica, column, specPath, rpc, protocol string, clients int, limit float64, label string) row {
 	b.runs++
 	m := meterPeak(r.pid())
 	cpu := cpuAfter(r.pid(), *flagWarmup)
@@ -304,7 +369,7 @@ func (b *bench) parley(r *replica, specPath, rpc, protocol string, clients int, 
 		"-rpc", rpc, "-protocol", protocol, "-clients", strconv.Itoa(clients),
 		"-warmup", flagWarmup.String(), "-duration", flagDuration.String(), "-run-id", fmt.Sprintf("b%d-%d", time.Now().Unix(), b.runs))
 	rw := row{
-		Workload: rpc + label, Protocol: protocolNames[protocol], Clients: strconv.Itoa(clients),
+		Workload: rpc + label, Protocol: column, Clients: strconv.Itoa(clients),
 		RPS: res.RPS, P50: res.Latency.P50, P99: res.Latency.P99, Errors: res.Errors, PeakMiB: m.Peak(),
 	}
 	d, window := cpu()
