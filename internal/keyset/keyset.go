@@ -39,6 +39,14 @@ var ErrInvalidToken = errors.New("invalid page token")
 // maxTokenLen bounds what is decoded; real tokens are far shorter.
 const maxTokenLen = 64
 
+// A position's time lies in the years 1 to 9999, as every created_at does:
+// PostgreSQL refuses a timestamp before 4714 BC, which would turn a forged
+// token into an internal error instead of an invalid one.
+var (
+	minTime = time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxTime = time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC)
+)
+
 var encoding = base64.RawURLEncoding
 
 // Encode returns the page token for p in list l: base64url of the list byte,
@@ -73,7 +81,13 @@ func Decode(l List, token string) (*Position, error) {
 	if err != nil {
 		return nil, ErrInvalidToken
 	}
-	return &Position{CreatedAt: time.UnixMicro(micros).UTC(), ID: id}, nil
+	p := Position{CreatedAt: time.UnixMicro(micros).UTC(), ID: id}
+	// Only Encode's own spelling: base64 skips newlines and ignores spare
+	// bits, and a varint may carry redundant bytes.
+	if p.CreatedAt.Before(minTime) || p.CreatedAt.After(maxTime) || Encode(l, p) != token {
+		return nil, ErrInvalidToken
+	}
+	return &p, nil
 }
 
 // Page trims items, read with a limit of size+1, to one page and returns the
