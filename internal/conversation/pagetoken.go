@@ -50,5 +50,11 @@ func decodeMessageToken(s string) (messageToken, error) {
 	if n <= 0 || 2+n != len(b) || seq < 1 || seq > 1<<62 {
 		return messageToken{}, ErrInvalidPageToken
 	}
-	return messageToken{Order: o, Seq: int64(seq)}, nil
+	t := messageToken{Order: o, Seq: int64(seq)}
+	// Only the encoder's own spelling: base64 skips newlines and ignores
+	// spare bits, and a varint may carry redundant bytes.
+	if encodeMessageToken(t) != s {
+		return messageToken{}, ErrInvalidPageToken
+	}
+	return t, nil
 }

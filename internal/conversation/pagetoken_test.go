@@ -34,6 +34,9 @@ func TestMessageTokenRejectsGarbage(t *testing.T) {
 		tokenEncoding.EncodeToString([]byte{messageTokenVersion, 1, 0}), // seq 0
 		keyset.Encode(keyset.Conversations, keyset.Position{CreatedAt: time.Now(), ID: uuid.New()}),
 		string(make([]byte, 100)),
+		// Found by FuzzMessageToken: spare base64 bits and a redundant
+		// varint byte made second spellings of valid tokens.
+		"AQK0001", "AQKBAA", valid[:2] + "\n" + valid[2:],
 	} {
 		if _, err := decodeMessageToken(s); !errors.Is(err, ErrInvalidPageToken) {
 			t.Errorf("decodeMessageToken(%q) = %v, want ErrInvalidPageToken", s, err)
