@@ -18,6 +18,16 @@ func publicJWKS(keys jwk.Set) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("public jwk set: %w", err)
 	}
+	// jwx carries members it does not know into the public keys; the key
+	// file's could be anything, private material included.
+	for i := range pub.Len() {
+		key, _ := pub.Key(i)
+		for name := range key.PrivateParams() {
+			if err := key.Remove(name); err != nil {
+				return nil, fmt.Errorf("public jwk set: remove %q: %w", name, err)
+			}
+		}
+	}
 	out, err := json.Marshal(pub)
 	if err != nil {
 		return nil, fmt.Errorf("marshal public jwk set: %w", err)

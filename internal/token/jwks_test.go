@@ -107,3 +107,30 @@ func TestJWKSHandler(t *testing.T) {
 		t.Errorf("POST = %d, Allow %q", post.StatusCode, post.Header.Get("Allow"))
 	}
 }
+
+// TestJWKSPublishesOnlyPublicMembers: jwx copied members it does not know
+// from the key file into the public set (found by FuzzParseKeySet).
+func TestJWKSPublishesOnlyPublicMembers(t *testing.T) {
+	t.Parallel()
+	set, err := ParseKeySet(setJSON(t, rawJWK(t, newEd25519(t), map[string]any{"kid": "a", "backup_d": "private material", "k": ""})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewManager(set, Options{Issuer: testIssuer, Audience: testAudience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := m.PublicJWKS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct{ Keys []map[string]any }
+	if err := json.Unmarshal(pub, &doc); err != nil || len(doc.Keys) != 1 {
+		t.Fatalf("public set %s: %v", pub, err)
+	}
+	for name := range doc.Keys[0] {
+		if !publicMembers[name] {
+			t.Errorf("the public set publishes %q: %s", name, pub)
+		}
+	}
+}

@@ -62,6 +62,11 @@ func ParseKeySet(data []byte) (jwk.Set, error) {
 	}
 	for i := range set.Len() {
 		key, _ := set.Key(i)
+		// Before the thumbprint: jwx panics taking one of an EC point
+		// whose coordinates are longer than its curve's.
+		if err := key.Validate(); err != nil {
+			return nil, fmt.Errorf("key #%d: invalid: %w", i, err)
+		}
 		if key.KeyID() == "" {
 			if err := jwk.AssignKeyID(key); err != nil {
 				return nil, fmt.Errorf("key #%d: assign kid: %w", i, err)

@@ -175,6 +175,8 @@ func TestParseKeySetRejects(t *testing.T) {
 		{"use enc", setJSON(t, rawJWK(t, ed, map[string]any{"kid": "a", "use": "enc"})), "use"},
 		{"key_ops without sign", setJSON(t, rawJWK(t, ed, map[string]any{"kid": "a", "key_ops": []string{"verify"}})), "key_ops"},
 		{"duplicate kid", setJSON(t, rawJWK(t, ed, map[string]any{"kid": "a"}), rawJWK(t, other, map[string]any{"kid": "a"})), "duplicate kid"},
+		// Found by FuzzParseKeySet: jwx panicked taking the thumbprint.
+		{"EC x longer than the curve's", []byte(`{"keys":[{"kty":"EC","crv":"P-256","x":"00000000000000000000000000000000000000000000","y":"","d":"AA"}]}`), "invalid"},
 		{"x does not match d", setJSON(t, rawJWK(t, ed, map[string]any{"kid": "a", "x": otherX})), ""},
 	}
 	for _, tt := range tests {

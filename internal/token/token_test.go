@@ -140,6 +140,13 @@ func with(m map[string]any, kv ...any) map[string]any {
 	return out
 }
 
+// spareBitsFlipped returns the base64url digit that differs from c in its
+// lowest bit, which the last digit of a 64-byte signature does not use.
+func spareBitsFlipped(c byte) string {
+	const digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	return string(digits[strings.IndexByte(digits, c)^1])
+}
+
 func decodeSegment(t *testing.T, seg string) map[string]any {
 	t.Helper()
 	b, err := base64.RawURLEncoding.DecodeString(seg)
@@ -403,6 +410,11 @@ func TestVerifyRefuses(t *testing.T) {
 		{"tampered payload (exp)", "invalid signature", parts[0] + "." + b64(with(decodeSegment(t, parts[1]), "exp", testNow.Add(1000*time.Hour).Unix())) + "." + parts[2]},
 		{"tampered header (kid)", "alg not allowed", b64(validHeader("ec1")) + "." + parts[1] + "." + parts[2]},
 		{"truncated signature", "invalid signature", valid.Token[:len(valid.Token)-4]},
+		// Found by FuzzVerify: jwx trims whitespace and ignores a
+		// signature's spare bits, so these verified as second spellings.
+		{"leading space", "malformed token", " " + valid.Token},
+		{"trailing newline", "malformed token", valid.Token + "\n"},
+		{"spare bits of the signature", "invalid signature", valid.Token[:len(valid.Token)-1] + spareBitsFlipped(valid.Token[len(valid.Token)-1])},
 		{"signature of another key under kid A", "invalid signature", forge(validHeader("A"), good, edSigner(attacker))},
 		{"unknown kid", "unknown kid", forge(validHeader("Z"), good, edSigner(attacker))},
 		{"missing kid", "missing kid", forge(with(validHeader("A"), "kid", nil), good, signA)},
