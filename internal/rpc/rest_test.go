@@ -136,7 +136,7 @@ func newRESTServerWith(t *testing.T, limits Limits, lim Limiter) string {
 // h2c) on a new database: every service but files, with its real domain
 // service and the real interceptors. It fills in the logger, registry,
 // authenticator and probe when opts has none.
-func newWholeServer(t *testing.T, opts Options) string {
+func newWholeServer(t testing.TB, opts Options) string {
 	t.Helper()
 	lk := rtctest.NewServer(t, roomTestKey, roomTestSecret)
 	db, rooms, _ := newRoomReplica(t, testenv.DatabaseURL(t), lk.URL)
@@ -178,7 +178,7 @@ func newWholeServer(t *testing.T, opts Options) string {
 // restCall sends a request as curl would: a JSON body (or none), optionally
 // a bearer token, nothing Connect-specific. It returns the status, headers
 // and decoded JSON body.
-func restCall(t *testing.T, method, url, token, body string) (int, http.Header, map[string]any) {
+func restCall(t testing.TB, method, url, token, body string) (int, http.Header, map[string]any) {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -214,7 +214,7 @@ func restCall(t *testing.T, method, url, token, body string) (int, http.Header, 
 
 // register signs a new user up over Connect JSON (Register has no REST path)
 // and returns the access token.
-func register(t *testing.T, base string) string {
+func register(t testing.TB, base string) string {
 	t.Helper()
 	status, _, out := restCall(t, http.MethodPost, base+"/parley.v1.AuthService/Register", "",
 		fmt.Sprintf(`{"email":"%s@example.com","password":"correct horse battery","displayName":"Ada"}`, uuid.NewString()))

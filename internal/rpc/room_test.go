@@ -101,7 +101,7 @@ func newRoomTestEnv(t *testing.T, liveKitURL string) *roomTestEnv {
 // newRoomReplica builds what one Parley replica has for rooms: its own pool
 // on the database, LiveKit client, room service and webhook handler (with
 // its metrics on a registry of its own).
-func newRoomReplica(t *testing.T, dbURL, liveKitURL string) (*bun.DB, *room.Service, *WebhookHandler) {
+func newRoomReplica(t testing.TB, dbURL, liveKitURL string) (*bun.DB, *room.Service, *WebhookHandler) {
 	t.Helper()
 	db, err := postgres.Open(t.Context(), dbURL, postgres.Options{MaxOpenConns: 8})
 	if err != nil {

@@ -109,7 +109,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 	var rest []*vanguard.Service
 	mountService := func(path string, h http.Handler) {
 		mount(path, h)
-		rest = append(rest, vanguard.NewService(path, h))
+		rest = append(rest, vanguard.NewService(path, restReached(h)))
 	}
 	mountService(parleyv1connect.NewAuthServiceHandler(orUnimplemented[parleyv1connect.AuthServiceHandler](svc.Auth, parleyv1connect.UnimplementedAuthServiceHandler{}), handlerOpts...))
 	mountService(parleyv1connect.NewUserServiceHandler(orUnimplemented[parleyv1connect.UserServiceHandler](svc.User, parleyv1connect.UnimplementedUserServiceHandler{}), handlerOpts...))
