@@ -8,13 +8,26 @@ PROTOVALIDATE_VERSION := v1.2.2
 PROTO_DEPS := .build/proto-deps
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all test azurite lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench bench-scale e2e clean web-deps e2e-web
+.PHONY: all test fuzz-smoke azurite lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench bench-scale e2e clean web-deps e2e-web
 
 all: lint test
 
 ## test: run every test (starts private PostgreSQL, Valkey and Azurite servers as needed)
 test: azurite
 	$(GO) test $(TEST_FLAGS) ./...
+
+## fuzz-smoke: run every fuzz target (func FuzzX in a _test.go) for FUZZTIME, one at a time
+# `go test ./...` (make test) runs their seeds and testdata/fuzz corpora as
+# ordinary tests; this runs the fuzzer itself briefly. A failing input is
+# written to the target's testdata/fuzz: commit it with the fix.
+FUZZTIME ?= 5s
+fuzz-smoke:
+	@mkdir -p .build; set -e; for f in $$(grep -rlE --include='*_test.go' --exclude-dir=node_modules --exclude-dir=.build --exclude-dir=tools '^func Fuzz[A-Za-z0-9_]*\(' . | sort); do \
+	  for t in $$(sed -nE 's/^func (Fuzz[A-Za-z0-9_]*)\(.*/\1/p' "$$f"); do \
+	    echo "fuzz $$t ($$(dirname $$f), $(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) "$$(dirname $$f)" >.build/fuzz.log 2>&1 || { cat .build/fuzz.log; exit 1; }; \
+	  done; \
+	done
 
 ## azurite: install the Azurite blob emulator the tests start (pinned in tools/azurite)
 azurite: tools/azurite/node_modules/.package-lock.json
