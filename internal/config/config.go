@@ -251,7 +251,12 @@ func Load(getenv func(string) string) (Config, error) {
 		c.LiveKitPublicURL = c.LiveKitURL
 	}
 	if c.OpsAddr != "" && c.OpsAddr == c.HTTPAddr {
-		return Config{}, &Error{Var: "PARLEY_OPS_ADDR", Err: errors.New("must differ from PARLEY_HTTP_ADDR")}
+		// Name the variable the operator set, which may be the older one.
+		name := "PARLEY_OPS_ADDR"
+		if strings.TrimSpace(getenv(name)) == "" {
+			name = "PARLEY_PPROF_ADDR"
+		}
+		return Config{}, &Error{Var: name, Err: errors.New("must differ from PARLEY_HTTP_ADDR")}
 	}
 	if c.DBMaxIdleConns > c.DBMaxOpenConns {
 		c.DBMaxIdleConns = c.DBMaxOpenConns
