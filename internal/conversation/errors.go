@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/parley-dev/parley/internal/keyset"
+	"github.com/parley-dev/parley/internal/rule"
 )
 
 var (
@@ -19,21 +20,13 @@ var (
 	// ErrInvalid is returned (wrapped in an error naming the rule) when a
 	// request breaks a business rule: empty or oversized turn, bad turn id,
 	// bad page size, title too long.
-	ErrInvalid = errors.New("invalid request")
+	ErrInvalid = rule.ErrBroken
 	// ErrRoomNotFound is returned by CreateConversation when room_id is not
 	// one of the caller's rooms.
 	ErrRoomNotFound = errors.New("room not found")
 )
 
-// invalidError is an ErrInvalid that says which rule was broken; the rpc
-// layer shows its message to clients.
-type invalidError struct{ msg string }
-
-func (e *invalidError) Error() string         { return e.msg }
-func (e *invalidError) Unwrap() error         { return ErrInvalid }
-func (e *invalidError) PublicMessage() string { return e.msg }
-
-func invalid(msg string) error { return &invalidError{msg: msg} }
+func invalid(msg string) error { return rule.Broken(msg) }
 
 // The reasons a watch ends while its stream is open, returned by Watch.Next.
 var (

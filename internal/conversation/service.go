@@ -86,8 +86,9 @@ func NewService(store Store, opts Options) *Service {
 	}
 }
 
-// scopeOf returns the conversations p may reach: users their own, agents any.
-func scopeOf(p auth.Principal) (Scope, error) {
+// ScopeOf returns the conversations p may reach: users their own, agents
+// any. The file domain scopes files by it too.
+func ScopeOf(p auth.Principal) (Scope, error) {
 	switch {
 	case p.IsUser() && p.ID != uuid.Nil:
 		return Scope{UserID: p.ID}, nil
@@ -139,7 +140,7 @@ func (s *Service) CreateConversation(ctx context.Context, p auth.Principal, titl
 
 // GetConversation returns one conversation p may reach.
 func (s *Service) GetConversation(ctx context.Context, p auth.Principal, id uuid.UUID) (Conversation, error) {
-	scope, err := scopeOf(p)
+	scope, err := ScopeOf(p)
 	if err != nil {
 		return Conversation{}, err
 	}
@@ -193,7 +194,7 @@ func (s *Service) DeleteConversation(ctx context.Context, p auth.Principal, id u
 // answers the first call's messages with Replayed set; different content
 // under a used turn id is ErrTurnConflict.
 func (s *Service) SaveTurn(ctx context.Context, p auth.Principal, t Turn) (SavedTurn, error) {
-	scope, err := scopeOf(p)
+	scope, err := ScopeOf(p)
 	if err != nil {
 		return SavedTurn{}, err
 	}
@@ -298,7 +299,7 @@ func (s *Service) notify(ctx context.Context, id uuid.UUID, lastSeq int64) {
 // on seq. Pages come from the cache when possible, at the conversation's
 // current last_seq, so a page never misses a turn whose SaveTurn answered.
 func (s *Service) ListMessages(ctx context.Context, p auth.Principal, r ListMessagesRequest) (MessagePage, error) {
-	scope, err := scopeOf(p)
+	scope, err := ScopeOf(p)
 	if err != nil {
 		return MessagePage{}, err
 	}

@@ -53,7 +53,7 @@ type Watch struct {
 // after afterSeq. The caller loops: Next until it returns no messages, then
 // wait for Ready or Due; and closes the watch when done.
 func (s *Service) WatchMessages(ctx context.Context, p auth.Principal, id uuid.UUID, afterSeq int64) (*Watch, error) {
-	scope, err := scopeOf(p)
+	scope, err := ScopeOf(p)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/parley-dev/parley/internal/keyset"
+	"github.com/parley-dev/parley/internal/rule"
 )
 
 var (
@@ -13,7 +14,7 @@ var (
 	// ErrInvalid is returned (wrapped in an error naming the rule) when a
 	// request breaks a rule: too large, a content type that is not allowed
 	// or does not match the bytes, an unusable filename, a bad page size.
-	ErrInvalid = errors.New("invalid request")
+	ErrInvalid = rule.ErrBroken
 	// ErrInvalidPageToken is returned when a ListFiles page token is
 	// malformed.
 	ErrInvalidPageToken = keyset.ErrInvalidToken
@@ -40,16 +41,13 @@ var (
 	ErrSourceRefused = errors.New("recording source is in Parley's own file namespace")
 )
 
-// ruleError is an error that says which rule was broken; the rpc layer
-// shows its message to clients.
-type ruleError struct {
-	sentinel error
-	msg      string
-}
+// mismatchError is an ErrUploadMismatch that says what differs; the rpc
+// layer shows its message to clients.
+type mismatchError struct{ msg string }
 
-func (e *ruleError) Error() string         { return e.msg }
-func (e *ruleError) Unwrap() error         { return e.sentinel }
-func (e *ruleError) PublicMessage() string { return e.msg }
+func (e *mismatchError) Error() string         { return e.msg }
+func (e *mismatchError) Unwrap() error         { return ErrUploadMismatch }
+func (e *mismatchError) PublicMessage() string { return e.msg }
 
-func invalid(msg string) error  { return &ruleError{sentinel: ErrInvalid, msg: msg} }
-func mismatch(msg string) error { return &ruleError{sentinel: ErrUploadMismatch, msg: msg} }
+func invalid(msg string) error  { return rule.Broken(msg) }
+func mismatch(msg string) error { return &mismatchError{msg: msg} }

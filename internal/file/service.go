@@ -111,18 +111,6 @@ func NewService(store Store, blobs Blobs, convs Conversations, opts Options) (*S
 	return s, nil
 }
 
-// scopeOf returns the conversations p may reach: users their own, agents any.
-func scopeOf(p auth.Principal) (conversation.Scope, error) {
-	switch {
-	case p.IsUser() && p.ID != uuid.Nil:
-		return conversation.Scope{UserID: p.ID}, nil
-	case p.IsAgent():
-		return conversation.Scope{}, nil
-	default:
-		return conversation.Scope{}, auth.ErrUnauthenticated
-	}
-}
-
 // userScope refuses agents the user-scoped calls and returns p's scope.
 func userScope(p auth.Principal) (conversation.Scope, error) {
 	switch {
@@ -149,7 +137,7 @@ type Upload struct {
 // leaves neither a row without a blob nor a blob forever. An agent's audio
 // or video is a recording; anything else an upload.
 func (s *Service) UploadFile(ctx context.Context, p auth.Principal, u Upload) (File, error) {
-	scope, err := scopeOf(p)
+	scope, err := conversation.ScopeOf(p)
 	if err != nil {
 		return File{}, err
 	}

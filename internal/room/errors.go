@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/parley-dev/parley/internal/keyset"
+	"github.com/parley-dev/parley/internal/rule"
 )
 
 var (
@@ -15,7 +16,7 @@ var (
 	// ErrInvalid is returned (wrapped in an error naming the rule) when a
 	// request breaks a business rule: a blank or oversized name, a bad page
 	// size.
-	ErrInvalid = errors.New("invalid request")
+	ErrInvalid = rule.ErrBroken
 	// ErrInvalidPageToken is returned when a ListRooms page token is malformed.
 	ErrInvalidPageToken = keyset.ErrInvalidToken
 	// ErrInvalidWebhook is returned by webhook verifiers when a request's
@@ -55,12 +56,4 @@ func (e *RefusedError) Unwrap() error { return ErrEventRefused }
 
 func refused(reason, detail string) error { return &RefusedError{Reason: reason, Detail: detail} }
 
-// invalidError is an ErrInvalid that says which rule was broken; the rpc
-// layer shows its message to clients.
-type invalidError struct{ msg string }
-
-func (e *invalidError) Error() string         { return e.msg }
-func (e *invalidError) Unwrap() error         { return ErrInvalid }
-func (e *invalidError) PublicMessage() string { return e.msg }
-
-func invalid(msg string) error { return &invalidError{msg: msg} }
+func invalid(msg string) error { return rule.Broken(msg) }

@@ -11,7 +11,9 @@ import (
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	"github.com/parley-dev/parley/internal/file"
+	"github.com/parley-dev/parley/internal/keyset"
 	"github.com/parley-dev/parley/internal/room"
+	"github.com/parley-dev/parley/internal/rule"
 )
 
 // errorCodes is the one mapping from domain errors to Connect codes. Each
@@ -27,6 +29,9 @@ var errorCodes = []struct {
 	{auth.ErrPermissionDenied, connect.CodePermissionDenied},
 	{context.Canceled, connect.CodeCanceled},
 	{context.DeadlineExceeded, connect.CodeDeadlineExceeded},
+	// Every domain's ErrInvalid and ErrInvalidPageToken.
+	{rule.ErrBroken, connect.CodeInvalidArgument},
+	{keyset.ErrInvalidToken, connect.CodeInvalidArgument},
 	// account
 	{account.ErrEmailTaken, connect.CodeAlreadyExists},
 	{account.ErrUserNotFound, connect.CodeNotFound},
@@ -37,8 +42,6 @@ var errorCodes = []struct {
 	// conversation
 	{conversation.ErrNotFound, connect.CodeNotFound},
 	{conversation.ErrTurnConflict, connect.CodeAlreadyExists},
-	{conversation.ErrInvalidPageToken, connect.CodeInvalidArgument},
-	{conversation.ErrInvalid, connect.CodeInvalidArgument},
 	{conversation.ErrRoomNotFound, connect.CodeNotFound},
 	{conversation.ErrTokenExpired, connect.CodeUnauthenticated},
 	{conversation.ErrTokenRevoked, connect.CodeUnauthenticated},
@@ -47,13 +50,9 @@ var errorCodes = []struct {
 	// room
 	{room.ErrNotFound, connect.CodeNotFound},
 	{room.ErrEnded, connect.CodeFailedPrecondition},
-	{room.ErrInvalid, connect.CodeInvalidArgument},
-	{room.ErrInvalidPageToken, connect.CodeInvalidArgument},
 
 	// file
 	{file.ErrNotFound, connect.CodeNotFound},
-	{file.ErrInvalid, connect.CodeInvalidArgument},
-	{file.ErrInvalidPageToken, connect.CodeInvalidArgument},
 	{file.ErrUploadMismatch, connect.CodeFailedPrecondition},
 	{file.ErrReservationLost, connect.CodeUnavailable},
 }
