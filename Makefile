@@ -19,13 +19,18 @@ test: azurite
 ## fuzz-smoke: run every fuzz target (func FuzzX in a _test.go) for FUZZTIME, one at a time
 # `go test ./...` (make test) runs their seeds and testdata/fuzz corpora as
 # ordinary tests; this runs the fuzzer itself briefly. A failing input is
-# written to the target's testdata/fuzz: commit it with the fix.
+# written to the target's testdata/fuzz: commit it with the fix. A run that
+# ends in "context deadline exceeded" with no failing input is the fuzzer's
+# time running out inside a slow input, not a finding.
 FUZZTIME ?= 5s
 fuzz-smoke:
 	@mkdir -p .build; set -e; for f in $$(grep -rlE --include='*_test.go' --exclude-dir=node_modules --exclude-dir=.build --exclude-dir=tools '^func Fuzz[A-Za-z0-9_]*\(' . | sort); do \
 	  for t in $$(sed -nE 's/^func (Fuzz[A-Za-z0-9_]*)\(.*/\1/p' "$$f"); do \
 	    echo "fuzz $$t ($$(dirname $$f), $(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) "$$(dirname $$f)" >.build/fuzz.log 2>&1 || { cat .build/fuzz.log; exit 1; }; \
+	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) "$$(dirname $$f)" >.build/fuzz.log 2>&1 || { \
+	      if ! grep -q 'Failing input written' .build/fuzz.log && grep -q 'context deadline exceeded' .build/fuzz.log; then \
+	        echo "  (go's fuzzer ended inside an input when the time ran out and wrote no failing input: not a finding)"; \
+	      else cat .build/fuzz.log; exit 1; fi; }; \
 	  done; \
 	done
 
