@@ -69,10 +69,13 @@ func TestNULRefusedInEveryRequestString(t *testing.T) {
 					t.Run(fmt.Sprintf("%s/%s/%s", svc.Name(), m.Name(), c.path), func(t *testing.T) {
 						tok := accessToken(t)
 						for _, p := range protocols {
+							if c.binaryOnly && p.name == "connect-json" {
+								continue
+							}
 							err := callDynamic(ctx, p.client(), s.base, m, c.msg, tok, p.opts...)
 							checkNULRefusal(t, p.name, err, c.path)
 						}
-						if rule, ok := proto.GetExtension(m.Options(), annotations.E_Http).(*annotations.HttpRule); ok && rule != nil {
+						if rule, ok := proto.GetExtension(m.Options(), annotations.E_Http).(*annotations.HttpRule); ok && rule != nil && !c.binaryOnly {
 							checkRESTNULRefusal(t, s.base, rule, c, tok)
 							seenREST[string(m.Name())+" "+c.path] = true
 						}
@@ -108,6 +111,10 @@ func TestNULRefusedInEveryRequestString(t *testing.T) {
 type nulCase struct {
 	path string
 	msg  *dynamicpb.Message
+	// binaryOnly marks a string the JSON form cannot carry: protojson
+	// refuses to write a FieldMask path that is not a lower_snake name, so
+	// only the binary protocols can send U+0000 in one.
+	binaryOnly bool
 }
 
 // nulCases returns one request of type md per string field it can hold, to a
@@ -142,10 +149,14 @@ func nulCases(md protoreflect.MessageDescriptor, depth int) []nulCase {
 		case fd.IsList():
 			for _, sub := range valueCases(fd, depth) {
 				with(name+"[0]"+sub.path, func(m *dynamicpb.Message) { m.Mutable(fd).List().Append(sub.value) })
+				if md.FullName() == "google.protobuf.FieldMask" || sub.binaryOnly {
+					cases[len(cases)-1].binaryOnly = true
+				}
 			}
 		default:
 			for _, sub := range valueCases(fd, depth) {
 				with(name+sub.path, func(m *dynamicpb.Message) { m.Set(fd, sub.value) })
+				cases[len(cases)-1].binaryOnly = sub.binaryOnly
 			}
 		}
 	}
@@ -155,8 +166,9 @@ func nulCases(md protoreflect.MessageDescriptor, depth int) []nulCase {
 // valueCase is one value of a field with U+0000 somewhere inside, at path
 // below the field ("" for the string itself).
 type valueCase struct {
-	path  string
-	value protoreflect.Value
+	path       string
+	value      protoreflect.Value
+	binaryOnly bool
 }
 
 func valueCases(fd protoreflect.FieldDescriptor, depth int) []valueCase {
@@ -166,7 +178,7 @@ func valueCases(fd protoreflect.FieldDescriptor, depth int) []valueCase {
 	case protoreflect.MessageKind, protoreflect.GroupKind:
 		var out []valueCase
 		for _, c := range nulCases(fd.Message(), depth+1) {
-			out = append(out, valueCase{path: "." + c.path, value: protoreflect.ValueOfMessage(c.msg)})
+			out = append(out, valueCase{path: "." + c.path, value: protoreflect.ValueOfMessage(c.msg), binaryOnly: c.binaryOnly})
 		}
 		return out
 	}

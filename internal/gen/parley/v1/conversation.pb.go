@@ -11,6 +11,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -128,7 +129,10 @@ type CreateConversationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Title string                 `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
 	// room_id optionally links the conversation to one of the caller's rooms.
-	RoomId        string `protobuf:"bytes,2,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	RoomId string `protobuf:"bytes,2,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	// metadata is the conversation's own key-value data: at most 16 pairs,
+	// keys of at most 64 characters, values of at most 512.
+	Metadata      map[string]string `protobuf:"bytes,3,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -175,6 +179,13 @@ func (x *CreateConversationRequest) GetRoomId() string {
 		return x.RoomId
 	}
 	return ""
+}
+
+func (x *CreateConversationRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
 }
 
 type CreateConversationResponse struct {
@@ -312,8 +323,14 @@ func (x *GetConversationResponse) GetConversation() *Conversation {
 type ListConversationsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// page_size defaults to 50.
-	PageSize      int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageSize  int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// metadata keeps only conversations whose metadata has every pair given.
+	Metadata map[string]string `protobuf:"bytes,3,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// created_after keeps only conversations created at or after it.
+	CreatedAfter *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_after,json=createdAfter,proto3" json:"created_after,omitempty"`
+	// created_before keeps only conversations created before it.
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -360,6 +377,27 @@ func (x *ListConversationsRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListConversationsRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ListConversationsRequest) GetCreatedAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAfter
+	}
+	return nil
+}
+
+func (x *ListConversationsRequest) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
 }
 
 type ListConversationsResponse struct {
@@ -957,25 +995,698 @@ func (x *ExportConversationResponse) GetDownloadUrl() string {
 	return ""
 }
 
+type UpdateConversationRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	Title          string                 `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	// metadata replaces the conversation's metadata when update_mask names it.
+	Metadata map[string]string `protobuf:"bytes,3,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// update_mask names the fields to change: "title", "metadata", or both.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,4,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateConversationRequest) Reset() {
+	*x = UpdateConversationRequest{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConversationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConversationRequest) ProtoMessage() {}
+
+func (x *UpdateConversationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConversationRequest.ProtoReflect.Descriptor instead.
+func (*UpdateConversationRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UpdateConversationRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *UpdateConversationRequest) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *UpdateConversationRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *UpdateConversationRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+type UpdateConversationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Conversation  *Conversation          `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateConversationResponse) Reset() {
+	*x = UpdateConversationResponse{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConversationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConversationResponse) ProtoMessage() {}
+
+func (x *UpdateConversationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConversationResponse.ProtoReflect.Descriptor instead.
+func (*UpdateConversationResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UpdateConversationResponse) GetConversation() *Conversation {
+	if x != nil {
+		return x.Conversation
+	}
+	return nil
+}
+
+type AppendItemsRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// items are appended in order; each needs an id, its exactly-once key.
+	Items []*ChatContext_ChatItem `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	// items_json is the alternative to items: the "items" list (or the whole
+	// object) that livekit-agents' ChatContext.to_dict() writes, as JSON text.
+	ItemsJson string `protobuf:"bytes,3,opt,name=items_json,json=itemsJson,proto3" json:"items_json,omitempty"`
+	// agent names the agent appending, kept on each item (LiveKit's lane).
+	Agent string `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`
+	// message_id is kept on each item, like SaveTurn's turn_id.
+	MessageId     string `protobuf:"bytes,5,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendItemsRequest) Reset() {
+	*x = AppendItemsRequest{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendItemsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendItemsRequest) ProtoMessage() {}
+
+func (x *AppendItemsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendItemsRequest.ProtoReflect.Descriptor instead.
+func (*AppendItemsRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AppendItemsRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *AppendItemsRequest) GetItems() []*ChatContext_ChatItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *AppendItemsRequest) GetItemsJson() string {
+	if x != nil {
+		return x.ItemsJson
+	}
+	return ""
+}
+
+func (x *AppendItemsRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *AppendItemsRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+type AppendItemsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// items are the request's items as stored, in order, new or replayed.
+	Items []*Item `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// replayed is true when every item had been stored before and nothing new was stored.
+	Replayed      bool `protobuf:"varint,2,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendItemsResponse) Reset() {
+	*x = AppendItemsResponse{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendItemsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendItemsResponse) ProtoMessage() {}
+
+func (x *AppendItemsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendItemsResponse.ProtoReflect.Descriptor instead.
+func (*AppendItemsResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AppendItemsResponse) GetItems() []*Item {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *AppendItemsResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
+type ListItemsRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// page_size defaults to 50, at most 200.
+	PageSize  int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// order defaults to ORDER_NEWEST_FIRST.
+	Order Order `protobuf:"varint,4,opt,name=order,proto3,enum=parley.v1.Order" json:"order,omitempty"`
+	// agent keeps only the items that agent appended; empty for every item.
+	Agent         string `protobuf:"bytes,5,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListItemsRequest) Reset() {
+	*x = ListItemsRequest{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListItemsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListItemsRequest) ProtoMessage() {}
+
+func (x *ListItemsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListItemsRequest.ProtoReflect.Descriptor instead.
+func (*ListItemsRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListItemsRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *ListItemsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListItemsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListItemsRequest) GetOrder() Order {
+	if x != nil {
+		return x.Order
+	}
+	return Order_ORDER_UNSPECIFIED
+}
+
+func (x *ListItemsRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+type ListItemsResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	Items          []*Item                `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	NextPageToken  string                 `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListItemsResponse) Reset() {
+	*x = ListItemsResponse{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListItemsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListItemsResponse) ProtoMessage() {}
+
+func (x *ListItemsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListItemsResponse.ProtoReflect.Descriptor instead.
+func (*ListItemsResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListItemsResponse) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *ListItemsResponse) GetItems() []*Item {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *ListItemsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type WatchItemsRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	AfterSeq       int64                  `protobuf:"varint,2,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchItemsRequest) Reset() {
+	*x = WatchItemsRequest{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchItemsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchItemsRequest) ProtoMessage() {}
+
+func (x *WatchItemsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchItemsRequest.ProtoReflect.Descriptor instead.
+func (*WatchItemsRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WatchItemsRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *WatchItemsRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+type WatchItemsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// item is unset on heartbeats.
+	Item *Item `protobuf:"bytes,1,opt,name=item,proto3" json:"item,omitempty"`
+	// heartbeat is set on the keep-alive responses an idle stream receives.
+	Heartbeat     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchItemsResponse) Reset() {
+	*x = WatchItemsResponse{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchItemsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchItemsResponse) ProtoMessage() {}
+
+func (x *WatchItemsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchItemsResponse.ProtoReflect.Descriptor instead.
+func (*WatchItemsResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *WatchItemsResponse) GetItem() *Item {
+	if x != nil {
+		return x.Item
+	}
+	return nil
+}
+
+func (x *WatchItemsResponse) GetHeartbeat() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Heartbeat
+	}
+	return nil
+}
+
+type GetChatContextRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// max_items keeps the newest max_items items; 0 sets no item budget.
+	MaxItems int32 `protobuf:"varint,2,opt,name=max_items,json=maxItems,proto3" json:"max_items,omitempty"`
+	// after_seq keeps the items with seq > after_seq.
+	AfterSeq int64 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// max_bytes keeps the newest items whose JSON fits in it; 0 sets no byte budget.
+	MaxBytes int64 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// exclude_instructions leaves out system and developer messages.
+	ExcludeInstructions bool `protobuf:"varint,5,opt,name=exclude_instructions,json=excludeInstructions,proto3" json:"exclude_instructions,omitempty"`
+	// until_seq keeps the items with seq <= until_seq; 0 is up to the newest.
+	UntilSeq      int64 `protobuf:"varint,6,opt,name=until_seq,json=untilSeq,proto3" json:"until_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetChatContextRequest) Reset() {
+	*x = GetChatContextRequest{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetChatContextRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetChatContextRequest) ProtoMessage() {}
+
+func (x *GetChatContextRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetChatContextRequest.ProtoReflect.Descriptor instead.
+func (*GetChatContextRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetChatContextRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *GetChatContextRequest) GetMaxItems() int32 {
+	if x != nil {
+		return x.MaxItems
+	}
+	return 0
+}
+
+func (x *GetChatContextRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *GetChatContextRequest) GetMaxBytes() int64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *GetChatContextRequest) GetExcludeInstructions() bool {
+	if x != nil {
+		return x.ExcludeInstructions
+	}
+	return false
+}
+
+func (x *GetChatContextRequest) GetUntilSeq() int64 {
+	if x != nil {
+		return x.UntilSeq
+	}
+	return 0
+}
+
+type GetChatContextResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ChatContext *ChatContext           `protobuf:"bytes,1,opt,name=chat_context,json=chatContext,proto3" json:"chat_context,omitempty"`
+	// chat_context_json is chat_context as the JSON that livekit-agents'
+	// ChatContext.from_dict() loads unchanged.
+	ChatContextJson string `protobuf:"bytes,2,opt,name=chat_context_json,json=chatContextJson,proto3" json:"chat_context_json,omitempty"`
+	// first_seq and last_seq are the seqs of the first and last item answered, 0 when none.
+	FirstSeq int64 `protobuf:"varint,3,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	LastSeq  int64 `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// truncated is true when a budget left out older items.
+	Truncated     bool `protobuf:"varint,5,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetChatContextResponse) Reset() {
+	*x = GetChatContextResponse{}
+	mi := &file_parley_v1_conversation_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetChatContextResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetChatContextResponse) ProtoMessage() {}
+
+func (x *GetChatContextResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_conversation_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetChatContextResponse.ProtoReflect.Descriptor instead.
+func (*GetChatContextResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_conversation_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *GetChatContextResponse) GetChatContext() *ChatContext {
+	if x != nil {
+		return x.ChatContext
+	}
+	return nil
+}
+
+func (x *GetChatContextResponse) GetChatContextJson() string {
+	if x != nil {
+		return x.ChatContextJson
+	}
+	return ""
+}
+
+func (x *GetChatContextResponse) GetFirstSeq() int64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *GetChatContextResponse) GetLastSeq() int64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *GetChatContextResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 var File_parley_v1_conversation_proto protoreflect.FileDescriptor
 
 const file_parley_v1_conversation_proto_rawDesc = "" +
 	"\n" +
-	"\x1cparley/v1/conversation.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15parley/v1/types.proto\"a\n" +
+	"\x1cparley/v1/conversation.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14parley/v1/item.proto\x1a\x15parley/v1/types.proto\"\x87\x02\n" +
 	"\x19CreateConversationRequest\x12\x1e\n" +
 	"\x05title\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x05title\x12$\n" +
-	"\aroom_id\x18\x02 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x06roomId\"Y\n" +
+	"\aroom_id\x18\x02 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x06roomId\x12g\n" +
+	"\bmetadata\x18\x03 \x03(\v22.parley.v1.CreateConversationRequest.MetadataEntryB\x17\xbaH\x14\x9a\x01\x11\x10\x10\"\x06r\x04\x10\x01\x18@*\x05r\x03\x18\x80\x04R\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
 	"\x1aCreateConversationResponse\x12;\n" +
 	"\fconversation\x18\x01 \x01(\v2\x17.parley.v1.ConversationR\fconversation\"K\n" +
 	"\x16GetConversationRequest\x121\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\"V\n" +
 	"\x17GetConversationResponse\x12;\n" +
-	"\fconversation\x18\x01 \x01(\v2\x17.parley.v1.ConversationR\fconversation\"l\n" +
+	"\fconversation\x18\x01 \x01(\v2\x17.parley.v1.ConversationR\fconversation\"\x95\x03\n" +
 	"\x18ListConversationsRequest\x12'\n" +
 	"\tpage_size\x18\x01 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xc8\x01(\x00R\bpageSize\x12'\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x82\x01\n" +
+	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12f\n" +
+	"\bmetadata\x18\x03 \x03(\v21.parley.v1.ListConversationsRequest.MetadataEntryB\x17\xbaH\x14\x9a\x01\x11\x10\x10\"\x06r\x04\x10\x01\x18@*\x05r\x03\x18\x80\x04R\bmetadata\x12?\n" +
+	"\rcreated_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fcreatedAfter\x12A\n" +
+	"\x0ecreated_before\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBefore\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
 	"\x19ListConversationsResponse\x12=\n" +
 	"\rconversations\x18\x01 \x03(\v2\x17.parley.v1.ConversationR\rconversations\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"N\n" +
@@ -1013,7 +1724,60 @@ const file_parley_v1_conversation_proto_rawDesc = "" +
 	"\x06format\x18\x02 \x01(\x0e2\x17.parley.v1.ExportFormatB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06format\"d\n" +
 	"\x1aExportConversationResponse\x12#\n" +
 	"\x04file\x18\x01 \x01(\v2\x0f.parley.v1.FileR\x04file\x12!\n" +
-	"\fdownload_url\x18\x02 \x01(\tR\vdownloadUrl*N\n" +
+	"\fdownload_url\x18\x02 \x01(\tR\vdownloadUrl\"\xd9\x02\n" +
+	"\x19UpdateConversationRequest\x121\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x12\x1e\n" +
+	"\x05title\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x05title\x12g\n" +
+	"\bmetadata\x18\x03 \x03(\v22.parley.v1.UpdateConversationRequest.MetadataEntryB\x17\xbaH\x14\x9a\x01\x11\x10\x10\"\x06r\x04\x10\x01\x18@*\x05r\x03\x18\x80\x04R\bmetadata\x12C\n" +
+	"\vupdate_mask\x18\x04 \x01(\v2\x1a.google.protobuf.FieldMaskB\x06\xbaH\x03\xc8\x01\x01R\n" +
+	"updateMask\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
+	"\x1aUpdateConversationResponse\x12;\n" +
+	"\fconversation\x18\x01 \x01(\v2\x17.parley.v1.ConversationR\fconversation\"\xe6\x01\n" +
+	"\x12AppendItemsRequest\x121\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x125\n" +
+	"\x05items\x18\x02 \x03(\v2\x1f.parley.v1.ChatContext.ChatItemR\x05items\x12\x1d\n" +
+	"\n" +
+	"items_json\x18\x03 \x01(\tR\titemsJson\x12\x1e\n" +
+	"\x05agent\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x05agent\x12'\n" +
+	"\n" +
+	"message_id\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\tmessageId\"X\n" +
+	"\x13AppendItemsResponse\x12%\n" +
+	"\x05items\x18\x01 \x03(\v2\x0f.parley.v1.ItemR\x05items\x12\x1a\n" +
+	"\breplayed\x18\x02 \x01(\bR\breplayed\"\xe9\x01\n" +
+	"\x10ListItemsRequest\x121\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xc8\x01(\x00R\bpageSize\x12'\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x120\n" +
+	"\x05order\x18\x04 \x01(\x0e2\x10.parley.v1.OrderB\b\xbaH\x05\x82\x01\x02\x10\x01R\x05order\x12\x1e\n" +
+	"\x05agent\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x05agent\"\x8b\x01\n" +
+	"\x11ListItemsResponse\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12%\n" +
+	"\x05items\x18\x02 \x03(\v2\x0f.parley.v1.ItemR\x05items\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"l\n" +
+	"\x11WatchItemsRequest\x121\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x12$\n" +
+	"\tafter_seq\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\bafterSeq\"s\n" +
+	"\x12WatchItemsResponse\x12#\n" +
+	"\x04item\x18\x01 \x01(\v2\x0f.parley.v1.ItemR\x04item\x128\n" +
+	"\theartbeat\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\theartbeat\"\x95\x02\n" +
+	"\x15GetChatContextRequest\x121\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x12$\n" +
+	"\tmax_items\x18\x02 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\bmaxItems\x12$\n" +
+	"\tafter_seq\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\bafterSeq\x12$\n" +
+	"\tmax_bytes\x18\x04 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\bmaxBytes\x121\n" +
+	"\x14exclude_instructions\x18\x05 \x01(\bR\x13excludeInstructions\x12$\n" +
+	"\tuntil_seq\x18\x06 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\buntilSeq\"\xd5\x01\n" +
+	"\x16GetChatContextResponse\x129\n" +
+	"\fchat_context\x18\x01 \x01(\v2\x16.parley.v1.ChatContextR\vchatContext\x12*\n" +
+	"\x11chat_context_json\x18\x02 \x01(\tR\x0fchatContextJson\x12\x1b\n" +
+	"\tfirst_seq\x18\x03 \x01(\x03R\bfirstSeq\x12\x19\n" +
+	"\blast_seq\x18\x04 \x01(\x03R\alastSeq\x12\x1c\n" +
+	"\ttruncated\x18\x05 \x01(\bR\ttruncated*N\n" +
 	"\x05Order\x12\x15\n" +
 	"\x11ORDER_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12ORDER_NEWEST_FIRST\x10\x01\x12\x16\n" +
@@ -1021,7 +1785,7 @@ const file_parley_v1_conversation_proto_rawDesc = "" +
 	"\fExportFormat\x12\x1d\n" +
 	"\x19EXPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12EXPORT_FORMAT_JSON\x10\x01\x12\x1a\n" +
-	"\x16EXPORT_FORMAT_MARKDOWN\x10\x022\x81\a\n" +
+	"\x16EXPORT_FORMAT_MARKDOWN\x10\x022\x8d\f\n" +
 	"\x13ConversationService\x12\x83\x01\n" +
 	"\x12CreateConversation\x12$.parley.v1.CreateConversationRequest\x1a%.parley.v1.CreateConversationResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/api/v1/conversations\x12]\n" +
 	"\x0fGetConversation\x12!.parley.v1.GetConversationRequest\x1a\".parley.v1.GetConversationResponse\"\x03\x90\x02\x01\x12c\n" +
@@ -1030,7 +1794,13 @@ const file_parley_v1_conversation_proto_rawDesc = "" +
 	"\bSaveTurn\x12\x1a.parley.v1.SaveTurnRequest\x1a\x1b.parley.v1.SaveTurnResponse\"*\x82\xd3\xe4\x93\x02$:\x01*\"\x1f/api/v1/conversations/save-turn\x12\x8c\x01\n" +
 	"\fListMessages\x12\x1e.parley.v1.ListMessagesRequest\x1a\x1f.parley.v1.ListMessagesResponse\";\x82\xd3\xe4\x93\x022\x120/api/v1/conversations/{conversation_id}/messages\x90\x02\x01\x12V\n" +
 	"\rWatchMessages\x12\x1f.parley.v1.WatchMessagesRequest\x1a .parley.v1.WatchMessagesResponse\"\x000\x01\x12c\n" +
-	"\x12ExportConversation\x12$.parley.v1.ExportConversationRequest\x1a%.parley.v1.ExportConversationResponse\"\x00B>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
+	"\x12ExportConversation\x12$.parley.v1.ExportConversationRequest\x1a%.parley.v1.ExportConversationResponse\"\x00\x12\x95\x01\n" +
+	"\x12UpdateConversation\x12$.parley.v1.UpdateConversationRequest\x1a%.parley.v1.UpdateConversationResponse\"2\x82\xd3\xe4\x93\x02,:\x01*2'/api/v1/conversations/{conversation_id}\x12\x86\x01\n" +
+	"\vAppendItems\x12\x1d.parley.v1.AppendItemsRequest\x1a\x1e.parley.v1.AppendItemsResponse\"8\x82\xd3\xe4\x93\x022:\x01*\"-/api/v1/conversations/{conversation_id}/items\x12\x80\x01\n" +
+	"\tListItems\x12\x1b.parley.v1.ListItemsRequest\x1a\x1c.parley.v1.ListItemsResponse\"8\x82\xd3\xe4\x93\x02/\x12-/api/v1/conversations/{conversation_id}/items\x90\x02\x01\x12M\n" +
+	"\n" +
+	"WatchItems\x12\x1c.parley.v1.WatchItemsRequest\x1a\x1d.parley.v1.WatchItemsResponse\"\x000\x01\x12\x96\x01\n" +
+	"\x0eGetChatContext\x12 .parley.v1.GetChatContextRequest\x1a!.parley.v1.GetChatContextResponse\"?\x82\xd3\xe4\x93\x026\x124/api/v1/conversations/{conversation_id}/chat-context\x90\x02\x01B>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_conversation_proto_rawDescOnce sync.Once
@@ -1045,7 +1815,7 @@ func file_parley_v1_conversation_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_conversation_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_parley_v1_conversation_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_parley_v1_conversation_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_parley_v1_conversation_proto_goTypes = []any{
 	(Order)(0),                         // 0: parley.v1.Order
 	(ExportFormat)(0),                  // 1: parley.v1.ExportFormat
@@ -1065,43 +1835,84 @@ var file_parley_v1_conversation_proto_goTypes = []any{
 	(*WatchMessagesResponse)(nil),      // 15: parley.v1.WatchMessagesResponse
 	(*ExportConversationRequest)(nil),  // 16: parley.v1.ExportConversationRequest
 	(*ExportConversationResponse)(nil), // 17: parley.v1.ExportConversationResponse
-	(*Conversation)(nil),               // 18: parley.v1.Conversation
-	(*Message)(nil),                    // 19: parley.v1.Message
-	(*timestamppb.Timestamp)(nil),      // 20: google.protobuf.Timestamp
-	(*File)(nil),                       // 21: parley.v1.File
+	(*UpdateConversationRequest)(nil),  // 18: parley.v1.UpdateConversationRequest
+	(*UpdateConversationResponse)(nil), // 19: parley.v1.UpdateConversationResponse
+	(*AppendItemsRequest)(nil),         // 20: parley.v1.AppendItemsRequest
+	(*AppendItemsResponse)(nil),        // 21: parley.v1.AppendItemsResponse
+	(*ListItemsRequest)(nil),           // 22: parley.v1.ListItemsRequest
+	(*ListItemsResponse)(nil),          // 23: parley.v1.ListItemsResponse
+	(*WatchItemsRequest)(nil),          // 24: parley.v1.WatchItemsRequest
+	(*WatchItemsResponse)(nil),         // 25: parley.v1.WatchItemsResponse
+	(*GetChatContextRequest)(nil),      // 26: parley.v1.GetChatContextRequest
+	(*GetChatContextResponse)(nil),     // 27: parley.v1.GetChatContextResponse
+	nil,                                // 28: parley.v1.CreateConversationRequest.MetadataEntry
+	nil,                                // 29: parley.v1.ListConversationsRequest.MetadataEntry
+	nil,                                // 30: parley.v1.UpdateConversationRequest.MetadataEntry
+	(*Conversation)(nil),               // 31: parley.v1.Conversation
+	(*timestamppb.Timestamp)(nil),      // 32: google.protobuf.Timestamp
+	(*Message)(nil),                    // 33: parley.v1.Message
+	(*File)(nil),                       // 34: parley.v1.File
+	(*fieldmaskpb.FieldMask)(nil),      // 35: google.protobuf.FieldMask
+	(*ChatContext_ChatItem)(nil),       // 36: parley.v1.ChatContext.ChatItem
+	(*Item)(nil),                       // 37: parley.v1.Item
+	(*ChatContext)(nil),                // 38: parley.v1.ChatContext
 }
 var file_parley_v1_conversation_proto_depIdxs = []int32{
-	18, // 0: parley.v1.CreateConversationResponse.conversation:type_name -> parley.v1.Conversation
-	18, // 1: parley.v1.GetConversationResponse.conversation:type_name -> parley.v1.Conversation
-	18, // 2: parley.v1.ListConversationsResponse.conversations:type_name -> parley.v1.Conversation
-	19, // 3: parley.v1.SaveTurnResponse.messages:type_name -> parley.v1.Message
-	0,  // 4: parley.v1.ListMessagesRequest.order:type_name -> parley.v1.Order
-	19, // 5: parley.v1.ListMessagesResponse.messages:type_name -> parley.v1.Message
-	19, // 6: parley.v1.WatchMessagesResponse.message:type_name -> parley.v1.Message
-	20, // 7: parley.v1.WatchMessagesResponse.heartbeat:type_name -> google.protobuf.Timestamp
-	1,  // 8: parley.v1.ExportConversationRequest.format:type_name -> parley.v1.ExportFormat
-	21, // 9: parley.v1.ExportConversationResponse.file:type_name -> parley.v1.File
-	2,  // 10: parley.v1.ConversationService.CreateConversation:input_type -> parley.v1.CreateConversationRequest
-	4,  // 11: parley.v1.ConversationService.GetConversation:input_type -> parley.v1.GetConversationRequest
-	6,  // 12: parley.v1.ConversationService.ListConversations:input_type -> parley.v1.ListConversationsRequest
-	8,  // 13: parley.v1.ConversationService.DeleteConversation:input_type -> parley.v1.DeleteConversationRequest
-	10, // 14: parley.v1.ConversationService.SaveTurn:input_type -> parley.v1.SaveTurnRequest
-	12, // 15: parley.v1.ConversationService.ListMessages:input_type -> parley.v1.ListMessagesRequest
-	14, // 16: parley.v1.ConversationService.WatchMessages:input_type -> parley.v1.WatchMessagesRequest
-	16, // 17: parley.v1.ConversationService.ExportConversation:input_type -> parley.v1.ExportConversationRequest
-	3,  // 18: parley.v1.ConversationService.CreateConversation:output_type -> parley.v1.CreateConversationResponse
-	5,  // 19: parley.v1.ConversationService.GetConversation:output_type -> parley.v1.GetConversationResponse
-	7,  // 20: parley.v1.ConversationService.ListConversations:output_type -> parley.v1.ListConversationsResponse
-	9,  // 21: parley.v1.ConversationService.DeleteConversation:output_type -> parley.v1.DeleteConversationResponse
-	11, // 22: parley.v1.ConversationService.SaveTurn:output_type -> parley.v1.SaveTurnResponse
-	13, // 23: parley.v1.ConversationService.ListMessages:output_type -> parley.v1.ListMessagesResponse
-	15, // 24: parley.v1.ConversationService.WatchMessages:output_type -> parley.v1.WatchMessagesResponse
-	17, // 25: parley.v1.ConversationService.ExportConversation:output_type -> parley.v1.ExportConversationResponse
-	18, // [18:26] is the sub-list for method output_type
-	10, // [10:18] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	28, // 0: parley.v1.CreateConversationRequest.metadata:type_name -> parley.v1.CreateConversationRequest.MetadataEntry
+	31, // 1: parley.v1.CreateConversationResponse.conversation:type_name -> parley.v1.Conversation
+	31, // 2: parley.v1.GetConversationResponse.conversation:type_name -> parley.v1.Conversation
+	29, // 3: parley.v1.ListConversationsRequest.metadata:type_name -> parley.v1.ListConversationsRequest.MetadataEntry
+	32, // 4: parley.v1.ListConversationsRequest.created_after:type_name -> google.protobuf.Timestamp
+	32, // 5: parley.v1.ListConversationsRequest.created_before:type_name -> google.protobuf.Timestamp
+	31, // 6: parley.v1.ListConversationsResponse.conversations:type_name -> parley.v1.Conversation
+	33, // 7: parley.v1.SaveTurnResponse.messages:type_name -> parley.v1.Message
+	0,  // 8: parley.v1.ListMessagesRequest.order:type_name -> parley.v1.Order
+	33, // 9: parley.v1.ListMessagesResponse.messages:type_name -> parley.v1.Message
+	33, // 10: parley.v1.WatchMessagesResponse.message:type_name -> parley.v1.Message
+	32, // 11: parley.v1.WatchMessagesResponse.heartbeat:type_name -> google.protobuf.Timestamp
+	1,  // 12: parley.v1.ExportConversationRequest.format:type_name -> parley.v1.ExportFormat
+	34, // 13: parley.v1.ExportConversationResponse.file:type_name -> parley.v1.File
+	30, // 14: parley.v1.UpdateConversationRequest.metadata:type_name -> parley.v1.UpdateConversationRequest.MetadataEntry
+	35, // 15: parley.v1.UpdateConversationRequest.update_mask:type_name -> google.protobuf.FieldMask
+	31, // 16: parley.v1.UpdateConversationResponse.conversation:type_name -> parley.v1.Conversation
+	36, // 17: parley.v1.AppendItemsRequest.items:type_name -> parley.v1.ChatContext.ChatItem
+	37, // 18: parley.v1.AppendItemsResponse.items:type_name -> parley.v1.Item
+	0,  // 19: parley.v1.ListItemsRequest.order:type_name -> parley.v1.Order
+	37, // 20: parley.v1.ListItemsResponse.items:type_name -> parley.v1.Item
+	37, // 21: parley.v1.WatchItemsResponse.item:type_name -> parley.v1.Item
+	32, // 22: parley.v1.WatchItemsResponse.heartbeat:type_name -> google.protobuf.Timestamp
+	38, // 23: parley.v1.GetChatContextResponse.chat_context:type_name -> parley.v1.ChatContext
+	2,  // 24: parley.v1.ConversationService.CreateConversation:input_type -> parley.v1.CreateConversationRequest
+	4,  // 25: parley.v1.ConversationService.GetConversation:input_type -> parley.v1.GetConversationRequest
+	6,  // 26: parley.v1.ConversationService.ListConversations:input_type -> parley.v1.ListConversationsRequest
+	8,  // 27: parley.v1.ConversationService.DeleteConversation:input_type -> parley.v1.DeleteConversationRequest
+	10, // 28: parley.v1.ConversationService.SaveTurn:input_type -> parley.v1.SaveTurnRequest
+	12, // 29: parley.v1.ConversationService.ListMessages:input_type -> parley.v1.ListMessagesRequest
+	14, // 30: parley.v1.ConversationService.WatchMessages:input_type -> parley.v1.WatchMessagesRequest
+	16, // 31: parley.v1.ConversationService.ExportConversation:input_type -> parley.v1.ExportConversationRequest
+	18, // 32: parley.v1.ConversationService.UpdateConversation:input_type -> parley.v1.UpdateConversationRequest
+	20, // 33: parley.v1.ConversationService.AppendItems:input_type -> parley.v1.AppendItemsRequest
+	22, // 34: parley.v1.ConversationService.ListItems:input_type -> parley.v1.ListItemsRequest
+	24, // 35: parley.v1.ConversationService.WatchItems:input_type -> parley.v1.WatchItemsRequest
+	26, // 36: parley.v1.ConversationService.GetChatContext:input_type -> parley.v1.GetChatContextRequest
+	3,  // 37: parley.v1.ConversationService.CreateConversation:output_type -> parley.v1.CreateConversationResponse
+	5,  // 38: parley.v1.ConversationService.GetConversation:output_type -> parley.v1.GetConversationResponse
+	7,  // 39: parley.v1.ConversationService.ListConversations:output_type -> parley.v1.ListConversationsResponse
+	9,  // 40: parley.v1.ConversationService.DeleteConversation:output_type -> parley.v1.DeleteConversationResponse
+	11, // 41: parley.v1.ConversationService.SaveTurn:output_type -> parley.v1.SaveTurnResponse
+	13, // 42: parley.v1.ConversationService.ListMessages:output_type -> parley.v1.ListMessagesResponse
+	15, // 43: parley.v1.ConversationService.WatchMessages:output_type -> parley.v1.WatchMessagesResponse
+	17, // 44: parley.v1.ConversationService.ExportConversation:output_type -> parley.v1.ExportConversationResponse
+	19, // 45: parley.v1.ConversationService.UpdateConversation:output_type -> parley.v1.UpdateConversationResponse
+	21, // 46: parley.v1.ConversationService.AppendItems:output_type -> parley.v1.AppendItemsResponse
+	23, // 47: parley.v1.ConversationService.ListItems:output_type -> parley.v1.ListItemsResponse
+	25, // 48: parley.v1.ConversationService.WatchItems:output_type -> parley.v1.WatchItemsResponse
+	27, // 49: parley.v1.ConversationService.GetChatContext:output_type -> parley.v1.GetChatContextResponse
+	37, // [37:50] is the sub-list for method output_type
+	24, // [24:37] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_conversation_proto_init() }
@@ -1109,6 +1920,7 @@ func file_parley_v1_conversation_proto_init() {
 	if File_parley_v1_conversation_proto != nil {
 		return
 	}
+	file_parley_v1_item_proto_init()
 	file_parley_v1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1116,7 +1928,7 @@ func file_parley_v1_conversation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_conversation_proto_rawDesc), len(file_parley_v1_conversation_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,10 +24,18 @@ const (
 )
 
 type CreateRoomRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// agent_name is the agent LiveKit dispatches to the room; empty takes
+	// PARLEY_LIVEKIT_AGENT_NAME.
+	AgentName string `protobuf:"bytes,2,opt,name=agent_name,json=agentName,proto3" json:"agent_name,omitempty"`
+	// agent_metadata goes into the agent's dispatch metadata beside conversation_id.
+	AgentMetadata string `protobuf:"bytes,3,opt,name=agent_metadata,json=agentMetadata,proto3" json:"agent_metadata,omitempty"`
+	// conversation_id resumes one of the caller's conversations in the new
+	// room instead of starting one; the dispatch then also carries its last seq.
+	ConversationId string `protobuf:"bytes,4,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateRoomRequest) Reset() {
@@ -63,6 +71,27 @@ func (*CreateRoomRequest) Descriptor() ([]byte, []int) {
 func (x *CreateRoomRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateRoomRequest) GetAgentName() string {
+	if x != nil {
+		return x.AgentName
+	}
+	return ""
+}
+
+func (x *CreateRoomRequest) GetAgentMetadata() string {
+	if x != nil {
+		return x.AgentMetadata
+	}
+	return ""
+}
+
+func (x *CreateRoomRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
 	}
 	return ""
 }
@@ -492,9 +521,13 @@ var File_parley_v1_room_proto protoreflect.FileDescriptor
 
 const file_parley_v1_room_proto_rawDesc = "" +
 	"\n" +
-	"\x14parley/v1/room.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x15parley/v1/types.proto\"2\n" +
+	"\x14parley/v1/room.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x15parley/v1/types.proto\"\xc3\x01\n" +
 	"\x11CreateRoomRequest\x12\x1d\n" +
-	"\x04name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\x04name\"b\n" +
+	"\x04name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\x04name\x12'\n" +
+	"\n" +
+	"agent_name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\tagentName\x120\n" +
+	"\x0eagent_metadata\x18\x03 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\ragentMetadata\x124\n" +
+	"\x0fconversation_id\x18\x04 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x0econversationId\"b\n" +
 	"\x12CreateRoomResponse\x12#\n" +
 	"\x04room\x18\x01 \x01(\v2\x0f.parley.v1.RoomR\x04room\x12'\n" +
 	"\x04join\x18\x02 \x01(\v2\x13.parley.v1.JoinInfoR\x04join\"3\n" +

@@ -378,9 +378,14 @@ type Conversation struct {
 	Title        string `protobuf:"bytes,4,opt,name=title,proto3" json:"title,omitempty"`
 	MessageCount int64  `protobuf:"varint,5,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
 	// last_seq is the seq of the newest message, 0 when there is none.
-	LastSeq       int64                  `protobuf:"varint,6,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	LastSeq   int64                  `protobuf:"varint,6,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	Metadata  map[string]string      `protobuf:"bytes,9,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// item_count counts the conversation's chat items of every kind.
+	ItemCount int64 `protobuf:"varint,10,opt,name=item_count,json=itemCount,proto3" json:"item_count,omitempty"`
+	// last_item_seq is the seq of the newest chat item, 0 when there is none.
+	LastItemSeq   int64 `protobuf:"varint,11,opt,name=last_item_seq,json=lastItemSeq,proto3" json:"last_item_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -469,6 +474,27 @@ func (x *Conversation) GetUpdatedAt() *timestamppb.Timestamp {
 		return x.UpdatedAt
 	}
 	return nil
+}
+
+func (x *Conversation) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *Conversation) GetItemCount() int64 {
+	if x != nil {
+		return x.ItemCount
+	}
+	return 0
+}
+
+func (x *Conversation) GetLastItemSeq() int64 {
+	if x != nil {
+		return x.LastItemSeq
+	}
+	return 0
 }
 
 // Message is one utterance in a conversation.
@@ -579,7 +605,9 @@ type Room struct {
 	CreatedBy string                 `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// ended_at is unset while the room is active.
-	EndedAt       *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	EndedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	// agent_name is the agent dispatched to the room, empty when none is.
+	AgentName     string `protobuf:"bytes,9,opt,name=agent_name,json=agentName,proto3" json:"agent_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -668,6 +696,13 @@ func (x *Room) GetEndedAt() *timestamppb.Timestamp {
 		return x.EndedAt
 	}
 	return nil
+}
+
+func (x *Room) GetAgentName() string {
+	if x != nil {
+		return x.AgentName
+	}
+	return ""
 }
 
 // JoinInfo is what a client needs to connect to a room on LiveKit.
@@ -857,7 +892,7 @@ const file_parley_v1_types_proto_rawDesc = "" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12#\n" +
 	"\rrefresh_token\x18\x02 \x01(\tR\frefreshToken\x12F\n" +
 	"\x11access_expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0faccessExpiresAt\x12H\n" +
-	"\x12refresh_expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x10refreshExpiresAt\"\x9c\x02\n" +
+	"\x12refresh_expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x10refreshExpiresAt\"\xdf\x03\n" +
 	"\fConversation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x17\n" +
@@ -868,7 +903,15 @@ const file_parley_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xe7\x01\n" +
+	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12A\n" +
+	"\bmetadata\x18\t \x03(\v2%.parley.v1.Conversation.MetadataEntryR\bmetadata\x12\x1d\n" +
+	"\n" +
+	"item_count\x18\n" +
+	" \x01(\x03R\titemCount\x12\"\n" +
+	"\rlast_item_seq\x18\v \x01(\x03R\vlastItemSeq\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe7\x01\n" +
 	"\aMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12\x10\n" +
@@ -877,7 +920,7 @@ const file_parley_v1_types_proto_rawDesc = "" +
 	"\acontent\x18\x05 \x01(\tR\acontent\x12\x17\n" +
 	"\aturn_id\x18\x06 \x01(\tR\x06turnId\x129\n" +
 	"\n" +
-	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xb6\x02\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xd5\x02\n" +
 	"\x04Room\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12'\n" +
@@ -888,7 +931,9 @@ const file_parley_v1_types_proto_rawDesc = "" +
 	"created_by\x18\x06 \x01(\tR\tcreatedBy\x129\n" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x125\n" +
-	"\bended_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\"|\n" +
+	"\bended_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12\x1d\n" +
+	"\n" +
+	"agent_name\x18\t \x01(\tR\tagentName\"|\n" +
 	"\bJoinInfo\x12\x1f\n" +
 	"\vlivekit_url\x18\x01 \x01(\tR\n" +
 	"livekitUrl\x12\x14\n" +
@@ -941,7 +986,7 @@ func file_parley_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_parley_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_parley_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_parley_v1_types_proto_goTypes = []any{
 	(Role)(0),                     // 0: parley.v1.Role
 	(RoomStatus)(0),               // 1: parley.v1.RoomStatus
@@ -954,28 +999,30 @@ var file_parley_v1_types_proto_goTypes = []any{
 	(*Room)(nil),                  // 8: parley.v1.Room
 	(*JoinInfo)(nil),              // 9: parley.v1.JoinInfo
 	(*File)(nil),                  // 10: parley.v1.File
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	nil,                           // 11: parley.v1.Conversation.MetadataEntry
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_parley_v1_types_proto_depIdxs = []int32{
-	11, // 0: parley.v1.User.created_at:type_name -> google.protobuf.Timestamp
-	11, // 1: parley.v1.TokenPair.access_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 2: parley.v1.TokenPair.refresh_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 3: parley.v1.Conversation.created_at:type_name -> google.protobuf.Timestamp
-	11, // 4: parley.v1.Conversation.updated_at:type_name -> google.protobuf.Timestamp
-	0,  // 5: parley.v1.Message.role:type_name -> parley.v1.Role
-	11, // 6: parley.v1.Message.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 7: parley.v1.Room.status:type_name -> parley.v1.RoomStatus
-	11, // 8: parley.v1.Room.created_at:type_name -> google.protobuf.Timestamp
-	11, // 9: parley.v1.Room.ended_at:type_name -> google.protobuf.Timestamp
-	11, // 10: parley.v1.JoinInfo.expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 11: parley.v1.File.kind:type_name -> parley.v1.FileKind
-	3,  // 12: parley.v1.File.status:type_name -> parley.v1.FileStatus
-	11, // 13: parley.v1.File.created_at:type_name -> google.protobuf.Timestamp
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	12, // 0: parley.v1.User.created_at:type_name -> google.protobuf.Timestamp
+	12, // 1: parley.v1.TokenPair.access_expires_at:type_name -> google.protobuf.Timestamp
+	12, // 2: parley.v1.TokenPair.refresh_expires_at:type_name -> google.protobuf.Timestamp
+	12, // 3: parley.v1.Conversation.created_at:type_name -> google.protobuf.Timestamp
+	12, // 4: parley.v1.Conversation.updated_at:type_name -> google.protobuf.Timestamp
+	11, // 5: parley.v1.Conversation.metadata:type_name -> parley.v1.Conversation.MetadataEntry
+	0,  // 6: parley.v1.Message.role:type_name -> parley.v1.Role
+	12, // 7: parley.v1.Message.created_at:type_name -> google.protobuf.Timestamp
+	1,  // 8: parley.v1.Room.status:type_name -> parley.v1.RoomStatus
+	12, // 9: parley.v1.Room.created_at:type_name -> google.protobuf.Timestamp
+	12, // 10: parley.v1.Room.ended_at:type_name -> google.protobuf.Timestamp
+	12, // 11: parley.v1.JoinInfo.expires_at:type_name -> google.protobuf.Timestamp
+	2,  // 12: parley.v1.File.kind:type_name -> parley.v1.FileKind
+	3,  // 13: parley.v1.File.status:type_name -> parley.v1.FileStatus
+	12, // 14: parley.v1.File.created_at:type_name -> google.protobuf.Timestamp
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_types_proto_init() }
@@ -989,7 +1036,7 @@ func file_parley_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_types_proto_rawDesc), len(file_parley_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

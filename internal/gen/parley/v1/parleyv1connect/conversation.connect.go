@@ -57,6 +57,21 @@ const (
 	// ConversationServiceExportConversationProcedure is the fully-qualified name of the
 	// ConversationService's ExportConversation RPC.
 	ConversationServiceExportConversationProcedure = "/parley.v1.ConversationService/ExportConversation"
+	// ConversationServiceUpdateConversationProcedure is the fully-qualified name of the
+	// ConversationService's UpdateConversation RPC.
+	ConversationServiceUpdateConversationProcedure = "/parley.v1.ConversationService/UpdateConversation"
+	// ConversationServiceAppendItemsProcedure is the fully-qualified name of the ConversationService's
+	// AppendItems RPC.
+	ConversationServiceAppendItemsProcedure = "/parley.v1.ConversationService/AppendItems"
+	// ConversationServiceListItemsProcedure is the fully-qualified name of the ConversationService's
+	// ListItems RPC.
+	ConversationServiceListItemsProcedure = "/parley.v1.ConversationService/ListItems"
+	// ConversationServiceWatchItemsProcedure is the fully-qualified name of the ConversationService's
+	// WatchItems RPC.
+	ConversationServiceWatchItemsProcedure = "/parley.v1.ConversationService/WatchItems"
+	// ConversationServiceGetChatContextProcedure is the fully-qualified name of the
+	// ConversationService's GetChatContext RPC.
+	ConversationServiceGetChatContextProcedure = "/parley.v1.ConversationService/GetChatContext"
 )
 
 // ConversationServiceClient is a client for the parley.v1.ConversationService service.
@@ -77,6 +92,16 @@ type ConversationServiceClient interface {
 	WatchMessages(context.Context, *connect.Request[v1.WatchMessagesRequest]) (*connect.ServerStreamForClient[v1.WatchMessagesResponse], error)
 	// ExportConversation writes the conversation to a file and returns its download URL.
 	ExportConversation(context.Context, *connect.Request[v1.ExportConversationRequest]) (*connect.Response[v1.ExportConversationResponse], error)
+	// UpdateConversation changes a conversation's title and metadata, as its update_mask says.
+	UpdateConversation(context.Context, *connect.Request[v1.UpdateConversationRequest]) (*connect.Response[v1.UpdateConversationResponse], error)
+	// AppendItems appends chat items atomically, exactly once per item id.
+	AppendItems(context.Context, *connect.Request[v1.AppendItemsRequest]) (*connect.Response[v1.AppendItemsResponse], error)
+	// ListItems pages through a conversation's chat items of every kind by seq.
+	ListItems(context.Context, *connect.Request[v1.ListItemsRequest]) (*connect.Response[v1.ListItemsResponse], error)
+	// WatchItems streams stored items after after_seq, then each new one.
+	WatchItems(context.Context, *connect.Request[v1.WatchItemsRequest]) (*connect.ServerStreamForClient[v1.WatchItemsResponse], error)
+	// GetChatContext answers the conversation as LiveKit's ChatContext, within a budget.
+	GetChatContext(context.Context, *connect.Request[v1.GetChatContextRequest]) (*connect.Response[v1.GetChatContextResponse], error)
 }
 
 // NewConversationServiceClient constructs a client for the parley.v1.ConversationService service.
@@ -141,6 +166,38 @@ func NewConversationServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithSchema(conversationServiceMethods.ByName("ExportConversation")),
 			connect.WithClientOptions(opts...),
 		),
+		updateConversation: connect.NewClient[v1.UpdateConversationRequest, v1.UpdateConversationResponse](
+			httpClient,
+			baseURL+ConversationServiceUpdateConversationProcedure,
+			connect.WithSchema(conversationServiceMethods.ByName("UpdateConversation")),
+			connect.WithClientOptions(opts...),
+		),
+		appendItems: connect.NewClient[v1.AppendItemsRequest, v1.AppendItemsResponse](
+			httpClient,
+			baseURL+ConversationServiceAppendItemsProcedure,
+			connect.WithSchema(conversationServiceMethods.ByName("AppendItems")),
+			connect.WithClientOptions(opts...),
+		),
+		listItems: connect.NewClient[v1.ListItemsRequest, v1.ListItemsResponse](
+			httpClient,
+			baseURL+ConversationServiceListItemsProcedure,
+			connect.WithSchema(conversationServiceMethods.ByName("ListItems")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		watchItems: connect.NewClient[v1.WatchItemsRequest, v1.WatchItemsResponse](
+			httpClient,
+			baseURL+ConversationServiceWatchItemsProcedure,
+			connect.WithSchema(conversationServiceMethods.ByName("WatchItems")),
+			connect.WithClientOptions(opts...),
+		),
+		getChatContext: connect.NewClient[v1.GetChatContextRequest, v1.GetChatContextResponse](
+			httpClient,
+			baseURL+ConversationServiceGetChatContextProcedure,
+			connect.WithSchema(conversationServiceMethods.ByName("GetChatContext")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -154,6 +211,11 @@ type conversationServiceClient struct {
 	listMessages       *connect.Client[v1.ListMessagesRequest, v1.ListMessagesResponse]
 	watchMessages      *connect.Client[v1.WatchMessagesRequest, v1.WatchMessagesResponse]
 	exportConversation *connect.Client[v1.ExportConversationRequest, v1.ExportConversationResponse]
+	updateConversation *connect.Client[v1.UpdateConversationRequest, v1.UpdateConversationResponse]
+	appendItems        *connect.Client[v1.AppendItemsRequest, v1.AppendItemsResponse]
+	listItems          *connect.Client[v1.ListItemsRequest, v1.ListItemsResponse]
+	watchItems         *connect.Client[v1.WatchItemsRequest, v1.WatchItemsResponse]
+	getChatContext     *connect.Client[v1.GetChatContextRequest, v1.GetChatContextResponse]
 }
 
 // CreateConversation calls parley.v1.ConversationService.CreateConversation.
@@ -196,6 +258,31 @@ func (c *conversationServiceClient) ExportConversation(ctx context.Context, req 
 	return c.exportConversation.CallUnary(ctx, req)
 }
 
+// UpdateConversation calls parley.v1.ConversationService.UpdateConversation.
+func (c *conversationServiceClient) UpdateConversation(ctx context.Context, req *connect.Request[v1.UpdateConversationRequest]) (*connect.Response[v1.UpdateConversationResponse], error) {
+	return c.updateConversation.CallUnary(ctx, req)
+}
+
+// AppendItems calls parley.v1.ConversationService.AppendItems.
+func (c *conversationServiceClient) AppendItems(ctx context.Context, req *connect.Request[v1.AppendItemsRequest]) (*connect.Response[v1.AppendItemsResponse], error) {
+	return c.appendItems.CallUnary(ctx, req)
+}
+
+// ListItems calls parley.v1.ConversationService.ListItems.
+func (c *conversationServiceClient) ListItems(ctx context.Context, req *connect.Request[v1.ListItemsRequest]) (*connect.Response[v1.ListItemsResponse], error) {
+	return c.listItems.CallUnary(ctx, req)
+}
+
+// WatchItems calls parley.v1.ConversationService.WatchItems.
+func (c *conversationServiceClient) WatchItems(ctx context.Context, req *connect.Request[v1.WatchItemsRequest]) (*connect.ServerStreamForClient[v1.WatchItemsResponse], error) {
+	return c.watchItems.CallServerStream(ctx, req)
+}
+
+// GetChatContext calls parley.v1.ConversationService.GetChatContext.
+func (c *conversationServiceClient) GetChatContext(ctx context.Context, req *connect.Request[v1.GetChatContextRequest]) (*connect.Response[v1.GetChatContextResponse], error) {
+	return c.getChatContext.CallUnary(ctx, req)
+}
+
 // ConversationServiceHandler is an implementation of the parley.v1.ConversationService service.
 type ConversationServiceHandler interface {
 	// CreateConversation creates a conversation owned by the caller.
@@ -214,6 +301,16 @@ type ConversationServiceHandler interface {
 	WatchMessages(context.Context, *connect.Request[v1.WatchMessagesRequest], *connect.ServerStream[v1.WatchMessagesResponse]) error
 	// ExportConversation writes the conversation to a file and returns its download URL.
 	ExportConversation(context.Context, *connect.Request[v1.ExportConversationRequest]) (*connect.Response[v1.ExportConversationResponse], error)
+	// UpdateConversation changes a conversation's title and metadata, as its update_mask says.
+	UpdateConversation(context.Context, *connect.Request[v1.UpdateConversationRequest]) (*connect.Response[v1.UpdateConversationResponse], error)
+	// AppendItems appends chat items atomically, exactly once per item id.
+	AppendItems(context.Context, *connect.Request[v1.AppendItemsRequest]) (*connect.Response[v1.AppendItemsResponse], error)
+	// ListItems pages through a conversation's chat items of every kind by seq.
+	ListItems(context.Context, *connect.Request[v1.ListItemsRequest]) (*connect.Response[v1.ListItemsResponse], error)
+	// WatchItems streams stored items after after_seq, then each new one.
+	WatchItems(context.Context, *connect.Request[v1.WatchItemsRequest], *connect.ServerStream[v1.WatchItemsResponse]) error
+	// GetChatContext answers the conversation as LiveKit's ChatContext, within a budget.
+	GetChatContext(context.Context, *connect.Request[v1.GetChatContextRequest]) (*connect.Response[v1.GetChatContextResponse], error)
 }
 
 // NewConversationServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -274,6 +371,38 @@ func NewConversationServiceHandler(svc ConversationServiceHandler, opts ...conne
 		connect.WithSchema(conversationServiceMethods.ByName("ExportConversation")),
 		connect.WithHandlerOptions(opts...),
 	)
+	conversationServiceUpdateConversationHandler := connect.NewUnaryHandler(
+		ConversationServiceUpdateConversationProcedure,
+		svc.UpdateConversation,
+		connect.WithSchema(conversationServiceMethods.ByName("UpdateConversation")),
+		connect.WithHandlerOptions(opts...),
+	)
+	conversationServiceAppendItemsHandler := connect.NewUnaryHandler(
+		ConversationServiceAppendItemsProcedure,
+		svc.AppendItems,
+		connect.WithSchema(conversationServiceMethods.ByName("AppendItems")),
+		connect.WithHandlerOptions(opts...),
+	)
+	conversationServiceListItemsHandler := connect.NewUnaryHandler(
+		ConversationServiceListItemsProcedure,
+		svc.ListItems,
+		connect.WithSchema(conversationServiceMethods.ByName("ListItems")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	conversationServiceWatchItemsHandler := connect.NewServerStreamHandler(
+		ConversationServiceWatchItemsProcedure,
+		svc.WatchItems,
+		connect.WithSchema(conversationServiceMethods.ByName("WatchItems")),
+		connect.WithHandlerOptions(opts...),
+	)
+	conversationServiceGetChatContextHandler := connect.NewUnaryHandler(
+		ConversationServiceGetChatContextProcedure,
+		svc.GetChatContext,
+		connect.WithSchema(conversationServiceMethods.ByName("GetChatContext")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.ConversationService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ConversationServiceCreateConversationProcedure:
@@ -292,6 +421,16 @@ func NewConversationServiceHandler(svc ConversationServiceHandler, opts ...conne
 			conversationServiceWatchMessagesHandler.ServeHTTP(w, r)
 		case ConversationServiceExportConversationProcedure:
 			conversationServiceExportConversationHandler.ServeHTTP(w, r)
+		case ConversationServiceUpdateConversationProcedure:
+			conversationServiceUpdateConversationHandler.ServeHTTP(w, r)
+		case ConversationServiceAppendItemsProcedure:
+			conversationServiceAppendItemsHandler.ServeHTTP(w, r)
+		case ConversationServiceListItemsProcedure:
+			conversationServiceListItemsHandler.ServeHTTP(w, r)
+		case ConversationServiceWatchItemsProcedure:
+			conversationServiceWatchItemsHandler.ServeHTTP(w, r)
+		case ConversationServiceGetChatContextProcedure:
+			conversationServiceGetChatContextHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -331,4 +470,24 @@ func (UnimplementedConversationServiceHandler) WatchMessages(context.Context, *c
 
 func (UnimplementedConversationServiceHandler) ExportConversation(context.Context, *connect.Request[v1.ExportConversationRequest]) (*connect.Response[v1.ExportConversationResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.ExportConversation is not implemented"))
+}
+
+func (UnimplementedConversationServiceHandler) UpdateConversation(context.Context, *connect.Request[v1.UpdateConversationRequest]) (*connect.Response[v1.UpdateConversationResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.UpdateConversation is not implemented"))
+}
+
+func (UnimplementedConversationServiceHandler) AppendItems(context.Context, *connect.Request[v1.AppendItemsRequest]) (*connect.Response[v1.AppendItemsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.AppendItems is not implemented"))
+}
+
+func (UnimplementedConversationServiceHandler) ListItems(context.Context, *connect.Request[v1.ListItemsRequest]) (*connect.Response[v1.ListItemsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.ListItems is not implemented"))
+}
+
+func (UnimplementedConversationServiceHandler) WatchItems(context.Context, *connect.Request[v1.WatchItemsRequest], *connect.ServerStream[v1.WatchItemsResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.WatchItems is not implemented"))
+}
+
+func (UnimplementedConversationServiceHandler) GetChatContext(context.Context, *connect.Request[v1.GetChatContextRequest]) (*connect.Response[v1.GetChatContextResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.GetChatContext is not implemented"))
 }

@@ -6,8 +6,10 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_buf_validate_validate } from "../../buf/validate/validate_pb";
 import { file_google_api_annotations } from "../../google/api/annotations_pb";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { ChatContext, ChatContext_ChatItem, Item } from "./item_pb";
+import { file_parley_v1_item } from "./item_pb";
 import type { Conversation, File, Message as Message$1 } from "./types_pb";
 import { file_parley_v1_types } from "./types_pb";
 import type { Message } from "@bufbuild/protobuf";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/conversation.proto.
  */
 export const file_parley_v1_conversation: GenFile = /*@__PURE__*/
-  fileDesc("ChxwYXJsZXkvdjEvY29udmVyc2F0aW9uLnByb3RvEglwYXJsZXkudjEiUgoZQ3JlYXRlQ29udmVyc2F0aW9uUmVxdWVzdBIXCgV0aXRsZRgBIAEoCUIIukgFcgMYyAESHAoHcm9vbV9pZBgCIAEoCUILukgI2AEBcgOwAQEiSwoaQ3JlYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USLQoMY29udmVyc2F0aW9uGAEgASgLMhcucGFybGV5LnYxLkNvbnZlcnNhdGlvbiI7ChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiEKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIIukgFcgOwAQEiSAoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USLQoMY29udmVyc2F0aW9uGAEgASgLMhcucGFybGV5LnYxLkNvbnZlcnNhdGlvbiJXChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjIASgAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEImQKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USLgoNY29udmVyc2F0aW9ucxgBIAMoCzIXLnBhcmxleS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj4KGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSIQoPY29udmVyc2F0aW9uX2lkGAEgASgJQgi6SAVyA7ABASIcChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSLLAgoPU2F2ZVR1cm5SZXF1ZXN0EiEKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIIukgFcgOwAQESMAoHdHVybl9pZBgCIAEoCUIfukgc2AEBchcyFV5bQS1aYS16MC05Xy1dezEsNjR9JBIfCgx1c2VyX21lc3NhZ2UYAyABKAlCCbpIBnIEKICABBIkChFhc3Npc3RhbnRfbWVzc2FnZRgEIAEoCUIJukgGcgQogIAEOpsBukiXARqUAQoTc2F2ZV90dXJuLm5vbl9lbXB0eRJEYXQgbGVhc3Qgb25lIG9mIHVzZXJfbWVzc2FnZSBhbmQgYXNzaXN0YW50X21lc3NhZ2UgbXVzdCBiZSBub24tZW1wdHkaN3RoaXMudXNlcl9tZXNzYWdlICE9ICcnIHx8IHRoaXMuYXNzaXN0YW50X21lc3NhZ2UgIT0gJyciSgoQU2F2ZVR1cm5SZXNwb25zZRIkCghtZXNzYWdlcxgBIAMoCzISLnBhcmxleS52MS5NZXNzYWdlEhAKCHJlcGxheWVkGAIgASgIIqABChNMaXN0TWVzc2FnZXNSZXF1ZXN0EiEKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIIukgFcgOwAQESHQoJcGFnZV9zaXplGAIgASgFQgq6SAcaBRjIASgAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAEEikKBW9yZGVyGAQgASgOMhAucGFybGV5LnYxLk9yZGVyQgi6SAWCAQIQASJuChRMaXN0TWVzc2FnZXNSZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSJAoIbWVzc2FnZXMYAiADKAsyEi5wYXJsZXkudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiVQoUV2F0Y2hNZXNzYWdlc1JlcXVlc3QSIQoPY29udmVyc2F0aW9uX2lkGAEgASgJQgi6SAVyA7ABARIaCglhZnRlcl9zZXEYAiABKANCB7pIBCICKAAiawoVV2F0Y2hNZXNzYWdlc1Jlc3BvbnNlEiMKB21lc3NhZ2UYASABKAsyEi5wYXJsZXkudjEuTWVzc2FnZRItCgloZWFydGJlYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInEKGUV4cG9ydENvbnZlcnNhdGlvblJlcXVlc3QSIQoPY29udmVyc2F0aW9uX2lkGAEgASgJQgi6SAVyA7ABARIxCgZmb3JtYXQYAiABKA4yFy5wYXJsZXkudjEuRXhwb3J0Rm9ybWF0Qgi6SAWCAQIQASJRChpFeHBvcnRDb252ZXJzYXRpb25SZXNwb25zZRIdCgRmaWxlGAEgASgLMg8ucGFybGV5LnYxLkZpbGUSFAoMZG93bmxvYWRfdXJsGAIgASgJKk4KBU9yZGVyEhUKEU9SREVSX1VOU1BFQ0lGSUVEEAASFgoST1JERVJfTkVXRVNUX0ZJUlNUEAESFgoST1JERVJfT0xERVNUX0ZJUlNUEAIqYQoMRXhwb3J0Rm9ybWF0Eh0KGUVYUE9SVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIWChJFWFBPUlRfRk9STUFUX0pTT04QARIaChZFWFBPUlRfRk9STUFUX01BUktET1dOEAIygQcKE0NvbnZlcnNhdGlvblNlcnZpY2USgwEKEkNyZWF0ZUNvbnZlcnNhdGlvbhIkLnBhcmxleS52MS5DcmVhdGVDb252ZXJzYXRpb25SZXF1ZXN0GiUucGFybGV5LnYxLkNyZWF0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiCC0+STAho6ASoiFS9hcGkvdjEvY29udmVyc2F0aW9ucxJdCg9HZXRDb252ZXJzYXRpb24SIS5wYXJsZXkudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBoiLnBhcmxleS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSIDkAIBEmMKEUxpc3RDb252ZXJzYXRpb25zEiMucGFybGV5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBokLnBhcmxleS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIgOQAgESYwoSRGVsZXRlQ29udmVyc2F0aW9uEiQucGFybGV5LnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaJS5wYXJsZXkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UiABJvCghTYXZlVHVybhIaLnBhcmxleS52MS5TYXZlVHVyblJlcXVlc3QaGy5wYXJsZXkudjEuU2F2ZVR1cm5SZXNwb25zZSIqgtPkkwIkOgEqIh8vYXBpL3YxL2NvbnZlcnNhdGlvbnMvc2F2ZS10dXJuEowBCgxMaXN0TWVzc2FnZXMSHi5wYXJsZXkudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBofLnBhcmxleS52MS5MaXN0TWVzc2FnZXNSZXNwb25zZSI7kAIBgtPkkwIyEjAvYXBpL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0vbWVzc2FnZXMSVgoNV2F0Y2hNZXNzYWdlcxIfLnBhcmxleS52MS5XYXRjaE1lc3NhZ2VzUmVxdWVzdBogLnBhcmxleS52MS5XYXRjaE1lc3NhZ2VzUmVzcG9uc2UiADABEmMKEkV4cG9ydENvbnZlcnNhdGlvbhIkLnBhcmxleS52MS5FeHBvcnRDb252ZXJzYXRpb25SZXF1ZXN0GiUucGFybGV5LnYxLkV4cG9ydENvbnZlcnNhdGlvblJlc3BvbnNlIgBCPlo8Z2l0aHViLmNvbS9wYXJsZXktZGV2L3BhcmxleS9pbnRlcm5hbC9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp, file_parley_v1_types]);
+  fileDesc("ChxwYXJsZXkvdjEvY29udmVyc2F0aW9uLnByb3RvEglwYXJsZXkudjEi4gEKGUNyZWF0ZUNvbnZlcnNhdGlvblJlcXVlc3QSFwoFdGl0bGUYASABKAlCCLpIBXIDGMgBEhwKB3Jvb21faWQYAiABKAlCC7pICNgBAXIDsAEBEl0KCG1ldGFkYXRhGAMgAygLMjIucGFybGV5LnYxLkNyZWF0ZUNvbnZlcnNhdGlvblJlcXVlc3QuTWV0YWRhdGFFbnRyeUIXukgUmgEREBAiBnIEEAEYQCoFcgMYgAQaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIksKGkNyZWF0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEi0KDGNvbnZlcnNhdGlvbhgBIAEoCzIXLnBhcmxleS52MS5Db252ZXJzYXRpb24iOwoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIhCg9jb252ZXJzYXRpb25faWQYASABKAlCCLpIBXIDsAEBIkgKF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEi0KDGNvbnZlcnNhdGlvbhgBIAEoCzIXLnBhcmxleS52MS5Db252ZXJzYXRpb24izQIKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIdCglwYWdlX3NpemUYASABKAVCCrpIBxoFGMgBKAASHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAQSXAoIbWV0YWRhdGEYAyADKAsyMS5wYXJsZXkudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0Lk1ldGFkYXRhRW50cnlCF7pIFJoBERAQIgZyBBABGEAqBXIDGIAEEjEKDWNyZWF0ZWRfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiZAoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIuCg1jb252ZXJzYXRpb25zGAEgAygLMhcucGFybGV5LnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPgoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIhCg9jb252ZXJzYXRpb25faWQYASABKAlCCLpIBXIDsAEBIhwKGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIssCCg9TYXZlVHVyblJlcXVlc3QSIQoPY29udmVyc2F0aW9uX2lkGAEgASgJQgi6SAVyA7ABARIwCgd0dXJuX2lkGAIgASgJQh+6SBzYAQFyFzIVXltBLVphLXowLTlfLV17MSw2NH0kEh8KDHVzZXJfbWVzc2FnZRgDIAEoCUIJukgGcgQogIAEEiQKEWFzc2lzdGFudF9tZXNzYWdlGAQgASgJQgm6SAZyBCiAgAQ6mwG6SJcBGpQBChNzYXZlX3R1cm4ubm9uX2VtcHR5EkRhdCBsZWFzdCBvbmUgb2YgdXNlcl9tZXNzYWdlIGFuZCBhc3Npc3RhbnRfbWVzc2FnZSBtdXN0IGJlIG5vbi1lbXB0eRo3dGhpcy51c2VyX21lc3NhZ2UgIT0gJycgfHwgdGhpcy5hc3Npc3RhbnRfbWVzc2FnZSAhPSAnJyJKChBTYXZlVHVyblJlc3BvbnNlEiQKCG1lc3NhZ2VzGAEgAygLMhIucGFybGV5LnYxLk1lc3NhZ2USEAoIcmVwbGF5ZWQYAiABKAgioAEKE0xpc3RNZXNzYWdlc1JlcXVlc3QSIQoPY29udmVyc2F0aW9uX2lkGAEgASgJQgi6SAVyA7ABARIdCglwYWdlX3NpemUYAiABKAVCCrpIBxoFGMgBKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAQSKQoFb3JkZXIYBCABKA4yEC5wYXJsZXkudjEuT3JkZXJCCLpIBYIBAhABIm4KFExpc3RNZXNzYWdlc1Jlc3BvbnNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIkCghtZXNzYWdlcxgCIAMoCzISLnBhcmxleS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSJVChRXYXRjaE1lc3NhZ2VzUmVxdWVzdBIhCg9jb252ZXJzYXRpb25faWQYASABKAlCCLpIBXIDsAEBEhoKCWFmdGVyX3NlcRgCIAEoA0IHukgEIgIoACJrChVXYXRjaE1lc3NhZ2VzUmVzcG9uc2USIwoHbWVzc2FnZRgBIAEoCzISLnBhcmxleS52MS5NZXNzYWdlEi0KCWhlYXJ0YmVhdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicQoZRXhwb3J0Q29udmVyc2F0aW9uUmVxdWVzdBIhCg9jb252ZXJzYXRpb25faWQYASABKAlCCLpIBXIDsAEBEjEKBmZvcm1hdBgCIAEoDjIXLnBhcmxleS52MS5FeHBvcnRGb3JtYXRCCLpIBYIBAhABIlEKGkV4cG9ydENvbnZlcnNhdGlvblJlc3BvbnNlEh0KBGZpbGUYASABKAsyDy5wYXJsZXkudjEuRmlsZRIUCgxkb3dubG9hZF91cmwYAiABKAkioAIKGVVwZGF0ZUNvbnZlcnNhdGlvblJlcXVlc3QSIQoPY29udmVyc2F0aW9uX2lkGAEgASgJQgi6SAVyA7ABARIXCgV0aXRsZRgCIAEoCUIIukgFcgMYyAESXQoIbWV0YWRhdGEYAyADKAsyMi5wYXJsZXkudjEuVXBkYXRlQ29udmVyc2F0aW9uUmVxdWVzdC5NZXRhZGF0YUVudHJ5Qhe6SBSaAREQECIGcgQQARhAKgVyAxiABBI3Cgt1cGRhdGVfbWFzaxgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBrpIA8gBARovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoaVXBkYXRlQ29udmVyc2F0aW9uUmVzcG9uc2USLQoMY29udmVyc2F0aW9uGAEgASgLMhcucGFybGV5LnYxLkNvbnZlcnNhdGlvbiKyAQoSQXBwZW5kSXRlbXNSZXF1ZXN0EiEKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIIukgFcgOwAQESLgoFaXRlbXMYAiADKAsyHy5wYXJsZXkudjEuQ2hhdENvbnRleHQuQ2hhdEl0ZW0SEgoKaXRlbXNfanNvbhgDIAEoCRIXCgVhZ2VudBgEIAEoCUIIukgFcgMYgAESHAoKbWVzc2FnZV9pZBgFIAEoCUIIukgFcgMYgAEiRwoTQXBwZW5kSXRlbXNSZXNwb25zZRIeCgVpdGVtcxgBIAMoCzIPLnBhcmxleS52MS5JdGVtEhAKCHJlcGxheWVkGAIgASgIIrYBChBMaXN0SXRlbXNSZXF1ZXN0EiEKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIIukgFcgOwAQESHQoJcGFnZV9zaXplGAIgASgFQgq6SAcaBRjIASgAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAEEikKBW9yZGVyGAQgASgOMhAucGFybGV5LnYxLk9yZGVyQgi6SAWCAQIQARIXCgVhZ2VudBgFIAEoCUIIukgFcgMYgAEiZQoRTGlzdEl0ZW1zUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEh4KBWl0ZW1zGAIgAygLMg8ucGFybGV5LnYxLkl0ZW0SFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIlIKEVdhdGNoSXRlbXNSZXF1ZXN0EiEKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIIukgFcgOwAQESGgoJYWZ0ZXJfc2VxGAIgASgDQge6SAQiAigAImIKEldhdGNoSXRlbXNSZXNwb25zZRIdCgRpdGVtGAEgASgLMg8ucGFybGV5LnYxLkl0ZW0SLQoJaGVhcnRiZWF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLIAQoVR2V0Q2hhdENvbnRleHRSZXF1ZXN0EiEKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCUIIukgFcgOwAQESGgoJbWF4X2l0ZW1zGAIgASgFQge6SAQaAigAEhoKCWFmdGVyX3NlcRgDIAEoA0IHukgEIgIoABIaCgltYXhfYnl0ZXMYBCABKANCB7pIBCICKAASHAoUZXhjbHVkZV9pbnN0cnVjdGlvbnMYBSABKAgSGgoJdW50aWxfc2VxGAYgASgDQge6SAQiAigAIpkBChZHZXRDaGF0Q29udGV4dFJlc3BvbnNlEiwKDGNoYXRfY29udGV4dBgBIAEoCzIWLnBhcmxleS52MS5DaGF0Q29udGV4dBIZChFjaGF0X2NvbnRleHRfanNvbhgCIAEoCRIRCglmaXJzdF9zZXEYAyABKAMSEAoIbGFzdF9zZXEYBCABKAMSEQoJdHJ1bmNhdGVkGAUgASgIKk4KBU9yZGVyEhUKEU9SREVSX1VOU1BFQ0lGSUVEEAASFgoST1JERVJfTkVXRVNUX0ZJUlNUEAESFgoST1JERVJfT0xERVNUX0ZJUlNUEAIqYQoMRXhwb3J0Rm9ybWF0Eh0KGUVYUE9SVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIWChJFWFBPUlRfRk9STUFUX0pTT04QARIaChZFWFBPUlRfRk9STUFUX01BUktET1dOEAIyjQwKE0NvbnZlcnNhdGlvblNlcnZpY2USgwEKEkNyZWF0ZUNvbnZlcnNhdGlvbhIkLnBhcmxleS52MS5DcmVhdGVDb252ZXJzYXRpb25SZXF1ZXN0GiUucGFybGV5LnYxLkNyZWF0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiCC0+STAho6ASoiFS9hcGkvdjEvY29udmVyc2F0aW9ucxJdCg9HZXRDb252ZXJzYXRpb24SIS5wYXJsZXkudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBoiLnBhcmxleS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSIDkAIBEmMKEUxpc3RDb252ZXJzYXRpb25zEiMucGFybGV5LnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBokLnBhcmxleS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIgOQAgESYwoSRGVsZXRlQ29udmVyc2F0aW9uEiQucGFybGV5LnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaJS5wYXJsZXkudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UiABJvCghTYXZlVHVybhIaLnBhcmxleS52MS5TYXZlVHVyblJlcXVlc3QaGy5wYXJsZXkudjEuU2F2ZVR1cm5SZXNwb25zZSIqgtPkkwIkOgEqIh8vYXBpL3YxL2NvbnZlcnNhdGlvbnMvc2F2ZS10dXJuEowBCgxMaXN0TWVzc2FnZXMSHi5wYXJsZXkudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBofLnBhcmxleS52MS5MaXN0TWVzc2FnZXNSZXNwb25zZSI7kAIBgtPkkwIyEjAvYXBpL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0vbWVzc2FnZXMSVgoNV2F0Y2hNZXNzYWdlcxIfLnBhcmxleS52MS5XYXRjaE1lc3NhZ2VzUmVxdWVzdBogLnBhcmxleS52MS5XYXRjaE1lc3NhZ2VzUmVzcG9uc2UiADABEmMKEkV4cG9ydENvbnZlcnNhdGlvbhIkLnBhcmxleS52MS5FeHBvcnRDb252ZXJzYXRpb25SZXF1ZXN0GiUucGFybGV5LnYxLkV4cG9ydENvbnZlcnNhdGlvblJlc3BvbnNlIgASlQEKElVwZGF0ZUNvbnZlcnNhdGlvbhIkLnBhcmxleS52MS5VcGRhdGVDb252ZXJzYXRpb25SZXF1ZXN0GiUucGFybGV5LnYxLlVwZGF0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIjKC0+STAiw6ASoyJy9hcGkvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfRKGAQoLQXBwZW5kSXRlbXMSHS5wYXJsZXkudjEuQXBwZW5kSXRlbXNSZXF1ZXN0Gh4ucGFybGV5LnYxLkFwcGVuZEl0ZW1zUmVzcG9uc2UiOILT5JMCMjoBKiItL2FwaS92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9L2l0ZW1zEoABCglMaXN0SXRlbXMSGy5wYXJsZXkudjEuTGlzdEl0ZW1zUmVxdWVzdBocLnBhcmxleS52MS5MaXN0SXRlbXNSZXNwb25zZSI4kAIBgtPkkwIvEi0vYXBpL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0vaXRlbXMSTQoKV2F0Y2hJdGVtcxIcLnBhcmxleS52MS5XYXRjaEl0ZW1zUmVxdWVzdBodLnBhcmxleS52MS5XYXRjaEl0ZW1zUmVzcG9uc2UiADABEpYBCg5HZXRDaGF0Q29udGV4dBIgLnBhcmxleS52MS5HZXRDaGF0Q29udGV4dFJlcXVlc3QaIS5wYXJsZXkudjEuR2V0Q2hhdENvbnRleHRSZXNwb25zZSI/kAIBgtPkkwI2EjQvYXBpL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0vY2hhdC1jb250ZXh0Qj5aPGdpdGh1Yi5jb20vcGFybGV5LWRldi9wYXJsZXkvaW50ZXJuYWwvZ2VuL3BhcmxleS92MTtwYXJsZXl2MWIGcHJvdG8z", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_parley_v1_item, file_parley_v1_types]);
 
 /**
  * @generated from message parley.v1.CreateConversationRequest
@@ -33,6 +35,14 @@ export type CreateConversationRequest = Message<"parley.v1.CreateConversationReq
    * @generated from field: string room_id = 2;
    */
   roomId: string;
+
+  /**
+   * metadata is the conversation's own key-value data: at most 16 pairs,
+   * keys of at most 64 characters, values of at most 512.
+   *
+   * @generated from field: map<string, string> metadata = 3;
+   */
+  metadata: { [key: string]: string };
 };
 
 /**
@@ -108,6 +118,27 @@ export type ListConversationsRequest = Message<"parley.v1.ListConversationsReque
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * metadata keeps only conversations whose metadata has every pair given.
+   *
+   * @generated from field: map<string, string> metadata = 3;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * created_after keeps only conversations created at or after it.
+   *
+   * @generated from field: google.protobuf.Timestamp created_after = 4;
+   */
+  createdAfter?: Timestamp | undefined;
+
+  /**
+   * created_before keeps only conversations created before it.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 5;
+   */
+  createdBefore?: Timestamp | undefined;
 };
 
 /**
@@ -385,6 +416,345 @@ export const ExportConversationResponseSchema: GenMessage<ExportConversationResp
   messageDesc(file_parley_v1_conversation, 15);
 
 /**
+ * @generated from message parley.v1.UpdateConversationRequest
+ */
+export type UpdateConversationRequest = Message<"parley.v1.UpdateConversationRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string title = 2;
+   */
+  title: string;
+
+  /**
+   * metadata replaces the conversation's metadata when update_mask names it.
+   *
+   * @generated from field: map<string, string> metadata = 3;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * update_mask names the fields to change: "title", "metadata", or both.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 4;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message parley.v1.UpdateConversationRequest.
+ * Use `create(UpdateConversationRequestSchema)` to create a new message.
+ */
+export const UpdateConversationRequestSchema: GenMessage<UpdateConversationRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 16);
+
+/**
+ * @generated from message parley.v1.UpdateConversationResponse
+ */
+export type UpdateConversationResponse = Message<"parley.v1.UpdateConversationResponse"> & {
+  /**
+   * @generated from field: parley.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message parley.v1.UpdateConversationResponse.
+ * Use `create(UpdateConversationResponseSchema)` to create a new message.
+ */
+export const UpdateConversationResponseSchema: GenMessage<UpdateConversationResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 17);
+
+/**
+ * @generated from message parley.v1.AppendItemsRequest
+ */
+export type AppendItemsRequest = Message<"parley.v1.AppendItemsRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * items are appended in order; each needs an id, its exactly-once key.
+   *
+   * @generated from field: repeated parley.v1.ChatContext.ChatItem items = 2;
+   */
+  items: ChatContext_ChatItem[];
+
+  /**
+   * items_json is the alternative to items: the "items" list (or the whole
+   * object) that livekit-agents' ChatContext.to_dict() writes, as JSON text.
+   *
+   * @generated from field: string items_json = 3;
+   */
+  itemsJson: string;
+
+  /**
+   * agent names the agent appending, kept on each item (LiveKit's lane).
+   *
+   * @generated from field: string agent = 4;
+   */
+  agent: string;
+
+  /**
+   * message_id is kept on each item, like SaveTurn's turn_id.
+   *
+   * @generated from field: string message_id = 5;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message parley.v1.AppendItemsRequest.
+ * Use `create(AppendItemsRequestSchema)` to create a new message.
+ */
+export const AppendItemsRequestSchema: GenMessage<AppendItemsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 18);
+
+/**
+ * @generated from message parley.v1.AppendItemsResponse
+ */
+export type AppendItemsResponse = Message<"parley.v1.AppendItemsResponse"> & {
+  /**
+   * items are the request's items as stored, in order, new or replayed.
+   *
+   * @generated from field: repeated parley.v1.Item items = 1;
+   */
+  items: Item[];
+
+  /**
+   * replayed is true when every item had been stored before and nothing new was stored.
+   *
+   * @generated from field: bool replayed = 2;
+   */
+  replayed: boolean;
+};
+
+/**
+ * Describes the message parley.v1.AppendItemsResponse.
+ * Use `create(AppendItemsResponseSchema)` to create a new message.
+ */
+export const AppendItemsResponseSchema: GenMessage<AppendItemsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 19);
+
+/**
+ * @generated from message parley.v1.ListItemsRequest
+ */
+export type ListItemsRequest = Message<"parley.v1.ListItemsRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * page_size defaults to 50, at most 200.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * order defaults to ORDER_NEWEST_FIRST.
+   *
+   * @generated from field: parley.v1.Order order = 4;
+   */
+  order: Order;
+
+  /**
+   * agent keeps only the items that agent appended; empty for every item.
+   *
+   * @generated from field: string agent = 5;
+   */
+  agent: string;
+};
+
+/**
+ * Describes the message parley.v1.ListItemsRequest.
+ * Use `create(ListItemsRequestSchema)` to create a new message.
+ */
+export const ListItemsRequestSchema: GenMessage<ListItemsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 20);
+
+/**
+ * @generated from message parley.v1.ListItemsResponse
+ */
+export type ListItemsResponse = Message<"parley.v1.ListItemsResponse"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: repeated parley.v1.Item items = 2;
+   */
+  items: Item[];
+
+  /**
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message parley.v1.ListItemsResponse.
+ * Use `create(ListItemsResponseSchema)` to create a new message.
+ */
+export const ListItemsResponseSchema: GenMessage<ListItemsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 21);
+
+/**
+ * @generated from message parley.v1.WatchItemsRequest
+ */
+export type WatchItemsRequest = Message<"parley.v1.WatchItemsRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: int64 after_seq = 2;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message parley.v1.WatchItemsRequest.
+ * Use `create(WatchItemsRequestSchema)` to create a new message.
+ */
+export const WatchItemsRequestSchema: GenMessage<WatchItemsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 22);
+
+/**
+ * @generated from message parley.v1.WatchItemsResponse
+ */
+export type WatchItemsResponse = Message<"parley.v1.WatchItemsResponse"> & {
+  /**
+   * item is unset on heartbeats.
+   *
+   * @generated from field: parley.v1.Item item = 1;
+   */
+  item?: Item | undefined;
+
+  /**
+   * heartbeat is set on the keep-alive responses an idle stream receives.
+   *
+   * @generated from field: google.protobuf.Timestamp heartbeat = 2;
+   */
+  heartbeat?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.v1.WatchItemsResponse.
+ * Use `create(WatchItemsResponseSchema)` to create a new message.
+ */
+export const WatchItemsResponseSchema: GenMessage<WatchItemsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 23);
+
+/**
+ * @generated from message parley.v1.GetChatContextRequest
+ */
+export type GetChatContextRequest = Message<"parley.v1.GetChatContextRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * max_items keeps the newest max_items items; 0 sets no item budget.
+   *
+   * @generated from field: int32 max_items = 2;
+   */
+  maxItems: number;
+
+  /**
+   * after_seq keeps the items with seq > after_seq.
+   *
+   * @generated from field: int64 after_seq = 3;
+   */
+  afterSeq: bigint;
+
+  /**
+   * max_bytes keeps the newest items whose JSON fits in it; 0 sets no byte budget.
+   *
+   * @generated from field: int64 max_bytes = 4;
+   */
+  maxBytes: bigint;
+
+  /**
+   * exclude_instructions leaves out system and developer messages.
+   *
+   * @generated from field: bool exclude_instructions = 5;
+   */
+  excludeInstructions: boolean;
+
+  /**
+   * until_seq keeps the items with seq <= until_seq; 0 is up to the newest.
+   *
+   * @generated from field: int64 until_seq = 6;
+   */
+  untilSeq: bigint;
+};
+
+/**
+ * Describes the message parley.v1.GetChatContextRequest.
+ * Use `create(GetChatContextRequestSchema)` to create a new message.
+ */
+export const GetChatContextRequestSchema: GenMessage<GetChatContextRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 24);
+
+/**
+ * @generated from message parley.v1.GetChatContextResponse
+ */
+export type GetChatContextResponse = Message<"parley.v1.GetChatContextResponse"> & {
+  /**
+   * @generated from field: parley.v1.ChatContext chat_context = 1;
+   */
+  chatContext?: ChatContext | undefined;
+
+  /**
+   * chat_context_json is chat_context as the JSON that livekit-agents'
+   * ChatContext.from_dict() loads unchanged.
+   *
+   * @generated from field: string chat_context_json = 2;
+   */
+  chatContextJson: string;
+
+  /**
+   * first_seq and last_seq are the seqs of the first and last item answered, 0 when none.
+   *
+   * @generated from field: int64 first_seq = 3;
+   */
+  firstSeq: bigint;
+
+  /**
+   * @generated from field: int64 last_seq = 4;
+   */
+  lastSeq: bigint;
+
+  /**
+   * truncated is true when a budget left out older items.
+   *
+   * @generated from field: bool truncated = 5;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message parley.v1.GetChatContextResponse.
+ * Use `create(GetChatContextResponseSchema)` to create a new message.
+ */
+export const GetChatContextResponseSchema: GenMessage<GetChatContextResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_conversation, 25);
+
+/**
  * Order is the direction ListMessages walks seq in.
  *
  * @generated from enum parley.v1.Order
@@ -525,6 +895,56 @@ export const ConversationService: GenService<{
     methodKind: "unary";
     input: typeof ExportConversationRequestSchema;
     output: typeof ExportConversationResponseSchema;
+  },
+  /**
+   * UpdateConversation changes a conversation's title and metadata, as its update_mask says.
+   *
+   * @generated from rpc parley.v1.ConversationService.UpdateConversation
+   */
+  updateConversation: {
+    methodKind: "unary";
+    input: typeof UpdateConversationRequestSchema;
+    output: typeof UpdateConversationResponseSchema;
+  },
+  /**
+   * AppendItems appends chat items atomically, exactly once per item id.
+   *
+   * @generated from rpc parley.v1.ConversationService.AppendItems
+   */
+  appendItems: {
+    methodKind: "unary";
+    input: typeof AppendItemsRequestSchema;
+    output: typeof AppendItemsResponseSchema;
+  },
+  /**
+   * ListItems pages through a conversation's chat items of every kind by seq.
+   *
+   * @generated from rpc parley.v1.ConversationService.ListItems
+   */
+  listItems: {
+    methodKind: "unary";
+    input: typeof ListItemsRequestSchema;
+    output: typeof ListItemsResponseSchema;
+  },
+  /**
+   * WatchItems streams stored items after after_seq, then each new one.
+   *
+   * @generated from rpc parley.v1.ConversationService.WatchItems
+   */
+  watchItems: {
+    methodKind: "server_streaming";
+    input: typeof WatchItemsRequestSchema;
+    output: typeof WatchItemsResponseSchema;
+  },
+  /**
+   * GetChatContext answers the conversation as LiveKit's ChatContext, within a budget.
+   *
+   * @generated from rpc parley.v1.ConversationService.GetChatContext
+   */
+  getChatContext: {
+    methodKind: "unary";
+    input: typeof GetChatContextRequestSchema;
+    output: typeof GetChatContextResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_v1_conversation, 0);
