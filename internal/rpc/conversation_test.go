@@ -3,162 +3,30 @@ package rpc
 import (
 	"context"
 	"errors"
-	"log/slog"
-	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/account"
 	"github.com/parley-dev/parley/internal/auth"
-	"github.com/parley-dev/parley/internal/cache"
-	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
-	"github.com/parley-dev/parley/internal/postgres"
-	"github.com/parley-dev/parley/internal/revocation"
-	"github.com/parley-dev/parley/internal/testenv"
-	"github.com/parley-dev/parley/internal/valkeypubsub"
 )
-
-// Test principals travel in headers, read by testPrincipals in place of the
-// real authentication interceptor.
-const (
-	testUserHeader    = "X-Test-User"
-	testAgentHeader   = "X-Test-Agent"
-	testExpiresHeader = "X-Test-Expires"
-	testFamilyHeader  = "X-Test-Family"
-)
-
-type testPrincipals struct{}
-
-func (testPrincipals) principal(h http.Header) (auth.Principal, bool) {
-	p := auth.Principal{TokenID: "test", ExpiresAt: time.Now().Add(time.Hour)}
-	if exp, err := time.Parse(time.RFC3339Nano, h.Get(testExpiresHeader)); err == nil {
-		p.ExpiresAt = exp
-	}
-	if family, err := uuid.Parse(h.Get(testFamilyHeader)); err == nil {
-		p.FamilyID = family
-	}
-	if id, err := uuid.Parse(h.Get(testUserHeader)); err == nil {
-		p.ID, p.Kind = id, auth.KindUser
-		return p, true
-	}
-	if id, err := uuid.Parse(h.Get(testAgentHeader)); err == nil {
-		p.ID, p.Kind = id, auth.KindAgent
-		return p, true
-	}
-	return p, false
-}
-
-func (tp testPrincipals) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if p, ok := tp.principal(req.Header()); ok {
-			ctx = auth.WithPrincipal(ctx, p)
-		}
-		return next(ctx, req)
-	}
-}
-
-func (testPrincipals) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-func (tp testPrincipals) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if p, ok := tp.principal(conn.RequestHeader()); ok {
-			ctx = auth.WithPrincipal(ctx, p)
-		}
-		return next(ctx, conn)
-	}
-}
-
-// watchSetup tunes a test server's watches: the heartbeat on the wire, which
-// is also how often a watch asks sessions, a channel whose closing drains
-// the server, and the sessions (nil: never asked).
-type watchSetup struct {
-	Heartbeat time.Duration
-	Drain     chan struct{}
-	Sessions  conversation.Sessions
-}
-
-// sessionsFunc is a conversation.Sessions answering with a function.
-type sessionsFunc func(ctx context.Context, p auth.Principal) error
-
-func (f sessionsFunc) CheckRevoked(ctx context.Context, p auth.Principal) error { return f(ctx, p) }
 
 type testServer struct {
-	url     string
-	db      *bun.DB
+	*testAPI
 	clients map[string]parleyv1connect.ConversationServiceClient
 }
 
-// newTestServer serves a ConversationServer over h2c, backed by a new
-// database and the shared Valkey.
+// newTestServer is the whole API, its watches tuned by opts, with a
+// ConversationService client for each protocol.
 func newTestServer(t *testing.T, opts watchSetup) *testServer {
 	t.Helper()
-	db := testenv.DB(t)
-	log := slog.New(slog.DiscardHandler)
-	store := postgres.NewConversationStore(db)
-	vc := testenv.ValkeyClient(t, testenv.ValkeyURL(t))
-	pages, err := cache.NewPages(vc, time.Minute, prometheus.NewRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hub := conversation.NewHub(store, log)
-	notifier := valkeypubsub.New(vc, hub, 500*time.Millisecond, log)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); notifier.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if opts.Drain != nil {
-		go func() {
-			select {
-			case <-opts.Drain:
-				hub.Drain()
-			case <-ctx.Done():
-			}
-		}()
-	}
-	svc := conversation.NewService(store, conversation.Options{Cache: pages, Notifier: notifier, Hub: hub, Log: log,
-		Sessions: opts.Sessions, SessionCheck: opts.Heartbeat})
-
-	mux := http.NewServeMux()
-	mux.Handle(parleyv1connect.NewConversationServiceHandler(NewConversationServer(svc, WatchOptions{Heartbeat: opts.Heartbeat}, log), connect.WithInterceptors(testPrincipals{})))
-	url, httpClient := serveH2C(t, mux)
-	ts := &testServer{url: url, db: db, clients: map[string]parleyv1connect.ConversationServiceClient{
-		"connect": parleyv1connect.NewConversationServiceClient(httpClient, url),
-		"grpc":    parleyv1connect.NewConversationServiceClient(httpClient, url, connect.WithGRPC()),
-		"grpcweb": parleyv1connect.NewConversationServiceClient(httpClient, url, connect.WithGRPCWeb()),
-	}}
-	return ts
-}
-
-func (ts *testServer) user(t *testing.T) uuid.UUID {
-	t.Helper()
-	id := uuid.New()
-	if _, err := ts.db.ExecContext(t.Context(),
-		"INSERT INTO users (id, email, display_name, password_hash) VALUES (?, ?, 'Tester', 'x')", id, id.String()+"@example.com"); err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
-
-// as returns a request for msg made by the user (or agent) id.
-func as[T any](id uuid.UUID, agent bool, msg *T) *connect.Request[T] {
-	req := connect.NewRequest(msg)
-	if agent {
-		req.Header().Set(testAgentHeader, id.String())
-	} else {
-		req.Header().Set(testUserHeader, id.String())
-	}
-	return req
+	a := newTestAPI(t, apiOptions{watch: opts})
+	return &testServer{testAPI: a, clients: clients(a, parleyv1connect.NewConversationServiceClient)}
 }
 
 func codeOf(err error) connect.Code {
@@ -179,8 +47,8 @@ func TestConversationRPCFlow(t *testing.T) {
 	ts := newTestServer(t, watchSetup{})
 	forEachProtocol(t, ts, func(t *testing.T, c parleyv1connect.ConversationServiceClient) {
 		ctx := t.Context()
-		owner, agentID := ts.user(t), uuid.New()
-		created, err := c.CreateConversation(ctx, as(owner, false, &parleyv1.CreateConversationRequest{Title: "hello"}))
+		owner, agentID := ts.user(t), ts.agent(t)
+		created, err := c.CreateConversation(ctx, as(owner, &parleyv1.CreateConversationRequest{Title: "hello"}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,7 +57,7 @@ func TestConversationRPCFlow(t *testing.T) {
 			t.Errorf("created %v", conv)
 		}
 		turn := &parleyv1.SaveTurnRequest{ConversationId: conv.GetId(), TurnId: "t-1", UserMessage: "hi", AssistantMessage: "hello!"}
-		saved, err := c.SaveTurn(ctx, as(agentID, true, turn))
+		saved, err := c.SaveTurn(ctx, as(agentID, turn))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -198,55 +66,55 @@ func TestConversationRPCFlow(t *testing.T) {
 			msgs[1].GetRole() != parleyv1.Role_ROLE_ASSISTANT || msgs[1].GetTurnId() != "t-1" || msgs[1].GetConversationId() != conv.GetId() {
 			t.Errorf("SaveTurn = %v", saved.Msg)
 		}
-		again, err := c.SaveTurn(ctx, as(owner, false, turn))
+		again, err := c.SaveTurn(ctx, as(owner, turn))
 		if err != nil || !again.Msg.GetReplayed() || again.Msg.GetMessages()[1].GetId() != msgs[1].GetId() {
 			t.Errorf("replay = %v, %v", again.Msg, err)
 		}
 		turn.AssistantMessage = "different"
-		if _, err := c.SaveTurn(ctx, as(owner, false, turn)); codeOf(err) != connect.CodeAlreadyExists {
+		if _, err := c.SaveTurn(ctx, as(owner, turn)); codeOf(err) != connect.CodeAlreadyExists {
 			t.Errorf("conflicting replay = %v, want already_exists", err)
 		}
-		if _, err := c.SaveTurn(ctx, as(owner, false, &parleyv1.SaveTurnRequest{ConversationId: conv.GetId(), UserMessage: "only user"})); err != nil {
+		if _, err := c.SaveTurn(ctx, as(owner, &parleyv1.SaveTurnRequest{ConversationId: conv.GetId(), UserMessage: "only user"})); err != nil {
 			t.Fatal(err)
 		}
 
-		page, err := c.ListMessages(ctx, as(owner, false, &parleyv1.ListMessagesRequest{ConversationId: conv.GetId(), PageSize: 2}))
+		page, err := c.ListMessages(ctx, as(owner, &parleyv1.ListMessagesRequest{ConversationId: conv.GetId(), PageSize: 2}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got := page.Msg.GetMessages(); len(got) != 2 || got[0].GetSeq() != 3 || got[1].GetSeq() != 2 || page.Msg.GetNextPageToken() == "" || page.Msg.GetConversationId() != conv.GetId() {
 			t.Errorf("first page = %v", page.Msg)
 		}
-		next, err := c.ListMessages(ctx, as(owner, false, &parleyv1.ListMessagesRequest{ConversationId: conv.GetId(), PageSize: 2, PageToken: page.Msg.GetNextPageToken()}))
+		next, err := c.ListMessages(ctx, as(owner, &parleyv1.ListMessagesRequest{ConversationId: conv.GetId(), PageSize: 2, PageToken: page.Msg.GetNextPageToken()}))
 		if err != nil || len(next.Msg.GetMessages()) != 1 || next.Msg.GetMessages()[0].GetSeq() != 1 || next.Msg.GetNextPageToken() != "" {
 			t.Errorf("second page = %v, %v", next.Msg, err)
 		}
-		oldest, err := c.ListMessages(ctx, as(agentID, true, &parleyv1.ListMessagesRequest{ConversationId: conv.GetId(), Order: parleyv1.Order_ORDER_OLDEST_FIRST}))
+		oldest, err := c.ListMessages(ctx, as(agentID, &parleyv1.ListMessagesRequest{ConversationId: conv.GetId(), Order: parleyv1.Order_ORDER_OLDEST_FIRST}))
 		if err != nil || len(oldest.Msg.GetMessages()) != 3 || oldest.Msg.GetMessages()[0].GetSeq() != 1 {
 			t.Errorf("oldest first = %v, %v", oldest.Msg, err)
 		}
-		if _, err := c.ListMessages(ctx, as(owner, false, &parleyv1.ListMessagesRequest{ConversationId: conv.GetId(), PageToken: "garbage"})); codeOf(err) != connect.CodeInvalidArgument {
+		if _, err := c.ListMessages(ctx, as(owner, &parleyv1.ListMessagesRequest{ConversationId: conv.GetId(), PageToken: "garbage"})); codeOf(err) != connect.CodeInvalidArgument {
 			t.Errorf("garbage token = %v", err)
 		}
-		if _, err := c.GetConversation(ctx, as(owner, false, &parleyv1.GetConversationRequest{ConversationId: "not-a-uuid"})); codeOf(err) != connect.CodeInvalidArgument {
+		if _, err := c.GetConversation(ctx, as(owner, &parleyv1.GetConversationRequest{ConversationId: "not-a-uuid"})); codeOf(err) != connect.CodeInvalidArgument {
 			t.Errorf("malformed id = %v", err)
 		}
 
-		got, err := c.GetConversation(ctx, as(agentID, true, &parleyv1.GetConversationRequest{ConversationId: conv.GetId()}))
+		got, err := c.GetConversation(ctx, as(agentID, &parleyv1.GetConversationRequest{ConversationId: conv.GetId()}))
 		if err != nil || got.Msg.GetConversation().GetLastSeq() != 3 || got.Msg.GetConversation().GetMessageCount() != 3 {
 			t.Errorf("GetConversation = %v, %v", got, err)
 		}
-		list, err := c.ListConversations(ctx, as(owner, false, &parleyv1.ListConversationsRequest{}))
+		list, err := c.ListConversations(ctx, as(owner, &parleyv1.ListConversationsRequest{}))
 		if err != nil || len(list.Msg.GetConversations()) != 1 || list.Msg.GetConversations()[0].GetId() != conv.GetId() {
 			t.Errorf("ListConversations = %v, %v", list, err)
 		}
-		if _, err := c.ExportConversation(ctx, as(owner, false, &parleyv1.ExportConversationRequest{ConversationId: conv.GetId()})); codeOf(err) != connect.CodeUnimplemented {
+		if _, err := c.ExportConversation(ctx, as(owner, &parleyv1.ExportConversationRequest{ConversationId: conv.GetId()})); codeOf(err) != connect.CodeUnimplemented {
 			t.Errorf("ExportConversation = %v", err)
 		}
-		if _, err := c.DeleteConversation(ctx, as(owner, false, &parleyv1.DeleteConversationRequest{ConversationId: conv.GetId()})); err != nil {
+		if _, err := c.DeleteConversation(ctx, as(owner, &parleyv1.DeleteConversationRequest{ConversationId: conv.GetId()})); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.GetConversation(ctx, as(owner, false, &parleyv1.GetConversationRequest{ConversationId: conv.GetId()})); codeOf(err) != connect.CodeNotFound {
+		if _, err := c.GetConversation(ctx, as(owner, &parleyv1.GetConversationRequest{ConversationId: conv.GetId()})); codeOf(err) != connect.CodeNotFound {
 			t.Errorf("after delete = %v", err)
 		}
 	})
@@ -259,20 +127,20 @@ func TestConversationRPCAccess(t *testing.T) {
 	ts := newTestServer(t, watchSetup{})
 	forEachProtocol(t, ts, func(t *testing.T, c parleyv1connect.ConversationServiceClient) {
 		ctx := t.Context()
-		owner, stranger, agentID := ts.user(t), ts.user(t), uuid.New()
-		created, err := c.CreateConversation(ctx, as(owner, false, &parleyv1.CreateConversationRequest{Title: "mine"}))
+		owner, stranger, agentID := ts.user(t), ts.user(t), ts.agent(t)
+		created, err := c.CreateConversation(ctx, as(owner, &parleyv1.CreateConversationRequest{Title: "mine"}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		id := created.Msg.GetConversation().GetId()
-		if _, err := c.SaveTurn(ctx, as(owner, false, &parleyv1.SaveTurnRequest{ConversationId: id, TurnId: "t", UserMessage: "u"})); err != nil {
+		if _, err := c.SaveTurn(ctx, as(owner, &parleyv1.SaveTurnRequest{ConversationId: id, TurnId: "t", UserMessage: "u"})); err != nil {
 			t.Fatal(err)
 		}
 
-		watch := func(p uuid.UUID, agent bool) error {
+		watch := func(p caller) error {
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			s, err := c.WatchMessages(ctx, as(p, agent, &parleyv1.WatchMessagesRequest{ConversationId: id}))
+			s, err := c.WatchMessages(ctx, as(p, &parleyv1.WatchMessagesRequest{ConversationId: id}))
 			if err != nil {
 				return err
 			}
@@ -282,46 +150,46 @@ func TestConversationRPCAccess(t *testing.T) {
 			}
 			return nil
 		}
-		calls := map[string]func(p uuid.UUID, agent bool) error{
-			"GetConversation": func(p uuid.UUID, agent bool) error {
-				_, err := c.GetConversation(ctx, as(p, agent, &parleyv1.GetConversationRequest{ConversationId: id}))
+		calls := map[string]func(p caller) error{
+			"GetConversation": func(p caller) error {
+				_, err := c.GetConversation(ctx, as(p, &parleyv1.GetConversationRequest{ConversationId: id}))
 				return err
 			},
-			"DeleteConversation": func(p uuid.UUID, agent bool) error {
-				_, err := c.DeleteConversation(ctx, as(p, agent, &parleyv1.DeleteConversationRequest{ConversationId: id}))
+			"DeleteConversation": func(p caller) error {
+				_, err := c.DeleteConversation(ctx, as(p, &parleyv1.DeleteConversationRequest{ConversationId: id}))
 				return err
 			},
-			"SaveTurn": func(p uuid.UUID, agent bool) error {
-				_, err := c.SaveTurn(ctx, as(p, agent, &parleyv1.SaveTurnRequest{ConversationId: id, UserMessage: "x"}))
+			"SaveTurn": func(p caller) error {
+				_, err := c.SaveTurn(ctx, as(p, &parleyv1.SaveTurnRequest{ConversationId: id, UserMessage: "x"}))
 				return err
 			},
-			"SaveTurn replay": func(p uuid.UUID, agent bool) error {
-				_, err := c.SaveTurn(ctx, as(p, agent, &parleyv1.SaveTurnRequest{ConversationId: id, TurnId: "t", UserMessage: "u"}))
+			"SaveTurn replay": func(p caller) error {
+				_, err := c.SaveTurn(ctx, as(p, &parleyv1.SaveTurnRequest{ConversationId: id, TurnId: "t", UserMessage: "u"}))
 				return err
 			},
-			"ListMessages": func(p uuid.UUID, agent bool) error {
-				_, err := c.ListMessages(ctx, as(p, agent, &parleyv1.ListMessagesRequest{ConversationId: id}))
+			"ListMessages": func(p caller) error {
+				_, err := c.ListMessages(ctx, as(p, &parleyv1.ListMessagesRequest{ConversationId: id}))
 				return err
 			},
 			"WatchMessages": watch,
 		}
 		for name, call := range calls {
-			if err := call(stranger, false); codeOf(err) != connect.CodeNotFound {
+			if err := call(stranger); codeOf(err) != connect.CodeNotFound {
 				t.Errorf("%s by a second user = %v, want not_found", name, err)
 			}
 		}
-		if list, err := c.ListConversations(ctx, as(stranger, false, &parleyv1.ListConversationsRequest{})); err != nil || len(list.Msg.GetConversations()) != 0 {
+		if list, err := c.ListConversations(ctx, as(stranger, &parleyv1.ListConversationsRequest{})); err != nil || len(list.Msg.GetConversations()) != 0 {
 			t.Errorf("second user's ListConversations = %v, %v", list, err)
 		}
 
 		for _, name := range []string{"GetConversation", "SaveTurn", "SaveTurn replay", "ListMessages", "WatchMessages"} {
-			if err := calls[name](agentID, true); err != nil {
+			if err := calls[name](agentID); err != nil {
 				t.Errorf("agent %s = %v", name, err)
 			}
 		}
-		denied := map[string]error{"DeleteConversation": calls["DeleteConversation"](agentID, true)}
-		_, denied["CreateConversation"] = c.CreateConversation(ctx, as(agentID, true, &parleyv1.CreateConversationRequest{}))
-		_, denied["ListConversations"] = c.ListConversations(ctx, as(agentID, true, &parleyv1.ListConversationsRequest{}))
+		denied := map[string]error{"DeleteConversation": calls["DeleteConversation"](agentID)}
+		_, denied["CreateConversation"] = c.CreateConversation(ctx, as(agentID, &parleyv1.CreateConversationRequest{}))
+		_, denied["ListConversations"] = c.ListConversations(ctx, as(agentID, &parleyv1.ListConversationsRequest{}))
 		for name, err := range denied {
 			if codeOf(err) != connect.CodePermissionDenied {
 				t.Errorf("agent %s = %v, want permission_denied", name, err)
@@ -364,18 +232,18 @@ func TestWatchMessagesRPC(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 		defer cancel()
 		owner := ts.user(t)
-		created, err := c.CreateConversation(ctx, as(owner, false, &parleyv1.CreateConversationRequest{}))
+		created, err := c.CreateConversation(ctx, as(owner, &parleyv1.CreateConversationRequest{}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		id := created.Msg.GetConversation().GetId()
 		save := func() {
-			if _, err := c.SaveTurn(ctx, as(owner, false, &parleyv1.SaveTurnRequest{ConversationId: id, UserMessage: "u", AssistantMessage: "a"})); err != nil {
+			if _, err := c.SaveTurn(ctx, as(owner, &parleyv1.SaveTurnRequest{ConversationId: id, UserMessage: "u", AssistantMessage: "a"})); err != nil {
 				t.Error(err)
 			}
 		}
 		save()
-		s, err := c.WatchMessages(ctx, as(owner, false, &parleyv1.WatchMessagesRequest{ConversationId: id, AfterSeq: 1}))
+		s, err := c.WatchMessages(ctx, as(owner, &parleyv1.WatchMessagesRequest{ConversationId: id, AfterSeq: 1}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -392,7 +260,7 @@ func TestWatchMessagesRPC(t *testing.T) {
 		// Deleting the conversation ends the stream with not_found.
 		deleted := make(chan error, 1)
 		go func() {
-			_, err := c.DeleteConversation(ctx, as(owner, false, &parleyv1.DeleteConversationRequest{ConversationId: id}))
+			_, err := c.DeleteConversation(ctx, as(owner, &parleyv1.DeleteConversationRequest{ConversationId: id}))
 			deleted <- err
 		}()
 		end := watchUntil(s, func(watchResult) bool { return false })
@@ -423,15 +291,15 @@ func TestWatchMessagesEndsOnExpiryAndDrain(t *testing.T) {
 	ts := newTestServer(t, watchSetup{Heartbeat: time.Hour, Drain: drain})
 	owner := ts.user(t)
 	c := ts.clients["connect"]
-	created, err := c.CreateConversation(t.Context(), as(owner, false, &parleyv1.CreateConversationRequest{}))
+	created, err := c.CreateConversation(t.Context(), as(owner, &parleyv1.CreateConversationRequest{}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	id := created.Msg.GetConversation().GetId()
 
 	forEachProtocol(t, ts, func(t *testing.T, c parleyv1connect.ConversationServiceClient) {
-		req := as(owner, false, &parleyv1.WatchMessagesRequest{ConversationId: id})
-		req.Header().Set(testExpiresHeader, time.Now().Add(300*time.Millisecond).Format(time.RFC3339Nano))
+		// exp is whole seconds: the token lives for one to two.
+		req := as(ts.expiring(t, owner, 2*time.Second), &parleyv1.WatchMessagesRequest{ConversationId: id})
 		s, err := c.WatchMessages(t.Context(), req)
 		if err != nil {
 			t.Fatal(err)
@@ -446,7 +314,7 @@ func TestWatchMessagesEndsOnExpiryAndDrain(t *testing.T) {
 
 	streams := map[string]*connect.ServerStreamForClient[parleyv1.WatchMessagesResponse]{}
 	for name, c := range ts.clients {
-		s, err := c.WatchMessages(t.Context(), as(owner, false, &parleyv1.WatchMessagesRequest{ConversationId: id}))
+		s, err := c.WatchMessages(t.Context(), as(owner, &parleyv1.WatchMessagesRequest{ConversationId: id}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -466,22 +334,16 @@ func TestWatchMessagesEndsOnExpiryAndDrain(t *testing.T) {
 
 func TestWatchMessagesEndsWhenTheTokenIsRevoked(t *testing.T) {
 	t.Parallel()
-	var revoked atomic.Bool
-	ts := newTestServer(t, watchSetup{Heartbeat: 50 * time.Millisecond, Sessions: sessionsFunc(func(context.Context, auth.Principal) error {
-		if revoked.Load() {
-			return auth.ErrUnauthenticated
-		}
-		return nil
-	})})
+	ts := newTestServer(t, watchSetup{Heartbeat: 50 * time.Millisecond})
 	owner := ts.user(t)
-	created, err := ts.clients["connect"].CreateConversation(t.Context(), as(owner, false, &parleyv1.CreateConversationRequest{}))
+	created, err := ts.clients["connect"].CreateConversation(t.Context(), as(owner, &parleyv1.CreateConversationRequest{}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	id := created.Msg.GetConversation().GetId()
 	streams := map[string]*connect.ServerStreamForClient[parleyv1.WatchMessagesResponse]{}
 	for name, c := range ts.clients {
-		s, err := c.WatchMessages(t.Context(), as(owner, false, &parleyv1.WatchMessagesRequest{ConversationId: id}))
+		s, err := c.WatchMessages(t.Context(), as(owner, &parleyv1.WatchMessagesRequest{ConversationId: id}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -490,7 +352,9 @@ func TestWatchMessagesEndsWhenTheTokenIsRevoked(t *testing.T) {
 	}
 	// Let each stream live through a few checks before the token goes.
 	time.Sleep(200 * time.Millisecond)
-	revoked.Store(true)
+	if err := ts.accounts.Logout(t.Context(), ts.principal(t, owner), ""); err != nil {
+		t.Fatal(err)
+	}
 	for name, s := range streams {
 		start := time.Now()
 		end := watchUntil(s, func(watchResult) bool { return false })
@@ -505,32 +369,23 @@ func TestWatchMessagesEndsWhenTheTokenIsRevoked(t *testing.T) {
 // on any replica), and that a stream of another family goes on.
 func TestWatchMessagesEndsWhenTheFamilyIsRevoked(t *testing.T) {
 	t.Parallel()
-	accounts := postgres.NewAccountStore(testenv.DB(t))
-	revoked := revocation.New(testenv.ValkeyClient(t, testenv.ValkeyURL(t)), accounts,
-		revocation.Options{KeyPrefix: "test:" + uuid.NewString() + ":revoked:"})
-	t.Cleanup(revoked.Close)
-	ts := newTestServer(t, watchSetup{Heartbeat: 50 * time.Millisecond, Sessions: account.NewService(accounts, nil, revoked, account.Options{})})
-	owner := ts.user(t)
-	u, err := accounts.CreateUser(t.Context(), account.User{ID: owner, Email: uuid.NewString() + "@example.com", DisplayName: "x"}, "h")
+	ts := newTestServer(t, watchSetup{Heartbeat: 50 * time.Millisecond})
+	email := uuid.NewString() + "@example.com"
+	u, doomed, err := ts.accounts.Register(t.Context(), email, "correct horse battery", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	signIn := func(name string) account.RefreshToken {
-		rt := account.RefreshToken{ID: uuid.New(), Hash: []byte(name), UserID: u.ID, FamilyID: uuid.New(),
-			ExpiresAt: time.Now().Add(time.Hour), AccessExpiresAt: time.Now().Add(time.Hour)}
-		if err := accounts.CreateRefreshToken(t.Context(), rt); err != nil {
-			t.Fatal(err)
-		}
-		return rt
-	}
-	doomed, kept := signIn("doomed"), signIn("kept")
-	created, err := ts.clients["connect"].CreateConversation(t.Context(), as(owner, false, &parleyv1.CreateConversationRequest{}))
+	_, kept, err := ts.accounts.Login(t.Context(), email, "correct horse battery")
 	if err != nil {
 		t.Fatal(err)
 	}
-	watch := func(c parleyv1connect.ConversationServiceClient, family uuid.UUID) *connect.ServerStreamForClient[parleyv1.WatchMessagesResponse] {
-		req := as(owner, false, &parleyv1.WatchMessagesRequest{ConversationId: created.Msg.GetConversation().GetId()})
-		req.Header().Set(testFamilyHeader, family.String())
+	owner := caller{UUID: u.ID, token: doomed.AccessToken}
+	created, err := ts.clients["connect"].CreateConversation(t.Context(), as(owner, &parleyv1.CreateConversationRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := func(c parleyv1connect.ConversationServiceClient, family account.TokenPair) *connect.ServerStreamForClient[parleyv1.WatchMessagesResponse] {
+		req := as(caller{UUID: u.ID, token: family.AccessToken}, &parleyv1.WatchMessagesRequest{ConversationId: created.Msg.GetConversation().GetId()})
 		s, err := c.WatchMessages(t.Context(), req)
 		if err != nil {
 			t.Fatal(err)
@@ -540,18 +395,18 @@ func TestWatchMessagesEndsWhenTheFamilyIsRevoked(t *testing.T) {
 	}
 	streams := map[string]*connect.ServerStreamForClient[parleyv1.WatchMessagesResponse]{}
 	for name, c := range ts.clients {
-		streams[name] = watch(c, doomed.FamilyID)
+		streams[name] = watch(c, doomed)
 	}
-	other := watch(ts.clients["connect"], kept.FamilyID)
+	other := watch(ts.clients["connect"], kept)
 	// Let each stream live through a few checks before the family goes,
-	// as account.Service revokes it: the store, then the cache.
+	// revoked by the reuse of a spent refresh token; the streams' access
+	// token itself is not revoked.
 	time.Sleep(200 * time.Millisecond)
-	rf, ok, err := accounts.RevokeRefreshFamily(t.Context(), doomed.Hash, u.ID, time.Now())
-	if err != nil || !ok {
-		t.Fatalf("RevokeRefreshFamily = %v, %v", ok, err)
-	}
-	if err := revoked.RevokeFamily(t.Context(), rf.ID, rf.ExpiresAt); err != nil {
+	if _, err := ts.accounts.Refresh(t.Context(), doomed.RefreshToken); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := ts.accounts.Refresh(t.Context(), doomed.RefreshToken); !errors.Is(err, auth.ErrUnauthenticated) {
+		t.Fatalf("reuse of a spent refresh token = %v", err)
 	}
 	for name, s := range streams {
 		start := time.Now()

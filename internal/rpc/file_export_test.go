@@ -50,7 +50,7 @@ SELECT ?::uuid, g, gen_random_uuid(), 1 + g % 2, 'message ' || g || ': ' || repe
 			rssBase := resetPeakRSS(t)
 			peak := sampleHeap()
 			start = time.Now()
-			resp, err := env.convs.ExportConversation(ctx, as(owner, false, &parleyv1.ExportConversationRequest{ConversationId: conv}))
+			resp, err := env.convs.ExportConversation(ctx, as(owner, &parleyv1.ExportConversationRequest{ConversationId: conv}))
 			heapPeak := peak()
 			if err != nil {
 				t.Fatal(err)

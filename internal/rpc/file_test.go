@@ -9,7 +9,6 @@ import (
 	"errors"
 	"io"
 	"io/fs"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,117 +23,33 @@ import (
 	"github.com/uptrace/bun"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/parley-dev/parley/internal/blobstore"
-	"github.com/parley-dev/parley/internal/conversation"
 	"github.com/parley-dev/parley/internal/file"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
-	"github.com/parley-dev/parley/internal/postgres"
-	"github.com/parley-dev/parley/internal/testenv"
 )
 
-// fileEnv is a FileService and ConversationService (with ExportConversation
-// routed to the FileServer, as in production) over h2c, on a new database
-// and one blob store, with the outbox worker running.
+// fileEnv is the whole API on one blob store, with FileService clients
+// and a ConversationService client (whose ExportConversation is routed to
+// the FileServer, as in production).
 type fileEnv struct {
-	db      *bun.DB
-	blobs   file.Blobs
-	dirRoot string // the directory store's root, "" for Azure
-	// azConn and azContainer name the Azure store's container, "" for dir.
-	azConn, azContainer string
-	// wake starts a pass of the outbox worker.
-	wake  func()
+	*testAPI
 	files map[string]parleyv1connect.FileServiceClient
 	convs parleyv1connect.ConversationServiceClient
-}
-
-type fileEnvOptions struct {
-	urlTTL time.Duration
-	// wrap, if set, wraps the blob store the service and worker use.
-	wrap func(file.Blobs) file.Blobs
-	// sourceRefused is the worker's file.WorkerOptions.SourceRefused.
-	sourceRefused func()
 }
 
 var blobKinds = []string{"azure", "dir"}
 
 func newFileEnv(t *testing.T, kind string, o fileEnvOptions) *fileEnv {
 	t.Helper()
-	db := testenv.DB(t)
-	log := slog.New(slog.DiscardHandler)
-	mux := http.NewServeMux()
-	url, hc := serveH2C(t, mux)
-
-	env := &fileEnv{db: db}
-	switch kind {
-	case "azure":
-		env.azConn, env.azContainer = testenv.AzuriteContainer(t)
-		az, err := blobstore.NewAzure(t.Context(), env.azConn, env.azContainer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		env.blobs = az
-	case "dir":
-		env.dirRoot = filepath.Join(t.TempDir(), "blobs")
-		d, err := blobstore.NewDir(env.dirRoot, url, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for pattern, h := range d.Routes() {
-			mux.Handle(pattern, h)
-		}
-		env.blobs = d
-	}
-	blobs := env.blobs
-	if o.wrap != nil {
-		blobs = o.wrap(blobs)
-	}
-
-	convStore := postgres.NewConversationStore(db)
-	fileStore := postgres.NewFileStore(db)
-	worker := file.NewWorker(fileStore, blobs, file.WorkerOptions{Poll: 100 * time.Millisecond, MinBackoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-		SourceRefused: o.sourceRefused, Log: log})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = worker.Run(ctx) }()
-	env.wake = worker.Wake
-	t.Cleanup(func() { cancel(); <-done })
-
-	files, err := file.NewService(fileStore, blobs, convStore, file.Options{URLTTL: o.urlTTL, Wake: worker.Wake, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs := NewFileServer(files, log)
-	cs := conversationWithExport{NewConversationServer(conversation.NewService(convStore, conversation.Options{Log: log}), WatchOptions{}, log), fs}
-	v, err := newValidator()
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := []connect.HandlerOption{connect.WithInterceptors(testPrincipals{}, v), connect.WithReadMaxBytes(16 << 20)}
-	mux.Handle(parleyv1connect.NewFileServiceHandler(fs, opts...))
-	mux.Handle(parleyv1connect.NewConversationServiceHandler(cs, opts...))
-
-	env.files = map[string]parleyv1connect.FileServiceClient{
-		"connect": parleyv1connect.NewFileServiceClient(hc, url),
-		"grpc":    parleyv1connect.NewFileServiceClient(hc, url, connect.WithGRPC()),
-	}
-	env.convs = parleyv1connect.NewConversationServiceClient(hc, url)
-	return env
+	a := newTestAPI(t, apiOptions{blobs: kind, files: o})
+	files := clients(a, parleyv1connect.NewFileServiceClient)
+	delete(files, "grpcweb")
+	return &fileEnv{testAPI: a, files: files, convs: parleyv1connect.NewConversationServiceClient(a.hc, a.url)}
 }
 
-func (e *fileEnv) user(t *testing.T) uuid.UUID {
+func (e *fileEnv) conversation(t *testing.T, owner caller) string {
 	t.Helper()
-	id := uuid.New()
-	if _, err := e.db.ExecContext(t.Context(),
-		"INSERT INTO users (id, email, display_name, password_hash) VALUES (?, ?, 'Tester', 'x')", id, id.String()+"@example.com"); err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
-
-func (e *fileEnv) conversation(t *testing.T, owner uuid.UUID) string {
-	t.Helper()
-	resp, err := e.convs.CreateConversation(t.Context(), as(owner, false, &parleyv1.CreateConversationRequest{Title: "files"}))
+	resp, err := e.convs.CreateConversation(t.Context(), as(owner, &parleyv1.CreateConversationRequest{Title: "files"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +95,7 @@ func TestFileUploadListGetDownload(t *testing.T) {
 					owner := env.user(t)
 					conv := env.conversation(t, owner)
 					data := []byte("# notes\nplain text, nothing more\n")
-					up, err := c.UploadFile(ctx, as(owner, false, &parleyv1.UploadFileRequest{
+					up, err := c.UploadFile(ctx, as(owner, &parleyv1.UploadFileRequest{
 						ConversationId: conv, Filename: "../../etc/passwd", Data: data,
 					}))
 					if err != nil {
@@ -193,7 +108,7 @@ func TestFileUploadListGetDownload(t *testing.T) {
 						t.Errorf("uploaded %v", f)
 					}
 
-					list, err := c.ListFiles(ctx, as(owner, false, &parleyv1.ListFilesRequest{ConversationId: conv}))
+					list, err := c.ListFiles(ctx, as(owner, &parleyv1.ListFilesRequest{ConversationId: conv}))
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -201,7 +116,7 @@ func TestFileUploadListGetDownload(t *testing.T) {
 						t.Errorf("ListFiles = %v", list.Msg)
 					}
 
-					got, err := c.GetFile(ctx, as(owner, false, &parleyv1.GetFileRequest{FileId: f.GetId()}))
+					got, err := c.GetFile(ctx, as(owner, &parleyv1.GetFileRequest{FileId: f.GetId()}))
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -282,7 +197,7 @@ func TestUploadFileLimitsAndContentTypes(t *testing.T) {
 	c := env.files["connect"]
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, err := c.UploadFile(t.Context(), as(owner, false, &parleyv1.UploadFileRequest{
+			resp, err := c.UploadFile(t.Context(), as(owner, &parleyv1.UploadFileRequest{
 				ConversationId: conv, Filename: "f", ContentType: tt.contentType, Data: tt.data,
 			}))
 			if codeOf(err) != tt.want {
@@ -296,9 +211,9 @@ func TestUploadFileLimitsAndContentTypes(t *testing.T) {
 }
 
 // createUpload reserves a text/plain direct upload of size bytes.
-func createUpload(t *testing.T, c parleyv1connect.FileServiceClient, owner uuid.UUID, conv, filename string, size int) *connect.Response[parleyv1.CreateUploadResponse] {
+func createUpload(t *testing.T, c parleyv1connect.FileServiceClient, owner caller, conv, filename string, size int) *connect.Response[parleyv1.CreateUploadResponse] {
 	t.Helper()
-	created, err := c.CreateUpload(t.Context(), as(owner, false, &parleyv1.CreateUploadRequest{
+	created, err := c.CreateUpload(t.Context(), as(owner, &parleyv1.CreateUploadRequest{
 		ConversationId: conv, Filename: filename, ContentType: "text/plain", SizeBytes: int64(size),
 	}))
 	if err != nil {
@@ -328,7 +243,7 @@ func TestDirectUpload(t *testing.T) {
 				t.Errorf("expires_at %v", exp)
 			}
 			// Completing before any upload is refused.
-			if _, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: f.GetId()})); codeOf(err) != connect.CodeFailedPrecondition {
+			if _, err := c.CompleteUpload(ctx, as(owner, &parleyv1.CompleteUploadRequest{FileId: f.GetId()})); codeOf(err) != connect.CodeFailedPrecondition {
 				t.Fatalf("CompleteUpload before the PUT = %v", err)
 			}
 			put := func(b []byte) {
@@ -341,20 +256,20 @@ func TestDirectUpload(t *testing.T) {
 			// Fewer bytes than declared: refused, still pending, and the
 			// client may upload again.
 			put(data[:100])
-			if _, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: f.GetId()})); codeOf(err) != connect.CodeFailedPrecondition {
+			if _, err := c.CompleteUpload(ctx, as(owner, &parleyv1.CompleteUploadRequest{FileId: f.GetId()})); codeOf(err) != connect.CodeFailedPrecondition {
 				t.Fatalf("CompleteUpload with a wrong size = %v", err)
 			}
 			// Right size, wrong declared digest.
 			put(data)
-			if _, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: f.GetId(), Sha256: strings.Repeat("0", 64)})); codeOf(err) != connect.CodeFailedPrecondition {
+			if _, err := c.CompleteUpload(ctx, as(owner, &parleyv1.CompleteUploadRequest{FileId: f.GetId(), Sha256: strings.Repeat("0", 64)})); codeOf(err) != connect.CodeFailedPrecondition {
 				t.Fatalf("CompleteUpload with a wrong sha256 = %v", err)
 			}
-			got, err := c.GetFile(ctx, as(owner, false, &parleyv1.GetFileRequest{FileId: f.GetId()}))
+			got, err := c.GetFile(ctx, as(owner, &parleyv1.GetFileRequest{FileId: f.GetId()}))
 			if err != nil || got.Msg.GetFile().GetStatus() != parleyv1.FileStatus_FILE_STATUS_PENDING || got.Msg.GetDownloadUrl() != "" {
 				t.Fatalf("GetFile of a refused upload = %v, %v", got, err)
 			}
 
-			done, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: f.GetId(), Sha256: hexSHA256(data)}))
+			done, err := c.CompleteUpload(ctx, as(owner, &parleyv1.CompleteUploadRequest{FileId: f.GetId(), Sha256: hexSHA256(data)}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -365,10 +280,10 @@ func TestDirectUpload(t *testing.T) {
 			// (TestCompletedUploadCannotChange tries harder).
 			httpDo(t, http.MethodPut, created.Msg.GetUploadUrl(), created.Msg.GetUploadHeaders(), bytes.Repeat([]byte("x"), len(data)))
 			// Completing again answers the same file.
-			if again, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: f.GetId()})); err != nil || again.Msg.GetFile().GetSha256() != hexSHA256(data) {
+			if again, err := c.CompleteUpload(ctx, as(owner, &parleyv1.CompleteUploadRequest{FileId: f.GetId()})); err != nil || again.Msg.GetFile().GetSha256() != hexSHA256(data) {
 				t.Errorf("second CompleteUpload = %v, %v", again, err)
 			}
-			got, err = c.GetFile(ctx, as(owner, false, &parleyv1.GetFileRequest{FileId: f.GetId()}))
+			got, err = c.GetFile(ctx, as(owner, &parleyv1.GetFileRequest{FileId: f.GetId()}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -378,7 +293,7 @@ func TestDirectUpload(t *testing.T) {
 			}
 
 			// A declared content type off the allow-list is refused up front.
-			if _, err := c.CreateUpload(ctx, as(owner, false, &parleyv1.CreateUploadRequest{
+			if _, err := c.CreateUpload(ctx, as(owner, &parleyv1.CreateUploadRequest{
 				ConversationId: conv, Filename: "x.html", ContentType: "text/html", SizeBytes: 10,
 			})); codeOf(err) != connect.CodeInvalidArgument {
 				t.Errorf("CreateUpload of text/html = %v", err)
@@ -391,10 +306,10 @@ func TestFileAccess(t *testing.T) {
 	t.Parallel()
 	env := newFileEnv(t, "dir", fileEnvOptions{})
 	ctx := t.Context()
-	owner, stranger, agent := env.user(t), env.user(t), uuid.New()
+	owner, stranger, agent := env.user(t), env.user(t), env.agent(t)
 	conv := env.conversation(t, owner)
 	c := env.files["connect"]
-	up, err := c.UploadFile(ctx, as(owner, false, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "a.txt", Data: []byte("mine")}))
+	up, err := c.UploadFile(ctx, as(owner, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "a.txt", Data: []byte("mine")}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +317,7 @@ func TestFileAccess(t *testing.T) {
 
 	// An agent may upload to any conversation; audio becomes a recording.
 	wav := append([]byte("RIFF\x24\x00\x00\x00WAVEfmt "), make([]byte, 32)...)
-	rec, err := c.UploadFile(ctx, as(agent, true, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "call.wav", Data: wav}))
+	rec, err := c.UploadFile(ctx, as(agent, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "call.wav", Data: wav}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,59 +331,59 @@ func TestFileAccess(t *testing.T) {
 		want connect.Code
 	}{
 		{"stranger GetFile", func() error {
-			_, err := c.GetFile(ctx, as(stranger, false, &parleyv1.GetFileRequest{FileId: id}))
+			_, err := c.GetFile(ctx, as(stranger, &parleyv1.GetFileRequest{FileId: id}))
 			return err
 		}, connect.CodeNotFound},
 		{"stranger ListFiles", func() error {
-			_, err := c.ListFiles(ctx, as(stranger, false, &parleyv1.ListFilesRequest{ConversationId: conv}))
+			_, err := c.ListFiles(ctx, as(stranger, &parleyv1.ListFilesRequest{ConversationId: conv}))
 			return err
 		}, connect.CodeNotFound},
 		{"stranger UploadFile", func() error {
-			_, err := c.UploadFile(ctx, as(stranger, false, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "x", Data: []byte("x")}))
+			_, err := c.UploadFile(ctx, as(stranger, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "x", Data: []byte("x")}))
 			return err
 		}, connect.CodeNotFound},
 		{"stranger CreateUpload", func() error {
-			_, err := c.CreateUpload(ctx, as(stranger, false, &parleyv1.CreateUploadRequest{ConversationId: conv, Filename: "x", ContentType: "text/plain", SizeBytes: 1}))
+			_, err := c.CreateUpload(ctx, as(stranger, &parleyv1.CreateUploadRequest{ConversationId: conv, Filename: "x", ContentType: "text/plain", SizeBytes: 1}))
 			return err
 		}, connect.CodeNotFound},
 		{"stranger CompleteUpload", func() error {
-			_, err := c.CompleteUpload(ctx, as(stranger, false, &parleyv1.CompleteUploadRequest{FileId: id}))
+			_, err := c.CompleteUpload(ctx, as(stranger, &parleyv1.CompleteUploadRequest{FileId: id}))
 			return err
 		}, connect.CodeNotFound},
 		{"stranger DeleteFile", func() error {
-			_, err := c.DeleteFile(ctx, as(stranger, false, &parleyv1.DeleteFileRequest{FileId: id}))
+			_, err := c.DeleteFile(ctx, as(stranger, &parleyv1.DeleteFileRequest{FileId: id}))
 			return err
 		}, connect.CodeNotFound},
 		{"stranger ExportConversation", func() error {
-			_, err := env.convs.ExportConversation(ctx, as(stranger, false, &parleyv1.ExportConversationRequest{ConversationId: conv}))
+			_, err := env.convs.ExportConversation(ctx, as(stranger, &parleyv1.ExportConversationRequest{ConversationId: conv}))
 			return err
 		}, connect.CodeNotFound},
 		{"upload to a missing conversation", func() error {
-			_, err := c.UploadFile(ctx, as(owner, false, &parleyv1.UploadFileRequest{ConversationId: uuid.NewString(), Filename: "x", Data: []byte("x")}))
+			_, err := c.UploadFile(ctx, as(owner, &parleyv1.UploadFileRequest{ConversationId: uuid.NewString(), Filename: "x", Data: []byte("x")}))
 			return err
 		}, connect.CodeNotFound},
 		{"agent GetFile", func() error {
-			_, err := c.GetFile(ctx, as(agent, true, &parleyv1.GetFileRequest{FileId: id}))
+			_, err := c.GetFile(ctx, as(agent, &parleyv1.GetFileRequest{FileId: id}))
 			return err
 		}, connect.CodePermissionDenied},
 		{"agent ListFiles", func() error {
-			_, err := c.ListFiles(ctx, as(agent, true, &parleyv1.ListFilesRequest{ConversationId: conv}))
+			_, err := c.ListFiles(ctx, as(agent, &parleyv1.ListFilesRequest{ConversationId: conv}))
 			return err
 		}, connect.CodePermissionDenied},
 		{"agent DeleteFile", func() error {
-			_, err := c.DeleteFile(ctx, as(agent, true, &parleyv1.DeleteFileRequest{FileId: id}))
+			_, err := c.DeleteFile(ctx, as(agent, &parleyv1.DeleteFileRequest{FileId: id}))
 			return err
 		}, connect.CodePermissionDenied},
 		{"agent ExportConversation", func() error {
-			_, err := env.convs.ExportConversation(ctx, as(agent, true, &parleyv1.ExportConversationRequest{ConversationId: conv}))
+			_, err := env.convs.ExportConversation(ctx, as(agent, &parleyv1.ExportConversationRequest{ConversationId: conv}))
 			return err
 		}, connect.CodePermissionDenied},
 		{"malformed id", func() error {
-			_, err := c.GetFile(ctx, as(owner, false, &parleyv1.GetFileRequest{FileId: "../x"}))
+			_, err := c.GetFile(ctx, as(owner, &parleyv1.GetFileRequest{FileId: "../x"}))
 			return err
 		}, connect.CodeInvalidArgument},
 		{"bad page token", func() error {
-			_, err := c.ListFiles(ctx, as(owner, false, &parleyv1.ListFilesRequest{ConversationId: conv, PageToken: "nope"}))
+			_, err := c.ListFiles(ctx, as(owner, &parleyv1.ListFilesRequest{ConversationId: conv, PageToken: "nope"}))
 			return err
 		}, connect.CodeInvalidArgument},
 	}
@@ -480,7 +395,7 @@ func TestFileAccess(t *testing.T) {
 		})
 	}
 	// The owner still has the file.
-	if _, err := c.GetFile(ctx, as(owner, false, &parleyv1.GetFileRequest{FileId: id})); err != nil {
+	if _, err := c.GetFile(ctx, as(owner, &parleyv1.GetFileRequest{FileId: id})); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -493,7 +408,7 @@ func TestListFilesPages(t *testing.T) {
 	c := env.files["connect"]
 	var want []string
 	for i := range 5 {
-		up, err := c.UploadFile(t.Context(), as(owner, false, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "f", Data: []byte{'a' + byte(i)}}))
+		up, err := c.UploadFile(t.Context(), as(owner, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "f", Data: []byte{'a' + byte(i)}}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -502,7 +417,7 @@ func TestListFilesPages(t *testing.T) {
 	var got []string
 	token := ""
 	for range 10 {
-		page, err := c.ListFiles(t.Context(), as(owner, false, &parleyv1.ListFilesRequest{ConversationId: conv, PageSize: 2, PageToken: token}))
+		page, err := c.ListFiles(t.Context(), as(owner, &parleyv1.ListFilesRequest{ConversationId: conv, PageSize: 2, PageToken: token}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -527,11 +442,11 @@ func TestDownloadURLExpires(t *testing.T) {
 			owner := env.user(t)
 			conv := env.conversation(t, owner)
 			c := env.files["connect"]
-			up, err := c.UploadFile(t.Context(), as(owner, false, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "a.txt", Data: []byte("soon gone")}))
+			up, err := c.UploadFile(t.Context(), as(owner, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "a.txt", Data: []byte("soon gone")}))
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := c.GetFile(t.Context(), as(owner, false, &parleyv1.GetFileRequest{FileId: up.Msg.GetFile().GetId()}))
+			got, err := c.GetFile(t.Context(), as(owner, &parleyv1.GetFileRequest{FileId: up.Msg.GetFile().GetId()}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -588,7 +503,7 @@ func TestDeletingRemovesBlobsThroughTheOutbox(t *testing.T) {
 			c := env.files["connect"]
 			upload := func(conv string) file.File {
 				t.Helper()
-				up, err := c.UploadFile(ctx, as(owner, false, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "a.txt", Data: []byte("bytes of " + conv)}))
+				up, err := c.UploadFile(ctx, as(owner, &parleyv1.UploadFileRequest{ConversationId: conv, Filename: "a.txt", Data: []byte("bytes of " + conv)}))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -597,19 +512,19 @@ func TestDeletingRemovesBlobsThroughTheOutbox(t *testing.T) {
 			}
 			inConv := []file.File{upload(conv), upload(conv)}
 			single := upload(other)
-			exported, err := env.convs.ExportConversation(ctx, as(owner, false, &parleyv1.ExportConversationRequest{ConversationId: conv}))
+			exported, err := env.convs.ExportConversation(ctx, as(owner, &parleyv1.ExportConversationRequest{ConversationId: conv}))
 			if err != nil {
 				t.Fatal(err)
 			}
 			inConv = append(inConv, file.File{ID: uuid.MustParse(exported.Msg.GetFile().GetId()), ConversationID: uuid.MustParse(conv)})
 
-			if _, err := env.convs.DeleteConversation(ctx, as(owner, false, &parleyv1.DeleteConversationRequest{ConversationId: conv})); err != nil {
+			if _, err := env.convs.DeleteConversation(ctx, as(owner, &parleyv1.DeleteConversationRequest{ConversationId: conv})); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := c.DeleteFile(ctx, as(owner, false, &parleyv1.DeleteFileRequest{FileId: single.ID.String()})); err != nil {
+			if _, err := c.DeleteFile(ctx, as(owner, &parleyv1.DeleteFileRequest{FileId: single.ID.String()})); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := c.GetFile(ctx, as(owner, false, &parleyv1.GetFileRequest{FileId: single.ID.String()})); codeOf(err) != connect.CodeNotFound {
+			if _, err := c.GetFile(ctx, as(owner, &parleyv1.GetFileRequest{FileId: single.ID.String()})); codeOf(err) != connect.CodeNotFound {
 				t.Errorf("GetFile of a deleted file = %v", err)
 			}
 			for _, f := range append(inConv, single) {
@@ -666,14 +581,14 @@ func TestExportConversation(t *testing.T) {
 			owner := env.user(t)
 			conv := env.conversation(t, owner)
 			for i, turn := range [][2]string{{"hello", "hi there"}, {"how are you?", ""}, {"", "system-ish \"quoted\" reply\nwith lines"}} {
-				if _, err := env.convs.SaveTurn(ctx, as(owner, false, &parleyv1.SaveTurnRequest{
+				if _, err := env.convs.SaveTurn(ctx, as(owner, &parleyv1.SaveTurnRequest{
 					ConversationId: conv, TurnId: "t" + string(rune('0'+i)), UserMessage: turn[0], AssistantMessage: turn[1],
 				})); err != nil {
 					t.Fatal(err)
 				}
 			}
 			// JSON: proto JSON of the conversation and every message in seq order.
-			exp, err := env.convs.ExportConversation(ctx, as(owner, false, &parleyv1.ExportConversationRequest{ConversationId: conv}))
+			exp, err := env.convs.ExportConversation(ctx, as(owner, &parleyv1.ExportConversationRequest{ConversationId: conv}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -708,7 +623,7 @@ func TestExportConversation(t *testing.T) {
 			}
 
 			// Markdown: a readable transcript.
-			md, err := env.convs.ExportConversation(ctx, as(owner, false, &parleyv1.ExportConversationRequest{ConversationId: conv, Format: parleyv1.ExportFormat_EXPORT_FORMAT_MARKDOWN}))
+			md, err := env.convs.ExportConversation(ctx, as(owner, &parleyv1.ExportConversationRequest{ConversationId: conv, Format: parleyv1.ExportFormat_EXPORT_FORMAT_MARKDOWN}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -718,7 +633,7 @@ func TestExportConversation(t *testing.T) {
 				strings.Count(text, "**Assistant**") != 2 || !strings.Contains(text, "how are you?") || md.Msg.GetFile().GetFilename() != "files.md" {
 				t.Errorf("markdown = %d %q", resp.StatusCode, text)
 			}
-			list, err := env.files["connect"].ListFiles(ctx, as(owner, false, &parleyv1.ListFilesRequest{ConversationId: conv}))
+			list, err := env.files["connect"].ListFiles(ctx, as(owner, &parleyv1.ListFilesRequest{ConversationId: conv}))
 			if err != nil || len(list.Msg.GetFiles()) != 2 {
 				t.Errorf("ListFiles after two exports = %v, %v", list, err)
 			}
@@ -806,7 +721,7 @@ func TestCompletedUploadCannotChange(t *testing.T) {
 				t.Fatalf("PUT = %d %s", resp.StatusCode, body)
 			}
 			id := created.Msg.GetFile().GetId()
-			if _, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: id, Sha256: hexSHA256(data)})); err != nil {
+			if _, err := c.CompleteUpload(ctx, as(owner, &parleyv1.CompleteUploadRequest{FileId: id, Sha256: hexSHA256(data)})); err != nil {
 				t.Fatal(err)
 			}
 
@@ -825,7 +740,7 @@ func TestCompletedUploadCannotChange(t *testing.T) {
 			}
 			httpDo(t, http.MethodPut, upURL, upHeaders, evil)
 
-			got, err := c.GetFile(ctx, as(owner, false, &parleyv1.GetFileRequest{FileId: id}))
+			got, err := c.GetFile(ctx, as(owner, &parleyv1.GetFileRequest{FileId: id}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -837,7 +752,7 @@ func TestCompletedUploadCannotChange(t *testing.T) {
 				t.Fatalf("download after a PUT with the old upload URL = %d %q, want the checked bytes", resp.StatusCode, body[:min(len(body), 40)])
 			}
 			// Completing again cannot pick up the new bytes either.
-			if again, err := c.CompleteUpload(ctx, as(owner, false, &parleyv1.CompleteUploadRequest{FileId: id, Sha256: hexSHA256(evil)})); codeOf(err) != connect.CodeFailedPrecondition {
+			if again, err := c.CompleteUpload(ctx, as(owner, &parleyv1.CompleteUploadRequest{FileId: id, Sha256: hexSHA256(evil)})); codeOf(err) != connect.CodeFailedPrecondition {
 				t.Errorf("CompleteUpload with the new bytes' sha256 = %v, %v; want failed_precondition", again, err)
 			}
 			resp, body = httpDo(t, http.MethodGet, got.Msg.GetDownloadUrl(), nil, nil)

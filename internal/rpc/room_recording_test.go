@@ -111,7 +111,7 @@ func TestEgressRecordingBecomesAFile(t *testing.T) {
 			webhook := NewWebhookHandler(lk, rooms, log, nil)
 
 			owner := env.user(t)
-			r, _, err := rooms.CreateRoom(ctx, lkauth.Principal{ID: owner, Kind: lkauth.KindUser, TokenID: "t", ExpiresAt: time.Now().Add(time.Hour)}, "recorded")
+			r, _, err := rooms.CreateRoom(ctx, lkauth.Principal{ID: owner.UUID, Kind: lkauth.KindUser, TokenID: "t", ExpiresAt: time.Now().Add(time.Hour)}, "recorded")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -137,7 +137,7 @@ func TestEgressRecordingBecomesAFile(t *testing.T) {
 			var rec *parleyv1.File
 			deadline := time.Now().Add(10 * time.Second)
 			for rec == nil {
-				list, err := c.ListFiles(ctx, as(owner, false, &parleyv1.ListFilesRequest{ConversationId: r.ConversationID.String()}))
+				list, err := c.ListFiles(ctx, as(owner, &parleyv1.ListFilesRequest{ConversationId: r.ConversationID.String()}))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -156,7 +156,7 @@ func TestEgressRecordingBecomesAFile(t *testing.T) {
 				rec.GetContentType() != "video/mp4" || rec.GetSizeBytes() != int64(len(data)) {
 				t.Errorf("recording = %v", rec)
 			}
-			got, err := c.GetFile(ctx, as(owner, false, &parleyv1.GetFileRequest{FileId: rec.GetId()}))
+			got, err := c.GetFile(ctx, as(owner, &parleyv1.GetFileRequest{FileId: rec.GetId()}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -176,7 +176,7 @@ func TestEgressRecordingBecomesAFile(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 			}
 
-			if _, err := c.DeleteFile(ctx, as(owner, false, &parleyv1.DeleteFileRequest{FileId: rec.GetId()})); err != nil {
+			if _, err := c.DeleteFile(ctx, as(owner, &parleyv1.DeleteFileRequest{FileId: rec.GetId()})); err != nil {
 				t.Fatal(err)
 			}
 			waitBlobGone(t, env.blobs, final)
@@ -214,7 +214,7 @@ func TestForgedEgressImportsNothing(t *testing.T) {
 			victim := env.user(t)
 			victimConv := env.conversation(t, victim)
 			secret := []byte("the victim's private notes")
-			up, err := c.UploadFile(ctx, as(victim, false, &parleyv1.UploadFileRequest{ConversationId: victimConv, Filename: "notes.txt", Data: secret}))
+			up, err := c.UploadFile(ctx, as(victim, &parleyv1.UploadFileRequest{ConversationId: victimConv, Filename: "notes.txt", Data: secret}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -222,7 +222,7 @@ func TestForgedEgressImportsNothing(t *testing.T) {
 			victimBlob := file.BlobName(uuid.MustParse(victimConv), uuid.MustParse(victimFile))
 
 			forger := env.user(t)
-			r, _, err := rooms.CreateRoom(ctx, lkauth.Principal{ID: forger, Kind: lkauth.KindUser, TokenID: "t", ExpiresAt: time.Now().Add(time.Hour)}, "mine")
+			r, _, err := rooms.CreateRoom(ctx, lkauth.Principal{ID: forger.UUID, Kind: lkauth.KindUser, TokenID: "t", ExpiresAt: time.Now().Add(time.Hour)}, "mine")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -276,7 +276,7 @@ func TestForgedEgressImportsNothing(t *testing.T) {
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			list, err := c.ListFiles(ctx, as(forger, false, &parleyv1.ListFilesRequest{ConversationId: r.ConversationID.String()}))
+			list, err := c.ListFiles(ctx, as(forger, &parleyv1.ListFilesRequest{ConversationId: r.ConversationID.String()}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -284,7 +284,7 @@ func TestForgedEgressImportsNothing(t *testing.T) {
 				t.Errorf("the forger's files = %v, want only EG_real.mp4", fs)
 			}
 			for _, f := range list.Msg.GetFiles() {
-				got, err := c.GetFile(ctx, as(forger, false, &parleyv1.GetFileRequest{FileId: f.GetId()}))
+				got, err := c.GetFile(ctx, as(forger, &parleyv1.GetFileRequest{FileId: f.GetId()}))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -292,11 +292,11 @@ func TestForgedEgressImportsNothing(t *testing.T) {
 					t.Errorf("the forger's %s serves %q, want the forger's own recording", f.GetFilename(), body)
 				}
 			}
-			if _, err := c.GetFile(ctx, as(forger, false, &parleyv1.GetFileRequest{FileId: victimFile})); connect.CodeOf(err) != connect.CodeNotFound {
+			if _, err := c.GetFile(ctx, as(forger, &parleyv1.GetFileRequest{FileId: victimFile})); connect.CodeOf(err) != connect.CodeNotFound {
 				t.Errorf("the forger's GetFile of the victim's file: %v, want not_found", err)
 			}
 			// The victim's file is whole and nothing queued it for deletion.
-			got, err := c.GetFile(ctx, as(victim, false, &parleyv1.GetFileRequest{FileId: victimFile}))
+			got, err := c.GetFile(ctx, as(victim, &parleyv1.GetFileRequest{FileId: victimFile}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -323,9 +323,9 @@ func TestForgedEgressImportsNothing(t *testing.T) {
 
 // readyFiles reports whether owner's conversation conv lists n files, all
 // READY.
-func readyFiles(t *testing.T, c parleyv1connect.FileServiceClient, owner, conv uuid.UUID, n int) bool {
+func readyFiles(t *testing.T, c parleyv1connect.FileServiceClient, owner caller, conv uuid.UUID, n int) bool {
 	t.Helper()
-	list, err := c.ListFiles(t.Context(), as(owner, false, &parleyv1.ListFilesRequest{ConversationId: conv.String()}))
+	list, err := c.ListFiles(t.Context(), as(owner, &parleyv1.ListFilesRequest{ConversationId: conv.String()}))
 	if err != nil {
 		t.Fatal(err)
 	}
