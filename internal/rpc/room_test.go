@@ -1,7 +1,6 @@
 package rpc
 
 import (
-	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -18,8 +17,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/uptrace/bun"
 
-	"github.com/parley-dev/parley/internal/account"
-	lkauth "github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
@@ -27,75 +24,26 @@ import (
 	"github.com/parley-dev/parley/internal/room"
 	"github.com/parley-dev/parley/internal/rtc"
 	"github.com/parley-dev/parley/internal/rtc/rtctest"
-	"github.com/parley-dev/parley/internal/testenv"
 )
 
 const (
 	roomTestKey    = "APIparley"
 	roomTestSecret = "a-secret-of-at-least-thirty-two-characters"
 	roomTestAgent  = "parley-agent"
-
-	roomTestUserHeader  = "X-Room-Test-User"
-	roomTestAgentHeader = "X-Room-Test-Agent"
 )
 
-// roomTestPrincipals puts the principal named by a test header in the
-// context, in place of the authentication interceptor.
-type roomTestPrincipals struct{}
-
-func (roomTestPrincipals) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		p := lkauth.Principal{TokenID: "test", ExpiresAt: time.Now().Add(time.Hour)}
-		if id, err := uuid.Parse(req.Header().Get(roomTestUserHeader)); err == nil {
-			p.ID, p.Kind = id, lkauth.KindUser
-			ctx = lkauth.WithPrincipal(ctx, p)
-		} else if id, err := uuid.Parse(req.Header().Get(roomTestAgentHeader)); err == nil {
-			p.ID, p.Kind = id, lkauth.KindAgent
-			ctx = lkauth.WithPrincipal(ctx, p)
-		}
-		return next(ctx, req)
-	}
-}
-
-func (roomTestPrincipals) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-func (roomTestPrincipals) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return next
-}
-
 type roomTestEnv struct {
-	lk      *rtctest.Server
-	dbURL   string
-	db      *bun.DB
-	svc     *room.Service
-	webhook *WebhookHandler
-	url     string
+	*testAPI
 	clients map[string]parleyv1connect.RoomServiceClient
 }
 
-// newRoomTestEnv serves RoomService and the webhook over h2c on a new
-// database, against a fake LiveKit (liveKitURL "" for the fake's own URL).
+// newRoomTestEnv is the whole API, whose LiveKit client connects to
+// liveKitURL ("" for the fake's own URL), with a RoomService client for
+// each protocol.
 func newRoomTestEnv(t *testing.T, liveKitURL string) *roomTestEnv {
 	t.Helper()
-	env := &roomTestEnv{lk: rtctest.NewServer(t, roomTestKey, roomTestSecret), dbURL: testenv.DatabaseURL(t)}
-	if liveKitURL == "" {
-		liveKitURL = env.lk.URL
-	}
-	env.db, env.svc, env.webhook = newRoomReplica(t, env.dbURL, liveKitURL)
-
-	mux := http.NewServeMux()
-	mux.Handle(parleyv1connect.NewRoomServiceHandler(NewRoomServer(env.svc, slog.New(slog.DiscardHandler)), connect.WithInterceptors(roomTestPrincipals{})))
-	mux.Handle("POST /livekit/webhook", env.webhook)
-	var hc *http.Client
-	env.url, hc = serveH2C(t, mux)
-	env.clients = map[string]parleyv1connect.RoomServiceClient{
-		"connect": parleyv1connect.NewRoomServiceClient(hc, env.url),
-		"grpc":    parleyv1connect.NewRoomServiceClient(hc, env.url, connect.WithGRPC()),
-		"grpcweb": parleyv1connect.NewRoomServiceClient(hc, env.url, connect.WithGRPCWeb()),
-	}
-	return env
+	a := newTestAPI(t, apiOptions{liveKitURL: liveKitURL})
+	return &roomTestEnv{testAPI: a, clients: clients(a, parleyv1connect.NewRoomServiceClient)}
 }
 
 // newRoomReplica builds what one Parley replica has for rooms: its own pool
@@ -121,28 +69,6 @@ func newRoomReplica(t testing.TB, dbURL, liveKitURL string) (*bun.DB, *room.Serv
 	return db, svc, NewWebhookHandler(lk, svc, log, prometheus.NewRegistry())
 }
 
-func (env *roomTestEnv) newUser(t *testing.T, name string) uuid.UUID {
-	t.Helper()
-	u, err := postgres.NewAccountStore(env.db).CreateUser(t.Context(),
-		account.User{ID: uuid.New(), Email: uuid.NewString() + "@example.com", DisplayName: name}, "$argon2id$stub")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.ID
-}
-
-func asUser[T any](id uuid.UUID, msg *T) *connect.Request[T] {
-	req := connect.NewRequest(msg)
-	req.Header().Set(roomTestUserHeader, id.String())
-	return req
-}
-
-func asAgent[T any](id uuid.UUID, msg *T) *connect.Request[T] {
-	req := connect.NewRequest(msg)
-	req.Header().Set(roomTestAgentHeader, id.String())
-	return req
-}
-
 func wantCode(t *testing.T, what string, err error, want connect.Code) {
 	t.Helper()
 	if got := connect.CodeOf(err); err == nil || got != want {
@@ -152,7 +78,7 @@ func wantCode(t *testing.T, what string, err error, want connect.Code) {
 
 // checkJoinToken decodes a join token with the API secret and checks it
 // lets user join exactly r, with r's configuration.
-func checkJoinToken(t *testing.T, join *parleyv1.JoinInfo, r *parleyv1.Room, user uuid.UUID, name string) {
+func checkJoinToken(t *testing.T, join *parleyv1.JoinInfo, r *parleyv1.Room, user caller, name string) {
 	t.Helper()
 	if join.GetLivekitUrl() != "wss://livekit.example.com" {
 		t.Errorf("livekit_url = %q", join.GetLivekitUrl())
@@ -214,7 +140,7 @@ func TestRoomServiceCreateJoinEnd(t *testing.T) {
 			ctx := t.Context()
 			user := env.newUser(t, "Ada "+proto)
 
-			created, err := client.CreateRoom(ctx, asUser(user, &parleyv1.CreateRoomRequest{Name: "Stand-up"}))
+			created, err := client.CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "Stand-up"}))
 			if err != nil {
 				t.Fatalf("CreateRoom: %v", err)
 			}
@@ -224,7 +150,7 @@ func TestRoomServiceCreateJoinEnd(t *testing.T) {
 				t.Errorf("room = %v", r)
 			}
 			convID := uuid.MustParse(r.GetConversationId())
-			c, err := postgres.NewConversationStore(env.db).GetConversation(ctx, convID, conversation.Scope{UserID: user})
+			c, err := postgres.NewConversationStore(env.db).GetConversation(ctx, convID, conversation.Scope{UserID: user.UUID})
 			if err != nil || c.RoomID.String() != r.GetId() || c.Title != "Stand-up" {
 				t.Errorf("the room's conversation = %+v, %v", c, err)
 			}
@@ -243,23 +169,23 @@ func TestRoomServiceCreateJoinEnd(t *testing.T) {
 				t.Errorf("LiveKit saw the room: %v, the dispatch: %v", sawRoom, sawDispatch)
 			}
 
-			got, err := client.GetRoom(ctx, asUser(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
+			got, err := client.GetRoom(ctx, as(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
 			if err != nil || got.Msg.GetRoom().GetId() != r.GetId() || got.Msg.GetRoom().GetConversationId() != r.GetConversationId() {
 				t.Errorf("GetRoom = %v, %v", got, err)
 			}
-			joined, err := client.JoinRoom(ctx, asUser(user, &parleyv1.JoinRoomRequest{RoomId: r.GetId()}))
+			joined, err := client.JoinRoom(ctx, as(user, &parleyv1.JoinRoomRequest{RoomId: r.GetId()}))
 			if err != nil {
 				t.Fatalf("JoinRoom: %v", err)
 			}
 			checkJoinToken(t, joined.Msg.GetJoin(), r, user, "Ada "+proto)
 
-			ended, err := client.EndRoom(ctx, asUser(user, &parleyv1.EndRoomRequest{RoomId: r.GetId()}))
+			ended, err := client.EndRoom(ctx, as(user, &parleyv1.EndRoomRequest{RoomId: r.GetId()}))
 			if err != nil || ended.Msg.GetRoom().GetStatus() != parleyv1.RoomStatus_ROOM_STATUS_ENDED || ended.Msg.GetRoom().GetEndedAt() == nil {
 				t.Fatalf("EndRoom = %v, %v", ended, err)
 			}
-			_, err = client.JoinRoom(ctx, asUser(user, &parleyv1.JoinRoomRequest{RoomId: r.GetId()}))
+			_, err = client.JoinRoom(ctx, as(user, &parleyv1.JoinRoomRequest{RoomId: r.GetId()}))
 			wantCode(t, "JoinRoom of an ended room", err, connect.CodeFailedPrecondition)
-			again, err := client.EndRoom(ctx, asUser(user, &parleyv1.EndRoomRequest{RoomId: r.GetId()}))
+			again, err := client.EndRoom(ctx, as(user, &parleyv1.EndRoomRequest{RoomId: r.GetId()}))
 			if err != nil || !again.Msg.GetRoom().GetEndedAt().AsTime().Equal(ended.Msg.GetRoom().GetEndedAt().AsTime()) {
 				t.Errorf("second EndRoom = %v, %v; want the same ended_at", again, err)
 			}
@@ -286,7 +212,7 @@ func TestRoomServiceWorksWithLiveKitDown(t *testing.T) {
 			user := env.newUser(t, "Ada")
 			client := env.clients["connect"]
 			start := time.Now()
-			created, err := client.CreateRoom(t.Context(), asUser(user, &parleyv1.CreateRoomRequest{Name: "offline"}))
+			created, err := client.CreateRoom(t.Context(), as(user, &parleyv1.CreateRoomRequest{Name: "offline"}))
 			if d := time.Since(start); d > 2*time.Second {
 				t.Errorf("CreateRoom took %v with LiveKit %s", d, name)
 			}
@@ -297,7 +223,7 @@ func TestRoomServiceWorksWithLiveKitDown(t *testing.T) {
 			checkJoinToken(t, created.Msg.GetJoin(), created.Msg.GetRoom(), user, "Ada")
 
 			start = time.Now()
-			if _, err := client.EndRoom(t.Context(), asUser(user, &parleyv1.EndRoomRequest{RoomId: created.Msg.GetRoom().GetId()})); err != nil {
+			if _, err := client.EndRoom(t.Context(), as(user, &parleyv1.EndRoomRequest{RoomId: created.Msg.GetRoom().GetId()})); err != nil {
 				t.Errorf("EndRoom with LiveKit %s: %v", name, err)
 			}
 			if d := time.Since(start); d > time.Second {
@@ -317,7 +243,7 @@ func TestWebhookSidOfFirstRoomStarted(t *testing.T) {
 	env := newRoomTestEnv(t, down.URL)
 	user := env.newUser(t, "Ada")
 	client := env.clients["connect"]
-	created, err := client.CreateRoom(t.Context(), asUser(user, &parleyv1.CreateRoomRequest{Name: "offline"}))
+	created, err := client.CreateRoom(t.Context(), as(user, &parleyv1.CreateRoomRequest{Name: "offline"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,7 +252,7 @@ func TestWebhookSidOfFirstRoomStarted(t *testing.T) {
 		return &livekit.WebhookEvent{Id: "EV_" + uuid.NewString(), Event: kind, CreatedAt: time.Now().Unix(), Room: &livekit.Room{Name: r.GetLivekitRoom(), Sid: sid}}
 	}
 	status := func() parleyv1.RoomStatus {
-		got, err := client.GetRoom(t.Context(), asUser(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
+		got, err := client.GetRoom(t.Context(), as(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -358,12 +284,12 @@ func TestRoomServiceEndRoomRetriesDelete(t *testing.T) {
 	env := newRoomTestEnv(t, "")
 	user := env.newUser(t, "Ada")
 	client := env.clients["connect"]
-	created, err := client.CreateRoom(t.Context(), asUser(user, &parleyv1.CreateRoomRequest{Name: "r"}))
+	created, err := client.CreateRoom(t.Context(), as(user, &parleyv1.CreateRoomRequest{Name: "r"}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	env.lk.FailDeletes(2)
-	if _, err := client.EndRoom(t.Context(), asUser(user, &parleyv1.EndRoomRequest{RoomId: created.Msg.GetRoom().GetId()})); err != nil {
+	if _, err := client.EndRoom(t.Context(), as(user, &parleyv1.EndRoomRequest{RoomId: created.Msg.GetRoom().GetId()})); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the third delete attempt", func() bool { return len(env.lk.DeletedRooms()) == 1 })
@@ -376,26 +302,26 @@ func TestRoomServiceOthersRoomsAreNotFound(t *testing.T) {
 	for proto, client := range env.clients {
 		t.Run(proto, func(t *testing.T) {
 			ctx := t.Context()
-			created, err := client.CreateRoom(ctx, asUser(owner, &parleyv1.CreateRoomRequest{Name: "private"}))
+			created, err := client.CreateRoom(ctx, as(owner, &parleyv1.CreateRoomRequest{Name: "private"}))
 			if err != nil {
 				t.Fatal(err)
 			}
 			id := created.Msg.GetRoom().GetId()
-			_, err = client.GetRoom(ctx, asUser(other, &parleyv1.GetRoomRequest{RoomId: id}))
+			_, err = client.GetRoom(ctx, as(other, &parleyv1.GetRoomRequest{RoomId: id}))
 			wantCode(t, "GetRoom", err, connect.CodeNotFound)
-			_, err = client.JoinRoom(ctx, asUser(other, &parleyv1.JoinRoomRequest{RoomId: id}))
+			_, err = client.JoinRoom(ctx, as(other, &parleyv1.JoinRoomRequest{RoomId: id}))
 			wantCode(t, "JoinRoom", err, connect.CodeNotFound)
-			_, err = client.EndRoom(ctx, asUser(other, &parleyv1.EndRoomRequest{RoomId: id}))
+			_, err = client.EndRoom(ctx, as(other, &parleyv1.EndRoomRequest{RoomId: id}))
 			wantCode(t, "EndRoom", err, connect.CodeNotFound)
-			list, err := client.ListRooms(ctx, asUser(other, &parleyv1.ListRoomsRequest{}))
+			list, err := client.ListRooms(ctx, as(other, &parleyv1.ListRoomsRequest{}))
 			if err != nil || len(list.Msg.GetRooms()) != 0 {
 				t.Errorf("ListRooms of another user = %v, %v", list, err)
 			}
 			// A room that does not exist answers the same.
-			_, err = client.GetRoom(ctx, asUser(other, &parleyv1.GetRoomRequest{RoomId: uuid.NewString()}))
+			_, err = client.GetRoom(ctx, as(other, &parleyv1.GetRoomRequest{RoomId: uuid.NewString()}))
 			wantCode(t, "GetRoom of no room", err, connect.CodeNotFound)
 
-			got, err := client.GetRoom(ctx, asUser(owner, &parleyv1.GetRoomRequest{RoomId: id}))
+			got, err := client.GetRoom(ctx, as(owner, &parleyv1.GetRoomRequest{RoomId: id}))
 			if err != nil || got.Msg.GetRoom().GetStatus() != parleyv1.RoomStatus_ROOM_STATUS_ACTIVE {
 				t.Errorf("the owner's room after another user's EndRoom: %v, %v", got, err)
 			}
@@ -407,24 +333,24 @@ func TestRoomServiceRefusesAgents(t *testing.T) {
 	t.Parallel()
 	env := newRoomTestEnv(t, "")
 	owner := env.newUser(t, "Ada")
-	agent := uuid.New()
+	agent := env.agent(t)
 	for proto, client := range env.clients {
 		t.Run(proto, func(t *testing.T) {
 			ctx := t.Context()
-			created, err := client.CreateRoom(ctx, asUser(owner, &parleyv1.CreateRoomRequest{Name: "r"}))
+			created, err := client.CreateRoom(ctx, as(owner, &parleyv1.CreateRoomRequest{Name: "r"}))
 			if err != nil {
 				t.Fatal(err)
 			}
 			id := created.Msg.GetRoom().GetId()
-			_, err = client.CreateRoom(ctx, asAgent(agent, &parleyv1.CreateRoomRequest{Name: "r"}))
+			_, err = client.CreateRoom(ctx, as(agent, &parleyv1.CreateRoomRequest{Name: "r"}))
 			wantCode(t, "CreateRoom", err, connect.CodePermissionDenied)
-			_, err = client.GetRoom(ctx, asAgent(agent, &parleyv1.GetRoomRequest{RoomId: id}))
+			_, err = client.GetRoom(ctx, as(agent, &parleyv1.GetRoomRequest{RoomId: id}))
 			wantCode(t, "GetRoom", err, connect.CodePermissionDenied)
-			_, err = client.ListRooms(ctx, asAgent(agent, &parleyv1.ListRoomsRequest{}))
+			_, err = client.ListRooms(ctx, as(agent, &parleyv1.ListRoomsRequest{}))
 			wantCode(t, "ListRooms", err, connect.CodePermissionDenied)
-			_, err = client.JoinRoom(ctx, asAgent(agent, &parleyv1.JoinRoomRequest{RoomId: id}))
+			_, err = client.JoinRoom(ctx, as(agent, &parleyv1.JoinRoomRequest{RoomId: id}))
 			wantCode(t, "JoinRoom", err, connect.CodePermissionDenied)
-			_, err = client.EndRoom(ctx, asAgent(agent, &parleyv1.EndRoomRequest{RoomId: id}))
+			_, err = client.EndRoom(ctx, as(agent, &parleyv1.EndRoomRequest{RoomId: id}))
 			wantCode(t, "EndRoom", err, connect.CodePermissionDenied)
 			// Without the authentication interceptor's principal: refused too.
 			_, err = client.ListRooms(ctx, connect.NewRequest(&parleyv1.ListRoomsRequest{}))
@@ -441,7 +367,7 @@ func TestRoomServiceListRooms(t *testing.T) {
 	ctx := t.Context()
 	var want []string
 	for _, name := range []string{"one", "two", "three"} {
-		created, err := client.CreateRoom(ctx, asUser(user, &parleyv1.CreateRoomRequest{Name: name}))
+		created, err := client.CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: name}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -453,7 +379,7 @@ func TestRoomServiceListRooms(t *testing.T) {
 		if pages > 3 {
 			t.Fatal("ListRooms does not end")
 		}
-		res, err := client.ListRooms(ctx, asUser(user, &parleyv1.ListRoomsRequest{PageSize: 2, PageToken: token}))
+		res, err := client.ListRooms(ctx, as(user, &parleyv1.ListRoomsRequest{PageSize: 2, PageToken: token}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -467,9 +393,9 @@ func TestRoomServiceListRooms(t *testing.T) {
 	if len(got) != 3 || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
 		t.Errorf("ListRooms pages = %v, want %v (newest first)", got, want)
 	}
-	_, err := client.ListRooms(ctx, asUser(user, &parleyv1.ListRoomsRequest{PageToken: "garbage"}))
+	_, err := client.ListRooms(ctx, as(user, &parleyv1.ListRoomsRequest{PageToken: "garbage"}))
 	wantCode(t, "ListRooms with a bad page token", err, connect.CodeInvalidArgument)
-	_, err = client.CreateRoom(ctx, asUser(user, &parleyv1.CreateRoomRequest{Name: "   "}))
+	_, err = client.CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "   "}))
 	wantCode(t, "CreateRoom with a blank name", err, connect.CodeInvalidArgument)
 }
 
@@ -496,14 +422,14 @@ func TestWebhook(t *testing.T) {
 	client := env.clients["connect"]
 	ctx := t.Context()
 	newRoom := func() *parleyv1.Room {
-		created, err := client.CreateRoom(ctx, asUser(user, &parleyv1.CreateRoomRequest{Name: "r"}))
+		created, err := client.CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "r"}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return created.Msg.GetRoom()
 	}
 	status := func(r *parleyv1.Room) parleyv1.RoomStatus {
-		got, err := client.GetRoom(ctx, asUser(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
+		got, err := client.GetRoom(ctx, as(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -566,7 +492,7 @@ func TestWebhook(t *testing.T) {
 		if err := env.db.DB.QueryRowContext(ctx, "SELECT count(*) FROM livekit_events WHERE id = $1", ev.GetId()).Scan(&n); err != nil || n != 1 {
 			t.Errorf("event recorded %d times, %v", n, err)
 		}
-		got, err := client.GetRoom(ctx, asUser(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
+		got, err := client.GetRoom(ctx, as(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
 		if err != nil {
 			t.Fatal(err)
 		}
