@@ -150,8 +150,17 @@ type MetricsReport struct {
 	E2ELatency               *float64               `protobuf:"fixed64,8,opt,name=e2e_latency,json=e2eLatency,proto3,oneof" json:"e2e_latency,omitempty"`
 	LlmNodeTps               *float64               `protobuf:"fixed64,9,opt,name=llm_node_tps,json=llmNodeTps,proto3,oneof" json:"llm_node_tps,omitempty"`
 	LlmNodeTtfs              *float64               `protobuf:"fixed64,10,opt,name=llm_node_ttfs,json=llmNodeTtfs,proto3,oneof" json:"llm_node_ttfs,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// The fields below are livekit-agents' own (its MetricsReport dict).
+	PlaybackLatency    *float64 `protobuf:"fixed64,16,opt,name=playback_latency,json=playbackLatency,proto3,oneof" json:"playback_latency,omitempty"`
+	ProviderRequestIds []string `protobuf:"bytes,17,rep,name=provider_request_ids,json=providerRequestIds,proto3" json:"provider_request_ids,omitempty"`
+	// has_provider_request_ids is true when provider_request_ids was given,
+	// even empty: livekit-agents tells an empty list from none.
+	HasProviderRequestIds bool             `protobuf:"varint,18,opt,name=has_provider_request_ids,json=hasProviderRequestIds,proto3" json:"has_provider_request_ids,omitempty"`
+	LlmMetadata           *MetricsMetadata `protobuf:"bytes,19,opt,name=llm_metadata,json=llmMetadata,proto3" json:"llm_metadata,omitempty"`
+	TtsMetadata           *MetricsMetadata `protobuf:"bytes,20,opt,name=tts_metadata,json=ttsMetadata,proto3" json:"tts_metadata,omitempty"`
+	SttMetadata           *MetricsMetadata `protobuf:"bytes,21,opt,name=stt_metadata,json=sttMetadata,proto3" json:"stt_metadata,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *MetricsReport) Reset() {
@@ -254,6 +263,225 @@ func (x *MetricsReport) GetLlmNodeTtfs() float64 {
 	return 0
 }
 
+func (x *MetricsReport) GetPlaybackLatency() float64 {
+	if x != nil && x.PlaybackLatency != nil {
+		return *x.PlaybackLatency
+	}
+	return 0
+}
+
+func (x *MetricsReport) GetProviderRequestIds() []string {
+	if x != nil {
+		return x.ProviderRequestIds
+	}
+	return nil
+}
+
+func (x *MetricsReport) GetHasProviderRequestIds() bool {
+	if x != nil {
+		return x.HasProviderRequestIds
+	}
+	return false
+}
+
+func (x *MetricsReport) GetLlmMetadata() *MetricsMetadata {
+	if x != nil {
+		return x.LlmMetadata
+	}
+	return nil
+}
+
+func (x *MetricsReport) GetTtsMetadata() *MetricsMetadata {
+	if x != nil {
+		return x.TtsMetadata
+	}
+	return nil
+}
+
+func (x *MetricsReport) GetSttMetadata() *MetricsMetadata {
+	if x != nil {
+		return x.SttMetadata
+	}
+	return nil
+}
+
+// MetricsMetadata names the model behind a MetricsReport's timings.
+type MetricsMetadata struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ModelName     *string                `protobuf:"bytes,1,opt,name=model_name,json=modelName,proto3,oneof" json:"model_name,omitempty"`
+	ModelProvider *string                `protobuf:"bytes,2,opt,name=model_provider,json=modelProvider,proto3,oneof" json:"model_provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricsMetadata) Reset() {
+	*x = MetricsMetadata{}
+	mi := &file_parley_v1_item_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricsMetadata) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricsMetadata) ProtoMessage() {}
+
+func (x *MetricsMetadata) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_item_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricsMetadata.ProtoReflect.Descriptor instead.
+func (*MetricsMetadata) Descriptor() ([]byte, []int) {
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MetricsMetadata) GetModelName() string {
+	if x != nil && x.ModelName != nil {
+		return *x.ModelName
+	}
+	return ""
+}
+
+func (x *MetricsMetadata) GetModelProvider() string {
+	if x != nil && x.ModelProvider != nil {
+		return *x.ModelProvider
+	}
+	return ""
+}
+
+// ImageContent is an image in a message's content: a URL or a data URL.
+type ImageContent struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Image           string                 `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	InferenceWidth  *int64                 `protobuf:"varint,3,opt,name=inference_width,json=inferenceWidth,proto3,oneof" json:"inference_width,omitempty"`
+	InferenceHeight *int64                 `protobuf:"varint,4,opt,name=inference_height,json=inferenceHeight,proto3,oneof" json:"inference_height,omitempty"`
+	// inference_detail is "auto", "high" or "low"; empty means "auto".
+	InferenceDetail string  `protobuf:"bytes,5,opt,name=inference_detail,json=inferenceDetail,proto3" json:"inference_detail,omitempty"`
+	MimeType        *string `protobuf:"bytes,6,opt,name=mime_type,json=mimeType,proto3,oneof" json:"mime_type,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ImageContent) Reset() {
+	*x = ImageContent{}
+	mi := &file_parley_v1_item_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageContent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageContent) ProtoMessage() {}
+
+func (x *ImageContent) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_item_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageContent.ProtoReflect.Descriptor instead.
+func (*ImageContent) Descriptor() ([]byte, []int) {
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ImageContent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ImageContent) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *ImageContent) GetInferenceWidth() int64 {
+	if x != nil && x.InferenceWidth != nil {
+		return *x.InferenceWidth
+	}
+	return 0
+}
+
+func (x *ImageContent) GetInferenceHeight() int64 {
+	if x != nil && x.InferenceHeight != nil {
+		return *x.InferenceHeight
+	}
+	return 0
+}
+
+func (x *ImageContent) GetInferenceDetail() string {
+	if x != nil {
+		return x.InferenceDetail
+	}
+	return ""
+}
+
+func (x *ImageContent) GetMimeType() string {
+	if x != nil && x.MimeType != nil {
+		return *x.MimeType
+	}
+	return ""
+}
+
+// CacheBreakpoint marks the end of a reusable prompt prefix in a message's
+// content.
+type CacheBreakpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheBreakpoint) Reset() {
+	*x = CacheBreakpoint{}
+	mi := &file_parley_v1_item_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheBreakpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheBreakpoint) ProtoMessage() {}
+
+func (x *CacheBreakpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_item_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheBreakpoint.ProtoReflect.Descriptor instead.
+func (*CacheBreakpoint) Descriptor() ([]byte, []int) {
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{3}
+}
+
 // ChatMessage is a message of a chat context.
 type ChatMessage struct {
 	state   protoimpl.MessageState     `protogen:"open.v1"`
@@ -266,13 +494,20 @@ type ChatMessage struct {
 	Extra                map[string]string      `protobuf:"bytes,6,rep,name=extra,proto3" json:"extra,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Metrics              *MetricsReport         `protobuf:"bytes,7,opt,name=metrics,proto3" json:"metrics,omitempty"`
 	CreatedAt            *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// extra_json holds the extra values that are not strings, each as its
+	// JSON text (livekit-agents' extra is a dict of any JSON values). A key is
+	// in extra or in extra_json, never in both.
+	ExtraJson map[string]string `protobuf:"bytes,16,rep,name=extra_json,json=extraJson,proto3" json:"extra_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// hash is livekit-agents' deprecated message hash, as the text its
+	// to_dict() writes.
+	Hash          *string `protobuf:"bytes,17,opt,name=hash,proto3,oneof" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChatMessage) Reset() {
 	*x = ChatMessage{}
-	mi := &file_parley_v1_item_proto_msgTypes[1]
+	mi := &file_parley_v1_item_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +519,7 @@ func (x *ChatMessage) String() string {
 func (*ChatMessage) ProtoMessage() {}
 
 func (x *ChatMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[1]
+	mi := &file_parley_v1_item_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +532,7 @@ func (x *ChatMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatMessage.ProtoReflect.Descriptor instead.
 func (*ChatMessage) Descriptor() ([]byte, []int) {
-	return file_parley_v1_item_proto_rawDescGZIP(), []int{1}
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ChatMessage) GetId() string {
@@ -356,22 +591,40 @@ func (x *ChatMessage) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ChatMessage) GetExtraJson() map[string]string {
+	if x != nil {
+		return x.ExtraJson
+	}
+	return nil
+}
+
+func (x *ChatMessage) GetHash() string {
+	if x != nil && x.Hash != nil {
+		return *x.Hash
+	}
+	return ""
+}
+
 // FunctionCall is a tool call the model made.
 type FunctionCall struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	CallId        string                 `protobuf:"bytes,2,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
-	Arguments     string                 `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
-	Name          string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	Extra         map[string]string      `protobuf:"bytes,6,rep,name=extra,proto3" json:"extra,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	CallId    string                 `protobuf:"bytes,2,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	Arguments string                 `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	Name      string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Extra     map[string]string      `protobuf:"bytes,6,rep,name=extra,proto3" json:"extra,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// extra_json is as in ChatMessage.
+	ExtraJson map[string]string `protobuf:"bytes,16,rep,name=extra_json,json=extraJson,proto3" json:"extra_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// group_id groups parallel calls of one model response.
+	GroupId       *string `protobuf:"bytes,17,opt,name=group_id,json=groupId,proto3,oneof" json:"group_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FunctionCall) Reset() {
 	*x = FunctionCall{}
-	mi := &file_parley_v1_item_proto_msgTypes[2]
+	mi := &file_parley_v1_item_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +636,7 @@ func (x *FunctionCall) String() string {
 func (*FunctionCall) ProtoMessage() {}
 
 func (x *FunctionCall) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[2]
+	mi := &file_parley_v1_item_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +649,7 @@ func (x *FunctionCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionCall.ProtoReflect.Descriptor instead.
 func (*FunctionCall) Descriptor() ([]byte, []int) {
-	return file_parley_v1_item_proto_rawDescGZIP(), []int{2}
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *FunctionCall) GetId() string {
@@ -441,22 +694,39 @@ func (x *FunctionCall) GetExtra() map[string]string {
 	return nil
 }
 
+func (x *FunctionCall) GetExtraJson() map[string]string {
+	if x != nil {
+		return x.ExtraJson
+	}
+	return nil
+}
+
+func (x *FunctionCall) GetGroupId() string {
+	if x != nil && x.GroupId != nil {
+		return *x.GroupId
+	}
+	return ""
+}
+
 // FunctionCallOutput is the result of a FunctionCall, matched by call_id.
 type FunctionCallOutput struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	CallId        string                 `protobuf:"bytes,3,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
-	Output        string                 `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
-	IsError       bool                   `protobuf:"varint,5,opt,name=is_error,json=isError,proto3" json:"is_error,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	CallId    string                 `protobuf:"bytes,3,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	Output    string                 `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
+	IsError   bool                   `protobuf:"varint,5,opt,name=is_error,json=isError,proto3" json:"is_error,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// reply_required says whether the model should answer once it has the
+	// output; unset means true, livekit-agents' default.
+	ReplyRequired *bool `protobuf:"varint,16,opt,name=reply_required,json=replyRequired,proto3,oneof" json:"reply_required,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FunctionCallOutput) Reset() {
 	*x = FunctionCallOutput{}
-	mi := &file_parley_v1_item_proto_msgTypes[3]
+	mi := &file_parley_v1_item_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +738,7 @@ func (x *FunctionCallOutput) String() string {
 func (*FunctionCallOutput) ProtoMessage() {}
 
 func (x *FunctionCallOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[3]
+	mi := &file_parley_v1_item_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +751,7 @@ func (x *FunctionCallOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionCallOutput.ProtoReflect.Descriptor instead.
 func (*FunctionCallOutput) Descriptor() ([]byte, []int) {
-	return file_parley_v1_item_proto_rawDescGZIP(), []int{3}
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *FunctionCallOutput) GetId() string {
@@ -526,6 +796,13 @@ func (x *FunctionCallOutput) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *FunctionCallOutput) GetReplyRequired() bool {
+	if x != nil && x.ReplyRequired != nil {
+		return *x.ReplyRequired
+	}
+	return false
+}
+
 // AgentHandoff records one agent handing the session to another.
 type AgentHandoff struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -539,7 +816,7 @@ type AgentHandoff struct {
 
 func (x *AgentHandoff) Reset() {
 	*x = AgentHandoff{}
-	mi := &file_parley_v1_item_proto_msgTypes[4]
+	mi := &file_parley_v1_item_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +828,7 @@ func (x *AgentHandoff) String() string {
 func (*AgentHandoff) ProtoMessage() {}
 
 func (x *AgentHandoff) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[4]
+	mi := &file_parley_v1_item_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +841,7 @@ func (x *AgentHandoff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentHandoff.ProtoReflect.Descriptor instead.
 func (*AgentHandoff) Descriptor() ([]byte, []int) {
-	return file_parley_v1_item_proto_rawDescGZIP(), []int{4}
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AgentHandoff) GetId() string {
@@ -597,19 +874,23 @@ func (x *AgentHandoff) GetCreatedAt() *timestamppb.Timestamp {
 
 // AgentConfigUpdate records a change of the agent's instructions or tools.
 type AgentConfigUpdate struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Instructions  *string                `protobuf:"bytes,2,opt,name=instructions,proto3,oneof" json:"instructions,omitempty"`
-	ToolsAdded    []string               `protobuf:"bytes,3,rep,name=tools_added,json=toolsAdded,proto3" json:"tools_added,omitempty"`
-	ToolsRemoved  []string               `protobuf:"bytes,4,rep,name=tools_removed,json=toolsRemoved,proto3" json:"tools_removed,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Instructions *string                `protobuf:"bytes,2,opt,name=instructions,proto3,oneof" json:"instructions,omitempty"`
+	ToolsAdded   []string               `protobuf:"bytes,3,rep,name=tools_added,json=toolsAdded,proto3" json:"tools_added,omitempty"`
+	ToolsRemoved []string               `protobuf:"bytes,4,rep,name=tools_removed,json=toolsRemoved,proto3" json:"tools_removed,omitempty"`
+	CreatedAt    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// has_tools_added and has_tools_removed are true when the list was given,
+	// even empty: livekit-agents tells an empty list from none.
+	HasToolsAdded   bool `protobuf:"varint,16,opt,name=has_tools_added,json=hasToolsAdded,proto3" json:"has_tools_added,omitempty"`
+	HasToolsRemoved bool `protobuf:"varint,17,opt,name=has_tools_removed,json=hasToolsRemoved,proto3" json:"has_tools_removed,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AgentConfigUpdate) Reset() {
 	*x = AgentConfigUpdate{}
-	mi := &file_parley_v1_item_proto_msgTypes[5]
+	mi := &file_parley_v1_item_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +902,7 @@ func (x *AgentConfigUpdate) String() string {
 func (*AgentConfigUpdate) ProtoMessage() {}
 
 func (x *AgentConfigUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[5]
+	mi := &file_parley_v1_item_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +915,7 @@ func (x *AgentConfigUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentConfigUpdate.ProtoReflect.Descriptor instead.
 func (*AgentConfigUpdate) Descriptor() ([]byte, []int) {
-	return file_parley_v1_item_proto_rawDescGZIP(), []int{5}
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AgentConfigUpdate) GetId() string {
@@ -672,6 +953,20 @@ func (x *AgentConfigUpdate) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *AgentConfigUpdate) GetHasToolsAdded() bool {
+	if x != nil {
+		return x.HasToolsAdded
+	}
+	return false
+}
+
+func (x *AgentConfigUpdate) GetHasToolsRemoved() bool {
+	if x != nil {
+		return x.HasToolsRemoved
+	}
+	return false
+}
+
 // ChatContext is an agent's chat history, oldest item first.
 type ChatContext struct {
 	state         protoimpl.MessageState  `protogen:"open.v1"`
@@ -682,7 +977,7 @@ type ChatContext struct {
 
 func (x *ChatContext) Reset() {
 	*x = ChatContext{}
-	mi := &file_parley_v1_item_proto_msgTypes[6]
+	mi := &file_parley_v1_item_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +989,7 @@ func (x *ChatContext) String() string {
 func (*ChatContext) ProtoMessage() {}
 
 func (x *ChatContext) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[6]
+	mi := &file_parley_v1_item_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +1002,7 @@ func (x *ChatContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatContext.ProtoReflect.Descriptor instead.
 func (*ChatContext) Descriptor() ([]byte, []int) {
-	return file_parley_v1_item_proto_rawDescGZIP(), []int{6}
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ChatContext) GetItems() []*ChatContext_ChatItem {
@@ -744,7 +1039,7 @@ type Item struct {
 
 func (x *Item) Reset() {
 	*x = Item{}
-	mi := &file_parley_v1_item_proto_msgTypes[7]
+	mi := &file_parley_v1_item_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +1051,7 @@ func (x *Item) String() string {
 func (*Item) ProtoMessage() {}
 
 func (x *Item) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[7]
+	mi := &file_parley_v1_item_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +1064,7 @@ func (x *Item) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Item.ProtoReflect.Descriptor instead.
 func (*Item) Descriptor() ([]byte, []int) {
-	return file_parley_v1_item_proto_rawDescGZIP(), []int{7}
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Item) GetAgent() string {
@@ -827,6 +1122,8 @@ type ChatMessage_ChatContent struct {
 	// Types that are valid to be assigned to Payload:
 	//
 	//	*ChatMessage_ChatContent_Text
+	//	*ChatMessage_ChatContent_Image
+	//	*ChatMessage_ChatContent_CacheBreakpoint
 	Payload       isChatMessage_ChatContent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -834,7 +1131,7 @@ type ChatMessage_ChatContent struct {
 
 func (x *ChatMessage_ChatContent) Reset() {
 	*x = ChatMessage_ChatContent{}
-	mi := &file_parley_v1_item_proto_msgTypes[8]
+	mi := &file_parley_v1_item_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +1143,7 @@ func (x *ChatMessage_ChatContent) String() string {
 func (*ChatMessage_ChatContent) ProtoMessage() {}
 
 func (x *ChatMessage_ChatContent) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[8]
+	mi := &file_parley_v1_item_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +1156,7 @@ func (x *ChatMessage_ChatContent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatMessage_ChatContent.ProtoReflect.Descriptor instead.
 func (*ChatMessage_ChatContent) Descriptor() ([]byte, []int) {
-	return file_parley_v1_item_proto_rawDescGZIP(), []int{1, 0}
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{4, 0}
 }
 
 func (x *ChatMessage_ChatContent) GetPayload() isChatMessage_ChatContent_Payload {
@@ -878,6 +1175,24 @@ func (x *ChatMessage_ChatContent) GetText() string {
 	return ""
 }
 
+func (x *ChatMessage_ChatContent) GetImage() *ImageContent {
+	if x != nil {
+		if x, ok := x.Payload.(*ChatMessage_ChatContent_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
+func (x *ChatMessage_ChatContent) GetCacheBreakpoint() *CacheBreakpoint {
+	if x != nil {
+		if x, ok := x.Payload.(*ChatMessage_ChatContent_CacheBreakpoint); ok {
+			return x.CacheBreakpoint
+		}
+	}
+	return nil
+}
+
 type isChatMessage_ChatContent_Payload interface {
 	isChatMessage_ChatContent_Payload()
 }
@@ -886,7 +1201,19 @@ type ChatMessage_ChatContent_Text struct {
 	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
 }
 
+type ChatMessage_ChatContent_Image struct {
+	Image *ImageContent `protobuf:"bytes,16,opt,name=image,proto3,oneof"`
+}
+
+type ChatMessage_ChatContent_CacheBreakpoint struct {
+	CacheBreakpoint *CacheBreakpoint `protobuf:"bytes,17,opt,name=cache_breakpoint,json=cacheBreakpoint,proto3,oneof"`
+}
+
 func (*ChatMessage_ChatContent_Text) isChatMessage_ChatContent_Payload() {}
+
+func (*ChatMessage_ChatContent_Image) isChatMessage_ChatContent_Payload() {}
+
+func (*ChatMessage_ChatContent_CacheBreakpoint) isChatMessage_ChatContent_Payload() {}
 
 // ChatItem is one item of a chat context, of exactly one kind.
 type ChatContext_ChatItem struct {
@@ -905,7 +1232,7 @@ type ChatContext_ChatItem struct {
 
 func (x *ChatContext_ChatItem) Reset() {
 	*x = ChatContext_ChatItem{}
-	mi := &file_parley_v1_item_proto_msgTypes[11]
+	mi := &file_parley_v1_item_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1244,7 @@ func (x *ChatContext_ChatItem) String() string {
 func (*ChatContext_ChatItem) ProtoMessage() {}
 
 func (x *ChatContext_ChatItem) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[11]
+	mi := &file_parley_v1_item_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1257,7 @@ func (x *ChatContext_ChatItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatContext_ChatItem.ProtoReflect.Descriptor instead.
 func (*ChatContext_ChatItem) Descriptor() ([]byte, []int) {
-	return file_parley_v1_item_proto_rawDescGZIP(), []int{6, 0}
+	return file_parley_v1_item_proto_rawDescGZIP(), []int{9, 0}
 }
 
 func (x *ChatContext_ChatItem) GetItem() isChatContext_ChatItem_Item {
@@ -1023,7 +1350,7 @@ var File_parley_v1_item_proto protoreflect.FileDescriptor
 
 const file_parley_v1_item_proto_rawDesc = "" +
 	"\n" +
-	"\x14parley/v1/item.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x05\n" +
+	"\x14parley/v1/item.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\b\n" +
 	"\rMetricsReport\x12J\n" +
 	"\x13started_speaking_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x11startedSpeakingAt\x12J\n" +
 	"\x13stopped_speaking_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11stoppedSpeakingAt\x124\n" +
@@ -1037,7 +1364,13 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\fllm_node_tps\x18\t \x01(\x01H\x06R\n" +
 	"llmNodeTps\x88\x01\x01\x12'\n" +
 	"\rllm_node_ttfs\x18\n" +
-	" \x01(\x01H\aR\vllmNodeTtfs\x88\x01\x01B\x16\n" +
+	" \x01(\x01H\aR\vllmNodeTtfs\x88\x01\x01\x12.\n" +
+	"\x10playback_latency\x18\x10 \x01(\x01H\bR\x0fplaybackLatency\x88\x01\x01\x120\n" +
+	"\x14provider_request_ids\x18\x11 \x03(\tR\x12providerRequestIds\x127\n" +
+	"\x18has_provider_request_ids\x18\x12 \x01(\bR\x15hasProviderRequestIds\x12=\n" +
+	"\fllm_metadata\x18\x13 \x01(\v2\x1a.parley.v1.MetricsMetadataR\vllmMetadata\x12=\n" +
+	"\ftts_metadata\x18\x14 \x01(\v2\x1a.parley.v1.MetricsMetadataR\vttsMetadata\x12=\n" +
+	"\fstt_metadata\x18\x15 \x01(\v2\x1a.parley.v1.MetricsMetadataR\vsttMetadataB\x16\n" +
 	"\x14_transcription_delayB\x14\n" +
 	"\x12_end_of_turn_delayB\x1f\n" +
 	"\x1d_on_user_turn_completed_delayB\x10\n" +
@@ -1045,7 +1378,26 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\x0e_tts_node_ttfbB\x0e\n" +
 	"\f_e2e_latencyB\x0f\n" +
 	"\r_llm_node_tpsB\x10\n" +
-	"\x0e_llm_node_ttfs\"\x8c\x04\n" +
+	"\x0e_llm_node_ttfsB\x13\n" +
+	"\x11_playback_latency\"\x83\x01\n" +
+	"\x0fMetricsMetadata\x12\"\n" +
+	"\n" +
+	"model_name\x18\x01 \x01(\tH\x00R\tmodelName\x88\x01\x01\x12*\n" +
+	"\x0emodel_provider\x18\x02 \x01(\tH\x01R\rmodelProvider\x88\x01\x01B\r\n" +
+	"\v_model_nameB\x11\n" +
+	"\x0f_model_provider\"\x96\x02\n" +
+	"\fImageContent\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05image\x18\x02 \x01(\tR\x05image\x12,\n" +
+	"\x0finference_width\x18\x03 \x01(\x03H\x00R\x0einferenceWidth\x88\x01\x01\x12.\n" +
+	"\x10inference_height\x18\x04 \x01(\x03H\x01R\x0finferenceHeight\x88\x01\x01\x12)\n" +
+	"\x10inference_detail\x18\x05 \x01(\tR\x0finferenceDetail\x12 \n" +
+	"\tmime_type\x18\x06 \x01(\tH\x02R\bmimeType\x88\x01\x01B\x12\n" +
+	"\x10_inference_widthB\x13\n" +
+	"\x11_inference_heightB\f\n" +
+	"\n" +
+	"_mime_type\"\x11\n" +
+	"\x0fCacheBreakpoint\"\xad\x06\n" +
 	"\vChatMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.parley.v1.ChatRoleR\x04role\x12<\n" +
@@ -1055,15 +1407,24 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\x05extra\x18\x06 \x03(\v2!.parley.v1.ChatMessage.ExtraEntryR\x05extra\x122\n" +
 	"\ametrics\x18\a \x01(\v2\x18.parley.v1.MetricsReportR\ametrics\x129\n" +
 	"\n" +
-	"created_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x1a.\n" +
+	"created_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12D\n" +
+	"\n" +
+	"extra_json\x18\x10 \x03(\v2%.parley.v1.ChatMessage.ExtraJsonEntryR\textraJson\x12\x17\n" +
+	"\x04hash\x18\x11 \x01(\tH\x01R\x04hash\x88\x01\x01\x1a\xa8\x01\n" +
 	"\vChatContent\x12\x14\n" +
-	"\x04text\x18\x01 \x01(\tH\x00R\x04textB\t\n" +
+	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12/\n" +
+	"\x05image\x18\x10 \x01(\v2\x17.parley.v1.ImageContentH\x00R\x05image\x12G\n" +
+	"\x10cache_breakpoint\x18\x11 \x01(\v2\x1a.parley.v1.CacheBreakpointH\x00R\x0fcacheBreakpointB\t\n" +
 	"\apayload\x1a8\n" +
 	"\n" +
 	"ExtraEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
+	"\x0eExtraJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x18\n" +
-	"\x16_transcript_confidence\"\x98\x02\n" +
+	"\x16_transcript_confidenceB\a\n" +
+	"\x05_hash\"\xca\x03\n" +
 	"\fFunctionCall\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\acall_id\x18\x02 \x01(\tR\x06callId\x12\x1c\n" +
@@ -1071,11 +1432,18 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x129\n" +
 	"\n" +
 	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x128\n" +
-	"\x05extra\x18\x06 \x03(\v2\".parley.v1.FunctionCall.ExtraEntryR\x05extra\x1a8\n" +
+	"\x05extra\x18\x06 \x03(\v2\".parley.v1.FunctionCall.ExtraEntryR\x05extra\x12E\n" +
+	"\n" +
+	"extra_json\x18\x10 \x03(\v2&.parley.v1.FunctionCall.ExtraJsonEntryR\textraJson\x12\x1e\n" +
+	"\bgroup_id\x18\x11 \x01(\tH\x00R\agroupId\x88\x01\x01\x1a8\n" +
 	"\n" +
 	"ExtraEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
+	"\x0eExtraJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
+	"\t_group_id\"\xfe\x01\n" +
 	"\x12FunctionCallOutput\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x17\n" +
@@ -1083,7 +1451,9 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\x06output\x18\x04 \x01(\tR\x06output\x12\x19\n" +
 	"\bis_error\x18\x05 \x01(\bR\aisError\x129\n" +
 	"\n" +
-	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xb3\x01\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12*\n" +
+	"\x0ereply_required\x18\x10 \x01(\bH\x00R\rreplyRequired\x88\x01\x01B\x11\n" +
+	"\x0f_reply_required\"\xb3\x01\n" +
 	"\fAgentHandoff\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\fold_agent_id\x18\x02 \x01(\tH\x00R\n" +
@@ -1092,7 +1462,7 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"newAgentId\x129\n" +
 	"\n" +
 	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAtB\x0f\n" +
-	"\r_old_agent_id\"\xde\x01\n" +
+	"\r_old_agent_id\"\xb2\x02\n" +
 	"\x11AgentConfigUpdate\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\finstructions\x18\x02 \x01(\tH\x00R\finstructions\x88\x01\x01\x12\x1f\n" +
@@ -1100,7 +1470,9 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"toolsAdded\x12#\n" +
 	"\rtools_removed\x18\x04 \x03(\tR\ftoolsRemoved\x129\n" +
 	"\n" +
-	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAtB\x0f\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12&\n" +
+	"\x0fhas_tools_added\x18\x10 \x01(\bR\rhasToolsAdded\x12*\n" +
+	"\x11has_tools_removed\x18\x11 \x01(\bR\x0fhasToolsRemovedB\x0f\n" +
 	"\r_instructions\"\xb0\x03\n" +
 	"\vChatContext\x125\n" +
 	"\x05items\x18\x01 \x03(\v2\x1f.parley.v1.ChatContext.ChatItemR\x05items\x1a\xe9\x02\n" +
@@ -1148,50 +1520,62 @@ func file_parley_v1_item_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_item_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_parley_v1_item_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_parley_v1_item_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_parley_v1_item_proto_goTypes = []any{
 	(ChatRole)(0),                   // 0: parley.v1.ChatRole
 	(ItemKind)(0),                   // 1: parley.v1.ItemKind
 	(*MetricsReport)(nil),           // 2: parley.v1.MetricsReport
-	(*ChatMessage)(nil),             // 3: parley.v1.ChatMessage
-	(*FunctionCall)(nil),            // 4: parley.v1.FunctionCall
-	(*FunctionCallOutput)(nil),      // 5: parley.v1.FunctionCallOutput
-	(*AgentHandoff)(nil),            // 6: parley.v1.AgentHandoff
-	(*AgentConfigUpdate)(nil),       // 7: parley.v1.AgentConfigUpdate
-	(*ChatContext)(nil),             // 8: parley.v1.ChatContext
-	(*Item)(nil),                    // 9: parley.v1.Item
-	(*ChatMessage_ChatContent)(nil), // 10: parley.v1.ChatMessage.ChatContent
-	nil,                             // 11: parley.v1.ChatMessage.ExtraEntry
-	nil,                             // 12: parley.v1.FunctionCall.ExtraEntry
-	(*ChatContext_ChatItem)(nil),    // 13: parley.v1.ChatContext.ChatItem
-	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
+	(*MetricsMetadata)(nil),         // 3: parley.v1.MetricsMetadata
+	(*ImageContent)(nil),            // 4: parley.v1.ImageContent
+	(*CacheBreakpoint)(nil),         // 5: parley.v1.CacheBreakpoint
+	(*ChatMessage)(nil),             // 6: parley.v1.ChatMessage
+	(*FunctionCall)(nil),            // 7: parley.v1.FunctionCall
+	(*FunctionCallOutput)(nil),      // 8: parley.v1.FunctionCallOutput
+	(*AgentHandoff)(nil),            // 9: parley.v1.AgentHandoff
+	(*AgentConfigUpdate)(nil),       // 10: parley.v1.AgentConfigUpdate
+	(*ChatContext)(nil),             // 11: parley.v1.ChatContext
+	(*Item)(nil),                    // 12: parley.v1.Item
+	(*ChatMessage_ChatContent)(nil), // 13: parley.v1.ChatMessage.ChatContent
+	nil,                             // 14: parley.v1.ChatMessage.ExtraEntry
+	nil,                             // 15: parley.v1.ChatMessage.ExtraJsonEntry
+	nil,                             // 16: parley.v1.FunctionCall.ExtraEntry
+	nil,                             // 17: parley.v1.FunctionCall.ExtraJsonEntry
+	(*ChatContext_ChatItem)(nil),    // 18: parley.v1.ChatContext.ChatItem
+	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
 }
 var file_parley_v1_item_proto_depIdxs = []int32{
-	14, // 0: parley.v1.MetricsReport.started_speaking_at:type_name -> google.protobuf.Timestamp
-	14, // 1: parley.v1.MetricsReport.stopped_speaking_at:type_name -> google.protobuf.Timestamp
-	0,  // 2: parley.v1.ChatMessage.role:type_name -> parley.v1.ChatRole
-	10, // 3: parley.v1.ChatMessage.content:type_name -> parley.v1.ChatMessage.ChatContent
-	11, // 4: parley.v1.ChatMessage.extra:type_name -> parley.v1.ChatMessage.ExtraEntry
-	2,  // 5: parley.v1.ChatMessage.metrics:type_name -> parley.v1.MetricsReport
-	14, // 6: parley.v1.ChatMessage.created_at:type_name -> google.protobuf.Timestamp
-	14, // 7: parley.v1.FunctionCall.created_at:type_name -> google.protobuf.Timestamp
-	12, // 8: parley.v1.FunctionCall.extra:type_name -> parley.v1.FunctionCall.ExtraEntry
-	14, // 9: parley.v1.FunctionCallOutput.created_at:type_name -> google.protobuf.Timestamp
-	14, // 10: parley.v1.AgentHandoff.created_at:type_name -> google.protobuf.Timestamp
-	14, // 11: parley.v1.AgentConfigUpdate.created_at:type_name -> google.protobuf.Timestamp
-	13, // 12: parley.v1.ChatContext.items:type_name -> parley.v1.ChatContext.ChatItem
-	13, // 13: parley.v1.Item.item:type_name -> parley.v1.ChatContext.ChatItem
-	14, // 14: parley.v1.Item.stored_at:type_name -> google.protobuf.Timestamp
-	3,  // 15: parley.v1.ChatContext.ChatItem.message:type_name -> parley.v1.ChatMessage
-	4,  // 16: parley.v1.ChatContext.ChatItem.function_call:type_name -> parley.v1.FunctionCall
-	5,  // 17: parley.v1.ChatContext.ChatItem.function_call_output:type_name -> parley.v1.FunctionCallOutput
-	6,  // 18: parley.v1.ChatContext.ChatItem.agent_handoff:type_name -> parley.v1.AgentHandoff
-	7,  // 19: parley.v1.ChatContext.ChatItem.agent_config_update:type_name -> parley.v1.AgentConfigUpdate
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	19, // 0: parley.v1.MetricsReport.started_speaking_at:type_name -> google.protobuf.Timestamp
+	19, // 1: parley.v1.MetricsReport.stopped_speaking_at:type_name -> google.protobuf.Timestamp
+	3,  // 2: parley.v1.MetricsReport.llm_metadata:type_name -> parley.v1.MetricsMetadata
+	3,  // 3: parley.v1.MetricsReport.tts_metadata:type_name -> parley.v1.MetricsMetadata
+	3,  // 4: parley.v1.MetricsReport.stt_metadata:type_name -> parley.v1.MetricsMetadata
+	0,  // 5: parley.v1.ChatMessage.role:type_name -> parley.v1.ChatRole
+	13, // 6: parley.v1.ChatMessage.content:type_name -> parley.v1.ChatMessage.ChatContent
+	14, // 7: parley.v1.ChatMessage.extra:type_name -> parley.v1.ChatMessage.ExtraEntry
+	2,  // 8: parley.v1.ChatMessage.metrics:type_name -> parley.v1.MetricsReport
+	19, // 9: parley.v1.ChatMessage.created_at:type_name -> google.protobuf.Timestamp
+	15, // 10: parley.v1.ChatMessage.extra_json:type_name -> parley.v1.ChatMessage.ExtraJsonEntry
+	19, // 11: parley.v1.FunctionCall.created_at:type_name -> google.protobuf.Timestamp
+	16, // 12: parley.v1.FunctionCall.extra:type_name -> parley.v1.FunctionCall.ExtraEntry
+	17, // 13: parley.v1.FunctionCall.extra_json:type_name -> parley.v1.FunctionCall.ExtraJsonEntry
+	19, // 14: parley.v1.FunctionCallOutput.created_at:type_name -> google.protobuf.Timestamp
+	19, // 15: parley.v1.AgentHandoff.created_at:type_name -> google.protobuf.Timestamp
+	19, // 16: parley.v1.AgentConfigUpdate.created_at:type_name -> google.protobuf.Timestamp
+	18, // 17: parley.v1.ChatContext.items:type_name -> parley.v1.ChatContext.ChatItem
+	18, // 18: parley.v1.Item.item:type_name -> parley.v1.ChatContext.ChatItem
+	19, // 19: parley.v1.Item.stored_at:type_name -> google.protobuf.Timestamp
+	4,  // 20: parley.v1.ChatMessage.ChatContent.image:type_name -> parley.v1.ImageContent
+	5,  // 21: parley.v1.ChatMessage.ChatContent.cache_breakpoint:type_name -> parley.v1.CacheBreakpoint
+	6,  // 22: parley.v1.ChatContext.ChatItem.message:type_name -> parley.v1.ChatMessage
+	7,  // 23: parley.v1.ChatContext.ChatItem.function_call:type_name -> parley.v1.FunctionCall
+	8,  // 24: parley.v1.ChatContext.ChatItem.function_call_output:type_name -> parley.v1.FunctionCallOutput
+	9,  // 25: parley.v1.ChatContext.ChatItem.agent_handoff:type_name -> parley.v1.AgentHandoff
+	10, // 26: parley.v1.ChatContext.ChatItem.agent_config_update:type_name -> parley.v1.AgentConfigUpdate
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_item_proto_init() }
@@ -1201,12 +1585,18 @@ func file_parley_v1_item_proto_init() {
 	}
 	file_parley_v1_item_proto_msgTypes[0].OneofWrappers = []any{}
 	file_parley_v1_item_proto_msgTypes[1].OneofWrappers = []any{}
+	file_parley_v1_item_proto_msgTypes[2].OneofWrappers = []any{}
 	file_parley_v1_item_proto_msgTypes[4].OneofWrappers = []any{}
 	file_parley_v1_item_proto_msgTypes[5].OneofWrappers = []any{}
-	file_parley_v1_item_proto_msgTypes[8].OneofWrappers = []any{
-		(*ChatMessage_ChatContent_Text)(nil),
-	}
+	file_parley_v1_item_proto_msgTypes[6].OneofWrappers = []any{}
+	file_parley_v1_item_proto_msgTypes[7].OneofWrappers = []any{}
+	file_parley_v1_item_proto_msgTypes[8].OneofWrappers = []any{}
 	file_parley_v1_item_proto_msgTypes[11].OneofWrappers = []any{
+		(*ChatMessage_ChatContent_Text)(nil),
+		(*ChatMessage_ChatContent_Image)(nil),
+		(*ChatMessage_ChatContent_CacheBreakpoint)(nil),
+	}
+	file_parley_v1_item_proto_msgTypes[16].OneofWrappers = []any{
 		(*ChatContext_ChatItem_Message)(nil),
 		(*ChatContext_ChatItem_FunctionCall)(nil),
 		(*ChatContext_ChatItem_FunctionCallOutput)(nil),
@@ -1219,7 +1609,7 @@ func file_parley_v1_item_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_item_proto_rawDesc), len(file_parley_v1_item_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

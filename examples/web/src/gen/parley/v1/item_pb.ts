@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/item.proto.
  */
 export const file_parley_v1_item: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvaXRlbS5wcm90bxIJcGFybGV5LnYxIp0ECg1NZXRyaWNzUmVwb3J0EjcKE3N0YXJ0ZWRfc3BlYWtpbmdfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKE3N0b3BwZWRfc3BlYWtpbmdfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiAKE3RyYW5zY3JpcHRpb25fZGVsYXkYAyABKAFIAIgBARIeChFlbmRfb2ZfdHVybl9kZWxheRgEIAEoAUgBiAEBEikKHG9uX3VzZXJfdHVybl9jb21wbGV0ZWRfZGVsYXkYBSABKAFIAogBARIaCg1sbG1fbm9kZV90dGZ0GAYgASgBSAOIAQESGgoNdHRzX25vZGVfdHRmYhgHIAEoAUgEiAEBEhgKC2UyZV9sYXRlbmN5GAggASgBSAWIAQESGQoMbGxtX25vZGVfdHBzGAkgASgBSAaIAQESGgoNbGxtX25vZGVfdHRmcxgKIAEoAUgHiAEBQhYKFF90cmFuc2NyaXB0aW9uX2RlbGF5QhQKEl9lbmRfb2ZfdHVybl9kZWxheUIfCh1fb25fdXNlcl90dXJuX2NvbXBsZXRlZF9kZWxheUIQCg5fbGxtX25vZGVfdHRmdEIQCg5fdHRzX25vZGVfdHRmYkIOCgxfZTJlX2xhdGVuY3lCDwoNX2xsbV9ub2RlX3Rwc0IQCg5fbGxtX25vZGVfdHRmcyKpAwoLQ2hhdE1lc3NhZ2USCgoCaWQYASABKAkSIQoEcm9sZRgCIAEoDjITLnBhcmxleS52MS5DaGF0Um9sZRIzCgdjb250ZW50GAMgAygLMiIucGFybGV5LnYxLkNoYXRNZXNzYWdlLkNoYXRDb250ZW50EhMKC2ludGVycnVwdGVkGAQgASgIEiIKFXRyYW5zY3JpcHRfY29uZmlkZW5jZRgFIAEoAUgAiAEBEjAKBWV4dHJhGAYgAygLMiEucGFybGV5LnYxLkNoYXRNZXNzYWdlLkV4dHJhRW50cnkSKQoHbWV0cmljcxgHIAEoCzIYLnBhcmxleS52MS5NZXRyaWNzUmVwb3J0Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGigKC0NoYXRDb250ZW50Eg4KBHRleHQYASABKAlIAEIJCgdwYXlsb2FkGiwKCkV4dHJhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIYChZfdHJhbnNjcmlwdF9jb25maWRlbmNlIt0BCgxGdW5jdGlvbkNhbGwSCgoCaWQYASABKAkSDwoHY2FsbF9pZBgCIAEoCRIRCglhcmd1bWVudHMYAyABKAkSDAoEbmFtZRgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCgVleHRyYRgGIAMoCzIiLnBhcmxleS52MS5GdW5jdGlvbkNhbGwuRXh0cmFFbnRyeRosCgpFeHRyYUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEikQEKEkZ1bmN0aW9uQ2FsbE91dHB1dBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB2NhbGxfaWQYAyABKAkSDgoGb3V0cHV0GAQgASgJEhAKCGlzX2Vycm9yGAUgASgIEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIowBCgxBZ2VudEhhbmRvZmYSCgoCaWQYASABKAkSGQoMb2xkX2FnZW50X2lkGAIgASgJSACIAQESFAoMbmV3X2FnZW50X2lkGAMgASgJEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg8KDV9vbGRfYWdlbnRfaWQipwEKEUFnZW50Q29uZmlnVXBkYXRlEgoKAmlkGAEgASgJEhkKDGluc3RydWN0aW9ucxgCIAEoCUgAiAEBEhMKC3Rvb2xzX2FkZGVkGAMgAygJEhUKDXRvb2xzX3JlbW92ZWQYBCADKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCDwoNX2luc3RydWN0aW9ucyLdAgoLQ2hhdENvbnRleHQSLgoFaXRlbXMYASADKAsyHy5wYXJsZXkudjEuQ2hhdENvbnRleHQuQ2hhdEl0ZW0anQIKCENoYXRJdGVtEikKB21lc3NhZ2UYASABKAsyFi5wYXJsZXkudjEuQ2hhdE1lc3NhZ2VIABIwCg1mdW5jdGlvbl9jYWxsGAIgASgLMhcucGFybGV5LnYxLkZ1bmN0aW9uQ2FsbEgAEj0KFGZ1bmN0aW9uX2NhbGxfb3V0cHV0GAMgASgLMh0ucGFybGV5LnYxLkZ1bmN0aW9uQ2FsbE91dHB1dEgAEjAKDWFnZW50X2hhbmRvZmYYBCABKAsyFy5wYXJsZXkudjEuQWdlbnRIYW5kb2ZmSAASOwoTYWdlbnRfY29uZmlnX3VwZGF0ZRgFIAEoCzIcLnBhcmxleS52MS5BZ2VudENvbmZpZ1VwZGF0ZUgAQgYKBGl0ZW0iwgEKBEl0ZW0SDQoFYWdlbnQYASABKAkSCwoDc2VxGAIgASgDEhIKCm1lc3NhZ2VfaWQYAyABKAkSLQoEaXRlbRgEIAEoCzIfLnBhcmxleS52MS5DaGF0Q29udGV4dC5DaGF0SXRlbRIXCg9jb252ZXJzYXRpb25faWQYBSABKAkSEwoLbWVzc2FnZV9zZXEYBiABKAMSLQoJc3RvcmVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqBAQoIQ2hhdFJvbGUSGQoVQ0hBVF9ST0xFX1VOU1BFQ0lGSUVEEAASFwoTQ0hBVF9ST0xFX0RFVkVMT1BFUhABEhQKEENIQVRfUk9MRV9TWVNURU0QAhISCg5DSEFUX1JPTEVfVVNFUhADEhcKE0NIQVRfUk9MRV9BU1NJU1RBTlQQBCq9AQoISXRlbUtpbmQSGQoVSVRFTV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRSVRFTV9LSU5EX01FU1NBR0UQARIbChdJVEVNX0tJTkRfRlVOQ1RJT05fQ0FMTBACEiIKHklURU1fS0lORF9GVU5DVElPTl9DQUxMX09VVFBVVBADEhsKF0lURU1fS0lORF9BR0VOVF9IQU5ET0ZGEAQSIQodSVRFTV9LSU5EX0FHRU5UX0NPTkZJR19VUERBVEUQBUI+WjxnaXRodWIuY29tL3BhcmxleS1kZXYvcGFybGV5L2ludGVybmFsL2dlbi9wYXJsZXkvdjE7cGFybGV5djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChRwYXJsZXkvdjEvaXRlbS5wcm90bxIJcGFybGV5LnYxIqcGCg1NZXRyaWNzUmVwb3J0EjcKE3N0YXJ0ZWRfc3BlYWtpbmdfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKE3N0b3BwZWRfc3BlYWtpbmdfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiAKE3RyYW5zY3JpcHRpb25fZGVsYXkYAyABKAFIAIgBARIeChFlbmRfb2ZfdHVybl9kZWxheRgEIAEoAUgBiAEBEikKHG9uX3VzZXJfdHVybl9jb21wbGV0ZWRfZGVsYXkYBSABKAFIAogBARIaCg1sbG1fbm9kZV90dGZ0GAYgASgBSAOIAQESGgoNdHRzX25vZGVfdHRmYhgHIAEoAUgEiAEBEhgKC2UyZV9sYXRlbmN5GAggASgBSAWIAQESGQoMbGxtX25vZGVfdHBzGAkgASgBSAaIAQESGgoNbGxtX25vZGVfdHRmcxgKIAEoAUgHiAEBEh0KEHBsYXliYWNrX2xhdGVuY3kYECABKAFICIgBARIcChRwcm92aWRlcl9yZXF1ZXN0X2lkcxgRIAMoCRIgChhoYXNfcHJvdmlkZXJfcmVxdWVzdF9pZHMYEiABKAgSMAoMbGxtX21ldGFkYXRhGBMgASgLMhoucGFybGV5LnYxLk1ldHJpY3NNZXRhZGF0YRIwCgx0dHNfbWV0YWRhdGEYFCABKAsyGi5wYXJsZXkudjEuTWV0cmljc01ldGFkYXRhEjAKDHN0dF9tZXRhZGF0YRgVIAEoCzIaLnBhcmxleS52MS5NZXRyaWNzTWV0YWRhdGFCFgoUX3RyYW5zY3JpcHRpb25fZGVsYXlCFAoSX2VuZF9vZl90dXJuX2RlbGF5Qh8KHV9vbl91c2VyX3R1cm5fY29tcGxldGVkX2RlbGF5QhAKDl9sbG1fbm9kZV90dGZ0QhAKDl90dHNfbm9kZV90dGZiQg4KDF9lMmVfbGF0ZW5jeUIPCg1fbGxtX25vZGVfdHBzQhAKDl9sbG1fbm9kZV90dGZzQhMKEV9wbGF5YmFja19sYXRlbmN5ImkKD01ldHJpY3NNZXRhZGF0YRIXCgptb2RlbF9uYW1lGAEgASgJSACIAQESGwoObW9kZWxfcHJvdmlkZXIYAiABKAlIAYgBAUINCgtfbW9kZWxfbmFtZUIRCg9fbW9kZWxfcHJvdmlkZXIizwEKDEltYWdlQ29udGVudBIKCgJpZBgBIAEoCRINCgVpbWFnZRgCIAEoCRIcCg9pbmZlcmVuY2Vfd2lkdGgYAyABKANIAIgBARIdChBpbmZlcmVuY2VfaGVpZ2h0GAQgASgDSAGIAQESGAoQaW5mZXJlbmNlX2RldGFpbBgFIAEoCRIWCgltaW1lX3R5cGUYBiABKAlIAogBAUISChBfaW5mZXJlbmNlX3dpZHRoQhMKEV9pbmZlcmVuY2VfaGVpZ2h0QgwKCl9taW1lX3R5cGUiEQoPQ2FjaGVCcmVha3BvaW50IpUFCgtDaGF0TWVzc2FnZRIKCgJpZBgBIAEoCRIhCgRyb2xlGAIgASgOMhMucGFybGV5LnYxLkNoYXRSb2xlEjMKB2NvbnRlbnQYAyADKAsyIi5wYXJsZXkudjEuQ2hhdE1lc3NhZ2UuQ2hhdENvbnRlbnQSEwoLaW50ZXJydXB0ZWQYBCABKAgSIgoVdHJhbnNjcmlwdF9jb25maWRlbmNlGAUgASgBSACIAQESMAoFZXh0cmEYBiADKAsyIS5wYXJsZXkudjEuQ2hhdE1lc3NhZ2UuRXh0cmFFbnRyeRIpCgdtZXRyaWNzGAcgASgLMhgucGFybGV5LnYxLk1ldHJpY3NSZXBvcnQSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOQoKZXh0cmFfanNvbhgQIAMoCzIlLnBhcmxleS52MS5DaGF0TWVzc2FnZS5FeHRyYUpzb25FbnRyeRIRCgRoYXNoGBEgASgJSAGIAQEaigEKC0NoYXRDb250ZW50Eg4KBHRleHQYASABKAlIABIoCgVpbWFnZRgQIAEoCzIXLnBhcmxleS52MS5JbWFnZUNvbnRlbnRIABI2ChBjYWNoZV9icmVha3BvaW50GBEgASgLMhoucGFybGV5LnYxLkNhY2hlQnJlYWtwb2ludEgAQgkKB3BheWxvYWQaLAoKRXh0cmFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDkV4dHJhSnNvbkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCGAoWX3RyYW5zY3JpcHRfY29uZmlkZW5jZUIHCgVfaGFzaCLvAgoMRnVuY3Rpb25DYWxsEgoKAmlkGAEgASgJEg8KB2NhbGxfaWQYAiABKAkSEQoJYXJndW1lbnRzGAMgASgJEgwKBG5hbWUYBCABKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoFZXh0cmEYBiADKAsyIi5wYXJsZXkudjEuRnVuY3Rpb25DYWxsLkV4dHJhRW50cnkSOgoKZXh0cmFfanNvbhgQIAMoCzImLnBhcmxleS52MS5GdW5jdGlvbkNhbGwuRXh0cmFKc29uRW50cnkSFQoIZ3JvdXBfaWQYESABKAlIAIgBARosCgpFeHRyYUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMAoORXh0cmFKc29uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfZ3JvdXBfaWQiwQEKEkZ1bmN0aW9uQ2FsbE91dHB1dBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB2NhbGxfaWQYAyABKAkSDgoGb3V0cHV0GAQgASgJEhAKCGlzX2Vycm9yGAUgASgIEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKDnJlcGx5X3JlcXVpcmVkGBAgASgISACIAQFCEQoPX3JlcGx5X3JlcXVpcmVkIowBCgxBZ2VudEhhbmRvZmYSCgoCaWQYASABKAkSGQoMb2xkX2FnZW50X2lkGAIgASgJSACIAQESFAoMbmV3X2FnZW50X2lkGAMgASgJEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg8KDV9vbGRfYWdlbnRfaWQi2wEKEUFnZW50Q29uZmlnVXBkYXRlEgoKAmlkGAEgASgJEhkKDGluc3RydWN0aW9ucxgCIAEoCUgAiAEBEhMKC3Rvb2xzX2FkZGVkGAMgAygJEhUKDXRvb2xzX3JlbW92ZWQYBCADKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaGFzX3Rvb2xzX2FkZGVkGBAgASgIEhkKEWhhc190b29sc19yZW1vdmVkGBEgASgIQg8KDV9pbnN0cnVjdGlvbnMi3QIKC0NoYXRDb250ZXh0Ei4KBWl0ZW1zGAEgAygLMh8ucGFybGV5LnYxLkNoYXRDb250ZXh0LkNoYXRJdGVtGp0CCghDaGF0SXRlbRIpCgdtZXNzYWdlGAEgASgLMhYucGFybGV5LnYxLkNoYXRNZXNzYWdlSAASMAoNZnVuY3Rpb25fY2FsbBgCIAEoCzIXLnBhcmxleS52MS5GdW5jdGlvbkNhbGxIABI9ChRmdW5jdGlvbl9jYWxsX291dHB1dBgDIAEoCzIdLnBhcmxleS52MS5GdW5jdGlvbkNhbGxPdXRwdXRIABIwCg1hZ2VudF9oYW5kb2ZmGAQgASgLMhcucGFybGV5LnYxLkFnZW50SGFuZG9mZkgAEjsKE2FnZW50X2NvbmZpZ191cGRhdGUYBSABKAsyHC5wYXJsZXkudjEuQWdlbnRDb25maWdVcGRhdGVIAEIGCgRpdGVtIsIBCgRJdGVtEg0KBWFnZW50GAEgASgJEgsKA3NlcRgCIAEoAxISCgptZXNzYWdlX2lkGAMgASgJEi0KBGl0ZW0YBCABKAsyHy5wYXJsZXkudjEuQ2hhdENvbnRleHQuQ2hhdEl0ZW0SFwoPY29udmVyc2F0aW9uX2lkGAUgASgJEhMKC21lc3NhZ2Vfc2VxGAYgASgDEi0KCXN0b3JlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqgQEKCENoYXRSb2xlEhkKFUNIQVRfUk9MRV9VTlNQRUNJRklFRBAAEhcKE0NIQVRfUk9MRV9ERVZFTE9QRVIQARIUChBDSEFUX1JPTEVfU1lTVEVNEAISEgoOQ0hBVF9ST0xFX1VTRVIQAxIXChNDSEFUX1JPTEVfQVNTSVNUQU5UEAQqvQEKCEl0ZW1LaW5kEhkKFUlURU1fS0lORF9VTlNQRUNJRklFRBAAEhUKEUlURU1fS0lORF9NRVNTQUdFEAESGwoXSVRFTV9LSU5EX0ZVTkNUSU9OX0NBTEwQAhIiCh5JVEVNX0tJTkRfRlVOQ1RJT05fQ0FMTF9PVVRQVVQQAxIbChdJVEVNX0tJTkRfQUdFTlRfSEFORE9GRhAEEiEKHUlURU1fS0lORF9BR0VOVF9DT05GSUdfVVBEQVRFEAVCPlo8Z2l0aHViLmNvbS9wYXJsZXktZGV2L3BhcmxleS9pbnRlcm5hbC9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * MetricsReport is the voice timing of one chat message, in seconds.
@@ -69,6 +69,41 @@ export type MetricsReport = Message<"parley.v1.MetricsReport"> & {
    * @generated from field: optional double llm_node_ttfs = 10;
    */
   llmNodeTtfs?: number | undefined;
+
+  /**
+   * The fields below are livekit-agents' own (its MetricsReport dict).
+   *
+   * @generated from field: optional double playback_latency = 16;
+   */
+  playbackLatency?: number | undefined;
+
+  /**
+   * @generated from field: repeated string provider_request_ids = 17;
+   */
+  providerRequestIds: string[];
+
+  /**
+   * has_provider_request_ids is true when provider_request_ids was given,
+   * even empty: livekit-agents tells an empty list from none.
+   *
+   * @generated from field: bool has_provider_request_ids = 18;
+   */
+  hasProviderRequestIds: boolean;
+
+  /**
+   * @generated from field: parley.v1.MetricsMetadata llm_metadata = 19;
+   */
+  llmMetadata?: MetricsMetadata | undefined;
+
+  /**
+   * @generated from field: parley.v1.MetricsMetadata tts_metadata = 20;
+   */
+  ttsMetadata?: MetricsMetadata | undefined;
+
+  /**
+   * @generated from field: parley.v1.MetricsMetadata stt_metadata = 21;
+   */
+  sttMetadata?: MetricsMetadata | undefined;
 };
 
 /**
@@ -77,6 +112,92 @@ export type MetricsReport = Message<"parley.v1.MetricsReport"> & {
  */
 export const MetricsReportSchema: GenMessage<MetricsReport> = /*@__PURE__*/
   messageDesc(file_parley_v1_item, 0);
+
+/**
+ * MetricsMetadata names the model behind a MetricsReport's timings.
+ *
+ * @generated from message parley.v1.MetricsMetadata
+ */
+export type MetricsMetadata = Message<"parley.v1.MetricsMetadata"> & {
+  /**
+   * @generated from field: optional string model_name = 1;
+   */
+  modelName?: string | undefined;
+
+  /**
+   * @generated from field: optional string model_provider = 2;
+   */
+  modelProvider?: string | undefined;
+};
+
+/**
+ * Describes the message parley.v1.MetricsMetadata.
+ * Use `create(MetricsMetadataSchema)` to create a new message.
+ */
+export const MetricsMetadataSchema: GenMessage<MetricsMetadata> = /*@__PURE__*/
+  messageDesc(file_parley_v1_item, 1);
+
+/**
+ * ImageContent is an image in a message's content: a URL or a data URL.
+ *
+ * @generated from message parley.v1.ImageContent
+ */
+export type ImageContent = Message<"parley.v1.ImageContent"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string image = 2;
+   */
+  image: string;
+
+  /**
+   * @generated from field: optional int64 inference_width = 3;
+   */
+  inferenceWidth?: bigint | undefined;
+
+  /**
+   * @generated from field: optional int64 inference_height = 4;
+   */
+  inferenceHeight?: bigint | undefined;
+
+  /**
+   * inference_detail is "auto", "high" or "low"; empty means "auto".
+   *
+   * @generated from field: string inference_detail = 5;
+   */
+  inferenceDetail: string;
+
+  /**
+   * @generated from field: optional string mime_type = 6;
+   */
+  mimeType?: string | undefined;
+};
+
+/**
+ * Describes the message parley.v1.ImageContent.
+ * Use `create(ImageContentSchema)` to create a new message.
+ */
+export const ImageContentSchema: GenMessage<ImageContent> = /*@__PURE__*/
+  messageDesc(file_parley_v1_item, 2);
+
+/**
+ * CacheBreakpoint marks the end of a reusable prompt prefix in a message's
+ * content.
+ *
+ * @generated from message parley.v1.CacheBreakpoint
+ */
+export type CacheBreakpoint = Message<"parley.v1.CacheBreakpoint"> & {
+};
+
+/**
+ * Describes the message parley.v1.CacheBreakpoint.
+ * Use `create(CacheBreakpointSchema)` to create a new message.
+ */
+export const CacheBreakpointSchema: GenMessage<CacheBreakpoint> = /*@__PURE__*/
+  messageDesc(file_parley_v1_item, 3);
 
 /**
  * ChatMessage is a message of a chat context.
@@ -125,6 +246,23 @@ export type ChatMessage = Message<"parley.v1.ChatMessage"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 8;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * extra_json holds the extra values that are not strings, each as its
+   * JSON text (livekit-agents' extra is a dict of any JSON values). A key is
+   * in extra or in extra_json, never in both.
+   *
+   * @generated from field: map<string, string> extra_json = 16;
+   */
+  extraJson: { [key: string]: string };
+
+  /**
+   * hash is livekit-agents' deprecated message hash, as the text its
+   * to_dict() writes.
+   *
+   * @generated from field: optional string hash = 17;
+   */
+  hash?: string | undefined;
 };
 
 /**
@@ -132,7 +270,7 @@ export type ChatMessage = Message<"parley.v1.ChatMessage"> & {
  * Use `create(ChatMessageSchema)` to create a new message.
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
-  messageDesc(file_parley_v1_item, 1);
+  messageDesc(file_parley_v1_item, 4);
 
 /**
  * ChatContent is one part of a message's content.
@@ -149,6 +287,18 @@ export type ChatMessage_ChatContent = Message<"parley.v1.ChatMessage.ChatContent
      */
     value: string;
     case: "text";
+  } | {
+    /**
+     * @generated from field: parley.v1.ImageContent image = 16;
+     */
+    value: ImageContent;
+    case: "image";
+  } | {
+    /**
+     * @generated from field: parley.v1.CacheBreakpoint cache_breakpoint = 17;
+     */
+    value: CacheBreakpoint;
+    case: "cacheBreakpoint";
   } | { case: undefined; value?: undefined };
 };
 
@@ -157,7 +307,7 @@ export type ChatMessage_ChatContent = Message<"parley.v1.ChatMessage.ChatContent
  * Use `create(ChatMessage_ChatContentSchema)` to create a new message.
  */
 export const ChatMessage_ChatContentSchema: GenMessage<ChatMessage_ChatContent> = /*@__PURE__*/
-  messageDesc(file_parley_v1_item, 1, 0);
+  messageDesc(file_parley_v1_item, 4, 0);
 
 /**
  * FunctionCall is a tool call the model made.
@@ -194,6 +344,20 @@ export type FunctionCall = Message<"parley.v1.FunctionCall"> & {
    * @generated from field: map<string, string> extra = 6;
    */
   extra: { [key: string]: string };
+
+  /**
+   * extra_json is as in ChatMessage.
+   *
+   * @generated from field: map<string, string> extra_json = 16;
+   */
+  extraJson: { [key: string]: string };
+
+  /**
+   * group_id groups parallel calls of one model response.
+   *
+   * @generated from field: optional string group_id = 17;
+   */
+  groupId?: string | undefined;
 };
 
 /**
@@ -201,7 +365,7 @@ export type FunctionCall = Message<"parley.v1.FunctionCall"> & {
  * Use `create(FunctionCallSchema)` to create a new message.
  */
 export const FunctionCallSchema: GenMessage<FunctionCall> = /*@__PURE__*/
-  messageDesc(file_parley_v1_item, 2);
+  messageDesc(file_parley_v1_item, 5);
 
 /**
  * FunctionCallOutput is the result of a FunctionCall, matched by call_id.
@@ -238,6 +402,14 @@ export type FunctionCallOutput = Message<"parley.v1.FunctionCallOutput"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 6;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * reply_required says whether the model should answer once it has the
+   * output; unset means true, livekit-agents' default.
+   *
+   * @generated from field: optional bool reply_required = 16;
+   */
+  replyRequired?: boolean | undefined;
 };
 
 /**
@@ -245,7 +417,7 @@ export type FunctionCallOutput = Message<"parley.v1.FunctionCallOutput"> & {
  * Use `create(FunctionCallOutputSchema)` to create a new message.
  */
 export const FunctionCallOutputSchema: GenMessage<FunctionCallOutput> = /*@__PURE__*/
-  messageDesc(file_parley_v1_item, 3);
+  messageDesc(file_parley_v1_item, 6);
 
 /**
  * AgentHandoff records one agent handing the session to another.
@@ -279,7 +451,7 @@ export type AgentHandoff = Message<"parley.v1.AgentHandoff"> & {
  * Use `create(AgentHandoffSchema)` to create a new message.
  */
 export const AgentHandoffSchema: GenMessage<AgentHandoff> = /*@__PURE__*/
-  messageDesc(file_parley_v1_item, 4);
+  messageDesc(file_parley_v1_item, 7);
 
 /**
  * AgentConfigUpdate records a change of the agent's instructions or tools.
@@ -311,6 +483,19 @@ export type AgentConfigUpdate = Message<"parley.v1.AgentConfigUpdate"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 5;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * has_tools_added and has_tools_removed are true when the list was given,
+   * even empty: livekit-agents tells an empty list from none.
+   *
+   * @generated from field: bool has_tools_added = 16;
+   */
+  hasToolsAdded: boolean;
+
+  /**
+   * @generated from field: bool has_tools_removed = 17;
+   */
+  hasToolsRemoved: boolean;
 };
 
 /**
@@ -318,7 +503,7 @@ export type AgentConfigUpdate = Message<"parley.v1.AgentConfigUpdate"> & {
  * Use `create(AgentConfigUpdateSchema)` to create a new message.
  */
 export const AgentConfigUpdateSchema: GenMessage<AgentConfigUpdate> = /*@__PURE__*/
-  messageDesc(file_parley_v1_item, 5);
+  messageDesc(file_parley_v1_item, 8);
 
 /**
  * ChatContext is an agent's chat history, oldest item first.
@@ -337,7 +522,7 @@ export type ChatContext = Message<"parley.v1.ChatContext"> & {
  * Use `create(ChatContextSchema)` to create a new message.
  */
 export const ChatContextSchema: GenMessage<ChatContext> = /*@__PURE__*/
-  messageDesc(file_parley_v1_item, 6);
+  messageDesc(file_parley_v1_item, 9);
 
 /**
  * ChatItem is one item of a chat context, of exactly one kind.
@@ -386,7 +571,7 @@ export type ChatContext_ChatItem = Message<"parley.v1.ChatContext.ChatItem"> & {
  * Use `create(ChatContext_ChatItemSchema)` to create a new message.
  */
 export const ChatContext_ChatItemSchema: GenMessage<ChatContext_ChatItem> = /*@__PURE__*/
-  messageDesc(file_parley_v1_item, 6, 0);
+  messageDesc(file_parley_v1_item, 9, 0);
 
 /**
  * Item is one stored chat item of a conversation, after LiveKit's
@@ -451,7 +636,7 @@ export type Item = Message<"parley.v1.Item"> & {
  * Use `create(ItemSchema)` to create a new message.
  */
 export const ItemSchema: GenMessage<Item> = /*@__PURE__*/
-  messageDesc(file_parley_v1_item, 7);
+  messageDesc(file_parley_v1_item, 10);
 
 /**
  * ChatRole says who a chat message is from.
