@@ -32,6 +32,7 @@ func TestE2E(t *testing.T) {
 	c := newCluster(t, 3)
 	t.Run("session", func(t *testing.T) { testSession(t, c) })
 	t.Run("rolling restart", func(t *testing.T) { testRollingRestart(t, c) })
+	t.Run("mixed versions", func(t *testing.T) { testMixedVersions(t, c) })
 }
 
 const (
