@@ -4,7 +4,6 @@ import (
 	"compress/flate"
 	"compress/gzip"
 	"errors"
-	"fmt"
 	"io"
 	"math"
 
@@ -67,8 +66,7 @@ type limitedGunzip struct {
 func (d *limitedGunzip) Read(p []byte) (int, error) {
 	if d.in.limit > 0 {
 		if d.left <= 0 {
-			return 0, connect.NewError(connect.CodeResourceExhausted,
-				fmt.Errorf("message inflates to more than %d bytes", d.in.limit))
+			return 0, inflatesTooLargeError(d.in.limit)
 		}
 		if int64(len(p)) > d.left {
 			p = p[:d.left]
@@ -118,7 +116,7 @@ func (g *gunzipBody) Read(p []byte) (int, error) {
 func badGzip(err error) error {
 	var corrupt flate.CorruptInputError
 	if errors.As(err, &corrupt) || errors.Is(err, gzip.ErrHeader) || errors.Is(err, gzip.ErrChecksum) {
-		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("gzip body: %w", err))
+		return badGzipError(err)
 	}
 	return err
 }

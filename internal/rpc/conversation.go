@@ -2,7 +2,6 @@ package rpc
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"time"
 
@@ -54,7 +53,7 @@ func (s *ConversationServer) CreateConversation(ctx context.Context, req *connec
 	}
 	roomID, err := parseOptionalUUID("room_id", req.Msg.GetRoomId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	c, err := s.svc.CreateConversation(ctx, p, req.Msg.GetTitle(), roomID)
 	if err != nil {
@@ -71,7 +70,7 @@ func (s *ConversationServer) GetConversation(ctx context.Context, req *connect.R
 	}
 	id, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	c, err := s.svc.GetConversation(ctx, p, id)
 	if err != nil {
@@ -104,7 +103,7 @@ func (s *ConversationServer) DeleteConversation(ctx context.Context, req *connec
 	}
 	id, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	if err := s.svc.DeleteConversation(ctx, p, id); err != nil {
 		return nil, toConnectError(ctx, s.log, err)
@@ -120,7 +119,7 @@ func (s *ConversationServer) SaveTurn(ctx context.Context, req *connect.Request[
 	}
 	turn, err := turnFromProto(req.Msg)
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	saved, err := s.svc.SaveTurn(ctx, p, turn)
 	if err != nil {
@@ -140,7 +139,7 @@ func (s *ConversationServer) ListMessages(ctx context.Context, req *connect.Requ
 	}
 	r, err := listMessagesFromProto(req.Msg)
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	page, err := s.svc.ListMessages(ctx, p, r)
 	if err != nil {
@@ -155,6 +154,6 @@ func (s *ConversationServer) ListMessages(ctx context.Context, req *connect.Requ
 
 // ExportConversation is served by the files feature (see WithExports); a
 // ConversationServer without one answers unimplemented.
-func (s *ConversationServer) ExportConversation(context.Context, *connect.Request[parleyv1.ExportConversationRequest]) (*connect.Response[parleyv1.ExportConversationResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.ConversationService.ExportConversation needs a file store"))
+func (s *ConversationServer) ExportConversation(ctx context.Context, _ *connect.Request[parleyv1.ExportConversationRequest]) (*connect.Response[parleyv1.ExportConversationResponse], error) {
+	return nil, toConnectError(ctx, s.log, errNoFileStore)
 }

@@ -1,15 +1,14 @@
 package rpc
 
 import (
-	"fmt"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/parley-dev/parley/internal/account"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+	"github.com/parley-dev/parley/internal/rule"
 )
 
 // timestamp converts t, leaving the zero time unset rather than 1970.
@@ -43,7 +42,7 @@ func tokenPairToProto(p account.TokenPair) *parleyv1.TokenPair {
 func parseUUID(field, s string) (uuid.UUID, error) {
 	id, err := uuid.Parse(s)
 	if err != nil {
-		return uuid.Nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s must be a UUID", field))
+		return uuid.Nil, rule.Broken(field + " must be a UUID")
 	}
 	return id, nil
 }

@@ -1,14 +1,12 @@
 package rpc
 
 import (
-	"errors"
-
-	"connectrpc.com/connect"
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+	"github.com/parley-dev/parley/internal/rule"
 )
 
 func conversationToProto(c conversation.Conversation) *parleyv1.Conversation {
@@ -97,7 +95,7 @@ func orderFromProto(o parleyv1.Order) (conversation.Order, error) {
 	case parleyv1.Order_ORDER_OLDEST_FIRST:
 		return conversation.OrderOldestFirst, nil
 	default:
-		return 0, connect.NewError(connect.CodeInvalidArgument, errors.New("unknown order"))
+		return 0, rule.Broken("unknown order")
 	}
 }
 

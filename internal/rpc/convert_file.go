@@ -1,16 +1,15 @@
 package rpc
 
 import (
-	"errors"
 	"io"
 
-	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/parley-dev/parley/internal/conversation"
 	"github.com/parley-dev/parley/internal/file"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+	"github.com/parley-dev/parley/internal/rule"
 )
 
 func fileToProto(f file.File) *parleyv1.File {
@@ -67,7 +66,7 @@ func exporterFor(f parleyv1.ExportFormat) (file.Exporter, error) {
 	case parleyv1.ExportFormat_EXPORT_FORMAT_MARKDOWN:
 		return file.Markdown{}, nil
 	default:
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("unknown export format"))
+		return nil, rule.Broken("unknown export format")
 	}
 }
 

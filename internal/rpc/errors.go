@@ -3,8 +3,10 @@ package rpc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 
+	"buf.build/go/protovalidate"
 	"connectrpc.com/connect"
 
 	"github.com/parley-dev/parley/internal/account"
@@ -55,7 +57,14 @@ var errorCodes = []struct {
 	{file.ErrNotFound, connect.CodeNotFound},
 	{file.ErrUploadMismatch, connect.CodeFailedPrecondition},
 	{file.ErrReservationLost, connect.CodeUnavailable},
+
+	// rpc's own
+	{errNoFileStore, connect.CodeUnimplemented},
 }
+
+// errNoFileStore is returned by ExportConversation on a ConversationServer
+// without the files feature (see WithExports).
+var errNoFileStore = errors.New("parley.v1.ConversationService.ExportConversation needs a file store")
 
 // toConnectError maps err to a *connect.Error. Errors that are already Connect
 // errors pass through unchanged.
@@ -81,6 +90,12 @@ func toConnectError(ctx context.Context, log *slog.Logger, err error) error {
 		}
 	}
 	log.ErrorContext(ctx, "internal error", slog.String("error", err.Error()))
+	return internalError()
+}
+
+// internalError is what a client learns of a bug: nothing. The caller logs
+// the cause.
+func internalError() *connect.Error {
 	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
 }
 
@@ -120,4 +135,59 @@ func (e *causedError) Unwrap() error { return e.cause }
 // clients and is more specific than their sentinel (e.g. which field).
 type messager interface {
 	PublicMessage() string
+}
+
+// The refusals below are protocol-level: the interceptors and the HTTP
+// middleware make them before a handler runs, about how a request came (its
+// token, shape, encoding, size or rate), not about any domain's rule, so no
+// domain error stands behind them. They are made here all the same, so that
+// this file is the one place that makes Connect errors. Each returns a new
+// error: the observer sets metadata on the one it is given.
+
+// missingTokenError refuses a call to a non-public procedure that carries
+// no bearer token.
+func missingTokenError() *connect.Error {
+	return connect.NewError(connect.CodeUnauthenticated, errors.New("missing bearer token"))
+}
+
+// invalidTokenError refuses a bearer token that does not authenticate;
+// whether it was malformed, expired or revoked stays in the server.
+func invalidTokenError() *connect.Error {
+	return connect.NewError(connect.CodeUnauthenticated, errors.New("invalid or expired token"))
+}
+
+// invalidMessageError refuses a message that breaks the schema's
+// protovalidate rules or holds U+0000 (see nulError), with the violations
+// as a detail. err not being a *protovalidate.ValidationError (the rules
+// could not be evaluated) is a bug.
+func invalidMessageError(err error) *connect.Error {
+	var verr *protovalidate.ValidationError
+	if !errors.As(err, &verr) {
+		return internalError()
+	}
+	cerr := connect.NewError(connect.CodeInvalidArgument, err)
+	if detail, derr := connect.NewErrorDetail(verr.ToProto()); derr == nil {
+		cerr.AddDetail(detail)
+	}
+	return cerr
+}
+
+// rateLimitedError refuses a request over the budget of what ("address",
+// "user"...), which is spent for retryAfter seconds more.
+func rateLimitedError(what string, retryAfter int) *connect.Error {
+	return connect.NewError(connect.CodeResourceExhausted,
+		fmt.Errorf("rate limit exceeded for this %s: retry in %ds", what, retryAfter))
+}
+
+// inflatesTooLargeError refuses a compressed message that inflates past
+// limit bytes, the most a request may hold.
+func inflatesTooLargeError(limit int64) *connect.Error {
+	return connect.NewError(connect.CodeResourceExhausted,
+		fmt.Errorf("message inflates to more than %d bytes", limit))
+}
+
+// badGzipError refuses a body whose gzip is malformed (err says how), as
+// connect's own decompression does.
+func badGzipError(err error) *connect.Error {
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("gzip body: %w", err))
 }

@@ -33,7 +33,7 @@ func (s *FileServer) UploadFile(ctx context.Context, req *connect.Request[parley
 	}
 	conv, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	f, err := s.files.UploadFile(ctx, p, file.Upload{
 		ConversationID: conv,
@@ -55,7 +55,7 @@ func (s *FileServer) CreateUpload(ctx context.Context, req *connect.Request[parl
 	}
 	conv, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	t, err := s.files.CreateUpload(ctx, p, file.DirectUpload{
 		ConversationID: conv,
@@ -82,7 +82,7 @@ func (s *FileServer) CompleteUpload(ctx context.Context, req *connect.Request[pa
 	}
 	id, err := parseUUID("file_id", req.Msg.GetFileId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	f, err := s.files.CompleteUpload(ctx, p, id, req.Msg.GetSha256())
 	if err != nil {
@@ -99,7 +99,7 @@ func (s *FileServer) GetFile(ctx context.Context, req *connect.Request[parleyv1.
 	}
 	id, err := parseUUID("file_id", req.Msg.GetFileId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	f, u, err := s.files.GetFile(ctx, p, id)
 	if err != nil {
@@ -116,7 +116,7 @@ func (s *FileServer) ListFiles(ctx context.Context, req *connect.Request[parleyv
 	}
 	conv, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	page, err := s.files.ListFiles(ctx, p, conv, int(req.Msg.GetPageSize()), req.Msg.GetPageToken())
 	if err != nil {
@@ -133,7 +133,7 @@ func (s *FileServer) DeleteFile(ctx context.Context, req *connect.Request[parley
 	}
 	id, err := parseUUID("file_id", req.Msg.GetFileId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	if err := s.files.DeleteFile(ctx, p, id); err != nil {
 		return nil, toConnectError(ctx, s.log, err)
@@ -151,11 +151,11 @@ func (s *FileServer) ExportConversation(ctx context.Context, req *connect.Reques
 	}
 	conv, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	exp, err := exporterFor(req.Msg.GetFormat())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	f, u, err := s.files.Export(ctx, p, conv, exp)
 	if err != nil {

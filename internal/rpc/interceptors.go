@@ -60,13 +60,13 @@ func (a *authenticator) authenticate(ctx context.Context, procedure, header stri
 	} else {
 		token, ok := bearerToken(header)
 		if !ok {
-			return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("missing bearer token"))
+			return ctx, missingTokenError()
 		}
 		p, err = a.auth.Authenticate(ctx, token)
 	}
 	if err != nil {
 		if errors.Is(err, auth.ErrUnauthenticated) {
-			return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("invalid or expired token"))
+			return ctx, invalidTokenError()
 		}
 		return ctx, toConnectError(ctx, a.log, err)
 	}
@@ -135,15 +135,7 @@ func (v *validator) validate(msg any) error {
 	if err == nil {
 		return nil
 	}
-	var verr *protovalidate.ValidationError
-	if !errors.As(err, &verr) {
-		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
-	}
-	cerr := connect.NewError(connect.CodeInvalidArgument, err)
-	if detail, derr := connect.NewErrorDetail(verr.ToProto()); derr == nil {
-		cerr.AddDetail(detail)
-	}
-	return cerr
+	return invalidMessageError(err)
 }
 
 func (v *validator) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {

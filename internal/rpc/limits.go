@@ -193,8 +193,7 @@ func admit(next http.Handler, a *admission) http.Handler {
 		if len(ds) > 1 {
 			what = names[len(ds)-1]
 		}
-		cerr := connect.NewError(connect.CodeResourceExhausted,
-			fmt.Errorf("rate limit exceeded for this %s: retry in %ds", what, max(1, ceilSeconds(last.RetryAfter))))
+		cerr := rateLimitedError(what, max(1, ceilSeconds(last.RetryAfter)))
 		id := requestID(r.Header.Get("X-Request-Id"))
 		w.Header().Set("X-Request-Id", id)
 		a.refuse(w, r, cerr)

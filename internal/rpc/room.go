@@ -46,7 +46,7 @@ func (s *RoomServer) GetRoom(ctx context.Context, req *connect.Request[parleyv1.
 	}
 	id, err := parseUUID("room_id", req.Msg.GetRoomId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	r, err := s.rooms.GetRoom(ctx, p, id)
 	if err != nil {
@@ -76,7 +76,7 @@ func (s *RoomServer) JoinRoom(ctx context.Context, req *connect.Request[parleyv1
 	}
 	id, err := parseUUID("room_id", req.Msg.GetRoomId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	join, err := s.rooms.JoinRoom(ctx, p, id)
 	if err != nil {
@@ -93,7 +93,7 @@ func (s *RoomServer) EndRoom(ctx context.Context, req *connect.Request[parleyv1.
 	}
 	id, err := parseUUID("room_id", req.Msg.GetRoomId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	r, err := s.rooms.EndRoom(ctx, p, id)
 	if err != nil {

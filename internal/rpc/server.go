@@ -7,7 +7,6 @@ package rpc
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -97,7 +96,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			log.ErrorContext(ctx, "panic in handler", slog.String("procedure", spec.Procedure), slog.Any("panic", p),
 				slog.String("stack", string(debug.Stack())))
-			return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+			return internalError()
 		}),
 	}
 	handlerOpts = append(handlerOpts, jsonCodecs()...)

@@ -56,7 +56,7 @@ func (s *ConversationServer) openWatch(ctx context.Context, req *connect.Request
 	}
 	id, err := parseUUID("conversation_id", req.Msg.GetConversationId())
 	if err != nil {
-		return nil, err
+		return nil, toConnectError(ctx, s.log, err)
 	}
 	w, err := s.svc.WatchMessages(ctx, p, id, req.Msg.GetAfterSeq())
 	if err != nil {
