@@ -1,8 +1,9 @@
 // Package archtest enforces Parley's architecture: every package has a
 // kind (domain, adapter, transport, wiring, test-only, client), domains stay
 // free of infrastructure and wire formats, adapters do not import each
-// other, SQL text lives only in internal/postgres, and only internal/config
-// reads the environment. The rules are checked against what the compiler
+// other, SQL text lives only in internal/postgres, only internal/config
+// reads the environment, and only internal/rpc/errors.go makes Connect
+// errors. The rules are checked against what the compiler
 // sees (go list, go/ast), not against comments; rules_test.go states them
 // and violations_test.go shows each one failing.
 package archtest
@@ -80,6 +81,9 @@ var parley = arch{
 		// running servers (PARLEY_TEST_*); it is never linked into serve.
 		"internal/testenv": "test harness",
 	},
+	// No file is allowed besides: the interceptors' and middleware's
+	// protocol-level refusals are made in errors.go as well.
+	connectErrors: "internal/rpc/errors.go",
 }
 
 // modulePackages lists the module once for all the tests.
@@ -162,4 +166,10 @@ func TestSQLOnlyInPostgres(t *testing.T) {
 // everything else receives a config.Config.
 func TestOnlyConfigReadsTheEnvironment(t *testing.T) {
 	report(t, parley.environmentOutsideConfig(listPackages(t)))
+}
+
+// TestConnectErrorsOnlyInRPCErrors keeps what clients read of an error in
+// one file, internal/rpc/errors.go.
+func TestConnectErrorsOnlyInRPCErrors(t *testing.T) {
+	report(t, parley.connectErrorsOutsideOneFile(listPackages(t)))
 }

@@ -59,6 +59,11 @@ type arch struct {
 	// package/file.go), besides internal/postgres and internal/config,
 	// allowed SQL text and environment reads, each with its reason.
 	sqlAllowed, envAllowed map[string]string
+	// connectErrors is the one file (package/file.go) that makes Connect
+	// errors; connectErrorsAllowed are the others allowed to, as
+	// sqlAllowed, each with its reason.
+	connectErrors        string
+	connectErrorsAllowed map[string]string
 }
 
 func (a arch) rel(importPath string) (string, bool) {
@@ -288,6 +293,38 @@ func (a arch) environmentOutsideConfig(pkgs []pkg) []string {
 	return out
 }
 
+// connectErrorMakers are connect's constructors of the errors a server
+// sends.
+var connectErrorMakers = []string{"NewError", "NewWireError"}
+
+// connectErrorsOutsideOneFile checks that Connect errors are made only in
+// a.connectErrors (and the allowed files): handlers return domain errors,
+// which that file maps to codes, and the refusals of interceptors and
+// middleware are named there too, so a client's error text has one home.
+// Generated code (the Unimplemented handlers) is not checked.
+func (a arch) connectErrorsOutsideOneFile(pkgs []pkg) []string {
+	var out []string
+	a.inspect(&out, pkgs, func(rel string, fset *token.FileSet, f *ast.File, n ast.Node, _ []ast.Node) bool {
+		if n == f {
+			file := rel + "/" + filepath.Base(fset.Position(f.Pos()).Filename)
+			return file != a.connectErrors && !ast.IsGenerated(f) && !allowed(a.connectErrorsAllowed, rel, fset, f)
+		}
+		sel, ok := n.(*ast.SelectorExpr)
+		if !ok || !slices.Contains(connectErrorMakers, sel.Sel.Name) {
+			return true
+		}
+		id, ok := sel.X.(*ast.Ident)
+		if !ok {
+			return true
+		}
+		if path, ok := importedAs(f, id.Name); ok && path == "connectrpc.com/connect" {
+			out = append(out, fmt.Sprintf("%s: connect.%s outside %s: return a domain error it maps, or add a refusal there", fset.Position(sel.Pos()), sel.Sel.Name, a.connectErrors))
+		}
+		return true
+	})
+	return out
+}
+
 // allowed reports whether exceptions name f's package or f itself.
 func allowed(exceptions map[string]string, rel string, fset *token.FileSet, f *ast.File) bool {
 	return exceptions[rel] != "" || exceptions[rel+"/"+filepath.Base(fset.Position(f.Pos()).Filename)] != ""
@@ -329,7 +366,8 @@ func inFunc(stack []ast.Node, name string) bool {
 
 // inspect parses every Go file of the module's packages and calls visit on
 // each node with its ancestors; visit returning false skips the node's
-// children. A file that does not parse is a violation.
+// children. A file that does not parse is a violation. Comments are kept
+// for ast.IsGenerated.
 func (a arch) inspect(out *[]string, pkgs []pkg, visit func(rel string, fset *token.FileSet, f *ast.File, n ast.Node, stack []ast.Node) bool) {
 	fset := token.NewFileSet()
 	for _, p := range pkgs {
@@ -338,7 +376,7 @@ func (a arch) inspect(out *[]string, pkgs []pkg, visit func(rel string, fset *to
 			continue
 		}
 		for _, name := range p.GoFiles {
-			f, err := parser.ParseFile(fset, filepath.Join(p.Dir, name), nil, parser.SkipObjectResolution)
+			f, err := parser.ParseFile(fset, filepath.Join(p.Dir, name), nil, parser.SkipObjectResolution|parser.ParseComments)
 			if err != nil {
 				*out = append(*out, err.Error())
 				continue

@@ -32,8 +32,9 @@ var shop = arch{
 		"internal/gone":     domain,
 		"internal/procs":    adapter,
 	},
-	partOf:     map[string]string{"internal/pg/embed": "internal/pg"},
-	standalone: map[string]bool{"internal/procs": true},
+	partOf:        map[string]string{"internal/pg/embed": "internal/pg"},
+	standalone:    map[string]bool{"internal/procs": true},
+	connectErrors: "internal/api/errors.go",
 }
 
 func fp(rel string) string { return fixture + "/" + rel }
@@ -103,7 +104,7 @@ func TestRuleAdaptersDoNotImportEachOther(t *testing.T) {
 func fixturePackages(t *testing.T) []pkg {
 	t.Helper()
 	var pkgs []pkg
-	for _, rel := range []string{"internal/shop", "internal/postgres", "internal/config", "cmd/app"} {
+	for _, rel := range []string{"internal/shop", "internal/postgres", "internal/config", "cmd/app", "internal/api"} {
 		dir := filepath.Join("testdata", "violations", filepath.FromSlash(rel))
 		names, err := filepath.Glob(filepath.Join(dir, "*.go"))
 		if err != nil || len(names) == 0 {
@@ -118,7 +119,7 @@ func fixturePackages(t *testing.T) []pkg {
 	return pkgs
 }
 
-var wantRE = regexp.MustCompile(`// want (sql|env)`)
+var wantRE = regexp.MustCompile(`// want (sql|env|connect)`)
 
 // wanted returns file:line of every line of the fixture marked for rule.
 func wanted(t *testing.T, pkgs []pkg, rule string) []string {
@@ -160,12 +161,18 @@ func lines(violations []string) []string {
 	return out
 }
 
+// reportsMarked fails unless got reports the fixture's lines marked for
+// rule, and no other.
+func reportsMarked(t *testing.T, pkgs []pkg, rule string, got []string) {
+	t.Helper()
+	if want := wanted(t, pkgs, rule); !slices.Equal(lines(got), want) {
+		t.Errorf("%s violations reported at\n %q\nwant\n %q\n(%q)", rule, lines(got), want, got)
+	}
+}
+
 func TestRuleSQLOnlyInPostgres(t *testing.T) {
 	pkgs := fixturePackages(t)
-	got := shop.sqlOutsidePostgres(pkgs)
-	if want := wanted(t, pkgs, "sql"); !slices.Equal(lines(got), want) {
-		t.Errorf("SQL reported at\n %q\nwant\n %q\n(%q)", lines(got), want, got)
-	}
+	reportsMarked(t, pkgs, "sql", shop.sqlOutsidePostgres(pkgs))
 	a := shop
 	a.sqlAllowed = map[string]string{"internal/shop/shop.go": "allowed for this test"}
 	if got := a.sqlOutsidePostgres(pkgs); len(got) != 0 {
@@ -175,13 +182,28 @@ func TestRuleSQLOnlyInPostgres(t *testing.T) {
 
 func TestRuleOnlyConfigReadsTheEnvironment(t *testing.T) {
 	pkgs := fixturePackages(t)
-	got := shop.environmentOutsideConfig(pkgs)
-	if want := wanted(t, pkgs, "env"); !slices.Equal(lines(got), want) {
-		t.Errorf("environment reads reported at\n %q\nwant\n %q\n(%q)", lines(got), want, got)
-	}
+	reportsMarked(t, pkgs, "env", shop.environmentOutsideConfig(pkgs))
 	a := shop
 	a.envAllowed = map[string]string{"internal/shop": "allowed for this test", "cmd/app": "allowed for this test"}
 	if got := a.environmentOutsideConfig(pkgs); len(got) != 0 {
 		t.Errorf("with the fixture allowed, still: %q", got)
+	}
+}
+
+func TestRuleConnectErrorsOnlyInOneFile(t *testing.T) {
+	pkgs := fixturePackages(t)
+	reportsMarked(t, pkgs, "connect", shop.connectErrorsOutsideOneFile(pkgs))
+	a := shop
+	a.connectErrorsAllowed = map[string]string{"internal/api/handler.go": "allowed for this test"}
+	if got := a.connectErrorsOutsideOneFile(pkgs); len(got) != 0 {
+		t.Errorf("with handler.go allowed, still: %q", got)
+	}
+	// errors.go is spared for being the one file, not for anything else.
+	a = shop
+	a.connectErrors = "internal/api/handler.go"
+	errorsGo := filepath.Join("testdata", "violations", "internal", "api", "errors.go") + ":"
+	got := a.connectErrorsOutsideOneFile(pkgs)
+	if len(got) != 2 || !strings.HasPrefix(got[0], errorsGo) || !strings.HasPrefix(got[1], errorsGo) {
+		t.Errorf("with handler.go the one file, errors.go's two errors are not what is reported: %q", got)
 	}
 }
