@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,11 +45,14 @@ type testAPI struct {
 	dbURL    string
 	tokens   *token.Manager
 	accounts *account.Service
-	lk       *rtctest.Server
-	rooms    *room.Service
-	webhook  *WebhookHandler
-	blobs    file.Blobs
-	dirRoot  string // the directory store's root, "" for Azure
+	revoked  *revocation.Cache
+	// limiter is the Valkey rate limiter, unless the options gave another.
+	limiter *countedLimiter
+	lk      *rtctest.Server
+	rooms   *room.Service
+	webhook *WebhookHandler
+	blobs   file.Blobs
+	dirRoot string // the directory store's root, "" for Azure
 	// azConn and azContainer name the Azure store's container, "" for dir.
 	azConn, azContainer string
 	// wake starts a pass of the outbox worker.
@@ -70,6 +74,14 @@ type apiOptions struct {
 	liveKitURL string
 	// serve, if set, wraps the handler NewServer serves.
 	serve func(http.Handler) http.Handler
+
+	// A replica of another testAPI shares its database (dbURL), Valkey
+	// (valkeyURL), Valkey key prefix and token keys (tokens); each is new
+	// when left zero.
+	dbURL, valkeyURL, prefix string
+	tokens                   *token.Manager
+	// revocations, if set, wraps the store the revocation cache falls back to.
+	revocations func(*postgres.AccountStore) revocation.Source
 }
 
 // watchSetup tunes a test server's watches: the heartbeat on the wire,
@@ -120,19 +132,34 @@ func newTestAPI(t testing.TB, o apiOptions) *testAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &testAPI{url: "http://" + ln.Addr().String(), lk: rtctest.NewServer(t, roomTestKey, roomTestSecret), dbURL: testenv.DatabaseURL(t)}
+	a := &testAPI{url: "http://" + ln.Addr().String(), lk: rtctest.NewServer(t, roomTestKey, roomTestSecret), dbURL: o.dbURL, tokens: o.tokens}
+	if a.dbURL == "" {
+		a.dbURL = testenv.DatabaseURL(t)
+	}
 	if o.liveKitURL == "" {
 		o.liveKitURL = a.lk.URL
 	}
 	a.db, a.rooms, a.webhook = newRoomReplica(t, a.dbURL, o.liveKitURL)
-	vc := testenv.ValkeyClient(t, testenv.ValkeyURL(t))
-	prefix := "test:" + uuid.NewString() + ":"
+	if o.valkeyURL == "" {
+		o.valkeyURL = testenv.ValkeyURL(t)
+	}
+	vc := testenv.ValkeyClient(t, o.valkeyURL)
+	prefix := o.prefix
+	if prefix == "" {
+		prefix = "test:" + uuid.NewString() + ":"
+	}
 
-	a.tokens = newTestTokens(t)
+	if a.tokens == nil {
+		a.tokens = newTestTokens(t)
+	}
 	accountStore := postgres.NewAccountStore(a.db)
-	revoked := revocation.New(vc, accountStore, revocation.Options{KeyPrefix: prefix + "revoked:", Logger: log})
-	t.Cleanup(revoked.Close)
-	a.accounts = account.NewService(accountStore, a.tokens, revoked, account.Options{Logger: log})
+	var source revocation.Source = accountStore
+	if o.revocations != nil {
+		source = o.revocations(accountStore)
+	}
+	a.revoked = revocation.New(vc, source, revocation.Options{KeyPrefix: prefix + "revoked:", Logger: log})
+	t.Cleanup(a.revoked.Close)
+	a.accounts = account.NewService(accountStore, a.tokens, a.revoked, account.Options{Logger: log})
 
 	reg := o.handler.Registry
 	if reg == nil {
@@ -180,7 +207,8 @@ func newTestAPI(t testing.TB, o apiOptions) *testAPI {
 		opts.Authenticator = a.accounts
 	}
 	if opts.Limiter == nil {
-		opts.Limiter = &countedLimiter{l: ratelimit.New(vc, ratelimit.Options{Logger: log, KeyPrefix: prefix + "rl:"})}
+		a.limiter = &countedLimiter{l: ratelimit.New(vc, ratelimit.Options{Logger: log, KeyPrefix: prefix + "rl:"})}
+		opts.Limiter = a.limiter
 	}
 	if opts.Limits == (Limits{}) {
 		opts.Limits = testLimits
@@ -249,6 +277,44 @@ func (a *testAPI) openFiles(t testing.TB, o apiOptions, convStore *postgres.Conv
 		t.Fatal(err)
 	}
 	return worker, files
+}
+
+// countedLimiter is the Valkey limiter as cmd/parley wires it, counting its
+// calls and their outcomes.
+type countedLimiter struct {
+	l                               *ratelimit.Limiter
+	calls, failed, allowed, refused atomic.Int64
+}
+
+func ratelimitCheck(c LimitCheck) ratelimit.Check {
+	return ratelimit.Check{Key: c.Key, Limit: ratelimit.PerMinute(c.PerMinute)}
+}
+
+func (c *countedLimiter) Allow(ctx context.Context, checks ...LimitCheck) ([]Decision, error) {
+	c.calls.Add(1)
+	cs := make([]ratelimit.Check, 0, len(checks))
+	for _, check := range checks {
+		cs = append(cs, ratelimitCheck(check))
+	}
+	ds, err := c.l.AllowAll(ctx, cs...)
+	if err != nil {
+		c.failed.Add(1)
+		return nil, err
+	}
+	out := make([]Decision, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, Decision(d))
+	}
+	if out[len(out)-1].Allowed {
+		c.allowed.Add(1)
+	} else {
+		c.refused.Add(1)
+	}
+	return out, nil
+}
+
+func (c *countedLimiter) Refund(ctx context.Context, check LimitCheck) error {
+	return c.l.Refund(ctx, ratelimitCheck(check))
 }
 
 // caller is a user or agent seeded through account.Service, with the access

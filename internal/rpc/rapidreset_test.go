@@ -3,7 +3,6 @@ package rpc
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,61 +13,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
-	"github.com/parley-dev/parley/internal/account"
-	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
-	"github.com/parley-dev/parley/internal/postgres"
-	"github.com/parley-dev/parley/internal/ratelimit"
-	"github.com/parley-dev/parley/internal/revocation"
-	"github.com/parley-dev/parley/internal/testenv"
 )
 
 // rapidResetPairs is how many HEADERS+RST_STREAM pairs the probe of issue 12
 // sent over one connection.
 const rapidResetPairs = 20_000
-
-// countedLimiter is the Valkey limiter as cmd/parley wires it, counting its
-// calls and their outcomes.
-type countedLimiter struct {
-	l                               *ratelimit.Limiter
-	calls, failed, allowed, refused atomic.Int64
-}
-
-func ratelimitCheck(c LimitCheck) ratelimit.Check {
-	return ratelimit.Check{Key: c.Key, Limit: ratelimit.PerMinute(c.PerMinute)}
-}
-
-func (c *countedLimiter) Allow(ctx context.Context, checks ...LimitCheck) ([]Decision, error) {
-	c.calls.Add(1)
-	cs := make([]ratelimit.Check, 0, len(checks))
-	for _, check := range checks {
-		cs = append(cs, ratelimitCheck(check))
-	}
-	ds, err := c.l.AllowAll(ctx, cs...)
-	if err != nil {
-		c.failed.Add(1)
-		return nil, err
-	}
-	out := make([]Decision, 0, len(ds))
-	for _, d := range ds {
-		out = append(out, Decision(d))
-	}
-	if out[len(out)-1].Allowed {
-		c.allowed.Add(1)
-	} else {
-		c.refused.Add(1)
-	}
-	return out, nil
-}
-
-func (c *countedLimiter) Refund(ctx context.Context, check LimitCheck) error {
-	return c.l.Refund(ctx, ratelimitCheck(check))
-}
 
 // logLines counts what a server logs, by kind: the access log's line per
 // call ("rpc"), warnings and errors, and anything else; it keeps the first
@@ -118,42 +71,17 @@ func newRapidResetServer(tb testing.TB, limits Limits) *rapidResetServer {
 	tb.Helper()
 	s := &rapidResetServer{logs: &logLines{}}
 	log := slog.New(slog.NewTextHandler(s.logs, nil))
-	vc := testenv.ValkeyClient(tb, testenv.ValkeyURL(tb))
-	prefix := "test:" + uuid.NewString() + ":"
-	s.lim = &countedLimiter{l: ratelimit.New(vc, ratelimit.Options{Logger: log, KeyPrefix: prefix + "rl:"})}
-	store := postgres.NewAccountStore(testenv.DB(tb))
-	revoked := revocation.New(vc, store, revocation.Options{KeyPrefix: prefix + "revoked:", Logger: log})
-	tb.Cleanup(revoked.Close)
-	accounts := account.NewService(store, restTokens{}, revoked, account.Options{Logger: log})
-	at, err := restTokens{}.IssueAccess(uuid.New(), auth.KindUser, uuid.New(), time.Hour)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s.token = at.Token
-	h, err := NewHandler(Services{User: NewUserServer(accounts, log)}, Options{
-		Logger:          log,
-		Registry:        prometheus.NewRegistry(),
-		Authenticator:   accounts,
-		Limiter:         s.lim,
-		Limits:          limits,
-		MaxRequestBytes: 1 << 20,
-		Probe:           NewProbe(),
+	a := newTestAPI(tb, apiOptions{
+		handler: Options{Logger: log, Limits: limits, MaxRequestBytes: 1 << 20},
+		serve: func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				s.entered.Add(1)
+				defer s.ended.Add(1)
+				h.ServeHTTP(w, r)
+			})
+		},
 	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s.addr = ln.Addr().String()
-	srv := NewServer(s.addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.entered.Add(1)
-		defer s.ended.Add(1)
-		h.ServeHTTP(w, r)
-	}), log)
-	go func() { _ = srv.Serve(ln) }()
-	tb.Cleanup(func() { _ = srv.Close() })
+	s.addr, s.token, s.lim = strings.TrimPrefix(a.url, "http://"), a.user(tb).token, a.limiter
 	return s
 }
 

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -18,68 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/parley-dev/parley/internal/account"
-	"github.com/parley-dev/parley/internal/auth"
-	"github.com/parley-dev/parley/internal/conversation"
-	"github.com/parley-dev/parley/internal/postgres"
-	"github.com/parley-dev/parley/internal/rtc/rtctest"
-	"github.com/parley-dev/parley/internal/testenv"
 )
-
-// restTokens are readable stand-ins for signed JWTs: the REST tests are about
-// transcoding, and the real signing is tested in internal/token and cmd/parley.
-type restTokens struct{}
-
-func (restTokens) IssueAccess(sub uuid.UUID, kind auth.Kind, family uuid.UUID, ttl time.Duration) (account.AccessToken, error) {
-	now := time.Now()
-	jti := uuid.NewString()
-	return account.AccessToken{
-		Token: fmt.Sprintf("test.%d.%s.%s.%d.%s", kind, sub, jti, now.Add(ttl).Unix(), family),
-		ID:    jti, IssuedAt: now, ExpiresAt: now.Add(ttl),
-	}, nil
-}
-
-func (restTokens) Verify(tok string) (auth.Principal, error) {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 6 || parts[0] != "test" {
-		return auth.Principal{}, auth.ErrUnauthenticated
-	}
-	kind, err1 := strconv.Atoi(parts[1])
-	sub, err2 := uuid.Parse(parts[2])
-	exp, err3 := strconv.ParseInt(parts[4], 10, 64)
-	family, err4 := uuid.Parse(parts[5])
-	if err1 != nil || err2 != nil || err3 != nil || err4 != nil || time.Unix(exp, 0).Before(time.Now()) {
-		return auth.Principal{}, auth.ErrUnauthenticated
-	}
-	return auth.Principal{ID: sub, Kind: auth.Kind(kind), TokenID: parts[3], FamilyID: family, ExpiresAt: time.Unix(exp, 0)}, nil
-}
-
-type restRevocations struct {
-	mu  sync.Mutex
-	ids map[string]bool
-}
-
-func (r *restRevocations) Revoke(_ context.Context, jti string, _ time.Time) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.ids[jti] = true
-	return nil
-}
-
-func (r *restRevocations) RevokeFamily(_ context.Context, family uuid.UUID, _ time.Time) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.ids[family.String()] = true
-	return nil
-}
-
-func (r *restRevocations) IsRevoked(_ context.Context, jti string, family uuid.UUID) (bool, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.ids[jti] || (family != uuid.Nil && r.ids[family.String()]), nil
-}
 
 // countingLimiter allows perMinute requests per key and refuses the rest, so
 // a test reaches a limit in a known number of requests.
@@ -132,47 +69,11 @@ func newRESTServerWith(t *testing.T, limits Limits, lim Limiter) string {
 	return newWholeServer(t, Options{Limiter: lim, Limits: limits, MaxRequestBytes: 1 << 20, Metrics: true})
 }
 
-// newWholeServer serves NewHandler with opts over NewServer (HTTP/1.1 and
-// h2c) on a new database: every service but files, with its real domain
-// service and the real interceptors. It fills in the logger, registry,
-// authenticator and probe when opts has none.
+// newWholeServer serves the whole API with the handler options opts (zero
+// fields filled in as newTestAPI does), without files, and returns its URL.
 func newWholeServer(t testing.TB, opts Options) string {
 	t.Helper()
-	lk := rtctest.NewServer(t, roomTestKey, roomTestSecret)
-	db, rooms, _ := newRoomReplica(t, testenv.DatabaseURL(t), lk.URL)
-	log := slog.New(slog.DiscardHandler)
-	accounts := account.NewService(postgres.NewAccountStore(db), restTokens{}, &restRevocations{ids: map[string]bool{}},
-		account.Options{AccessTTL: time.Hour, RefreshTTL: time.Hour, AgentTTL: time.Hour, Logger: log})
-	conversations := conversation.NewService(postgres.NewConversationStore(db), conversation.Options{Log: log})
-	if opts.Logger == nil {
-		opts.Logger = log
-	}
-	if opts.Registry == nil {
-		opts.Registry = prometheus.NewRegistry()
-	}
-	if opts.Authenticator == nil {
-		opts.Authenticator = accounts
-	}
-	if opts.Probe == nil {
-		opts.Probe = NewProbe()
-	}
-	h, err := NewHandler(Services{
-		Auth:         NewAuthServer(accounts, log),
-		User:         NewUserServer(accounts, log),
-		Room:         NewRoomServer(rooms, log),
-		Conversation: NewConversationServer(conversations, WatchOptions{}, log),
-	}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := NewServer(ln.Addr().String(), h, log)
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "http://" + ln.Addr().String()
+	return newTestAPI(t, apiOptions{handler: opts}).url
 }
 
 // restCall sends a request as curl would: a JSON body (or none), optionally

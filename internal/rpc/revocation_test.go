@@ -9,15 +9,13 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/uptrace/bun"
 
-	"github.com/parley-dev/parley/internal/account"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/revocation"
 	"github.com/parley-dev/parley/internal/testenv"
+	"github.com/parley-dev/parley/internal/token"
 )
 
 // revocationSource is a replica's view of PostgreSQL's revocations, which a
@@ -36,9 +34,8 @@ func (s *revocationSource) IsAccessTokenRevoked(ctx context.Context, jti string,
 	return s.AccountStore.IsAccessTokenRevoked(ctx, jti, family)
 }
 
-// accountReplica is one replica's auth and user services behind the real
-// handler, with its own Valkey client and revocation cache. Its tokens
-// (restTokens) carry their family as signed ones do.
+// accountReplica is one replica of the API, with its own Valkey client and
+// revocation cache, whose view of PostgreSQL's revocations the test holds.
 type accountReplica struct {
 	src     *revocationSource
 	cache   *revocation.Cache
@@ -46,30 +43,22 @@ type accountReplica struct {
 	clients map[string]parleyv1connect.UserServiceClient
 }
 
-func newAccountReplica(t *testing.T, db *bun.DB, valkeyURL, prefix string) *accountReplica {
+// newAccountReplica is a replica on the database, Valkey (with keys under
+// prefix) and token keys given.
+func newAccountReplica(t *testing.T, dbURL, valkeyURL, prefix string, tokens *token.Manager) *accountReplica {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(t.Output(), nil))
-	r := &accountReplica{src: &revocationSource{AccountStore: postgres.NewAccountStore(db)}}
-	r.cache = revocation.New(testenv.ValkeyClient(t, valkeyURL), r.src, revocation.Options{KeyPrefix: prefix, Logger: log})
-	t.Cleanup(r.cache.Close)
-	accounts := account.NewService(postgres.NewAccountStore(db), restTokens{}, r.cache, account.Options{Logger: log})
-	h, err := NewHandler(Services{Auth: NewAuthServer(accounts, log), User: NewUserServer(accounts, log)}, Options{
-		Logger:          log,
-		Registry:        prometheus.NewRegistry(),
-		Authenticator:   accounts,
-		MaxRequestBytes: 1 << 20,
-		Probe:           NewProbe(),
+	r := &accountReplica{}
+	a := newTestAPI(t, apiOptions{
+		handler: Options{Logger: slog.New(slog.NewTextHandler(t.Output(), nil)), MaxRequestBytes: 1 << 20},
+		dbURL:   dbURL, valkeyURL: valkeyURL, prefix: prefix, tokens: tokens,
+		revocations: func(s *postgres.AccountStore) revocation.Source {
+			r.src = &revocationSource{AccountStore: s}
+			return r.src
+		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	url, hc := serveH2C(t, h)
-	r.auth = parleyv1connect.NewAuthServiceClient(hc, url)
-	r.clients = map[string]parleyv1connect.UserServiceClient{
-		"connect": parleyv1connect.NewUserServiceClient(hc, url),
-		"grpc":    parleyv1connect.NewUserServiceClient(hc, url, connect.WithGRPC()),
-		"grpcweb": parleyv1connect.NewUserServiceClient(hc, url, connect.WithGRPCWeb()),
-	}
+	r.cache = a.revoked
+	r.auth = parleyv1connect.NewAuthServiceClient(a.hc, a.url)
+	r.clients = clients(a, parleyv1connect.NewUserServiceClient)
 	return r
 }
 
@@ -102,11 +91,11 @@ func (r *accountReplica) profileCode(t *testing.T, access string) connect.Code {
 // Valkey has lost its keys.
 func TestRefreshReuseRevokesAccessTokensOnEveryReplica(t *testing.T) {
 	t.Parallel()
-	db := testenv.DB(t)
+	dbURL, tokens := testenv.DatabaseURL(t), newTestTokens(t)
 	v := testenv.NewValkey(t)
-	prefix := "test:" + uuid.NewString() + ":revoked:"
-	a := newAccountReplica(t, db, v.URL(), prefix)
-	b := newAccountReplica(t, db, v.URL(), prefix)
+	prefix := "test:" + uuid.NewString() + ":"
+	a := newAccountReplica(t, dbURL, v.URL(), prefix, tokens)
+	b := newAccountReplica(t, dbURL, v.URL(), prefix, tokens)
 	ctx := t.Context()
 
 	email := uuid.NewString() + "@example.com"
