@@ -48,6 +48,7 @@ var parley = arch{
 		"internal/token":        adapter,
 
 		"internal/rpc":                           transport,
+		"internal/agentsjson":                    transport,
 		"internal/gen/parley/v1":                 transport,
 		"internal/gen/parley/v1/parleyv1connect": transport,
 
