@@ -16,14 +16,33 @@ import (
 	"github.com/parley-dev/parley/internal/token"
 )
 
-func generateKeySet() ([]byte, error) { return token.GenerateKeySet() }
+func keysCommand(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "generate" {
+		return usageError("usage: parley keys generate [--out FILE [--keep-existing]]")
+	}
+	fs := newFlagSet("keys generate", stderr, false)
+	out := fs.String("out", "", "write the key set to this file (mode 0600) instead of stdout")
+	keep := fs.Bool("keep-existing", false, "with --out: leave an existing file alone")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *out != "" {
+		return token.WriteKeySet(*out, *keep)
+	}
+	set, err := token.GenerateKeySet()
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(set)
+	return err
+}
 
 // openDB opens the database named by DATABASE_URL for an operational
 // command; only that variable is required.
 func openDB(ctx context.Context, getenv func(string) string) (*bun.DB, error) {
-	url := strings.TrimSpace(getenv("DATABASE_URL"))
-	if url == "" {
-		return nil, &config.Error{Var: "DATABASE_URL", Err: fmt.Errorf("required but not set")}
+	url, err := config.DatabaseURL(getenv)
+	if err != nil {
+		return nil, err
 	}
 	return postgres.Open(ctx, url, postgres.Options{MaxOpenConns: 2})
 }

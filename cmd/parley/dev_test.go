@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/parley-dev/parley/internal/config"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 	"github.com/parley-dev/parley/internal/localserver"
@@ -85,10 +86,10 @@ func TestDev(t *testing.T) {
 				t.Errorf("%s's port %s still listens after parley dev failed to start", name, port)
 			}
 		}
-		if _, err := os.Stat(filepath.Join(dir, devDir, "postgres", "data", "postmaster.pid")); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(dir, config.DevDir, "postgres", "data", "postmaster.pid")); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("postmaster.pid left after parley dev failed to start (stat: %v)", err)
 		}
-		if log, err := os.ReadFile(filepath.Join(dir, devDir, "postgres", "postgres.log")); err != nil || strings.Count(string(log), "ready to accept connections") != 2 {
+		if log, err := os.ReadFile(filepath.Join(dir, config.DevDir, "postgres", "postgres.log")); err != nil || strings.Count(string(log), "ready to accept connections") != 2 {
 			t.Errorf("PostgreSQL's log should show two starts, the first and the failed one (%v):\n%s", err, log)
 		}
 
@@ -136,8 +137,8 @@ func TestDev(t *testing.T) {
 			t.Errorf("stdout: %q, want nothing", stdout.String())
 		}
 		for _, sub := range []string{"postgres", "valkey"} {
-			if _, err := os.Stat(filepath.Join(dir, devDir, sub)); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("%s made for a server that cannot start (stat: %v)", filepath.Join(devDir, sub), err)
+			if _, err := os.Stat(filepath.Join(dir, config.DevDir, sub)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s made for a server that cannot start (stat: %v)", filepath.Join(config.DevDir, sub), err)
 			}
 		}
 	})
@@ -231,7 +232,7 @@ func devServerPorts(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	ports := map[string]string{}
 	for _, name := range []string{"postgres", "valkey"} {
-		b, err := os.ReadFile(filepath.Join(dir, devDir, name, "port"))
+		b, err := os.ReadFile(filepath.Join(dir, config.DevDir, name, "port"))
 		if err != nil {
 			t.Fatalf("port of %s: %v", name, err)
 		}

@@ -12,6 +12,7 @@ import (
 
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+	"github.com/parley-dev/parley/internal/rpc"
 	"github.com/parley-dev/parley/internal/testenv"
 )
 
@@ -152,7 +153,7 @@ func TestSIGTERMDrain(t *testing.T) {
 		sent, exited := stop(t, r)
 		// Past the delay and the idle grace: Shutdown has begun and has
 		// been closing idle connections.
-		time.Sleep(time.Until(sent.Add(delay + 3*idleGrace)))
+		time.Sleep(time.Until(sent.Add(delay + 3*rpc.IdleGrace)))
 		select {
 		case err := <-exited:
 			t.Fatalf("exited (%v) with a call in flight:\n%s", err, r.log.String())

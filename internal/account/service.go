@@ -270,6 +270,20 @@ func (s *Service) PruneExpired(ctx context.Context) (Pruned, error) {
 	return p, nil
 }
 
+// Prune is PruneExpired logging what it did; it is the hourly job. Every
+// replica runs it: the deletes are idempotent and batched, so replicas
+// pruning at once neither clash nor hold long locks.
+func (s *Service) Prune(ctx context.Context) {
+	p, err := s.PruneExpired(ctx)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.log.Warn("prune expired tokens", slog.String("error", err.Error()))
+	case p != (Pruned{}):
+		s.log.Info("pruned expired tokens", slog.Int64("revocations", p.Revocations),
+			slog.Int64("family_revocations", p.FamilyRevocations), slog.Int64("refresh_tokens", p.RefreshTokens))
+	}
+}
+
 // Authenticate verifies a bearer access token and checks that it has not
 // been revoked: VerifyAccessToken, then CheckRevoked. Any problem with the
 // token gives auth.ErrUnauthenticated; other errors mean revocation could not

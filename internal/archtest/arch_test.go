@@ -35,6 +35,9 @@ var parley = arch{
 		// the domain rules.
 		"internal/keyset": domain,
 		"internal/outage": domain,
+		// limit is the vocabulary rpc and ratelimit share for budgets and
+		// decisions, so neither copies the other's types.
+		"internal/limit": domain,
 
 		"internal/postgres":     adapter,
 		"migrations":            adapter,
@@ -56,6 +59,7 @@ var parley = arch{
 		"internal/config": wiring,
 
 		"internal/localserver": adapter,
+		"internal/memlimit":    adapter,
 
 		"internal/testenv":     testOnly,
 		"internal/rtc/rtctest": testOnly,
@@ -70,7 +74,9 @@ var parley = arch{
 	partOf: map[string]string{"migrations": "internal/postgres"},
 	// localserver starts database servers as child processes: a tool for
 	// the test harness and parley dev, never for a serving path.
-	standalone: map[string]bool{"internal/localserver": true},
+	// memlimit sets the process's memory limit from its cgroup: wiring's
+	// business at start-up, never a request's.
+	standalone: map[string]bool{"internal/localserver": true, "internal/memlimit": true},
 	sqlAllowed: map[string]string{
 		// Each test gets a database cloned from a migrated template; the
 		// harness creates and drops them (CREATE DATABASE … TEMPLATE),

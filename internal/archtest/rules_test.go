@@ -1,10 +1,12 @@
 package archtest
 
 import (
+	"bytes"
 	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -265,12 +267,21 @@ var envReaders = map[string][]string{
 // environmentOutsideConfig checks that only internal/config (and the
 // allowed) reads the environment. The one other use is a main function
 // handing os.Getenv itself to run, which is how configuration reaches
-// config.Load.
+// config.Load; what receives it (a func named getenv) hands it on to config
+// and never calls it, except in a client, a program of its own.
 func (a arch) environmentOutsideConfig(pkgs []pkg) []string {
 	var out []string
 	a.inspect(&out, pkgs, func(rel string, fset *token.FileSet, f *ast.File, n ast.Node, stack []ast.Node) bool {
 		if rel == "internal/config" || allowed(a.envAllowed, rel, fset, f) {
 			return false
+		}
+		if call, ok := n.(*ast.CallExpr); ok && a.kinds[rel] != client {
+			// A getenv handed down is called only by config: anywhere else
+			// it is a read of the environment around config.
+			if id, ok := call.Fun.(*ast.Ident); ok && id.Name == "getenv" {
+				out = append(out, fmt.Sprintf("%s: getenv called outside internal/config", fset.Position(call.Pos())))
+			}
+			return true
 		}
 		sel, ok := n.(*ast.SelectorExpr)
 		if !ok {
@@ -395,4 +406,49 @@ func (a arch) inspect(out *[]string, pkgs []pkg, visit func(rel string, fset *to
 			})
 		}
 	}
+}
+
+// wiringSize checks that the package rel holds only wiring, by its size: at
+// most maxLines lines of non-test Go, and no function longer than
+// maxFuncLines. Anything bigger has a home of its own elsewhere.
+func (a arch) wiringSize(pkgs []pkg, rel string, maxLines, maxFuncLines int) []string {
+	var out []string
+	total, seen := 0, false
+	fset := token.NewFileSet()
+	for _, p := range pkgs {
+		if r, ok := a.rel(p.ImportPath); !ok || r != rel {
+			continue
+		}
+		seen = true
+		for _, name := range p.GoFiles {
+			path := filepath.Join(p.Dir, name)
+			src, err := os.ReadFile(path)
+			if err != nil {
+				out = append(out, err.Error())
+				continue
+			}
+			total += bytes.Count(src, []byte("\n")) // as wc -l counts
+			f, err := parser.ParseFile(fset, path, src, parser.SkipObjectResolution)
+			if err != nil {
+				out = append(out, err.Error())
+				continue
+			}
+			for _, d := range f.Decls {
+				fd, ok := d.(*ast.FuncDecl)
+				if !ok {
+					continue
+				}
+				if n := fset.Position(fd.End()).Line - fset.Position(fd.Pos()).Line + 1; n > maxFuncLines {
+					out = append(out, fmt.Sprintf("%s: %s is %d lines, more than %d: split it, or move what is not wiring where it belongs", fset.Position(fd.Pos()), fd.Name.Name, n, maxFuncLines))
+				}
+			}
+		}
+	}
+	switch {
+	case !seen:
+		out = append(out, fmt.Sprintf("%s is not a package of the module", rel))
+	case total > maxLines:
+		out = append(out, fmt.Sprintf("%s has %d lines of non-test Go, more than %d: move what is not wiring where it belongs", rel, total, maxLines))
+	}
+	return out
 }

@@ -207,3 +207,24 @@ func TestRuleConnectErrorsOnlyInOneFile(t *testing.T) {
 		t.Errorf("with handler.go the one file, errors.go's two errors are not what is reported: %q", got)
 	}
 }
+
+func TestRuleCmdOnlyWires(t *testing.T) {
+	pkgs := fixturePackages(t)
+	// The fixture's main.go: 18 lines, run 6 of them.
+	got := shop.wiringSize(pkgs, "cmd/app", 17, 5)
+	want := []string{"run is 6 lines, more than 5", "cmd/app has 18 lines of non-test Go, more than 17"}
+	if len(got) != len(want) {
+		t.Fatalf("wiringSize: %q; want %d violations", got, len(want))
+	}
+	for i, w := range want {
+		if !strings.Contains(got[i], w) {
+			t.Errorf("violation %d: %q; want it to say %q", i, got[i], w)
+		}
+	}
+	if got := shop.wiringSize(pkgs, "cmd/app", 18, 6); len(got) != 0 {
+		t.Errorf("within the limits, still: %q", got)
+	}
+	if got := shop.wiringSize(pkgs, "cmd/gone", 18, 6); len(got) != 1 {
+		t.Errorf("a package that is not there: %q; want it reported", got)
+	}
+}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/parley-dev/parley/internal/memlimit"
 )
 
 // Config holds every setting of a Parley process.
@@ -40,7 +42,9 @@ type Config struct {
 	// replica out of the load balancer at once.
 	ReadyzRequireDatabase bool
 	// MemoryLimit is the Go runtime's soft memory limit in bytes: 0 for
-	// none, MemoryLimitAuto to derive it from the container's limit.
+	// none, MemoryLimitAuto to derive it from the container's limit. It is
+	// 0 when GOMEMLIMIT is set: the runtime has applied that already, and
+	// it takes precedence.
 	MemoryLimit int64
 
 	DatabaseURL     string
@@ -215,7 +219,7 @@ const liveKitKeysMissing = "set LIVEKIT_API_KEY and LIVEKIT_API_SECRET to your L
 
 // MemoryLimitAuto is Config.MemoryLimit when the limit is to be derived
 // from the container's memory limit.
-const MemoryLimitAuto = -1
+const MemoryLimitAuto = memlimit.Auto
 
 // Error names the variable whose value is wrong or missing.
 type Error struct {
@@ -232,19 +236,8 @@ func (e *Error) Unwrap() error { return e.Err }
 func Load(getenv func(string) string) (Config, error) {
 	var c Config
 	for _, v := range vars {
-		raw := strings.TrimSpace(getenv(v.Name))
-		if raw == "" {
-			if v.Required {
-				msg := "required but not set"
-				if v.missing != "" {
-					msg += "; " + v.missing
-				}
-				return Config{}, &Error{Var: v.Name, Err: errors.New(msg)}
-			}
-			raw = v.Default
-		}
-		if err := v.set(&c, raw); err != nil {
-			return Config{}, &Error{Var: v.Name, Err: err}
+		if err := v.load(&c, getenv); err != nil {
+			return Config{}, err
 		}
 	}
 	if c.LiveKitPublicURL == "" {
@@ -258,10 +251,47 @@ func Load(getenv func(string) string) (Config, error) {
 		}
 		return Config{}, &Error{Var: name, Err: errors.New("must differ from PARLEY_HTTP_ADDR")}
 	}
+	if getenv("GOMEMLIMIT") != "" {
+		c.MemoryLimit = 0
+	}
 	if c.DBMaxIdleConns > c.DBMaxOpenConns {
 		c.DBMaxIdleConns = c.DBMaxOpenConns
 	}
 	return c, nil
+}
+
+// DatabaseURL reads DATABASE_URL alone, for the operational commands that
+// need nothing but the database; a missing one is an *Error.
+func DatabaseURL(getenv func(string) string) (string, error) {
+	var c Config
+	for _, v := range vars {
+		if v.Name == "DATABASE_URL" {
+			if err := v.load(&c, getenv); err != nil {
+				return "", err
+			}
+		}
+	}
+	return c.DatabaseURL, nil
+}
+
+// load sets v's field of c from getenv, or from v's default; the variable
+// missing or wrong is an *Error.
+func (v Var) load(c *Config, getenv func(string) string) error {
+	raw := strings.TrimSpace(getenv(v.Name))
+	if raw == "" {
+		if v.Required {
+			msg := "required but not set"
+			if v.missing != "" {
+				msg += "; " + v.missing
+			}
+			return &Error{Var: v.Name, Err: errors.New(msg)}
+		}
+		raw = v.Default
+	}
+	if err := v.set(c, raw); err != nil {
+		return &Error{Var: v.Name, Err: err}
+	}
+	return nil
 }
 
 // WriteHelp lists every variable with its default.

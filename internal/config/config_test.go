@@ -184,3 +184,28 @@ func TestPprofAddrIsTheOpsAddress(t *testing.T) {
 		t.Fatalf("two different ops addresses: %v, want an error naming PARLEY_PPROF_ADDR", err)
 	}
 }
+
+func TestGOMEMLIMITWins(t *testing.T) {
+	base := map[string]string{"DATABASE_URL": "x", "PARLEY_JWT_KEYS": "k", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s",
+		"PARLEY_MEMORY_LIMIT": "300MiB"}
+	c, err := Load(env(base))
+	if err != nil || c.MemoryLimit != 300<<20 {
+		t.Fatalf("without GOMEMLIMIT: limit %d, %v; want 300MiB", c.MemoryLimit, err)
+	}
+	base["GOMEMLIMIT"] = "1TiB"
+	if c, err = Load(env(base)); err != nil || c.MemoryLimit != 0 {
+		t.Fatalf("with GOMEMLIMIT: limit %d, %v; want 0 (the runtime's own limit stands)", c.MemoryLimit, err)
+	}
+}
+
+func TestDatabaseURLAlone(t *testing.T) {
+	url, err := DatabaseURL(env(map[string]string{"DATABASE_URL": " postgres://x "}))
+	if err != nil || url != "postgres://x" {
+		t.Fatalf("DatabaseURL = %q, %v; want postgres://x", url, err)
+	}
+	_, err = DatabaseURL(env(nil))
+	var cerr *Error
+	if !errors.As(err, &cerr) || cerr.Var != "DATABASE_URL" || err.Error() != "config: DATABASE_URL: required but not set" {
+		t.Fatalf("DatabaseURL without it: %v; want a config error naming DATABASE_URL", err)
+	}
+}

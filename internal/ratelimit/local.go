@@ -4,6 +4,8 @@ import (
 	"hash/maphash"
 	"sync"
 	"time"
+
+	"github.com/parley-dev/parley/internal/limit"
 )
 
 const (
@@ -44,7 +46,7 @@ func newLocalLimiter(maxKeys int) *localLimiter {
 	return l
 }
 
-func (l *localLimiter) allow(now time.Time, key string, p gcraParams) Decision {
+func (l *localLimiter) allow(now time.Time, key string, p gcraParams) limit.Decision {
 	t := time.Duration(now.UnixNano())
 	s := &l.shards[maphash.String(l.seed, key)%localShards]
 	s.mu.Lock()

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/parley-dev/parley/internal/limit"
 )
 
 // fakeClock is a settable clock for the local limiter.
@@ -30,9 +32,9 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-func mustParams(t testing.TB, lim Limit) gcraParams {
+func mustParams(t testing.TB, lim limit.Limit) gcraParams {
 	t.Helper()
-	p, err := lim.params()
+	p, err := params(lim)
 	if err != nil {
 		t.Fatalf("params(%+v): %v", lim, err)
 	}
@@ -43,17 +45,17 @@ func TestLocalBurstRefusalRefill(t *testing.T) {
 	t.Parallel()
 	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
 	l := newLocalLimiter(DefaultMaxLocalKeys)
-	p := mustParams(t, PerMinute(60))
+	p := mustParams(t, limit.PerMinute(60))
 
 	for i := range 60 {
 		d := l.allow(clock.Now(), "k", p)
-		want := Decision{Allowed: true, Limit: 60, Remaining: 59 - i, ResetAfter: time.Duration(i+1) * time.Second}
+		want := limit.Decision{Allowed: true, Limit: 60, Remaining: 59 - i, ResetAfter: time.Duration(i+1) * time.Second}
 		if d != want {
 			t.Fatalf("request %d: got %+v, want %+v", i+1, d, want)
 		}
 	}
 	d := l.allow(clock.Now(), "k", p)
-	if want := (Decision{Limit: 60, RetryAfter: time.Second, ResetAfter: time.Minute}); d != want {
+	if want := (limit.Decision{Limit: 60, RetryAfter: time.Second, ResetAfter: time.Minute}); d != want {
 		t.Fatalf("request 61: got %+v, want %+v", d, want)
 	}
 
@@ -80,7 +82,7 @@ func TestLocalBurstSmallerThanRate(t *testing.T) {
 	t.Parallel()
 	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
 	l := newLocalLimiter(DefaultMaxLocalKeys)
-	p := mustParams(t, Limit{Rate: 60, Period: time.Minute, Burst: 5})
+	p := mustParams(t, limit.Limit{Rate: 60, Period: time.Minute, Burst: 5})
 
 	allowed := 0
 	for range 20 {
@@ -99,7 +101,7 @@ func TestLocalNoDoubleBurstAtBoundary(t *testing.T) {
 	t.Parallel()
 	clock := &fakeClock{t: time.Unix(1_800_000_000, 0).Add(999 * time.Millisecond)}
 	l := newLocalLimiter(DefaultMaxLocalKeys)
-	p := mustParams(t, Limit{Rate: 10, Period: time.Second})
+	p := mustParams(t, limit.Limit{Rate: 10, Period: time.Second})
 
 	count := func() int {
 		n := 0
@@ -127,7 +129,7 @@ func TestLocalKeysIndependent(t *testing.T) {
 	t.Parallel()
 	now := time.Unix(1_800_000_000, 0)
 	l := newLocalLimiter(DefaultMaxLocalKeys)
-	p := mustParams(t, Limit{Rate: 1, Period: time.Minute})
+	p := mustParams(t, limit.Limit{Rate: 1, Period: time.Minute})
 
 	if d := l.allow(now, "a", p); !d.Allowed {
 		t.Fatalf("a: got %+v, want allowed", d)
@@ -145,7 +147,7 @@ func TestLocalMemoryBounded(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
 	const maxKeys = 4 * localShards
 	l := newLocalLimiter(maxKeys)
-	p := mustParams(t, PerMinute(100))
+	p := mustParams(t, limit.PerMinute(100))
 
 	for i := range 10_000 {
 		l.allow(clock.Now(), strconv.Itoa(i), p)
@@ -189,21 +191,21 @@ func keyInShard(l *localLimiter, shard int) string {
 func TestLimitParams(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		lim     Limit
+		lim     limit.Limit
 		want    gcraParams
 		wantErr bool
 	}{
-		{lim: PerMinute(60), want: gcraParams{interval: time.Second, burst: 60}},
-		{lim: PerMinute(6000), want: gcraParams{interval: 10 * time.Millisecond, burst: 6000}},
-		{lim: Limit{Rate: 10, Period: time.Second, Burst: 3}, want: gcraParams{interval: 100 * time.Millisecond, burst: 3}},
-		{lim: Limit{}, wantErr: true},
-		{lim: Limit{Rate: 0, Period: time.Minute}, wantErr: true},
-		{lim: Limit{Rate: -1, Period: time.Minute}, wantErr: true},
-		{lim: Limit{Rate: 10, Period: 0}, wantErr: true},
-		{lim: Limit{Rate: 10, Period: time.Minute, Burst: -1}, wantErr: true},
-		{lim: Limit{Rate: 1_000_000_000, Period: time.Second}, wantErr: true},
+		{lim: limit.PerMinute(60), want: gcraParams{interval: time.Second, burst: 60}},
+		{lim: limit.PerMinute(6000), want: gcraParams{interval: 10 * time.Millisecond, burst: 6000}},
+		{lim: limit.Limit{Rate: 10, Period: time.Second, Burst: 3}, want: gcraParams{interval: 100 * time.Millisecond, burst: 3}},
+		{lim: limit.Limit{}, wantErr: true},
+		{lim: limit.Limit{Rate: 0, Period: time.Minute}, wantErr: true},
+		{lim: limit.Limit{Rate: -1, Period: time.Minute}, wantErr: true},
+		{lim: limit.Limit{Rate: 10, Period: 0}, wantErr: true},
+		{lim: limit.Limit{Rate: 10, Period: time.Minute, Burst: -1}, wantErr: true},
+		{lim: limit.Limit{Rate: 1_000_000_000, Period: time.Second}, wantErr: true},
 	} {
-		got, err := tc.lim.params()
+		got, err := params(tc.lim)
 		if tc.wantErr {
 			if !errors.Is(err, ErrInvalidLimit) {
 				t.Errorf("params(%+v): err %v, want ErrInvalidLimit", tc.lim, err)
@@ -218,7 +220,7 @@ func TestLimitParams(t *testing.T) {
 
 func BenchmarkLocal(b *testing.B) {
 	l := newLocalLimiter(DefaultMaxLocalKeys)
-	p := mustParams(b, PerMinute(1_000_000))
+	p := mustParams(b, limit.PerMinute(1_000_000))
 	keys := make([]string, 1024)
 	for i := range keys {
 		keys[i] = "user:" + strconv.Itoa(i)

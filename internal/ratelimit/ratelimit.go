@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valkey-io/valkey-go"
 
+	"github.com/parley-dev/parley/internal/limit"
 	"github.com/parley-dev/parley/internal/outage"
 )
 
@@ -105,12 +106,6 @@ func New(client valkey.Client, opts Options) *Limiter {
 	return l
 }
 
-// Check is one budget a request is counted against: Key under Limit.
-type Check struct {
-	Key   string
-	Limit Limit
-}
-
 // Allow counts one request against key under lim and reports whether it may
 // proceed. Every replica calling Allow with the same key shares one budget; a
 // key should always be used with the same Limit.
@@ -119,10 +114,10 @@ type Check struct {
 // or ctx is done before it answers, Allow answers from the local limiter
 // and returns a nil error. It returns an error only for an invalid lim
 // (ErrInvalidLimit).
-func (l *Limiter) Allow(ctx context.Context, key string, lim Limit) (Decision, error) {
-	ds, err := l.AllowAll(ctx, Check{Key: key, Limit: lim})
+func (l *Limiter) Allow(ctx context.Context, key string, lim limit.Limit) (limit.Decision, error) {
+	ds, err := l.AllowAll(ctx, limit.Check{Key: key, Limit: lim})
 	if err != nil {
-		return Decision{}, err
+		return limit.Decision{}, err
 	}
 	return ds[0], nil
 }
@@ -134,13 +129,13 @@ func (l *Limiter) Allow(ctx context.Context, key string, lim Limit) (Decision, e
 // proceed when every check was made and allowed it.
 //
 // Errors and the fallback to local limits are as for Allow.
-func (l *Limiter) AllowAll(ctx context.Context, checks ...Check) ([]Decision, error) {
+func (l *Limiter) AllowAll(ctx context.Context, checks ...limit.Check) ([]limit.Decision, error) {
 	if len(checks) == 0 {
 		return nil, nil
 	}
 	ps := make([]gcraParams, len(checks))
 	for i, c := range checks {
-		p, err := c.Limit.params()
+		p, err := params(c.Limit)
 		if err != nil {
 			return nil, err
 		}
@@ -164,7 +159,7 @@ func (l *Limiter) AllowAll(ctx context.Context, checks ...Check) ([]Decision, er
 		}
 		now = l.now() // the failed call may have used up the timeout
 	}
-	ds := make([]Decision, 0, len(checks))
+	ds := make([]limit.Decision, 0, len(checks))
 	for i, c := range checks {
 		d := l.local.allow(now, c.Key, ps[i])
 		ds = append(ds, d)
@@ -184,8 +179,8 @@ func (l *Limiter) AllowAll(ctx context.Context, checks ...Check) ([]Decision, er
 // an error only for an invalid limit or when ctx is done before Valkey
 // answers; the refund is the owner's, so a caller may pass a ctx that a
 // request's end does not cancel.
-func (l *Limiter) Refund(ctx context.Context, c Check) error {
-	p, err := c.Limit.params()
+func (l *Limiter) Refund(ctx context.Context, c limit.Check) error {
+	p, err := params(c.Limit)
 	if err != nil {
 		return err
 	}
@@ -264,7 +259,7 @@ func (l *Limiter) unhealthy(ctx context.Context, start time.Time, err error) {
 	l.outage.Failed(ctx, err)
 }
 
-func (l *Limiter) count(d Decision) {
+func (l *Limiter) count(d limit.Decision) {
 	if d.Allowed {
 		l.allowed.Inc()
 	} else {
@@ -311,7 +306,7 @@ end
 return out
 `)
 
-func (l *Limiter) allowValkey(ctx context.Context, checks []Check, ps []gcraParams) ([]Decision, error) {
+func (l *Limiter) allowValkey(ctx context.Context, checks []limit.Check, ps []gcraParams) ([]limit.Decision, error) {
 	// Skip the extra context when the caller's deadline is already tighter.
 	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > l.timeout {
 		var cancel context.CancelFunc
@@ -331,7 +326,7 @@ func (l *Limiter) allowValkey(ctx context.Context, checks []Check, ps []gcraPara
 	if len(vals) == 0 || len(vals)%4 != 0 || len(vals) > 4*len(checks) {
 		return nil, fmt.Errorf("rate limit script: %d values for %d keys", len(vals), len(checks))
 	}
-	ds := make([]Decision, len(vals)/4)
+	ds := make([]limit.Decision, len(vals)/4)
 	for i := range ds {
 		var n [4]int64
 		for j := range n {
@@ -339,7 +334,7 @@ func (l *Limiter) allowValkey(ctx context.Context, checks []Check, ps []gcraPara
 				return nil, fmt.Errorf("rate limit script: value %d: %w", 4*i+j, err)
 			}
 		}
-		ds[i] = Decision{
+		ds[i] = limit.Decision{
 			Allowed:    n[0] == 1,
 			Limit:      ps[i].burst,
 			Remaining:  int(n[1]),

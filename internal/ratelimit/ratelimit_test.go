@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/parley-dev/parley/internal/limit"
 	"github.com/parley-dev/parley/internal/ratelimit"
 	"github.com/parley-dev/parley/internal/testenv"
 )
@@ -28,7 +29,7 @@ func newLimiter(t *testing.T) (*ratelimit.Limiter, *prometheus.Registry) {
 	return ratelimit.New(c, ratelimit.Options{Registerer: reg}), reg
 }
 
-func allow(t *testing.T, l *ratelimit.Limiter, key string, lim ratelimit.Limit) ratelimit.Decision {
+func allow(t *testing.T, l *ratelimit.Limiter, key string, lim limit.Limit) limit.Decision {
 	t.Helper()
 	d, err := l.Allow(t.Context(), key, lim)
 	if err != nil {
@@ -71,7 +72,7 @@ func TestAllowBurstThenRefuse(t *testing.T) {
 	t.Parallel()
 	l, reg := newLimiter(t)
 	key := "user:" + uuid.NewString()
-	lim := ratelimit.PerMinute(60)
+	lim := limit.PerMinute(60)
 
 	for i := range 60 {
 		d := allow(t, l, key, lim)
@@ -106,7 +107,7 @@ func TestAllowRefills(t *testing.T) {
 	t.Parallel()
 	l, _ := newLimiter(t)
 	key := "user:" + uuid.NewString()
-	lim := ratelimit.Limit{Rate: 10, Period: time.Second}
+	lim := limit.Limit{Rate: 10, Period: time.Second}
 
 	for range 10 {
 		allow(t, l, key, lim)
@@ -137,7 +138,7 @@ func TestAllowExpiresIdleKeys(t *testing.T) {
 	l := ratelimit.New(c, ratelimit.Options{KeyPrefix: "test:rl:"})
 	key := uuid.NewString()
 
-	d, err := l.Allow(t.Context(), key, ratelimit.Limit{Rate: 10, Period: time.Second})
+	d, err := l.Allow(t.Context(), key, limit.Limit{Rate: 10, Period: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +159,7 @@ func TestAllowSharedAcrossReplicas(t *testing.T) {
 	a := ratelimit.New(testenv.ValkeyClient(t, url), ratelimit.Options{})
 	b := ratelimit.New(testenv.ValkeyClient(t, url), ratelimit.Options{})
 	key := "ip:" + uuid.NewString()
-	lim := ratelimit.PerMinute(10)
+	lim := limit.PerMinute(10)
 
 	var allowedA, allowedB int
 	for range 15 {
@@ -178,7 +179,7 @@ func TestAllowConcurrentHonoursBudget(t *testing.T) {
 	t.Parallel()
 	l, _ := newLimiter(t)
 	key := "agent:" + uuid.NewString()
-	lim := ratelimit.PerMinute(50)
+	lim := limit.PerMinute(50)
 
 	var (
 		mu      sync.Mutex
@@ -216,7 +217,7 @@ func TestAllowNoDoubleBurstAtBoundary(t *testing.T) {
 	t.Parallel()
 	l, _ := newLimiter(t)
 	key := "user:" + uuid.NewString()
-	lim := ratelimit.Limit{Rate: 20, Period: time.Second} // one request per 50 ms
+	lim := limit.Limit{Rate: 20, Period: time.Second} // one request per 50 ms
 
 	// Spend the budget just before a whole second, when a fixed one-second
 	// window would reset (Valkey runs on this machine's clock).
@@ -256,7 +257,7 @@ func TestAllowKeysIndependent(t *testing.T) {
 	t.Parallel()
 	l, _ := newLimiter(t)
 	a, b := "user:"+uuid.NewString(), "user:"+uuid.NewString()
-	lim := ratelimit.PerMinute(2)
+	lim := limit.PerMinute(2)
 
 	allow(t, l, a, lim)
 	allow(t, l, a, lim)
@@ -271,7 +272,7 @@ func TestAllowKeysIndependent(t *testing.T) {
 func TestAllowInvalidLimit(t *testing.T) {
 	t.Parallel()
 	l, _ := newLimiter(t)
-	_, err := l.Allow(t.Context(), "k", ratelimit.Limit{Rate: 0, Period: time.Minute})
+	_, err := l.Allow(t.Context(), "k", limit.Limit{Rate: 0, Period: time.Minute})
 	if !errors.Is(err, ratelimit.ErrInvalidLimit) {
 		t.Fatalf("err %v, want ErrInvalidLimit", err)
 	}
@@ -289,7 +290,7 @@ func TestCanceledContextCountsLocally(t *testing.T) {
 		Registerer: reg,
 	})
 	key := "user:" + uuid.NewString()
-	lim := ratelimit.PerMinute(2)
+	lim := limit.PerMinute(2)
 	canceled, cancel := context.WithCancel(t.Context())
 	cancel()
 	expired, cancel := context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
@@ -350,7 +351,7 @@ func TestFallbackWhenValkeyDown(t *testing.T) {
 		RetryInterval: 20 * time.Millisecond,
 	})
 	key := "user:" + uuid.NewString()
-	lim := ratelimit.PerMinute(5)
+	lim := limit.PerMinute(5)
 
 	if d := allow(t, l, key, lim); !d.Allowed || d.Remaining != 4 {
 		t.Fatalf("before the outage: got %+v", d)
@@ -429,7 +430,7 @@ func TestFallbackWhenValkeyStalls(t *testing.T) {
 		Timeout:    50 * time.Millisecond,
 	})
 	key := "user:" + uuid.NewString()
-	lim := ratelimit.PerMinute(5)
+	lim := limit.PerMinute(5)
 	allow(t, l, key, lim) // connect and load the script first
 
 	busy := testenv.ValkeyClient(t, v.URL())
@@ -476,8 +477,8 @@ func TestMetricsSharedByLimiters(t *testing.T) {
 	c := testenv.ValkeyClient(t, testenv.ValkeyURL(t))
 	a := ratelimit.New(c, ratelimit.Options{Registerer: reg})
 	b := ratelimit.New(c, ratelimit.Options{Registerer: reg})
-	allow(t, a, uuid.NewString(), ratelimit.PerMinute(1))
-	allow(t, b, uuid.NewString(), ratelimit.PerMinute(1))
+	allow(t, a, uuid.NewString(), limit.PerMinute(1))
+	allow(t, b, uuid.NewString(), limit.PerMinute(1))
 	if got := counter(t, reg, "parley_ratelimit_decisions_total", "result", "allowed"); got != 2 {
 		t.Fatalf("allowed decisions %v, want 2", got)
 	}
@@ -486,7 +487,7 @@ func TestMetricsSharedByLimiters(t *testing.T) {
 func BenchmarkAllowValkey(b *testing.B) {
 	c := testenv.ValkeyClient(b, testenv.ValkeyURL(b))
 	l := ratelimit.New(c, ratelimit.Options{Registerer: prometheus.NewRegistry()})
-	lim := ratelimit.PerMinute(1_000_000)
+	lim := limit.PerMinute(1_000_000)
 	keys := make([]string, 256)
 	for i := range keys {
 		keys[i] = "bench:" + uuid.NewString()
@@ -512,8 +513,8 @@ func TestAllowAll(t *testing.T) {
 	t.Parallel()
 	inBothModes(t, func(t *testing.T, l *ratelimit.Limiter) {
 		ip, user := "ip:"+uuid.NewString(), "user:"+uuid.NewString()
-		checks := []ratelimit.Check{{Key: ip, Limit: ratelimit.PerMinute(3)}, {Key: user, Limit: ratelimit.PerMinute(2)}}
-		all := func() []ratelimit.Decision {
+		checks := []limit.Check{{Key: ip, Limit: limit.PerMinute(3)}, {Key: user, Limit: limit.PerMinute(2)}}
+		all := func() []limit.Decision {
 			t.Helper()
 			ds, err := l.AllowAll(t.Context(), checks...)
 			if err != nil {
@@ -535,14 +536,14 @@ func TestAllowAll(t *testing.T) {
 		// The IP budget (3) is spent: it refuses first, and the user's
 		// budget is not looked at.
 		other := "user:" + uuid.NewString()
-		ds, err := l.AllowAll(t.Context(), ratelimit.Check{Key: ip, Limit: ratelimit.PerMinute(3)}, ratelimit.Check{Key: other, Limit: ratelimit.PerMinute(2)})
+		ds, err := l.AllowAll(t.Context(), limit.Check{Key: ip, Limit: limit.PerMinute(3)}, limit.Check{Key: other, Limit: limit.PerMinute(2)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(ds) != 1 || ds[0].Allowed {
 			t.Fatalf("fourth call: %+v", ds)
 		}
-		if d := allow(t, l, other, ratelimit.PerMinute(2)); !d.Allowed || d.Remaining != 1 {
+		if d := allow(t, l, other, limit.PerMinute(2)); !d.Allowed || d.Remaining != 1 {
 			t.Fatalf("the budget after a refusal was charged: %+v", d)
 		}
 	})
@@ -551,7 +552,7 @@ func TestAllowAll(t *testing.T) {
 func TestAllowAllInvalidLimit(t *testing.T) {
 	t.Parallel()
 	l, _ := newLimiter(t)
-	_, err := l.AllowAll(t.Context(), ratelimit.Check{Key: "a", Limit: ratelimit.PerMinute(1)}, ratelimit.Check{Key: "b"})
+	_, err := l.AllowAll(t.Context(), limit.Check{Key: "a", Limit: limit.PerMinute(1)}, limit.Check{Key: "b"})
 	if !errors.Is(err, ratelimit.ErrInvalidLimit) {
 		t.Fatalf("got %v, want ErrInvalidLimit", err)
 	}
@@ -562,7 +563,7 @@ func TestAllowAllInvalidLimit(t *testing.T) {
 func TestRefund(t *testing.T) {
 	t.Parallel()
 	inBothModes(t, func(t *testing.T, l *ratelimit.Limiter) {
-		c := ratelimit.Check{Key: "user:" + uuid.NewString(), Limit: ratelimit.PerMinute(3)}
+		c := limit.Check{Key: "user:" + uuid.NewString(), Limit: limit.PerMinute(3)}
 		for range 3 {
 			allow(t, l, c.Key, c.Limit)
 		}

@@ -132,6 +132,9 @@ type Store interface {
 	// room with both e's LiveKit name and sid, except that a room_started
 	// gives its sid to a room that has none yet.
 	ApplyEvent(ctx context.Context, e Event) (EventResult, error)
+	// PruneEvents forgets the applied event ids received before before,
+	// and returns how many.
+	PruneEvents(ctx context.Context, before time.Time) (int64, error)
 }
 
 // EventResult is what applying a webhook event did.

@@ -22,6 +22,7 @@ import (
 	"github.com/parley-dev/parley/internal/cache"
 	"github.com/parley-dev/parley/internal/conversation"
 	"github.com/parley-dev/parley/internal/file"
+	"github.com/parley-dev/parley/internal/limit"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/ratelimit"
 	"github.com/parley-dev/parley/internal/revocation"
@@ -286,35 +287,23 @@ type countedLimiter struct {
 	calls, failed, allowed, refused atomic.Int64
 }
 
-func ratelimitCheck(c LimitCheck) ratelimit.Check {
-	return ratelimit.Check{Key: c.Key, Limit: ratelimit.PerMinute(c.PerMinute)}
-}
-
-func (c *countedLimiter) Allow(ctx context.Context, checks ...LimitCheck) ([]Decision, error) {
+func (c *countedLimiter) AllowAll(ctx context.Context, checks ...limit.Check) ([]limit.Decision, error) {
 	c.calls.Add(1)
-	cs := make([]ratelimit.Check, 0, len(checks))
-	for _, check := range checks {
-		cs = append(cs, ratelimitCheck(check))
-	}
-	ds, err := c.l.AllowAll(ctx, cs...)
+	ds, err := c.l.AllowAll(ctx, checks...)
 	if err != nil {
 		c.failed.Add(1)
 		return nil, err
 	}
-	out := make([]Decision, 0, len(ds))
-	for _, d := range ds {
-		out = append(out, Decision(d))
-	}
-	if out[len(out)-1].Allowed {
+	if ds[len(ds)-1].Allowed {
 		c.allowed.Add(1)
 	} else {
 		c.refused.Add(1)
 	}
-	return out, nil
+	return ds, nil
 }
 
-func (c *countedLimiter) Refund(ctx context.Context, check LimitCheck) error {
-	return c.l.Refund(ctx, ratelimitCheck(check))
+func (c *countedLimiter) Refund(ctx context.Context, check limit.Check) error {
+	return c.l.Refund(ctx, check)
 }
 
 // caller is a user or agent seeded through account.Service, with the access

@@ -15,35 +15,21 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/limit"
 	"github.com/parley-dev/parley/internal/outage"
 )
 
 // Limiter counts requests against budgets shared by every replica.
-// internal/ratelimit implements it over Valkey.
+// *ratelimit.Limiter implements it over Valkey.
 type Limiter interface {
-	// Allow counts one request against each check in turn, in one round
+	// AllowAll counts one request against each check in turn, in one round
 	// trip, and stops at the first that refuses it. It returns the decisions
 	// made: the request may proceed when there is one per check and the last
 	// allows it. It decides even when ctx is done (a reset stream is counted
 	// like any request); an error means it could not decide at all.
-	Allow(ctx context.Context, checks ...LimitCheck) ([]Decision, error)
-	// Refund gives back one request's worth of a budget Allow charged.
-	Refund(ctx context.Context, check LimitCheck) error
-}
-
-// LimitCheck is one budget of perMinute requests, named by Key.
-type LimitCheck struct {
-	Key       string
-	PerMinute int
-}
-
-// Decision is a Limiter's answer for one request.
-type Decision struct {
-	Allowed    bool
-	Limit      int
-	Remaining  int
-	RetryAfter time.Duration
-	ResetAfter time.Duration
+	AllowAll(ctx context.Context, checks ...limit.Check) ([]limit.Decision, error)
+	// Refund gives back one request's worth of a budget AllowAll charged.
+	Refund(ctx context.Context, check limit.Check) error
 }
 
 // Limits are the per-minute budgets of each kind of caller.
@@ -55,7 +41,7 @@ type Limits struct {
 
 // rateHeaders adds the IETF RateLimit and RateLimit-Policy fields for one
 // named policy. Several policies (ip, then user or agent) form a list.
-func rateHeaders(h http.Header, name string, d Decision) {
+func rateHeaders(h http.Header, name string, d limit.Decision) {
 	h.Add("RateLimit-Policy", fmt.Sprintf("%q;q=%d;w=60", name, d.Limit))
 	h.Add("RateLimit", fmt.Sprintf("%q;r=%d;t=%d", name, d.Remaining, ceilSeconds(d.ResetAfter)))
 	if !d.Allowed {
@@ -121,7 +107,7 @@ func admit(next http.Handler, a *admission) http.Handler {
 		start := time.Now()
 		ctx := r.Context()
 		names := []string{"ip"}
-		checks := []LimitCheck{{Key: ipLimitKey(clientIP(r, a.trusted)), PerMinute: a.limits.IPPerMinute}}
+		checks := []limit.Check{{Key: ipLimitKey(clientIP(r, a.trusted)), Limit: limit.PerMinute(a.limits.IPPerMinute)}}
 		var (
 			res     *authResult
 			revoked chan error
@@ -136,7 +122,7 @@ func admit(next http.Handler, a *admission) http.Handler {
 						name, perMinute = "agent", a.limits.AgentPerMinute
 					}
 					names = append(names, name)
-					checks = append(checks, LimitCheck{Key: name + ":" + res.principal.ID.String(), PerMinute: perMinute})
+					checks = append(checks, limit.Check{Key: name + ":" + res.principal.ID.String(), Limit: limit.PerMinute(perMinute)})
 					// The revocation check runs beside the limiter's call:
 					// the Valkey client sends concurrent calls together, so
 					// the two usually share one round trip.
@@ -147,11 +133,11 @@ func admit(next http.Handler, a *admission) http.Handler {
 			}
 		}
 		var (
-			ds  []Decision
+			ds  []limit.Decision
 			err error
 		)
 		if a.lim != nil {
-			ds, err = a.lim.Allow(ctx, checks...)
+			ds, err = a.lim.AllowAll(ctx, checks...)
 		}
 		if revoked != nil {
 			if rerr := <-revoked; rerr != nil {

@@ -16,6 +16,8 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/limit"
 )
 
 // countingLimiter allows perMinute requests per key and refuses the rest, so
@@ -26,10 +28,10 @@ type countingLimiter struct {
 	calls [][]string // the keys of each call
 }
 
-func (l *countingLimiter) Allow(_ context.Context, checks ...LimitCheck) ([]Decision, error) {
+func (l *countingLimiter) AllowAll(_ context.Context, checks ...limit.Check) ([]limit.Decision, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var ds []Decision
+	var ds []limit.Decision
 	keys := make([]string, len(checks))
 	for i, c := range checks {
 		keys[i] = c.Key
@@ -38,7 +40,7 @@ func (l *countingLimiter) Allow(_ context.Context, checks ...LimitCheck) ([]Deci
 	for _, c := range checks {
 		l.count[c.Key]++
 		n := l.count[c.Key]
-		d := Decision{Allowed: n <= c.PerMinute, Limit: c.PerMinute, Remaining: max(0, c.PerMinute-n), RetryAfter: 7 * time.Second, ResetAfter: time.Minute}
+		d := limit.Decision{Allowed: n <= c.Limit.Rate, Limit: c.Limit.Rate, Remaining: max(0, c.Limit.Rate-n), RetryAfter: 7 * time.Second, ResetAfter: time.Minute}
 		ds = append(ds, d)
 		if !d.Allowed {
 			break
@@ -47,7 +49,7 @@ func (l *countingLimiter) Allow(_ context.Context, checks ...LimitCheck) ([]Deci
 	return ds, nil
 }
 
-func (l *countingLimiter) Refund(_ context.Context, c LimitCheck) error {
+func (l *countingLimiter) Refund(_ context.Context, c limit.Check) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.count[c.Key] > 0 {

@@ -208,7 +208,7 @@ func TestForgedEgressImportsNothing(t *testing.T) {
 			roomStore := postgres.NewRoomStore(env.db)
 			rooms := room.NewService(roomStore, lk, room.Options{Log: log, RecordingsQueued: env.wake})
 			t.Cleanup(rooms.Close)
-			webhook = NewWebhookHandler(lk, rooms, log, prometheus.NewRegistry())
+			webhook = NewWebhookHandler(lk, rooms, log, NewWebhookRefusals(prometheus.NewRegistry()))
 			c := env.files["connect"]
 
 			victim := env.user(t)

@@ -66,7 +66,7 @@ func newRoomReplica(t testing.TB, dbURL, liveKitURL string) (*bun.DB, *room.Serv
 	log := slog.New(slog.DiscardHandler)
 	svc := room.NewService(postgres.NewRoomStore(db), lk, room.Options{Log: log, DeleteBackoff: 20 * time.Millisecond})
 	t.Cleanup(svc.Close)
-	return db, svc, NewWebhookHandler(lk, svc, log, prometheus.NewRegistry())
+	return db, svc, NewWebhookHandler(lk, svc, log, NewWebhookRefusals(prometheus.NewRegistry()))
 }
 
 func wantCode(t *testing.T, what string, err error, want connect.Code) {

@@ -34,30 +34,49 @@ type WebhookHandler struct {
 	refused  *prometheus.CounterVec
 }
 
-// NewWebhookHandler returns the handler of POST /livekit/webhook. A request
-// that fails verification is 401 and changes nothing. A verified event that
-// cannot be applied is 500, so LiveKit delivers it again; applying is
-// idempotent by event id. A verified event the room service refuses is
-// logged, counted in parley_livekit_webhook_refused_total (registered on
-// reg unless it is nil), and answered 200 like any other.
-func NewWebhookHandler(v WebhookVerifier, events EventApplier, log *slog.Logger, reg prometheus.Registerer) *WebhookHandler {
-	h := &WebhookHandler{verifier: v, events: events, log: log,
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "parley_livekit_webhook_refused_total",
-			Help: "Verified LiveKit webhook events refused (and recording imports refused for their source), by event and reason.",
-		}, []string{"event", "reason"}),
-	}
+// WebhookRefusals counts, in parley_livekit_webhook_refused_total, the
+// verified LiveKit webhook events refused and the recording imports refused
+// for their source, by event and reason. It is made before the handler
+// because the file outbox, which the room service wakes, counts into it.
+type WebhookRefusals struct{ vec *prometheus.CounterVec }
+
+// NewWebhookRefusals returns the counter, registered on reg unless it is
+// nil.
+func NewWebhookRefusals(reg prometheus.Registerer) *WebhookRefusals {
+	vec := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "parley_livekit_webhook_refused_total",
+		Help: "Verified LiveKit webhook events refused (and recording imports refused for their source), by event and reason.",
+	}, []string{"event", "reason"})
 	if reg != nil {
-		reg.MustRegister(h.refused)
+		reg.MustRegister(vec)
 	}
-	return h
+	return &WebhookRefusals{vec: vec}
 }
 
 // RecordingSourceRefused counts a recording import the file outbox refused
 // because its source is in Parley's own file namespace; it is
 // file.WorkerOptions.SourceRefused.
+func (r *WebhookRefusals) RecordingSourceRefused() {
+	r.vec.WithLabelValues(room.EventEgressEnded.String(), "source_in_file_namespace").Inc()
+}
+
+// NewWebhookHandler returns the handler of POST /livekit/webhook. A request
+// that fails verification is 401 and changes nothing. A verified event that
+// cannot be applied is 500, so LiveKit delivers it again; applying is
+// idempotent by event id. A verified event the room service refuses is
+// logged, counted in refused (nil: in a counter of its own, unregistered),
+// and answered 200 like any other.
+func NewWebhookHandler(v WebhookVerifier, events EventApplier, log *slog.Logger, refused *WebhookRefusals) *WebhookHandler {
+	if refused == nil {
+		refused = NewWebhookRefusals(nil)
+	}
+	return &WebhookHandler{verifier: v, events: events, log: log, refused: refused.vec}
+}
+
+// RecordingSourceRefused is WebhookRefusals.RecordingSourceRefused on the
+// handler's counter.
 func (h *WebhookHandler) RecordingSourceRefused() {
-	h.refused.WithLabelValues(room.EventEgressEnded.String(), "source_in_file_namespace").Inc()
+	(&WebhookRefusals{vec: h.refused}).RecordingSourceRefused()
 }
 
 // ServeHTTP implements http.Handler.

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
@@ -45,6 +46,31 @@ func GenerateKeySet() ([]byte, error) {
 		return nil, fmt.Errorf("marshal jwk set: %w", err)
 	}
 	return append(out, '\n'), nil
+}
+
+// WriteKeySet writes a new private JWK set (GenerateKeySet) to the file at
+// path, mode 0600; with keep, a file already there is left alone.
+func WriteKeySet(path string, keep bool) error {
+	if keep {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+	}
+	set, err := GenerateKeySet()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, set, 0o600)
+}
+
+// ReadKeySet reads the private JWK set in the file at path and checks it as
+// ParseKeySet does.
+func ReadKeySet(path string) (jwk.Set, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return ParseKeySet(data)
 }
 
 // ParseKeySet parses and checks a private JWK set for a Manager. Every key must

@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -193,5 +195,35 @@ func TestParseKeySetRejects(t *testing.T) {
 				t.Errorf("error leaks private key material: %q", err)
 			}
 		})
+	}
+}
+
+func TestWriteAndReadKeySet(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "jwks.json")
+	if err := WriteKeySet(path, true); err != nil {
+		t.Fatal(err)
+	}
+	first, err := ReadKeySet(path)
+	if err != nil {
+		t.Fatalf("read what WriteKeySet wrote: %v", err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+	kid := func(s jwk.Set) string { k, _ := s.Key(0); return k.KeyID() }
+	if err := WriteKeySet(path, true); err != nil {
+		t.Fatal(err)
+	}
+	if kept, err := ReadKeySet(path); err != nil || kid(kept) != kid(first) {
+		t.Fatalf("keep replaced the key set (%v)", err)
+	}
+	if err := WriteKeySet(path, false); err != nil {
+		t.Fatal(err)
+	}
+	if fresh, err := ReadKeySet(path); err != nil || kid(fresh) == kid(first) {
+		t.Fatalf("without keep the key set stayed (%v)", err)
+	}
+	if _, err := ReadKeySet(filepath.Join(t.TempDir(), "none.json")); err == nil || !strings.Contains(err.Error(), "none.json") {
+		t.Fatalf("a missing file: %v; want an error naming it", err)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package memlimit
 
 import (
 	"io"
@@ -60,28 +60,23 @@ func TestSetMemoryLimit(t *testing.T) {
 		"proc/self/cgroup":         {Data: []byte("0::/\n")},
 		"sys/fs/cgroup/memory.max": {Data: []byte("1000000000\n")},
 	}
-	noEnv := func(string) string { return "" }
 
 	debug.SetMemoryLimit(1 << 40)
-	setMemoryLimit(-1, noEnv, container, log)
+	Set(Auto, container, log)
 	if got := debug.SetMemoryLimit(-1); got != 900000000 {
 		t.Errorf("auto in a container: limit %d, want 90%% of 1e9", got)
 	}
-	setMemoryLimit(300<<20, noEnv, container, log)
+	Set(300<<20, container, log)
 	if got := debug.SetMemoryLimit(-1); got != 300<<20 {
 		t.Errorf("explicit: limit %d, want 300MiB", got)
 	}
 	debug.SetMemoryLimit(1 << 40)
-	setMemoryLimit(300<<20, func(k string) string {
-		if k == "GOMEMLIMIT" {
-			return "1TiB"
-		}
-		return ""
-	}, container, log)
+	// config.Load makes the limit 0 when GOMEMLIMIT is set.
+	Set(0, container, log)
 	if got := debug.SetMemoryLimit(-1); got != 1<<40 {
 		t.Errorf("GOMEMLIMIT set: limit changed to %d", got)
 	}
-	setMemoryLimit(-1, noEnv, fstest.MapFS{}, log)
+	Set(Auto, fstest.MapFS{}, log)
 	if got := debug.SetMemoryLimit(-1); got != 1<<40 {
 		t.Errorf("auto without a container limit: limit changed to %d", got)
 	}

@@ -1,4 +1,4 @@
-package main
+package rpc
 
 import (
 	"net"
@@ -7,12 +7,12 @@ import (
 	"time"
 )
 
-// idleGrace is how long a connection must have been idle, and Shutdown
+// IdleGrace is how long a connection must have been idle, and Shutdown
 // under way, before idleConns half-closes it: ample for the HTTP/2 server
 // to have written its GOAWAY and flushed the last stream's frames. It need
 // not cover a round trip: a half-close loses nothing the client has not
 // read yet, however far away the client is.
-const idleGrace = 100 * time.Millisecond
+const IdleGrace = 100 * time.Millisecond
 
 // idleConns ends idle HTTP/2 connections promptly once the server shuts
 // down.
@@ -29,7 +29,7 @@ const idleGrace = 100 * time.Millisecond
 // net/http reports an HTTP/1 connection idle between requests, and the
 // HTTP/2 server reports its connection active when the first stream opens
 // and idle when the last one ends. No stream opens after GOAWAY, so once
-// Shutdown has run for idleGrace, a connection idle for that long stays
+// Shutdown has run for IdleGrace, a connection idle for that long stays
 // idle, and idleConns half-closes it: the client reads GOAWAY, then the
 // end of the stream, and closes its side; the server reads that end and
 // closes the connection, and no reset is sent. Connections with streams in
@@ -63,7 +63,7 @@ func (c *idleConns) track(conn net.Conn, state http.ConnState) {
 }
 
 // closeIdle half-closes, until stop is called, every connection that has
-// been idle for idleGrace since closeIdle was called. Call it just before
+// been idle for IdleGrace since closeIdle was called. Call it just before
 // Shutdown.
 func (c *idleConns) closeIdle() (stop func()) {
 	c.mu.Lock()
@@ -73,7 +73,7 @@ func (c *idleConns) closeIdle() (stop func()) {
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
-		tick := time.NewTicker(idleGrace / 4)
+		tick := time.NewTicker(IdleGrace / 4)
 		defer tick.Stop()
 		for {
 			select {
@@ -93,11 +93,11 @@ func (c *idleConns) closeIdle() (stop func()) {
 func (c *idleConns) halfCloseIdle(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now.Sub(c.shutdown) < idleGrace {
+	if now.Sub(c.shutdown) < IdleGrace {
 		return
 	}
 	for conn, since := range c.since {
-		if since.IsZero() || now.Sub(since) < idleGrace {
+		if since.IsZero() || now.Sub(since) < IdleGrace {
 			continue
 		}
 		if cw, ok := conn.(interface{ CloseWrite() error }); ok {

@@ -1,32 +1,27 @@
-package main
+// Package memlimit gives the Go runtime its soft memory limit, derived from
+// the container's (cgroup) memory limit when asked to.
+package memlimit
 
 import (
 	"io/fs"
 	"log/slog"
-	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
-
-	"github.com/parley-dev/parley/internal/config"
 )
 
-// applyMemoryLimit is setMemoryLimit on this machine's file system.
-func applyMemoryLimit(limit int64, getenv func(string) string, log *slog.Logger) {
-	setMemoryLimit(limit, getenv, os.DirFS("/"), log)
-}
+// Auto is the limit that Set derives from the container's memory limit.
+const Auto = -1
 
-// setMemoryLimit gives the Go runtime its soft memory limit. Without one the
-// heap may grow to twice what is live before the GC runs, which is most of a
-// replica's memory when it holds many WatchMessages streams; near the limit
-// the GC runs sooner instead. GOMEMLIMIT, which the runtime has already
-// applied, takes precedence.
-func setMemoryLimit(limit int64, getenv func(string) string, root fs.FS, log *slog.Logger) {
-	if getenv("GOMEMLIMIT") != "" {
-		return
-	}
+// Set gives the Go runtime its soft memory limit: limit bytes, none for 0,
+// or for Auto nine tenths of the memory limit of the process's cgroup read
+// under root (the file system root), if it has one. Without a limit the
+// heap may grow to twice what is live before the GC runs, which is most of
+// a replica's memory when it holds many WatchMessages streams; near the
+// limit the GC runs sooner instead.
+func Set(limit int64, root fs.FS, log *slog.Logger) {
 	source := "PARLEY_MEMORY_LIMIT"
-	if limit == config.MemoryLimitAuto {
+	if limit == Auto {
 		limit, source = 0, "cgroup"
 		// A tenth below the container's limit leaves room for what the
 		// limit does not count (the binary's pages, C memory) before the
