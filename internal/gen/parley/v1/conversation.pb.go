@@ -1492,13 +1492,18 @@ func (x *WatchItemsResponse) GetHeartbeat() *timestamppb.Timestamp {
 type GetChatContextRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
-	// max_items keeps the newest max_items items; 0 sets no item budget.
+	// max_items keeps the newest max_items items; 0 means 1000, at most 10000.
 	MaxItems int32 `protobuf:"varint,2,opt,name=max_items,json=maxItems,proto3" json:"max_items,omitempty"`
-	// after_seq keeps the items with seq > after_seq.
+	// after_seq keeps the items with seq > after_seq. It is the caller's own
+	// cut, taken as it is: the calls of outputs after it are the caller's.
 	AfterSeq int64 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
-	// max_bytes keeps the newest items whose JSON fits in it; 0 sets no byte budget.
+	// max_bytes keeps the newest items whose stored JSON (the proto JSON of
+	// each ChatItem) fits in it together; 0 means 1 MiB, at most 4 MiB.
+	// Budgets keep the newest items in a row, and when one cuts, no function
+	// call output is kept without its call: the cut moves newer, past it.
 	MaxBytes int64 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
-	// exclude_instructions leaves out system and developer messages.
+	// exclude_instructions leaves out system and developer messages; they
+	// then count against no budget.
 	ExcludeInstructions bool `protobuf:"varint,5,opt,name=exclude_instructions,json=excludeInstructions,proto3" json:"exclude_instructions,omitempty"`
 	// until_seq keeps the items with seq <= until_seq; 0 is up to the newest.
 	UntilSeq      int64 `protobuf:"varint,6,opt,name=until_seq,json=untilSeq,proto3" json:"until_seq,omitempty"`
@@ -1587,7 +1592,7 @@ type GetChatContextResponse struct {
 	// first_seq and last_seq are the seqs of the first and last item answered, 0 when none.
 	FirstSeq int64 `protobuf:"varint,3,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
 	LastSeq  int64 `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	// truncated is true when a budget left out older items.
+	// truncated is true when a budget left out older items of the range.
 	Truncated     bool `protobuf:"varint,5,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1764,12 +1769,13 @@ const file_parley_v1_conversation_proto_rawDesc = "" +
 	"\tafter_seq\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\bafterSeq\"s\n" +
 	"\x12WatchItemsResponse\x12#\n" +
 	"\x04item\x18\x01 \x01(\v2\x0f.parley.v1.ItemR\x04item\x128\n" +
-	"\theartbeat\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\theartbeat\"\x95\x02\n" +
+	"\theartbeat\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\theartbeat\"\x9d\x02\n" +
 	"\x15GetChatContextRequest\x121\n" +
-	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x12$\n" +
-	"\tmax_items\x18\x02 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\bmaxItems\x12$\n" +
-	"\tafter_seq\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\bafterSeq\x12$\n" +
-	"\tmax_bytes\x18\x04 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\bmaxBytes\x121\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x12'\n" +
+	"\tmax_items\x18\x02 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\x90N(\x00R\bmaxItems\x12$\n" +
+	"\tafter_seq\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\bafterSeq\x12)\n" +
+	"\tmax_bytes\x18\x04 \x01(\x03B\f\xbaH\t\"\a\x18\x80\x80\x80\x02(\x00R\bmaxBytes\x121\n" +
 	"\x14exclude_instructions\x18\x05 \x01(\bR\x13excludeInstructions\x12$\n" +
 	"\tuntil_seq\x18\x06 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\buntilSeq\"\xd5\x01\n" +
 	"\x16GetChatContextResponse\x129\n" +
