@@ -247,7 +247,7 @@ func (a *app) newServices(ctx context.Context, cfg config.Config, log *slog.Logg
 	refusals := rpc.NewWebhookRefusals(a.registry)
 	fileStore := postgres.NewFileStore(a.db)
 	outbox := file.NewWorker(fileStore, blobs, file.WorkerOptions{Log: log, SourceRefused: refusals.RecordingSourceRefused})
-	s.rooms = room.NewService(roomStore, lk, room.Options{Log: log, RecordingsQueued: outbox.Wake})
+	s.rooms = room.NewService(roomStore, lk, room.Options{Log: log, AgentName: cfg.LiveKitAgentName, RecordingsQueued: outbox.Wake})
 	a.closers = append(a.closers, s.rooms.Close)
 	a.hourly(ctx, s.rooms.Prune, s.accounts.Prune)
 	s.webhook = rpc.NewWebhookHandler(lk, s.rooms, log, refusals)

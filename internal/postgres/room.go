@@ -18,11 +18,26 @@ import (
 // The room store's statements are plain SQL on the *sql.DB, like the
 // conversation store's: CreateRoom reuses its insert inside one transaction.
 const (
-	roomColumns = `id, name, conversation_id, livekit_room, livekit_sid, status, created_by, created_at, ended_at`
+	roomColumns = `id, name, conversation_id, livekit_room, livekit_sid, status, created_by, created_at, ended_at,
+ COALESCE(agent_name, ''), COALESCE(agent_metadata, ''), COALESCE(resume_seq, 0)`
 
-	insertRoomSQL = `INSERT INTO rooms (id, name, conversation_id, livekit_room, created_by)
-VALUES ($1::uuid, $2::text, $3::uuid, $4::text, $5::uuid)
+	// $6 agent name, $7 agent metadata ("" stored as NULL), $8 resume seq (NULL for a new conversation).
+	insertRoomSQL = `INSERT INTO rooms (id, name, conversation_id, livekit_room, created_by, agent_name, agent_metadata, resume_seq)
+VALUES ($1::uuid, $2::text, $3::uuid, $4::text, $5::uuid, NULLIF($6::text, ''), NULLIF($7::text, ''), $8::bigint)
 RETURNING ` + roomColumns
+
+	// lockResumedSQL locks the conversation a room resumes, so that two
+	// resumes (and SaveTurn's seq bumps) of it take turns; its seq is where
+	// the agent restores up to.
+	lockResumedSQL = `SELECT last_seq FROM conversations WHERE id = $1::uuid AND user_id = $2::uuid FOR UPDATE`
+
+	// conversationLiveSQL runs after lockResumedSQL, as a statement of its
+	// own: its snapshot then sees the room of a resume that held the lock
+	// before.
+	conversationLiveSQL = `SELECT EXISTS (SELECT 1 FROM rooms WHERE conversation_id = $1::uuid AND status = 1)`
+
+	// resumeConversationSQL makes the new room the conversation's room.
+	resumeConversationSQL = `UPDATE conversations SET room_id = $2::uuid, updated_at = now() WHERE id = $1::uuid`
 
 	getRoomSQL = `SELECT ` + roomColumns + ` FROM rooms WHERE id = $1::uuid AND created_by = $2::uuid`
 
@@ -123,16 +138,21 @@ type roomRow struct {
 	CreatedBy      uuid.UUID
 	CreatedAt      time.Time
 	EndedAt        sql.NullTime
+	AgentName      string
+	AgentMetadata  string
+	ResumeSeq      int64
 }
 
 func (r *roomRow) dest() []any {
-	return []any{&r.ID, &r.Name, &r.ConversationID, &r.LiveKitRoom, &r.LiveKitSID, &r.Status, &r.CreatedBy, &r.CreatedAt, &r.EndedAt}
+	return []any{&r.ID, &r.Name, &r.ConversationID, &r.LiveKitRoom, &r.LiveKitSID, &r.Status, &r.CreatedBy, &r.CreatedAt, &r.EndedAt,
+		&r.AgentName, &r.AgentMetadata, &r.ResumeSeq}
 }
 
 func (r *roomRow) room() room.Room {
 	return room.Room{
 		ID: r.ID, Name: r.Name, ConversationID: r.ConversationID.UUID, LiveKitRoom: r.LiveKitRoom, LiveKitSID: r.LiveKitSID.String,
 		Status: room.Status(r.Status), CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, EndedAt: r.EndedAt.Time,
+		AgentName: r.AgentName, AgentMetadata: r.AgentMetadata, ResumeSeq: r.ResumeSeq,
 	}
 }
 
@@ -147,7 +167,11 @@ func (s *RoomStore) CreateRoom(ctx context.Context, nr room.NewRoom) (_ room.Roo
 	defer markUnavailable(&err)
 	var r roomRow
 	err = inTx(ctx, s.bun, "create room", func(ctx context.Context, tx bun.Tx) error {
-		err := tx.Tx.QueryRowContext(ctx, insertRoomSQL, nr.ID, nr.Name, nr.ConversationID, nr.LiveKitRoom, nr.CreatedBy).Scan(r.dest()...)
+		if nr.Resume {
+			return resumeInRoom(ctx, tx.Tx, nr, &r)
+		}
+		err := tx.Tx.QueryRowContext(ctx, insertRoomSQL, nr.ID, nr.Name, nr.ConversationID, nr.LiveKitRoom, nr.CreatedBy,
+			nr.AgentName, nr.AgentMetadata, nil).Scan(r.dest()...)
 		if err != nil {
 			return fmt.Errorf("create room: insert room: %w", err)
 		}
@@ -166,6 +190,36 @@ func (s *RoomStore) CreateRoom(ctx context.Context, nr room.NewRoom) (_ room.Roo
 		return room.Room{}, err
 	}
 	return r.room(), nil
+}
+
+// resumeInRoom is CreateRoom's part for a room that resumes nr's
+// conversation, in tx: the conversation is locked, must be the owner's and
+// in no active room, and gets the new room as its room.
+func resumeInRoom(ctx context.Context, tx *sql.Tx, nr room.NewRoom, r *roomRow) error {
+	var lastSeq int64
+	err := tx.QueryRowContext(ctx, lockResumedSQL, nr.ConversationID, nr.CreatedBy).Scan(&lastSeq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return conversation.ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("create room: lock conversation: %w", err)
+	}
+	var live bool
+	if err := tx.QueryRowContext(ctx, conversationLiveSQL, nr.ConversationID).Scan(&live); err != nil {
+		return fmt.Errorf("create room: conversation's rooms: %w", err)
+	}
+	if live {
+		return room.ErrConversationLive
+	}
+	err = tx.QueryRowContext(ctx, insertRoomSQL, nr.ID, nr.Name, nr.ConversationID, nr.LiveKitRoom, nr.CreatedBy,
+		nr.AgentName, nr.AgentMetadata, lastSeq).Scan(r.dest()...)
+	if err != nil {
+		return fmt.Errorf("create room: insert room: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, resumeConversationSQL, nr.ConversationID, nr.ID); err != nil {
+		return fmt.Errorf("create room: link conversation: %w", err)
+	}
+	return nil
 }
 
 // Room implements room.Store.

@@ -13,6 +13,10 @@ var (
 	ErrNotFound = errors.New("room not found")
 	// ErrEnded is returned by JoinRoom for a room that has ended.
 	ErrEnded = errors.New("room has ended")
+	// ErrConversationLive is returned by CreateRoom when the conversation
+	// to resume is still in an active room: two agents would write it at
+	// once. Ending that room first makes the conversation resumable.
+	ErrConversationLive = errors.New("the conversation is in an active room; end that room to resume it")
 	// ErrInvalid is returned (wrapped in an error naming the rule) when a
 	// request breaks a business rule: a blank or oversized name, a bad page
 	// size.

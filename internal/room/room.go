@@ -39,6 +39,17 @@ type Room struct {
 	CreatedAt  time.Time
 	// EndedAt is the zero time while the room is active.
 	EndedAt time.Time
+	// AgentName is the agent dispatched into the room. "" is the
+	// configured default: rooms made before agents were named, or by an
+	// older replica, dispatch whichever agent is configured.
+	AgentName string
+	// AgentMetadata is the caller's string for the agent, passed on in
+	// the dispatch metadata; "" for none.
+	AgentMetadata string
+	// ResumeSeq is the seq of the conversation's last item when the room
+	// resumed it: the agent restores the conversation up to there. 0 for
+	// a room that started its conversation (or resumed an empty one).
+	ResumeSeq int64
 }
 
 // Ended reports whether the room is over.
@@ -57,9 +68,14 @@ type JoinInfo struct {
 type Spec struct {
 	// Name is the LiveKit room name.
 	Name string
-	// Metadata is the room metadata: {"conversation_id": "..."}. Dispatched
-	// agents receive it as their job metadata too.
+	// Metadata is the room metadata: {"conversation_id": "..."}.
 	Metadata string
+	// AgentName is the agent to dispatch; "" is the adapter's default
+	// (PARLEY_LIVEKIT_AGENT_NAME), none if it has none.
+	AgentName string
+	// DispatchMetadata is the agent's job metadata (see DispatchMetadata);
+	// "" means Metadata.
+	DispatchMetadata string
 }
 
 // Grant is who a join token is for.
@@ -96,6 +112,11 @@ type NewRoom struct {
 	ConversationID uuid.UUID
 	LiveKitRoom    string
 	CreatedBy      uuid.UUID
+	AgentName      string
+	AgentMetadata  string
+	// Resume says ConversationID is an existing conversation of CreatedBy
+	// to resume rather than one to create.
+	Resume bool
 }
 
 // Cursor is where a ListRooms page continues: strictly older than
@@ -114,7 +135,13 @@ type Page struct {
 // else, so callers cannot tell the two apart.
 type Store interface {
 	// CreateRoom stores the room and its conversation (owned by CreatedBy,
-	// titled Name, linked to the room) in one transaction.
+	// titled Name, linked to the room) in one transaction. With r.Resume
+	// it creates no conversation: it links CreatedBy's conversation
+	// ConversationID to the new room (its room_id names the newest room)
+	// and sets the room's ResumeSeq to the conversation's last item seq,
+	// read under the conversation's row lock. A conversation that does not
+	// exist or is someone else's is conversation.ErrNotFound; one with an
+	// active room is ErrConversationLive.
 	CreateRoom(ctx context.Context, r NewRoom) (Room, error)
 	Room(ctx context.Context, id, owner uuid.UUID) (Room, error)
 	// ListRooms returns up to limit of owner's rooms, newest first, strictly

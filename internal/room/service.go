@@ -20,9 +20,13 @@ import (
 // Limits of the rules the service enforces. The proto schema checks the
 // same shape at the edge; the domain re-checks because it owns the rules.
 const (
-	MaxNameChars    = 100
-	DefaultPageSize = 50
-	MaxPageSize     = 200
+	MaxNameChars = 100
+	// MaxAgentNameChars and MaxAgentMetadataBytes bound what CreateRoom
+	// passes on to LiveKit's dispatch.
+	MaxAgentNameChars     = 128
+	MaxAgentMetadataBytes = 65536
+	DefaultPageSize       = 50
+	MaxPageSize           = 200
 
 	// LiveKitRoomPrefix starts the LiveKit name of every Parley room.
 	// Webhook events about other rooms (a LiveKit server may be shared) are
@@ -44,6 +48,10 @@ type Options struct {
 	DeleteBackoff time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AgentName is the agent dispatched into a room whose CreateRoom names
+	// none: PARLEY_LIVEKIT_AGENT_NAME, the LiveKit adapter's default too.
+	// Rooms that name none report it as theirs.
+	AgentName string
 	// RecordingsQueued is called after an egress_ended event queued
 	// recordings for import, to start the file outbox worker at once
 	// (file.Worker.Wake); nil leaves them to its poll.
@@ -60,6 +68,7 @@ type Service struct {
 	deleteAttempts int
 	deleteBackoff  time.Duration
 	queued         func()
+	agentName      string
 
 	// bg is the lifetime of background work: cancelled by Close, so no
 	// retry outlives the process's shutdown.
@@ -80,6 +89,7 @@ func NewService(store Store, lk LiveKit, opts Options) *Service {
 		deleteAttempts: opts.DeleteAttempts,
 		deleteBackoff:  opts.DeleteBackoff,
 		queued:         opts.RecordingsQueued,
+		agentName:      opts.AgentName,
 	}
 	if s.queued == nil {
 		s.queued = func() {}
@@ -123,24 +133,57 @@ func userOnly(p auth.Principal) error {
 	return nil
 }
 
-// CreateRoom creates a room owned by p with its conversation, asks LiveKit
-// to create it, and returns it with p's join token. LiveKit being down or
-// slow does not fail the call: the token carries the room's configuration,
-// so LiveKit creates the room right on first join.
+// Request is what CreateRoom is asked for.
+type Request struct {
+	Name string
+	// AgentName is the agent to dispatch; "" is Options.AgentName.
+	AgentName string
+	// AgentMetadata goes into the dispatch metadata as agent_metadata.
+	AgentMetadata string
+	// ConversationID, when set, is a conversation of the caller's to
+	// resume in the new room instead of starting one.
+	ConversationID uuid.UUID
+}
+
+// CreateRoom creates a room owned by p with a new conversation and the
+// default agent; see Create.
 func (s *Service) CreateRoom(ctx context.Context, p auth.Principal, name string) (Room, JoinInfo, error) {
+	return s.Create(ctx, p, Request{Name: name})
+}
+
+// Create creates a room owned by p, with a new conversation or resuming
+// one of p's (not one still in an active room: ErrConversationLive), asks
+// LiveKit to create it and dispatch the agent, and returns it with p's join
+// token. LiveKit being down or slow does not fail the call: the token
+// carries the room's configuration, dispatch included, so LiveKit creates
+// the room right on first join.
+func (s *Service) Create(ctx context.Context, p auth.Principal, req Request) (Room, JoinInfo, error) {
 	if err := userOnly(p); err != nil {
 		return Room{}, JoinInfo{}, err
 	}
+	name := req.Name
 	if !utf8.ValidString(name) || strings.TrimSpace(name) == "" || utf8.RuneCountInString(name) > MaxNameChars {
 		return Room{}, JoinInfo{}, invalid(fmt.Sprintf("name must be 1 to %d characters, not all blank", MaxNameChars))
+	}
+	if !utf8.ValidString(req.AgentName) || utf8.RuneCountInString(req.AgentName) > MaxAgentNameChars {
+		return Room{}, JoinInfo{}, invalid(fmt.Sprintf("agent_name must be at most %d characters", MaxAgentNameChars))
+	}
+	if !utf8.ValidString(req.AgentMetadata) || len(req.AgentMetadata) > MaxAgentMetadataBytes {
+		return Room{}, JoinInfo{}, invalid(fmt.Sprintf("agent_metadata must be at most %d bytes of UTF-8", MaxAgentMetadataBytes))
+	}
+	agent := req.AgentName
+	if agent == "" {
+		agent = s.agentName
 	}
 	roomID, err := uuid.NewV7()
 	if err != nil {
 		return Room{}, JoinInfo{}, fmt.Errorf("new room id: %w", err)
 	}
-	convID, err := uuid.NewV7()
-	if err != nil {
-		return Room{}, JoinInfo{}, fmt.Errorf("new conversation id: %w", err)
+	convID, resume := req.ConversationID, req.ConversationID != uuid.Nil
+	if !resume {
+		if convID, err = uuid.NewV7(); err != nil {
+			return Room{}, JoinInfo{}, fmt.Errorf("new conversation id: %w", err)
+		}
 	}
 	r, err := s.store.CreateRoom(ctx, NewRoom{
 		ID:             roomID,
@@ -148,10 +191,14 @@ func (s *Service) CreateRoom(ctx context.Context, p auth.Principal, name string)
 		ConversationID: convID,
 		LiveKitRoom:    LiveKitRoomPrefix + roomID.String(),
 		CreatedBy:      p.ID,
+		AgentName:      agent,
+		AgentMetadata:  req.AgentMetadata,
+		Resume:         resume,
 	})
 	if err != nil {
 		return Room{}, JoinInfo{}, err
 	}
+	r = s.withAgent(r)
 	spec := specOf(r)
 	sid, err := s.lk.CreateRoom(ctx, spec)
 	if err != nil {
@@ -174,12 +221,24 @@ func (s *Service) CreateRoom(ctx context.Context, p auth.Principal, name string)
 	return r, join, nil
 }
 
+// withAgent names the default agent in a room that names none.
+func (s *Service) withAgent(r Room) Room {
+	if r.AgentName == "" {
+		r.AgentName = s.agentName
+	}
+	return r
+}
+
 // GetRoom returns one of p's rooms.
 func (s *Service) GetRoom(ctx context.Context, p auth.Principal, id uuid.UUID) (Room, error) {
 	if err := userOnly(p); err != nil {
 		return Room{}, err
 	}
-	return s.store.Room(ctx, id, p.ID)
+	r, err := s.store.Room(ctx, id, p.ID)
+	if err != nil {
+		return Room{}, err
+	}
+	return s.withAgent(r), nil
 }
 
 // ListRooms lists p's rooms, newest first.
@@ -205,6 +264,9 @@ func (s *Service) ListRooms(ctx context.Context, p auth.Principal, pageSize int,
 	page.Rooms, page.NextPageToken = keyset.Page(keyset.Rooms, rs, pageSize, func(r Room) Cursor {
 		return Cursor{CreatedAt: r.CreatedAt, ID: r.ID}
 	})
+	for i, r := range page.Rooms {
+		page.Rooms[i] = s.withAgent(r)
+	}
 	return page, nil
 }
 
@@ -221,7 +283,7 @@ func (s *Service) JoinRoom(ctx context.Context, p auth.Principal, id uuid.UUID) 
 	if r.Ended() {
 		return JoinInfo{}, ErrEnded
 	}
-	return s.joinInfo(ctx, p, specOf(r))
+	return s.joinInfo(ctx, p, specOf(s.withAgent(r)))
 }
 
 // EndRoom ends one of p's rooms. Ending an ended room changes nothing. The
@@ -237,7 +299,7 @@ func (s *Service) EndRoom(ctx context.Context, p auth.Principal, id uuid.UUID) (
 	if ended {
 		s.deleteLater(r.LiveKitRoom)
 	}
-	return r, nil
+	return s.withAgent(r), nil
 }
 
 // ApplyEvent applies a verified LiveKit webhook event, once per event id
@@ -353,16 +415,32 @@ func (s *Service) deleteLater(name string) {
 	})
 }
 
-// specOf is what LiveKit is told about r.
+// DispatchMetadata is the job metadata of the agent dispatched into a
+// room, as JSON: what the agent needs to find and restore its
+// conversation. conversation_id is the room metadata's key too; last_seq
+// and agent_metadata are left out when 0 or "", so a room that starts its
+// conversation without agent metadata dispatches its room metadata.
+type DispatchMetadata struct {
+	// ConversationID is the room's conversation.
+	ConversationID string `json:"conversation_id,omitempty"`
+	// LastSeq is the seq of the conversation's last item when the room
+	// resumed it: the agent restores GetChatContext(until_seq: LastSeq)
+	// and goes on from there.
+	LastSeq int64 `json:"last_seq,omitempty"`
+	// AgentMetadata is CreateRoom's agent_metadata, verbatim.
+	AgentMetadata string `json:"agent_metadata,omitempty"`
+}
+
+// specOf is what LiveKit is told about r. The dispatch is r's as
+// CreateRoom made it, so a join token dispatches what CreateRoom would have.
 func specOf(r Room) Spec {
-	md := struct {
-		ConversationID string `json:"conversation_id,omitempty"`
-	}{}
+	var conv string
 	if r.ConversationID != uuid.Nil {
-		md.ConversationID = r.ConversationID.String()
+		conv = r.ConversationID.String()
 	}
-	b, _ := json.Marshal(md) // a struct of one string always marshals
-	return Spec{Name: r.LiveKitRoom, Metadata: string(b)}
+	md, _ := json.Marshal(DispatchMetadata{ConversationID: conv}) // strings always marshal
+	dmd, _ := json.Marshal(DispatchMetadata{ConversationID: conv, LastSeq: r.ResumeSeq, AgentMetadata: r.AgentMetadata})
+	return Spec{Name: r.LiveKitRoom, Metadata: string(md), AgentName: r.AgentName, DispatchMetadata: string(dmd)}
 }
 
 // String returns the LiveKit name of the event kind.

@@ -27,6 +27,7 @@ func roomToProto(r room.Room) *parleyv1.Room {
 		CreatedBy:   r.CreatedBy.String(),
 		CreatedAt:   timestamp(r.CreatedAt),
 		EndedAt:     timestamp(r.EndedAt),
+		AgentName:   r.AgentName,
 	}
 	if r.ConversationID != uuid.Nil {
 		pr.ConversationId = r.ConversationID.String()

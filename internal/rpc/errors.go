@@ -52,6 +52,7 @@ var errorCodes = []struct {
 	// room
 	{room.ErrNotFound, connect.CodeNotFound},
 	{room.ErrEnded, connect.CodeFailedPrecondition},
+	{room.ErrConversationLive, connect.CodeFailedPrecondition},
 
 	// file
 	{file.ErrNotFound, connect.CodeNotFound},

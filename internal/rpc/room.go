@@ -24,14 +24,23 @@ func NewRoomServer(rooms *room.Service, log *slog.Logger) *RoomServer {
 	return &RoomServer{rooms: rooms, log: log}
 }
 
-// CreateRoom creates a room with its conversation and returns the caller's
-// join token.
+// CreateRoom creates a room with its conversation, new or resumed, and
+// returns the caller's join token.
 func (s *RoomServer) CreateRoom(ctx context.Context, req *connect.Request[parleyv1.CreateRoomRequest]) (*connect.Response[parleyv1.CreateRoomResponse], error) {
 	p, err := principal(ctx)
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	r, join, err := s.rooms.CreateRoom(ctx, p, req.Msg.GetName())
+	convID, err := parseOptionalUUID("conversation_id", req.Msg.GetConversationId())
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	r, join, err := s.rooms.Create(ctx, p, room.Request{
+		Name:           req.Msg.GetName(),
+		AgentName:      req.Msg.GetAgentName(),
+		AgentMetadata:  req.Msg.GetAgentMetadata(),
+		ConversationID: convID,
+	})
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}

@@ -64,7 +64,7 @@ func newRoomReplica(t testing.TB, dbURL, liveKitURL string) (*bun.DB, *room.Serv
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	svc := room.NewService(postgres.NewRoomStore(db), lk, room.Options{Log: log, DeleteBackoff: 20 * time.Millisecond})
+	svc := room.NewService(postgres.NewRoomStore(db), lk, room.Options{Log: log, AgentName: roomTestAgent, DeleteBackoff: 20 * time.Millisecond})
 	t.Cleanup(svc.Close)
 	return db, svc, NewWebhookHandler(lk, svc, log, NewWebhookRefusals(prometheus.NewRegistry()))
 }

@@ -36,7 +36,8 @@ type Config struct {
 	PublicURL string
 	APIKey    string
 	APISecret string
-	// AgentName is the agent dispatched into every new room; "" for none.
+	// AgentName is the agent dispatched into a room whose Spec names none;
+	// "" for none.
 	AgentName string
 	// TokenTTL is the lifetime of join tokens (default 1h).
 	TokenTTL time.Duration
@@ -82,8 +83,9 @@ func New(cfg Config) (*Client, error) {
 }
 
 // CreateRoom implements room.LiveKit: the room with its metadata, then the
-// agent's dispatch (whose metadata repeats the room's, since an agent may
-// start before room metadata reaches it).
+// agent's explicit dispatch with its job metadata (which carries the
+// conversation id too, since an agent may start before room metadata
+// reaches it).
 func (c *Client) CreateRoom(ctx context.Context, s room.Spec) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -91,18 +93,35 @@ func (c *Client) CreateRoom(ctx context.Context, s room.Spec) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("livekit create room %s: %w", s.Name, err)
 	}
-	if c.cfg.AgentName == "" {
+	d := c.dispatchOf(s)
+	if d == nil {
 		return lr.GetSid(), nil
 	}
 	_, err = c.dispatch.CreateDispatch(ctx, &livekit.CreateAgentDispatchRequest{
-		AgentName: c.cfg.AgentName,
+		AgentName: d.GetAgentName(),
 		Room:      s.Name,
-		Metadata:  s.Metadata,
+		Metadata:  d.GetMetadata(),
 	})
 	if err != nil {
-		return lr.GetSid(), fmt.Errorf("livekit dispatch agent %s to %s: %w", c.cfg.AgentName, s.Name, err)
+		return lr.GetSid(), fmt.Errorf("livekit dispatch agent %s to %s: %w", d.GetAgentName(), s.Name, err)
 	}
 	return lr.GetSid(), nil
+}
+
+// dispatchOf is the agent dispatch of s, nil when there is no agent: the
+// same for CreateDispatch and a join token's room configuration.
+func (c *Client) dispatchOf(s room.Spec) *livekit.RoomAgentDispatch {
+	agent, md := s.AgentName, s.DispatchMetadata
+	if agent == "" {
+		agent = c.cfg.AgentName
+	}
+	if agent == "" {
+		return nil
+	}
+	if md == "" {
+		md = s.Metadata
+	}
+	return &livekit.RoomAgentDispatch{AgentName: agent, Metadata: md}
 }
 
 // Egress implements room.LiveKit with ListEgress, filtered by room and id.
@@ -151,8 +170,8 @@ func (c *Client) JoinToken(s room.Spec, g room.Grant) (room.JoinInfo, error) {
 	grant.SetCanSubscribe(true)
 	grant.SetCanPublishData(true)
 	cfg := &livekit.RoomConfiguration{Name: s.Name, Metadata: s.Metadata}
-	if c.cfg.AgentName != "" {
-		cfg.Agents = []*livekit.RoomAgentDispatch{{AgentName: c.cfg.AgentName, Metadata: s.Metadata}}
+	if d := c.dispatchOf(s); d != nil {
+		cfg.Agents = []*livekit.RoomAgentDispatch{d}
 	}
 	at := auth.NewAccessToken(c.cfg.APIKey, c.cfg.APISecret).
 		SetVideoGrant(grant).

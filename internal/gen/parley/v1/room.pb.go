@@ -26,13 +26,24 @@ const (
 type CreateRoomRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// agent_name is the agent LiveKit dispatches to the room; empty takes
-	// PARLEY_LIVEKIT_AGENT_NAME.
+	// agent_name is the agent LiveKit dispatches to the room (explicit
+	// dispatch); empty takes PARLEY_LIVEKIT_AGENT_NAME.
 	AgentName string `protobuf:"bytes,2,opt,name=agent_name,json=agentName,proto3" json:"agent_name,omitempty"`
-	// agent_metadata goes into the agent's dispatch metadata beside conversation_id.
+	// agent_metadata goes into the agent's dispatch metadata beside
+	// conversation_id. The dispatch metadata (the agent's job metadata) is the
+	// JSON object {"conversation_id": "<id>", "last_seq": <int>,
+	// "agent_metadata": "<this string, verbatim>"}; last_seq and
+	// agent_metadata are left out when 0 or empty. The room's own metadata
+	// stays {"conversation_id": "<id>"}.
 	AgentMetadata string `protobuf:"bytes,3,opt,name=agent_metadata,json=agentMetadata,proto3" json:"agent_metadata,omitempty"`
 	// conversation_id resumes one of the caller's conversations in the new
-	// room instead of starting one; the dispatch then also carries its last seq.
+	// room instead of starting one (someone else's or an unknown one:
+	// NOT_FOUND). The dispatch then also carries last_seq, the seq of the
+	// conversation's last item at this call: the agent restores
+	// GetChatContext(until_seq = last_seq) and goes on from there. The
+	// conversation's room_id becomes the new room; its earlier rooms keep
+	// their conversation_id. A conversation still in an active room is
+	// FAILED_PRECONDITION: end that room first.
 	ConversationId string `protobuf:"bytes,4,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

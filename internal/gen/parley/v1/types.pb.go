@@ -606,7 +606,8 @@ type Room struct {
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// ended_at is unset while the room is active.
 	EndedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
-	// agent_name is the agent dispatched to the room, empty when none is.
+	// agent_name is the agent dispatched to the room (CreateRoom's agent_name,
+	// else PARLEY_LIVEKIT_AGENT_NAME), empty when none is.
 	AgentName     string `protobuf:"bytes,9,opt,name=agent_name,json=agentName,proto3" json:"agent_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -26,15 +26,20 @@ export type CreateRoomRequest = Message<"parley.v1.CreateRoomRequest"> & {
   name: string;
 
   /**
-   * agent_name is the agent LiveKit dispatches to the room; empty takes
-   * PARLEY_LIVEKIT_AGENT_NAME.
+   * agent_name is the agent LiveKit dispatches to the room (explicit
+   * dispatch); empty takes PARLEY_LIVEKIT_AGENT_NAME.
    *
    * @generated from field: string agent_name = 2;
    */
   agentName: string;
 
   /**
-   * agent_metadata goes into the agent's dispatch metadata beside conversation_id.
+   * agent_metadata goes into the agent's dispatch metadata beside
+   * conversation_id. The dispatch metadata (the agent's job metadata) is the
+   * JSON object {"conversation_id": "<id>", "last_seq": <int>,
+   * "agent_metadata": "<this string, verbatim>"}; last_seq and
+   * agent_metadata are left out when 0 or empty. The room's own metadata
+   * stays {"conversation_id": "<id>"}.
    *
    * @generated from field: string agent_metadata = 3;
    */
@@ -42,7 +47,13 @@ export type CreateRoomRequest = Message<"parley.v1.CreateRoomRequest"> & {
 
   /**
    * conversation_id resumes one of the caller's conversations in the new
-   * room instead of starting one; the dispatch then also carries its last seq.
+   * room instead of starting one (someone else's or an unknown one:
+   * NOT_FOUND). The dispatch then also carries last_seq, the seq of the
+   * conversation's last item at this call: the agent restores
+   * GetChatContext(until_seq = last_seq) and goes on from there. The
+   * conversation's room_id becomes the new room; its earlier rooms keep
+   * their conversation_id. A conversation still in an active room is
+   * FAILED_PRECONDITION: end that room first.
    *
    * @generated from field: string conversation_id = 4;
    */

@@ -269,7 +269,8 @@ export type Room = Message$1<"parley.v1.Room"> & {
   endedAt?: Timestamp | undefined;
 
   /**
-   * agent_name is the agent dispatched to the room, empty when none is.
+   * agent_name is the agent dispatched to the room (CreateRoom's agent_name,
+   * else PARLEY_LIVEKIT_AGENT_NAME), empty when none is.
    *
    * @generated from field: string agent_name = 9;
    */

@@ -1,0 +1,373 @@
+package rpc
+
+import (
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"github.com/livekit/protocol/auth"
+	"github.com/livekit/protocol/livekit"
+
+	"github.com/parley-dev/parley/internal/conversation"
+	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+	"github.com/parley-dev/parley/internal/postgres"
+	"github.com/parley-dev/parley/internal/room"
+	"github.com/parley-dev/parley/internal/rtc/rtctest"
+)
+
+// dispatchedTo returns what the fake LiveKit was asked to dispatch into
+// lkRoom through its Twirp API, nil if nothing.
+func (env *roomTestEnv) dispatchedTo(t *testing.T, lkRoom string) *livekit.CreateAgentDispatchRequest {
+	t.Helper()
+	var got *livekit.CreateAgentDispatchRequest
+	for _, d := range env.lk.Dispatches() {
+		if d.GetRoom() == lkRoom {
+			if got != nil {
+				t.Errorf("two dispatches into %s: %v and %v", lkRoom, got, d)
+			}
+			got = d
+		}
+	}
+	return got
+}
+
+// tokenDispatch returns the room metadata and the one agent dispatch of a
+// join token's room configuration.
+func tokenDispatch(t *testing.T, join *parleyv1.JoinInfo) (string, *livekit.RoomAgentDispatch) {
+	t.Helper()
+	v, err := auth.ParseAPIToken(join.GetToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, grants, err := v.Verify(roomTestSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := grants.GetRoomConfiguration()
+	if len(cfg.GetAgents()) != 1 {
+		t.Fatalf("token room config agents = %v, want one", cfg.GetAgents())
+	}
+	return cfg.GetMetadata(), cfg.GetAgents()[0]
+}
+
+// checkDispatch checks a dispatch's agent and its metadata, decoded.
+func checkDispatch(t *testing.T, where, agent, gotAgent, gotMeta string, want room.DispatchMetadata) {
+	t.Helper()
+	var got room.DispatchMetadata
+	if err := json.Unmarshal([]byte(gotMeta), &got); err != nil {
+		t.Errorf("%s: dispatch metadata %q: %v", where, gotMeta, err)
+	}
+	if gotAgent != agent || got != want {
+		t.Errorf("%s: dispatch of %q with %s, want %q with %+v", where, gotAgent, gotMeta, agent, want)
+	}
+}
+
+// seedTurn saves a turn into the conversation and returns the seq the
+// dispatch of a room resuming it must carry.
+func (env *roomTestEnv) seedTurn(t *testing.T, conv uuid.UUID, user caller) int64 {
+	t.Helper()
+	store := postgres.NewConversationStore(env.db)
+	_, err := store.SaveTurn(t.Context(), conv, conversation.Scope{UserID: user.UUID}, "",
+		[]conversation.NewMessage{{ID: uuid.New(), Role: conversation.RoleUser, Content: "hello"}, {ID: uuid.New(), Role: conversation.RoleAssistant, Content: "hi"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := store.GetConversation(t.Context(), conv, conversation.Scope{UserID: user.UUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.LastSeq
+}
+
+// TestCreateRoomAgentJob: CreateRoom's agent_name and agent_metadata reach
+// LiveKit's dispatch (API and join token alike) beside the conversation id,
+// the room keeps its metadata, and the room names its agent; without
+// agent_name it is PARLEY_LIVEKIT_AGENT_NAME's.
+func TestCreateRoomAgentJob(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	for proto, client := range env.clients {
+		t.Run(proto, func(t *testing.T) {
+			ctx := t.Context()
+			user := env.newUser(t, "Ada")
+			created, err := client.CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{
+				Name: "support", AgentName: "support-bot", AgentMetadata: `{"lang":"fr","tier":2}`,
+			}))
+			if err != nil {
+				t.Fatalf("CreateRoom: %v", err)
+			}
+			r := created.Msg.GetRoom()
+			if r.GetAgentName() != "support-bot" {
+				t.Errorf("room agent_name = %q", r.GetAgentName())
+			}
+			want := room.DispatchMetadata{ConversationID: r.GetConversationId(), AgentMetadata: `{"lang":"fr","tier":2}`}
+			d := env.dispatchedTo(t, r.GetLivekitRoom())
+			if d == nil {
+				t.Fatal("LiveKit was asked for no dispatch")
+			}
+			checkDispatch(t, "Twirp CreateDispatch", "support-bot", d.GetAgentName(), d.GetMetadata(), want)
+			for _, cr := range env.lk.CreatedRooms() {
+				if cr.GetName() == r.GetLivekitRoom() && cr.GetMetadata() != `{"conversation_id":"`+r.GetConversationId()+`"}` {
+					t.Errorf("room metadata %s", cr.GetMetadata())
+				}
+			}
+			roomMeta, td := tokenDispatch(t, created.Msg.GetJoin())
+			if roomMeta != `{"conversation_id":"`+r.GetConversationId()+`"}` {
+				t.Errorf("token room metadata %s", roomMeta)
+			}
+			checkDispatch(t, "CreateRoom's token", "support-bot", td.GetAgentName(), td.GetMetadata(), want)
+
+			// The job is the room's: GetRoom names the agent, JoinRoom's
+			// token dispatches the same.
+			got, err := client.GetRoom(ctx, as(user, &parleyv1.GetRoomRequest{RoomId: r.GetId()}))
+			if err != nil || got.Msg.GetRoom().GetAgentName() != "support-bot" {
+				t.Errorf("GetRoom = %v, %v", got, err)
+			}
+			joined, err := client.JoinRoom(ctx, as(user, &parleyv1.JoinRoomRequest{RoomId: r.GetId()}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, td = tokenDispatch(t, joined.Msg.GetJoin())
+			checkDispatch(t, "JoinRoom's token", "support-bot", td.GetAgentName(), td.GetMetadata(), want)
+
+			plain, err := client.CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "plain"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a := plain.Msg.GetRoom().GetAgentName(); a != roomTestAgent {
+				t.Errorf("agent_name of a room naming none = %q, want the default %q", a, roomTestAgent)
+			}
+			list, err := client.ListRooms(ctx, as(user, &parleyv1.ListRoomsRequest{}))
+			if err != nil || len(list.Msg.GetRooms()) != 2 || list.Msg.GetRooms()[0].GetAgentName() != roomTestAgent || list.Msg.GetRooms()[1].GetAgentName() != "support-bot" {
+				t.Errorf("ListRooms = %v, %v", list, err)
+			}
+		})
+	}
+}
+
+// TestCreateRoomResumesConversation: CreateRoom with one of the caller's
+// conversations makes a room for it and no new conversation, once its room
+// has ended; the dispatch carries the conversation's last seq; the
+// conversation's room_id names the new room while the old room keeps it.
+func TestCreateRoomResumesConversation(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	for proto, client := range env.clients {
+		t.Run(proto, func(t *testing.T) {
+			ctx := t.Context()
+			user := env.newUser(t, "Ada")
+			first, err := client.CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "Monday"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := first.Msg.GetRoom()
+			conv := uuid.MustParse(old.GetConversationId())
+			env.seedTurn(t, conv, user)
+			lastSeq := env.seedTurn(t, conv, user)
+
+			resume := &parleyv1.CreateRoomRequest{Name: "Tuesday", ConversationId: conv.String(), AgentMetadata: "again"}
+			_, err = client.CreateRoom(ctx, as(user, resume))
+			wantCode(t, "resuming a conversation whose room is active", err, connect.CodeFailedPrecondition)
+
+			if _, err := client.EndRoom(ctx, as(user, &parleyv1.EndRoomRequest{RoomId: old.GetId()})); err != nil {
+				t.Fatal(err)
+			}
+			created, err := client.CreateRoom(ctx, as(user, resume))
+			if err != nil {
+				t.Fatalf("CreateRoom resuming: %v", err)
+			}
+			r := created.Msg.GetRoom()
+			if r.GetConversationId() != conv.String() || r.GetId() == old.GetId() || r.GetName() != "Tuesday" ||
+				r.GetStatus() != parleyv1.RoomStatus_ROOM_STATUS_ACTIVE || r.GetAgentName() != roomTestAgent {
+				t.Errorf("resumed room = %v", r)
+			}
+			want := room.DispatchMetadata{ConversationID: conv.String(), LastSeq: lastSeq, AgentMetadata: "again"}
+			if d := env.dispatchedTo(t, r.GetLivekitRoom()); d == nil {
+				t.Error("LiveKit was asked for no dispatch")
+			} else {
+				checkDispatch(t, "Twirp CreateDispatch", roomTestAgent, d.GetAgentName(), d.GetMetadata(), want)
+			}
+			roomMeta, td := tokenDispatch(t, created.Msg.GetJoin())
+			if roomMeta != `{"conversation_id":"`+conv.String()+`"}` {
+				t.Errorf("token room metadata %s", roomMeta)
+			}
+			checkDispatch(t, "CreateRoom's token", roomTestAgent, td.GetAgentName(), td.GetMetadata(), want)
+
+			// Later turns do not move the room's restore point: every join
+			// token dispatches what CreateRoom did.
+			env.seedTurn(t, conv, user)
+			joined, err := client.JoinRoom(ctx, as(user, &parleyv1.JoinRoomRequest{RoomId: r.GetId()}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, td = tokenDispatch(t, joined.Msg.GetJoin())
+			checkDispatch(t, "JoinRoom's token", roomTestAgent, td.GetAgentName(), td.GetMetadata(), want)
+
+			store := postgres.NewConversationStore(env.db)
+			convs, err := store.ListConversations(ctx, user.UUID, nil, 10)
+			if err != nil || len(convs) != 1 || convs[0].ID != conv {
+				t.Errorf("the user's conversations = %v, %v; want only %s", convs, err, conv)
+			}
+			if len(convs) == 1 && (convs[0].RoomID.String() != r.GetId() || convs[0].Title != "Monday") {
+				t.Errorf("resumed conversation = %+v, want room %s and its title kept", convs[0], r.GetId())
+			}
+			got, err := client.GetRoom(ctx, as(user, &parleyv1.GetRoomRequest{RoomId: old.GetId()}))
+			if err != nil || got.Msg.GetRoom().GetConversationId() != conv.String() {
+				t.Errorf("the old room = %v, %v; want it to keep its conversation", got, err)
+			}
+		})
+	}
+}
+
+// TestResumeRefusals: only the caller's own conversations resume; others'
+// and unknown ones are not_found alike, agents create no rooms.
+func TestResumeRefusals(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	client := env.clients["connect"]
+	ctx := t.Context()
+	owner, other := env.newUser(t, "Ada"), env.newUser(t, "Eve")
+	created, err := client.CreateRoom(ctx, as(owner, &parleyv1.CreateRoomRequest{Name: "private"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := created.Msg.GetRoom()
+	if _, err := client.EndRoom(ctx, as(owner, &parleyv1.EndRoomRequest{RoomId: r.GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	before := len(env.lk.CreatedRooms())
+
+	_, err = client.CreateRoom(ctx, as(other, &parleyv1.CreateRoomRequest{Name: "x", ConversationId: r.GetConversationId()}))
+	wantCode(t, "resuming someone else's conversation", err, connect.CodeNotFound)
+	_, err = client.CreateRoom(ctx, as(owner, &parleyv1.CreateRoomRequest{Name: "x", ConversationId: uuid.NewString()}))
+	wantCode(t, "resuming an unknown conversation", err, connect.CodeNotFound)
+	_, err = client.CreateRoom(ctx, as(owner, &parleyv1.CreateRoomRequest{Name: "x", ConversationId: "not-a-uuid"}))
+	wantCode(t, "a malformed conversation_id", err, connect.CodeInvalidArgument)
+	_, err = client.CreateRoom(ctx, as(env.agent(t), &parleyv1.CreateRoomRequest{Name: "x", ConversationId: r.GetConversationId()}))
+	wantCode(t, "an agent resuming", err, connect.CodePermissionDenied)
+	if n := len(env.lk.CreatedRooms()); n != before {
+		t.Errorf("refused resumes asked LiveKit for %d rooms", n-before)
+	}
+	rooms, err := client.ListRooms(ctx, as(other, &parleyv1.ListRoomsRequest{}))
+	if err != nil || len(rooms.Msg.GetRooms()) != 0 {
+		t.Errorf("the other user's rooms = %v, %v", rooms, err)
+	}
+}
+
+// TestConcurrentResumes: of resumes of one conversation racing on several
+// replicas, exactly one makes a room; the others find it active.
+func TestConcurrentResumes(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	user := env.newUser(t, "Ada")
+	client := env.clients["connect"]
+	created, err := client.CreateRoom(t.Context(), as(user, &parleyv1.CreateRoomRequest{Name: "r"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := created.Msg.GetRoom()
+	if _, err := client.EndRoom(t.Context(), as(user, &parleyv1.EndRoomRequest{RoomId: r.GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	const n = 6
+	services := []*room.Service{env.rooms}
+	for range 2 {
+		_, svc, _ := newRoomReplica(t, env.dbURL, env.lk.URL)
+		services = append(services, svc)
+	}
+	p := env.principal(t, user)
+	conv := uuid.MustParse(r.GetConversationId())
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			_, _, errs[i] = services[i%len(services)].Create(t.Context(), p, room.Request{Name: "again", ConversationID: conv})
+		})
+	}
+	wg.Wait()
+	var ok int
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, room.ErrConversationLive):
+			t.Errorf("a racing resume: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Errorf("%d of %d racing resumes made a room, want 1", ok, n)
+	}
+}
+
+// TestResumeWithLiveKitDown: with LiveKit unreachable, the join token alone
+// carries the resumed dispatch, last seq included.
+func TestResumeWithLiveKitDown(t *testing.T) {
+	t.Parallel()
+	down := rtctest.NewServer(t, roomTestKey, roomTestSecret)
+	down.Close()
+	env := newRoomTestEnv(t, down.URL)
+	user := env.newUser(t, "Ada")
+	client := env.clients["connect"]
+	created, err := client.CreateRoom(t.Context(), as(user, &parleyv1.CreateRoomRequest{Name: "offline"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := created.Msg.GetRoom()
+	conv := uuid.MustParse(r.GetConversationId())
+	lastSeq := env.seedTurn(t, conv, user)
+	if _, err := client.EndRoom(t.Context(), as(user, &parleyv1.EndRoomRequest{RoomId: r.GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	resumed, err := client.CreateRoom(t.Context(), as(user, &parleyv1.CreateRoomRequest{
+		Name: "offline again", ConversationId: conv.String(), AgentName: "restorer", AgentMetadata: "m",
+	}))
+	if err != nil {
+		t.Fatalf("CreateRoom resuming with LiveKit down: %v", err)
+	}
+	_, td := tokenDispatch(t, resumed.Msg.GetJoin())
+	checkDispatch(t, "CreateRoom's token", "restorer", td.GetAgentName(), td.GetMetadata(),
+		room.DispatchMetadata{ConversationID: conv.String(), LastSeq: lastSeq, AgentMetadata: "m"})
+}
+
+// TestRoomOfAnOlderReplica: a room an older replica made (no agent columns)
+// is served and joined with the configured agent and the metadata it had.
+func TestRoomOfAnOlderReplica(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	user := env.newUser(t, "Ada")
+	client := env.clients["connect"]
+	ctx := t.Context()
+	roomID, convID := uuid.New(), uuid.New()
+	// The statements of the previous release's CreateRoom.
+	tx, err := env.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO rooms (id, name, conversation_id, livekit_room, created_by) VALUES (?, 'old', ?, ?, ?)`,
+		roomID, convID, "parley-"+roomID.String(), user.UUID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO conversations (id, user_id, room_id, title) VALUES (?, ?, ?, 'old')`, convID, user.UUID, roomID); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := client.GetRoom(ctx, as(user, &parleyv1.GetRoomRequest{RoomId: roomID.String()}))
+	if err != nil || got.Msg.GetRoom().GetAgentName() != roomTestAgent {
+		t.Errorf("GetRoom = %v, %v; want agent %q", got, err, roomTestAgent)
+	}
+	joined, err := client.JoinRoom(ctx, as(user, &parleyv1.JoinRoomRequest{RoomId: roomID.String()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := `{"conversation_id":"` + convID.String() + `"}`
+	roomMeta, td := tokenDispatch(t, joined.Msg.GetJoin())
+	if roomMeta != meta || td.GetAgentName() != roomTestAgent || td.GetMetadata() != meta {
+		t.Errorf("token room metadata %s, dispatch %v; want %s and %s with it", roomMeta, td, roomTestAgent, meta)
+	}
+}
