@@ -49,6 +49,9 @@ var parley = arch{
 		"internal/rtc":          adapter,
 		"internal/blobstore":    adapter,
 		"internal/token":        adapter,
+		// Outbound webhooks on the wire: the SSRF-guarded client and the
+		// Standard Webhooks signature, which is their wire format.
+		"internal/webhookhttp": adapter,
 
 		"internal/rpc":                           transport,
 		"internal/agentsjson":                    transport,

@@ -81,6 +81,15 @@ type Config struct {
 	LiveKitAPISecret string
 	LiveKitAgentName string
 	LiveKitTokenTTL  time.Duration
+
+	// WebhookAllowHTTP lets outbound webhooks go to plain http URLs
+	// (development and tests); otherwise only https.
+	WebhookAllowHTTP bool
+	// WebhookAllowedNetworks are networks outbound webhooks may reach
+	// although loopback, private, link-local or otherwise not public.
+	WebhookAllowedNetworks []netip.Prefix
+	// WebhookTimeout bounds one delivery attempt, answer included.
+	WebhookTimeout time.Duration
 }
 
 // Var describes one environment variable.
@@ -212,6 +221,13 @@ var vars = []Var{
 		set: func(c *Config, v string) error { c.LiveKitAgentName = v; return nil }},
 	{Name: "PARLEY_LIVEKIT_TOKEN_TTL", Default: "1h", Help: "lifetime of LiveKit join tokens",
 		set: func(c *Config, v string) error { return parseDuration(v, time.Second, &c.LiveKitTokenTTL) }},
+
+	{Name: "PARLEY_WEBHOOK_ALLOW_HTTP", Default: "false", Help: "true: outbound webhooks may use plain http URLs (development and tests; otherwise https only)",
+		set: func(c *Config, v string) error { return parseBool(v, &c.WebhookAllowHTTP) }},
+	{Name: "PARLEY_WEBHOOK_ALLOWED_NETWORKS", Help: "comma-separated CIDRs outbound webhooks may reach although loopback, private, link-local or otherwise not public, e.g. 10.20.0.0/16 (empty: public addresses only, checked on each connection after DNS)",
+		set: func(c *Config, v string) error { return parsePrefixes(v, &c.WebhookAllowedNetworks) }},
+	{Name: "PARLEY_WEBHOOK_TIMEOUT", Default: "15s", Help: "longest one outbound webhook delivery attempt may take, answer included",
+		set: func(c *Config, v string) error { return parseDuration(v, 100*time.Millisecond, &c.WebhookTimeout) }},
 }
 
 // liveKitKeysMissing says what to do about a missing LiveKit key or secret.
