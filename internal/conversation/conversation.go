@@ -18,8 +18,10 @@ type Conversation struct {
 	ID     uuid.UUID
 	UserID uuid.UUID
 	// RoomID is uuid.Nil when the conversation has no room.
-	RoomID       uuid.UUID
-	Title        string
+	RoomID uuid.UUID
+	Title  string
+	// Metadata is the conversation's own key-value data, nil when empty.
+	Metadata     map[string]string
 	MessageCount int64
 	// LastSeq is the seq of the newest message, 0 when there is none.
 	LastSeq   int64
@@ -141,13 +143,20 @@ type ConversationCursor = keyset.Position
 // answers ErrNotFound for a conversation that does not exist or lies outside
 // the scope, so callers cannot tell the two apart.
 type Store interface {
-	// CreateConversation stores c (ID, UserID, RoomID, Title set by the caller)
-	// and returns it with the stored timestamps.
+	// CreateConversation stores c (ID, UserID, RoomID, Title, Metadata set by
+	// the caller) and returns it with the stored timestamps.
 	CreateConversation(ctx context.Context, c Conversation) (Conversation, error)
 	GetConversation(ctx context.Context, id uuid.UUID, s Scope) (Conversation, error)
 	// ListConversations returns up to limit of userID's conversations, newest
 	// first, strictly after cursor (nil for the first page).
 	ListConversations(ctx context.Context, userID uuid.UUID, after *ConversationCursor, limit int) ([]Conversation, error)
+	// ListConversationsMatching is ListConversations of only those that f
+	// selects, at a cost per page that does not grow with the number of
+	// conversations f passes over.
+	ListConversationsMatching(ctx context.Context, userID uuid.UUID, f Filter, after *ConversationCursor, limit int) ([]Conversation, error)
+	// UpdateConversation applies ch to the conversation, bumps its
+	// updated_at and returns it as stored.
+	UpdateConversation(ctx context.Context, id uuid.UUID, s Scope, ch Change) (Conversation, error)
 	// DeleteConversation deletes the conversation with its messages and turns.
 	DeleteConversation(ctx context.Context, id uuid.UUID, s Scope) error
 	// SaveTurn appends msgs (one or two, in order) with consecutive seqs in one

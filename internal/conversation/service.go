@@ -11,7 +11,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/parley-dev/parley/internal/auth"
-	"github.com/parley-dev/parley/internal/keyset"
 	"github.com/parley-dev/parley/internal/outage"
 )
 
@@ -113,17 +112,22 @@ func userOnly(p auth.Principal) error {
 // CreateConversation creates a conversation owned by p, optionally linked to
 // one of p's rooms (roomID uuid.Nil for none). Agents may not.
 func (s *Service) CreateConversation(ctx context.Context, p auth.Principal, title string, roomID uuid.UUID) (Conversation, error) {
+	return s.createConversation(ctx, p, Conversation{Title: title, RoomID: roomID})
+}
+
+// createConversation creates c (its title, room and metadata) owned by p.
+func (s *Service) createConversation(ctx context.Context, p auth.Principal, c Conversation) (Conversation, error) {
 	if err := userOnly(p); err != nil {
 		return Conversation{}, err
 	}
-	if utf8.RuneCountInString(title) > MaxTitleChars || !utf8.ValidString(title) {
-		return Conversation{}, invalid(fmt.Sprintf("title must be valid UTF-8 of at most %d characters", MaxTitleChars))
+	if err := checkTitle(c.Title); err != nil {
+		return Conversation{}, err
 	}
-	if roomID != uuid.Nil {
+	if c.RoomID != uuid.Nil {
 		if s.rooms == nil {
 			return Conversation{}, ErrRoomNotFound
 		}
-		ok, err := s.rooms.RoomOwnedBy(ctx, roomID, p.ID)
+		ok, err := s.rooms.RoomOwnedBy(ctx, c.RoomID, p.ID)
 		if err != nil {
 			return Conversation{}, fmt.Errorf("check room: %w", err)
 		}
@@ -135,7 +139,8 @@ func (s *Service) CreateConversation(ctx context.Context, p auth.Principal, titl
 	if err != nil {
 		return Conversation{}, fmt.Errorf("new conversation id: %w", err)
 	}
-	return s.store.CreateConversation(ctx, Conversation{ID: id, UserID: p.ID, RoomID: roomID, Title: title})
+	c.ID, c.UserID = id, p.ID
+	return s.store.CreateConversation(ctx, c)
 }
 
 // GetConversation returns one conversation p may reach.
@@ -149,26 +154,7 @@ func (s *Service) GetConversation(ctx context.Context, p auth.Principal, id uuid
 
 // ListConversations lists p's own conversations, newest first. Agents may not.
 func (s *Service) ListConversations(ctx context.Context, p auth.Principal, pageSize int, pageToken string) (ConversationPage, error) {
-	if err := userOnly(p); err != nil {
-		return ConversationPage{}, err
-	}
-	size, err := pageSizeOf(pageSize)
-	if err != nil {
-		return ConversationPage{}, err
-	}
-	after, err := keyset.Decode(keyset.Conversations, pageToken)
-	if err != nil {
-		return ConversationPage{}, err
-	}
-	cs, err := s.store.ListConversations(ctx, p.ID, after, size+1)
-	if err != nil {
-		return ConversationPage{}, err
-	}
-	var page ConversationPage
-	page.Conversations, page.NextPageToken = keyset.Page(keyset.Conversations, cs, size, func(c Conversation) ConversationCursor {
-		return ConversationCursor{CreatedAt: c.CreatedAt, ID: c.ID}
-	})
-	return page, nil
+	return s.ListConversationsMatching(ctx, p, Filter{}, pageSize, pageToken)
 }
 
 // DeleteConversation deletes one of p's conversations with its messages and

@@ -108,7 +108,7 @@ SELECT seq, id, role, created_at FROM msg ORDER BY seq`
 VALUES ($1::uuid, $2::uuid, $3::uuid, $4::text)
 RETURNING created_at, updated_at`
 
-	conversationColumns = `id, user_id, room_id, title, message_count, last_seq, created_at, updated_at`
+	conversationColumns = `id, user_id, room_id, title, message_count, last_seq, created_at, updated_at, metadata`
 
 	getConversationSQL = `SELECT ` + conversationColumns + `
   FROM conversations WHERE id = $1::uuid AND ($2::uuid IS NULL OR user_id = $2::uuid)`
@@ -125,7 +125,9 @@ const (
 // ConversationStore keeps conversations, their messages and turn ids. It
 // implements conversation.Store.
 type ConversationStore struct {
-	db    *sql.DB
+	db *sql.DB
+	// bunDB runs the store's transactions (inTx).
+	bunDB *bun.DB
 	pages newestFirst
 }
 
@@ -133,7 +135,7 @@ var _ conversation.Store = (*ConversationStore)(nil)
 
 // NewConversationStore returns a ConversationStore over db.
 func NewConversationStore(db *bun.DB) *ConversationStore {
-	return &ConversationStore{db: db.DB, pages: newestFirstPages(conversationColumns, "conversations", "", "user_id")}
+	return &ConversationStore{db: db.DB, bunDB: db, pages: newestFirstPages(conversationColumns, "conversations", "", "user_id")}
 }
 
 // scopeArg is the $2 of scoped statements: the owner, or NULL for any.
@@ -323,8 +325,11 @@ func (s *ConversationStore) LastSeqs(ctx context.Context, ids []uuid.UUID) (_ ma
 // CreateConversation implements conversation.Store.
 func (s *ConversationStore) CreateConversation(ctx context.Context, c conversation.Conversation) (_ conversation.Conversation, err error) {
 	defer markUnavailable(&err)
-	err = s.db.QueryRowContext(ctx, createConversationSQL, c.ID, c.UserID, uuid.NullUUID{UUID: c.RoomID, Valid: c.RoomID != uuid.Nil}, c.Title).
-		Scan(&c.CreatedAt, &c.UpdatedAt)
+	q, args, err := createConversationStatement(c)
+	if err != nil {
+		return conversation.Conversation{}, err
+	}
+	err = s.db.QueryRowContext(ctx, q, args...).Scan(&c.CreatedAt, &c.UpdatedAt)
 	if isForeignKeyViolation(err) {
 		if pgConstraint(err) == conversationsRoomKey {
 			// Deleted since the service checked it.
@@ -349,16 +354,18 @@ type conversationRow struct {
 	LastSeq      int64
 	CreatedAt    time.Time
 	UpdatedAt    time.Time
+	Metadata     metadataColumn
 }
 
 func (r *conversationRow) dest() []any {
-	return []any{&r.ID, &r.UserID, &r.RoomID, &r.Title, &r.MessageCount, &r.LastSeq, &r.CreatedAt, &r.UpdatedAt}
+	return []any{&r.ID, &r.UserID, &r.RoomID, &r.Title, &r.MessageCount, &r.LastSeq, &r.CreatedAt, &r.UpdatedAt, &r.Metadata}
 }
 
 func (r *conversationRow) conversation() conversation.Conversation {
 	return conversation.Conversation{
 		ID: r.ID, UserID: r.UserID, RoomID: r.RoomID.UUID, Title: r.Title,
 		MessageCount: r.MessageCount, LastSeq: r.LastSeq, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+		Metadata: r.Metadata,
 	}
 }
 

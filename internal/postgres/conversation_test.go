@@ -2,7 +2,6 @@ package postgres_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -316,41 +315,18 @@ func TestListMessagesPlanIsIndexedKeyset(t *testing.T) {
 	}
 }
 
-type planNode struct {
-	NodeType   string     `json:"Node Type"`
-	IndexName  string     `json:"Index Name"`
-	ActualRows float64    `json:"Actual Rows"`
-	Plans      []planNode `json:"Plans"`
-}
+type planNode = explainNode
 
 // explainPrepared runs EXPLAIN ANALYZE of the statement prepared on one
 // connection with the given plan_cache_mode.
 func explainPrepared(t *testing.T, db *bun.DB, mode, query string, args ...any) planNode {
 	t.Helper()
-	conn, err := db.DB.Conn(t.Context())
-	if err != nil {
-		t.Fatal(err)
+	literals := make([]string, len(args))
+	for i, a := range args {
+		literals[i] = fmt.Sprint(a)
 	}
-	defer conn.Close()
-	if _, err := conn.ExecContext(t.Context(), "SET plan_cache_mode = "+mode); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.ExecContext(t.Context(), "PREPARE keyset AS "+query); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.ExecContext(context.WithoutCancel(t.Context()), "DEALLOCATE keyset; RESET plan_cache_mode")
-	var raw string
-	q := fmt.Sprintf("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE keyset('%s', %d, %d, %d)", args[0], args[1], args[2], args[3])
-	if err := conn.QueryRowContext(t.Context(), q).Scan(&raw); err != nil {
-		t.Fatal(err)
-	}
-	var out []struct {
-		Plan planNode `json:"Plan"`
-	}
-	if err := json.Unmarshal([]byte(raw), &out); err != nil || len(out) != 1 {
-		t.Fatalf("decode plan %s: %v", raw, err)
-	}
-	return out[0].Plan
+	plan, _ := explainPage(t, db, mode, query, literals...)
+	return plan
 }
 
 func assertKeysetPlan(t *testing.T, plan planNode, limit float64) {

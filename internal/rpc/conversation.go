@@ -55,7 +55,7 @@ func (s *ConversationServer) CreateConversation(ctx context.Context, req *connec
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	c, err := s.svc.CreateConversation(ctx, p, req.Msg.GetTitle(), roomID)
+	c, err := s.svc.CreateConversationWithMetadata(ctx, p, req.Msg.GetTitle(), roomID, req.Msg.GetMetadata())
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
@@ -79,13 +79,18 @@ func (s *ConversationServer) GetConversation(ctx context.Context, req *connect.R
 	return connect.NewResponse(&parleyv1.GetConversationResponse{Conversation: conversationToProto(c)}), nil
 }
 
-// ListConversations lists the caller's conversations, newest first.
+// ListConversations lists the caller's conversations, newest first, those
+// the request's filter selects.
 func (s *ConversationServer) ListConversations(ctx context.Context, req *connect.Request[parleyv1.ListConversationsRequest]) (*connect.Response[parleyv1.ListConversationsResponse], error) {
 	p, err := principal(ctx)
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	page, err := s.svc.ListConversations(ctx, p, int(req.Msg.GetPageSize()), req.Msg.GetPageToken())
+	f, err := filterFromProto(req.Msg)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	page, err := s.svc.ListConversationsMatching(ctx, p, f, int(req.Msg.GetPageSize()), req.Msg.GetPageToken())
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}

@@ -14,6 +14,7 @@ func conversationToProto(c conversation.Conversation) *parleyv1.Conversation {
 		Id:           c.ID.String(),
 		UserId:       c.UserID.String(),
 		Title:        c.Title,
+		Metadata:     c.Metadata,
 		MessageCount: c.MessageCount,
 		LastSeq:      c.LastSeq,
 		CreatedAt:    timestamp(c.CreatedAt),
