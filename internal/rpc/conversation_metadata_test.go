@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
-	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -20,11 +19,11 @@ func TestConversationMetadataRPC(t *testing.T) {
 	ts := newTestServer(t, watchSetup{})
 	forEachProtocol(t, ts, func(t *testing.T, c parleyv1connect.ConversationServiceClient) {
 		ctx := t.Context()
-		owner, stranger, agentID := ts.user(t), ts.user(t), uuid.New()
+		owner, stranger, agentID := ts.user(t), ts.user(t), ts.agent(t)
 		var convs []*parleyv1.Conversation
 		for i := range 4 {
 			md := map[string]string{"team": []string{"red", "blue"}[i%2], "n": fmt.Sprint(i)}
-			created, err := c.CreateConversation(ctx, as(owner, false, &parleyv1.CreateConversationRequest{Title: fmt.Sprint("c", i), Metadata: md}))
+			created, err := c.CreateConversation(ctx, as(owner, &parleyv1.CreateConversationRequest{Title: fmt.Sprint("c", i), Metadata: md}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -44,18 +43,18 @@ func TestConversationMetadataRPC(t *testing.T) {
 			"65-char key":    {strings.Repeat("é", 65): "v"},
 			"513-char value": {"k": strings.Repeat("é", 513)},
 		} {
-			if _, err := c.CreateConversation(ctx, as(owner, false, &parleyv1.CreateConversationRequest{Metadata: md})); codeOf(err) != connect.CodeInvalidArgument {
+			if _, err := c.CreateConversation(ctx, as(owner, &parleyv1.CreateConversationRequest{Metadata: md})); codeOf(err) != connect.CodeInvalidArgument {
 				t.Errorf("CreateConversation with %s = %v, want invalid_argument", name, err)
 			}
-			if _, err := c.UpdateConversation(ctx, as(owner, false, &parleyv1.UpdateConversationRequest{ConversationId: id, Metadata: md, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"metadata"}}})); codeOf(err) != connect.CodeInvalidArgument {
+			if _, err := c.UpdateConversation(ctx, as(owner, &parleyv1.UpdateConversationRequest{ConversationId: id, Metadata: md, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"metadata"}}})); codeOf(err) != connect.CodeInvalidArgument {
 				t.Errorf("UpdateConversation with %s = %v, want invalid_argument", name, err)
 			}
-			if _, err := c.ListConversations(ctx, as(owner, false, &parleyv1.ListConversationsRequest{Metadata: md})); codeOf(err) != connect.CodeInvalidArgument {
+			if _, err := c.ListConversations(ctx, as(owner, &parleyv1.ListConversationsRequest{Metadata: md})); codeOf(err) != connect.CodeInvalidArgument {
 				t.Errorf("ListConversations with %s = %v, want invalid_argument", name, err)
 			}
 		}
 
-		up, err := c.UpdateConversation(ctx, as(owner, false, &parleyv1.UpdateConversationRequest{
+		up, err := c.UpdateConversation(ctx, as(owner, &parleyv1.UpdateConversationRequest{
 			ConversationId: id, Title: "renamed", Metadata: map[string]string{"team": "green"},
 			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title"}},
 		}))
@@ -63,7 +62,7 @@ func TestConversationMetadataRPC(t *testing.T) {
 			!got.GetUpdatedAt().AsTime().After(convs[0].GetUpdatedAt().AsTime()) {
 			t.Errorf("rename = %v, %v", up, err)
 		}
-		up, err = c.UpdateConversation(ctx, as(owner, false, &parleyv1.UpdateConversationRequest{
+		up, err = c.UpdateConversation(ctx, as(owner, &parleyv1.UpdateConversationRequest{
 			ConversationId: id, Metadata: map[string]string{"team": "green"},
 			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"metadata"}},
 		}))
@@ -79,16 +78,16 @@ func TestConversationMetadataRPC(t *testing.T) {
 			"unknown path": {&parleyv1.UpdateConversationRequest{ConversationId: id, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"user_id"}}}, `"user_id"`},
 			"bad id":       {&parleyv1.UpdateConversationRequest{ConversationId: "nope", UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title"}}}, "conversation_id"},
 		} {
-			_, err := c.UpdateConversation(ctx, as(owner, false, tc.req))
+			_, err := c.UpdateConversation(ctx, as(owner, tc.req))
 			if codeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("UpdateConversation with %s = %v, want invalid_argument naming %s", name, err, tc.want)
 			}
 		}
 		rename := &parleyv1.UpdateConversationRequest{ConversationId: id, Title: "theirs", UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"title"}}}
-		if _, err := c.UpdateConversation(ctx, as(stranger, false, rename)); codeOf(err) != connect.CodeNotFound {
+		if _, err := c.UpdateConversation(ctx, as(stranger, rename)); codeOf(err) != connect.CodeNotFound {
 			t.Errorf("a stranger's UpdateConversation = %v, want not_found", err)
 		}
-		if _, err := c.UpdateConversation(ctx, as(agentID, true, rename)); codeOf(err) != connect.CodePermissionDenied {
+		if _, err := c.UpdateConversation(ctx, as(agentID, rename)); codeOf(err) != connect.CodePermissionDenied {
 			t.Errorf("an agent's UpdateConversation = %v, want permission_denied", err)
 		}
 
@@ -96,7 +95,7 @@ func TestConversationMetadataRPC(t *testing.T) {
 			t.Helper()
 			var ids []string
 			for {
-				page, err := c.ListConversations(ctx, as(owner, false, req))
+				page, err := c.ListConversations(ctx, as(owner, req))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -139,14 +138,14 @@ func TestConversationMetadataRPC(t *testing.T) {
 			"an empty range":  {CreatedAfter: convs[2].GetCreatedAt(), CreatedBefore: convs[1].GetCreatedAt()},
 			"a bad timestamp": {CreatedAfter: &timestamppb.Timestamp{Seconds: -62135596801}},
 		} {
-			if _, err := c.ListConversations(ctx, as(owner, false, req)); codeOf(err) != connect.CodeInvalidArgument {
+			if _, err := c.ListConversations(ctx, as(owner, req)); codeOf(err) != connect.CodeInvalidArgument {
 				t.Errorf("ListConversations with %s = %v, want invalid_argument", name, err)
 			}
 		}
-		if page, err := c.ListConversations(ctx, as(stranger, false, &parleyv1.ListConversationsRequest{Metadata: map[string]string{"team": "blue"}})); err != nil || len(page.Msg.GetConversations()) != 0 {
+		if page, err := c.ListConversations(ctx, as(stranger, &parleyv1.ListConversationsRequest{Metadata: map[string]string{"team": "blue"}})); err != nil || len(page.Msg.GetConversations()) != 0 {
 			t.Errorf("a stranger's filtered list = %v, %v", page, err)
 		}
-		if got, err := c.GetConversation(ctx, as(agentID, true, &parleyv1.GetConversationRequest{ConversationId: id})); err != nil ||
+		if got, err := c.GetConversation(ctx, as(agentID, &parleyv1.GetConversationRequest{ConversationId: id})); err != nil ||
 			!maps.Equal(got.Msg.GetConversation().GetMetadata(), map[string]string{"team": "green"}) {
 			t.Errorf("GetConversation = %v, %v", got, err)
 		}
