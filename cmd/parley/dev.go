@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/parley-dev/parley/internal/app"
 	"github.com/parley-dev/parley/internal/config"
 	"github.com/parley-dev/parley/internal/localserver"
 	"github.com/parley-dev/parley/internal/postgres"
@@ -68,7 +69,7 @@ func devCommand(ctx context.Context, args []string, getenv func(string) string, 
 		liveKit = "LiveKit: " + cfg.LiveKitURL + ", with LiveKit's public development keys (devkey / secret, those of\n" +
 			"`livekit-server --dev`): anyone can sign webhooks to this server, so keep it private."
 	}
-	return serve(ctx, cfg, log, func(addr string) {
+	return app.Run(ctx, cfg, log, func(addr string) {
 		fmt.Fprintf(stdout, devBanner, "http://"+dialable(addr), liveKit, servers.Describe())
 	})
 }

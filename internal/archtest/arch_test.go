@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os/exec"
 	"sync"
 	"testing"
@@ -59,6 +60,7 @@ var parley = arch{
 		"internal/gen/parley/v1/parleyv1connect": transport,
 
 		"cmd/parley":      wiring,
+		"internal/app":    wiring,
 		"internal/config": wiring,
 
 		"internal/localserver": adapter,
@@ -182,4 +184,14 @@ func TestOnlyConfigReadsTheEnvironment(t *testing.T) {
 // one file, internal/rpc/errors.go.
 func TestConnectErrorsOnlyInRPCErrors(t *testing.T) {
 	report(t, parley.connectErrorsOutsideOneFile(listPackages(t)))
+}
+
+// TestCmdOnlyWires keeps cmd/parley to the command line and its hand-off to
+// config and internal/app: under 500 lines, as wc -l counts them, with no
+// function over 60. internal/app, which builds a replica, keeps its
+// functions as short.
+func TestCmdOnlyWires(t *testing.T) {
+	pkgs := listPackages(t)
+	report(t, parley.wiringSize(pkgs, "cmd/parley", 499, 60))
+	report(t, parley.wiringSize(pkgs, "internal/app", math.MaxInt, 60))
 }

@@ -27,7 +27,7 @@ const (
 	adapter kind = "adapter"
 	// transport: the API on the wire (handlers and generated code).
 	transport kind = "transport"
-	// wiring: builds everything from configuration (cmd, config).
+	// wiring: builds everything from configuration (cmd, app, config).
 	wiring kind = "wiring"
 	// testOnly: harnesses and checks never linked into the server.
 	testOnly kind = "test-only"
