@@ -11,9 +11,8 @@ import (
 	"github.com/livekit/protocol/auth"
 	"github.com/livekit/protocol/livekit"
 
-	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
-	"github.com/parley-dev/parley/internal/postgres"
+	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 	"github.com/parley-dev/parley/internal/room"
 	"github.com/parley-dev/parley/internal/rtc/rtctest"
 )
@@ -65,21 +64,20 @@ func checkDispatch(t *testing.T, where, agent, gotAgent, gotMeta string, want ro
 	}
 }
 
-// seedTurn saves a turn into the conversation and returns the seq the
-// dispatch of a room resuming it must carry.
+// seedTurn saves a turn into the conversation through SaveTurn and returns
+// the seq the dispatch of a room resuming it must carry.
 func (env *roomTestEnv) seedTurn(t *testing.T, conv uuid.UUID, user caller) int64 {
 	t.Helper()
-	store := postgres.NewConversationStore(env.db)
-	_, err := store.SaveTurn(t.Context(), conv, conversation.Scope{UserID: user.UUID}, "",
-		[]conversation.NewMessage{{ID: uuid.New(), Role: conversation.RoleUser, Content: "hello"}, {ID: uuid.New(), Role: conversation.RoleAssistant, Content: "hi"}})
+	convs := parleyv1connect.NewConversationServiceClient(env.hc, env.url)
+	_, err := convs.SaveTurn(t.Context(), as(user, &parleyv1.SaveTurnRequest{ConversationId: conv.String(), UserMessage: "hello", AssistantMessage: "hi"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := store.GetConversation(t.Context(), conv, conversation.Scope{UserID: user.UUID})
+	got, err := convs.GetConversation(t.Context(), as(user, &parleyv1.GetConversationRequest{ConversationId: conv.String()}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c.LastSeq
+	return got.Msg.GetConversation().GetLastSeq()
 }
 
 // TestCreateRoomAgentJob: CreateRoom's agent_name and agent_metadata reach
@@ -206,13 +204,13 @@ func TestCreateRoomResumesConversation(t *testing.T) {
 			_, td = tokenDispatch(t, joined.Msg.GetJoin())
 			checkDispatch(t, "JoinRoom's token", roomTestAgent, td.GetAgentName(), td.GetMetadata(), want)
 
-			store := postgres.NewConversationStore(env.db)
-			convs, err := store.ListConversations(ctx, user.UUID, nil, 10)
-			if err != nil || len(convs) != 1 || convs[0].ID != conv {
-				t.Errorf("the user's conversations = %v, %v; want only %s", convs, err, conv)
+			list, err := parleyv1connect.NewConversationServiceClient(env.hc, env.url).
+				ListConversations(ctx, as(user, &parleyv1.ListConversationsRequest{}))
+			if err != nil {
+				t.Fatal(err)
 			}
-			if len(convs) == 1 && (convs[0].RoomID.String() != r.GetId() || convs[0].Title != "Monday") {
-				t.Errorf("resumed conversation = %+v, want room %s and its title kept", convs[0], r.GetId())
+			if cs := list.Msg.GetConversations(); len(cs) != 1 || cs[0].GetId() != conv.String() || cs[0].GetRoomId() != r.GetId() || cs[0].GetTitle() != "Monday" {
+				t.Errorf("the user's conversations = %v; want only %s, with room %s and its title kept", cs, conv, r.GetId())
 			}
 			got, err := client.GetRoom(ctx, as(user, &parleyv1.GetRoomRequest{RoomId: old.GetId()}))
 			if err != nil || got.Msg.GetRoom().GetConversationId() != conv.String() {
