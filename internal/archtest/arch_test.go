@@ -31,6 +31,7 @@ var parley = arch{
 		"internal/file":         domain,
 		"internal/room":         domain,
 		"internal/rule":         domain,
+		"internal/webhook":      domain,
 		// keyset and outage hold no rules of their own, but they are
 		// standard-library leaves the domains and adapters share, held to
 		// the domain rules.

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 var loopbackOnly = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
@@ -54,7 +56,7 @@ func newCounted(t *testing.T, h http.HandlerFunc) *counted {
 func noContent(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }
 
 func delivery(url string) Delivery {
-	return Delivery{URL: url, ID: "msg_test", Timestamp: time.Now(), Body: []byte(`{"type":"call.ended"}`), Secrets: []Secret{NewSecret()}}
+	return Delivery{URL: url, ID: "msg_test", Timestamp: time.Now(), Body: []byte(`{"type":"call.ended"}`), Secrets: []webhook.Secret{webhook.NewSecret()}}
 }
 
 func send(t *testing.T, p Policy, o clientOptions, d Delivery) (Result, error) {

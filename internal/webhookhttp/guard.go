@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"syscall"
 )
 
@@ -25,11 +26,11 @@ import (
 // delivery would connect to an address the Policy refuses: loopback,
 // private, link-local, shared, multicast, reserved or unspecified, outside
 // the Policy's allowed networks.
-var ErrForbiddenAddress = errors.New("webhookhttp: address not allowed")
+var ErrForbiddenAddress = errors.New("address not allowed")
 
 // ErrForbiddenScheme is returned when a URL is not https and the Policy does
 // not allow plain http.
-var ErrForbiddenScheme = errors.New("webhookhttp: only https URLs are allowed")
+var ErrForbiddenScheme = errors.New("only https URLs are allowed")
 
 // Policy says where outbound requests may go.
 type Policy struct {
@@ -38,6 +39,10 @@ type Policy struct {
 	// Allowed are networks reachable although not public, e.g.
 	// 127.0.0.1/32 in tests or 10.20.0.0/16 for an operator's own receivers.
 	Allowed []netip.Prefix
+
+	// resolver is where CheckURL resolves names (tests); nil is the
+	// system's.
+	resolver *net.Resolver
 }
 
 // refused are the networks no delivery reaches unless allowed, each with
@@ -158,4 +163,21 @@ func (p Policy) CheckHost(ctx context.Context, r *net.Resolver, host string) err
 		}
 	}
 	return nil
+}
+
+// CheckURL refuses a URL the Policy would refuse to deliver to: its scheme,
+// or an address its host resolves to now (see CheckHost). It implements
+// webhook.URLChecker.
+func (p Policy) CheckURL(ctx context.Context, rawURL string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" || u.Hostname() == "" {
+		return errors.New("not an absolute URL with a host")
+	}
+	if u.Scheme != "https" && !(p.AllowHTTP && u.Scheme == "http") {
+		return fmt.Errorf("%w, not %s", ErrForbiddenScheme, u.Scheme)
+	}
+	if u.User != nil {
+		return errors.New("credentials in a URL are not allowed")
+	}
+	return p.CheckHost(ctx, p.resolver, u.Hostname())
 }

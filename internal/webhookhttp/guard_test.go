@@ -96,3 +96,34 @@ func TestControlChecksTheSocketAddress(t *testing.T) {
 		t.Errorf("control(tcp4, 8.8.8.8:443) = %v, want allowed", err)
 	}
 }
+
+func TestCheckURL(t *testing.T) {
+	t.Parallel()
+	dns := &fakeDNS{answers: [][4]byte{{127, 0, 0, 1}}}
+	strict := Policy{resolver: dns.resolver()}
+	dev := Policy{AllowHTTP: true, Allowed: loopbackOnly, resolver: dns.resolver()}
+	for _, c := range []struct {
+		p     Policy
+		url   string
+		allow bool
+	}{
+		{strict, "https://8.8.8.8/hook", true},
+		{strict, "https://[2606:4700:4700::1111]:8443/hook", true},
+		{strict, "http://8.8.8.8/hook", false},
+		{strict, "https://10.0.0.1/hook", false},
+		{strict, "https://169.254.169.254/", false},
+		{strict, "https://hook.parley.test/", false}, // resolves to 127.0.0.1
+		{strict, "https://user:pw@8.8.8.8/", false},
+		{strict, "/relative", false},
+		{strict, "https:///no-host", false},
+		{strict, "ftp://8.8.8.8/", false},
+		{dev, "http://127.0.0.1:9/hook", true},
+		{dev, "http://hook.parley.test/", true},
+		{dev, "http://127.0.0.2/", false},
+	} {
+		err := c.p.CheckURL(t.Context(), c.url)
+		if (err == nil) != c.allow {
+			t.Errorf("CheckURL(%s, allow http %v) = %v, want allowed %v", c.url, c.p.AllowHTTP, err, c.allow)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/parley-dev/parley/internal/testenv"
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 // tamper changes a delivery's body after it was signed.
@@ -38,26 +39,26 @@ func TestReferenceLibraryVerifiesDeliveries(t *testing.T) {
 	tampering := newClient(Policy{AllowHTTP: true, Allowed: loopbackOnly}, 10*time.Second, clientOptions{control: onlyLoopback(t)})
 	tampering.Transport = tamper{next: tampering.Transport}
 
-	current, previous, other := NewSecret(), NewSecret(), NewSecret()
+	current, previous, other := webhook.NewSecret(), webhook.NewSecret(), webhook.NewSecret()
 	body := []byte(`{"type":"call.ended","data":{"call_id":"0b6f7c1e","title":"Grüße, 世界 🎙"}}`)
 	now := time.Now()
 	tests := []struct {
 		name       string
 		client     *http.Client
-		receiverAt Secret // the secret the receiver verifies with
-		signWith   []Secret
+		receiverAt webhook.Secret // the secret the receiver verifies with
+		signWith   []webhook.Secret
 		timestamp  time.Time
 		error      string // empty: verified
 	}{
-		{name: "correct", client: client, receiverAt: current, signWith: []Secret{current}, timestamp: now},
-		{name: "tampered body", client: tampering, receiverAt: current, signWith: []Secret{current}, timestamp: now, error: "No matching signature found"},
-		{name: "wrong secret", client: client, receiverAt: other, signWith: []Secret{current}, timestamp: now, error: "No matching signature found"},
-		{name: "stale timestamp", client: client, receiverAt: current, signWith: []Secret{current}, timestamp: now.Add(-10 * time.Minute), error: "Message timestamp too old"},
-		{name: "future timestamp", client: client, receiverAt: current, signWith: []Secret{current}, timestamp: now.Add(10 * time.Minute), error: "Message timestamp too new"},
-		{name: "rotation, receiver has the new secret", client: client, receiverAt: current, signWith: []Secret{current, previous}, timestamp: now},
-		{name: "rotation, receiver still has the old secret", client: client, receiverAt: previous, signWith: []Secret{current, previous}, timestamp: now},
-		{name: "rotation, receiver has neither", client: client, receiverAt: other, signWith: []Secret{current, previous}, timestamp: now, error: "No matching signature found"},
-		{name: "after rotation, old secret retired", client: client, receiverAt: previous, signWith: []Secret{current}, timestamp: now, error: "No matching signature found"},
+		{name: "correct", client: client, receiverAt: current, signWith: []webhook.Secret{current}, timestamp: now},
+		{name: "tampered body", client: tampering, receiverAt: current, signWith: []webhook.Secret{current}, timestamp: now, error: "No matching signature found"},
+		{name: "wrong secret", client: client, receiverAt: other, signWith: []webhook.Secret{current}, timestamp: now, error: "No matching signature found"},
+		{name: "stale timestamp", client: client, receiverAt: current, signWith: []webhook.Secret{current}, timestamp: now.Add(-10 * time.Minute), error: "Message timestamp too old"},
+		{name: "future timestamp", client: client, receiverAt: current, signWith: []webhook.Secret{current}, timestamp: now.Add(10 * time.Minute), error: "Message timestamp too new"},
+		{name: "rotation, receiver has the new secret", client: client, receiverAt: current, signWith: []webhook.Secret{current, previous}, timestamp: now},
+		{name: "rotation, receiver still has the old secret", client: client, receiverAt: previous, signWith: []webhook.Secret{current, previous}, timestamp: now},
+		{name: "rotation, receiver has neither", client: client, receiverAt: other, signWith: []webhook.Secret{current, previous}, timestamp: now, error: "No matching signature found"},
+		{name: "after rotation, old secret retired", client: client, receiverAt: previous, signWith: []webhook.Secret{current}, timestamp: now, error: "No matching signature found"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

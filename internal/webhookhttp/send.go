@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 // maxResponseBody is how much of a receiver's answer is kept: enough to
@@ -28,7 +30,7 @@ type Delivery struct {
 	Body []byte
 	// Secrets sign the message, each adding a signature: the current
 	// secret and, while a rotation overlaps, the previous one.
-	Secrets []Secret
+	Secrets []webhook.Secret
 }
 
 // Result is a receiver's answer.
