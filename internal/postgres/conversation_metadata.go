@@ -106,8 +106,10 @@ SELECT $1::uuid, e.key, e.value, $3::uuid, $4::timestamptz
 	// conversations and 112 at 20,000 for the common pair, first page or
 	// mid-list or in a time range; 208 at 20,000 for a pair only 60 carry
 	// (their rows lie on 51 heap pages, the common pair's on 3). With a rare
-	// and a common pair it is driven by the rare one (rarestPairSQL): 268
-	// buffers to read its 60 entries and find the 8 that hold both.
+	// and a common pair it is driven by the rare one (RarestPairSQL): 268
+	// buffers to read its 60 entries and find the 8 that hold both, after
+	// the probe's 220 (1,060 entries: the common pair's first 1,000 and the
+	// rare pair's 60).
 	ListConversationsByMetadataSQL = `SELECT ` + conversationColumns + `
   FROM conversations
  WHERE id = ANY (ARRAY(
@@ -122,13 +124,15 @@ SELECT $1::uuid, e.key, e.value, $3::uuid, $4::timestamptz
          LIMIT $8))
  ORDER BY created_at DESC, id DESC`
 
-	// rarestPairSQL picks, of the pairs ($2[i], $3[i]), the one fewest of
+	// RarestPairSQL picks, of the pairs ($2[i], $3[i]), the one fewest of
 	// the user's conversations in the page's range carry, counting each up
 	// to $7 only: the pair ListConversationsByMetadataSQL drives its scan
 	// with, so that the other pairs make it pass over as few entries as the
 	// index can tell. Each count is an index-only range scan of at most $7
-	// entries. Bounds as in ListConversationsByMetadataSQL.
-	rarestPairSQL = `SELECT p.k
+	// entries: the ORDER BY, which the index delivers, keeps the planner from
+	// a bitmap scan, which would read every entry of a common pair. Bounds as
+	// in ListConversationsByMetadataSQL.
+	RarestPairSQL = `SELECT p.k
   FROM unnest($2::text[], $3::text[]) AS p (k, v)
  ORDER BY (SELECT count(*)
              FROM (SELECT 1
@@ -136,12 +140,13 @@ SELECT $1::uuid, e.key, e.value, $3::uuid, $4::timestamptz
                     WHERE m.user_id = $1::uuid AND m.key = p.k AND m.value = p.v
                       AND (m.created_at, m.conversation_id) < ($4::timestamptz, $5::uuid)
                       AND m.created_at >= $6::timestamptz
+                    ORDER BY m.created_at DESC, m.conversation_id DESC
                     LIMIT $7) AS hit), p.k
  LIMIT 1`
 
-	// rarestPairProbe is how many entries rarestPairSQL counts of a pair at
+	// RarestPairProbe is how many entries RarestPairSQL counts of a pair at
 	// most: past it, pairs are alike to it.
-	rarestPairProbe = 1000
+	RarestPairProbe = 1000
 )
 
 // metadataColumn scans conversations.metadata.
@@ -306,7 +311,7 @@ func (s *ConversationStore) drivingKey(ctx context.Context, userID uuid.UUID, md
 		values[i] = md[k]
 	}
 	var key string
-	err := s.db.QueryRowContext(ctx, rarestPairSQL, uuidArg(userID), keys, values, b.upperAt, uuidArg(b.upperID), b.lower, rarestPairProbe).Scan(&key)
+	err := s.db.QueryRowContext(ctx, RarestPairSQL, uuidArg(userID), keys, values, b.upperAt, uuidArg(b.upperID), b.lower, RarestPairProbe).Scan(&key)
 	if err != nil {
 		return "", fmt.Errorf("list conversations: rarest pair: %w", err)
 	}

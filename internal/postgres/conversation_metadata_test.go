@@ -305,6 +305,27 @@ func TestConversationStoreMetadataPlan(t *testing.T) {
 		}
 		mid, inf, ninf, nilID := midAt.Format(time.RFC3339Nano), "infinity", "-infinity", uuid.Nil.String()
 		o := owner.String()
+		// The probe that picks the driving pair: tier=rare (n/330 entries)
+		// over team=t0 (n/7), each counted up to RarestPairProbe entries.
+		probeArgs := []string{o, "{team,tier}", "{t0,rare}", inf, nilID, ninf, fmt.Sprint(postgres.RarestPairProbe)}
+		for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
+			plan, text := explainPage(t, db, mode, postgres.RarestPairSQL, probeArgs...)
+			t.Logf("%d conversations, rarest pair, %s:\n%s", n, mode, text)
+			plan.walk(func(node explainNode) {
+				if node.NodeType == "Seq Scan" || (node.IndexName != "" && node.IndexName != "conversation_metadata_page_idx") {
+					t.Errorf("%s: the probe reads by %s %s", mode, node.NodeType, node.IndexName)
+				}
+			})
+			if buffers := plan.SharedHit + plan.SharedRead; buffers > 2*(postgres.RarestPairProbe+50) {
+				t.Errorf("%s: the probe read %d buffers for 2 pairs", mode, buffers)
+			}
+		}
+		var key string
+		if err := db.DB.QueryRowContext(t.Context(), postgres.RarestPairSQL, owner, []string{"team", "tier"}, []string{"t0", "rare"},
+			"infinity", uuid.Nil, "-infinity", postgres.RarestPairProbe).Scan(&key); err != nil || key != "tier" {
+			t.Errorf("the rarest pair is %q, %v; want tier", key, err)
+		}
+
 		for _, tc := range []struct {
 			name, sql, index string
 			args             []string
@@ -318,7 +339,7 @@ func TestConversationStoreMetadataPlan(t *testing.T) {
 				[]string{o, "tier", "rare", inf, nilID, ninf, "NULL", fmt.Sprint(limit)}, limit},
 			{"common in a time range", postgres.ListConversationsByMetadataSQL, "conversation_metadata_page_idx",
 				[]string{o, "tier", "common", mid, nilID, midAt.Add(-time.Duration(n/4) * time.Second).Format(time.RFC3339Nano), "NULL", fmt.Sprint(limit)}, limit},
-			// Driven by the rare pair, as rarestPairSQL picks: the common
+			// Driven by the rare pair, as RarestPairSQL picks: the common
 			// one only filters.
 			{"rare and common", postgres.ListConversationsByMetadataSQL, "conversation_metadata_page_idx",
 				[]string{o, "tier", "rare", inf, nilID, ninf, `{"team":"t0"}`, fmt.Sprint(limit)}, float64(n / 330)},
