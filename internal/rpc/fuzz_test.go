@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"reflect"
@@ -19,9 +18,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"connectrpc.com/vanguard"
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -422,15 +419,10 @@ func (brokenProfiles) GetProfile(context.Context, *connect.Request[parleyv1.GetP
 // into invalid_argument; a handler's internal error stays a 500.
 func TestRESTKeepsAHandlersServerError(t *testing.T) {
 	t.Parallel()
-	path, h := parleyv1connect.NewUserServiceHandler(brokenProfiles{})
-	transcoder, err := vanguard.NewTranscoder([]*vanguard.Service{vanguard.NewService(path, restReached(h))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(restRequest(transcoder, 1<<20, newInflation(1<<20, prometheus.NewRegistry())))
-	t.Cleanup(srv.Close)
+	a := newTestAPI(t, apiOptions{services: func(s *Services) { s.User = brokenProfiles{} }})
+	tok := a.user(t).token
 	for _, q := range []string{"", "?foo=1"} {
-		status, _, out := restCall(t, http.MethodGet, srv.URL+"/api/v1/profile"+q, "", "")
+		status, _, out := restCall(t, http.MethodGet, a.url+"/api/v1/profile"+q, tok, "")
 		want, code := http.StatusInternalServerError, connect.CodeInternal
 		if q != "" {
 			want, code = http.StatusBadRequest, connect.CodeInvalidArgument

@@ -73,6 +73,8 @@ type apiOptions struct {
 	files fileEnvOptions
 	// liveKitURL is where the LiveKit client connects ("": the fake).
 	liveKitURL string
+	// services, if set, changes the services before NewHandler mounts them.
+	services func(*Services)
 	// serve, if set, wraps the handler NewServer serves.
 	serve func(http.Handler) http.Handler
 
@@ -222,6 +224,9 @@ func newTestAPI(t testing.TB, o apiOptions) *testAPI {
 	}
 	if opts.Routes == nil {
 		opts.Routes = routes
+	}
+	if o.services != nil {
+		o.services(&svc)
 	}
 	h, err := NewHandler(svc, opts)
 	if err != nil {
