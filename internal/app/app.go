@@ -310,6 +310,7 @@ func (a *replica) newHandler(cfg config.Config, s services, log *slog.Logger) (h
 		Room:         rpc.NewRoomServer(s.rooms, log),
 		Conversation: rpc.WithExports(rpc.NewConversationServer(s.conversations, watch, log), fileServer),
 		File:         fileServer,
+		Token:        s.rooms,
 	}, rpc.Options{
 		Logger:        log,
 		Registry:      a.registry,

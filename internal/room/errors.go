@@ -32,7 +32,24 @@ var (
 	// ErrEgressNotFound is returned by LiveKit.Egress when LiveKit knows no
 	// such egress of the room.
 	ErrEgressNotFound = errors.New("egress not found")
+	// ErrForbidden is returned (as a *ForbiddenError naming the field) when
+	// a token request sets what only Parley decides: another participant's
+	// identity, attributes in LiveKit's namespace.
+	ErrForbidden = errors.New("a field the caller may not set")
 )
+
+// ForbiddenError says which field a caller may not set, and why.
+type ForbiddenError struct{ msg string }
+
+func (e *ForbiddenError) Error() string { return e.msg }
+
+// Unwrap returns ErrForbidden.
+func (e *ForbiddenError) Unwrap() error { return ErrForbidden }
+
+// PublicMessage is the message clients see: it names only the field.
+func (e *ForbiddenError) PublicMessage() string { return e.msg }
+
+func forbidden(msg string) error { return &ForbiddenError{msg: msg} }
 
 // The reasons of a RefusedError. They label a metric, so they are few.
 const (

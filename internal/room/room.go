@@ -84,6 +84,10 @@ type Grant struct {
 	Identity string
 	// Name is the participant's display name.
 	Name string
+	// Metadata and Attributes are the participant's, as the token
+	// endpoint's caller asked; empty for none.
+	Metadata   string
+	Attributes map[string]string
 }
 
 // LiveKit is the media server, as the room service uses it. Implementations

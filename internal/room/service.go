@@ -161,15 +161,29 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, req Request) (Ro
 	if err := userOnly(p); err != nil {
 		return Room{}, JoinInfo{}, err
 	}
+	r, spec, err := s.create(ctx, p, req)
+	if err != nil {
+		return Room{}, JoinInfo{}, err
+	}
+	join, err := s.joinInfo(ctx, p, spec)
+	if err != nil {
+		return Room{}, JoinInfo{}, err
+	}
+	return r, join, nil
+}
+
+// create is Create but for the join token: the room and what LiveKit was
+// told of it.
+func (s *Service) create(ctx context.Context, p auth.Principal, req Request) (Room, Spec, error) {
 	name := req.Name
 	if !utf8.ValidString(name) || strings.TrimSpace(name) == "" || utf8.RuneCountInString(name) > MaxNameChars {
-		return Room{}, JoinInfo{}, invalid(fmt.Sprintf("name must be 1 to %d characters, not all blank", MaxNameChars))
+		return Room{}, Spec{}, invalid(fmt.Sprintf("name must be 1 to %d characters, not all blank", MaxNameChars))
 	}
 	if !utf8.ValidString(req.AgentName) || utf8.RuneCountInString(req.AgentName) > MaxAgentNameChars {
-		return Room{}, JoinInfo{}, invalid(fmt.Sprintf("agent_name must be at most %d characters", MaxAgentNameChars))
+		return Room{}, Spec{}, invalid(fmt.Sprintf("agent_name must be at most %d characters", MaxAgentNameChars))
 	}
 	if !utf8.ValidString(req.AgentMetadata) || len(req.AgentMetadata) > MaxAgentMetadataBytes {
-		return Room{}, JoinInfo{}, invalid(fmt.Sprintf("agent_metadata must be at most %d bytes of UTF-8", MaxAgentMetadataBytes))
+		return Room{}, Spec{}, invalid(fmt.Sprintf("agent_metadata must be at most %d bytes of UTF-8", MaxAgentMetadataBytes))
 	}
 	agent := req.AgentName
 	if agent == "" {
@@ -177,12 +191,12 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, req Request) (Ro
 	}
 	roomID, err := uuid.NewV7()
 	if err != nil {
-		return Room{}, JoinInfo{}, fmt.Errorf("new room id: %w", err)
+		return Room{}, Spec{}, fmt.Errorf("new room id: %w", err)
 	}
 	convID, resume := req.ConversationID, req.ConversationID != uuid.Nil
 	if !resume {
 		if convID, err = uuid.NewV7(); err != nil {
-			return Room{}, JoinInfo{}, fmt.Errorf("new conversation id: %w", err)
+			return Room{}, Spec{}, fmt.Errorf("new conversation id: %w", err)
 		}
 	}
 	r, err := s.store.CreateRoom(ctx, NewRoom{
@@ -196,7 +210,7 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, req Request) (Ro
 		Resume:         resume,
 	})
 	if err != nil {
-		return Room{}, JoinInfo{}, err
+		return Room{}, Spec{}, err
 	}
 	r = s.withAgent(r)
 	spec := specOf(r)
@@ -214,11 +228,7 @@ func (s *Service) Create(ctx context.Context, p auth.Principal, req Request) (Ro
 			r.LiveKitSID = sid
 		}
 	}
-	join, err := s.joinInfo(ctx, p, spec)
-	if err != nil {
-		return Room{}, JoinInfo{}, err
-	}
-	return r, join, nil
+	return r, spec, nil
 }
 
 // withAgent names the default agent in a room that names none.
@@ -276,14 +286,24 @@ func (s *Service) JoinRoom(ctx context.Context, p auth.Principal, id uuid.UUID) 
 	if err := userOnly(p); err != nil {
 		return JoinInfo{}, err
 	}
-	r, err := s.store.Room(ctx, id, p.ID)
+	r, err := s.activeRoom(ctx, p, id)
 	if err != nil {
 		return JoinInfo{}, err
 	}
-	if r.Ended() {
-		return JoinInfo{}, ErrEnded
+	return s.joinInfo(ctx, p, specOf(r))
+}
+
+// activeRoom returns p's room id, with its agent, unless it has ended
+// (ErrEnded).
+func (s *Service) activeRoom(ctx context.Context, p auth.Principal, id uuid.UUID) (Room, error) {
+	r, err := s.store.Room(ctx, id, p.ID)
+	if err != nil {
+		return Room{}, err
 	}
-	return s.joinInfo(ctx, p, specOf(s.withAgent(r)))
+	if r.Ended() {
+		return Room{}, ErrEnded
+	}
+	return s.withAgent(r), nil
 }
 
 // EndRoom ends one of p's rooms. Ending an ended room changes nothing. The

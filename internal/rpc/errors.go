@@ -53,6 +53,7 @@ var errorCodes = []struct {
 	{room.ErrNotFound, connect.CodeNotFound},
 	{room.ErrEnded, connect.CodeFailedPrecondition},
 	{room.ErrConversationLive, connect.CodeFailedPrecondition},
+	{room.ErrForbidden, connect.CodePermissionDenied},
 
 	// file
 	{file.ErrNotFound, connect.CodeNotFound},
@@ -61,6 +62,7 @@ var errorCodes = []struct {
 
 	// rpc's own
 	{errNoFileStore, connect.CodeUnimplemented},
+	{errNotSettable, connect.CodePermissionDenied},
 }
 
 // errNoFileStore is returned by ExportConversation on a ConversationServer
@@ -191,4 +193,10 @@ func inflatesTooLargeError(limit int64) *connect.Error {
 // connect's own decompression does.
 func badGzipError(err error) *connect.Error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("gzip body: %w", err))
+}
+
+// bodyTooLargeError refuses a plain-HTTP endpoint's body over limit bytes,
+// as a message over PARLEY_MAX_REQUEST_BYTES is refused.
+func bodyTooLargeError(limit int64) *connect.Error {
+	return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("request body is over %d bytes", limit))
 }

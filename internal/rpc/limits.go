@@ -58,10 +58,10 @@ func ceilSeconds(d time.Duration) int {
 var unlimitedPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
 // isAPIPath reports whether path is served by Parley's services, over Connect,
-// gRPC, gRPC-Web or the REST paths: the requests whose caller a bearer token
-// names.
+// gRPC, gRPC-Web, the REST paths or the LiveKit token endpoint: the requests
+// whose caller a bearer token names.
 func isAPIPath(path string) bool {
-	return strings.HasPrefix(path, "/parley.v1.") || strings.HasPrefix(path, restPrefix)
+	return strings.HasPrefix(path, "/parley.v1.") || strings.HasPrefix(path, restPrefix) || path == TokenPath
 }
 
 // authResult is the admission's check of a request's bearer token, handed on

@@ -45,6 +45,9 @@ type Services struct {
 	Room         parleyv1connect.RoomServiceHandler
 	Conversation parleyv1connect.ConversationServiceHandler
 	File         parleyv1connect.FileServiceHandler
+	// Token serves POST /livekit/token (TokenPath), LiveKit's standard
+	// token endpoint, when it is not nil.
+	Token RoomEntrance
 }
 
 // Options configure NewHandler.
@@ -130,6 +133,15 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 	mux.HandleFunc("GET /readyz", opts.Probe.readyz)
 	if opts.Metrics {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry}))
+	}
+	if svc.Token != nil {
+		mux.Handle("POST "+TokenPath, &tokenHandler{
+			rooms: svc.Token,
+			auth:  &authenticator{auth: opts.Authenticator, log: log},
+			obs:   obs,
+			errs:  connect.NewErrorWriter(),
+			log:   log,
+		})
 	}
 	for path, h := range opts.Routes {
 		mux.Handle(path, h)

@@ -177,6 +177,8 @@ func (c *Client) JoinToken(s room.Spec, g room.Grant) (room.JoinInfo, error) {
 		SetVideoGrant(grant).
 		SetIdentity(g.Identity).
 		SetName(g.Name).
+		SetMetadata(g.Metadata).
+		SetAttributes(g.Attributes).
 		SetValidFor(c.cfg.TokenTTL).
 		SetRoomConfig(cfg)
 	// The token's exp is whole seconds from a clock read inside ToJWT;
