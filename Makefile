@@ -8,12 +8,12 @@ PROTOVALIDATE_VERSION := v1.2.2
 PROTO_DEPS := .build/proto-deps
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all test fuzz-smoke azurite standardwebhooks lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench bench-scale e2e clean web-deps e2e-web
+.PHONY: all test fuzz-smoke azurite standardwebhooks tokensource-deps lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench bench-scale e2e clean web-deps e2e-web
 
 all: lint test
 
 ## test: run every test (starts private PostgreSQL, Valkey and Azurite servers as needed)
-test: azurite standardwebhooks
+test: azurite standardwebhooks tokensource-deps
 	$(GO) test $(TEST_FLAGS) ./...
 
 ## fuzz-smoke: run every fuzz target (func FuzzX in a _test.go) for FUZZTIME, one at a time
@@ -45,6 +45,12 @@ standardwebhooks: tools/standardwebhooks/node_modules/.package-lock.json
 
 tools/standardwebhooks/node_modules/.package-lock.json: tools/standardwebhooks/package.json tools/standardwebhooks/package-lock.json
 	npm ci --prefix tools/standardwebhooks --no-audit --no-fund --ignore-scripts
+
+## tokensource-deps: install the pinned livekit-client whose TokenSource.endpoint cmd/parley's TestTokenSourceEndpoint runs against Parley
+tokensource-deps: cmd/parley/testdata/tokensource/node_modules/.package-lock.json
+
+cmd/parley/testdata/tokensource/node_modules/.package-lock.json: cmd/parley/testdata/tokensource/package.json cmd/parley/testdata/tokensource/package-lock.json
+	npm ci --prefix cmd/parley/testdata/tokensource --no-audit --no-fund --ignore-scripts
 
 ## lint: formatting, vet, staticcheck, buf lint and freshness of generated code
 lint: fmt vet staticcheck buf-lint check-generated
