@@ -1,6 +1,7 @@
 package account_test
 
 import (
+	"bytes"
 	"errors"
 	"log/slog"
 	"strings"
@@ -470,21 +471,28 @@ func TestProfile(t *testing.T) {
 	}
 }
 
-func TestPruneExpired(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, "")
-	ctx := t.Context()
-	start := time.Now()
-	now := start
+// pruneService is a Service with 10-minute access and one-hour refresh
+// tokens on the clock *now.
+func pruneService(t *testing.T, e *env, now *time.Time, log *slog.Logger) *account.Service {
+	t.Helper()
 	keys, _ := token.GenerateKeySet()
 	set, _ := token.ParseKeySet(keys)
 	mgr, err := token.NewManager(set, token.Options{Issuer: "i", Audience: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := account.NewService(e.store, tokens{mgr}, e.cache, account.Options{
-		AccessTTL: 10 * time.Minute, RefreshTTL: time.Hour, Now: func() time.Time { return now },
+	return account.NewService(e.store, tokens{mgr}, e.cache, account.Options{
+		AccessTTL: 10 * time.Minute, RefreshTTL: time.Hour, Now: func() time.Time { return *now }, Logger: log,
 	})
+}
+
+func TestPruneExpired(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	ctx := t.Context()
+	start := time.Now()
+	now := start
+	svc := pruneService(t, e, &now, nil)
 	_, old, err := svc.Register(ctx, "old@example.com", "correct horse battery", "")
 	if err != nil {
 		t.Fatal(err)
@@ -530,5 +538,36 @@ func TestPruneExpired(t *testing.T) {
 	}
 	if _, err := svc.Refresh(ctx, old.RefreshToken); !errors.Is(err, auth.ErrUnauthenticated) {
 		t.Fatalf("Refresh of the pruned token: got %v, want ErrUnauthenticated", err)
+	}
+}
+
+func TestPruneLogsWhatItDeleted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "")
+	ctx := t.Context()
+	start := time.Now()
+	now := start
+	var logs bytes.Buffer
+	svc := pruneService(t, e, &now, slog.New(slog.NewTextHandler(&logs, nil)))
+	_, pair, err := svc.Register(ctx, "prune-log@example.com", "correct horse battery", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := svc.Authenticate(ctx, pair.AccessToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Logout(ctx, p, pair.RefreshToken); err != nil {
+		t.Fatal(err)
+	}
+	now = start.Add(2 * time.Hour)
+	svc.Prune(ctx)
+	if got := logs.String(); !strings.Contains(got, "pruned expired tokens") || !strings.Contains(got, "revocations=1") {
+		t.Fatalf("log after pruning a revocation: %q", got)
+	}
+	logs.Reset()
+	svc.Prune(ctx)
+	if logs.Len() != 0 {
+		t.Fatalf("nothing left to prune, yet logged %q", logs.String())
 	}
 }

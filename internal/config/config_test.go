@@ -209,3 +209,23 @@ func TestDatabaseURLAlone(t *testing.T) {
 		t.Fatalf("DatabaseURL without it: %v; want a config error naming DATABASE_URL", err)
 	}
 }
+
+func TestLoadDev(t *testing.T) {
+	c, dev, err := LoadDev(env(nil), "postgres://dev", "redis://dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DatabaseURL != "postgres://dev" || c.ValkeyURL != "redis://dev" || dev.DatabaseSet || dev.ValkeySet {
+		t.Fatalf("nothing set: %q %q %+v; want dev's servers, neither set", c.DatabaseURL, c.ValkeyURL, dev)
+	}
+	if !dev.LiveKitDevKeys || c.JWTKeysPath != ".parley-dev/jwks.json" || c.ShutdownDelay != 0 {
+		t.Fatalf("dev defaults not applied: %+v, %+v", dev, c)
+	}
+	c, dev, err = LoadDev(env(map[string]string{"DATABASE_URL": "postgres://mine", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}), "postgres://dev", "redis://dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DatabaseURL != "postgres://mine" || !dev.DatabaseSet || dev.ValkeySet || dev.LiveKitDevKeys {
+		t.Fatalf("DATABASE_URL and LiveKit keys set: %q %+v", c.DatabaseURL, dev)
+	}
+}
