@@ -55,11 +55,11 @@ func newCounted(t *testing.T, h http.HandlerFunc) *counted {
 
 func noContent(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }
 
-func delivery(url string) Delivery {
-	return Delivery{URL: url, ID: "msg_test", Timestamp: time.Now(), Body: []byte(`{"type":"call.ended"}`), Secrets: []webhook.Secret{webhook.NewSecret()}}
+func delivery(url string) webhook.Attempt {
+	return webhook.Attempt{URL: url, ID: "msg_test", Timestamp: time.Now(), Body: []byte(`{"type":"call.ended"}`), Secrets: []webhook.Secret{webhook.NewSecret()}}
 }
 
-func send(t *testing.T, p Policy, o clientOptions, d Delivery) (Result, error) {
+func send(t *testing.T, p Policy, o clientOptions, d webhook.Attempt) (webhook.Response, error) {
 	t.Helper()
 	if o.control == nil {
 		o.control = onlyLoopback(t)

@@ -63,7 +63,7 @@ func TestReferenceLibraryVerifiesDeliveries(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			id := fmt.Sprintf("msg_%d_%d", now.UnixNano(), i)
-			res, err := NewSender(tt.client).Send(t.Context(), Delivery{
+			res, err := NewSender(tt.client).Send(t.Context(), webhook.Attempt{
 				URL:       receiver + "/hooks?secret=" + url.QueryEscape(tt.receiverAt.Text()),
 				ID:        id,
 				Timestamp: tt.timestamp,

@@ -24,7 +24,7 @@ func TestSignatureKnownAnswer(t *testing.T) {
 func TestSendRefusesBadDeliveries(t *testing.T) {
 	t.Parallel()
 	s := NewSender(NewClient(Policy{}, time.Second))
-	for name, d := range map[string]Delivery{
+	for name, d := range map[string]webhook.Attempt{
 		"no id":      {URL: "https://example.invalid/", Secrets: []webhook.Secret{webhook.NewSecret()}},
 		"spaced id":  {URL: "https://example.invalid/", ID: "msg 1", Secrets: []webhook.Secret{webhook.NewSecret()}},
 		"no secrets": {URL: "https://example.invalid/", ID: "msg_1"},
