@@ -74,7 +74,8 @@ type replica struct {
 	registry *prometheus.Registry
 	probe    *rpc.Probe
 	handler  http.Handler
-	// drain ends every WatchMessages stream, so clients reconnect elsewhere.
+	// drain ends every WatchMessages and WatchItems stream, so clients
+	// reconnect elsewhere.
 	drain   func()
 	closers []func()
 }
@@ -251,20 +252,25 @@ func newTokens(cfg config.Config) (*token.Manager, error) {
 }
 
 // newConversations builds the conversation service with its page cache and
-// the hub that follows new messages through Valkey.
+// the hubs that follow new messages and items through Valkey.
 func (a *replica) newConversations(ctx context.Context, cfg config.Config, store *postgres.ConversationStore, rooms *postgres.RoomStore, accounts *account.Service, log *slog.Logger) (*conversation.Service, error) {
 	pages, err := cache.NewPages(a.valkey, 10*time.Minute, a.registry, log)
 	if err != nil {
 		return nil, fmt.Errorf("page cache: %w", err)
 	}
 	hub := conversation.NewHub(store, log)
-	a.drain = hub.Drain
+	itemHub := conversation.NewItemHub(store, log)
+	a.drain = func() { hub.Drain(); itemHub.Drain() }
 	changes := valkeypubsub.New(a.valkey, hub, 0, log)
 	a.goBackground(ctx, changes.Run)
+	itemChanges := valkeypubsub.NewItems(a.valkey, itemHub, 0, log)
+	a.goBackground(ctx, itemChanges.Run)
 	return conversation.NewService(store, conversation.Options{
 		Cache:        pages,
 		Notifier:     changes,
 		Hub:          hub,
+		ItemHub:      itemHub,
+		ItemNotifier: itemChanges,
 		Sessions:     accounts,
 		SessionCheck: cfg.WatchHeartbeat,
 		Rooms:        rooms,

@@ -159,11 +159,6 @@ type Store interface {
 	UpdateConversation(ctx context.Context, id uuid.UUID, s Scope, ch Change) (Conversation, error)
 	// DeleteConversation deletes the conversation with its messages and turns.
 	DeleteConversation(ctx context.Context, id uuid.UUID, s Scope) error
-	// SaveTurn appends msgs (one or two, in order) with consecutive seqs in one
-	// atomic write. A non-empty turnID that was saved before stores nothing and
-	// returns the stored messages with Replayed set; the caller checks that
-	// they match.
-	SaveTurn(ctx context.Context, id uuid.UUID, s Scope, turnID string, msgs []NewMessage) (SavedTurn, error)
 	// Head returns the conversation's owner and last_seq: the access check
 	// and the page key of ListMessages in one primary-key lookup.
 	Head(ctx context.Context, id uuid.UUID, s Scope) (Head, error)
@@ -176,6 +171,7 @@ type Store interface {
 	// LastSeqs is the Hub's re-check: the last_seq of each of ids that still
 	// exists.
 	LastSeqs(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error)
+	ItemStore
 }
 
 // PageKey identifies a cached ListMessages page. LastSeq is the

@@ -34,68 +34,143 @@ const (
 	recheckBatch = 5000
 )
 
+// entry is what a feed carries: a message or an item, numbered by seq.
+type entry interface {
+	seqOf() int64
+	// size is what the entry counts for in the topic's byte bound.
+	size() int
+}
+
+func (m Message) seqOf() int64 { return m.Seq }
+func (m Message) size() int    { return len(m.Content) }
+func (it Item) seqOf() int64   { return it.Seq }
+func (it Item) size() int      { return len(it.Payload) }
+
+// source is what a feed reads: newer is the read after a change (up to
+// limit entries after seq after, the conversation's last seq, and whether
+// it exists), lastSeqs the periodic re-check, between the catch-up of a
+// watch that fell behind (no access check).
+type source[T entry] interface {
+	newer(ctx context.Context, id uuid.UUID, after int64, limit int) ([]T, int64, bool, error)
+	lastSeqs(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error)
+	between(ctx context.Context, id uuid.UUID, after, before int64, limit int) ([]T, error)
+}
+
+// messageSource reads a Store's messages.
+type messageSource struct{ store Store }
+
+func (s messageSource) newer(ctx context.Context, id uuid.UUID, after int64, limit int) ([]Message, int64, bool, error) {
+	return s.store.NewMessages(ctx, id, after, limit)
+}
+
+func (s messageSource) lastSeqs(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error) {
+	return s.store.LastSeqs(ctx, ids)
+}
+
+func (s messageSource) between(ctx context.Context, id uuid.UUID, after, before int64, limit int) ([]Message, error) {
+	return s.store.ListMessages(ctx, MessageRange{ConversationID: id, Order: OrderOldestFirst, After: after, Before: before, Limit: limit})
+}
+
+// itemSource reads an ItemStore's items.
+type itemSource struct{ store ItemStore }
+
+func (s itemSource) newer(ctx context.Context, id uuid.UUID, after int64, limit int) ([]Item, int64, bool, error) {
+	return s.store.NewItems(ctx, id, after, limit)
+}
+
+func (s itemSource) lastSeqs(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]int64, error) {
+	return s.store.LastItemSeqs(ctx, ids)
+}
+
+func (s itemSource) between(ctx context.Context, id uuid.UUID, after, before int64, limit int) ([]Item, error) {
+	// The catch-up reads only committed seqs (up to before), which are
+	// never removed but with their conversation.
+	items, _, _, err := s.store.NewItems(ctx, id, after, limit)
+	n := 0
+	for n < len(items) && items[n].Seq < before {
+		n++
+	}
+	return items[:n], err
+}
+
 // Hub fans the new messages of conversations out to this replica's
 // watches, reading each conversation's new rows once for all of them. It
 // learns of changes from Changed (this replica's saves and the Notifier's
 // subscription) and from Recheck.
-type Hub struct {
-	store Store
-	log   *slog.Logger
+type Hub struct{ *feed[Message] }
+
+// NewHub returns a Hub reading from store.
+func NewHub(store Store, log *slog.Logger) *Hub {
+	return &Hub{newFeed[Message](messageSource{store}, log)}
+}
+
+// ItemHub is the Hub of items: it fans the new items of conversations out
+// to this replica's WatchItems streams, on its own Notifier.
+type ItemHub struct{ *feed[Item] }
+
+// NewItemHub returns an ItemHub reading from store.
+func NewItemHub(store ItemStore, log *slog.Logger) *ItemHub {
+	return &ItemHub{newFeed[Item](itemSource{store}, log)}
+}
+
+// feed is a Hub of entries of one kind.
+type feed[T entry] struct {
+	src source[T]
+	log *slog.Logger
 	// draining is set by Drain: every watch ends with ErrDraining.
 	draining atomic.Bool
 
 	mu     sync.Mutex
-	topics map[uuid.UUID]*topic
+	topics map[uuid.UUID]*topic[T]
 }
 
-// NewHub returns a Hub reading from store.
-func NewHub(store Store, log *slog.Logger) *Hub {
+func newFeed[T entry](src source[T], log *slog.Logger) *feed[T] {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Hub{store: store, log: log, topics: make(map[uuid.UUID]*topic)}
+	return &feed[T]{src: src, log: log, topics: make(map[uuid.UUID]*topic[T])}
 }
 
-// topic is one watched conversation: the messages read for its watchers,
+// topic is one watched conversation: the entries read for its watchers,
 // contiguous and ending at fetched.
-type topic struct {
+type topic[T entry] struct {
 	id uuid.UUID
 
 	mu       sync.Mutex
 	fetched  int64
-	buf      []Message
+	buf      []T
 	bufBytes int
 	gone     bool
-	// pending is the highest last_seq announced; check asks for a read even
+	// pending is the highest last seq announced; check asks for a read even
 	// when nothing newer was announced (a deletion or a new topic).
 	pending  int64
 	check    bool
 	fetching bool
-	watchers map[*subscription]struct{}
+	watchers map[*subscription[T]]struct{}
 }
 
 // subscription is one watcher of a topic.
-type subscription struct {
-	hub   *Hub
-	topic *topic
-	// ready receives a value whenever messages newer than those seen may
+type subscription[T entry] struct {
+	hub   *feed[T]
+	topic *topic[T]
+	// ready receives a value whenever entries newer than those seen may
 	// have arrived, the conversation was deleted or the hub drains.
 	ready chan struct{}
 	// read is the seq up to which the watcher has everything (guarded by
-	// the topic's mu): the topic need not keep those messages for it.
+	// the topic's mu): the topic need not keep those entries for it.
 	read int64
 }
 
 // subscribe follows conversation id, whose last_seq was lastSeq when the
 // caller checked access.
-func (h *Hub) subscribe(id uuid.UUID, lastSeq int64) *subscription {
+func (h *feed[T]) subscribe(id uuid.UUID, lastSeq int64) *subscription[T] {
 	h.mu.Lock()
 	t, ok := h.topics[id]
 	if !ok {
-		t = &topic{id: id, fetched: lastSeq, pending: lastSeq, watchers: make(map[*subscription]struct{})}
+		t = &topic[T]{id: id, fetched: lastSeq, pending: lastSeq, watchers: make(map[*subscription[T]]struct{})}
 		h.topics[id] = t
 	}
-	s := &subscription{hub: h, topic: t, ready: make(chan struct{}, 1), read: lastSeq}
+	s := &subscription[T]{hub: h, topic: t, ready: make(chan struct{}, 1), read: lastSeq}
 	t.mu.Lock()
 	t.watchers[s] = struct{}{}
 	t.mu.Unlock()
@@ -109,7 +184,7 @@ func (h *Hub) subscribe(id uuid.UUID, lastSeq int64) *subscription {
 // Changed tells the hub that conversation id's last_seq is now lastSeq, or
 // that it was deleted (lastSeq < 0). A change to an unwatched conversation
 // costs a map lookup.
-func (h *Hub) Changed(id uuid.UUID, lastSeq int64) {
+func (h *feed[T]) Changed(id uuid.UUID, lastSeq int64) {
 	h.mu.Lock()
 	t := h.topics[id]
 	h.mu.Unlock()
@@ -120,7 +195,7 @@ func (h *Hub) Changed(id uuid.UUID, lastSeq int64) {
 
 // Drain ends every watch of this replica, open or opened later, with
 // ErrDraining, so that clients reconnect to another replica.
-func (h *Hub) Drain() {
+func (h *feed[T]) Drain() {
 	h.draining.Store(true)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -132,7 +207,7 @@ func (h *Hub) Drain() {
 }
 
 // Watched returns how many conversations have watches here.
-func (h *Hub) Watched() int {
+func (h *feed[T]) Watched() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.topics)
@@ -141,7 +216,7 @@ func (h *Hub) Watched() int {
 // Recheck compares every watched conversation's last_seq in PostgreSQL with
 // what the hub has read, in one query per recheckBatch conversations, and
 // reads what notifications missed.
-func (h *Hub) Recheck(ctx context.Context) error {
+func (h *feed[T]) Recheck(ctx context.Context) error {
 	h.mu.Lock()
 	ids := make([]uuid.UUID, 0, len(h.topics))
 	for id := range h.topics {
@@ -152,7 +227,7 @@ func (h *Hub) Recheck(ctx context.Context) error {
 		batch := ids[:min(len(ids), recheckBatch)]
 		ids = ids[len(batch):]
 		qctx, cancel := context.WithTimeout(ctx, fetchTimeout)
-		last, err := h.store.LastSeqs(qctx, batch)
+		last, err := h.src.lastSeqs(qctx, batch)
 		cancel()
 		if err != nil {
 			return err
@@ -170,7 +245,7 @@ func (h *Hub) Recheck(ctx context.Context) error {
 
 // RunRecheck calls Recheck every interval, and whenever kick receives, until
 // ctx is done.
-func (h *Hub) RunRecheck(ctx context.Context, interval time.Duration, kick <-chan struct{}) {
+func (h *feed[T]) RunRecheck(ctx context.Context, interval time.Duration, kick <-chan struct{}) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -188,7 +263,7 @@ func (h *Hub) RunRecheck(ctx context.Context, interval time.Duration, kick <-cha
 
 // changed records a change and starts a read unless one is running (it
 // will pick the change up) or there is nothing to read.
-func (h *Hub) changed(t *topic, lastSeq int64, check bool) {
+func (h *feed[T]) changed(t *topic[T], lastSeq int64, check bool) {
 	t.mu.Lock()
 	if t.gone {
 		t.mu.Unlock()
@@ -207,7 +282,7 @@ func (h *Hub) changed(t *topic, lastSeq int64, check bool) {
 // fetch reads the topic's new messages until it has read every change
 // announced, and wakes its watchers after each read. One fetch runs per
 // topic at a time, whatever the number of watchers and changes.
-func (h *Hub) fetch(t *topic) {
+func (h *feed[T]) fetch(t *topic[T]) {
 	for {
 		t.mu.Lock()
 		if t.gone || (!t.check && t.pending <= t.fetched) {
@@ -220,7 +295,7 @@ func (h *Hub) fetch(t *topic) {
 		t.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
-		msgs, last, exists, err := h.store.NewMessages(ctx, t.id, after, fetchLimit)
+		msgs, last, exists, err := h.src.newer(ctx, t.id, after, fetchLimit)
 		cancel()
 
 		t.mu.Lock()
@@ -238,7 +313,7 @@ func (h *Hub) fetch(t *topic) {
 			t.wakeLocked()
 			t.mu.Unlock()
 			return
-		case len(msgs) > 0 && msgs[0].Seq == t.fetched+1:
+		case len(msgs) > 0 && msgs[0].seqOf() == t.fetched+1:
 			t.appendLocked(msgs)
 			t.pending = max(t.pending, last)
 			t.wakeLocked()
@@ -260,24 +335,24 @@ func (h *Hub) fetch(t *topic) {
 // first rule every watched conversation would keep its last bufferMessages
 // messages for as long as it is watched: tens of megabytes on a replica
 // watching a thousand busy conversations.
-func (t *topic) appendLocked(msgs []Message) {
+func (t *topic[T]) appendLocked(msgs []T) {
 	floor := t.fetched
 	for s := range t.watchers {
 		floor = min(floor, s.read)
 	}
 	n, bytes := len(t.buf)+len(msgs), t.bufBytes
 	for _, m := range msgs {
-		bytes += len(m.Content)
+		bytes += m.size()
 	}
-	at := func(i int) *Message {
+	at := func(i int) *T {
 		if i < len(t.buf) {
 			return &t.buf[i]
 		}
 		return &msgs[i-len(t.buf)]
 	}
 	drop := 0
-	for drop < n && (at(drop).Seq <= floor || n-drop > bufferMessages || bytes > bufferBytes) {
-		bytes -= len(at(drop).Content)
+	for drop < n && ((*at(drop)).seqOf() <= floor || n-drop > bufferMessages || bytes > bufferBytes) {
+		bytes -= (*at(drop)).size()
 		drop++
 	}
 	switch {
@@ -289,13 +364,13 @@ func (t *topic) appendLocked(msgs []Message) {
 	default:
 		// Copy rather than reslice so dropped messages can be collected;
 		// watchers keep the old array as long as they need it.
-		t.buf = append(append(make([]Message, 0, n-drop), t.buf[drop:]...), msgs...)
+		t.buf = append(append(make([]T, 0, n-drop), t.buf[drop:]...), msgs...)
 	}
 	t.bufBytes = bytes
-	t.fetched = msgs[len(msgs)-1].Seq
+	t.fetched = msgs[len(msgs)-1].seqOf()
 }
 
-func (t *topic) wakeLocked() {
+func (t *topic[T]) wakeLocked() {
 	for s := range t.watchers {
 		select {
 		case s.ready <- struct{}{}:
@@ -310,7 +385,7 @@ func (t *topic) wakeLocked() {
 // conversation was deleted. The returned slice shares the topic's array; it
 // is capped so that appends by the caller cannot write into it, and the
 // topic never changes elements it has handed out.
-func (s *subscription) since(after int64) (msgs []Message, latest int64, gone bool) {
+func (s *subscription[T]) since(after int64) (msgs []T, latest int64, gone bool) {
 	t := s.topic
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -318,15 +393,15 @@ func (s *subscription) since(after int64) (msgs []Message, latest int64, gone bo
 		return nil, 0, true
 	}
 	s.read = max(s.read, after)
-	if after >= t.fetched || len(t.buf) == 0 || t.buf[0].Seq > after+1 {
+	if after >= t.fetched || len(t.buf) == 0 || t.buf[0].seqOf() > after+1 {
 		return nil, t.fetched, false
 	}
-	i := int(after + 1 - t.buf[0].Seq)
+	i := int(after + 1 - t.buf[0].seqOf())
 	return t.buf[i:len(t.buf):len(t.buf)], t.fetched, false
 }
 
 // close stops following; ready is not signalled afterwards.
-func (s *subscription) close() {
+func (s *subscription[T]) close() {
 	h, t := s.hub, s.topic
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -76,7 +76,7 @@ func TestHubReadsOncePerChange(t *testing.T) {
 	id := uuid.New()
 	src := &fakeSource{msgs: map[uuid.UUID][]Message{id: nil}}
 	h := NewHub(src, slog.New(slog.DiscardHandler))
-	subs := make([]*subscription, 1000)
+	subs := make([]*subscription[Message], 1000)
 	for i := range subs {
 		subs[i] = h.subscribe(id, 0)
 	}
@@ -166,7 +166,7 @@ func TestHubDropsWhatEveryWatcherRead(t *testing.T) {
 	a, b := h.subscribe(id, 0), h.subscribe(id, 0)
 	defer a.close()
 	defer b.close()
-	latest := func(s *subscription, after, want int64) func() bool {
+	latest := func(s *subscription[Message], after, want int64) func() bool {
 		return func() bool { _, l, _ := s.since(after); return l == want }
 	}
 

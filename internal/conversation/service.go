@@ -35,6 +35,12 @@ type Options struct {
 	Notifier Notifier
 	// Hub feeds WatchMessages; nil makes WatchMessages fail.
 	Hub *Hub
+	// ItemHub feeds WatchItems; nil makes WatchItems fail.
+	ItemHub *ItemHub
+	// ItemNotifier tells other replicas of new items (with the
+	// conversation's last item seq) and of deletions; nil leaves their
+	// item watches to the periodic re-check.
+	ItemNotifier Notifier
 	// Sessions ends watches whose token is revoked while they run; nil
 	// leaves them to their token's expiry.
 	Sessions Sessions
@@ -53,7 +59,10 @@ type Service struct {
 	notifier Notifier
 	hub      *Hub
 	rooms    Rooms
-	log      *slog.Logger
+
+	itemHub      *ItemHub
+	itemNotifier Notifier
+	log          *slog.Logger
 
 	sessions     Sessions
 	sessionCheck time.Duration
@@ -77,6 +86,8 @@ func NewService(store Store, opts Options) *Service {
 		cache:              opts.Cache,
 		notifier:           opts.Notifier,
 		hub:                opts.Hub,
+		itemHub:            opts.ItemHub,
+		itemNotifier:       opts.ItemNotifier,
 		rooms:              opts.Rooms,
 		log:                log,
 		sessions:           opts.Sessions,
@@ -172,6 +183,7 @@ func (s *Service) DeleteConversation(ctx context.Context, p auth.Principal, id u
 		s.cache.DeleteHead(context.WithoutCancel(ctx), id)
 	}
 	s.notify(ctx, id, -1)
+	s.notifyItems(ctx, id, -1)
 	return nil
 }
 
@@ -188,24 +200,16 @@ func (s *Service) SaveTurn(ctx context.Context, p auth.Principal, t Turn) (Saved
 	if err != nil {
 		return SavedTurn{}, err
 	}
-	saved, err := s.store.SaveTurn(ctx, t.ConversationID, scope, t.TurnID, msgs)
+	// A turn is a batch of message items; its turn id keeps SaveTurn's
+	// own replay rule: the whole turn, compared message by message.
+	stored, err := s.appendItems(ctx, t.ConversationID, scope, TurnItems(t.ConversationID, t.TurnID, msgs))
 	if err != nil {
 		return SavedTurn{}, err
 	}
-	last := saved.Messages[len(saved.Messages)-1].Seq
-	if saved.Replayed {
-		if !sameTurn(saved.Messages, msgs) {
-			return SavedTurn{}, ErrTurnConflict
-		}
-		// The first attempt may have died between its commit and advancing
-		// the head; the retry repairs it (AdvanceHead never moves back).
-		if s.cache != nil {
-			s.cache.AdvanceHead(context.WithoutCancel(ctx), t.ConversationID, last)
-		}
-		return saved, nil
+	if stored.Replayed && !sameTurn(stored.Messages, msgs) {
+		return SavedTurn{}, ErrTurnConflict
 	}
-	s.advanceAndNotify(ctx, t.ConversationID, last)
-	return saved, nil
+	return SavedTurn{Messages: stored.Messages, Replayed: stored.Replayed}, nil
 }
 
 // turnMessages checks t against the rules and returns the messages to store.

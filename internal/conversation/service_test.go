@@ -57,14 +57,15 @@ func newReplica(t testing.TB, dbURL, valkeyURL string) *replica {
 	}
 	hub := conversation.NewHub(store, log)
 	notifier := valkeypubsub.New(vc, hub, testRecheck, log)
+	itemHub := conversation.NewItemHub(store, log)
+	itemNotifier := valkeypubsub.NewItems(vc, itemHub, testRecheck, log)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		notifier.Run(ctx)
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	svc := conversation.NewService(store, conversation.Options{Cache: pages, Notifier: notifier, Hub: hub, Log: log})
+	var done sync.WaitGroup
+	done.Go(func() { notifier.Run(ctx) })
+	done.Go(func() { itemNotifier.Run(ctx) })
+	t.Cleanup(func() { cancel(); done.Wait() })
+	svc := conversation.NewService(store, conversation.Options{Cache: pages, Notifier: notifier, Hub: hub,
+		ItemHub: itemHub, ItemNotifier: itemNotifier, Log: log})
 	return &replica{svc: svc, db: db, store: store, hub: hub, reg: reg}
 }
 

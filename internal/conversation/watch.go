@@ -35,11 +35,17 @@ type Sessions interface {
 // Watch is one WatchMessages stream: it yields every message with seq past
 // its position, in order, without gaps or duplicates, and says when the
 // stream must end. It is not safe for concurrent use.
-type Watch struct {
-	store Store
-	sub   *subscription
-	id    uuid.UUID
-	pos   int64
+type Watch = watch[Message]
+
+// ItemWatch is one WatchItems stream, with Watch's rules for items.
+type ItemWatch = watch[Item]
+
+// watch is a stream of the entries of one feed.
+type watch[T entry] struct {
+	src source[T]
+	sub *subscription[T]
+	id  uuid.UUID
+	pos int64
 
 	p        auth.Principal
 	sessions Sessions
@@ -67,21 +73,27 @@ func (s *Service) WatchMessages(ctx context.Context, p auth.Principal, id uuid.U
 	if err != nil {
 		return nil, err
 	}
-	return &Watch{
-		store: s.store, sub: s.hub.subscribe(id, h.LastSeq), id: id, pos: afterSeq,
+	return newWatch(s, s.hub.feed, id, afterSeq, h.LastSeq, p), nil
+}
+
+// newWatch starts a watch of f's conversation id after afterSeq, for p,
+// whose access was checked when its last seq was lastSeq.
+func newWatch[T entry](s *Service, f *feed[T], id uuid.UUID, afterSeq, lastSeq int64, p auth.Principal) *watch[T] {
+	return &watch[T]{
+		src: f.src, sub: f.subscribe(id, lastSeq), id: id, pos: afterSeq,
 		p: p, sessions: s.sessions, every: s.sessionCheck,
 		checkAt: time.Now().Add(s.sessionCheck), failed: s.sessionCheckFailed,
-	}, nil
+	}
 }
 
 // Ready receives a value when Next may have more to return, or the stream
 // may have to end.
-func (w *Watch) Ready() <-chan struct{} { return w.sub.ready }
+func (w *watch[T]) Ready() <-chan struct{} { return w.sub.ready }
 
 // Due is when Next must be called even if Ready does not receive: the
 // token's expiry or its next revocation check. It is zero when neither
 // applies.
-func (w *Watch) Due() time.Time {
+func (w *watch[T]) Due() time.Time {
 	var t time.Time
 	if w.sessions != nil {
 		t = w.checkAt
@@ -94,7 +106,7 @@ func (w *Watch) Due() time.Time {
 
 // Position is the seq of the last message Next returned (or the watch's
 // after_seq).
-func (w *Watch) Position() int64 { return w.pos }
+func (w *watch[T]) Position() int64 { return w.pos }
 
 // Next returns the next messages in seq order, or none when the watch is
 // caught up. Messages the hub still buffers are shared; older ones (a new
@@ -105,7 +117,7 @@ func (w *Watch) Position() int64 { return w.pos }
 // ErrTokenRevoked once Sessions reports it revoked, and ErrNotFound once
 // the conversation is deleted. The checks that fall due come first on
 // every call, so a busy stream is held to them too.
-func (w *Watch) Next(ctx context.Context) ([]Message, error) {
+func (w *watch[T]) Next(ctx context.Context) ([]T, error) {
 	if err := w.check(ctx, time.Now()); err != nil {
 		return nil, err
 	}
@@ -118,10 +130,7 @@ func (w *Watch) Next(ctx context.Context) ([]Message, error) {
 			return nil, nil
 		}
 		var err error
-		msgs, err = w.store.ListMessages(ctx, MessageRange{
-			ConversationID: w.id, Order: OrderOldestFirst,
-			After: w.pos, Before: latest + 1, Limit: watchPageSize,
-		})
+		msgs, err = w.src.between(ctx, w.id, w.pos, latest+1, watchPageSize)
 		if err != nil {
 			return nil, err
 		}
@@ -131,20 +140,20 @@ func (w *Watch) Next(ctx context.Context) ([]Message, error) {
 			return nil, ErrNotFound
 		}
 	}
-	if msgs[0].Seq != w.pos+1 {
-		return nil, fmt.Errorf("watch %s: next seq %d after %d", w.id, msgs[0].Seq, w.pos)
+	if msgs[0].seqOf() != w.pos+1 {
+		return nil, fmt.Errorf("watch %s: next seq %d after %d", w.id, msgs[0].seqOf(), w.pos)
 	}
 	if len(msgs) > watchPageSize {
 		msgs = msgs[:watchPageSize]
 	}
-	w.pos = msgs[len(msgs)-1].Seq
+	w.pos = msgs[len(msgs)-1].seqOf()
 	return msgs, nil
 }
 
 // check ends a watch whose replica drains, or whose token expired or was
 // revoked after the watch opened. When revocation cannot be checked, the
 // watch, authenticated at its start, goes on until the next check.
-func (w *Watch) check(ctx context.Context, now time.Time) error {
+func (w *watch[T]) check(ctx context.Context, now time.Time) error {
 	if w.sub.hub.draining.Load() {
 		return ErrDraining
 	}
@@ -168,4 +177,4 @@ func (w *Watch) check(ctx context.Context, now time.Time) error {
 }
 
 // Close ends the watch.
-func (w *Watch) Close() { w.sub.close() }
+func (w *watch[T]) Close() { w.sub.close() }

@@ -22,7 +22,10 @@ import (
 // the same text. Where a statement takes a scope, $2 is the owner the
 // conversation must have, or NULL for any owner (agents).
 const (
-	// SaveTurnSQL appends a turn in one statement: it bumps the
+	// SaveTurnSQL is how the previous release appends a turn, kept for the
+	// rolling-update tests and the benchmarks: the items migration's
+	// trigger gives each of its messages its item. This release saves
+	// turns with AppendItemsSQL. It appends a turn in one statement: it bumps the
 	// conversation's last_seq under the row lock (allocating consecutive seqs,
 	// so seq order is commit order), records the turn id, and inserts the
 	// messages. A used turn id fails the whole statement with a unique
@@ -166,45 +169,17 @@ func SaveTurnArgs(id uuid.UUID, s conversation.Scope, turnID string, msgs []conv
 	return args
 }
 
-// SaveTurn implements conversation.Store.
-func (s *ConversationStore) SaveTurn(ctx context.Context, id uuid.UUID, scope conversation.Scope, turnID string, msgs []conversation.NewMessage) (_ conversation.SavedTurn, err error) {
-	defer markUnavailable(&err)
+// SaveTurn saves a turn the way the service does: as a batch of message
+// items (conversation.TurnItems) through AppendItems. msgs are one or two.
+func (s *ConversationStore) SaveTurn(ctx context.Context, id uuid.UUID, scope conversation.Scope, turnID string, msgs []conversation.NewMessage) (conversation.SavedTurn, error) {
 	if len(msgs) < 1 || len(msgs) > 2 {
 		return conversation.SavedTurn{}, fmt.Errorf("save turn: %d messages", len(msgs))
 	}
-	rows, err := s.db.QueryContext(ctx, SaveTurnSQL, SaveTurnArgs(id, scope, turnID, msgs)...)
+	stored, err := s.AppendItems(ctx, id, scope, conversation.TurnItems(id, turnID, msgs))
 	if err != nil {
-		return s.saveTurnFailed(ctx, id, scope, turnID, err)
+		return conversation.SavedTurn{}, err
 	}
-	defer rows.Close()
-	saved := conversation.SavedTurn{Messages: make([]conversation.Message, 0, len(msgs))}
-	for rows.Next() {
-		i := len(saved.Messages)
-		if i >= len(msgs) {
-			return conversation.SavedTurn{}, errors.New("save turn: more rows than messages")
-		}
-		m := conversation.Message{ConversationID: id, Content: msgs[i].Content, TurnID: turnID}
-		if err := rows.Scan(&m.Seq, &m.ID, &m.Role, &m.CreatedAt); err != nil {
-			return conversation.SavedTurn{}, fmt.Errorf("save turn: scan: %w", err)
-		}
-		saved.Messages = append(saved.Messages, m)
-	}
-	if err := rows.Err(); err != nil {
-		return s.saveTurnFailed(ctx, id, scope, turnID, err)
-	}
-	if len(saved.Messages) == 0 {
-		return conversation.SavedTurn{}, conversation.ErrNotFound
-	}
-	return saved, nil
-}
-
-// saveTurnFailed handles SaveTurnSQL's failure: a used turn id is a replay
-// (or a conflict, which the service decides by comparing contents).
-func (s *ConversationStore) saveTurnFailed(ctx context.Context, id uuid.UUID, scope conversation.Scope, turnID string, err error) (conversation.SavedTurn, error) {
-	if isUniqueViolation(err, turnsPrimaryKey) {
-		return s.replayTurn(ctx, id, scope, turnID)
-	}
-	return conversation.SavedTurn{}, fmt.Errorf("save turn: %w", err)
+	return conversation.SavedTurn{Messages: stored.Messages, Replayed: stored.Replayed}, nil
 }
 
 func (s *ConversationStore) replayTurn(ctx context.Context, id uuid.UUID, scope conversation.Scope, turnID string) (conversation.SavedTurn, error) {

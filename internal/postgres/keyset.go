@@ -46,7 +46,7 @@ func listPage[T any](ctx context.Context, db *sql.DB, op string, l newestFirst, 
 
 // readRows runs a query of a page and scans each of its rows; size is the
 // capacity to allocate, the page's limit or a bound on it.
-func readRows[T any](ctx context.Context, db *sql.DB, op string, size int, scan func(*sql.Rows) (T, error), query string, args ...any) ([]T, error) {
+func readRows[T any](ctx context.Context, db querier, op string, size int, scan func(*sql.Rows) (T, error), query string, args ...any) ([]T, error) {
 	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)

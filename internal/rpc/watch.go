@@ -7,6 +7,9 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 )
@@ -26,9 +29,41 @@ import (
 // encoding and sending) runs on a short-lived goroutine per wake-up
 // (offStack). An idle stream then holds an 8 KiB stack instead of 16 KiB.
 func (s *ConversationServer) WatchMessages(ctx context.Context, req *connect.Request[parleyv1.WatchMessagesRequest], stream *connect.ServerStream[parleyv1.WatchMessagesResponse]) error {
-	var ws *watchStream
+	open := func(p auth.Principal, id uuid.UUID) (watcher[conversation.Message], error) {
+		return s.svc.WatchMessages(ctx, p, id, req.Msg.GetAfterSeq())
+	}
+	return serveWatch(ctx, s, req.Msg.GetConversationId(), open, stream, watchResponses[conversation.Message, parleyv1.WatchMessagesResponse]{
+		entry: func(m conversation.Message) (*parleyv1.WatchMessagesResponse, error) {
+			return &parleyv1.WatchMessagesResponse{Message: messageToProto(m)}, nil
+		},
+		heartbeat: func(t *timestamppb.Timestamp) *parleyv1.WatchMessagesResponse {
+			return &parleyv1.WatchMessagesResponse{Heartbeat: t}
+		},
+	})
+}
+
+// watcher is the domain's watch of one kind of entry
+// (conversation.Watch, conversation.ItemWatch).
+type watcher[T any] interface {
+	Next(ctx context.Context) ([]T, error)
+	Ready() <-chan struct{}
+	Due() time.Time
+	Close()
+}
+
+// watchResponses makes a watch stream's responses: one per entry, and
+// heartbeats.
+type watchResponses[T, R any] struct {
+	entry     func(T) (*R, error)
+	heartbeat func(*timestamppb.Timestamp) *R
+}
+
+// serveWatch serves one watch stream: open starts the watch for the
+// caller, after its conversation id is parsed.
+func serveWatch[T, R any](ctx context.Context, s *ConversationServer, conversationID string, open func(auth.Principal, uuid.UUID) (watcher[T], error), stream *connect.ServerStream[R], resp watchResponses[T, R]) error {
+	var ws *watchStream[T, R]
 	err := offStack(func() (err error) {
-		ws, err = s.openWatch(ctx, req, stream)
+		ws, err = openWatch(ctx, s, conversationID, open, stream, resp)
 		return err
 	})
 	if err != nil {
@@ -38,27 +73,28 @@ func (s *ConversationServer) WatchMessages(ctx context.Context, req *connect.Req
 	return ws.run(ctx)
 }
 
-// watchStream is one WatchMessages stream between wake-ups.
-type watchStream struct {
+// watchStream is one watch stream between wake-ups.
+type watchStream[T, R any] struct {
 	s      *ConversationServer
-	w      *conversation.Watch
-	stream *connect.ServerStream[parleyv1.WatchMessagesResponse]
+	w      watcher[T]
+	stream *connect.ServerStream[R]
+	resp   watchResponses[T, R]
 	// heartbeatAt is when the stream gets a heartbeat unless a message goes
 	// out first.
 	heartbeatAt time.Time
 }
 
 // openWatch checks access, starts the watch and sends the response headers.
-func (s *ConversationServer) openWatch(ctx context.Context, req *connect.Request[parleyv1.WatchMessagesRequest], stream *connect.ServerStream[parleyv1.WatchMessagesResponse]) (*watchStream, error) {
+func openWatch[T, R any](ctx context.Context, s *ConversationServer, conversationID string, open func(auth.Principal, uuid.UUID) (watcher[T], error), stream *connect.ServerStream[R], resp watchResponses[T, R]) (*watchStream[T, R], error) {
 	p, err := principal(ctx)
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	id, err := parseUUID("conversation_id", req.Msg.GetConversationId())
+	id, err := parseUUID("conversation_id", conversationID)
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
-	w, err := s.svc.WatchMessages(ctx, p, id, req.Msg.GetAfterSeq())
+	w, err := open(p, id)
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
@@ -68,13 +104,13 @@ func (s *ConversationServer) openWatch(ctx context.Context, req *connect.Request
 		w.Close()
 		return nil, err
 	}
-	return &watchStream{s: s, w: w, stream: stream, heartbeatAt: time.Now().Add(s.watch.Heartbeat)}, nil
+	return &watchStream[T, R]{s: s, w: w, stream: stream, resp: resp, heartbeatAt: time.Now().Add(s.watch.Heartbeat)}, nil
 }
 
 // run wakes the stream whenever the watch is ready or something falls due,
 // until the stream has to end. One timer serves heartbeats and the watch's
 // own deadlines.
-func (ws *watchStream) run(ctx context.Context) error {
+func (ws *watchStream[T, R]) run(ctx context.Context) error {
 	timer := time.NewTimer(ws.s.watch.Heartbeat)
 	defer timer.Stop()
 	step := func() error { return ws.step(ctx) }
@@ -93,7 +129,7 @@ func (ws *watchStream) run(ctx context.Context) error {
 }
 
 // due is when the stream has to wake even if the watch is not ready.
-func (ws *watchStream) due() time.Time {
+func (ws *watchStream[T, R]) due() time.Time {
 	t := ws.heartbeatAt
 	if d := ws.w.Due(); !d.IsZero() && d.Before(t) {
 		t = d
@@ -103,7 +139,7 @@ func (ws *watchStream) due() time.Time {
 
 // step sends every message the watch has, and a heartbeat if the stream has
 // been idle for a heartbeat interval.
-func (ws *watchStream) step(ctx context.Context) error {
+func (ws *watchStream[T, R]) step(ctx context.Context) error {
 	for sent := false; ; sent = true {
 		now := time.Now()
 		msgs, err := ws.w.Next(ctx)
@@ -115,7 +151,7 @@ func (ws *watchStream) step(ctx context.Context) error {
 				return nil
 			}
 			if !sent {
-				if err := ws.stream.Send(&parleyv1.WatchMessagesResponse{Heartbeat: timestamppb.New(now)}); err != nil {
+				if err := ws.stream.Send(ws.resp.heartbeat(timestamppb.New(now))); err != nil {
 					return err
 				}
 			}
@@ -123,7 +159,11 @@ func (ws *watchStream) step(ctx context.Context) error {
 			return nil
 		}
 		for _, m := range msgs {
-			if err := ws.stream.Send(&parleyv1.WatchMessagesResponse{Message: messageToProto(m)}); err != nil {
+			r, err := ws.resp.entry(m)
+			if err != nil {
+				return toConnectError(ctx, ws.s.log, err)
+			}
+			if err := ws.stream.Send(r); err != nil {
 				return err
 			}
 		}

@@ -1,7 +1,9 @@
 // Package valkeypubsub carries conversation changes between replicas over
 // Valkey pub/sub: after each committed change a replica PUBLISHes
 // (conversation id, last_seq) on one channel, and every replica holds one
-// subscription to it and passes what it hears to its conversation.Hub.
+// subscription to it and passes what it hears to its conversation.Hub. New
+// items travel the same way on a channel of their own, to the
+// conversation.ItemHub.
 package valkeypubsub
 
 import (
@@ -23,6 +25,10 @@ import (
 // versions hear each other during a rolling update.
 const Channel = "parley:doorbell:conversations"
 
+// ItemsChannel carries (conversation id, last_item_seq) after each
+// committed batch of items.
+const ItemsChannel = "parley:doorbell:items"
+
 const (
 	// DefaultRecheck is how often a replica compares its watched
 	// conversations with PostgreSQL when no change is heard.
@@ -38,7 +44,8 @@ const (
 // It implements conversation.Notifier.
 type Notifier struct {
 	client  valkey.Client
-	hub     *conversation.Hub
+	channel string
+	hub     Hub
 	recheck time.Duration
 	log     *slog.Logger
 	// publishFailed logs failed publishes, one per SaveTurn while Valkey is
@@ -48,13 +55,30 @@ type Notifier struct {
 
 var _ conversation.Notifier = (*Notifier)(nil)
 
-// New returns a Notifier publishing with client and passing what it hears to
-// hub. recheck is the period of the hub's re-check (0 for DefaultRecheck).
-func New(client valkey.Client, hub *conversation.Hub, recheck time.Duration, log *slog.Logger) *Notifier {
+// Hub is what a Notifier passes changes to: a conversation.Hub or
+// conversation.ItemHub.
+type Hub interface {
+	Changed(id uuid.UUID, lastSeq int64)
+	RunRecheck(ctx context.Context, interval time.Duration, kick <-chan struct{})
+}
+
+// New returns a Notifier on Channel publishing with client and passing what
+// it hears to hub. recheck is the period of the hub's re-check (0 for
+// DefaultRecheck).
+func New(client valkey.Client, hub Hub, recheck time.Duration, log *slog.Logger) *Notifier {
+	return newOn(Channel, client, hub, recheck, log)
+}
+
+// NewItems returns New's Notifier for items, on ItemsChannel.
+func NewItems(client valkey.Client, hub Hub, recheck time.Duration, log *slog.Logger) *Notifier {
+	return newOn(ItemsChannel, client, hub, recheck, log)
+}
+
+func newOn(channel string, client valkey.Client, hub Hub, recheck time.Duration, log *slog.Logger) *Notifier {
 	if recheck <= 0 {
 		recheck = DefaultRecheck
 	}
-	return &Notifier{client: client, hub: hub, recheck: recheck, log: log,
+	return &Notifier{client: client, channel: channel, hub: hub, recheck: recheck, log: log,
 		publishFailed: outage.New(log, "valkeypubsub: publish failed; watches elsewhere catch up at the next re-check", nil)}
 }
 
@@ -63,7 +87,7 @@ func New(client valkey.Client, hub *conversation.Hub, recheck time.Duration, log
 func (n *Notifier) Notify(ctx context.Context, id uuid.UUID, lastSeq int64) {
 	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
-	cmd := n.client.B().Publish().Channel(Channel).Message(encode(id, lastSeq)).Build()
+	cmd := n.client.B().Publish().Channel(n.channel).Message(encode(id, lastSeq)).Build()
 	if err := n.client.Do(ctx, cmd).Error(); err != nil {
 		n.publishFailed.Failed(ctx, err)
 	}
@@ -93,7 +117,7 @@ func (n *Notifier) Run(ctx context.Context) {
 	backoff := backoffMin
 	for {
 		start := time.Now()
-		err := n.client.Receive(subCtx, n.client.B().Subscribe().Channel(Channel).Build(), func(m valkey.PubSubMessage) {
+		err := n.client.Receive(subCtx, n.client.B().Subscribe().Channel(n.channel).Build(), func(m valkey.PubSubMessage) {
 			if id, seq, ok := decode(m.Message); ok {
 				n.hub.Changed(id, seq)
 			}
