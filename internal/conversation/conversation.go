@@ -24,9 +24,12 @@ type Conversation struct {
 	Metadata     map[string]string
 	MessageCount int64
 	// LastSeq is the seq of the newest message, 0 when there is none.
-	LastSeq   int64
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	LastSeq int64
+	// ItemCount and LastItemSeq are the same for the conversation's items.
+	ItemCount   int64
+	LastItemSeq int64
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
 }
 
 // Role says who spoke a message.

@@ -111,7 +111,7 @@ SELECT seq, id, role, created_at FROM msg ORDER BY seq`
 VALUES ($1::uuid, $2::uuid, $3::uuid, $4::text)
 RETURNING created_at, updated_at`
 
-	conversationColumns = `id, user_id, room_id, title, message_count, last_seq, created_at, updated_at, metadata`
+	conversationColumns = `id, user_id, room_id, title, message_count, last_seq, created_at, updated_at, metadata, item_count, last_item_seq`
 
 	getConversationSQL = `SELECT ` + conversationColumns + `
   FROM conversations WHERE id = $1::uuid AND ($2::uuid IS NULL OR user_id = $2::uuid)`
@@ -330,17 +330,19 @@ type conversationRow struct {
 	CreatedAt    time.Time
 	UpdatedAt    time.Time
 	Metadata     metadataColumn
+	ItemCount    int64
+	LastItemSeq  int64
 }
 
 func (r *conversationRow) dest() []any {
-	return []any{&r.ID, &r.UserID, &r.RoomID, &r.Title, &r.MessageCount, &r.LastSeq, &r.CreatedAt, &r.UpdatedAt, &r.Metadata}
+	return []any{&r.ID, &r.UserID, &r.RoomID, &r.Title, &r.MessageCount, &r.LastSeq, &r.CreatedAt, &r.UpdatedAt, &r.Metadata, &r.ItemCount, &r.LastItemSeq}
 }
 
 func (r *conversationRow) conversation() conversation.Conversation {
 	return conversation.Conversation{
 		ID: r.ID, UserID: r.UserID, RoomID: r.RoomID.UUID, Title: r.Title,
 		MessageCount: r.MessageCount, LastSeq: r.LastSeq, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
-		Metadata: r.Metadata,
+		Metadata: r.Metadata, ItemCount: r.ItemCount, LastItemSeq: r.LastItemSeq,
 	}
 }
 

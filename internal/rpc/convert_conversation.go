@@ -17,6 +17,8 @@ func conversationToProto(c conversation.Conversation) *parleyv1.Conversation {
 		Metadata:     c.Metadata,
 		MessageCount: c.MessageCount,
 		LastSeq:      c.LastSeq,
+		ItemCount:    c.ItemCount,
+		LastItemSeq:  c.LastItemSeq,
 		CreatedAt:    timestamp(c.CreatedAt),
 		UpdatedAt:    timestamp(c.UpdatedAt),
 	}

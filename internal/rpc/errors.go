@@ -44,6 +44,7 @@ var errorCodes = []struct {
 	// conversation
 	{conversation.ErrNotFound, connect.CodeNotFound},
 	{conversation.ErrTurnConflict, connect.CodeAlreadyExists},
+	{conversation.ErrItemConflict, connect.CodeAlreadyExists},
 	{conversation.ErrRoomNotFound, connect.CodeNotFound},
 	{conversation.ErrTokenExpired, connect.CodeUnauthenticated},
 	{conversation.ErrTokenRevoked, connect.CodeUnauthenticated},

@@ -175,21 +175,25 @@ func newTestAPI(t testing.TB, o apiOptions) *testAPI {
 	convStore := postgres.NewConversationStore(a.db)
 	hub := conversation.NewHub(convStore, log)
 	notifier := valkeypubsub.New(vc, hub, 500*time.Millisecond, log)
+	itemHub := conversation.NewItemHub(convStore, log)
+	itemNotifier := valkeypubsub.NewItems(vc, itemHub, 500*time.Millisecond, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	var running sync.WaitGroup
 	t.Cleanup(func() { cancel(); running.Wait() })
 	running.Go(func() { notifier.Run(ctx) })
+	running.Go(func() { itemNotifier.Run(ctx) })
 	if o.watch.Drain != nil {
 		go func() {
 			select {
 			case <-o.watch.Drain:
 				hub.Drain()
+				itemHub.Drain()
 			case <-ctx.Done():
 			}
 		}()
 	}
 	conversations := conversation.NewService(convStore, conversation.Options{Cache: pages, Notifier: notifier, Hub: hub,
-		Sessions: a.accounts, SessionCheck: o.watch.Heartbeat, Rooms: postgres.NewRoomStore(a.db), Log: log})
+		ItemHub: itemHub, ItemNotifier: itemNotifier, Sessions: a.accounts, SessionCheck: o.watch.Heartbeat, Rooms: postgres.NewRoomStore(a.db), Log: log})
 	conv := NewConversationServer(conversations, WatchOptions{Heartbeat: o.watch.Heartbeat}, log)
 	svc := Services{Auth: NewAuthServer(a.accounts, log), User: NewUserServer(a.accounts, log), Room: NewRoomServer(a.rooms, log), Conversation: conv, Token: a.rooms}
 
