@@ -29,7 +29,7 @@ func everyKind(prefix string) []*parleyv1.ChatContext_ChatItem {
 			Id: prefix + "msg", Role: parleyv1.ChatRole_CHAT_ROLE_ASSISTANT, Interrupted: true,
 			Content:              []*parleyv1.ChatMessage_ChatContent{{Payload: &parleyv1.ChatMessage_ChatContent_Text{Text: "Let me"}}, {Payload: &parleyv1.ChatMessage_ChatContent_Text{Text: "check"}}},
 			TranscriptConfidence: &conf, Extra: map[string]string{"b": "2", "a": "1"},
-			Metrics:              &parleyv1.MetricsReport{StartedSpeakingAt: at, LlmNodeTtft: &ttft}, CreatedAt: at,
+			Metrics: &parleyv1.MetricsReport{StartedSpeakingAt: at, LlmNodeTtft: &ttft}, CreatedAt: at,
 		}}},
 		{Item: &parleyv1.ChatContext_ChatItem_FunctionCall{FunctionCall: &parleyv1.FunctionCall{Id: prefix + "call", CallId: prefix + "c1", Name: "weather", Arguments: `{"city":"Oslo"}`}}},
 		{Item: &parleyv1.ChatContext_ChatItem_FunctionCallOutput{FunctionCallOutput: &parleyv1.FunctionCallOutput{Id: prefix + "out", CallId: prefix + "c1", Name: "weather", Output: "sunny", IsError: true}}},
