@@ -1,0 +1,273 @@
+"""Persist a livekit-agents AgentSession to Parley and restore it from there.
+
+The session's event callbacks only turn items into dicts and put them on a
+bounded queue; one task sends them in batches, in order, retrying with
+backoff while Parley is away. Items carry their LiveKit ids, which Parley
+stores exactly once, so a batch resent after a lost answer is a replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from livekit.agents import llm
+from livekit.agents.voice import Agent, AgentSession
+from livekit.agents.voice.events import ConversationItemAddedEvent, FunctionToolsExecutedEvent
+
+from .client import ParleyClient, ParleyError, item_dicts
+
+logger = logging.getLogger("parley_livekit")
+
+
+@dataclass(frozen=True)
+class DispatchMetadata:
+    """What Parley puts in the job's dispatch metadata (internal/room.DispatchMetadata)."""
+
+    conversation_id: str
+    # last_seq is the conversation's last item when the room resumed it:
+    # restore GetChatContext(until_seq=last_seq); 0 is up to the newest.
+    last_seq: int = 0
+    agent_metadata: str = ""
+
+    @classmethod
+    def parse(cls, metadata: str) -> DispatchMetadata:
+        try:
+            d = json.loads(metadata) if metadata else {}
+        except ValueError as e:
+            raise ValueError(f"dispatch metadata is not JSON: {e}") from e
+        if not isinstance(d, dict) or not d.get("conversation_id"):
+            raise ValueError("dispatch metadata has no conversation_id")
+        return cls(
+            conversation_id=str(d["conversation_id"]),
+            last_seq=int(d.get("last_seq") or 0),
+            agent_metadata=str(d.get("agent_metadata") or ""),
+        )
+
+
+class SessionRecorder:
+    """Sends one AgentSession's items to one Parley conversation.
+
+    Never blocks the voice pipeline: callbacks only enqueue. An item that
+    finds the queue full is not marked sent, so the next sweep of
+    ``session.history`` (and the final one at close) offers it again.
+    """
+
+    def __init__(
+        self,
+        client: ParleyClient,
+        conversation_id: str,
+        *,
+        agent: str = "",
+        max_queue: int = 10_000,
+        batch_size: int = 100,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.conversation_id = conversation_id
+        self.agent = agent
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=max_queue)
+        self._batch_size = batch_size
+        self._max_backoff = max_backoff
+        self._queued: set[str] = set()  # ids on the queue or stored
+        self._stored: set[str] = set()  # ids Parley answered for
+        self._dropped: int = 0  # items Parley refused for good
+        self._session: AgentSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- restore
+
+    async def restore(self, agent: Agent, *, until_seq: int = 0, max_items: int = 0, max_bytes: int = 0) -> llm.ChatContext:
+        """Loads the conversation into ``agent``'s chat context (call before session.start)."""
+        got = await self.client.get_chat_context(
+            self.conversation_id, until_seq=until_seq, max_items=max_items, max_bytes=max_bytes
+        )
+        ctx = got.chat_context()
+        # Restored items are Parley's already; never offer them again.
+        self._queued.update(item.id for item in ctx.items)
+        self._stored.update(item.id for item in ctx.items)
+        merged = agent.chat_ctx.copy()
+        merged.items.extend(ctx.items)
+        await agent.update_chat_ctx(merged)
+        logger.info(
+            "restored %d items of conversation %s (seq %d..%d%s)",
+            len(ctx.items), self.conversation_id, got.first_seq, got.last_seq, ", truncated" if got.truncated else "",
+        )
+        return ctx
+
+    # -- record
+
+    def attach(self, session: AgentSession) -> None:
+        """Starts recording ``session``: its events from now on, and its history."""
+        self._session = session
+        session.on("conversation_item_added", self._on_item_added)
+        session.on("function_tools_executed", self._on_tools_executed)
+        session.on("close", self._on_close)
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush_loop(), name="parley_livekit.flush")
+
+    @property
+    def pending(self) -> int:
+        """Items waiting to be sent."""
+        return self._queue.qsize()
+
+    @property
+    def stored_ids(self) -> set[str]:
+        return set(self._stored)
+
+    def _on_item_added(self, ev: ConversationItemAddedEvent) -> None:
+        # The history first: items that fire no event of their own (config
+        # updates, calls recorded when they started) keep their order.
+        self._sweep()
+        self._offer([ev.item])
+
+    def _on_tools_executed(self, ev: FunctionToolsExecutedEvent) -> None:
+        # The event comes before the session adds the outputs to its
+        # history; the call and then its output, in the order executed.
+        self._sweep()
+        items: list[llm.ChatItem] = []
+        for call, out in ev.zipped():
+            items.append(call)
+            if out is not None:
+                items.append(out)
+        self._offer(items)
+
+    def _on_close(self, _ev: Any) -> None:
+        self._sweep()
+
+    def _sweep(self) -> None:
+        if self._session is not None:
+            self._offer(self._session.history.items)
+
+    def _offer(self, items: list[llm.ChatItem]) -> None:
+        if self._closed:
+            return
+        fresh = [i for i in items if i.id not in self._queued and getattr(i, "type", "") != "audio"]
+        if not fresh:
+            return
+        try:
+            dicts = item_dicts(fresh)
+        except Exception:  # a model's own item type; never break the session for it
+            logger.exception("parley: could not convert %d items", len(fresh))
+            return
+        for item, d in zip(fresh, dicts):
+            try:
+                self._queue.put_nowait((item.id, d))
+            except asyncio.QueueFull:
+                logger.warning("parley: queue full (%d items wait); %s is offered again later", self._queue.qsize(), item.id)
+                return
+            self._queued.add(item.id)
+
+    async def _flush_loop(self) -> None:
+        backoff = 0.2
+        last_log = 0.0
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            while True:
+                try:
+                    await self._send(batch)
+                    if backoff > 0.2:
+                        logger.info("parley: reachable again, %d items sent, %d wait", len(batch), self._queue.qsize())
+                    backoff = 0.2
+                    break
+                except ParleyError as e:
+                    if not e.retryable:
+                        await self._send_singly(batch)
+                        break
+                    now = time.monotonic()
+                    if now - last_log >= 5:
+                        last_log = now
+                        logger.warning(
+                            "parley: %s; %d items wait, retrying in %.1fs",
+                            e, len(batch) + self._queue.qsize(), backoff,
+                        )
+                    await asyncio.sleep(e.retry_after or backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, self._max_backoff)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        await self.client.append_items(self.conversation_id, [d for _, d in batch], agent=self.agent)
+        self._stored.update(i for i, _ in batch)
+
+    async def _send_singly(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """A batch Parley refused for good: keep every item it takes, drop and log the rest."""
+        for entry in batch:
+            backoff = 0.2
+            while True:
+                try:
+                    await self._send([entry])
+                    break
+                except ParleyError as e:
+                    if e.retryable:
+                        await asyncio.sleep(e.retry_after or backoff)
+                        backoff = min(backoff * 2, self._max_backoff)
+                        continue
+                    self._dropped += 1
+                    logger.error("parley: item %s refused, not retried: %s", entry[0], e)
+                    break
+
+    async def aclose(self, *, timeout: float = 10.0) -> None:
+        """Appends the final history and flushes, giving up after ``timeout`` seconds."""
+        self._sweep()
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except asyncio.TimeoutError:
+            logger.error("parley: shutdown deadline passed with %d items unsent", self._queue.qsize())
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                try:
+                    await self._task
+                except (asyncio.CancelledError, Exception):
+                    pass
+                self._task = None
+
+
+async def persist_session(
+    session: AgentSession,
+    agent: Agent,
+    client: ParleyClient,
+    *,
+    job_ctx: Any = None,
+    conversation_id: str | None = None,
+    until_seq: int | None = None,
+    agent_name: str = "",
+    shutdown_timeout: float = 10.0,
+) -> SessionRecorder:
+    """Restores ``agent`` from Parley and records ``session`` there; call before session.start.
+
+    The conversation comes from ``conversation_id`` or the job's dispatch
+    metadata (``job_ctx``, a livekit.agents.JobContext), whose ``last_seq``
+    bounds the restore. With a job context, the final flush runs as one of
+    its shutdown callbacks.
+    """
+    if conversation_id is None:
+        if job_ctx is None:
+            raise ValueError("persist_session needs a conversation_id or a job_ctx")
+        md = DispatchMetadata.parse(job_ctx.job.metadata)
+        conversation_id = md.conversation_id
+        if until_seq is None:
+            until_seq = md.last_seq
+        if not agent_name:
+            agent_name = job_ctx.job.agent_name
+    rec = SessionRecorder(client, conversation_id, agent=agent_name)
+    await rec.restore(agent, until_seq=until_seq or 0)
+    rec.attach(session)
+    if job_ctx is not None:
+
+        async def _flush(*_: Any) -> None:
+            await rec.aclose(timeout=shutdown_timeout)
+
+        job_ctx.add_shutdown_callback(_flush)
+    return rec

@@ -1,0 +1,218 @@
+"""A real livekit-agents AgentSession, text only, persisted to a live Parley.
+
+Driven by cmd/parley's TestLiveKitAgentsSession. Environment: PARLEY_URL,
+PARLEY_AGENT_KEY (from `parley agent-key create`), CONVERSATION_ID, and
+PYTHONPATH with sdk/python/src. Protocol on stdout/stdin, one line each:
+this script prints "KILL" when the Go side should stop Parley, goes on
+talking while Parley is away, and waits for "RESTARTED" on stdin. Its last
+line is "RESULT <json>": the session's item ids in history order. Exits
+non-zero, saying why, on the first failed check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from livekit.agents import APIConnectOptions, llm
+from livekit.agents.llm import function_tool
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+from livekit.agents.voice import Agent, AgentSession
+
+from parley_livekit import DispatchMetadata, ParleyClient, persist_session
+
+
+class ScriptedLLM(llm.LLM):
+    """Canned replies: a function call for a weather question, then its answer; an echo otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def chat(
+        self,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> llm.LLMStream:
+        self.calls += 1
+        return ScriptedStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options, n=self.calls)
+
+
+class ScriptedStream(llm.LLMStream):
+    def __init__(self, scripted: ScriptedLLM, *, chat_ctx: llm.ChatContext, tools: list[llm.Tool], conn_options: APIConnectOptions, n: int) -> None:
+        super().__init__(scripted, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
+        self._n = n
+
+    async def _run(self) -> None:
+        last = self._chat_ctx.items[-1]
+        delta: llm.ChoiceDelta
+        if last.type == "function_call_output":
+            delta = llm.ChoiceDelta(role="assistant", content=f"The weather: {last.output}.")
+        else:
+            text = last.text_content if last.type == "message" else ""
+            if text and "weather" in text.lower():
+                delta = llm.ChoiceDelta(
+                    role="assistant",
+                    tool_calls=[llm.FunctionToolCall(name="get_weather", arguments='{"city": "Paris"}', call_id=f"call_{self._n}")],
+                )
+            else:
+                delta = llm.ChoiceDelta(role="assistant", content=f"You said: {text}")
+        self._event_ch.send_nowait(llm.ChatChunk(id=f"chunk_{self._n}", delta=delta))
+
+
+class Assistant(Agent):
+    def __init__(self) -> None:
+        super().__init__(instructions="You are a terse assistant.")
+
+    @function_tool
+    async def get_weather(self, city: str) -> str:
+        """Looks up the weather.
+
+        Args:
+            city: the city
+        """
+        return f"sunny in {city}"
+
+
+def fail(msg: str) -> None:
+    print(f"FAIL: {msg}", flush=True)
+    sys.exit(1)
+
+
+def dicts(items: list[llm.ChatItem]) -> list[dict[str, Any]]:
+    return llm.ChatContext(list(items)).to_dict(exclude_timestamp=False, exclude_image=False)["items"]
+
+
+class WaitLog(logging.Handler):
+    """Keeps parley_livekit's "items wait" lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.tokens = 0
+        self.refused = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "wait" in msg:
+            self.lines.append(msg)
+        if "token issued" in msg:
+            self.tokens += 1
+        if "token refused" in msg:
+            self.refused += 1
+
+
+async def turn(session: AgentSession, text: str) -> None:
+    await session.run(user_input=text)
+
+
+async def main() -> None:
+    waits = WaitLog()
+    logging.getLogger("parley_livekit").addHandler(waits)
+    logging.getLogger("parley_livekit").setLevel(logging.INFO)
+    url, key, conv = os.environ["PARLEY_URL"], os.environ["PARLEY_AGENT_KEY"], os.environ["CONVERSATION_ID"]
+    client = ParleyClient(url, api_key=key, timeout=2.0)
+
+    # The job's dispatch metadata, as internal/room writes it.
+    class Job:
+        metadata = json.dumps({"conversation_id": conv})
+        agent_name = "py-agent"
+
+    class JobCtx:
+        job = Job()
+        shutdown: list[Any] = []
+
+        def add_shutdown_callback(self, cb: Any) -> None:
+            self.shutdown.append(cb)
+
+    if DispatchMetadata.parse(Job.metadata).conversation_id != conv:
+        fail("dispatch metadata did not parse")
+
+    # Session 1: two turns, Parley stopped, two more, Parley back, one more.
+    agent = Assistant()
+    session: AgentSession = AgentSession(llm=ScriptedLLM())
+    job = JobCtx()
+    rec = await persist_session(session, agent, client, job_ctx=job)
+    await session.start(agent)
+    await turn(session, "Hello there")
+    await turn(session, "What is the weather in Paris?")
+    print("KILL", flush=True)
+    # Until Parley is really gone: the next items must find it away.
+    while True:
+        try:
+            await client.list_items(conv, page_size=1)
+            await asyncio.sleep(0.1)
+        except Exception:
+            break
+    await turn(session, "Still there?")
+    await turn(session, "And the weather again?")
+    await asyncio.sleep(1.5)
+    if rec.pending == 0 and not waits.lines:
+        fail("Parley was away but no items waited")
+    waiting = rec.pending
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if line.strip() != "RESTARTED":
+        fail(f"expected RESTARTED, read {line!r}")
+    await turn(session, "Goodbye")
+    await session.aclose()
+    for cb in job.shutdown:
+        await cb("done")
+    history = list(session.history.items)
+
+    # Parley has the history, in order, each id once.
+    stored = await client.all_items(conv)
+    got_ids = [i.id for i in stored]
+    want_ids = [i.id for i in history]
+    if got_ids != want_ids:
+        fail(f"Parley's items {got_ids}\n  session history {want_ids}")
+    if [i.seq for i in stored] != list(range(1, len(stored) + 1)):
+        fail(f"seqs {[i.seq for i in stored]}")
+    if {i.agent for i in stored} != {"py-agent"}:
+        fail(f"agents {[i.agent for i in stored]}")
+    kinds = {i.type for i in history}
+    if not {"message", "function_call", "function_call_output"} <= kinds:
+        fail(f"history kinds {kinds}")
+
+    # Session 2, same conversation: starts from the same chat context.
+    agent2 = Assistant()
+    session2: AgentSession = AgentSession(llm=ScriptedLLM())
+    job2 = JobCtx()
+    job2.shutdown = []
+    restored = (await client.get_chat_context(conv)).chat_context()
+    rec2 = await persist_session(session2, agent2, client, job_ctx=job2)
+    if dicts(restored.items) != dicts(history):
+        for a, b in zip(dicts(history), dicts(restored.items)):
+            if a != b:
+                fail(f"restored item differs:\n  session 1 {a}\n  restored  {b}")
+        fail(f"restored {len(restored.items)} items, session 1 had {len(history)}")
+    if [i.id for i in agent2.chat_ctx.items] != want_ids:
+        fail(f"agent 2 starts with {[i.id for i in agent2.chat_ctx.items]}, want {want_ids}")
+    await session2.start(agent2)
+    await turn(session2, "I am back")
+    await session2.aclose()
+    for cb in job2.shutdown:
+        await cb("done")
+    after = await client.all_items(conv)
+    new_ids = [i.id for i in session2.history.items]
+    if [i.id for i in after] != want_ids + new_ids:
+        fail(f"after session 2: {[i.id for i in after]}, want {want_ids + new_ids}")
+    await client.aclose()
+    # The Go side gives agent tokens a few seconds of life: they were renewed.
+    # Renewed before they expired, so Parley never refused one.
+    if waits.tokens < 2 or waits.refused:
+        fail(f"{waits.tokens} agent tokens issued, {waits.refused} refused, in a session longer than several token lifetimes")
+    print(f"waited: {waiting} items; {waits.tokens} agent tokens; log: {waits.lines[:1]}", flush=True)
+    print("RESULT " + json.dumps({"session1": want_ids, "session2": new_ids, "waited": waiting}), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
