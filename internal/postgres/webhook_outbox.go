@@ -39,7 +39,8 @@ SELECT $1::uuid, id, $4::timestamptz FROM webhook_endpoints
          LIMIT $1
          FOR UPDATE SKIP LOCKED) due, webhook_events e, webhook_endpoints p
  WHERE d.id = due.id AND e.id = d.event_id AND p.id = d.endpoint_id
-RETURNING d.id, d.endpoint_id, p.url, d.attempts, e.id, e.user_id, e.type, e.payload, e.created_at`
+RETURNING d.id, d.endpoint_id, p.url, d.attempts, COALESCE(d.retry_since, e.created_at), d.attempts - d.retry_base,
+          e.id, e.user_id, e.type, e.payload, e.created_at`
 
 	// finishWebhookDeliverySQL records an attempt's outcome if no later
 	// claim replaced its lease (attempts counts claims).
@@ -93,7 +94,7 @@ func (s *WebhookStore) ClaimDeliveries(ctx context.Context, now time.Time, limit
 	var out []webhook.Delivery
 	for rows.Next() {
 		var d webhook.Delivery
-		if err := rows.Scan(&d.ID, &d.EndpointID, &d.URL, &d.Attempt, &d.Event.ID, &d.Event.UserID, &d.Event.Type, &d.Event.Payload, &d.Event.CreatedAt); err != nil {
+		if err := rows.Scan(&d.ID, &d.EndpointID, &d.URL, &d.Attempt, &d.RetrySince, &d.RetryAttempt, &d.Event.ID, &d.Event.UserID, &d.Event.Type, &d.Event.Payload, &d.Event.CreatedAt); err != nil {
 			return nil, fmt.Errorf("claim webhook deliveries: %w", err)
 		}
 		out = append(out, d)

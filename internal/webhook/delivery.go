@@ -90,6 +90,11 @@ type Delivery struct {
 	// Attempt numbers this try from 1; with ID it names the lease, which a
 	// later claim of the same delivery (after the lease ran out) replaces.
 	Attempt int
+	// RetrySince is when the retry window began: the event's creation, or
+	// the latest redelivery. RetryAttempt numbers this try from there,
+	// from 1, for the backoff.
+	RetrySince   time.Time
+	RetryAttempt int
 }
 
 // Outcome is what became of an attempt.
@@ -130,8 +135,9 @@ const (
 	RetryWindow     = 24 * time.Hour
 )
 
-// NextAttempt is the rule for a delivery of an event created at created
-// whose attempt number attempt failed at now: when to try again, or park.
+// NextAttempt is the rule for a delivery whose retry window began at
+// created (the event's creation or its redelivery) and whose attempt
+// number attempt (from there) failed at now: when to try again, or park.
 // jitter is uniform in [0, 1).
 func NextAttempt(created, now time.Time, attempt int, jitter float64) (next time.Time, park bool) {
 	if now.Sub(created) >= RetryWindow {
@@ -264,7 +270,7 @@ func (d *Dispatcher) deliver(ctx context.Context, del Delivery) error {
 		default:
 			o.Error = fmt.Sprintf("answered %d: %.200s", resp.Status, resp.Body)
 		}
-		o.NextAttemptAt, o.Park = NextAttempt(del.Event.CreatedAt, at, del.Attempt, d.opts.Jitter())
+		o.NextAttemptAt, o.Park = NextAttempt(del.RetrySince, at, del.RetryAttempt, d.opts.Jitter())
 		if o.Park {
 			d.opts.Log.WarnContext(ctx, "webhook delivery parked", slog.Int64("delivery", del.ID),
 				slog.String("endpoint", del.EndpointID.String()), slog.Int("attempts", del.Attempt), slog.String("error", o.Error))
