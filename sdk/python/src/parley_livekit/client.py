@@ -23,7 +23,9 @@ from livekit.agents import llm
 logger = logging.getLogger("parley_livekit")
 
 # Connect codes worth another try: the server, or the way to it, was away.
-RETRYABLE_CODES = frozenset({"unavailable", "deadline_exceeded", "aborted", "resource_exhausted", "unknown"})
+# resource_exhausted only with Retry-After (a rate limit); without, the
+# body was over Parley's request limit and would be again.
+RETRYABLE_CODES = frozenset({"unavailable", "deadline_exceeded", "aborted", "unknown"})
 
 
 class ParleyError(Exception):
@@ -37,7 +39,7 @@ class ParleyError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.code in RETRYABLE_CODES
+        return self.code in RETRYABLE_CODES or (self.code == "resource_exhausted" and self.retry_after is not None)
 
 
 def _timestamp(s: str | None) -> datetime | None:

@@ -50,6 +50,13 @@ class DispatchMetadata:
         )
 
 
+@dataclass(frozen=True)
+class _Entry:
+    id: str
+    item: dict[str, Any]
+    size: int  # of its JSON, for the batch's byte bound
+
+
 class SessionRecorder:
     """Sends one AgentSession's items to one Parley conversation.
 
@@ -66,13 +73,15 @@ class SessionRecorder:
         agent: str = "",
         max_queue: int = 10_000,
         batch_size: int = 100,
+        batch_bytes: int = 4 << 20,
         max_backoff: float = 5.0,
     ) -> None:
         self.client = client
         self.conversation_id = conversation_id
         self.agent = agent
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=max_queue)
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue(maxsize=max_queue)
         self._batch_size = batch_size
+        self._batch_bytes = batch_bytes
         self._max_backoff = max_backoff
         self._queued: set[str] = set()  # ids on the queue or stored
         self._stored: set[str] = set()  # ids Parley answered for
@@ -83,11 +92,37 @@ class SessionRecorder:
 
     # -- restore
 
-    async def restore(self, agent: Agent, *, until_seq: int = 0, max_items: int = 0, max_bytes: int = 0) -> llm.ChatContext:
-        """Loads the conversation into ``agent``'s chat context (call before session.start)."""
-        got = await self.client.get_chat_context(
-            self.conversation_id, until_seq=until_seq, max_items=max_items, max_bytes=max_bytes
-        )
+    async def restore(
+        self,
+        agent: Agent,
+        *,
+        until_seq: int = 0,
+        max_items: int = 0,
+        max_bytes: int = 0,
+        timeout: float = 5.0,
+    ) -> llm.ChatContext:
+        """Loads the conversation into ``agent``'s chat context (call before session.start).
+
+        While Parley is unreachable it retries for ``timeout`` seconds, then
+        logs and returns an empty context: a caller waits for its agent no
+        longer than that. Other errors (a wrong conversation id) raise.
+        """
+        deadline = time.monotonic() + timeout
+        backoff = 0.2
+        while True:
+            try:
+                got = await self.client.get_chat_context(
+                    self.conversation_id, until_seq=until_seq, max_items=max_items, max_bytes=max_bytes
+                )
+                break
+            except ParleyError as e:
+                if not e.retryable:
+                    raise
+                if time.monotonic() + backoff > deadline:
+                    logger.error("parley: conversation %s not restored, starting without its history: %s", self.conversation_id, e)
+                    return llm.ChatContext.empty()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
         ctx = got.chat_context()
         # Restored items are Parley's already; never offer them again.
         self._queued.update(item.id for item in ctx.items)
@@ -158,7 +193,7 @@ class SessionRecorder:
             return
         for item, d in zip(fresh, dicts):
             try:
-                self._queue.put_nowait((item.id, d))
+                self._queue.put_nowait(_Entry(item.id, d, len(json.dumps(d))))
             except asyncio.QueueFull:
                 logger.warning("parley: queue full (%d items wait); %s is offered again later", self._queue.qsize(), item.id)
                 return
@@ -167,11 +202,19 @@ class SessionRecorder:
     async def _flush_loop(self) -> None:
         backoff = 0.2
         last_log = 0.0
+        carry: _Entry | None = None
         while True:
-            first = await self._queue.get()
-            batch = [first]
+            first = carry or await self._queue.get()
+            carry = None
+            batch, size = [first], first.size
+            # Under Parley's request limit (16 MiB by default) with room to spare.
             while len(batch) < self._batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                nxt = self._queue.get_nowait()
+                if size + nxt.size > self._batch_bytes:
+                    carry = nxt  # the next batch's first
+                    break
+                batch.append(nxt)
+                size += nxt.size
             while True:
                 try:
                     await self._send(batch)
@@ -195,11 +238,11 @@ class SessionRecorder:
             for _ in batch:
                 self._queue.task_done()
 
-    async def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        await self.client.append_items(self.conversation_id, [d for _, d in batch], agent=self.agent)
-        self._stored.update(i for i, _ in batch)
+    async def _send(self, batch: list[_Entry]) -> None:
+        await self.client.append_items(self.conversation_id, [e.item for e in batch], agent=self.agent)
+        self._stored.update(e.id for e in batch)
 
-    async def _send_singly(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _send_singly(self, batch: list[_Entry]) -> None:
         """A batch Parley refused for good: keep every item it takes, drop and log the rest."""
         for entry in batch:
             backoff = 0.2
@@ -213,7 +256,7 @@ class SessionRecorder:
                         backoff = min(backoff * 2, self._max_backoff)
                         continue
                     self._dropped += 1
-                    logger.error("parley: item %s refused, not retried: %s", entry[0], e)
+                    logger.error("parley: item %s refused, not retried: %s", entry.id, e)
                     break
 
     async def aclose(self, *, timeout: float = 10.0) -> None:
@@ -243,6 +286,7 @@ async def persist_session(
     conversation_id: str | None = None,
     until_seq: int | None = None,
     agent_name: str = "",
+    restore_timeout: float = 5.0,
     shutdown_timeout: float = 10.0,
 ) -> SessionRecorder:
     """Restores ``agent`` from Parley and records ``session`` there; call before session.start.
@@ -262,7 +306,7 @@ async def persist_session(
         if not agent_name:
             agent_name = job_ctx.job.agent_name
     rec = SessionRecorder(client, conversation_id, agent=agent_name)
-    await rec.restore(agent, until_seq=until_seq or 0)
+    await rec.restore(agent, until_seq=until_seq or 0, timeout=restore_timeout)
     rec.attach(session)
     if job_ctx is not None:
 
