@@ -8,8 +8,10 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/parley-dev/parley/internal/agentsjson"
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+	"github.com/parley-dev/parley/internal/rule"
 )
 
 // itemPayloadJSON makes an item's stored payload; readers ignore fields
@@ -79,9 +81,28 @@ func chatRoleFromProto(r parleyv1.ChatRole) conversation.Role {
 	}
 }
 
-func itemsFromProto(cis []*parleyv1.ChatContext_ChatItem) ([]conversation.Item, error) {
+// appendedItems returns AppendItems' items, given as protos or as the
+// JSON of livekit-agents' to_dict(). Each must render for from_dict()
+// (agentsjson.Check), so that every stored item does.
+func appendedItems(m *parleyv1.AppendItemsRequest) ([]conversation.Item, error) {
+	cis := m.GetItems()
+	if text := m.GetItemsJson(); text != "" {
+		if len(cis) > 0 {
+			return nil, rule.Broken("set items or items_json, not both")
+		}
+		var err error
+		if cis, err = agentsjson.Decode([]byte(text)); err != nil {
+			// Decode's errors are all broken rules, written for clients.
+			return nil, rule.Broken("items_json: " + err.Error())
+		}
+	}
 	out := make([]conversation.Item, len(cis))
 	for i, ci := range cis {
+		if ci.GetItem() != nil {
+			if err := agentsjson.Check(ci); err != nil {
+				return nil, rule.Broken(fmt.Sprintf("items[%d]: %v", i, err))
+			}
+		}
 		it, err := itemFromProto(ci)
 		if err != nil {
 			return nil, err

@@ -10,7 +10,6 @@ import (
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
-	"github.com/parley-dev/parley/internal/rule"
 )
 
 // AppendItems appends chat items atomically, exactly once per item id.
@@ -23,10 +22,7 @@ func (s *ConversationServer) AppendItems(ctx context.Context, req *connect.Reque
 	if err != nil {
 		return nil, err
 	}
-	if req.Msg.GetItemsJson() != "" {
-		return nil, toConnectError(ctx, s.log, rule.Broken("items_json is not supported yet; send items"))
-	}
-	items, err := itemsFromProto(req.Msg.GetItems())
+	items, err := appendedItems(req.Msg)
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}

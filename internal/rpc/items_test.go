@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/parley-dev/parley/internal/agentsjson"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 )
@@ -120,20 +122,41 @@ func TestItemsRPC(t *testing.T) {
 		}
 
 		for name, r := range map[string]*parleyv1.AppendItemsRequest{
-			"items_json":   {ConversationId: id, ItemsJson: `{"items":[]}`},
-			"no items":     {ConversationId: id},
-			"no kind":      {ConversationId: id, Items: []*parleyv1.ChatContext_ChatItem{{}}},
-			"no id":        {ConversationId: id, Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_AgentHandoff{AgentHandoff: &parleyv1.AgentHandoff{}}}}},
-			"no role":      {ConversationId: id, Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_Message{Message: &parleyv1.ChatMessage{Id: "x"}}}}},
-			"reserved id":  {ConversationId: id, Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_AgentHandoff{AgentHandoff: &parleyv1.AgentHandoff{Id: "saveturn:x"}}}}},
-			"malformed id": {ConversationId: "nope", Items: everyKind("z")},
+			"items_json of no items": {ConversationId: id, ItemsJson: `{"items":[]}`},
+			"items_json not JSON":    {ConversationId: id, ItemsJson: `{"items":`},
+			"both":                   {ConversationId: id, ItemsJson: `[]`, Items: everyKind("b")},
+			"201 items":              {ConversationId: id, Items: slices.Repeat(everyKind("r"), 41)[:201]},
+			"no items":               {ConversationId: id},
+			"no kind":                {ConversationId: id, Items: []*parleyv1.ChatContext_ChatItem{{}}},
+			"no id":                  {ConversationId: id, Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_AgentHandoff{AgentHandoff: &parleyv1.AgentHandoff{}}}}},
+			"no role":                {ConversationId: id, Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_Message{Message: &parleyv1.ChatMessage{Id: "x"}}}}},
+			"reserved id":            {ConversationId: id, Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_AgentHandoff{AgentHandoff: &parleyv1.AgentHandoff{Id: "saveturn:x"}}}}},
+			"malformed id":           {ConversationId: "nope", Items: everyKind("z")},
 		} {
 			if _, err := c.AppendItems(ctx, as(owner, r)); codeOf(err) != connect.CodeInvalidArgument {
 				t.Errorf("AppendItems %s = %v, want invalid_argument", name, err)
 			}
 		}
-		if _, err := c.AppendItems(ctx, as(owner, &parleyv1.AppendItemsRequest{ConversationId: id, ItemsJson: "[]"})); err == nil || !strings.Contains(err.Error(), "items_json") {
-			t.Errorf("items_json error %v does not name it", err)
+		if _, err := c.AppendItems(ctx, as(owner, &parleyv1.AppendItemsRequest{ConversationId: id, ItemsJson: `{"items":[{"type":"nope"}]}`})); codeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "items_json") {
+			t.Errorf("items_json error %v is not invalid_argument naming it", err)
+		}
+
+		// Items as livekit-agents' to_dict() JSON store what they read as
+		// (with from_dict()'s defaults filled in).
+		dict, err := agentsjson.Encode(everyKind("json-"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := agentsjson.Decode(dict)
+		if err != nil {
+			t.Fatal(err)
+		}
+		viaJSON, err := c.AppendItems(ctx, as(agentID, &parleyv1.AppendItemsRequest{ConversationId: id, ItemsJson: string(dict)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, chatItemsOf(viaJSON.Msg.GetItems()), protocmp.Transform()); diff != "" || !cmp.Equal(itemSeqs(viaJSON.Msg.GetItems()), []int64{7, 8, 9, 10, 11}) {
+			t.Errorf("items_json stored other items (-sent +stored):\n%s", diff)
 		}
 		if _, err := c.AppendItems(ctx, as(stranger, &parleyv1.AppendItemsRequest{ConversationId: id, Items: everyKind("s")})); codeOf(err) != connect.CodeNotFound {
 			t.Errorf("stranger's AppendItems = %v, want not_found", err)

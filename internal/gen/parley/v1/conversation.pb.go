@@ -1113,6 +1113,7 @@ type AppendItemsRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
 	// items are appended in order; each needs an id, its exactly-once key.
+	// A batch has at most 200 items.
 	Items []*ChatContext_ChatItem `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
 	// items_json is the alternative to items: the "items" list (or the whole
 	// object) that livekit-agents' ChatContext.to_dict() writes, as JSON text.
@@ -1740,12 +1741,13 @@ const file_parley_v1_conversation_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
 	"\x1aUpdateConversationResponse\x12;\n" +
-	"\fconversation\x18\x01 \x01(\v2\x17.parley.v1.ConversationR\fconversation\"\xe6\x01\n" +
+	"\fconversation\x18\x01 \x01(\v2\x17.parley.v1.ConversationR\fconversation\"\xfd\x01\n" +
 	"\x12AppendItemsRequest\x121\n" +
-	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x125\n" +
-	"\x05items\x18\x02 \x03(\v2\x1f.parley.v1.ChatContext.ChatItemR\x05items\x12\x1d\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x12@\n" +
+	"\x05items\x18\x02 \x03(\v2\x1f.parley.v1.ChatContext.ChatItemB\t\xbaH\x06\x92\x01\x03\x10\xc8\x01R\x05items\x12)\n" +
 	"\n" +
-	"items_json\x18\x03 \x01(\tR\titemsJson\x12\x1e\n" +
+	"items_json\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05(\x80\x80\x80\x04R\titemsJson\x12\x1e\n" +
 	"\x05agent\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x05agent\x12'\n" +
 	"\n" +
 	"message_id\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\tmessageId\"X\n" +
