@@ -22,6 +22,16 @@ const (
 VALUES ($1::uuid, $2::uuid, $3::text, $4::text[], $5::timestamptz)
 RETURNING ` + webhookEndpointColumns
 
+	// lockWebhookUserSQL makes one user's endpoint creations take turns, so
+	// that the count holds. NO KEY UPDATE leaves foreign key checks (KEY
+	// SHARE) on the user, everywhere else, unblocked.
+	lockWebhookUserSQL = `SELECT 1 FROM users WHERE id = $1::uuid FOR NO KEY UPDATE`
+
+	// countWebhookEndpointsSQL runs after lockWebhookUserSQL, as a statement
+	// of its own: its snapshot then sees the endpoint of a creation that
+	// held the lock before.
+	countWebhookEndpointsSQL = `SELECT count(*) FROM webhook_endpoints WHERE user_id = $1::uuid`
+
 	insertWebhookSecretSQL = `INSERT INTO webhook_secrets (endpoint_id, secret) VALUES ($1::uuid, $2::bytea)`
 
 	getWebhookEndpointSQL = `SELECT ` + webhookEndpointColumns + ` FROM webhook_endpoints WHERE id = $1::uuid AND user_id = $2::uuid`
@@ -69,16 +79,26 @@ func scanWebhookEndpoint(row interface{ Scan(...any) error }) (webhook.Endpoint,
 }
 
 // CreateEndpoint implements webhook.Store.
-func (s *WebhookStore) CreateEndpoint(ctx context.Context, e webhook.Endpoint, secret webhook.Secret) (_ webhook.Endpoint, err error) {
+func (s *WebhookStore) CreateEndpoint(ctx context.Context, e webhook.Endpoint, secret webhook.Secret, max int) (_ webhook.Endpoint, err error) {
 	defer markUnavailable(&err)
 	var out webhook.Endpoint
 	err = inTx(ctx, s.bun, "create webhook endpoint", func(ctx context.Context, tx bun.Tx) error {
-		var err error
-		out, err = scanWebhookEndpoint(tx.Tx.QueryRowContext(ctx, insertWebhookEndpointSQL, e.ID, e.UserID, e.URL, e.EventTypes, e.CreatedAt))
-		if isForeignKeyViolation(err) {
+		var n int
+		err := tx.Tx.QueryRowContext(ctx, lockWebhookUserSQL, e.UserID).Scan(&n)
+		if errors.Is(err, sql.ErrNoRows) {
 			// The user is gone: its endpoints would be.
 			return webhook.ErrNotFound
 		}
+		if err != nil {
+			return fmt.Errorf("lock user: %w", err)
+		}
+		if err := tx.Tx.QueryRowContext(ctx, countWebhookEndpointsSQL, e.UserID).Scan(&n); err != nil {
+			return fmt.Errorf("count webhook endpoints: %w", err)
+		}
+		if n >= max {
+			return webhook.ErrTooManyEndpoints
+		}
+		out, err = scanWebhookEndpoint(tx.Tx.QueryRowContext(ctx, insertWebhookEndpointSQL, e.ID, e.UserID, e.URL, e.EventTypes, e.CreatedAt))
 		if err != nil {
 			return fmt.Errorf("insert webhook endpoint: %w", err)
 		}

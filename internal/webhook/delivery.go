@@ -29,11 +29,18 @@ type Event struct {
 	CreatedAt time.Time
 }
 
-// NewEvent returns the event of type t about data (a JSON object) for
-// userID, happening at now.
+// MaxEventDataBytes bounds an event's data: a receiver takes a few KiB
+// per call, and batches of items stay under it.
+const MaxEventDataBytes = 256 << 10
+
+// NewEvent returns the event of type t about data (a JSON object of at most
+// MaxEventDataBytes) for userID, happening at now.
 func NewEvent(userID uuid.UUID, t string, data json.RawMessage, now time.Time) (Event, error) {
 	if !slices.Contains(EventTypes(), t) {
 		return Event{}, fmt.Errorf("unknown event type %q", t)
+	}
+	if len(data) > MaxEventDataBytes {
+		return Event{}, fmt.Errorf("event data of %d bytes, more than %d", len(data), MaxEventDataBytes)
 	}
 	if !json.Valid(data) || len(data) == 0 || data[0] != '{' {
 		return Event{}, errors.New("event data must be a JSON object")

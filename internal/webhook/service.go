@@ -16,6 +16,8 @@ import (
 // Limits of the endpoint rules.
 const (
 	MaxURLBytes = 2048
+	// MaxEndpoints bounds a user's endpoints.
+	MaxEndpoints = 20
 	// DefaultRotationOverlap is how long a rotated-out secret still signs,
 	// beside the new one, when a rotation names no overlap: time for the
 	// customer to deploy the new secret.
@@ -26,8 +28,10 @@ const (
 
 // Store keeps endpoints and their secrets.
 type Store interface {
-	// CreateEndpoint stores e with s as its only secret.
-	CreateEndpoint(ctx context.Context, e Endpoint, s Secret) (Endpoint, error)
+	// CreateEndpoint stores e with s as its only secret, unless the user
+	// has max endpoints already (ErrTooManyEndpoints); concurrent creates
+	// of one user take turns, so the bound holds.
+	CreateEndpoint(ctx context.Context, e Endpoint, s Secret, max int) (Endpoint, error)
 	// Endpoint returns the user's endpoint, or ErrNotFound.
 	Endpoint(ctx context.Context, id, userID uuid.UUID) (Endpoint, error)
 	// Endpoints returns the user's endpoints, oldest first.
@@ -107,7 +111,7 @@ func (s *Service) RegisterEndpoint(ctx context.Context, p auth.Principal, url st
 	secret := NewSecret()
 	e, err := s.store.CreateEndpoint(ctx, Endpoint{
 		ID: uuid.Must(uuid.NewV7()), UserID: p.ID, URL: url, EventTypes: types, CreatedAt: s.now(),
-	}, secret)
+	}, secret, MaxEndpoints)
 	if err != nil {
 		return Endpoint{}, Secret{}, err
 	}

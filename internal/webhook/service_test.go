@@ -213,3 +213,44 @@ func TestRotateSecretOverlaps(t *testing.T) {
 		t.Fatalf("refused rotations changed the secrets: %d", len(got))
 	}
 }
+
+// MaxEndpoints holds under concurrent registrations of one user.
+func TestEndpointsAreBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	alice := e.user(t)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	made, refused := 0, 0
+	for range webhook.MaxEndpoints + 5 {
+		wg.Go(func() {
+			_, _, err := e.svc.RegisterEndpoint(t.Context(), alice, "http://127.0.0.1:9/", []string{webhook.CallEnded})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				made++
+			case errors.Is(err, webhook.ErrTooManyEndpoints):
+				refused++
+			default:
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if made != webhook.MaxEndpoints || refused != 5 {
+		t.Fatalf("%d made, %d refused; want %d and 5", made, refused, webhook.MaxEndpoints)
+	}
+	eps, err := e.svc.Endpoints(t.Context(), alice)
+	if err != nil || len(eps) != webhook.MaxEndpoints {
+		t.Fatalf("Endpoints = %d, %v", len(eps), err)
+	}
+	// Another user is not bounded by alice's.
+	if _, _, err := e.svc.RegisterEndpoint(t.Context(), e.user(t), "http://127.0.0.1:9/", []string{webhook.CallEnded}); err != nil {
+		t.Fatal(err)
+	}
+	// A user that is gone gets no endpoint.
+	if _, _, err := e.svc.RegisterEndpoint(t.Context(), auth.Principal{ID: uuid.New(), Kind: auth.KindUser}, "http://127.0.0.1:9/", []string{webhook.CallEnded}); !errors.Is(err, webhook.ErrNotFound) {
+		t.Fatalf("unknown user: %v, want ErrNotFound", err)
+	}
+}

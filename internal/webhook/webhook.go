@@ -45,6 +45,9 @@ var (
 	// URL that is malformed or may not be delivered to, or an unknown or
 	// missing event type.
 	ErrInvalid = rule.ErrBroken
+	// ErrTooManyEndpoints is returned by RegisterEndpoint for a user who
+	// has MaxEndpoints already: each event fans out to every endpoint.
+	ErrTooManyEndpoints = errors.New("too many webhook endpoints")
 	// ErrBadSecret is returned by ParseSecret for text that is not whsec_
 	// followed by the standard base64 of a 24 to 64 byte key.
 	ErrBadSecret = errors.New("not a whsec_ secret of 24 to 64 bytes")
