@@ -154,6 +154,7 @@ func TestReadmeCurl(t *testing.T) {
 		"/parley.v1.ConversationService/ListMessages", "/parley.v1.ConversationService/WatchMessages",
 		"/api/v1/conversations", "/api/v1/conversations/save-turn", "/api/v1/conversations/$CONV/messages",
 		"/api/v1/conversations/$META_CONV", "/parley.v1.ConversationService/ListConversations",
+		"/parley.v1.ConversationService/AppendItems", "/api/v1/conversations/$CONV/items",
 	} {
 		if !covered[path] {
 			t.Errorf("the README's API section has no curl for %s", path)
