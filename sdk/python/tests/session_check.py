@@ -205,11 +205,32 @@ async def main() -> None:
     new_ids = [i.id for i in session2.history.items]
     if [i.id for i in after] != want_ids + new_ids:
         fail(f"after session 2: {[i.id for i in after]}, want {want_ids + new_ids}")
+    if not set(new_ids) <= rec2.stored_ids:
+        fail(f"session 2's recorder lost track: stored {sorted(rec2.stored_ids)}, history {new_ids}")
+
+    # A room resumed at session 1's end: the dispatch metadata's last_seq
+    # cuts the restore there, leaving session 2 out.
+    class Resumed:
+        class job:
+            metadata = json.dumps({"conversation_id": conv, "last_seq": len(want_ids)})
+            agent_name = "py-agent"
+
+        def add_shutdown_callback(self, cb: Any) -> None:
+            pass
+
+    agent3 = Assistant()
+    await persist_session(AgentSession(llm=ScriptedLLM()), agent3, client, job_ctx=Resumed())
+    if [i.id for i in agent3.chat_ctx.items] != want_ids:
+        fail(f"resumed at last_seq {len(want_ids)}: {[i.id for i in agent3.chat_ctx.items]}, want {want_ids}")
     await client.aclose()
     # The Go side gives agent tokens a few seconds of life: they were renewed.
     # Renewed before they expired, so Parley never refused one.
     if waits.tokens < 2 or waits.refused:
         fail(f"{waits.tokens} agent tokens issued, {waits.refused} refused, in a session longer than several token lifetimes")
+    counts: dict[str, int] = {}
+    for i in history:
+        counts[i.type] = counts.get(i.type, 0) + 1
+    print(f"session 1: {len(history)} items {counts}; session 2: {len(new_ids)}", flush=True)
     print(f"waited: {waiting} items; {waits.tokens} agent tokens; log: {waits.lines[:1]}", flush=True)
     print("RESULT " + json.dumps({"session1": want_ids, "session2": new_ids, "waited": waiting}), flush=True)
 
