@@ -23,7 +23,7 @@ from livekit.agents.llm import function_tool
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from livekit.agents.voice import Agent, AgentSession
 
-from parley_livekit import DispatchMetadata, ParleyClient, persist_session
+from parley_livekit import DispatchMetadata, ParleyClient, ParleyError, persist_session
 
 
 class ScriptedLLM(llm.LLM):
@@ -205,6 +205,20 @@ async def main() -> None:
     new_ids = [i.id for i in session2.history.items]
     if [i.id for i in after] != want_ids + new_ids:
         fail(f"after session 2: {[i.id for i in after]}, want {want_ids + new_ids}")
+    # The client's exactly-once answers: the same item again is a replay,
+    # its id with other content already_exists.
+    user_msg = next(i for i in history if i.type == "message" and i.role == "user")
+    again = await client.append_items(conv, [user_msg], agent="py-agent")
+    if not again.replayed or [i.id for i in again.items] != [user_msg.id]:
+        fail(f"appending {user_msg.id} again: replayed {again.replayed}, items {again.items}")
+    changed = user_msg.model_copy(update={"content": ["something else"]})
+    try:
+        await client.append_items(conv, [changed], agent="py-agent")
+        fail(f"{user_msg.id} with other content was stored")
+    except ParleyError as e:
+        if e.code != "already_exists" or e.retryable:
+            fail(f"{user_msg.id} with other content: {e.code} (retryable {e.retryable})")
+
     if not set(new_ids) <= rec2.stored_ids:
         fail(f"session 2's recorder lost track: stored {sorted(rec2.stored_ids)}, history {new_ids}")
 
