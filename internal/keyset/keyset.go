@@ -30,6 +30,7 @@ const (
 	Conversations List = 2
 	Rooms         List = 3
 	Files         List = 4
+	Calls         List = 5
 )
 
 // ErrInvalidToken is returned for a page token that is malformed or belongs

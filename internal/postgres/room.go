@@ -69,20 +69,24 @@ RETURNING ` + roomColumns
 	// Ends the room once: a finished event for an ended room changes nothing.
 	roomFinishedSQL = `UPDATE rooms SET status = 2, ended_at = $2::timestamptz WHERE id = $1::uuid AND status = 1`
 
-	// $1 room id, $2 session id, $3 identity, $4 name, $5 event time.
-	// The join time is kept once set; a leave recorded earlier stays, so a
-	// late join never makes a departed session present again.
-	participantJoinedSQL = `INSERT INTO room_participants (room_id, session_id, identity, name, joined_at)
-VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::timestamptz)
+	// $1 room id, $2 session id, $3 identity, $4 name, $5 event time,
+	// $6 kind (0: none). The join time is the earliest join's; a leave
+	// recorded earlier stays, so a late join never makes a departed session
+	// present again. The join's identity and name win over others'.
+	participantJoinedSQL = `INSERT INTO room_participants (room_id, session_id, identity, name, joined_at, kind)
+VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::timestamptz, NULLIF($6::smallint, 0))
 ON CONFLICT (room_id, session_id) DO UPDATE
-   SET joined_at = COALESCE(room_participants.joined_at, EXCLUDED.joined_at),
+   SET joined_at = LEAST(room_participants.joined_at, EXCLUDED.joined_at),
        identity = EXCLUDED.identity,
-       name = EXCLUDED.name`
+       name = EXCLUDED.name,
+       kind = GREATEST(room_participants.kind, EXCLUDED.kind)`
 
-	participantLeftSQL = `INSERT INTO room_participants (room_id, session_id, identity, name, left_at)
-VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::timestamptz)
+	// The leave time is the latest leave's.
+	participantLeftSQL = `INSERT INTO room_participants (room_id, session_id, identity, name, left_at, kind)
+VALUES ($1::uuid, $2::text, $3::text, $4::text, $5::timestamptz, NULLIF($6::smallint, 0))
 ON CONFLICT (room_id, session_id) DO UPDATE
-   SET left_at = COALESCE(room_participants.left_at, EXCLUDED.left_at)`
+   SET left_at = GREATEST(room_participants.left_at, EXCLUDED.left_at),
+       kind = GREATEST(room_participants.kind, EXCLUDED.kind)`
 
 	// importRecordingSQL queues an egress file for import as a file of the
 	// room's conversation (see recording_imports); egress's name is
@@ -324,15 +328,27 @@ func (s *RoomStore) ApplyEvent(ctx context.Context, e room.Event) (_ room.EventR
 		}
 		matched := r.ID != uuid.Nil && e.RoomSID != "" &&
 			(r.LiveKitSID == e.RoomSID || (r.LiveKitSID == "" && e.Kind == room.EventRoomStarted))
+		var change room.CallChange
 		if matched {
+			startedBefore, endedBefore, err := callState(ctx, tx.Tx, r)
+			if err != nil {
+				return fmt.Errorf("apply event: call before: %w", err)
+			}
 			if err := applyEffect(ctx, tx.Tx, r, e); err != nil {
 				return fmt.Errorf("apply event: %s: %w", e.Kind, err)
 			}
 			if r, err = getRoom(ctx, tx.Tx, "apply event: reread room", roomByIDSQL, r.ID); err != nil {
 				return err
 			}
+			started, ended, err := callState(ctx, tx.Tx, r)
+			if err != nil {
+				return fmt.Errorf("apply event: call after: %w", err)
+			}
+			// Outbound call.started and call.ended events are written
+			// here, in this transaction, from change.
+			change = room.CallChange{Started: started && !startedBefore, Ended: ended && !endedBefore}
 		}
-		res = room.EventResult{Applied: true, Matched: matched, Room: r}
+		res = room.EventResult{Applied: true, Matched: matched, Room: r, Call: change}
 		return nil
 	})
 	if err != nil {
@@ -355,14 +371,14 @@ func applyEffect(ctx context.Context, tx *sql.Tx, r room.Room, e room.Event) err
 		_, err = tx.ExecContext(ctx, roomFinishedSQL, r.ID, at)
 	case room.EventParticipantJoined, room.EventParticipantLeft:
 		if e.Participant.SessionID == "" {
-			return nil
+			break
 		}
 		q := participantJoinedSQL
 		if e.Kind == room.EventParticipantLeft {
 			q = participantLeftSQL
 		}
 		p := e.Participant
-		_, err = tx.ExecContext(ctx, q, r.ID, p.SessionID, p.Identity, p.Name, at)
+		_, err = tx.ExecContext(ctx, q, r.ID, p.SessionID, p.Identity, p.Name, at, p.Kind)
 	case room.EventEgressEnded:
 		for _, rec := range e.Recordings {
 			if r.ConversationID == uuid.Nil {
@@ -381,7 +397,11 @@ func applyEffect(ctx context.Context, tx *sql.Tx, r room.Room, e room.Event) err
 			}
 		}
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	// After the import is queued: the call's recordings name its file.
+	return applyCallEffect(ctx, tx, r, e, at.Time)
 }
 
 // Sessions returns the participant sessions recorded for a room.

@@ -19,6 +19,11 @@ const (
 	// EventEgressEnded: a recording finished; its files are queued to
 	// become files of kind RECORDING of the room's conversation.
 	EventEgressEnded
+	// EventTrackPublished: a participant published a track.
+	EventTrackPublished
+	// EventEgressStarted and EventEgressUpdated: a recording's state.
+	EventEgressStarted
+	EventEgressUpdated
 )
 
 // Event is a verified LiveKit webhook event, reduced to what Parley uses.
@@ -35,8 +40,13 @@ type Event struct {
 	At time.Time
 	// Participant is set for participant events.
 	Participant Participant
-	// EgressID is the egress an egress_ended event is about.
+	// EgressID is the egress an egress event is about.
 	EgressID string
+	// Egress is the egress's state an egress event reports; for
+	// egress_ended, LiveKit's API's.
+	Egress EgressState
+	// Track is the track of a track_published event.
+	Track Track
 	// Recordings are the finished files of an egress_ended event. The
 	// webhook's claim is never trusted: Service.ApplyEvent replaces them
 	// with what LiveKit's API says of the egress.
@@ -50,6 +60,7 @@ type Participant struct {
 	SessionID string
 	Identity  string
 	Name      string
+	Kind      ParticipantKind
 }
 
 // Recording is a file written by LiveKit egress into Parley's blob
@@ -77,6 +88,7 @@ type Egress struct {
 	// Recordings are the files it finished writing: none unless it
 	// completed (or stopped at its limit, having written its file).
 	Recordings []Recording
+	State      EgressState
 }
 
 // Session is a participant session as webhooks recorded it. Either time may

@@ -107,6 +107,8 @@ type LiveKit interface {
 	// Egress asks LiveKit's API about egress id of the room named room:
 	// ErrEgressNotFound if LiveKit knows no such egress of that room.
 	Egress(ctx context.Context, room, id string) (Egress, error)
+	// ListRooms returns those of the named rooms LiveKit has open.
+	ListRooms(ctx context.Context, names []string) ([]LiveRoom, error)
 }
 
 // NewRoom is a room for the store to create with its conversation.
@@ -166,6 +168,21 @@ type Store interface {
 	// PruneEvents forgets the applied event ids received before before,
 	// and returns how many.
 	PruneEvents(ctx context.Context, before time.Time) (int64, error)
+
+	// Call returns the call of room id; owner uuid.Nil reads anyone's.
+	Call(ctx context.Context, id, owner uuid.UUID) (Call, error)
+	// ListCalls returns up to limit calls matching f, newest first,
+	// strictly after cursor; owner uuid.Nil lists everyone's.
+	ListCalls(ctx context.Context, owner uuid.UUID, f CallFilter, after *Cursor, limit int) ([]Call, error)
+	// OpenCalls returns up to limit live calls (started, not ended) in id
+	// order after the id after (uuid.Nil: from the first).
+	OpenCalls(ctx context.Context, after uuid.UUID, limit int) ([]OpenCall, error)
+	// SeeCalls records that LiveKit listed the rooms of the calls at at.
+	SeeCalls(ctx context.Context, ids []uuid.UUID, at time.Time) error
+	// CloseCalls ends those of the calls still open and last seen before
+	// seenBefore, for reason, ending their rooms too, and returns the ids
+	// it closed. A later room_finished still sets the call's end.
+	CloseCalls(ctx context.Context, ids []uuid.UUID, reason EndReason, seenBefore, now time.Time) ([]uuid.UUID, error)
 }
 
 // EventResult is what applying a webhook event did.
@@ -179,4 +196,6 @@ type EventResult struct {
 	// Room is the Parley room with the event's LiveKit name, after the
 	// event, matched or not; its ID is uuid.Nil when there is none.
 	Room Room
+	// Call is what the event did to the room's call.
+	Call CallChange
 }

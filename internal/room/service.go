@@ -256,11 +256,9 @@ func (s *Service) ListRooms(ctx context.Context, p auth.Principal, pageSize int,
 	if err := userOnly(p); err != nil {
 		return Page{}, err
 	}
-	switch {
-	case pageSize == 0:
-		pageSize = DefaultPageSize
-	case pageSize < 0 || pageSize > MaxPageSize:
-		return Page{}, invalid(fmt.Sprintf("page_size must be 0 to %d", MaxPageSize))
+	pageSize, err := pageSizeOf(pageSize)
+	if err != nil {
+		return Page{}, err
 	}
 	after, err := keyset.Decode(keyset.Rooms, pageToken)
 	if err != nil {
@@ -278,6 +276,17 @@ func (s *Service) ListRooms(ctx context.Context, p auth.Principal, pageSize int,
 		page.Rooms[i] = s.withAgent(r)
 	}
 	return page, nil
+}
+
+// pageSizeOf is a list's page size: 0 is the default.
+func pageSizeOf(n int) (int, error) {
+	switch {
+	case n == 0:
+		return DefaultPageSize, nil
+	case n < 0 || n > MaxPageSize:
+		return 0, invalid(fmt.Sprintf("page_size must be 0 to %d", MaxPageSize))
+	}
+	return n, nil
 }
 
 // JoinRoom returns a join token for one of p's active rooms; an ended room
@@ -387,7 +396,7 @@ func (s *Service) confirmEgress(ctx context.Context, e Event) (Event, error) {
 			return e, refused(RefusedRecordingLocation, fmt.Sprintf("egress %q wrote %q, outside %s", eg.ID, rec.BlobName, RecordingPrefix(e.LiveKitRoom)))
 		}
 	}
-	e.RoomSID, e.Recordings = eg.RoomSID, eg.Recordings
+	e.RoomSID, e.Recordings, e.Egress = eg.RoomSID, eg.Recordings, eg.State
 	return e, nil
 }
 
@@ -476,6 +485,12 @@ func (k EventKind) String() string {
 		return "participant_left"
 	case EventEgressEnded:
 		return "egress_ended"
+	case EventTrackPublished:
+		return "track_published"
+	case EventEgressStarted:
+		return "egress_started"
+	case EventEgressUpdated:
+		return "egress_updated"
 	default:
 		return "other"
 	}

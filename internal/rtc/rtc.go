@@ -139,10 +139,25 @@ func (c *Client) Egress(ctx context.Context, roomName, id string) (room.Egress, 
 	// The filters are LiveKit's to apply; the answer is checked anyway.
 	for _, info := range res.GetItems() {
 		if info.GetEgressId() == id && info.GetRoomName() == roomName {
-			return room.Egress{ID: id, RoomName: roomName, RoomSID: info.GetRoomId(), Recordings: recordingsOf(info)}, nil
+			return room.Egress{ID: id, RoomName: roomName, RoomSID: info.GetRoomId(), Recordings: recordingsOf(info), State: egressState(info)}, nil
 		}
 	}
 	return room.Egress{}, room.ErrEgressNotFound
+}
+
+// ListRooms implements room.LiveKit.
+func (c *Client) ListRooms(ctx context.Context, names []string) ([]room.LiveRoom, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	res, err := c.rooms.ListRooms(ctx, &livekit.ListRoomsRequest{Names: names})
+	if err != nil {
+		return nil, fmt.Errorf("livekit list rooms: %w", err)
+	}
+	out := make([]room.LiveRoom, 0, len(res.GetRooms()))
+	for _, r := range res.GetRooms() {
+		out = append(out, room.LiveRoom{Name: r.GetName(), SID: r.GetSid()})
+	}
+	return out, nil
 }
 
 // DeleteRoom implements room.LiveKit.
@@ -231,7 +246,15 @@ func eventOf(ev *livekit.WebhookEvent) room.Event {
 	}
 	participant := func() room.Participant {
 		p := ev.GetParticipant()
-		return room.Participant{SessionID: p.GetSid(), Identity: p.GetIdentity(), Name: p.GetName()}
+		return room.Participant{SessionID: p.GetSid(), Identity: p.GetIdentity(), Name: p.GetName(), Kind: kindOf(p)}
+	}
+	egress := func() {
+		info := ev.GetEgressInfo()
+		if e.LiveKitRoom == "" {
+			e.LiveKitRoom, e.RoomSID = info.GetRoomName(), info.GetRoomId()
+		}
+		e.EgressID = info.GetEgressId()
+		e.Egress = egressState(info)
 	}
 	switch ev.GetEvent() {
 	case webhook.EventRoomStarted:
@@ -244,16 +267,72 @@ func eventOf(ev *livekit.WebhookEvent) room.Event {
 	case webhook.EventParticipantLeft, webhook.EventParticipantConnectionAborted:
 		e.Kind = room.EventParticipantLeft
 		e.Participant = participant()
+	case webhook.EventTrackPublished:
+		e.Kind = room.EventTrackPublished
+		e.Participant = participant()
+		t := ev.GetTrack()
+		e.Track = room.Track{SID: t.GetSid(), Type: strings.ToLower(t.GetType().String()), PublishedAt: e.At}
+		if src := t.GetSource(); src != livekit.TrackSource_UNKNOWN {
+			e.Track.Source = strings.ToLower(src.String())
+		}
+	case webhook.EventEgressStarted:
+		e.Kind = room.EventEgressStarted
+		egress()
+	case webhook.EventEgressUpdated:
+		e.Kind = room.EventEgressUpdated
+		egress()
 	case webhook.EventEgressEnded:
 		e.Kind = room.EventEgressEnded
-		info := ev.GetEgressInfo()
-		if e.LiveKitRoom == "" {
-			e.LiveKitRoom, e.RoomSID = info.GetRoomName(), info.GetRoomId()
-		}
-		e.EgressID = info.GetEgressId()
-		e.Recordings = recordingsOf(info)
+		egress()
+		e.Recordings = recordingsOf(ev.GetEgressInfo())
 	}
 	return e
+}
+
+// kindOf is who a participant is: LiveKit's kind, and for a standard
+// participant the agents' identity convention ("agent-" and the job id),
+// which older agent frameworks keep to without the kind.
+func kindOf(p *livekit.ParticipantInfo) room.ParticipantKind {
+	switch p.GetKind() {
+	case livekit.ParticipantInfo_AGENT:
+		return room.KindAgent
+	case livekit.ParticipantInfo_EGRESS, livekit.ParticipantInfo_INGRESS:
+		return room.KindOther
+	case livekit.ParticipantInfo_SIP:
+		return room.KindUser
+	}
+	if strings.HasPrefix(p.GetIdentity(), "agent-") {
+		return room.KindAgent
+	}
+	return room.KindUser
+}
+
+// egressState is an egress's state with LiveKit's times (nanoseconds).
+func egressState(info *livekit.EgressInfo) room.EgressState {
+	at := func(ns int64) time.Time {
+		if ns <= 0 {
+			return time.Time{}
+		}
+		return time.Unix(0, ns).UTC()
+	}
+	st := room.EgressState{StartedAt: at(info.GetStartedAt()), EndedAt: at(info.GetEndedAt()), UpdatedAt: at(info.GetUpdatedAt())}
+	switch info.GetStatus() {
+	case livekit.EgressStatus_EGRESS_STARTING:
+		st.Status = room.EgressStarting
+	case livekit.EgressStatus_EGRESS_ACTIVE:
+		st.Status = room.EgressActive
+	case livekit.EgressStatus_EGRESS_ENDING:
+		st.Status = room.EgressEnding
+	case livekit.EgressStatus_EGRESS_COMPLETE:
+		st.Status = room.EgressComplete
+	case livekit.EgressStatus_EGRESS_FAILED:
+		st.Status = room.EgressFailed
+	case livekit.EgressStatus_EGRESS_ABORTED:
+		st.Status = room.EgressAborted
+	case livekit.EgressStatus_EGRESS_LIMIT_REACHED:
+		st.Status = room.EgressLimitReached
+	}
+	return st
 }
 
 // recordingsOf returns the files a finished egress wrote. A failed or

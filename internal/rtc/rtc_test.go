@@ -208,7 +208,7 @@ func TestVerifyWebhook(t *testing.T) {
 		t.Fatalf("Verify of a signed event: %v", err)
 	}
 	want := room.Event{ID: "EV_1", Kind: room.EventParticipantJoined, LiveKitRoom: "parley-1", RoomSID: "RM_1", At: time.Unix(1_900_000_000, 0).UTC(),
-		Participant: room.Participant{SessionID: "PA_1", Identity: "u1", Name: "Ada"}}
+		Participant: room.Participant{SessionID: "PA_1", Identity: "u1", Name: "Ada", Kind: room.KindUser}}
 	if got.ID != want.ID || got.Kind != want.Kind || got.LiveKitRoom != want.LiveKitRoom || got.RoomSID != want.RoomSID ||
 		!got.At.Equal(want.At) || got.Participant != want.Participant {
 		t.Errorf("Verify = %+v, want %+v", got, want)
@@ -230,6 +230,55 @@ func TestVerifyWebhook(t *testing.T) {
 		if _, err := c.Verify(r); !errors.Is(err, room.ErrInvalidWebhook) {
 			t.Errorf("Verify(%s) = %v, want ErrInvalidWebhook", name, err)
 		}
+	}
+}
+
+// TestVerifyCallEvents checks what the call record takes from LiveKit's
+// events: participant kinds, tracks and egress states with their times.
+func TestVerifyCallEvents(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, rtc.Config{URL: "http://unused"})
+	verify := func(ev *livekit.WebhookEvent) room.Event {
+		t.Helper()
+		r, err := rtctest.WebhookRequest(t.Context(), "http://parley/livekit/webhook", testKey, testSecret, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.Verify(r)
+		if err != nil {
+			t.Fatalf("Verify(%s): %v", ev.GetEvent(), err)
+		}
+		return got
+	}
+	lkRoom := &livekit.Room{Name: "parley-1", Sid: "RM_1"}
+	for _, tc := range []struct {
+		p    *livekit.ParticipantInfo
+		want room.ParticipantKind
+	}{
+		{&livekit.ParticipantInfo{Identity: "u1"}, room.KindUser},
+		{&livekit.ParticipantInfo{Identity: "bot", Kind: livekit.ParticipantInfo_AGENT}, room.KindAgent},
+		{&livekit.ParticipantInfo{Identity: "agent-AJ_1"}, room.KindAgent},
+		{&livekit.ParticipantInfo{Identity: "sip_+1555", Kind: livekit.ParticipantInfo_SIP}, room.KindUser},
+		{&livekit.ParticipantInfo{Identity: "EG_1", Kind: livekit.ParticipantInfo_EGRESS}, room.KindOther},
+	} {
+		tc.p.Sid = "PA_1"
+		got := verify(&livekit.WebhookEvent{Id: "EV_1", Event: "participant_left", Room: lkRoom, Participant: tc.p})
+		if got.Kind != room.EventParticipantLeft || got.Participant.Kind != tc.want {
+			t.Errorf("participant %v: %+v, want kind %d", tc.p, got, tc.want)
+		}
+	}
+	got := verify(&livekit.WebhookEvent{Id: "EV_2", Event: "track_published", Room: lkRoom, CreatedAt: 1_900_000_000,
+		Participant: &livekit.ParticipantInfo{Sid: "PA_1", Identity: "u1"},
+		Track:       &livekit.TrackInfo{Sid: "TR_1", Type: livekit.TrackType_AUDIO, Source: livekit.TrackSource_MICROPHONE}})
+	if want := (room.Track{SID: "TR_1", Type: "audio", Source: "microphone", PublishedAt: time.Unix(1_900_000_000, 0).UTC()}); got.Kind != room.EventTrackPublished || got.Track != want || got.Participant.SessionID != "PA_1" {
+		t.Errorf("track_published = %+v, want track %+v", got, want)
+	}
+	ns := int64(1_900_000_000_123_456_789)
+	got = verify(&livekit.WebhookEvent{Id: "EV_3", Event: "egress_updated",
+		EgressInfo: &livekit.EgressInfo{EgressId: "EG_1", RoomName: "parley-1", RoomId: "RM_1", Status: livekit.EgressStatus_EGRESS_ACTIVE, StartedAt: ns, UpdatedAt: ns + 1}})
+	if want := (room.EgressState{Status: room.EgressActive, StartedAt: time.Unix(0, ns).UTC(), UpdatedAt: time.Unix(0, ns+1).UTC()}); got.Kind != room.EventEgressUpdated ||
+		got.LiveKitRoom != "parley-1" || got.RoomSID != "RM_1" || got.EgressID != "EG_1" || got.Egress != want {
+		t.Errorf("egress_updated = %+v, want state %+v", got, want)
 	}
 }
 
