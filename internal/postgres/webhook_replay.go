@@ -40,7 +40,36 @@ const (
  WHERE d.event_id = $1::uuid AND e.id = d.event_id AND e.user_id = $2::uuid AND d.state = 3`
 )
 
+const (
+	// pruneWebhookEventsSQL deletes a batch of old events no delivery waits
+	// on (their deliveries go with them); SKIP LOCKED leaves an event a
+	// redelivery or another replica's prune holds to the next run.
+	pruneWebhookEventsSQL = `DELETE FROM webhook_events WHERE id IN (
+  SELECT e.id FROM webhook_events e
+   WHERE e.created_at < $1::timestamptz
+     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.state = 1)
+   ORDER BY e.created_at
+   LIMIT $2
+     FOR UPDATE SKIP LOCKED)`
+)
+
 var _ webhook.EventStore = (*WebhookStore)(nil)
+
+// PruneEvents implements webhook.EventStore.
+func (s *WebhookStore) PruneEvents(ctx context.Context, before time.Time) (_ int64, err error) {
+	defer markUnavailable(&err)
+	return pruneInBatches(func() (int64, error) {
+		res, err := s.db.ExecContext(ctx, pruneWebhookEventsSQL, before, PruneBatch)
+		if err != nil {
+			return 0, fmt.Errorf("prune webhook events: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, fmt.Errorf("prune webhook events: %w", err)
+		}
+		return n, nil
+	})
+}
 
 // Events implements webhook.EventStore.
 func (s *WebhookStore) Events(ctx context.Context, userID uuid.UUID, after webhook.Cursor, limit int) (_ []webhook.ListedEvent, err error) {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/google/uuid"
@@ -116,20 +117,44 @@ type EventStore interface {
 	// now with a new retry window, and returns how many; ErrNotFound if
 	// the user has no such event.
 	Redeliver(ctx context.Context, userID, eventID uuid.UUID, now time.Time) (int, error)
+	// PruneEvents deletes the events created before before that have no
+	// pending delivery, with their deliveries, and returns how many.
+	PruneEvents(ctx context.Context, before time.Time) (int64, error)
 }
+
+// EventRetention is how long an event stays listed and redeliverable. A
+// delivery still pending keeps its event past it.
+const EventRetention = 30 * 24 * time.Hour
 
 // Events is the replay use cases over an EventStore.
 type Events struct {
 	store EventStore
 	now   func() time.Time
+	log   *slog.Logger
 }
 
-// NewEvents returns the replay use cases; opts.Now is the clock.
+// NewEvents returns the replay use cases.
 func NewEvents(store EventStore, opts Options) *Events {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Events{store: store, now: opts.Now}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Events{store: store, now: opts.Now, log: opts.Log}
+}
+
+// Prune deletes the events older than EventRetention with no pending
+// delivery, and logs what it did; it is an hourly job. Every replica may
+// run it: the delete is idempotent and skips rows another holds.
+func (s *Events) Prune(ctx context.Context) {
+	n, err := s.store.PruneEvents(ctx, s.now().Add(-EventRetention))
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.log.Warn("prune outbound webhook events", slog.String("error", err.Error()))
+	case n > 0:
+		s.log.Info("pruned outbound webhook events", slog.Int64("count", n))
+	}
 }
 
 // ListEvents returns the caller's events after cursor (its Text; "" for

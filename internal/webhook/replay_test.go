@@ -2,6 +2,7 @@ package webhook_test
 
 import (
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -174,5 +175,45 @@ func TestParkedDeliveryIsVisibleAndRedeliverable(t *testing.T) {
 	st, err = events.Deliveries(t.Context(), alice, eventID)
 	if err != nil || st[0].State != webhook.DeliveryDelivered || st[0].LastStatus != 204 || st[0].LastError != "" || st[0].FinishedAt.IsZero() {
 		t.Fatalf("after recovery: %+v, %v; want delivered", st, err)
+	}
+}
+
+// Prune forgets events past EventRetention, except those a delivery still
+// waits on.
+func TestPruneKeepsRecentAndPendingEvents(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var logs strings.Builder
+	events := webhook.NewEvents(e.store, webhook.Options{Now: e.clock.now, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	alice := e.user(t)
+	up := newReceiver(t, "", nil)
+	down := newReceiver(t, "", func() bool { return true })
+	e.register(t, alice, up, webhook.CallEnded)
+	e.register(t, alice, down, webhook.ExportReady)
+	d := e.dispatcher(webhook.DispatcherOptions{})
+
+	e.clock.add(-webhook.EventRetention - time.Hour)
+	old := uuid.MustParse(e.publish(t, alice, webhook.CallEnded, 1))
+	waiting := uuid.MustParse(e.publish(t, alice, webhook.ExportReady, 2))
+	drain(t, e, d, 0, 5, func() bool { return len(up.taken()) == 1 })
+	e.clock.add(webhook.EventRetention + time.Hour)
+	// No pass after the jump: the waiting delivery would be parked by it
+	// (its window is over), and then pruned with the old.
+	recent := uuid.MustParse(e.publish(t, alice, webhook.CallEnded, 3))
+
+	events.Prune(t.Context())
+	if !strings.Contains(logs.String(), "pruned outbound webhook events") || !strings.Contains(logs.String(), "count=1") {
+		t.Fatalf("Prune logged %q, want one event pruned", logs.String())
+	}
+	if _, err := events.Deliveries(t.Context(), alice, old); !errors.Is(err, webhook.ErrNotFound) {
+		t.Errorf("the old delivered event: %v, want ErrNotFound", err)
+	}
+	for name, id := range map[string]uuid.UUID{"old but pending": waiting, "recent": recent} {
+		if st, err := events.Deliveries(t.Context(), alice, id); err != nil || len(st) != 1 {
+			t.Errorf("%s event: %+v, %v; want kept", name, st, err)
+		}
+	}
+	if n, err := e.store.PruneEvents(t.Context(), e.clock.now().Add(-webhook.EventRetention)); err != nil || n != 0 {
+		t.Fatalf("a second prune deleted %d, %v; want 0", n, err)
 	}
 }

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -53,6 +54,8 @@ type Store interface {
 type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Log receives what the prune job did; nil discards it.
+	Log *slog.Logger
 }
 
 // Service is the endpoint use cases. Endpoints are user-scoped: agents are
