@@ -4,7 +4,8 @@ Driven by cmd/parley's TestLiveKitAgentsSession. Environment: PARLEY_URL,
 PARLEY_AGENT_KEY (from `parley agent-key create`), CONVERSATION_ID, and
 PYTHONPATH with sdk/python/src. Protocol on stdout/stdin, one line each:
 this script prints "KILL" when the Go side should stop Parley, goes on
-talking while Parley is away, and waits for "RESTARTED" on stdin. Its last
+talking while Parley is away, and waits for "RESTARTED" on stdin; at the
+end it prints "STOP" and waits for "STOPPED", Parley gone for good. Its last
 line is "RESULT <json>": the session's item ids in history order. Exits
 non-zero, saying why, on the first failed check.
 """
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from livekit.agents import APIConnectOptions, llm
@@ -103,7 +105,7 @@ class WaitLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        if "wait" in msg:
+        if "wait" in msg or "unsent" in msg:
             self.lines.append(msg)
         if "token issued" in msg:
             self.tokens += 1
@@ -236,6 +238,28 @@ async def main() -> None:
     await persist_session(AgentSession(llm=ScriptedLLM()), agent3, client, job_ctx=Resumed())
     if [i.id for i in agent3.chat_ctx.items] != want_ids:
         fail(f"resumed at last_seq {len(want_ids)}: {[i.id for i in agent3.chat_ctx.items]}, want {want_ids}")
+
+    # Parley gone for good: the restore gives up after restore_timeout and
+    # the agent starts without history; the shutdown flush gives up at its
+    # deadline and says how many items it leaves.
+    print("STOP", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if line.strip() != "STOPPED":
+        fail(f"expected STOPPED, read {line!r}")
+    agent4, session4, job4 = Assistant(), AgentSession(llm=ScriptedLLM()), JobCtx()
+    job4.shutdown = []
+    t0 = time.monotonic()
+    await persist_session(session4, agent4, client, job_ctx=job4, restore_timeout=1.0, shutdown_timeout=1.0)
+    if time.monotonic() - t0 > 3 or agent4.chat_ctx.items:
+        fail(f"restore without Parley took {time.monotonic() - t0:.1f}s and gave {len(agent4.chat_ctx.items)} items")
+    await session4.start(agent4)
+    await turn(session4, "Anyone?")
+    await session4.aclose()
+    t0 = time.monotonic()
+    for cb in job4.shutdown:
+        await cb("done")
+    if time.monotonic() - t0 > 3 or not any("unsent" in m for m in waits.lines):
+        fail(f"shutdown flush without Parley took {time.monotonic() - t0:.1f}s, log {waits.lines[-1:]}")
     await client.aclose()
     # The Go side gives agent tokens a few seconds of life: they were renewed.
     # Renewed before they expired, so Parley never refused one.

@@ -89,6 +89,7 @@ class SessionRecorder:
         self._session: AgentSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._inflight = 0
 
     # -- restore
 
@@ -149,8 +150,8 @@ class SessionRecorder:
 
     @property
     def pending(self) -> int:
-        """Items waiting to be sent."""
-        return self._queue.qsize()
+        """Items waiting to be sent, the batch being sent included."""
+        return self._queue.qsize() + self._inflight
 
     @property
     def stored_ids(self) -> set[str]:
@@ -215,6 +216,7 @@ class SessionRecorder:
                     break
                 batch.append(nxt)
                 size += nxt.size
+            self._inflight = len(batch)
             while True:
                 try:
                     await self._send(batch)
@@ -229,12 +231,10 @@ class SessionRecorder:
                     now = time.monotonic()
                     if now - last_log >= 5:
                         last_log = now
-                        logger.warning(
-                            "parley: %s; %d items wait, retrying in %.1fs",
-                            e, len(batch) + self._queue.qsize(), backoff,
-                        )
+                        logger.warning("parley: %s; %d items wait, retrying in %.1fs", e, self.pending, backoff)
                     await asyncio.sleep(e.retry_after or backoff * (0.5 + random.random()))
                     backoff = min(backoff * 2, self._max_backoff)
+            self._inflight = 0
             for _ in batch:
                 self._queue.task_done()
 
@@ -266,7 +266,7 @@ class SessionRecorder:
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except asyncio.TimeoutError:
-            logger.error("parley: shutdown deadline passed with %d items unsent", self._queue.qsize())
+            logger.error("parley: shutdown deadline passed with %d items unsent", self.pending)
         finally:
             if self._task is not None:
                 self._task.cancel()
