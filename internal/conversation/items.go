@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -239,12 +240,15 @@ func (s *Service) appendItems(ctx context.Context, id uuid.UUID, scope Scope, b 
 		}
 		return stored, nil
 	}
+	// Side by side, so that the Valkey client sends them together.
+	var notified sync.WaitGroup
 	if lastItem > 0 {
-		s.notifyItems(ctx, id, lastItem)
+		notified.Go(func() { s.notifyItems(ctx, id, lastItem) })
 	}
 	if lastMsg > 0 {
 		s.advanceAndNotify(ctx, id, lastMsg)
 	}
+	notified.Wait()
 	return stored, nil
 }
 
