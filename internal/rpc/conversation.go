@@ -27,9 +27,6 @@ type WatchOptions struct {
 
 // ConversationServer serves parley.v1.ConversationService.
 type ConversationServer struct {
-	// The item RPCs answer unimplemented until their handlers land.
-	parleyv1connect.UnimplementedConversationServiceHandler
-
 	svc   *conversation.Service
 	watch WatchOptions
 	log   *slog.Logger
