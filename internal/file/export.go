@@ -22,6 +22,9 @@ const (
 	// messages of at most 64 KiB, at most 8 MiB, whatever the history's
 	// length.
 	exportPageSize = 128
+	// exportItemPageSize is smaller: with items of at most 256 KiB, a
+	// page holds at most 16 MiB.
+	exportItemPageSize = 64
 	// exportBufferSize batches small writes into the blob stream.
 	exportBufferSize = 64 << 10
 )
@@ -30,10 +33,12 @@ const (
 var errPutEnded = errors.New("blob upload ended")
 
 // Export writes one of p's conversations with every message, in seq order,
-// to a new EXPORT file in exp's format and returns it with a download URL.
-// Messages stream from the store in keyset pages through a pipe into the
-// blob, so memory does not grow with the conversation. The export is a
-// snapshot of the messages up to the conversation's last_seq when it began.
+// to a new EXPORT file in exp's format and returns it with a download URL;
+// an ItemExporter gets every chat item too. Messages and items stream from
+// the store in keyset pages through a pipe into the blob, so memory does
+// not grow with the conversation. The export is a snapshot of the messages
+// up to the conversation's last_seq when it began, and of the items up to
+// its last item seq when the items began.
 func (s *Service) Export(ctx context.Context, p auth.Principal, convID uuid.UUID, exp Exporter) (File, string, error) {
 	scope, err := userScope(p)
 	if err != nil {
@@ -49,7 +54,7 @@ func (s *Service) Export(ctx context.Context, p auth.Principal, convID uuid.UUID
 	}
 	f.Status = StatusReady
 	f, err = s.storeBlobThenRow(ctx, f, func(ctx context.Context, f *File) error {
-		size, digest, err := s.streamExport(ctx, f.BlobName(), conv, exp)
+		size, digest, err := s.streamExport(ctx, f.BlobName(), conv, scope, exp)
 		f.SizeBytes, f.SHA256 = size, digest
 		return err
 	})
@@ -65,14 +70,14 @@ func (s *Service) Export(ctx context.Context, p auth.Principal, convID uuid.UUID
 
 // streamExport pipes the export written by one goroutine into Blobs.Put,
 // counting and hashing on the way.
-func (s *Service) streamExport(ctx context.Context, name string, conv conversation.Conversation, exp Exporter) (int64, string, error) {
+func (s *Service) streamExport(ctx context.Context, name string, conv conversation.Conversation, scope conversation.Scope, exp Exporter) (int64, string, error) {
 	pr, pw := io.Pipe()
 	h := sha256.New()
 	var n countWriter
 	done := make(chan error, 1)
 	go func() {
 		bw := bufio.NewWriterSize(io.MultiWriter(pw, h, &n), exportBufferSize)
-		err := s.writeExport(ctx, bw, conv, exp)
+		err := s.writeExport(ctx, bw, conv, scope, exp)
 		if err == nil {
 			err = bw.Flush()
 		}
@@ -93,10 +98,25 @@ func (s *Service) streamExport(ctx context.Context, name string, conv conversati
 	return int64(n), hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func (s *Service) writeExport(ctx context.Context, w io.Writer, conv conversation.Conversation, exp Exporter) error {
+func (s *Service) writeExport(ctx context.Context, w io.Writer, conv conversation.Conversation, scope conversation.Scope, exp Exporter) error {
 	if err := exp.Begin(w, conv); err != nil {
 		return err
 	}
+	ie, items := exp.(ItemExporter)
+	if !items || ie.Messages() {
+		if err := s.writeMessages(ctx, w, conv, exp); err != nil {
+			return err
+		}
+	}
+	if items {
+		if err := s.writeItems(ctx, w, conv.ID, scope, ie); err != nil {
+			return err
+		}
+	}
+	return exp.End(w)
+}
+
+func (s *Service) writeMessages(ctx context.Context, w io.Writer, conv conversation.Conversation, exp Exporter) error {
 	r := conversation.MessageRange{
 		ConversationID: conv.ID,
 		Order:          conversation.OrderOldestFirst,
@@ -118,7 +138,39 @@ func (s *Service) writeExport(ctx context.Context, w io.Writer, conv conversatio
 		}
 		r.After = msgs[len(msgs)-1].Seq
 	}
-	return exp.End(w)
+	return nil
+}
+
+// writeItems pages through the items up to the last one stored when it
+// begins.
+func (s *Service) writeItems(ctx context.Context, w io.Writer, id uuid.UUID, scope conversation.Scope, exp ItemExporter) error {
+	last, err := s.convs.ItemHead(ctx, id, scope)
+	if err != nil {
+		return err
+	}
+	r := conversation.ItemRange{
+		ConversationID: id,
+		Scope:          scope,
+		Order:          conversation.OrderOldestFirst,
+		Before:         last + 1,
+		Limit:          exportItemPageSize,
+	}
+	for r.After < last {
+		items, err := s.convs.ListItems(ctx, r)
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			if err := exp.Item(w, it); err != nil {
+				return err
+			}
+		}
+		if len(items) < exportItemPageSize {
+			break
+		}
+		r.After = items[len(items)-1].Seq
+	}
+	return nil
 }
 
 type countWriter int64

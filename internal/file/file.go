@@ -235,10 +235,13 @@ type Blobs interface {
 }
 
 // Conversations is what files need of conversations: access checks and the
-// messages an export walks. The conversation store implements it.
+// messages and items an export walks. The conversation store implements it.
 type Conversations interface {
 	GetConversation(ctx context.Context, id uuid.UUID, s conversation.Scope) (conversation.Conversation, error)
 	ListMessages(ctx context.Context, r conversation.MessageRange) ([]conversation.Message, error)
+	// ItemHead returns the conversation's last item seq.
+	ItemHead(ctx context.Context, id uuid.UUID, s conversation.Scope) (int64, error)
+	ListItems(ctx context.Context, r conversation.ItemRange) ([]conversation.Item, error)
 }
 
 // Exporter writes a conversation in one file format, message by message, so
@@ -251,4 +254,15 @@ type Exporter interface {
 	Begin(w io.Writer, c conversation.Conversation) error
 	Message(w io.Writer, m conversation.Message) error
 	End(w io.Writer) error
+}
+
+// ItemExporter is an Exporter that writes the conversation's chat items of
+// every kind too: Item is called for each, in seq order, after the
+// messages and before End.
+type ItemExporter interface {
+	Exporter
+	Item(w io.Writer, it conversation.Item) error
+	// Messages reports whether Message is called at all: a transcript of
+	// the items has the messages among them already.
+	Messages() bool
 }

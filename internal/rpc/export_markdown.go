@@ -10,8 +10,29 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/file"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 )
+
+// markdownExport is file.Markdown's transcript told by the chat items: the
+// messages are items too, so they come in order among the tool calls,
+// handoffs and config updates between them.
+type markdownExport struct{ file.Markdown }
+
+var _ file.ItemExporter = markdownExport{}
+
+// Messages implements file.ItemExporter: the items hold the messages.
+func (markdownExport) Messages() bool { return false }
+
+// Item implements file.ItemExporter.
+func (markdownExport) Item(w io.Writer, it conversation.Item) error {
+	ci, err := chatItemFromPayload(it)
+	if err != nil {
+		return err
+	}
+	return writeMarkdownItem(w, it.Seq, it.StoredAt, ci)
+}
 
 // writeMarkdownItem writes one chat item of a Markdown export, in the
 // layout of the export's messages: a rule, a bold header with the item's

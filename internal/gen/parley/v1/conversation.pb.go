@@ -80,8 +80,16 @@ type ExportFormat int32
 
 const (
 	ExportFormat_EXPORT_FORMAT_UNSPECIFIED ExportFormat = 0
-	ExportFormat_EXPORT_FORMAT_JSON        ExportFormat = 1
-	ExportFormat_EXPORT_FORMAT_MARKDOWN    ExportFormat = 2
+	// EXPORT_FORMAT_JSON is {"conversation": Conversation, "messages":
+	// [Message...], "chat_context": {"items": [...]}}: the conversation and
+	// its messages in proto JSON, then every chat item, in seq order, as the
+	// JSON that livekit-agents' ChatContext.from_dict() loads.
+	ExportFormat_EXPORT_FORMAT_JSON ExportFormat = 1
+	// EXPORT_FORMAT_MARKDOWN is a readable transcript of every chat item in
+	// seq order: messages under their role (interrupted ones marked), tool
+	// calls with their arguments and outputs (errors marked), agent handoffs
+	// and config updates.
+	ExportFormat_EXPORT_FORMAT_MARKDOWN ExportFormat = 2
 )
 
 // Enum value maps for ExportFormat.

@@ -800,11 +800,21 @@ export enum ExportFormat {
   UNSPECIFIED = 0,
 
   /**
+   * EXPORT_FORMAT_JSON is {"conversation": Conversation, "messages":
+   * [Message...], "chat_context": {"items": [...]}}: the conversation and
+   * its messages in proto JSON, then every chat item, in seq order, as the
+   * JSON that livekit-agents' ChatContext.from_dict() loads.
+   *
    * @generated from enum value: EXPORT_FORMAT_JSON = 1;
    */
   JSON = 1,
 
   /**
+   * EXPORT_FORMAT_MARKDOWN is a readable transcript of every chat item in
+   * seq order: messages under their role (interrupted ones marked), tool
+   * calls with their arguments and outputs (errors marked), agent handoffs
+   * and config updates.
+   *
    * @generated from enum value: EXPORT_FORMAT_MARKDOWN = 2;
    */
   MARKDOWN = 2,
