@@ -27,9 +27,9 @@ VALUES ($1::uuid, $2::text, $3::uuid, $4::text, $5::uuid, NULLIF($6::text, ''), 
 RETURNING ` + roomColumns
 
 	// lockResumedSQL locks the conversation a room resumes, so that two
-	// resumes (and SaveTurn's seq bumps) of it take turns; its seq is where
-	// the agent restores up to.
-	lockResumedSQL = `SELECT last_seq FROM conversations WHERE id = $1::uuid AND user_id = $2::uuid FOR UPDATE`
+	// resumes (and appends, which bump its seqs under the same lock) take
+	// turns; its last item seq is where the agent restores up to.
+	lockResumedSQL = `SELECT last_item_seq FROM conversations WHERE id = $1::uuid AND user_id = $2::uuid FOR UPDATE`
 
 	// conversationLiveSQL runs after lockResumedSQL, as a statement of its
 	// own: its snapshot then sees the room of a resume that held the lock
@@ -200,8 +200,8 @@ func (s *RoomStore) CreateRoom(ctx context.Context, nr room.NewRoom) (_ room.Roo
 // conversation, in tx: the conversation is locked, must be the owner's and
 // in no active room, and gets the new room as its room.
 func resumeInRoom(ctx context.Context, tx *sql.Tx, nr room.NewRoom, r *roomRow) error {
-	var lastSeq int64
-	err := tx.QueryRowContext(ctx, lockResumedSQL, nr.ConversationID, nr.CreatedBy).Scan(&lastSeq)
+	var lastItemSeq int64
+	err := tx.QueryRowContext(ctx, lockResumedSQL, nr.ConversationID, nr.CreatedBy).Scan(&lastItemSeq)
 	if errors.Is(err, sql.ErrNoRows) {
 		return conversation.ErrNotFound
 	}
@@ -216,7 +216,7 @@ func resumeInRoom(ctx context.Context, tx *sql.Tx, nr room.NewRoom, r *roomRow) 
 		return room.ErrConversationLive
 	}
 	err = tx.QueryRowContext(ctx, insertRoomSQL, nr.ID, nr.Name, nr.ConversationID, nr.LiveKitRoom, nr.CreatedBy,
-		nr.AgentName, nr.AgentMetadata, lastSeq).Scan(r.dest()...)
+		nr.AgentName, nr.AgentMetadata, lastItemSeq).Scan(r.dest()...)
 	if err != nil {
 		return fmt.Errorf("create room: insert room: %w", err)
 	}

@@ -64,8 +64,9 @@ func checkDispatch(t *testing.T, where, agent, gotAgent, gotMeta string, want ro
 	}
 }
 
-// seedTurn saves a turn into the conversation through SaveTurn and returns
-// the seq the dispatch of a room resuming it must carry.
+// seedTurn saves a turn into the conversation through SaveTurn, and a tool
+// call through AppendItems (an item that is no message), and returns the
+// seq the dispatch of a room resuming it must carry: its last item's.
 func (env *roomTestEnv) seedTurn(t *testing.T, conv uuid.UUID, user caller) int64 {
 	t.Helper()
 	convs := parleyv1connect.NewConversationServiceClient(env.hc, env.url)
@@ -73,11 +74,17 @@ func (env *roomTestEnv) seedTurn(t *testing.T, conv uuid.UUID, user caller) int6
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := convs.GetConversation(t.Context(), as(user, &parleyv1.GetConversationRequest{ConversationId: conv.String()}))
-	if err != nil {
+	call := &parleyv1.ChatContext_ChatItem{Item: &parleyv1.ChatContext_ChatItem_FunctionCall{FunctionCall: &parleyv1.FunctionCall{
+		Id: "fc_" + uuid.NewString(), CallId: "c", Name: "lookup", Arguments: "{}",
+	}}}
+	if _, err := convs.AppendItems(t.Context(), as(user, &parleyv1.AppendItemsRequest{ConversationId: conv.String(), Items: []*parleyv1.ChatContext_ChatItem{call}})); err != nil {
 		t.Fatal(err)
 	}
-	return got.Msg.GetConversation().GetLastSeq()
+	list, err := convs.ListItems(t.Context(), as(user, &parleyv1.ListItemsRequest{ConversationId: conv.String(), PageSize: 1, Order: parleyv1.Order_ORDER_NEWEST_FIRST}))
+	if err != nil || len(list.Msg.GetItems()) != 1 {
+		t.Fatalf("ListItems = %v, %v", list, err)
+	}
+	return list.Msg.GetItems()[0].GetSeq()
 }
 
 // TestCreateRoomAgentJob: CreateRoom's agent_name and agent_metadata reach
