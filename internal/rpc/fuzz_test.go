@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"reflect"
@@ -16,6 +18,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
@@ -28,6 +31,7 @@ import (
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 	"github.com/parley-dev/parley/internal/keyset"
+	"github.com/parley-dev/parley/internal/room"
 )
 
 // parleyMessages are every message type of package parley.v1, requests and
@@ -429,4 +433,62 @@ func TestRESTKeepsAHandlersServerError(t *testing.T) {
 		}
 		wantError(t, "GET /api/v1/profile"+q, status, out, want, code)
 	}
+}
+
+// FuzzTokenRequest parses any body as a POST /livekit/token request. A
+// refusal is a rule the caller broke (invalid_argument, permission_denied,
+// resource_exhausted), never a server error; an accepted body's strings
+// are UTF-8, its names and identity free of control characters, and the
+// request it stands for reads back the same when written as LiveKit's JSON.
+func FuzzTokenRequest(f *testing.F) {
+	f.Add(`{}`)
+	f.Add(`{"room_name":"parley-01a2340f-998c-7218-bc3e-3c0ea51fc817","participant_name":"Ada","participant_identity":"x"}`)
+	f.Add(`{"participant_metadata":"{\"k\":1}","participant_attributes":{"team":"blue","lk.x":""}}`)
+	f.Add(`{"room_config":{"agents":[{"agent_name":"a","metadata":"m"}]}}`)
+	f.Add(`{"room_config":{"agents":[],"egress":null}}`)
+	f.Add(`{"room_config":null,"room_name":"\u00e9\u0007"}`)
+	f.Add(`{"room_name":7} `)
+	f.Fuzz(func(t *testing.T, body string) {
+		read := func(body string) (room.Entry, error) {
+			r := httptest.NewRequest(http.MethodPost, TokenPath, strings.NewReader(body))
+			r.Header.Set("Content-Type", "application/json")
+			return readTokenRequest(httptest.NewRecorder(), r)
+		}
+		e, err := read(body)
+		if err != nil {
+			switch code := connect.CodeOf(toConnectError(t.Context(), slog.New(slog.DiscardHandler), err)); code {
+			case connect.CodeInvalidArgument, connect.CodePermissionDenied, connect.CodeResourceExhausted:
+			default:
+				t.Fatalf("refused as %v: %v", code, err)
+			}
+			return
+		}
+		strs := []string{e.RoomName, e.Identity, e.Name, e.Metadata, e.AgentName, e.AgentMetadata}
+		for k, v := range e.Attributes {
+			strs = append(strs, k, v)
+		}
+		for _, s := range strs {
+			if !utf8.ValidString(s) {
+				t.Fatalf("accepted a string that is not UTF-8: %q", s)
+			}
+		}
+		for _, s := range []string{e.RoomName, e.Identity, e.Name, e.AgentName} {
+			if hasControl(s) {
+				t.Fatalf("accepted a name with a control character: %q", s)
+			}
+		}
+		again := tokenRequest{RoomName: e.RoomName, ParticipantIdentity: e.Identity, ParticipantName: e.Name,
+			ParticipantMetadata: e.Metadata, ParticipantAttributes: e.Attributes}
+		if e.AgentName != "" || e.AgentMetadata != "" {
+			again.RoomConfig, _ = json.Marshal(map[string]any{"agents": []agentDispatch{{AgentName: e.AgentName, Metadata: e.AgentMetadata}}})
+		}
+		b, err := json.Marshal(again)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e2, err := read(string(b))
+		if err != nil || !reflect.DeepEqual(e2, e) {
+			t.Fatalf("%s read as %+v, written as %s, read back as %+v, %v", body, e, b, e2, err)
+		}
+	})
 }
