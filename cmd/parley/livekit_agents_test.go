@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +24,9 @@ import (
 // Python side of TestLiveKitAgents.
 const liveKitAgentsDir = "../../testdata/livekit-agents"
 
+// liveKitAgentsMu serialises making the shared virtual environment.
+var liveKitAgentsMu sync.Mutex
+
 // liveKitAgentsPython returns the python of a virtual environment under
 // .build with the pinned livekit-agents installed from PyPI, making it when
 // it is missing or was made for other requirements (about 400 MB and a few
@@ -30,6 +34,9 @@ const liveKitAgentsDir = "../../testdata/livekit-agents"
 // it, when the environment cannot be made.
 func liveKitAgentsPython(t *testing.T) string {
 	t.Helper()
+	// Tests that share the environment may run in parallel: one makes it.
+	liveKitAgentsMu.Lock()
+	defer liveKitAgentsMu.Unlock()
 	reqFile, err := filepath.Abs(filepath.Join(liveKitAgentsDir, "requirements.txt"))
 	if err != nil {
 		t.Fatal(err)
