@@ -231,7 +231,7 @@ func (a *replica) newServices(ctx context.Context, cfg config.Config, log *slog.
 	outbox := file.NewWorker(fileStore, blobs, file.WorkerOptions{Log: log, SourceRefused: refusals.RecordingSourceRefused})
 	s.rooms = room.NewService(roomStore, lk, room.Options{Log: log, AgentName: cfg.LiveKitAgentName, RecordingsQueued: outbox.Wake})
 	a.closers = append(a.closers, s.rooms.Close)
-	a.hourly(ctx, s.rooms.Prune, s.accounts.Prune)
+	a.hourly(ctx, s.rooms.Prune, s.accounts.Prune, a.startWebhooks(ctx, cfg, log))
 	s.webhook = rpc.NewWebhookHandler(lk, s.rooms, log, refusals)
 	a.goBackground(ctx, func(ctx context.Context) { _ = outbox.Run(ctx) })
 	s.files, err = newFiles(cfg, fileStore, blobs, conversationStore, outbox, log)

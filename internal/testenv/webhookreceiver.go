@@ -2,7 +2,12 @@ package testenv
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,4 +82,28 @@ func WebhookReceiver(t testing.TB) string {
 		t.Fatal("testenv: webhook receiver did not start within 30s")
 		return ""
 	}
+}
+
+// VerifyWebhook hands a delivery (its webhook-* headers and body) to the
+// receiver at base (WebhookReceiver's) and returns nil if the reference
+// library verifies it with secret (whsec_ text), else an error carrying the
+// library's answer.
+func VerifyWebhook(ctx context.Context, base, secret string, header http.Header, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/?secret="+url.QueryEscape(secret), bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	for _, h := range []string{"webhook-id", "webhook-timestamp", "webhook-signature"} {
+		req.Header.Set(h, header.Get(h))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("reference verifier: %w", err)
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("the reference library refused delivery %s: %d %s", header.Get("webhook-id"), resp.StatusCode, answer)
+	}
+	return nil
 }

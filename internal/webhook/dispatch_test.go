@@ -1,7 +1,6 @@
 package webhook_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"net/url"
 	"slices"
 	"sync"
 	"testing"
@@ -56,20 +54,8 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if r.verifier != "" {
-		fwd, _ := http.NewRequestWithContext(req.Context(), http.MethodPost, r.verifier+"/?secret="+url.QueryEscape(secret.Text()), bytes.NewReader(body))
-		for _, h := range []string{"webhook-id", "webhook-timestamp", "webhook-signature"} {
-			fwd.Header.Set(h, req.Header.Get(h))
-		}
-		resp, err := http.DefaultClient.Do(fwd)
-		if err != nil {
-			r.t.Errorf("reference verifier: %v", err)
-			http.Error(w, "verifier down", http.StatusInternalServerError)
-			return
-		}
-		answer, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			r.t.Errorf("the reference library refused delivery %s: %s", req.Header.Get("webhook-id"), answer)
+		if err := testenv.VerifyWebhook(req.Context(), r.verifier, secret.Text(), req.Header, body); err != nil {
+			r.t.Error(err)
 			http.Error(w, "unverified", http.StatusUnauthorized)
 			return
 		}

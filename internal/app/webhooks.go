@@ -1,0 +1,26 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/parley-dev/parley/internal/config"
+	"github.com/parley-dev/parley/internal/postgres"
+	"github.com/parley-dev/parley/internal/webhook"
+	"github.com/parley-dev/parley/internal/webhookhttp"
+)
+
+// startWebhooks runs this replica's dispatcher of outbound webhooks, which
+// reaches only the addresses the PARLEY_WEBHOOK_* settings allow, and
+// returns the hourly job that prunes old events.
+func (a *replica) startWebhooks(ctx context.Context, cfg config.Config, log *slog.Logger) func(ctx context.Context) {
+	store := postgres.NewWebhookStore(a.db)
+	policy := webhookhttp.Policy{AllowHTTP: cfg.WebhookAllowHTTP, Allowed: cfg.WebhookAllowedNetworks}
+	sender := webhookhttp.NewSender(webhookhttp.NewClient(policy, cfg.WebhookTimeout))
+	// The lease outlasts an attempt, so no other replica repeats one that
+	// is still under way.
+	dispatcher := webhook.NewDispatcher(store, sender, webhook.DispatcherOptions{Lease: max(10*time.Second, 4*cfg.WebhookTimeout), Log: log})
+	a.goBackground(ctx, func(ctx context.Context) { _ = dispatcher.Run(ctx) })
+	return webhook.NewEvents(store, webhook.Options{Log: log}).Prune
+}
