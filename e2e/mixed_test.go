@@ -184,4 +184,39 @@ func testMixedVersions(t *testing.T, c *cluster) {
 		}
 	}
 	checkSQL(ctx, t, c, convID, 4*mixedTurns)
+	checkItems(ctx, t, w, token, convID, lists[0])
+}
+
+// checkItems checks that every message is an item, whichever binary saved
+// it (a binary from before items gets its items from the migration's
+// trigger): item seqs run 1..n without gaps, in the messages' order, each
+// with SaveTurn's item id and its message's seq and text.
+func checkItems(ctx context.Context, t *testing.T, w *web, token, convID string, msgs []*parleyv1.Message) {
+	t.Helper()
+	var items []*parleyv1.Item
+	for page := ""; ; {
+		resp, err := w.conversations.ListItems(ctx, bearer(&parleyv1.ListItemsRequest{
+			ConversationId: convID, PageSize: 200, PageToken: page, Order: parleyv1.Order_ORDER_OLDEST_FIRST,
+		}, token))
+		if err != nil {
+			t.Fatalf("current binary: ListItems: %v", err)
+		}
+		items = append(items, resp.Msg.GetItems()...)
+		if page = resp.Msg.GetNextPageToken(); page == "" {
+			break
+		}
+	}
+	if len(items) != len(msgs) {
+		t.Fatalf("%d items for %d messages", len(items), len(msgs))
+	}
+	role := map[parleyv1.Role]string{parleyv1.Role_ROLE_USER: "user", parleyv1.Role_ROLE_ASSISTANT: "assistant"}
+	for i, it := range items {
+		m := it.GetItem().GetMessage()
+		want := "saveturn:" + msgs[i].GetTurnId() + ":" + role[msgs[i].GetRole()]
+		if it.GetSeq() != int64(i+1) || it.GetMessageSeq() != msgs[i].GetSeq() || m.GetId() != want ||
+			len(m.GetContent()) != 1 || m.GetContent()[0].GetText() != msgs[i].GetContent() {
+			t.Fatalf("item %d = %v, for message %v", i, it, msgs[i])
+		}
+	}
+	t.Logf("current binary lists %d items, seqs 1..%d, one per message", len(items), len(items))
 }
