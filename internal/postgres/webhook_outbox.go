@@ -23,16 +23,25 @@ SELECT $1::uuid, id, $4::timestamptz FROM webhook_endpoints
 
 	// claimWebhookDeliveriesSQL leases, until $2 + $3 seconds, up to $1
 	// heads of endpoints' lines (each endpoint's oldest pending delivery)
-	// that are due at $2 and not leased. The due and lease conditions sit
-	// with FOR UPDATE, so a row another dispatcher claimed meanwhile is
-	// re-checked on its new version and left out; SKIP LOCKED passes over
-	// one being claimed right now.
+	// that are due at $2 and not leased. The heads are found by walking the
+	// pending index from endpoint to endpoint (one probe each), so a long
+	// backlog behind a failing endpoint costs a claim nothing. The due and
+	// lease conditions sit with FOR UPDATE, so a row another dispatcher
+	// claimed meanwhile is re-checked on its new version and left out; SKIP
+	// LOCKED passes over one being claimed right now.
 	// $1 limit, $2 now, $3 lease seconds.
-	claimWebhookDeliveriesSQL = `UPDATE webhook_deliveries d
+	claimWebhookDeliveriesSQL = `WITH RECURSIVE heads (endpoint_id, id) AS (
+    (SELECT endpoint_id, id FROM webhook_deliveries WHERE state = 1 ORDER BY endpoint_id, id LIMIT 1)
+  UNION ALL
+    SELECT n.endpoint_id, n.id FROM heads h, LATERAL (
+      SELECT endpoint_id, id FROM webhook_deliveries
+       WHERE state = 1 AND endpoint_id > h.endpoint_id
+       ORDER BY endpoint_id, id LIMIT 1) n
+)
+UPDATE webhook_deliveries d
    SET locked_until = $2::timestamptz + make_interval(secs => $3::float8), attempts = d.attempts + 1
   FROM (SELECT id FROM webhook_deliveries
-         WHERE id IN (SELECT DISTINCT ON (endpoint_id) id FROM webhook_deliveries
-                       WHERE state = 1 ORDER BY endpoint_id, id)
+         WHERE id IN (SELECT id FROM heads)
            AND state = 1 AND next_attempt_at <= $2::timestamptz
            AND (locked_until IS NULL OR locked_until <= $2::timestamptz)
          ORDER BY next_attempt_at, id
