@@ -180,6 +180,8 @@ async def main() -> None:
         fail(f"seqs {[i.seq for i in stored]}")
     if {i.agent for i in stored} != {"py-agent"}:
         fail(f"agents {[i.agent for i in stored]}")
+    if rec.dropped:
+        fail(f"{rec.dropped} items refused")
     kinds = {i.type for i in history}
     if not {"message", "function_call", "function_call_output"} <= kinds:
         fail(f"history kinds {kinds}")

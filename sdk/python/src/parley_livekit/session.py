@@ -112,11 +112,16 @@ class SessionRecorder:
         backoff = 0.2
         while True:
             try:
-                got = await self.client.get_chat_context(
-                    self.conversation_id, until_seq=until_seq, max_items=max_items, max_bytes=max_bytes
+                # One answer that hangs must not outlast the timeout either.
+                got = await asyncio.wait_for(
+                    self.client.get_chat_context(
+                        self.conversation_id, until_seq=until_seq, max_items=max_items, max_bytes=max_bytes
+                    ),
+                    max(deadline - time.monotonic(), 0.01),
                 )
                 break
-            except ParleyError as e:
+            except (ParleyError, asyncio.TimeoutError) as err:
+                e = err if isinstance(err, ParleyError) else ParleyError("deadline_exceeded", "GetChatContext took too long")
                 if not e.retryable:
                     raise
                 if time.monotonic() + backoff > deadline:
@@ -155,7 +160,13 @@ class SessionRecorder:
 
     @property
     def stored_ids(self) -> set[str]:
+        """The ids Parley has confirmed, restored ones included."""
         return set(self._stored)
+
+    @property
+    def dropped(self) -> int:
+        """Items Parley refused for good (logged each), never retried."""
+        return self._dropped
 
     def _on_item_added(self, ev: ConversationItemAddedEvent) -> None:
         # The history first: items that fire no event of their own (config
