@@ -97,8 +97,14 @@ func (a *replica) goBackground(ctx context.Context, f func(ctx context.Context))
 
 // hourly runs the jobs at once and then every hour until the replica closes.
 func (a *replica) hourly(ctx context.Context, jobs ...func(ctx context.Context)) {
+	a.every(ctx, time.Hour, jobs...)
+}
+
+// every runs the jobs at once and then every interval until the replica
+// closes.
+func (a *replica) every(ctx context.Context, interval time.Duration, jobs ...func(ctx context.Context)) {
 	a.goBackground(ctx, func(ctx context.Context) {
-		tick := time.NewTicker(time.Hour)
+		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
 			for _, job := range jobs {
@@ -232,6 +238,8 @@ func (a *replica) newServices(ctx context.Context, cfg config.Config, log *slog.
 	s.rooms = room.NewService(roomStore, lk, room.Options{Log: log, AgentName: cfg.LiveKitAgentName, RecordingsQueued: outbox.Wake})
 	a.closers = append(a.closers, s.rooms.Close)
 	a.hourly(ctx, s.rooms.Prune, s.accounts.Prune, a.startWebhooks(ctx, cfg, log))
+	// Calls whose room_finished was lost close within a minute or two.
+	a.every(ctx, time.Minute, s.rooms.Reconcile)
 	s.webhook = rpc.NewWebhookHandler(lk, s.rooms, log, refusals)
 	a.goBackground(ctx, func(ctx context.Context) { _ = outbox.Run(ctx) })
 	s.files, err = newFiles(cfg, fileStore, blobs, conversationStore, outbox, log)
@@ -316,6 +324,7 @@ func (a *replica) newHandler(cfg config.Config, s services, log *slog.Logger) (h
 		Room:         rpc.NewRoomServer(s.rooms, log),
 		Conversation: rpc.WithExports(rpc.NewConversationServer(s.conversations, watch, log), fileServer),
 		File:         fileServer,
+		Call:         rpc.NewCallServer(s.rooms, log),
 		Token:        s.rooms,
 	}, rpc.Options{
 		Logger:        log,

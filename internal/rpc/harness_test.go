@@ -195,7 +195,8 @@ func newTestAPI(t testing.TB, o apiOptions) *testAPI {
 	conversations := conversation.NewService(convStore, conversation.Options{Cache: pages, Notifier: notifier, Hub: hub,
 		ItemHub: itemHub, ItemNotifier: itemNotifier, Sessions: a.accounts, SessionCheck: o.watch.Heartbeat, Rooms: postgres.NewRoomStore(a.db), Log: log})
 	conv := NewConversationServer(conversations, WatchOptions{Heartbeat: o.watch.Heartbeat}, log)
-	svc := Services{Auth: NewAuthServer(a.accounts, log), User: NewUserServer(a.accounts, log), Room: NewRoomServer(a.rooms, log), Conversation: conv, Token: a.rooms}
+	svc := Services{Auth: NewAuthServer(a.accounts, log), User: NewUserServer(a.accounts, log), Room: NewRoomServer(a.rooms, log), Conversation: conv, Token: a.rooms,
+		Call: NewCallServer(a.rooms, log)}
 
 	routes := map[string]http.Handler{
 		"GET /.well-known/jwks.json": a.tokens.JWKSHandler(),

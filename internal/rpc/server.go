@@ -35,9 +35,10 @@ var serviceNames = []string{
 	parleyv1connect.RoomServiceName,
 	parleyv1connect.ConversationServiceName,
 	parleyv1connect.FileServiceName,
+	parleyv1connect.CallServiceName,
 }
 
-// Services are the handlers of the five services. A nil one answers
+// Services are the handlers of the services. A nil one answers
 // unimplemented.
 type Services struct {
 	Auth         parleyv1connect.AuthServiceHandler
@@ -45,6 +46,7 @@ type Services struct {
 	Room         parleyv1connect.RoomServiceHandler
 	Conversation parleyv1connect.ConversationServiceHandler
 	File         parleyv1connect.FileServiceHandler
+	Call         parleyv1connect.CallServiceHandler
 	// Token serves POST /livekit/token (TokenPath), LiveKit's standard
 	// token endpoint, when it is not nil.
 	Token RoomEntrance
@@ -118,6 +120,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 	mountService(parleyv1connect.NewRoomServiceHandler(orUnimplemented[parleyv1connect.RoomServiceHandler](svc.Room, parleyv1connect.UnimplementedRoomServiceHandler{}), handlerOpts...))
 	mountService(parleyv1connect.NewConversationServiceHandler(orUnimplemented[parleyv1connect.ConversationServiceHandler](svc.Conversation, parleyv1connect.UnimplementedConversationServiceHandler{}), handlerOpts...))
 	mountService(parleyv1connect.NewFileServiceHandler(orUnimplemented[parleyv1connect.FileServiceHandler](svc.File, parleyv1connect.UnimplementedFileServiceHandler{}), handlerOpts...))
+	mountService(parleyv1connect.NewCallServiceHandler(orUnimplemented[parleyv1connect.CallServiceHandler](svc.Call, parleyv1connect.UnimplementedCallServiceHandler{}), handlerOpts...))
 	transcoder, err := vanguard.NewTranscoder(rest)
 	if err != nil {
 		return nil, fmt.Errorf("build REST transcoder: %w", err)

@@ -116,6 +116,14 @@ func (s *Server) RoomSID(name string) string {
 	return s.rooms[name].GetSid()
 }
 
+// CloseRoom closes the open room as LiveKit does once it has emptied (or
+// was deleted elsewhere), sending no webhook.
+func (s *Server) CloseRoom(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.rooms, name)
+}
+
 // AddEgress records an egress as LiveKit's egress service would, for
 // ListEgress to find.
 func (s *Server) AddEgress(info *livekit.EgressInfo) {
