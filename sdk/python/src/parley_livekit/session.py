@@ -305,7 +305,8 @@ async def persist_session(
     The conversation comes from ``conversation_id`` or the job's dispatch
     metadata (``job_ctx``, a livekit.agents.JobContext), whose ``last_seq``
     bounds the restore. With a job context, the final flush runs as one of
-    its shutdown callbacks.
+    its shutdown callbacks; without one, ``await recorder.aclose()`` once
+    the session has closed.
     """
     if conversation_id is None:
         if job_ctx is None:
