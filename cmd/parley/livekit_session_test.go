@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -96,6 +97,13 @@ func TestLiveKitAgentsSession(t *testing.T) {
 			if _, err := io.WriteString(stdin, "RESTARTED\n"); err != nil {
 				t.Fatal(err)
 			}
+		case line == "DISPATCH":
+			// Session 2 is the agent of a room that resumes the
+			// conversation: its job metadata is the dispatch CreateRoom
+			// puts in the join token's room configuration.
+			if _, err := io.WriteString(stdin, dispatchMetadata(t, parley.base, tok, conv)+"\n"); err != nil {
+				t.Fatal(err)
+			}
 		case line == "STOP":
 			if err := parley.cmd.Process.Kill(); err != nil {
 				t.Fatal(err)
@@ -160,4 +168,41 @@ func chatItemID(it *parleyv1.ChatContext_ChatItem) string {
 		return ""
 	}
 	return m.Get(fd).Message().Get(fd.Message().Fields().ByName("id")).String()
+}
+
+// dispatchMetadata creates a room resuming conv, dispatching py-agent, and
+// returns the agent's dispatch metadata from the join token's room
+// configuration (no LiveKit runs here; the token is what LiveKit would get).
+func dispatchMetadata(t *testing.T, base, tok, conv string) string {
+	t.Helper()
+	rooms := parleyv1connect.NewRoomServiceClient(http.DefaultClient, base)
+	r, err := rooms.CreateRoom(t.Context(), bearer(connect.NewRequest(&parleyv1.CreateRoomRequest{
+		Name: "python session", AgentName: "py-agent", ConversationId: conv,
+	}), tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(r.Msg.GetJoin().GetToken(), ".")
+	if len(parts) != 3 {
+		t.Fatalf("join token has %d parts", len(parts))
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims struct {
+		RoomConfig struct {
+			Agents []struct {
+				AgentName string `json:"agentName"`
+				Metadata  string `json:"metadata"`
+			} `json:"agents"`
+		} `json:"roomConfig"`
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		t.Fatal(err)
+	}
+	if a := claims.RoomConfig.Agents; len(a) != 1 || a[0].AgentName != "py-agent" {
+		t.Fatalf("join token dispatches %+v, want py-agent", a)
+	}
+	return claims.RoomConfig.Agents[0].Metadata
 }

@@ -4,10 +4,12 @@ Driven by cmd/parley's TestLiveKitAgentsSession. Environment: PARLEY_URL,
 PARLEY_AGENT_KEY (from `parley agent-key create`), CONVERSATION_ID, and
 PYTHONPATH with sdk/python/src. Protocol on stdout/stdin, one line each:
 this script prints "KILL" when the Go side should stop Parley, goes on
-talking while Parley is away, and waits for "RESTARTED" on stdin; at the
-end it prints "STOP" and waits for "STOPPED", Parley gone for good. Its last
-line is "RESULT <json>": the session's item ids in history order. Exits
-non-zero, saying why, on the first failed check.
+talking while Parley is away, and waits for "RESTARTED"; it prints
+"DISPATCH" and reads the job metadata of a room resuming the conversation,
+for the second session; at the end it prints "STOP" and waits for
+"STOPPED", Parley gone for good. Its last line is "RESULT <json>": the
+sessions' item ids in history order. Exits non-zero, saying why, on the
+first failed check.
 """
 
 from __future__ import annotations
@@ -186,10 +188,22 @@ async def main() -> None:
     if not {"message", "function_call", "function_call_output"} <= kinds:
         fail(f"history kinds {kinds}")
 
-    # Session 2, same conversation: starts from the same chat context.
+    # Session 2, same conversation, in a room that resumes it: its job
+    # metadata is what Parley's CreateRoom dispatched.
+    print("DISPATCH", flush=True)
+    dispatched = (await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)).strip()
+    md = DispatchMetadata.parse(dispatched)
+    if md.conversation_id != conv or md.last_seq != len(want_ids):
+        fail(f"dispatch metadata {dispatched!r}: want conversation {conv}, last_seq {len(want_ids)}")
+
+    class Job2:
+        metadata = dispatched
+        agent_name = "py-agent"
+
     agent2 = Assistant()
     session2: AgentSession = AgentSession(llm=ScriptedLLM())
     job2 = JobCtx()
+    job2.job = Job2()
     job2.shutdown = []
     restored = (await client.get_chat_context(conv)).chat_context()
     rec2 = await persist_session(session2, agent2, client, job_ctx=job2)
