@@ -20,14 +20,15 @@ import (
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 )
 
-// Client saves an agent's turns to Parley. It holds an agent access token,
-// exchanged for the agent key and renewed before it expires, and spreads its
-// calls over several base URLs (replicas or regions), moving to the next one
-// when a call fails in a way that retrying can fix.
+// Client stores an agent's chat items in Parley and reads its chat context
+// back. It holds an agent access token, exchanged for the agent key and
+// renewed before it expires, and spreads its calls over several base URLs
+// (replicas or regions), moving to the next one when a call fails in a way
+// that retrying can fix.
 //
-// Every SaveTurn carries a turn_id, so a retry after a lost answer (the
-// replica died after committing) returns the stored turn instead of saving it
-// twice.
+// Every item carries its own id, fixed before the first try, so a retry
+// after a lost answer (the replica died after committing) is answered with
+// the stored items instead of storing them twice.
 type Client struct {
 	key     string
 	targets []target
@@ -79,32 +80,53 @@ func NewClient(key string, urls []string, log *slog.Logger) (*Client, error) {
 	return c, nil
 }
 
-// SaveTurn stores one exchange of a conversation: what the user said and what
-// the agent answered. turnID must be the same on every retry of the turn
-// (1..64 of [A-Za-z0-9_-]); replayed reports that Parley already had it.
-func (c *Client) SaveTurn(ctx context.Context, conversationID, turnID, user, assistant string) (msgs []*parleyv1.Message, replayed bool, url string, err error) {
-	req := &parleyv1.SaveTurnRequest{ConversationId: conversationID, TurnId: turnID, UserMessage: user, AssistantMessage: assistant}
-	err = c.retry(ctx, "SaveTurn", func(ctx context.Context, t target) error {
-		tok, err := c.accessToken(ctx, t)
+// AppendItems stores items at the end of a conversation, in order, each
+// under its id, with agent and messageID kept on every one. Retrying the same
+// items stores nothing new: replayed reports that Parley had them all.
+func (c *Client) AppendItems(ctx context.Context, req *parleyv1.AppendItemsRequest) (stored []*parleyv1.Item, replayed bool, url string, err error) {
+	err = c.retry(ctx, "AppendItems", func(ctx context.Context, t target) error {
+		resp, err := authed(ctx, c, t, req, t.conversations.AppendItems)
 		if err != nil {
 			return err
 		}
-		r := connect.NewRequest(req)
-		r.Header().Set("Authorization", "Bearer "+tok)
-		resp, err := t.conversations.SaveTurn(ctx, r)
-		if connect.CodeOf(err) == connect.CodeUnauthenticated {
-			// Revoked, or expired while we were retrying: get a new token
-			// and let the next try use it.
-			c.forgetToken(tok)
-			return fmt.Errorf("%w: %w", errTokenRefused, err)
-		}
-		if err != nil {
-			return err
-		}
-		msgs, replayed, url = resp.Msg.GetMessages(), resp.Msg.GetReplayed(), t.url
+		stored, replayed, url = resp.GetItems(), resp.GetReplayed(), t.url
 		return nil
 	})
-	return msgs, replayed, url, err
+	return stored, replayed, url, err
+}
+
+// GetChatContext reads a conversation's chat context, the newest items
+// within Parley's default budgets, up to untilSeq (0: up to the newest).
+func (c *Client) GetChatContext(ctx context.Context, conversationID string, untilSeq int64) (*parleyv1.GetChatContextResponse, error) {
+	req := &parleyv1.GetChatContextRequest{ConversationId: conversationID, UntilSeq: untilSeq}
+	var out *parleyv1.GetChatContextResponse
+	err := c.retry(ctx, "GetChatContext", func(ctx context.Context, t target) error {
+		resp, err := authed(ctx, c, t, req, t.conversations.GetChatContext)
+		out = resp
+		return err
+	})
+	return out, err
+}
+
+// authed makes one call on t with the agent's token.
+func authed[Req, Res any](ctx context.Context, c *Client, t target, req *Req, call func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error)) (*Res, error) {
+	tok, err := c.accessToken(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	r := connect.NewRequest(req)
+	r.Header().Set("Authorization", "Bearer "+tok)
+	resp, err := call(ctx, r)
+	if connect.CodeOf(err) == connect.CodeUnauthenticated {
+		// Revoked, or expired while we were retrying: get a new token
+		// and let the next try use it.
+		c.forgetToken(tok)
+		return nil, fmt.Errorf("%w: %w", errTokenRefused, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg, nil
 }
 
 // accessToken returns the current token, exchanging the agent key for a new
@@ -195,7 +217,7 @@ func retryable(err error) bool {
 // streamReset reports whether err is an HTTP/2 RST_STREAM from the peer. A
 // balancer resets the stream when the replica behind it dies after sending
 // its response headers, and connect reports that as internal; the call's
-// outcome is unknown, as with a broken connection, and the turn_id makes
+// outcome is unknown, as with a broken connection, and the item ids make
 // trying again safe. net/http's HTTP/2 does not export its StreamError, so
 // this reads the message, as connect itself does.
 func streamReset(err error) bool {
