@@ -24,20 +24,26 @@ const (
 	mixedTurns = 20
 )
 
-// previousRevision is the commit a rolling update comes from: the parent of
-// the newest commit that changed migrations/, so the older binary does not
-// know the newest migrations and runs against a schema ahead of it.
-// PARLEY_E2E_PREVIOUS names another revision.
+// previousRevision is the commit a rolling update comes from, as
+// e2e/previous-release names it (PARLEY_E2E_PREVIOUS overrides), so the
+// older binary does not know the newer migrations and runs against a schema
+// ahead of it.
 func previousRevision(t *testing.T) string {
 	t.Helper()
 	if rev := os.Getenv("PARLEY_E2E_PREVIOUS"); rev != "" {
 		return rev
 	}
-	out, err := exec.Command("git", "-C", "..", "log", "-1", "--format=%H", "--", "migrations").Output()
-	if err != nil || len(strings.TrimSpace(string(out))) == 0 {
-		t.Fatalf("find the newest commit of migrations/ (a clone with its history is needed, or set PARLEY_E2E_PREVIOUS): %v", err)
+	b, err := os.ReadFile("previous-release")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(out)) + "^"
+	for _, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			return line
+		}
+	}
+	t.Fatal("e2e/previous-release names no commit")
+	return ""
 }
 
 // buildRevision builds cmd/parley as it was at rev, from git's own copy of

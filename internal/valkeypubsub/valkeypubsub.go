@@ -26,8 +26,8 @@ import (
 const Channel = "parley:doorbell:conversations"
 
 // ItemsChannel carries (conversation id, last_item_seq) after each
-// committed batch of items.
-const ItemsChannel = "parley:doorbell:items"
+// committed batch of items. It is new, so it takes no metaphor from Channel.
+const ItemsChannel = "parley:items:changed"
 
 const (
 	// DefaultRecheck is how often a replica compares its watched
