@@ -276,3 +276,54 @@ func TestCallReconcile(t *testing.T) {
 		t.Errorf("call seen within the day = %v, want still live", c)
 	}
 }
+
+// TestCallRecordingFromEgressEvents follows an egress through its webhooks
+// into the call: egress_started and egress_updated under the room's sid
+// set its state (one under another sid is refused and changes nothing), and
+// egress_ended, confirmed with LiveKit's ListEgress, completes it with the
+// file the recording becomes, whatever order the three arrive in.
+func TestCallRecordingFromEgressEvents(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	ctx := t.Context()
+	user := env.newUser(t, "Ada")
+	created, err := env.clients["connect"].CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "recorded"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := created.Msg.GetRoom()
+	sid := env.lk.RoomSID(r.GetLivekitRoom())
+	base := time.Now().Add(-time.Minute).Truncate(time.Second)
+	info := func(st livekit.EgressStatus, sec int64) *livekit.EgressInfo {
+		return &livekit.EgressInfo{EgressId: "EG_1", RoomName: r.GetLivekitRoom(), RoomId: sid, Status: st,
+			StartedAt: base.UnixNano(), UpdatedAt: base.Add(time.Duration(sec) * time.Second).UnixNano()}
+	}
+	done := info(livekit.EgressStatus_EGRESS_COMPLETE, 9)
+	done.EndedAt = done.UpdatedAt
+	done.FileResults = []*livekit.FileInfo{{Filename: room.RecordingPrefix(r.GetLivekitRoom()) + "EG_1.mp4", Size: 2048}}
+	env.lk.AddEgress(done)
+	forged := info(livekit.EgressStatus_EGRESS_ACTIVE, 5)
+	forged.RoomId = "RM_forged"
+	before := refusals(t, env.webhook, "egress_updated", room.RefusedRoomMismatch)
+	callWebhooks(t, env,
+		&livekit.WebhookEvent{Id: "EV_forged", Event: "egress_updated", EgressInfo: forged},
+		&livekit.WebhookEvent{Id: "EV_ended", Event: "egress_ended", EgressInfo: done},
+		&livekit.WebhookEvent{Id: "EV_updated", Event: "egress_updated", EgressInfo: info(livekit.EgressStatus_EGRESS_ACTIVE, 2)},
+		&livekit.WebhookEvent{Id: "EV_started", Event: "egress_started", EgressInfo: info(livekit.EgressStatus_EGRESS_STARTING, 1)})
+	if n := refusals(t, env.webhook, "egress_updated", room.RefusedRoomMismatch) - before; n != 1 {
+		t.Errorf("forged egress_updated refusals = %v, want 1", n)
+	}
+	got, err := parleyv1connect.NewCallServiceClient(env.hc, env.url).GetCall(ctx, as(user, &parleyv1.GetCallRequest{CallId: r.GetId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := got.Msg.GetCall().GetRecordings()
+	if len(recs) != 1 || recs[0].GetEgressId() != "EG_1" || recs[0].GetStatus() != parleyv1.EgressStatus_EGRESS_STATUS_COMPLETE ||
+		!recs[0].GetStartedAt().AsTime().Equal(base) || !recs[0].GetEndedAt().AsTime().Equal(base.Add(9*time.Second)) {
+		t.Fatalf("recordings = %v", recs)
+	}
+	if f := recs[0].GetFiles(); len(f) != 1 || f[0].GetFileId() == "" || f[0].GetFilename() != "EG_1.mp4" || f[0].GetSizeBytes() != 2048 ||
+		f[0].GetContentType() != "video/mp4" {
+		t.Errorf("recording files = %v", f)
+	}
+}
