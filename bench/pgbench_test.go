@@ -55,12 +55,12 @@ func bindVars(stmt string, vars map[int]string) (string, error) {
 }
 
 // saveTurnScript is one SaveTurn of a two-message turn with a random turn
-// id on a random benchmark conversation: postgres.SaveTurnSQL with the
+// id on a random benchmark conversation: postgres.PreviousSaveTurnSQL with the
 // parameters postgres.SaveTurnArgs gives (owner scope, two messages).
 // Message ids and contents are constants passed with -D (message ids carry
 // no unique constraint).
 func saveTurnScript(idBase, conversations int) (string, error) {
-	stmt, err := bindVars(postgres.SaveTurnSQL, map[int]string{
+	stmt, err := bindVars(postgres.PreviousSaveTurnSQL, map[int]string{
 		1:  fmt.Sprintf(uuidOfVar, "conv"),
 		2:  fmt.Sprintf(uuidOfVar, "owner"),
 		3:  ":turn",
@@ -124,7 +124,7 @@ func TestPgbenchScriptsUseTheStoresStatements(t *testing.T) {
 	}
 	norm := func(s string) string { return strings.Join(strings.Fields(s), " ") }
 	for name, c := range map[string]struct{ script, stmt string }{
-		"SaveTurnSQL":           {save, postgres.SaveTurnSQL},
+		"PreviousSaveTurnSQL":   {save, postgres.PreviousSaveTurnSQL},
 		"LastSeqSQL":            {list, postgres.LastSeqSQL},
 		"ListMessagesNewestSQL": {list, postgres.ListMessagesNewestSQL},
 	} {

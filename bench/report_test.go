@@ -23,7 +23,7 @@ One command, ` + "`make bench`" + `, runs everything below on this machine and r
   105 bytes, assistant messages of 258 bytes), written with ` + "`INSERT ... SELECT generate_series`" + `, then
   VACUUM ANALYZE. Access tokens are minted with the replicas' own JWK set (what Login returns).
 - **The limit: pgbench.** ` + "`pgbench -M prepared -c N -j 2 -T 20`" + ` runs scripts generated from the store's
-  exported statements (` + "`postgres.SaveTurnSQL`" + `; ` + "`postgres.LastSeqSQL`" + ` then
+  exported statements (` + "`postgres.PreviousSaveTurnSQL`" + `; ` + "`postgres.LastSeqSQL`" + ` then
   ` + "`postgres.ListMessagesNewestSQL`" + ` with LIMIT 51, which is what an uncached ListMessages runs), each ` + "`$n`" + `
   replaced by a pgbench variable with the values ` + "`postgres.SaveTurnArgs`" + ` gives: a random seeded conversation
   and its owner (pgbench variables are integers, so the UUID is spelled from the integer by an immutable

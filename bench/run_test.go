@@ -658,7 +658,7 @@ func (b *bench) countRoundTrips(d database, r *replica, specPath, rpc string) {
 	rt := roundTrip{RPC: rpc, Requests: calls}
 	names := map[string]string{}
 	for name, stmt := range map[string]string{
-		"SaveTurnSQL": postgres.SaveTurnSQL, "ReplayTurnSQL": postgres.ReplayTurnSQL, "LastSeqSQL": postgres.LastSeqSQL,
+		"PreviousSaveTurnSQL": postgres.PreviousSaveTurnSQL, "ReplayTurnSQL": postgres.ReplayTurnSQL, "LastSeqSQL": postgres.LastSeqSQL,
 		"ListMessagesNewestSQL": postgres.ListMessagesNewestSQL, "ListMessagesOldestSQL": postgres.ListMessagesOldestSQL,
 		"NewMessagesSQL": postgres.NewMessagesSQL, "LastSeqsSQL": postgres.LastSeqsSQL,
 	} {

@@ -22,7 +22,7 @@ import (
 // the same text. Where a statement takes a scope, $2 is the owner the
 // conversation must have, or NULL for any owner (agents).
 const (
-	// SaveTurnSQL is how the previous release appends a turn, kept for the
+	// PreviousSaveTurnSQL is how the previous release appends a turn, kept for the
 	// rolling-update tests and the benchmarks: the items migration's
 	// trigger gives each of its messages its item. This release saves
 	// turns with AppendItemsSQL. It appends a turn in one statement: it bumps the
@@ -35,7 +35,7 @@ const (
 	// $1 conversation id, $2 owner or NULL, $3 turn id or NULL, $4 number of
 	// messages (1 or 2), $5..$7 id, role, content of the first message,
 	// $8..$10 of the second (NULL, NULL, '' when there is none).
-	SaveTurnSQL = `WITH conv AS (
+	PreviousSaveTurnSQL = `WITH conv AS (
     UPDATE conversations
        SET last_seq = last_seq + $4::bigint,
            message_count = message_count + $4::bigint,
@@ -157,7 +157,7 @@ func scopeArg(s conversation.Scope) any {
 // their ids this way.
 func uuidArg(id uuid.UUID) pgtype.UUID { return pgtype.UUID{Bytes: id, Valid: true} }
 
-// SaveTurnArgs returns SaveTurnSQL's parameters for msgs (one or two).
+// SaveTurnArgs returns PreviousSaveTurnSQL's parameters for msgs (one or two).
 func SaveTurnArgs(id uuid.UUID, s conversation.Scope, turnID string, msgs []conversation.NewMessage) []any {
 	args := []any{uuidArg(id), scopeArg(s), nil, int64(len(msgs)), nil, nil, "", nil, nil, ""}
 	if turnID != "" {

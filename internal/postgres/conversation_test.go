@@ -352,7 +352,7 @@ func convBench(b *testing.B) (*postgres.ConversationStore, conversation.Conversa
 	return s, convCreate(b, s, owner), conversation.Scope{UserID: owner}
 }
 
-// BenchmarkSaveTurn measures SaveTurnSQL as the store runs it: one round
+// BenchmarkSaveTurn measures PreviousSaveTurnSQL as the store runs it: one round
 // trip per turn.
 func BenchmarkSaveTurn(b *testing.B) {
 	s, c, scope := convBench(b)

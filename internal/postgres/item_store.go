@@ -15,7 +15,7 @@ import (
 
 const (
 	// AppendItemsSQL appends a batch of items in one statement, the way
-	// SaveTurnSQL appends a turn: it bumps the conversation's last_item_seq
+	// PreviousSaveTurnSQL appends a turn: it bumps the conversation's last_item_seq
 	// (and last_seq by the batch's messages) under the row lock, records
 	// the turn id when SaveTurn gives one, inserts the items and the
 	// Messages of those that have one. An item id (or turn id) stored

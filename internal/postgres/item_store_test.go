@@ -170,9 +170,9 @@ func TestItemStoreListItems(t *testing.T) {
 }
 
 // oldSaveTurn saves a turn the way the previous release's binary does:
-// SaveTurnSQL, which writes messages and turns only.
+// PreviousSaveTurnSQL, which writes messages and turns only.
 func oldSaveTurn(ctx context.Context, db *bun.DB, c conversation.Conversation, turnID, user, assistant string) error {
-	rows, err := db.DB.QueryContext(ctx, postgres.SaveTurnSQL, postgres.SaveTurnArgs(c.ID, conversation.Scope{}, turnID, convMsgs(user, assistant))...)
+	rows, err := db.DB.QueryContext(ctx, postgres.PreviousSaveTurnSQL, postgres.SaveTurnArgs(c.ID, conversation.Scope{}, turnID, convMsgs(user, assistant))...)
 	if err != nil {
 		return err
 	}
@@ -233,7 +233,7 @@ func TestItemStoreRollingUpdate(t *testing.T) {
 	}
 
 	// This release replays the previous one's turn, and the previous one
-	// this release's: its SaveTurnSQL fails on the turn id, and it reads
+	// this release's: its PreviousSaveTurnSQL fails on the turn id, and it reads
 	// the turn with ReplayTurnSQL.
 	saved, err := s.SaveTurn(ctx, c.ID, scope, "w0-3", convMsgs("u w0-3", "a w0-3"))
 	if err != nil || !saved.Replayed || len(saved.Messages) != 2 || saved.Messages[0].Content != "u w0-3" {
