@@ -90,10 +90,10 @@ type Grant struct {
 	Attributes map[string]string
 }
 
-// LiveKit is the media server, as the room service uses it. Implementations
+// MediaServer is the media server (LiveKit), as the room service uses it. Implementations
 // bound their own calls in time: CreateRoom and DeleteRoom may fail, and the
 // service treats such failures as recoverable.
-type LiveKit interface {
+type MediaServer interface {
 	// CreateRoom creates the room (with its metadata) and, when an agent is
 	// configured, dispatches the agent into it. It returns the room's sid
 	// whenever LiveKit answered with one, even if the dispatch then failed.

@@ -62,7 +62,7 @@ type Options struct {
 // shutdown: it stops the background LiveKit deletions it started.
 type Service struct {
 	store          Store
-	lk             LiveKit
+	lk             MediaServer
 	log            *slog.Logger
 	now            func() time.Time
 	deleteAttempts int
@@ -80,7 +80,7 @@ type Service struct {
 }
 
 // NewService returns a Service over store and the LiveKit server lk.
-func NewService(store Store, lk LiveKit, opts Options) *Service {
+func NewService(store Store, lk MediaServer, opts Options) *Service {
 	s := &Service{
 		store:          store,
 		lk:             lk,

@@ -64,7 +64,7 @@ func TestSpecMetadata(t *testing.T) {
 
 // failingLiveKit fails every deletion.
 type failingLiveKit struct {
-	LiveKit
+	MediaServer
 	deletes atomic.Int32
 }
 
@@ -127,7 +127,7 @@ func TestRecordingLocation(t *testing.T) {
 // egressLiveKit answers Egress from a map or, when down, fails as an
 // unreachable LiveKit does.
 type egressLiveKit struct {
-	LiveKit
+	MediaServer
 	egresses map[string]Egress
 	down     bool
 }

@@ -48,7 +48,7 @@ type Config struct {
 }
 
 // Client is a LiveKit server, as the room domain uses it. It implements
-// room.LiveKit and verifies webhook requests. It is safe for concurrent use.
+// room.MediaServer and verifies webhook requests. It is safe for concurrent use.
 type Client struct {
 	cfg      Config
 	rooms    *lksdk.RoomServiceClient
@@ -57,7 +57,7 @@ type Client struct {
 	keys     auth.KeyProvider
 }
 
-var _ room.LiveKit = (*Client)(nil)
+var _ room.MediaServer = (*Client)(nil)
 
 // New returns a Client for cfg. It does not contact the server.
 func New(cfg Config) (*Client, error) {
@@ -82,7 +82,7 @@ func New(cfg Config) (*Client, error) {
 	}, nil
 }
 
-// CreateRoom implements room.LiveKit: the room with its metadata, then the
+// CreateRoom implements room.MediaServer: the room with its metadata, then the
 // agent's explicit dispatch with its job metadata (which carries the
 // conversation id too, since an agent may start before room metadata
 // reaches it).
@@ -124,7 +124,7 @@ func (c *Client) dispatchOf(s room.Spec) *livekit.RoomAgentDispatch {
 	return &livekit.RoomAgentDispatch{AgentName: agent, Metadata: md}
 }
 
-// Egress implements room.LiveKit with ListEgress, filtered by room and id.
+// Egress implements room.MediaServer with ListEgress, filtered by room and id.
 func (c *Client) Egress(ctx context.Context, roomName, id string) (room.Egress, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -145,7 +145,7 @@ func (c *Client) Egress(ctx context.Context, roomName, id string) (room.Egress, 
 	return room.Egress{}, room.ErrEgressNotFound
 }
 
-// ListRooms implements room.LiveKit.
+// ListRooms implements room.MediaServer.
 func (c *Client) ListRooms(ctx context.Context, names []string) ([]room.LiveRoom, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -160,7 +160,7 @@ func (c *Client) ListRooms(ctx context.Context, names []string) ([]room.LiveRoom
 	return out, nil
 }
 
-// DeleteRoom implements room.LiveKit.
+// DeleteRoom implements room.MediaServer.
 func (c *Client) DeleteRoom(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -175,7 +175,7 @@ func (c *Client) DeleteRoom(ctx context.Context, name string) error {
 	return nil
 }
 
-// JoinToken implements room.LiveKit. The token lets g join exactly the room
+// JoinToken implements room.MediaServer. The token lets g join exactly the room
 // of s, publish and subscribe, and carries the room's configuration
 // (metadata and agent dispatch), which LiveKit applies when the join is what
 // creates the room.
