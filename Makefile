@@ -8,12 +8,12 @@ PROTOVALIDATE_VERSION := v1.2.2
 PROTO_DEPS := .build/proto-deps
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all test fuzz-smoke azurite standardwebhooks tokensource-deps lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench bench-scale e2e clean web-deps e2e-web
+.PHONY: all test fuzz-smoke azurite standardwebhooks tokensource-deps node-sdk-deps lint fmt vet staticcheck buf-lint generate proto-deps check-generated build run dev bench bench-scale e2e clean web-deps e2e-web
 
 all: lint test
 
 ## test: run every test (starts private PostgreSQL, Valkey and Azurite servers as needed)
-test: azurite standardwebhooks tokensource-deps
+test: azurite standardwebhooks tokensource-deps node-sdk-deps
 	$(GO) test $(TEST_FLAGS) ./...
 
 ## fuzz-smoke: run every fuzz target (func FuzzX in a _test.go) for FUZZTIME, one at a time
@@ -51,6 +51,12 @@ tokensource-deps: cmd/parley/testdata/tokensource/node_modules/.package-lock.jso
 
 cmd/parley/testdata/tokensource/node_modules/.package-lock.json: cmd/parley/testdata/tokensource/package.json cmd/parley/testdata/tokensource/package-lock.json
 	npm ci --prefix cmd/parley/testdata/tokensource --no-audit --no-fund --ignore-scripts
+
+## node-sdk-deps: install sdk/node's pinned @livekit/agents and TypeScript, which cmd/parley's TestLiveKitAgentsNodeSession compiles and runs against Parley
+node-sdk-deps: sdk/node/node_modules/.package-lock.json
+
+sdk/node/node_modules/.package-lock.json: sdk/node/package.json sdk/node/package-lock.json
+	npm ci --prefix sdk/node --no-audit --no-fund --ignore-scripts
 
 ## lint: formatting, vet, staticcheck, buf lint and freshness of generated code
 lint: fmt vet staticcheck buf-lint check-generated
@@ -91,8 +97,8 @@ generate: proto-deps web-deps
 	$(TOOL) buf generate
 
 check-generated: generate
-	@git diff --exit-code --stat -- internal/gen examples/web/src/gen || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
-	@untracked=$$(git ls-files --others --exclude-standard -- internal/gen examples/web/src/gen); if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
+	@git diff --exit-code --stat -- internal/gen examples/web/src/gen sdk/node/src/gen || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- internal/gen examples/web/src/gen sdk/node/src/gen); if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
 
 ## web-deps: install examples/web's pinned npm packages (protoc-gen-es, Vite, playwright-core)
 web-deps: examples/web/node_modules/.package-lock.json

@@ -1,0 +1,251 @@
+// A real @livekit/agents AgentSession, text only, persisted to a live Parley.
+//
+// Driven by cmd/parley's TestLiveKitAgentsNodeSession. Environment:
+// PARLEY_URL, PARLEY_AGENT_KEY (from `parley agent-key create`),
+// CONVERSATION_ID. Protocol on stdout/stdin, one line each: this script
+// prints "KILL" when the Go side should stop Parley, goes on talking while
+// Parley is away, and waits for "RESTARTED" on stdin; at the end it prints
+// "STOP" and waits for "STOPPED", Parley gone for good. Its last line is
+// "RESULT <json>": the session's item ids in history order. Exits non-zero,
+// saying why, on the first failed check.
+
+import * as readline from 'node:readline';
+
+import { initializeLogger, llm, voice } from '@livekit/agents';
+import { z } from 'zod';
+
+import { ParleyClient, ParleyError, chatItemId, parseDispatchMetadata, persistSession, toDict, type Logger } from '../src';
+
+/** Canned replies: a function call for a weather question, then its answer; an echo otherwise. */
+class ScriptedLLM extends llm.LLM {
+  calls = 0;
+  label(): string {
+    return 'scripted';
+  }
+  chat({ chatCtx, toolCtx, connOptions }: Parameters<llm.LLM['chat']>[0]): llm.LLMStream {
+    this.calls++;
+    return new ScriptedStream(this, { chatCtx, toolCtx, connOptions: connOptions! }, this.calls);
+  }
+}
+
+class ScriptedStream extends llm.LLMStream {
+  constructor(
+    l: llm.LLM,
+    p: ConstructorParameters<typeof llm.LLMStream>[1],
+    private readonly n: number,
+  ) {
+    super(l, p);
+  }
+  protected async run(): Promise<void> {
+    const items = this.chatCtx.items;
+    const last = items[items.length - 1];
+    const id = `chunk_${this.n}`;
+    if (last?.type === 'function_call_output') {
+      this.queue.put({ id, delta: { role: 'assistant', content: `The weather: ${last.output}.` } });
+      return;
+    }
+    const text = last?.type === 'message' ? (last.textContent ?? '') : '';
+    if (/weather/i.test(text)) {
+      const call = llm.FunctionCall.create({ callId: `call_${this.n}`, name: 'getWeather', args: '{"city":"Paris"}' });
+      this.queue.put({ id, delta: { role: 'assistant', toolCalls: [call] } });
+    } else {
+      this.queue.put({ id, delta: { role: 'assistant', content: `You said: ${text}` } });
+    }
+  }
+}
+
+const newAgent = () =>
+  new voice.Agent({
+    instructions: 'You are a terse assistant.',
+    tools: {
+      getWeather: llm.tool({
+        description: 'Looks up the weather.',
+        parameters: z.object({ city: z.string() }),
+        execute: async ({ city }) => `sunny in ${city}`,
+      }),
+    },
+  });
+
+function fail(msg: string): never {
+  console.log(`FAIL: ${msg}`);
+  process.exit(1);
+}
+
+/** Keeps the package's "items wait" lines, and counts its agent tokens. */
+class WaitLog implements Logger {
+  lines: string[] = [];
+  tokens = 0;
+  refused = 0;
+  private note(msg: string) {
+    if (msg.includes('wait') || msg.includes('unsent')) this.lines.push(msg);
+    if (msg.includes('token issued')) this.tokens++;
+    if (msg.includes('token refused')) this.refused++;
+    process.stderr.write(msg + '\n');
+  }
+  info = (m: string) => this.note(m);
+  warn = (m: string) => this.note(m);
+  error = (m: string) => this.note(m);
+}
+
+const stdin = readline.createInterface({ input: process.stdin });
+const lines = stdin[Symbol.asyncIterator]();
+async function expectLine(want: string) {
+  const got = await lines.next();
+  if (got.done || got.value.trim() !== want) fail(`expected ${want}, read ${JSON.stringify(got.value)}`);
+}
+
+class JobCtx {
+  shutdown: Array<() => Promise<void>> = [];
+  constructor(readonly job: { metadata: string; agentName: string }) {}
+  addShutdownCallback(cb: () => Promise<void>) {
+    this.shutdown.push(cb);
+  }
+  async runShutdown() {
+    for (const cb of this.shutdown) await cb();
+  }
+}
+
+const turn = async (session: voice.AgentSession, text: string) => {
+  await session.run({ userInput: text }).wait();
+};
+const dicts = (items: llm.ChatItem[]) => items.map(toDict);
+// JSON with sorted keys: Parley's from_dict JSON orders keys its own way.
+const canonical = (v: unknown): string =>
+  JSON.stringify(v, (_, x) =>
+    x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : 1))) : x,
+  );
+
+async function main() {
+  initializeLogger({ pretty: false, level: 'warn' });
+  const waits = new WaitLog();
+  const url = process.env.PARLEY_URL!;
+  const key = process.env.PARLEY_AGENT_KEY!;
+  const conv = process.env.CONVERSATION_ID!;
+  const client = new ParleyClient(url, { apiKey: key, timeoutMs: 2_000, logger: waits });
+  // The job's dispatch metadata, as internal/room writes it.
+  const metadata = JSON.stringify({ conversation_id: conv });
+  if (parseDispatchMetadata(metadata).conversationId !== conv) fail('dispatch metadata did not parse');
+
+  // Session 1: two turns, Parley stopped, two more, Parley back, one more.
+  const agent = newAgent();
+  const session = new voice.AgentSession({ llm: new ScriptedLLM() });
+  const job = new JobCtx({ metadata, agentName: 'node-agent' });
+  const rec = await persistSession(session, agent, client, { jobCtx: job });
+  await session.start({ agent });
+  await turn(session, 'Hello there');
+  await turn(session, 'What is the weather in Paris?');
+  console.log('KILL');
+  // Until Parley is really gone: the next items must find it away.
+  for (;;) {
+    try {
+      await client.listItems(conv, { pageSize: 1 });
+      await new Promise((r) => setTimeout(r, 100));
+    } catch {
+      break;
+    }
+  }
+  await turn(session, 'Still there?');
+  await turn(session, 'And the weather again?');
+  await new Promise((r) => setTimeout(r, 1_500));
+  if (rec.pending === 0 && waits.lines.length === 0) fail('Parley was away but no items waited');
+  const waiting = rec.pending;
+  await expectLine('RESTARTED');
+  await turn(session, 'Goodbye');
+  await session.close();
+  await job.runShutdown();
+  const history = [...session.history.items];
+
+  // Parley has the history, in order, each id once.
+  const stored = await client.allItems(conv);
+  const gotIds = stored.map((i) => chatItemId(i.item));
+  const wantIds = history.map((i) => i.id);
+  if (JSON.stringify(gotIds) !== JSON.stringify(wantIds)) fail(`Parley's items ${gotIds}\n  session history ${wantIds}`);
+  if (stored.some((it, i) => it.seq !== BigInt(i + 1))) fail(`seqs ${stored.map((i) => i.seq)}`);
+  if (stored.some((i) => i.agent !== 'node-agent')) fail(`agents ${stored.map((i) => i.agent)}`);
+  const kinds = new Set(history.map((i) => i.type));
+  for (const k of ['message', 'function_call', 'function_call_output', 'agent_handoff', 'agent_config_update']) {
+    if (!kinds.has(k as llm.ChatItem['type'])) fail(`history kinds ${[...kinds]}, no ${k}`);
+  }
+
+  // Session 2, same conversation: starts from the same chat context.
+  const agent2 = newAgent();
+  const session2 = new voice.AgentSession({ llm: new ScriptedLLM() });
+  const job2 = new JobCtx({ metadata, agentName: 'node-agent' });
+  const restored = (await client.getChatContext(conv)).chatContext();
+  const rec2 = await persistSession(session2, agent2, client, { jobCtx: job2 });
+  const a = dicts(history);
+  const b = dicts(restored.items);
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    if (canonical(a[i]) !== canonical(b[i])) fail(`restored item ${i} differs:\n  session 1 ${canonical(a[i])}\n  restored  ${canonical(b[i])}`);
+  }
+  // The restored items are the framework's own classes, as the session made them.
+  for (const [i, it] of restored.items.entries()) {
+    const orig = history[i]!;
+    if (it.constructor !== orig.constructor) fail(`restored item ${it.id} is a ${it.constructor.name}, was a ${orig.constructor.name}`);
+    if (it.createdAt !== orig.createdAt) fail(`restored item ${it.id} created at ${it.createdAt}, was ${orig.createdAt}`);
+  }
+  const agent2Ids = agent2.chatCtx.items.map((i) => i.id);
+  if (JSON.stringify(agent2Ids) !== JSON.stringify(wantIds)) fail(`agent 2 starts with ${agent2Ids}, want ${wantIds}`);
+  await session2.start({ agent: agent2 });
+  await turn(session2, 'I am back');
+  await session2.close();
+  await job2.runShutdown();
+  const after = (await client.allItems(conv)).map((i) => chatItemId(i.item));
+  const newIds = session2.history.items.map((i) => i.id).filter((id) => !wantIds.includes(id));
+  if (JSON.stringify(after) !== JSON.stringify([...wantIds, ...newIds])) fail(`after session 2: ${after}, want ${[...wantIds, ...newIds]}`);
+  for (const id of newIds) if (!rec2.storedIds.has(id)) fail(`session 2's recorder lost track of ${id}`);
+
+  // The client's exactly-once answers: the same item again is a replay,
+  // its id with other content already_exists.
+  const userMsg = history.find((i): i is llm.ChatMessage => i.type === 'message' && i.role === 'user')!;
+  const again = await client.appendItems(conv, [userMsg], { agent: 'node-agent' });
+  if (!again.replayed || chatItemId(again.items[0]?.item) !== userMsg.id) fail(`appending ${userMsg.id} again: replayed ${again.replayed}`);
+  const changed = llm.ChatMessage.create({ id: userMsg.id, role: 'user', content: ['something else'], createdAt: userMsg.createdAt });
+  try {
+    await client.appendItems(conv, [changed], { agent: 'node-agent' });
+    fail(`${userMsg.id} with other content was stored`);
+  } catch (e) {
+    if (!(e instanceof ParleyError) || e.codeName !== 'already_exists' || e.retryable) fail(`${userMsg.id} with other content: ${e}`);
+  }
+
+  // A room resumed at session 1's end: the dispatch metadata's last_seq
+  // cuts the restore there, leaving session 2 out.
+  const agent3 = newAgent();
+  const resumed = new JobCtx({ metadata: JSON.stringify({ conversation_id: conv, last_seq: wantIds.length }), agentName: 'node-agent' });
+  await persistSession(new voice.AgentSession({ llm: new ScriptedLLM() }), agent3, client, { jobCtx: resumed });
+  const agent3Ids = agent3.chatCtx.items.map((i) => i.id);
+  if (JSON.stringify(agent3Ids) !== JSON.stringify(wantIds)) fail(`resumed at last_seq ${wantIds.length}: ${agent3Ids}, want ${wantIds}`);
+
+  // Parley gone for good: the restore gives up after its timeout and the
+  // agent starts without history; the shutdown flush gives up at its
+  // deadline and says how many items it leaves.
+  console.log('STOP');
+  await expectLine('STOPPED');
+  const agent4 = newAgent();
+  const session4 = new voice.AgentSession({ llm: new ScriptedLLM() });
+  const job4 = new JobCtx({ metadata, agentName: 'node-agent' });
+  let t0 = Date.now();
+  await persistSession(session4, agent4, client, { jobCtx: job4, restoreTimeoutMs: 1_000, shutdownTimeoutMs: 1_000 });
+  if (Date.now() - t0 > 3_000 || agent4.chatCtx.items.length > 0) {
+    fail(`restore without Parley took ${Date.now() - t0} ms and gave ${agent4.chatCtx.items.length} items`);
+  }
+  await session4.start({ agent: agent4 });
+  await turn(session4, 'Anyone?');
+  await session4.close();
+  t0 = Date.now();
+  await job4.runShutdown();
+  if (Date.now() - t0 > 3_000 || !waits.lines.some((m) => m.includes('unsent'))) {
+    fail(`shutdown flush without Parley took ${Date.now() - t0} ms, log ${waits.lines.slice(-1)}`);
+  }
+  // The Go side gives agent tokens a few seconds of life: they were renewed
+  // before they expired, so Parley never refused one.
+  if (waits.tokens < 2 || waits.refused > 0) fail(`${waits.tokens} agent tokens issued, ${waits.refused} refused, in a session longer than several token lifetimes`);
+  const counts: Record<string, number> = {};
+  for (const i of history) counts[i.type] = (counts[i.type] ?? 0) + 1;
+  console.log(`session 1: ${history.length} items ${JSON.stringify(counts)}; session 2: ${newIds.length}`);
+  console.log(`waited: ${waiting} items; ${waits.tokens} agent tokens; log: ${waits.lines[0]}`);
+  console.log('RESULT ' + JSON.stringify({ session1: wantIds, session2: newIds, waited: waiting }));
+  process.exit(0);
+}
+
+main().catch((e) => fail(String(e?.stack ?? e)));
