@@ -181,7 +181,15 @@ export class ParleyClient {
 
   async getChatContext(
     conversationId: string,
-    opts: { maxItems?: number; maxBytes?: bigint; afterSeq?: bigint; untilSeq?: bigint; excludeInstructions?: boolean } = {},
+    opts: {
+      maxItems?: number;
+      maxBytes?: bigint;
+      afterSeq?: bigint;
+      untilSeq?: bigint;
+      excludeInstructions?: boolean;
+      /** This call's deadline, instead of the client's. */
+      timeoutMs?: number;
+    } = {},
   ): Promise<ChatContextResult> {
     const r = await this.call((headers) =>
       this.conversations.getChatContext(
@@ -193,7 +201,7 @@ export class ParleyClient {
           untilSeq: opts.untilSeq ?? 0n,
           excludeInstructions: opts.excludeInstructions ?? false,
         },
-        { headers },
+        { headers, timeoutMs: opts.timeoutMs },
       ),
     );
     return new ChatContextResult(r.chatContextJson, r.firstSeq, r.lastSeq, r.truncated);

@@ -69,7 +69,7 @@ export class SessionRecorder {
   private readonly maxBackoff: number;
   private readonly queued = new Set<string>(); // ids on the queue or stored
   private readonly stored = new Set<string>(); // ids Parley answered for
-  private dropped = 0; // items Parley refused for good
+  private droppedItems = 0;
   private inflight = 0;
   private session?: voice.AgentSession;
   private loop?: Promise<void>;
@@ -97,12 +97,14 @@ export class SessionRecorder {
     return this.queue.length + this.inflight;
   }
 
+  /** The ids Parley has confirmed, restored ones included. */
   get storedIds(): Set<string> {
     return new Set(this.stored);
   }
 
-  get droppedCount(): number {
-    return this.dropped;
+  /** Items Parley refused for good (logged each), never retried. */
+  get dropped(): number {
+    return this.droppedItems;
   }
 
   /**
@@ -125,6 +127,8 @@ export class SessionRecorder {
           untilSeq: BigInt(opts.untilSeq ?? 0),
           maxItems: opts.maxItems ?? 0,
           maxBytes: BigInt(opts.maxBytes ?? 0),
+          // One answer that hangs must not outlast the timeout either.
+          timeoutMs: Math.max(deadline - Date.now(), 10),
         });
         break;
       } catch (e) {
@@ -272,7 +276,7 @@ export class SessionRecorder {
             backoff = Math.min(backoff * 2, this.maxBackoff);
             continue;
           }
-          this.dropped++;
+          this.droppedItems++;
           this.log.error(`parley: item ${entry.id} refused, not retried: ${pe.message}`);
           break;
         }

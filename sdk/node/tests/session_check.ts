@@ -162,6 +162,7 @@ async function main() {
   if (JSON.stringify(gotIds) !== JSON.stringify(wantIds)) fail(`Parley's items ${gotIds}\n  session history ${wantIds}`);
   if (stored.some((it, i) => it.seq !== BigInt(i + 1))) fail(`seqs ${stored.map((i) => i.seq)}`);
   if (stored.some((i) => i.agent !== 'node-agent')) fail(`agents ${stored.map((i) => i.agent)}`);
+  if (rec.dropped !== 0) fail(`${rec.dropped} items refused`);
   const kinds = new Set(history.map((i) => i.type));
   for (const k of ['message', 'function_call', 'function_call_output', 'agent_handoff', 'agent_config_update']) {
     if (!kinds.has(k as llm.ChatItem['type'])) fail(`history kinds ${[...kinds]}, no ${k}`);
