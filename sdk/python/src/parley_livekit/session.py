@@ -90,6 +90,7 @@ class SessionRecorder:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._inflight = 0
+        self._carry: _Entry | None = None
 
     # -- restore
 
@@ -156,7 +157,7 @@ class SessionRecorder:
     @property
     def pending(self) -> int:
         """Items waiting to be sent, the batch being sent included."""
-        return self._queue.qsize() + self._inflight
+        return self._queue.qsize() + self._inflight + (self._carry is not None)
 
     @property
     def stored_ids(self) -> set[str]:
@@ -214,16 +215,15 @@ class SessionRecorder:
     async def _flush_loop(self) -> None:
         backoff = 0.2
         last_log = 0.0
-        carry: _Entry | None = None
         while True:
-            first = carry or await self._queue.get()
-            carry = None
+            first = self._carry or await self._queue.get()
+            self._carry = None
             batch, size = [first], first.size
             # Under Parley's request limit (16 MiB by default) with room to spare.
             while len(batch) < self._batch_size and not self._queue.empty():
                 nxt = self._queue.get_nowait()
                 if size + nxt.size > self._batch_bytes:
-                    carry = nxt  # the next batch's first
+                    self._carry = nxt  # the next batch's first
                     break
                 batch.append(nxt)
                 size += nxt.size
@@ -235,10 +235,14 @@ class SessionRecorder:
                         logger.info("parley: reachable again, %d items sent, %d wait", len(batch), self._queue.qsize())
                     backoff = 0.2
                     break
-                except ParleyError as e:
-                    if not e.retryable:
+                except Exception as err:
+                    if isinstance(err, ParleyError) and not err.retryable:
                         await self._send_singly(batch)
                         break
+                    if not isinstance(err, ParleyError):
+                        # A bug here must not end the task and strand the queue.
+                        logger.exception("parley: unexpected error sending %d items", len(batch))
+                    e = err if isinstance(err, ParleyError) else ParleyError("unknown", repr(err))
                     now = time.monotonic()
                     if now - last_log >= 5:
                         last_log = now
