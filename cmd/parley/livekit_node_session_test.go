@@ -120,6 +120,13 @@ func TestLiveKitAgentsNodeSession(t *testing.T) {
 			if _, err := io.WriteString(stdin, "RESTARTED\n"); err != nil {
 				t.Fatal(err)
 			}
+		case line == "DISPATCH":
+			// Session 2 is the agent of a room that resumes the
+			// conversation: its job metadata is the dispatch CreateRoom
+			// puts in the join token's room configuration.
+			if _, err := io.WriteString(stdin, dispatchMetadata(t, parley.base, tok, conv, "node-agent")+"\n"); err != nil {
+				t.Fatal(err)
+			}
 		case line == "STOP":
 			if err := parley.cmd.Process.Kill(); err != nil {
 				t.Fatal(err)

@@ -101,7 +101,7 @@ func TestLiveKitAgentsSession(t *testing.T) {
 			// Session 2 is the agent of a room that resumes the
 			// conversation: its job metadata is the dispatch CreateRoom
 			// puts in the join token's room configuration.
-			if _, err := io.WriteString(stdin, dispatchMetadata(t, parley.base, tok, conv)+"\n"); err != nil {
+			if _, err := io.WriteString(stdin, dispatchMetadata(t, parley.base, tok, conv, "py-agent")+"\n"); err != nil {
 				t.Fatal(err)
 			}
 		case line == "STOP":
@@ -170,14 +170,14 @@ func chatItemID(it *parleyv1.ChatContext_ChatItem) string {
 	return m.Get(fd).Message().Get(fd.Message().Fields().ByName("id")).String()
 }
 
-// dispatchMetadata creates a room resuming conv, dispatching py-agent, and
+// dispatchMetadata creates a room resuming conv, dispatching agent, and
 // returns the agent's dispatch metadata from the join token's room
 // configuration (no LiveKit runs here; the token is what LiveKit would get).
-func dispatchMetadata(t *testing.T, base, tok, conv string) string {
+func dispatchMetadata(t *testing.T, base, tok, conv, agent string) string {
 	t.Helper()
 	rooms := parleyv1connect.NewRoomServiceClient(http.DefaultClient, base)
 	r, err := rooms.CreateRoom(t.Context(), bearer(connect.NewRequest(&parleyv1.CreateRoomRequest{
-		Name: "python session", AgentName: "py-agent", ConversationId: conv,
+		Name: agent + " session", AgentName: agent, ConversationId: conv,
 	}), tok))
 	if err != nil {
 		t.Fatal(err)
@@ -201,8 +201,8 @@ func dispatchMetadata(t *testing.T, base, tok, conv string) string {
 	if err := json.Unmarshal(payload, &claims); err != nil {
 		t.Fatal(err)
 	}
-	if a := claims.RoomConfig.Agents; len(a) != 1 || a[0].AgentName != "py-agent" {
-		t.Fatalf("join token dispatches %+v, want py-agent", a)
+	if a := claims.RoomConfig.Agents; len(a) != 1 || a[0].AgentName != agent {
+		t.Fatalf("join token dispatches %+v, want %s", a, agent)
 	}
 	return claims.RoomConfig.Agents[0].Metadata
 }

@@ -4,8 +4,10 @@
 // PARLEY_URL, PARLEY_AGENT_KEY (from `parley agent-key create`),
 // CONVERSATION_ID. Protocol on stdout/stdin, one line each: this script
 // prints "KILL" when the Go side should stop Parley, goes on talking while
-// Parley is away, and waits for "RESTARTED" on stdin; at the end it prints
-// "STOP" and waits for "STOPPED", Parley gone for good. Its last line is
+// Parley is away, and waits for "RESTARTED" on stdin; it prints "DISPATCH"
+// and reads the job metadata of a room resuming the conversation, for the
+// second session; at the end it prints "STOP" and waits for "STOPPED",
+// Parley gone for good. Its last line is
 // "RESULT <json>": the session's item ids in history order. Exits non-zero,
 // saying why, on the first failed check.
 
@@ -89,9 +91,13 @@ class WaitLog implements Logger {
 
 const stdin = readline.createInterface({ input: process.stdin });
 const lines = stdin[Symbol.asyncIterator]();
-async function expectLine(want: string) {
+async function readLine(): Promise<string> {
   const got = await lines.next();
-  if (got.done || got.value.trim() !== want) fail(`expected ${want}, read ${JSON.stringify(got.value)}`);
+  return got.done ? '' : got.value.trim();
+}
+async function expectLine(want: string) {
+  const got = await readLine();
+  if (got !== want) fail(`expected ${want}, read ${JSON.stringify(got)}`);
 }
 
 class JobCtx {
@@ -168,10 +174,18 @@ async function main() {
     if (!kinds.has(k as llm.ChatItem['type'])) fail(`history kinds ${[...kinds]}, no ${k}`);
   }
 
-  // Session 2, same conversation: starts from the same chat context.
+  // Session 2, same conversation, in a room that resumes it: its job
+  // metadata is what Parley's CreateRoom dispatched; it starts from the
+  // same chat context.
+  console.log('DISPATCH');
+  const dispatched = await readLine();
+  const md = parseDispatchMetadata(dispatched);
+  if (md.conversationId !== conv || md.lastSeq !== wantIds.length) {
+    fail(`dispatch metadata ${JSON.stringify(dispatched)}: want conversation ${conv}, last_seq ${wantIds.length}`);
+  }
   const agent2 = newAgent();
   const session2 = new voice.AgentSession({ llm: new ScriptedLLM() });
-  const job2 = new JobCtx({ metadata, agentName: 'node-agent' });
+  const job2 = new JobCtx({ metadata: dispatched, agentName: 'node-agent' });
   const restored = (await client.getChatContext(conv)).chatContext();
   const rec2 = await persistSession(session2, agent2, client, { jobCtx: job2 });
   const a = dicts(history);
