@@ -191,6 +191,7 @@ type services struct {
 	limiter       *ratelimit.Limiter
 	rooms         *room.Service
 	webhook       *rpc.WebhookHandler
+	webhooks      *rpc.WebhookServer
 	conversations *conversation.Service
 	files         *file.Service
 	blobRoutes    map[string]http.Handler
@@ -237,7 +238,9 @@ func (a *replica) newServices(ctx context.Context, cfg config.Config, log *slog.
 	outbox := file.NewWorker(fileStore, blobs, file.WorkerOptions{Log: log, SourceRefused: refusals.RecordingSourceRefused})
 	s.rooms = room.NewService(roomStore, lk, room.Options{Log: log, AgentName: cfg.LiveKitAgentName, RecordingsQueued: outbox.Wake})
 	a.closers = append(a.closers, s.rooms.Close)
-	a.hourly(ctx, s.rooms.Prune, s.accounts.Prune, a.startWebhooks(ctx, cfg, log))
+	pruneWebhooks, webhooks := a.startWebhooks(ctx, cfg, log)
+	s.webhooks = webhooks
+	a.hourly(ctx, s.rooms.Prune, s.accounts.Prune, pruneWebhooks)
 	// Calls whose room_finished was lost close within a minute or two.
 	a.every(ctx, time.Minute, s.rooms.Reconcile)
 	s.webhook = rpc.NewWebhookHandler(lk, s.rooms, log, refusals)
@@ -325,6 +328,7 @@ func (a *replica) newHandler(cfg config.Config, s services, log *slog.Logger) (h
 		Conversation: rpc.WithExports(rpc.NewConversationServer(s.conversations, watch, log), fileServer),
 		File:         fileServer,
 		Call:         rpc.NewCallServer(s.rooms, log),
+		Webhook:      s.webhooks,
 		Token:        s.rooms,
 	}, rpc.Options{
 		Logger:        log,

@@ -31,6 +31,8 @@ const (
 	Rooms         List = 3
 	Files         List = 4
 	Calls         List = 5
+	// WebhookEndpoints is 9, clear of lists other branches may add next.
+	WebhookEndpoints List = 9
 )
 
 // ErrInvalidToken is returned for a page token that is malformed or belongs

@@ -16,6 +16,7 @@ import (
 	"github.com/parley-dev/parley/internal/keyset"
 	"github.com/parley-dev/parley/internal/room"
 	"github.com/parley-dev/parley/internal/rule"
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 // errorCodes is the one mapping from domain errors to Connect codes. Each
@@ -60,6 +61,14 @@ var errorCodes = []struct {
 	{file.ErrNotFound, connect.CodeNotFound},
 	{file.ErrUploadMismatch, connect.CodeFailedPrecondition},
 	{file.ErrReservationLost, connect.CodeUnavailable},
+
+	// webhook (its ErrInvalid is rule.ErrBroken, above)
+	{webhook.ErrNotFound, connect.CodeNotFound},
+	// A bound on the account, not a rate: retrying does not help until an
+	// endpoint is deleted.
+	{webhook.ErrTooManyEndpoints, connect.CodeFailedPrecondition},
+	{webhook.ErrNothingToRedeliver, connect.CodeFailedPrecondition},
+	{webhook.ErrInvalidCursor, connect.CodeInvalidArgument},
 
 	// rpc's own
 	{errNoFileStore, connect.CodeUnimplemented},

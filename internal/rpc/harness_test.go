@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,8 @@ import (
 	"github.com/parley-dev/parley/internal/testenv"
 	"github.com/parley-dev/parley/internal/token"
 	"github.com/parley-dev/parley/internal/valkeypubsub"
+	"github.com/parley-dev/parley/internal/webhook"
+	"github.com/parley-dev/parley/internal/webhookhttp"
 )
 
 // testAPI is Parley's API wired as cmd/parley wires it: every service over
@@ -52,8 +55,10 @@ type testAPI struct {
 	lk      *rtctest.Server
 	rooms   *room.Service
 	webhook *WebhookHandler
-	blobs   file.Blobs
-	dirRoot string // the directory store's root, "" for Azure
+	// webhooks keeps outbound webhook endpoints, events and deliveries.
+	webhooks *postgres.WebhookStore
+	blobs    file.Blobs
+	dirRoot  string // the directory store's root, "" for Azure
 	// azConn and azContainer name the Azure store's container, "" for dir.
 	azConn, azContainer string
 	// wake starts a pass of the outbox worker.
@@ -85,6 +90,9 @@ type apiOptions struct {
 	tokens                   *token.Manager
 	// revocations, if set, wraps the store the revocation cache falls back to.
 	revocations func(*postgres.AccountStore) revocation.Source
+	// webhookAllowHTTP is PARLEY_WEBHOOK_ALLOW_HTTP. Endpoints may always
+	// reach 127.0.0.1, as the tests' receivers listen there.
+	webhookAllowHTTP bool
 }
 
 // watchSetup tunes a test server's watches: the heartbeat on the wire,
@@ -195,7 +203,10 @@ func newTestAPI(t testing.TB, o apiOptions) *testAPI {
 	conversations := conversation.NewService(convStore, conversation.Options{Cache: pages, Notifier: notifier, Hub: hub,
 		ItemHub: itemHub, ItemNotifier: itemNotifier, Sessions: a.accounts, SessionCheck: o.watch.Heartbeat, Rooms: postgres.NewRoomStore(a.db), Log: log})
 	conv := NewConversationServer(conversations, WatchOptions{Heartbeat: o.watch.Heartbeat}, log)
-	svc := Services{Auth: NewAuthServer(a.accounts, log), User: NewUserServer(a.accounts, log), Room: NewRoomServer(a.rooms, log), Conversation: conv, Token: a.rooms,
+	a.webhooks = postgres.NewWebhookStore(a.db)
+	urls := webhookhttp.Policy{AllowHTTP: o.webhookAllowHTTP, Allowed: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}
+	hooks := NewWebhookServer(webhook.NewService(a.webhooks, urls, webhook.Options{Log: log}), webhook.NewEvents(a.webhooks, webhook.Options{Log: log}), log)
+	svc := Services{Auth: NewAuthServer(a.accounts, log), User: NewUserServer(a.accounts, log), Room: NewRoomServer(a.rooms, log), Conversation: conv, Webhook: hooks, Token: a.rooms,
 		Call: NewCallServer(a.rooms, log)}
 
 	routes := map[string]http.Handler{

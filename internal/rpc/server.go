@@ -36,9 +36,10 @@ var serviceNames = []string{
 	parleyv1connect.ConversationServiceName,
 	parleyv1connect.FileServiceName,
 	parleyv1connect.CallServiceName,
+	parleyv1connect.WebhookServiceName,
 }
 
-// Services are the handlers of the services. A nil one answers
+// Services are the handlers of Parley's services. A nil one answers
 // unimplemented.
 type Services struct {
 	Auth         parleyv1connect.AuthServiceHandler
@@ -47,6 +48,7 @@ type Services struct {
 	Conversation parleyv1connect.ConversationServiceHandler
 	File         parleyv1connect.FileServiceHandler
 	Call         parleyv1connect.CallServiceHandler
+	Webhook      parleyv1connect.WebhookServiceHandler
 	// Token serves POST /livekit/token (TokenPath), LiveKit's standard
 	// token endpoint, when it is not nil.
 	Token RoomEntrance
@@ -121,6 +123,7 @@ func NewHandler(svc Services, opts Options) (http.Handler, error) {
 	mountService(parleyv1connect.NewConversationServiceHandler(orUnimplemented[parleyv1connect.ConversationServiceHandler](svc.Conversation, parleyv1connect.UnimplementedConversationServiceHandler{}), handlerOpts...))
 	mountService(parleyv1connect.NewFileServiceHandler(orUnimplemented[parleyv1connect.FileServiceHandler](svc.File, parleyv1connect.UnimplementedFileServiceHandler{}), handlerOpts...))
 	mountService(parleyv1connect.NewCallServiceHandler(orUnimplemented[parleyv1connect.CallServiceHandler](svc.Call, parleyv1connect.UnimplementedCallServiceHandler{}), handlerOpts...))
+	mountService(parleyv1connect.NewWebhookServiceHandler(orUnimplemented[parleyv1connect.WebhookServiceHandler](svc.Webhook, parleyv1connect.UnimplementedWebhookServiceHandler{}), handlerOpts...))
 	transcoder, err := vanguard.NewTranscoder(rest)
 	if err != nil {
 		return nil, fmt.Errorf("build REST transcoder: %w", err)
