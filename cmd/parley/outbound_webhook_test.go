@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -16,20 +15,19 @@ import (
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 
-	"github.com/parley-dev/parley/internal/auth"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/testenv"
 	"github.com/parley-dev/parley/internal/webhook"
-	"github.com/parley-dev/parley/internal/webhookhttp"
 )
 
 // The replica that is delivering an event is killed (SIGKILL) while its
 // receiver still holds the request; another replica delivers it once the
 // lease runs out, and the events after it, in order, each verified by the
-// pinned Standard Webhooks reference library. Endpoints and events are
-// seeded through the store: the API to register them does not exist yet.
+// pinned Standard Webhooks reference library. The endpoint is registered
+// through the API; events are published through the store, as the calls
+// that cause them would.
 func TestOutboundWebhooksSurviveSIGKILLMidDelivery(t *testing.T) {
 	bin := buildBinary(t)
 	dbURL := testenv.DatabaseURL(t)
@@ -79,7 +77,18 @@ func TestOutboundWebhooksSurviveSIGKILLMidDelivery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	user := auth.Principal{ID: uuid.MustParse(reg.Msg.GetUser().GetId()), Kind: auth.KindUser}
+	userID := uuid.MustParse(reg.Msg.GetUser().GetId())
+	hooks := parleyv1connect.NewWebhookServiceClient(http.DefaultClient, first.base)
+	req := connect.NewRequest(&parleyv1.CreateEndpointRequest{Url: srv.URL + "/hooks", EventTypes: []string{webhook.CallEnded}})
+	req.Header().Set("Authorization", "Bearer "+reg.Msg.GetTokens().GetAccessToken())
+	created, err := hooks.CreateEndpoint(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := webhook.ParseSecret(created.Msg.GetSecret())
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	db, err := postgres.Open(t.Context(), dbURL, postgres.Options{})
 	if err != nil {
@@ -87,17 +96,12 @@ func TestOutboundWebhooksSurviveSIGKILLMidDelivery(t *testing.T) {
 	}
 	t.Cleanup(func() { db.Close() })
 	store := postgres.NewWebhookStore(db)
-	urls := webhookhttp.Policy{AllowHTTP: true, Allowed: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}
-	_, s, err := webhook.NewService(store, urls, webhook.Options{}).RegisterEndpoint(t.Context(), user, srv.URL+"/hooks", []string{webhook.CallEnded})
-	if err != nil {
-		t.Fatal(err)
-	}
 	mu.Lock()
 	secret = s
 	mu.Unlock()
 	var want []string
 	for i := range 3 {
-		ev, err := webhook.NewEvent(user.ID, webhook.CallEnded, json.RawMessage(fmt.Sprintf(`{"n":%d}`, i)), time.Now())
+		ev, err := webhook.NewEvent(userID, webhook.CallEnded, json.RawMessage(fmt.Sprintf(`{"n":%d}`, i)), time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -25,6 +25,11 @@ import (
 // at its own server instead.
 const readmeHost = "localhost:8080"
 
+// readmeReceiver is the README's webhook receiver, which the test swaps for
+// an https address on 127.0.0.1 (allowed by the test's environment), so
+// that registering it needs no DNS. Nothing is delivered to it.
+const readmeReceiver = "https://hooks.example.com"
+
 var (
 	// placeholderLine is `NAME=...  # comment`: a value the reader copies,
 	// from the previous answer ("path from the answer") or from elsewhere.
@@ -94,6 +99,7 @@ func TestReadmeCurl(t *testing.T) {
 		t.Fatal("curl is needed to check the README: install it (apt-get install curl)")
 	}
 	env := baseEnv(t, testenv.DatabaseURL(t))
+	env["PARLEY_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.1/32"
 	s := startServer(t, env)
 	host := env["PARLEY_HTTP_ADDR"]
 
@@ -134,7 +140,7 @@ func TestReadmeCurl(t *testing.T) {
 		for _, m := range readmePath.FindAllStringSubmatch(line, -1) {
 			covered[m[1]] = true
 		}
-		script := "set -euo pipefail\n" + strings.Join(prelude, "\n") + "\n" + strings.ReplaceAll(line, readmeHost, host)
+		script := "set -euo pipefail\n" + strings.Join(prelude, "\n") + "\n" + strings.NewReplacer(readmeHost, host, readmeReceiver, "https://127.0.0.1:9").Replace(line)
 		if strings.Contains(line, "/WatchMessages") {
 			checkWatch(t, s, script, vars)
 			continue
@@ -155,6 +161,7 @@ func TestReadmeCurl(t *testing.T) {
 		"/api/v1/conversations", "/api/v1/conversations/save-turn", "/api/v1/conversations/$CONV/messages",
 		"/api/v1/conversations/$META_CONV", "/parley.v1.ConversationService/ListConversations",
 		"/parley.v1.ConversationService/AppendItems", "/api/v1/conversations/$CONV/items",
+		"/parley.v1.WebhookService/CreateEndpoint", "/api/v1/webhooks/events",
 	} {
 		if !covered[path] {
 			t.Errorf("the README's API section has no curl for %s", path)

@@ -289,7 +289,8 @@ func TestOperationalEndpoints(t *testing.T) {
 
 var serviceNamesForTest = []string{
 	parleyv1connect.AuthServiceName, parleyv1connect.UserServiceName, parleyv1connect.RoomServiceName,
-	parleyv1connect.ConversationServiceName, parleyv1connect.FileServiceName,
+	parleyv1connect.ConversationServiceName, parleyv1connect.FileServiceName, parleyv1connect.CallServiceName,
+	parleyv1connect.WebhookServiceName,
 }
 
 func TestRateLimitHeadersAndRefusal(t *testing.T) {
