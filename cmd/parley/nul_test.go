@@ -311,8 +311,13 @@ func checkRESTNULRefusal(t *testing.T, base string, rule *annotations.HttpRule, 
 	case "":
 		q := url.Values{}
 		var err error
+		var mapField protoreflect.FieldDescriptor
 		msg.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() != protoreflect.StringKind || fd.IsList() || fd.IsMap() {
+			if fd.IsMap() {
+				mapField = fd
+				return false
+			}
+			if fd.Kind() != protoreflect.StringKind || fd.IsList() {
 				err = fmt.Errorf("query field %s not covered", fd.Name())
 				return false
 			}
@@ -321,6 +326,12 @@ func checkRESTNULRefusal(t *testing.T, base string, rule *annotations.HttpRule, 
 		})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if mapField != nil {
+			// vanguard's query parameters have no syntax for a map, so
+			// REST cannot send this case; the RPC protocols did.
+			t.Logf("REST %s %s: map %s cannot travel in a query", method, tmpl, mapField.Name())
+			return
 		}
 		target += "?" + q.Encode()
 	default:
