@@ -79,10 +79,14 @@ func TestLiveKitAgentsNodeSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	conv := c.Msg.GetConversation().GetId()
+	kc, err := convs.CreateConversation(t.Context(), bearer(connect.NewRequest(&parleyv1.CreateConversationRequest{Title: "every kind"}), tok))
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	cmd := exec.CommandContext(t.Context(), node, "dist/tests/session_check.js")
 	cmd.Dir = nodeSDKDir
-	cmd.Env = append(os.Environ(), "PARLEY_URL="+parley.base, "PARLEY_AGENT_KEY="+apiKey, "CONVERSATION_ID="+conv)
+	cmd.Env = append(os.Environ(), "PARLEY_URL="+parley.base, "PARLEY_AGENT_KEY="+apiKey, "CONVERSATION_ID="+conv, "KINDS_CONVERSATION_ID="+kc.Msg.GetConversation().GetId())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

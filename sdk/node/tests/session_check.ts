@@ -2,14 +2,15 @@
 //
 // Driven by cmd/parley's TestLiveKitAgentsNodeSession. Environment:
 // PARLEY_URL, PARLEY_AGENT_KEY (from `parley agent-key create`),
-// CONVERSATION_ID. Protocol on stdout/stdin, one line each: this script
-// prints "KILL" when the Go side should stop Parley, goes on talking while
-// Parley is away, and waits for "RESTARTED" on stdin; it prints "DISPATCH"
-// and reads the job metadata of a room resuming the conversation, for the
+// CONVERSATION_ID, and KINDS_CONVERSATION_ID (an empty one for the codec's
+// round trip of every kind). Protocol on stdout/stdin, one line each: this
+// script prints "KILL" when the Go side should stop Parley, goes on talking
+// while Parley is away, and waits for "RESTARTED"; it prints "DISPATCH" and
+// reads the job metadata of a room resuming the conversation, for the
 // second session; at the end it prints "STOP" and waits for "STOPPED",
-// Parley gone for good. Its last line is
-// "RESULT <json>": the session's item ids in history order. Exits non-zero,
-// saying why, on the first failed check.
+// Parley gone for good. Its last line is "RESULT <json>": the sessions'
+// item ids in history order. Exits non-zero, saying why, on the first
+// failed check.
 
 import * as readline from 'node:readline';
 
@@ -230,6 +231,44 @@ async function main() {
   await persistSession(new voice.AgentSession({ llm: new ScriptedLLM() }), agent3, client, { jobCtx: resumed });
   const agent3Ids = agent3.chatCtx.items.map((i) => i.id);
   if (JSON.stringify(agent3Ids) !== JSON.stringify(wantIds)) fail(`resumed at last_seq ${wantIds.length}: ${agent3Ids}, want ${wantIds}`);
+
+  // Every kind and field the framework's items carry survives
+  // AppendItems and GetChatContext, through the package's codec both ways.
+  const kindsConv = process.env.KINDS_CONVERSATION_ID!;
+  const t = 1_733_097_600_000;
+  const every: llm.ChatItem[] = [
+    llm.ChatMessage.create({ id: 'k_sys', role: 'system', content: ['Be brief.'], createdAt: t }),
+    llm.ChatMessage.create({
+      id: 'k_user',
+      role: 'user',
+      createdAt: t + 1_000,
+      content: ['Look:', llm.createImageContent({ id: 'img1', image: 'https://example.com/cat.png', inferenceDetail: 'high', mimeType: 'image/png' })],
+      transcriptConfidence: 0.875,
+      metrics: { startedSpeakingAt: 1733097600.25, stoppedSpeakingAt: 1733097600.75, transcriptionDelay: 0.125, endOfTurnDelay: 0.5 },
+      extra: { source: 'test', n: 2 },
+    }),
+    llm.FunctionCall.create({ id: 'k_call', callId: 'c1', name: 'getWeather', args: '{"city":"Oslo"}', createdAt: t + 2_000, groupId: 'g1', thoughtSignature: 'sig' }),
+    llm.FunctionCallOutput.create({ id: 'k_out', callId: 'c1', name: 'getWeather', output: 'service down', isError: true, createdAt: t + 3_000 }),
+    llm.ChatMessage.create({
+      id: 'k_asst',
+      role: 'assistant',
+      content: ['Sorry, the'],
+      interrupted: true,
+      createdAt: t + 4_000,
+      metrics: { llmNodeTtft: 0.25, ttsNodeTtfb: 0.0625, e2eLatency: 0.75, providerRequestIds: ['req_1'] },
+    }),
+    llm.AgentHandoffItem.create({ id: 'k_handoff', oldAgentId: 'front', newAgentId: 'support', createdAt: t + 5_000 }),
+    llm.AgentConfigUpdate.create({ id: 'k_cfg', instructions: 'Be kind.', toolsAdded: ['a'], toolsRemoved: ['getWeather'], createdAt: t + 6_000 }),
+  ];
+  await client.appendItems(kindsConv, every, { agent: 'node-agent' });
+  const back = (await client.getChatContext(kindsConv)).chatContext().items;
+  if (back.length !== every.length) fail(`every kind: ${back.length} items back of ${every.length}`);
+  every.forEach((it, i) => {
+    const got = back[i]!;
+    if (canonical(toDict(got)) !== canonical(toDict(it)) || got.constructor !== it.constructor) {
+      fail(`every kind, item ${it.id}:\n  sent ${canonical(toDict(it))}\n  back ${canonical(toDict(got))} (${got.constructor.name})`);
+    }
+  });
 
   // Parley gone for good: the restore gives up after its timeout and the
   // agent starts without history; the shutdown flush gives up at its
