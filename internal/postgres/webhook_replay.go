@@ -100,7 +100,7 @@ func (s *WebhookStore) eventOwned(ctx context.Context, userID, eventID uuid.UUID
 		return fmt.Errorf("find webhook event: %w", err)
 	}
 	if !ok {
-		return webhook.ErrNotFound
+		return webhook.ErrEventNotFound
 	}
 	return nil
 }

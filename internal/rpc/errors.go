@@ -63,6 +63,7 @@ var errorCodes = []struct {
 	{file.ErrReservationLost, connect.CodeUnavailable},
 
 	// webhook (its ErrInvalid is rule.ErrBroken, above)
+	{webhook.ErrEventNotFound, connect.CodeNotFound}, // before ErrNotFound, which it wraps, for its message
 	{webhook.ErrNotFound, connect.CodeNotFound},
 	// A bound on the account, not a rate: retrying does not help until an
 	// endpoint is deleted.

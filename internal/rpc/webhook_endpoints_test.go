@@ -3,6 +3,7 @@ package rpc
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -191,7 +192,8 @@ func TestWebhookEventsAndDeliveries(t *testing.T) {
 			if _, err := c.Redeliver(ctx, as(other, &parleyv1.RedeliverRequest{EventId: ev.ID.String()})); codeOf(err) != connect.CodeNotFound {
 				t.Fatalf("another's Redeliver: %v", err)
 			}
-			if _, err := c.ListDeliveries(ctx, as(other, &parleyv1.ListDeliveriesRequest{EventId: ev.ID.String()})); codeOf(err) != connect.CodeNotFound {
+			if _, err := c.ListDeliveries(ctx, as(other, &parleyv1.ListDeliveriesRequest{EventId: ev.ID.String()})); codeOf(err) != connect.CodeNotFound ||
+				!strings.Contains(err.Error(), "webhook event not found") {
 				t.Fatalf("another's ListDeliveries: %v", err)
 			}
 			res, err := c.Redeliver(ctx, as(owner, &parleyv1.RedeliverRequest{EventId: ev.ID.String()}))
@@ -331,4 +333,38 @@ func TestWebhookEndpointAllowHTTP(t *testing.T) {
 	if err != nil || res.Msg.GetEndpoint().GetUrl() != "http://127.0.0.1:9/hooks" {
 		t.Fatalf("CreateEndpoint = %v, %v", res, err)
 	}
+}
+
+// The REST paths reach the same handlers: register, read, list, rotate,
+// delete, and replay events, as curl would.
+func TestWebhookRESTPaths(t *testing.T) {
+	a := newTestAPI(t, apiOptions{})
+	token := register(t, a.url)
+	base := a.url + "/api/v1/webhooks"
+	status, _, out := restCall(t, http.MethodPost, base+"/endpoints", token, `{"url":"`+receiverURL+`","eventTypes":["report.ready"]}`)
+	if status != http.StatusOK || !strings.HasPrefix(fmt.Sprint(out["secret"]), "whsec_") {
+		t.Fatalf("POST endpoints: %d %v", status, out)
+	}
+	id := out["endpoint"].(map[string]any)["id"].(string)
+	if status, _, out := restCall(t, http.MethodGet, base+"/endpoints/"+id, token, ""); status != http.StatusOK || out["endpoint"].(map[string]any)["url"] != receiverURL {
+		t.Fatalf("GET endpoint: %d %v", status, out)
+	}
+	if status, _, out := restCall(t, http.MethodGet, base+"/endpoints?limit=1", token, ""); status != http.StatusOK || len(out["endpoints"].([]any)) != 1 {
+		t.Fatalf("GET endpoints: %d %v", status, out)
+	}
+	if status, _, out := restCall(t, http.MethodPost, base+"/endpoints/"+id+"/rotate-secret", token, `{"overlap":"3600s"}`); status != http.StatusOK || !strings.HasPrefix(fmt.Sprint(out["secret"]), "whsec_") {
+		t.Fatalf("POST rotate-secret: %d %v", status, out)
+	}
+	if status, _, out := restCall(t, http.MethodGet, base+"/events?limit=10", token, ""); status != http.StatusOK || len(out) != 0 {
+		t.Fatalf("GET events: %d %v", status, out)
+	}
+	status, _, out = restCall(t, http.MethodGet, base+"/events/"+uuid.NewString()+"/deliveries", token, "")
+	wantError(t, "GET unknown event's deliveries", status, out, http.StatusNotFound, connect.CodeNotFound)
+	status, _, out = restCall(t, http.MethodPost, base+"/endpoints", token, `{"url":"http://127.0.0.1/hooks","eventTypes":["report.ready"]}`)
+	wantError(t, "POST http endpoint", status, out, http.StatusBadRequest, connect.CodeInvalidArgument)
+	if status, _, out := restCall(t, http.MethodDelete, base+"/endpoints/"+id, token, ""); status != http.StatusOK {
+		t.Fatalf("DELETE endpoint: %d %v", status, out)
+	}
+	status, _, out = restCall(t, http.MethodGet, base+"/endpoints/"+id, token, "")
+	wantError(t, "GET deleted endpoint", status, out, http.StatusNotFound, connect.CodeNotFound)
 }

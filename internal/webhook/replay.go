@@ -21,6 +21,10 @@ const (
 	MaxEventPageSize     = 500
 )
 
+// ErrEventNotFound is returned when an event does not exist or is not the
+// caller's. It is an ErrNotFound, so callers that test for that still match.
+var ErrEventNotFound = fmt.Errorf("webhook event not found: %w", ErrNotFound)
+
 // ErrInvalidCursor is returned by ListEvents for a cursor it did not make.
 var ErrInvalidCursor = rule.Broken("cursor: not one that ListEvents returned")
 
@@ -111,10 +115,10 @@ type EventStore interface {
 	// order, none whose transaction may still be followed by an earlier one.
 	Events(ctx context.Context, userID uuid.UUID, after Cursor, limit int) ([]ListedEvent, error)
 	// Deliveries returns the deliveries of the user's event, or
-	// ErrNotFound.
+	// ErrEventNotFound.
 	Deliveries(ctx context.Context, userID, eventID uuid.UUID) ([]DeliveryStatus, error)
 	// Redeliver makes the event's parked deliveries pending again, due at
-	// now with a new retry window, and returns how many; ErrNotFound if
+	// now with a new retry window, and returns how many; ErrEventNotFound if
 	// the user has no such event.
 	Redeliver(ctx context.Context, userID, eventID uuid.UUID, now time.Time) (int, error)
 	// PruneEvents deletes the events created before before that have no
