@@ -2,8 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,18 +18,25 @@ import (
 
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+	"github.com/parley-dev/parley/internal/room"
 	"github.com/parley-dev/parley/internal/rtc/rtctest"
 	"github.com/parley-dev/parley/internal/testenv"
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 // TestCallFromWebhooks runs serve with a fake LiveKit and posts a call's
 // webhooks to it as LiveKit might: shuffled, some twice, one posted
 // concurrently with its duplicate. GetCall then shows the call as it
-// happened.
+// happened, and the endpoint the caller registered receives one
+// call.started and one call.ended, each verified by the Standard Webhooks
+// reference library.
 func TestCallFromWebhooks(t *testing.T) {
 	lk := rtctest.NewServer(t, testLiveKitKey, testLiveKitSecret)
 	env := baseEnv(t, testenv.DatabaseURL(t))
 	env["LIVEKIT_URL"] = lk.URL
+	env["PARLEY_WEBHOOK_ALLOW_HTTP"] = "true"
+	env["PARLEY_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.1/32"
+	verifier := testenv.WebhookReceiver(t)
 	s := startServer(t, env)
 	ctx := context.Background()
 	reg, err := parleyv1connect.NewAuthServiceClient(http.DefaultClient, s.base).Register(ctx,
@@ -32,6 +45,7 @@ func TestCallFromWebhooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	token := reg.Msg.GetTokens().GetAccessToken()
+	received := receiveCallEvents(t, s, verifier, token)
 	created, err := parleyv1connect.NewRoomServiceClient(http.DefaultClient, s.base).CreateRoom(ctx,
 		bearer(connect.NewRequest(&parleyv1.CreateRoomRequest{Name: "support line"}), token))
 	if err != nil {
@@ -102,5 +116,105 @@ func TestCallFromWebhooks(t *testing.T) {
 			!p.GetLeftAt().AsTime().Equal(base.Add(time.Duration(left)*time.Second)) {
 			t.Errorf("participant = %v", p)
 		}
+	}
+
+	delivered := received.wait(t, 2)
+	byType := map[string]room.CallEventData{}
+	for _, e := range delivered {
+		if _, twice := byType[e.Type]; twice {
+			t.Fatalf("%s delivered twice (as different events): %+v", e.Type, delivered)
+		}
+		byType[e.Type] = e.Data
+	}
+	st, en := byType[webhook.CallStarted], byType[webhook.CallEnded]
+	// Shuffled, the first event showing the call running may be a later
+	// one than room_started: call.started tells the call as it stood.
+	if st.CallID.String() != r.GetId() || st.StartedAt == nil || st.StartedAt.Before(base) || st.StartedAt.After(base.Add(41*time.Second)) {
+		t.Errorf("call.started data = %+v", st)
+	}
+	if en.CallID.String() != r.GetId() || en.Status != "ended" || en.EndReason != "room_finished" || en.EndedAt == nil ||
+		!en.EndedAt.Equal(base.Add(42*time.Second)) {
+		t.Errorf("call.ended data = %+v", en)
+	}
+	// Nothing more comes: the duplicates and late events emitted nothing.
+	time.Sleep(2 * time.Second)
+	if got := received.wait(t, 2); len(got) != 2 {
+		t.Errorf("received %+v, want exactly call.started and call.ended", got)
+	}
+}
+
+// callEventReceiver collects the call events an endpoint receives, one per
+// webhook-id.
+type callEventReceiver struct {
+	mu   sync.Mutex
+	seen map[string]bool
+	got  []receivedCallEvent
+}
+
+type receivedCallEvent struct {
+	Type string
+	Data room.CallEventData
+}
+
+// receiveCallEvents registers, for the user of token, an endpoint taking
+// call.started and call.ended, and verifies each delivery to it with the
+// reference library at verifier.
+func receiveCallEvents(t *testing.T, s *server, verifier, token string) *callEventReceiver {
+	t.Helper()
+	c := &callEventReceiver{seen: map[string]bool{}}
+	var secret atomic.Pointer[webhook.Secret]
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		sec := secret.Load()
+		if sec == nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		if err := testenv.VerifyWebhook(r.Context(), verifier, sec.Text(), r.Header, body); err != nil {
+			t.Error(err)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var ev receivedCallEvent
+		if err := json.Unmarshal(body, &ev); err != nil {
+			t.Errorf("delivery %s: %v", body, err)
+		}
+		c.mu.Lock()
+		if id := r.Header.Get("webhook-id"); !c.seen[id] {
+			c.seen[id] = true
+			c.got = append(c.got, ev)
+		}
+		c.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	created, err := parleyv1connect.NewWebhookServiceClient(http.DefaultClient, s.base).CreateEndpoint(t.Context(),
+		bearer(connect.NewRequest(&parleyv1.CreateEndpointRequest{Url: srv.URL + "/hooks", EventTypes: []string{webhook.CallStarted, webhook.CallEnded}}), token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := webhook.ParseSecret(created.Msg.GetSecret())
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret.Store(&sec)
+	return c
+}
+
+// wait returns the events received once there are n, or fails after 30s.
+func (c *callEventReceiver) wait(t *testing.T, n int) []receivedCallEvent {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c.mu.Lock()
+		got := slices.Clone(c.got)
+		c.mu.Unlock()
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("received %+v after 30s, want %d events", got, n)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

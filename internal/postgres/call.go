@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/room"
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 // A call's record is built by joins only (least, greatest, a forward-only
@@ -102,7 +104,8 @@ ON CONFLICT (source_name) DO UPDATE SET file_id = COALESCE(call_recordings.file_
  WHERE room_id = ANY ($1::uuid[]) AND end_reason = 0 AND last_seen_at < $2::timestamptz
 RETURNING room_id`
 
-	closeCallRoomsSQL = `UPDATE rooms SET status = 2, ended_at = $2::timestamptz WHERE id = ANY ($1::uuid[]) AND status = 1`
+	closeCallRoomsSQL = `UPDATE rooms SET status = 2, ended_at = $2::timestamptz WHERE id = ANY ($1::uuid[]) AND status = 1
+RETURNING id`
 )
 
 // startsCall reports whether an event of kind k shows the room running at
@@ -123,6 +126,26 @@ func callState(ctx context.Context, tx *sql.Tx, r room.Room) (started, ended boo
 		err = nil
 	}
 	return started, ended || r.Ended(), err
+}
+
+// enqueueCallEvent writes the outbound event t (call.started or
+// call.ended) about room id's call as it stands in tx, for the room's
+// owner.
+func enqueueCallEvent(ctx context.Context, tx *sql.Tx, id uuid.UUID, t string, now time.Time) error {
+	var c callRow
+	if err := tx.QueryRowContext(ctx, getCallSQL, id, uuid.NullUUID{}).Scan(c.dest()...); err != nil {
+		return fmt.Errorf("%s event: read call: %w", t, err)
+	}
+	call := c.call()
+	data, err := json.Marshal(room.NewCallEventData(call))
+	if err != nil {
+		return fmt.Errorf("%s event: %w", t, err)
+	}
+	ev, err := webhook.NewEvent(call.CreatedBy, t, data, now)
+	if err != nil {
+		return fmt.Errorf("%s event: %w", t, err)
+	}
+	return enqueueWebhookEvent(ctx, tx, ev)
 }
 
 // applyCallEffect writes what event e, at at, does to r's call.
@@ -432,9 +455,9 @@ func (s *RoomStore) SeeCalls(ctx context.Context, ids []uuid.UUID, at time.Time)
 	return nil
 }
 
-// CloseCalls implements room.Store: the calls and their rooms in one
-// transaction. Outbound call.ended events for the ids returned belong in
-// it too.
+// CloseCalls implements room.Store: the calls, their rooms and their
+// call.ended events in one transaction. A call whose room was ended
+// already (EndRoom raced the job) had its call.ended then.
 func (s *RoomStore) CloseCalls(ctx context.Context, ids []uuid.UUID, reason room.EndReason, seenBefore, now time.Time) (_ []uuid.UUID, err error) {
 	defer markUnavailable(&err)
 	var closed []uuid.UUID
@@ -457,8 +480,18 @@ func (s *RoomStore) CloseCalls(ctx context.Context, ids []uuid.UUID, reason room
 		if len(closed) == 0 {
 			return nil
 		}
-		if _, err := tx.Tx.ExecContext(ctx, closeCallRoomsSQL, uuidStrings(closed), now); err != nil {
-			return fmt.Errorf("close calls: end rooms: %w", err)
+		ended, err := readRows(ctx, tx.Tx, "close calls: end rooms", len(closed), func(rows *sql.Rows) (uuid.UUID, error) {
+			var id uuid.UUID
+			err := rows.Scan(&id)
+			return id, err
+		}, closeCallRoomsSQL, uuidStrings(closed), now)
+		if err != nil {
+			return err
+		}
+		for _, id := range ended {
+			if err := enqueueCallEvent(ctx, tx.Tx, id, webhook.CallEnded, now); err != nil {
+				return fmt.Errorf("close calls: %w", err)
+			}
 		}
 		return nil
 	})

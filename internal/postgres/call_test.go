@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/google/uuid"
+	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/room"
@@ -113,13 +114,14 @@ var callShape = cmp.Options{
 // callHarness makes rooms and plays event lists into them concurrently.
 type callHarness struct {
 	t     *testing.T
+	db    *bun.DB
 	rooms *postgres.RoomStore
 	owner uuid.UUID
 }
 
 func newCallHarness(t *testing.T) *callHarness {
 	db := testenv.DB(t)
-	return &callHarness{t: t, rooms: postgres.NewRoomStore(db), owner: roomSeedUser(t, postgres.NewAccountStore(db), "Ada")}
+	return &callHarness{t: t, db: db, rooms: postgres.NewRoomStore(db), owner: roomSeedUser(t, postgres.NewAccountStore(db), "Ada")}
 }
 
 // play applies each list of event indices of script to a room of its own

@@ -13,6 +13,7 @@ import (
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	"github.com/parley-dev/parley/internal/room"
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 // The room store's statements are plain SQL on the *sql.DB, like the
@@ -255,10 +256,27 @@ func (s *RoomStore) ListRooms(ctx context.Context, owner uuid.UUID, after *room.
 		})
 }
 
-// EndRoom implements room.Store.
+// EndRoom implements room.Store: the room and its call.ended event in one
+// transaction.
 func (s *RoomStore) EndRoom(ctx context.Context, id, owner uuid.UUID, now time.Time) (_ room.Room, _ bool, err error) {
 	defer markUnavailable(&err)
-	r, err := getRoom(ctx, s.db, "end room", endRoomSQL, id, owner, now)
+	var r room.Room
+	err = inTx(ctx, s.bun, "end room", func(ctx context.Context, tx bun.Tx) error {
+		var err error
+		if r, err = getRoom(ctx, tx.Tx, "end room", endRoomSQL, id, owner, now); err != nil {
+			return err
+		}
+		// The room was active; its call may still have ended before (a
+		// reason recorded), and then had its call.ended already.
+		_, endedBefore, err := callState(ctx, tx.Tx, room.Room{ID: id})
+		if err != nil {
+			return fmt.Errorf("end room: call: %w", err)
+		}
+		if endedBefore {
+			return nil
+		}
+		return enqueueCallEvent(ctx, tx.Tx, id, webhook.CallEnded, now)
+	})
 	if err == nil {
 		return r, true, nil
 	}
@@ -344,9 +362,20 @@ func (s *RoomStore) ApplyEvent(ctx context.Context, e room.Event) (_ room.EventR
 			if err != nil {
 				return fmt.Errorf("apply event: call after: %w", err)
 			}
-			// Outbound call.started and call.ended events are written
-			// here, in this transaction, from change.
+			// Written from the transition, not the event: a duplicate or
+			// late event changes nothing and so emits nothing.
 			change = room.CallChange{Started: started && !startedBefore, Ended: ended && !endedBefore}
+			now := time.Now()
+			if change.Started {
+				if err := enqueueCallEvent(ctx, tx.Tx, r.ID, webhook.CallStarted, now); err != nil {
+					return fmt.Errorf("apply event: %w", err)
+				}
+			}
+			if change.Ended {
+				if err := enqueueCallEvent(ctx, tx.Tx, r.ID, webhook.CallEnded, now); err != nil {
+					return fmt.Errorf("apply event: %w", err)
+				}
+			}
 		}
 		res = room.EventResult{Applied: true, Matched: matched, Room: r, Call: change}
 		return nil

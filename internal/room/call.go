@@ -285,3 +285,74 @@ func (s *Service) callWithAgent(c Call) Call {
 	}
 	return c
 }
+
+// CallEventData is the data of the call.started and call.ended outbound
+// webhook events: the call as it stood when the event was written, in the
+// transaction that started or ended it. Its JSON is a contract with
+// customers' receivers (see the README): fields may be added, never
+// renamed.
+type CallEventData struct {
+	// CallID is the room's id, as every call's is.
+	CallID         uuid.UUID `json:"call_id"`
+	RoomName       string    `json:"room_name"`
+	LiveKitRoom    string    `json:"livekit_room"`
+	ConversationID string    `json:"conversation_id"`
+	// Status is "pending", "live" or "ended". A call.ended's is "ended";
+	// a call.started's may be too when LiveKit's events came reordered.
+	Status    string     `json:"status"`
+	CreatedAt time.Time  `json:"created_at"`
+	StartedAt *time.Time `json:"started_at"`
+	EndedAt   *time.Time `json:"ended_at"`
+	// EndReason is "stale", "room_gone", "room_ended" or "room_finished";
+	// "" while the call has not ended.
+	EndReason string `json:"end_reason"`
+}
+
+// NewCallEventData returns c's event data.
+func NewCallEventData(c Call) CallEventData {
+	d := CallEventData{
+		CallID: c.ID, RoomName: c.RoomName, LiveKitRoom: c.LiveKitRoom,
+		Status: c.Status.name(), CreatedAt: c.CreatedAt.UTC(), EndReason: c.EndReason.name(),
+		StartedAt: optionalTime(c.StartedAt), EndedAt: optionalTime(c.EndedAt),
+	}
+	if c.ConversationID != uuid.Nil {
+		d.ConversationID = c.ConversationID.String()
+	}
+	return d
+}
+
+func optionalTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
+
+// name is the status as event data spells it.
+func (s CallStatus) name() string {
+	switch s {
+	case CallPending:
+		return "pending"
+	case CallLive:
+		return "live"
+	case CallEnded:
+		return "ended"
+	}
+	return ""
+}
+
+// name is the reason as event data spells it.
+func (r EndReason) name() string {
+	switch r {
+	case EndStale:
+		return "stale"
+	case EndRoomGone:
+		return "room_gone"
+	case EndRoomEnded:
+		return "room_ended"
+	case EndRoomFinished:
+		return "room_finished"
+	}
+	return ""
+}
