@@ -327,7 +327,7 @@ func (a *replica) newHandler(cfg config.Config, s services, log *slog.Logger) (h
 		Room:         rpc.NewRoomServer(s.rooms, log),
 		Conversation: rpc.WithExports(rpc.NewConversationServer(s.conversations, watch, log), fileServer),
 		File:         fileServer,
-		Call:         rpc.NewCallServer(s.rooms, log),
+		Call:         rpc.NewCallServer(s.rooms, s.conversations, log),
 		Webhook:      s.webhooks,
 		Token:        s.rooms,
 	}, rpc.Options{

@@ -171,6 +171,10 @@ type Store interface {
 
 	// Call returns the call of room id; owner uuid.Nil reads anyone's.
 	Call(ctx context.Context, id, owner uuid.UUID) (Call, error)
+	// SaveReport stores report as call id's session report, received at
+	// at, replacing an earlier one; a room that does not exist is
+	// ErrNotFound.
+	SaveReport(ctx context.Context, id uuid.UUID, report []byte, at time.Time) error
 	// ListCalls returns up to limit calls matching f, newest first,
 	// strictly after cursor; owner uuid.Nil lists everyone's.
 	ListCalls(ctx context.Context, owner uuid.UUID, f CallFilter, after *Cursor, limit int) ([]Call, error)

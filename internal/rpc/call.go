@@ -7,6 +7,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 
+	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 	"github.com/parley-dev/parley/internal/room"
@@ -15,14 +16,17 @@ import (
 // CallServer serves parley.v1.CallService.
 type CallServer struct {
 	rooms *room.Service
+	// convs takes the chat history of session reports.
+	convs *conversation.Service
 	log   *slog.Logger
 }
 
 var _ parleyv1connect.CallServiceHandler = (*CallServer)(nil)
 
-// NewCallServer returns a CallServer over rooms, whose lives calls are.
-func NewCallServer(rooms *room.Service, log *slog.Logger) *CallServer {
-	return &CallServer{rooms: rooms, log: log}
+// NewCallServer returns a CallServer over rooms, whose lives calls are,
+// and convs, which session reports' chat histories merge into.
+func NewCallServer(rooms *room.Service, convs *conversation.Service, log *slog.Logger) *CallServer {
+	return &CallServer{rooms: rooms, convs: convs, log: log}
 }
 
 // GetCall returns the call of a room the caller may read.
@@ -83,6 +87,7 @@ func callToProto(c room.Call) *parleyv1.Call {
 		EndReason:  parleyv1.CallEndReason(c.EndReason),
 		LastSeenAt: timestamp(c.LastSeenAt),
 		ReportedAt: timestamp(c.ReportedAt),
+		Metrics:    callMetricsToProto(c.Report),
 	}
 	if c.ConversationID != uuid.Nil {
 		pc.ConversationId = c.ConversationID.String()

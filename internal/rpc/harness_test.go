@@ -207,7 +207,7 @@ func newTestAPI(t testing.TB, o apiOptions) *testAPI {
 	urls := webhookhttp.Policy{AllowHTTP: o.webhookAllowHTTP, Allowed: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}
 	hooks := NewWebhookServer(webhook.NewService(a.webhooks, urls, webhook.Options{Log: log}), webhook.NewEvents(a.webhooks, webhook.Options{Log: log}), log)
 	svc := Services{Auth: NewAuthServer(a.accounts, log), User: NewUserServer(a.accounts, log), Room: NewRoomServer(a.rooms, log), Conversation: conv, Webhook: hooks, Token: a.rooms,
-		Call: NewCallServer(a.rooms, log)}
+		Call: NewCallServer(a.rooms, conversations, log)}
 
 	routes := map[string]http.Handler{
 		"GET /.well-known/jwks.json": a.tokens.JWKSHandler(),

@@ -283,7 +283,9 @@ type Call struct {
 	Recordings   []*CallRecording       `protobuf:"bytes,15,rep,name=recordings,proto3" json:"recordings,omitempty"`
 	// reported_at is when the agent's session report arrived; unset until
 	// it does.
-	ReportedAt    *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	ReportedAt *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	// metrics are derived from the session report; unset until it arrives.
+	Metrics       *CallMetrics `protobuf:"bytes,17,opt,name=metrics,proto3" json:"metrics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -430,6 +432,231 @@ func (x *Call) GetReportedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Call) GetMetrics() *CallMetrics {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+// CallMetrics are a call's figures derived from its session report.
+type CallMetrics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// turns counts the user messages of the report's chat history.
+	Turns int32 `protobuf:"varint,1,opt,name=turns,proto3" json:"turns,omitempty"`
+	// interruptions counts its interrupted assistant messages.
+	Interruptions int32 `protobuf:"varint,2,opt,name=interruptions,proto3" json:"interruptions,omitempty"`
+	// latencies has one entry per latency some message carries, by metric.
+	Latencies []*LatencyStats `protobuf:"bytes,3,rep,name=latencies,proto3" json:"latencies,omitempty"`
+	// usage is the report's usage, one entry per model and provider.
+	Usage         []*ModelUsage `protobuf:"bytes,4,rep,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallMetrics) Reset() {
+	*x = CallMetrics{}
+	mi := &file_parley_v1_call_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallMetrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallMetrics) ProtoMessage() {}
+
+func (x *CallMetrics) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_call_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallMetrics.ProtoReflect.Descriptor instead.
+func (*CallMetrics) Descriptor() ([]byte, []int) {
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CallMetrics) GetTurns() int32 {
+	if x != nil {
+		return x.Turns
+	}
+	return 0
+}
+
+func (x *CallMetrics) GetInterruptions() int32 {
+	if x != nil {
+		return x.Interruptions
+	}
+	return 0
+}
+
+func (x *CallMetrics) GetLatencies() []*LatencyStats {
+	if x != nil {
+		return x.Latencies
+	}
+	return nil
+}
+
+func (x *CallMetrics) GetUsage() []*ModelUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// LatencyStats summarises one latency of livekit-agents' MetricsReport
+// (transcription_delay, end_of_turn_delay, on_user_turn_completed_delay,
+// llm_node_ttft, llm_node_ttfs, tts_node_ttfb, playback_latency,
+// e2e_latency) over the messages carrying it, in seconds. Percentiles are
+// nearest-rank: each is a value seen.
+type LatencyStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Metric        string                 `protobuf:"bytes,1,opt,name=metric,proto3" json:"metric,omitempty"`
+	Count         int32                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	P50           float64                `protobuf:"fixed64,3,opt,name=p50,proto3" json:"p50,omitempty"`
+	P95           float64                `protobuf:"fixed64,4,opt,name=p95,proto3" json:"p95,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LatencyStats) Reset() {
+	*x = LatencyStats{}
+	mi := &file_parley_v1_call_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LatencyStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LatencyStats) ProtoMessage() {}
+
+func (x *LatencyStats) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_call_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LatencyStats.ProtoReflect.Descriptor instead.
+func (*LatencyStats) Descriptor() ([]byte, []int) {
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LatencyStats) GetMetric() string {
+	if x != nil {
+		return x.Metric
+	}
+	return ""
+}
+
+func (x *LatencyStats) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *LatencyStats) GetP50() float64 {
+	if x != nil {
+		return x.P50
+	}
+	return 0
+}
+
+func (x *LatencyStats) GetP95() float64 {
+	if x != nil {
+		return x.P95
+	}
+	return 0
+}
+
+// ModelUsage is one entry of the report's usage.
+type ModelUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// type is livekit-agents' usage kind: "llm_usage", "tts_usage", ...
+	Type     string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Provider string `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
+	Model    string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	// values are the entry's numeric fields (input_tokens, output_tokens,
+	// audio_duration, ...), as the report gives them.
+	Values        map[string]float64 `protobuf:"bytes,4,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelUsage) Reset() {
+	*x = ModelUsage{}
+	mi := &file_parley_v1_call_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelUsage) ProtoMessage() {}
+
+func (x *ModelUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_call_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelUsage.ProtoReflect.Descriptor instead.
+func (*ModelUsage) Descriptor() ([]byte, []int) {
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ModelUsage) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *ModelUsage) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *ModelUsage) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ModelUsage) GetValues() map[string]float64 {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
 // CallParticipant is one participant session (LiveKit's participant sid).
 type CallParticipant struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -447,7 +674,7 @@ type CallParticipant struct {
 
 func (x *CallParticipant) Reset() {
 	*x = CallParticipant{}
-	mi := &file_parley_v1_call_proto_msgTypes[1]
+	mi := &file_parley_v1_call_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +686,7 @@ func (x *CallParticipant) String() string {
 func (*CallParticipant) ProtoMessage() {}
 
 func (x *CallParticipant) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_call_proto_msgTypes[1]
+	mi := &file_parley_v1_call_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +699,7 @@ func (x *CallParticipant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallParticipant.ProtoReflect.Descriptor instead.
 func (*CallParticipant) Descriptor() ([]byte, []int) {
-	return file_parley_v1_call_proto_rawDescGZIP(), []int{1}
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CallParticipant) GetSessionId() string {
@@ -538,7 +765,7 @@ type CallTrack struct {
 
 func (x *CallTrack) Reset() {
 	*x = CallTrack{}
-	mi := &file_parley_v1_call_proto_msgTypes[2]
+	mi := &file_parley_v1_call_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +777,7 @@ func (x *CallTrack) String() string {
 func (*CallTrack) ProtoMessage() {}
 
 func (x *CallTrack) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_call_proto_msgTypes[2]
+	mi := &file_parley_v1_call_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +790,7 @@ func (x *CallTrack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallTrack.ProtoReflect.Descriptor instead.
 func (*CallTrack) Descriptor() ([]byte, []int) {
-	return file_parley_v1_call_proto_rawDescGZIP(), []int{2}
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CallTrack) GetSid() string {
@@ -608,7 +835,7 @@ type CallRecording struct {
 
 func (x *CallRecording) Reset() {
 	*x = CallRecording{}
-	mi := &file_parley_v1_call_proto_msgTypes[3]
+	mi := &file_parley_v1_call_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +847,7 @@ func (x *CallRecording) String() string {
 func (*CallRecording) ProtoMessage() {}
 
 func (x *CallRecording) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_call_proto_msgTypes[3]
+	mi := &file_parley_v1_call_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +860,7 @@ func (x *CallRecording) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallRecording.ProtoReflect.Descriptor instead.
 func (*CallRecording) Descriptor() ([]byte, []int) {
-	return file_parley_v1_call_proto_rawDescGZIP(), []int{3}
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CallRecording) GetEgressId() string {
@@ -685,7 +912,7 @@ type CallRecordingFile struct {
 
 func (x *CallRecordingFile) Reset() {
 	*x = CallRecordingFile{}
-	mi := &file_parley_v1_call_proto_msgTypes[4]
+	mi := &file_parley_v1_call_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +924,7 @@ func (x *CallRecordingFile) String() string {
 func (*CallRecordingFile) ProtoMessage() {}
 
 func (x *CallRecordingFile) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_call_proto_msgTypes[4]
+	mi := &file_parley_v1_call_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +937,7 @@ func (x *CallRecordingFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallRecordingFile.ProtoReflect.Descriptor instead.
 func (*CallRecordingFile) Descriptor() ([]byte, []int) {
-	return file_parley_v1_call_proto_rawDescGZIP(), []int{4}
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CallRecordingFile) GetFileId() string {
@@ -751,7 +978,7 @@ type GetCallRequest struct {
 
 func (x *GetCallRequest) Reset() {
 	*x = GetCallRequest{}
-	mi := &file_parley_v1_call_proto_msgTypes[5]
+	mi := &file_parley_v1_call_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +990,7 @@ func (x *GetCallRequest) String() string {
 func (*GetCallRequest) ProtoMessage() {}
 
 func (x *GetCallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_call_proto_msgTypes[5]
+	mi := &file_parley_v1_call_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +1003,7 @@ func (x *GetCallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCallRequest.ProtoReflect.Descriptor instead.
 func (*GetCallRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_call_proto_rawDescGZIP(), []int{5}
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetCallRequest) GetCallId() string {
@@ -795,7 +1022,7 @@ type GetCallResponse struct {
 
 func (x *GetCallResponse) Reset() {
 	*x = GetCallResponse{}
-	mi := &file_parley_v1_call_proto_msgTypes[6]
+	mi := &file_parley_v1_call_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +1034,7 @@ func (x *GetCallResponse) String() string {
 func (*GetCallResponse) ProtoMessage() {}
 
 func (x *GetCallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_call_proto_msgTypes[6]
+	mi := &file_parley_v1_call_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +1047,7 @@ func (x *GetCallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCallResponse.ProtoReflect.Descriptor instead.
 func (*GetCallResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_call_proto_rawDescGZIP(), []int{6}
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetCallResponse) GetCall() *Call {
@@ -852,7 +1079,7 @@ type ListCallsRequest struct {
 
 func (x *ListCallsRequest) Reset() {
 	*x = ListCallsRequest{}
-	mi := &file_parley_v1_call_proto_msgTypes[7]
+	mi := &file_parley_v1_call_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +1091,7 @@ func (x *ListCallsRequest) String() string {
 func (*ListCallsRequest) ProtoMessage() {}
 
 func (x *ListCallsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_call_proto_msgTypes[7]
+	mi := &file_parley_v1_call_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +1104,7 @@ func (x *ListCallsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCallsRequest.ProtoReflect.Descriptor instead.
 func (*ListCallsRequest) Descriptor() ([]byte, []int) {
-	return file_parley_v1_call_proto_rawDescGZIP(), []int{7}
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListCallsRequest) GetPageSize() int32 {
@@ -939,7 +1166,7 @@ type ListCallsResponse struct {
 
 func (x *ListCallsResponse) Reset() {
 	*x = ListCallsResponse{}
-	mi := &file_parley_v1_call_proto_msgTypes[8]
+	mi := &file_parley_v1_call_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1178,7 @@ func (x *ListCallsResponse) String() string {
 func (*ListCallsResponse) ProtoMessage() {}
 
 func (x *ListCallsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_call_proto_msgTypes[8]
+	mi := &file_parley_v1_call_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1191,7 @@ func (x *ListCallsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCallsResponse.ProtoReflect.Descriptor instead.
 func (*ListCallsResponse) Descriptor() ([]byte, []int) {
-	return file_parley_v1_call_proto_rawDescGZIP(), []int{8}
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListCallsResponse) GetCalls() []*Call {
@@ -981,11 +1208,137 @@ func (x *ListCallsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type ReportSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// call_id is the room's id.
+	CallId string `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
+	// report_json is SessionReport.to_dict() as JSON, at most 8 MiB.
+	ReportJson    string `protobuf:"bytes,2,opt,name=report_json,json=reportJson,proto3" json:"report_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportSessionRequest) Reset() {
+	*x = ReportSessionRequest{}
+	mi := &file_parley_v1_call_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportSessionRequest) ProtoMessage() {}
+
+func (x *ReportSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_call_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportSessionRequest.ProtoReflect.Descriptor instead.
+func (*ReportSessionRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReportSessionRequest) GetCallId() string {
+	if x != nil {
+		return x.CallId
+	}
+	return ""
+}
+
+func (x *ReportSessionRequest) GetReportJson() string {
+	if x != nil {
+		return x.ReportJson
+	}
+	return ""
+}
+
+type ReportSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Call  *Call                  `protobuf:"bytes,1,opt,name=call,proto3" json:"call,omitempty"`
+	// items_merged counts the chat history's items stored by this report.
+	ItemsMerged int32 `protobuf:"varint,2,opt,name=items_merged,json=itemsMerged,proto3" json:"items_merged,omitempty"`
+	// items_replayed counts those already stored with the same content.
+	ItemsReplayed int32 `protobuf:"varint,3,opt,name=items_replayed,json=itemsReplayed,proto3" json:"items_replayed,omitempty"`
+	// items_conflicting counts those whose id was stored with other content;
+	// the stored item is kept.
+	ItemsConflicting int32 `protobuf:"varint,4,opt,name=items_conflicting,json=itemsConflicting,proto3" json:"items_conflicting,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ReportSessionResponse) Reset() {
+	*x = ReportSessionResponse{}
+	mi := &file_parley_v1_call_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportSessionResponse) ProtoMessage() {}
+
+func (x *ReportSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_call_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportSessionResponse.ProtoReflect.Descriptor instead.
+func (*ReportSessionResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReportSessionResponse) GetCall() *Call {
+	if x != nil {
+		return x.Call
+	}
+	return nil
+}
+
+func (x *ReportSessionResponse) GetItemsMerged() int32 {
+	if x != nil {
+		return x.ItemsMerged
+	}
+	return 0
+}
+
+func (x *ReportSessionResponse) GetItemsReplayed() int32 {
+	if x != nil {
+		return x.ItemsReplayed
+	}
+	return 0
+}
+
+func (x *ReportSessionResponse) GetItemsConflicting() int32 {
+	if x != nil {
+		return x.ItemsConflicting
+	}
+	return 0
+}
+
 var File_parley_v1_call_proto protoreflect.FileDescriptor
 
 const file_parley_v1_call_proto_rawDesc = "" +
 	"\n" +
-	"\x14parley/v1/call.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x05\n" +
+	"\x14parley/v1/call.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x06\n" +
 	"\x04Call\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\aroom_id\x18\x02 \x01(\tR\x06roomId\x12\x1b\n" +
@@ -1012,7 +1365,27 @@ const file_parley_v1_call_proto_rawDesc = "" +
 	"recordings\x18\x0f \x03(\v2\x18.parley.v1.CallRecordingR\n" +
 	"recordings\x12;\n" +
 	"\vreported_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"reportedAt\"\xac\x02\n" +
+	"reportedAt\x120\n" +
+	"\ametrics\x18\x11 \x01(\v2\x16.parley.v1.CallMetricsR\ametrics\"\xad\x01\n" +
+	"\vCallMetrics\x12\x14\n" +
+	"\x05turns\x18\x01 \x01(\x05R\x05turns\x12$\n" +
+	"\rinterruptions\x18\x02 \x01(\x05R\rinterruptions\x125\n" +
+	"\tlatencies\x18\x03 \x03(\v2\x17.parley.v1.LatencyStatsR\tlatencies\x12+\n" +
+	"\x05usage\x18\x04 \x03(\v2\x15.parley.v1.ModelUsageR\x05usage\"`\n" +
+	"\fLatencyStats\x12\x16\n" +
+	"\x06metric\x18\x01 \x01(\tR\x06metric\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x05R\x05count\x12\x10\n" +
+	"\x03p50\x18\x03 \x01(\x01R\x03p50\x12\x10\n" +
+	"\x03p95\x18\x04 \x01(\x01R\x03p95\"\xc8\x01\n" +
+	"\n" +
+	"ModelUsage\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1a\n" +
+	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x14\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\x129\n" +
+	"\x06values\x18\x04 \x03(\v2!.parley.v1.ModelUsage.ValuesEntryR\x06values\x1a9\n" +
+	"\vValuesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xac\x02\n" +
 	"\x0fCallParticipant\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1a\n" +
@@ -1060,7 +1433,16 @@ const file_parley_v1_call_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"b\n" +
 	"\x11ListCallsResponse\x12%\n" +
 	"\x05calls\x18\x01 \x03(\v2\x0f.parley.v1.CallR\x05calls\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*o\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"h\n" +
+	"\x14ReportSessionRequest\x12!\n" +
+	"\acall_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x06callId\x12-\n" +
+	"\vreport_json\x18\x02 \x01(\tB\f\xbaH\tr\a\x10\x02(\x80\x80\x80\x04R\n" +
+	"reportJson\"\xb3\x01\n" +
+	"\x15ReportSessionResponse\x12#\n" +
+	"\x04call\x18\x01 \x01(\v2\x0f.parley.v1.CallR\x04call\x12!\n" +
+	"\fitems_merged\x18\x02 \x01(\x05R\vitemsMerged\x12%\n" +
+	"\x0eitems_replayed\x18\x03 \x01(\x05R\ritemsReplayed\x12+\n" +
+	"\x11items_conflicting\x18\x04 \x01(\x05R\x10itemsConflicting*o\n" +
 	"\n" +
 	"CallStatus\x12\x1b\n" +
 	"\x17CALL_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1086,10 +1468,11 @@ const file_parley_v1_call_proto_rawDesc = "" +
 	"\x16EGRESS_STATUS_COMPLETE\x10\x04\x12\x18\n" +
 	"\x14EGRESS_STATUS_FAILED\x10\x05\x12\x19\n" +
 	"\x15EGRESS_STATUS_ABORTED\x10\x06\x12\x1f\n" +
-	"\x1bEGRESS_STATUS_LIMIT_REACHED\x10\a2\xd5\x01\n" +
+	"\x1bEGRESS_STATUS_LIMIT_REACHED\x10\a2\xd8\x02\n" +
 	"\vCallService\x12d\n" +
 	"\aGetCall\x12\x19.parley.v1.GetCallRequest\x1a\x1a.parley.v1.GetCallResponse\"\"\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/calls/{call_id}\x90\x02\x01\x12`\n" +
-	"\tListCalls\x12\x1b.parley.v1.ListCallsRequest\x1a\x1c.parley.v1.ListCallsResponse\"\x18\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/calls\x90\x02\x01B>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
+	"\tListCalls\x12\x1b.parley.v1.ListCallsRequest\x1a\x1c.parley.v1.ListCallsResponse\"\x18\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/calls\x90\x02\x01\x12\x80\x01\n" +
+	"\rReportSession\x12\x1f.parley.v1.ReportSessionRequest\x1a .parley.v1.ReportSessionResponse\",\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/api/v1/calls/{call_id}/report\x90\x02\x02B>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_call_proto_rawDescOnce sync.Once
@@ -1104,58 +1487,71 @@ func file_parley_v1_call_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_call_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_parley_v1_call_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_parley_v1_call_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_parley_v1_call_proto_goTypes = []any{
 	(CallStatus)(0),               // 0: parley.v1.CallStatus
 	(CallEndReason)(0),            // 1: parley.v1.CallEndReason
 	(ParticipantKind)(0),          // 2: parley.v1.ParticipantKind
 	(EgressStatus)(0),             // 3: parley.v1.EgressStatus
 	(*Call)(nil),                  // 4: parley.v1.Call
-	(*CallParticipant)(nil),       // 5: parley.v1.CallParticipant
-	(*CallTrack)(nil),             // 6: parley.v1.CallTrack
-	(*CallRecording)(nil),         // 7: parley.v1.CallRecording
-	(*CallRecordingFile)(nil),     // 8: parley.v1.CallRecordingFile
-	(*GetCallRequest)(nil),        // 9: parley.v1.GetCallRequest
-	(*GetCallResponse)(nil),       // 10: parley.v1.GetCallResponse
-	(*ListCallsRequest)(nil),      // 11: parley.v1.ListCallsRequest
-	(*ListCallsResponse)(nil),     // 12: parley.v1.ListCallsResponse
-	nil,                           // 13: parley.v1.ListCallsRequest.MetadataEntry
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*CallMetrics)(nil),           // 5: parley.v1.CallMetrics
+	(*LatencyStats)(nil),          // 6: parley.v1.LatencyStats
+	(*ModelUsage)(nil),            // 7: parley.v1.ModelUsage
+	(*CallParticipant)(nil),       // 8: parley.v1.CallParticipant
+	(*CallTrack)(nil),             // 9: parley.v1.CallTrack
+	(*CallRecording)(nil),         // 10: parley.v1.CallRecording
+	(*CallRecordingFile)(nil),     // 11: parley.v1.CallRecordingFile
+	(*GetCallRequest)(nil),        // 12: parley.v1.GetCallRequest
+	(*GetCallResponse)(nil),       // 13: parley.v1.GetCallResponse
+	(*ListCallsRequest)(nil),      // 14: parley.v1.ListCallsRequest
+	(*ListCallsResponse)(nil),     // 15: parley.v1.ListCallsResponse
+	(*ReportSessionRequest)(nil),  // 16: parley.v1.ReportSessionRequest
+	(*ReportSessionResponse)(nil), // 17: parley.v1.ReportSessionResponse
+	nil,                           // 18: parley.v1.ModelUsage.ValuesEntry
+	nil,                           // 19: parley.v1.ListCallsRequest.MetadataEntry
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_parley_v1_call_proto_depIdxs = []int32{
 	0,  // 0: parley.v1.Call.status:type_name -> parley.v1.CallStatus
-	14, // 1: parley.v1.Call.created_at:type_name -> google.protobuf.Timestamp
-	14, // 2: parley.v1.Call.started_at:type_name -> google.protobuf.Timestamp
-	14, // 3: parley.v1.Call.ended_at:type_name -> google.protobuf.Timestamp
+	20, // 1: parley.v1.Call.created_at:type_name -> google.protobuf.Timestamp
+	20, // 2: parley.v1.Call.started_at:type_name -> google.protobuf.Timestamp
+	20, // 3: parley.v1.Call.ended_at:type_name -> google.protobuf.Timestamp
 	1,  // 4: parley.v1.Call.end_reason:type_name -> parley.v1.CallEndReason
-	14, // 5: parley.v1.Call.last_seen_at:type_name -> google.protobuf.Timestamp
-	5,  // 6: parley.v1.Call.participants:type_name -> parley.v1.CallParticipant
-	7,  // 7: parley.v1.Call.recordings:type_name -> parley.v1.CallRecording
-	14, // 8: parley.v1.Call.reported_at:type_name -> google.protobuf.Timestamp
-	2,  // 9: parley.v1.CallParticipant.kind:type_name -> parley.v1.ParticipantKind
-	14, // 10: parley.v1.CallParticipant.joined_at:type_name -> google.protobuf.Timestamp
-	14, // 11: parley.v1.CallParticipant.left_at:type_name -> google.protobuf.Timestamp
-	6,  // 12: parley.v1.CallParticipant.tracks:type_name -> parley.v1.CallTrack
-	14, // 13: parley.v1.CallTrack.published_at:type_name -> google.protobuf.Timestamp
-	3,  // 14: parley.v1.CallRecording.status:type_name -> parley.v1.EgressStatus
-	14, // 15: parley.v1.CallRecording.started_at:type_name -> google.protobuf.Timestamp
-	14, // 16: parley.v1.CallRecording.ended_at:type_name -> google.protobuf.Timestamp
-	8,  // 17: parley.v1.CallRecording.files:type_name -> parley.v1.CallRecordingFile
-	4,  // 18: parley.v1.GetCallResponse.call:type_name -> parley.v1.Call
-	14, // 19: parley.v1.ListCallsRequest.created_after:type_name -> google.protobuf.Timestamp
-	14, // 20: parley.v1.ListCallsRequest.created_before:type_name -> google.protobuf.Timestamp
-	0,  // 21: parley.v1.ListCallsRequest.status:type_name -> parley.v1.CallStatus
-	13, // 22: parley.v1.ListCallsRequest.metadata:type_name -> parley.v1.ListCallsRequest.MetadataEntry
-	4,  // 23: parley.v1.ListCallsResponse.calls:type_name -> parley.v1.Call
-	9,  // 24: parley.v1.CallService.GetCall:input_type -> parley.v1.GetCallRequest
-	11, // 25: parley.v1.CallService.ListCalls:input_type -> parley.v1.ListCallsRequest
-	10, // 26: parley.v1.CallService.GetCall:output_type -> parley.v1.GetCallResponse
-	12, // 27: parley.v1.CallService.ListCalls:output_type -> parley.v1.ListCallsResponse
-	26, // [26:28] is the sub-list for method output_type
-	24, // [24:26] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	20, // 5: parley.v1.Call.last_seen_at:type_name -> google.protobuf.Timestamp
+	8,  // 6: parley.v1.Call.participants:type_name -> parley.v1.CallParticipant
+	10, // 7: parley.v1.Call.recordings:type_name -> parley.v1.CallRecording
+	20, // 8: parley.v1.Call.reported_at:type_name -> google.protobuf.Timestamp
+	5,  // 9: parley.v1.Call.metrics:type_name -> parley.v1.CallMetrics
+	6,  // 10: parley.v1.CallMetrics.latencies:type_name -> parley.v1.LatencyStats
+	7,  // 11: parley.v1.CallMetrics.usage:type_name -> parley.v1.ModelUsage
+	18, // 12: parley.v1.ModelUsage.values:type_name -> parley.v1.ModelUsage.ValuesEntry
+	2,  // 13: parley.v1.CallParticipant.kind:type_name -> parley.v1.ParticipantKind
+	20, // 14: parley.v1.CallParticipant.joined_at:type_name -> google.protobuf.Timestamp
+	20, // 15: parley.v1.CallParticipant.left_at:type_name -> google.protobuf.Timestamp
+	9,  // 16: parley.v1.CallParticipant.tracks:type_name -> parley.v1.CallTrack
+	20, // 17: parley.v1.CallTrack.published_at:type_name -> google.protobuf.Timestamp
+	3,  // 18: parley.v1.CallRecording.status:type_name -> parley.v1.EgressStatus
+	20, // 19: parley.v1.CallRecording.started_at:type_name -> google.protobuf.Timestamp
+	20, // 20: parley.v1.CallRecording.ended_at:type_name -> google.protobuf.Timestamp
+	11, // 21: parley.v1.CallRecording.files:type_name -> parley.v1.CallRecordingFile
+	4,  // 22: parley.v1.GetCallResponse.call:type_name -> parley.v1.Call
+	20, // 23: parley.v1.ListCallsRequest.created_after:type_name -> google.protobuf.Timestamp
+	20, // 24: parley.v1.ListCallsRequest.created_before:type_name -> google.protobuf.Timestamp
+	0,  // 25: parley.v1.ListCallsRequest.status:type_name -> parley.v1.CallStatus
+	19, // 26: parley.v1.ListCallsRequest.metadata:type_name -> parley.v1.ListCallsRequest.MetadataEntry
+	4,  // 27: parley.v1.ListCallsResponse.calls:type_name -> parley.v1.Call
+	4,  // 28: parley.v1.ReportSessionResponse.call:type_name -> parley.v1.Call
+	12, // 29: parley.v1.CallService.GetCall:input_type -> parley.v1.GetCallRequest
+	14, // 30: parley.v1.CallService.ListCalls:input_type -> parley.v1.ListCallsRequest
+	16, // 31: parley.v1.CallService.ReportSession:input_type -> parley.v1.ReportSessionRequest
+	13, // 32: parley.v1.CallService.GetCall:output_type -> parley.v1.GetCallResponse
+	15, // 33: parley.v1.CallService.ListCalls:output_type -> parley.v1.ListCallsResponse
+	17, // 34: parley.v1.CallService.ReportSession:output_type -> parley.v1.ReportSessionResponse
+	32, // [32:35] is the sub-list for method output_type
+	29, // [29:32] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_call_proto_init() }
@@ -1169,7 +1565,7 @@ func file_parley_v1_call_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_call_proto_rawDesc), len(file_parley_v1_call_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   10,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

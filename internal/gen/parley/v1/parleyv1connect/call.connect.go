@@ -37,6 +37,9 @@ const (
 	CallServiceGetCallProcedure = "/parley.v1.CallService/GetCall"
 	// CallServiceListCallsProcedure is the fully-qualified name of the CallService's ListCalls RPC.
 	CallServiceListCallsProcedure = "/parley.v1.CallService/ListCalls"
+	// CallServiceReportSessionProcedure is the fully-qualified name of the CallService's ReportSession
+	// RPC.
+	CallServiceReportSessionProcedure = "/parley.v1.CallService/ReportSession"
 )
 
 // CallServiceClient is a client for the parley.v1.CallService service.
@@ -45,6 +48,13 @@ type CallServiceClient interface {
 	GetCall(context.Context, *connect.Request[v1.GetCallRequest]) (*connect.Response[v1.GetCallResponse], error)
 	// ListCalls lists calls, newest first by their room's creation.
 	ListCalls(context.Context, *connect.Request[v1.ListCallsRequest]) (*connect.Response[v1.ListCallsResponse], error)
+	// ReportSession stores the agent's session report on its call and merges
+	// the report's chat history into the call's conversation by item id:
+	// items appended live (or by an earlier report) are not stored again.
+	// Agents only; a user gets PERMISSION_DENIED. An item id stored live with
+	// other content keeps the live item and is counted in items_conflicting
+	// rather than failing the report.
+	ReportSession(context.Context, *connect.Request[v1.ReportSessionRequest]) (*connect.Response[v1.ReportSessionResponse], error)
 }
 
 // NewCallServiceClient constructs a client for the parley.v1.CallService service. By default, it
@@ -72,13 +82,21 @@ func NewCallServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		reportSession: connect.NewClient[v1.ReportSessionRequest, v1.ReportSessionResponse](
+			httpClient,
+			baseURL+CallServiceReportSessionProcedure,
+			connect.WithSchema(callServiceMethods.ByName("ReportSession")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // callServiceClient implements CallServiceClient.
 type callServiceClient struct {
-	getCall   *connect.Client[v1.GetCallRequest, v1.GetCallResponse]
-	listCalls *connect.Client[v1.ListCallsRequest, v1.ListCallsResponse]
+	getCall       *connect.Client[v1.GetCallRequest, v1.GetCallResponse]
+	listCalls     *connect.Client[v1.ListCallsRequest, v1.ListCallsResponse]
+	reportSession *connect.Client[v1.ReportSessionRequest, v1.ReportSessionResponse]
 }
 
 // GetCall calls parley.v1.CallService.GetCall.
@@ -91,12 +109,24 @@ func (c *callServiceClient) ListCalls(ctx context.Context, req *connect.Request[
 	return c.listCalls.CallUnary(ctx, req)
 }
 
+// ReportSession calls parley.v1.CallService.ReportSession.
+func (c *callServiceClient) ReportSession(ctx context.Context, req *connect.Request[v1.ReportSessionRequest]) (*connect.Response[v1.ReportSessionResponse], error) {
+	return c.reportSession.CallUnary(ctx, req)
+}
+
 // CallServiceHandler is an implementation of the parley.v1.CallService service.
 type CallServiceHandler interface {
 	// GetCall returns the call of a room.
 	GetCall(context.Context, *connect.Request[v1.GetCallRequest]) (*connect.Response[v1.GetCallResponse], error)
 	// ListCalls lists calls, newest first by their room's creation.
 	ListCalls(context.Context, *connect.Request[v1.ListCallsRequest]) (*connect.Response[v1.ListCallsResponse], error)
+	// ReportSession stores the agent's session report on its call and merges
+	// the report's chat history into the call's conversation by item id:
+	// items appended live (or by an earlier report) are not stored again.
+	// Agents only; a user gets PERMISSION_DENIED. An item id stored live with
+	// other content keeps the live item and is counted in items_conflicting
+	// rather than failing the report.
+	ReportSession(context.Context, *connect.Request[v1.ReportSessionRequest]) (*connect.Response[v1.ReportSessionResponse], error)
 }
 
 // NewCallServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -120,12 +150,21 @@ func NewCallServiceHandler(svc CallServiceHandler, opts ...connect.HandlerOption
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	callServiceReportSessionHandler := connect.NewUnaryHandler(
+		CallServiceReportSessionProcedure,
+		svc.ReportSession,
+		connect.WithSchema(callServiceMethods.ByName("ReportSession")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.CallService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case CallServiceGetCallProcedure:
 			callServiceGetCallHandler.ServeHTTP(w, r)
 		case CallServiceListCallsProcedure:
 			callServiceListCallsHandler.ServeHTTP(w, r)
+		case CallServiceReportSessionProcedure:
+			callServiceReportSessionHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -141,4 +180,8 @@ func (UnimplementedCallServiceHandler) GetCall(context.Context, *connect.Request
 
 func (UnimplementedCallServiceHandler) ListCalls(context.Context, *connect.Request[v1.ListCallsRequest]) (*connect.Response[v1.ListCallsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.CallService.ListCalls is not implemented"))
+}
+
+func (UnimplementedCallServiceHandler) ReportSession(context.Context, *connect.Request[v1.ReportSessionRequest]) (*connect.Response[v1.ReportSessionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.CallService.ReportSession is not implemented"))
 }

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/call.proto.
  */
 export const file_parley_v1_call: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvY2FsbC5wcm90bxIJcGFybGV5LnYxIrMECgRDYWxsEgoKAmlkGAEgASgJEg8KB3Jvb21faWQYAiABKAkSEQoJcm9vbV9uYW1lGAMgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgEIAEoCRIUCgxsaXZla2l0X3Jvb20YBSABKAkSEgoKY3JlYXRlZF9ieRgGIAEoCRISCgphZ2VudF9uYW1lGAcgASgJEiUKBnN0YXR1cxgIIAEoDjIVLnBhcmxleS52MS5DYWxsU3RhdHVzEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgplbmRfcmVhc29uGAwgASgOMhgucGFybGV5LnYxLkNhbGxFbmRSZWFzb24SMAoMbGFzdF9zZWVuX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxwYXJ0aWNpcGFudHMYDiADKAsyGi5wYXJsZXkudjEuQ2FsbFBhcnRpY2lwYW50EiwKCnJlY29yZGluZ3MYDyADKAsyGC5wYXJsZXkudjEuQ2FsbFJlY29yZGluZxIvCgtyZXBvcnRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi8QEKD0NhbGxQYXJ0aWNpcGFudBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCGlkZW50aXR5GAIgASgJEgwKBG5hbWUYAyABKAkSKAoEa2luZBgEIAEoDjIaLnBhcmxleS52MS5QYXJ0aWNpcGFudEtpbmQSLQoJam9pbmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdsZWZ0X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIkCgZ0cmFja3MYByADKAsyFC5wYXJsZXkudjEuQ2FsbFRyYWNrImgKCUNhbGxUcmFjaxILCgNzaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSMAoMcHVibGlzaGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLWAQoNQ2FsbFJlY29yZGluZxIRCgllZ3Jlc3NfaWQYASABKAkSJwoGc3RhdHVzGAIgASgOMhcucGFybGV5LnYxLkVncmVzc1N0YXR1cxIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoFZmlsZXMYBSADKAsyHC5wYXJsZXkudjEuQ2FsbFJlY29yZGluZ0ZpbGUiYAoRQ2FsbFJlY29yZGluZ0ZpbGUSDwoHZmlsZV9pZBgBIAEoCRIQCghmaWxlbmFtZRgCIAEoCRIUCgxjb250ZW50X3R5cGUYAyABKAkSEgoKc2l6ZV9ieXRlcxgEIAEoAyIrCg5HZXRDYWxsUmVxdWVzdBIZCgdjYWxsX2lkGAEgASgJQgi6SAVyA7ABASIwCg9HZXRDYWxsUmVzcG9uc2USHQoEY2FsbBgBIAEoCzIPLnBhcmxleS52MS5DYWxsIowDChBMaXN0Q2FsbHNSZXF1ZXN0Eh0KCXBhZ2Vfc2l6ZRgBIAEoBUIKukgHGgUYyAEoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABBIxCg1jcmVhdGVkX2FmdGVyGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoGc3RhdHVzGAUgASgOMhUucGFybGV5LnYxLkNhbGxTdGF0dXNCCLpIBYIBAhABEhwKCmFnZW50X25hbWUYBiABKAlCCLpIBXIDGIABElQKCG1ldGFkYXRhGAcgAygLMikucGFybGV5LnYxLkxpc3RDYWxsc1JlcXVlc3QuTWV0YWRhdGFFbnRyeUIXukgUmgEREBAiBnIEEAEYQCoFcgMYgAQaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkwKEUxpc3RDYWxsc1Jlc3BvbnNlEh4KBWNhbGxzGAEgAygLMg8ucGFybGV5LnYxLkNhbGwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKm8KCkNhbGxTdGF0dXMSGwoXQ0FMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNDQUxMX1NUQVRVU19QRU5ESU5HEAESFAoQQ0FMTF9TVEFUVVNfTElWRRACEhUKEUNBTExfU1RBVFVTX0VOREVEEAMqrQEKDUNhbGxFbmRSZWFzb24SHwobQ0FMTF9FTkRfUkVBU09OX1VOU1BFQ0lGSUVEEAASGQoVQ0FMTF9FTkRfUkVBU09OX1NUQUxFEAESHQoZQ0FMTF9FTkRfUkVBU09OX1JPT01fR09ORRACEh4KGkNBTExfRU5EX1JFQVNPTl9ST09NX0VOREVEEAMSIQodQ0FMTF9FTkRfUkVBU09OX1JPT01fRklOSVNIRUQQBCqGAQoPUGFydGljaXBhbnRLaW5kEiAKHFBBUlRJQ0lQQU5UX0tJTkRfVU5TUEVDSUZJRUQQABIZChVQQVJUSUNJUEFOVF9LSU5EX1VTRVIQARIaChZQQVJUSUNJUEFOVF9LSU5EX0FHRU5UEAISGgoWUEFSVElDSVBBTlRfS0lORF9PVEhFUhADKu8BCgxFZ3Jlc3NTdGF0dXMSHQoZRUdSRVNTX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFkVHUkVTU19TVEFUVVNfU1RBUlRJTkcQARIYChRFR1JFU1NfU1RBVFVTX0FDVElWRRACEhgKFEVHUkVTU19TVEFUVVNfRU5ESU5HEAMSGgoWRUdSRVNTX1NUQVRVU19DT01QTEVURRAEEhgKFEVHUkVTU19TVEFUVVNfRkFJTEVEEAUSGQoVRUdSRVNTX1NUQVRVU19BQk9SVEVEEAYSHwobRUdSRVNTX1NUQVRVU19MSU1JVF9SRUFDSEVEEAcy1QEKC0NhbGxTZXJ2aWNlEmQKB0dldENhbGwSGS5wYXJsZXkudjEuR2V0Q2FsbFJlcXVlc3QaGi5wYXJsZXkudjEuR2V0Q2FsbFJlc3BvbnNlIiKQAgGC0+STAhkSFy9hcGkvdjEvY2FsbHMve2NhbGxfaWR9EmAKCUxpc3RDYWxscxIbLnBhcmxleS52MS5MaXN0Q2FsbHNSZXF1ZXN0GhwucGFybGV5LnYxLkxpc3RDYWxsc1Jlc3BvbnNlIhiQAgGC0+STAg8SDS9hcGkvdjEvY2FsbHNCPlo8Z2l0aHViLmNvbS9wYXJsZXktZGV2L3BhcmxleS9pbnRlcm5hbC9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChRwYXJsZXkvdjEvY2FsbC5wcm90bxIJcGFybGV5LnYxItwECgRDYWxsEgoKAmlkGAEgASgJEg8KB3Jvb21faWQYAiABKAkSEQoJcm9vbV9uYW1lGAMgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgEIAEoCRIUCgxsaXZla2l0X3Jvb20YBSABKAkSEgoKY3JlYXRlZF9ieRgGIAEoCRISCgphZ2VudF9uYW1lGAcgASgJEiUKBnN0YXR1cxgIIAEoDjIVLnBhcmxleS52MS5DYWxsU3RhdHVzEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgplbmRfcmVhc29uGAwgASgOMhgucGFybGV5LnYxLkNhbGxFbmRSZWFzb24SMAoMbGFzdF9zZWVuX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxwYXJ0aWNpcGFudHMYDiADKAsyGi5wYXJsZXkudjEuQ2FsbFBhcnRpY2lwYW50EiwKCnJlY29yZGluZ3MYDyADKAsyGC5wYXJsZXkudjEuQ2FsbFJlY29yZGluZxIvCgtyZXBvcnRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoHbWV0cmljcxgRIAEoCzIWLnBhcmxleS52MS5DYWxsTWV0cmljcyKFAQoLQ2FsbE1ldHJpY3MSDQoFdHVybnMYASABKAUSFQoNaW50ZXJydXB0aW9ucxgCIAEoBRIqCglsYXRlbmNpZXMYAyADKAsyFy5wYXJsZXkudjEuTGF0ZW5jeVN0YXRzEiQKBXVzYWdlGAQgAygLMhUucGFybGV5LnYxLk1vZGVsVXNhZ2UiRwoMTGF0ZW5jeVN0YXRzEg4KBm1ldHJpYxgBIAEoCRINCgVjb3VudBgCIAEoBRILCgNwNTAYAyABKAESCwoDcDk1GAQgASgBIp0BCgpNb2RlbFVzYWdlEgwKBHR5cGUYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDQoFbW9kZWwYAyABKAkSMQoGdmFsdWVzGAQgAygLMiEucGFybGV5LnYxLk1vZGVsVXNhZ2UuVmFsdWVzRW50cnkaLQoLVmFsdWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASLxAQoPQ2FsbFBhcnRpY2lwYW50EhIKCnNlc3Npb25faWQYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSDAoEbmFtZRgDIAEoCRIoCgRraW5kGAQgASgOMhoucGFybGV5LnYxLlBhcnRpY2lwYW50S2luZBItCglqb2luZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB2xlZnRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBnRyYWNrcxgHIAMoCzIULnBhcmxleS52MS5DYWxsVHJhY2siaAoJQ2FsbFRyYWNrEgsKA3NpZBgBIAEoCRIMCgR0eXBlGAIgASgJEg4KBnNvdXJjZRgDIAEoCRIwCgxwdWJsaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wItYBCg1DYWxsUmVjb3JkaW5nEhEKCWVncmVzc19pZBgBIAEoCRInCgZzdGF0dXMYAiABKA4yFy5wYXJsZXkudjEuRWdyZXNzU3RhdHVzEi4KCnN0YXJ0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgVmaWxlcxgFIAMoCzIcLnBhcmxleS52MS5DYWxsUmVjb3JkaW5nRmlsZSJgChFDYWxsUmVjb3JkaW5nRmlsZRIPCgdmaWxlX2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgDIisKDkdldENhbGxSZXF1ZXN0EhkKB2NhbGxfaWQYASABKAlCCLpIBXIDsAEBIjAKD0dldENhbGxSZXNwb25zZRIdCgRjYWxsGAEgASgLMg8ucGFybGV5LnYxLkNhbGwijAMKEExpc3RDYWxsc1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjIASgAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEEjEKDWNyZWF0ZWRfYWZ0ZXIYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZzdGF0dXMYBSABKA4yFS5wYXJsZXkudjEuQ2FsbFN0YXR1c0IIukgFggECEAESHAoKYWdlbnRfbmFtZRgGIAEoCUIIukgFcgMYgAESVAoIbWV0YWRhdGEYByADKAsyKS5wYXJsZXkudjEuTGlzdENhbGxzUmVxdWVzdC5NZXRhZGF0YUVudHJ5Qhe6SBSaAREQECIGcgQQARhAKgVyAxiABBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoRTGlzdENhbGxzUmVzcG9uc2USHgoFY2FsbHMYASADKAsyDy5wYXJsZXkudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiVAoUUmVwb3J0U2Vzc2lvblJlcXVlc3QSGQoHY2FsbF9pZBgBIAEoCUIIukgFcgOwAQESIQoLcmVwb3J0X2pzb24YAiABKAlCDLpICXIHEAIogICABCJ/ChVSZXBvcnRTZXNzaW9uUmVzcG9uc2USHQoEY2FsbBgBIAEoCzIPLnBhcmxleS52MS5DYWxsEhQKDGl0ZW1zX21lcmdlZBgCIAEoBRIWCg5pdGVtc19yZXBsYXllZBgDIAEoBRIZChFpdGVtc19jb25mbGljdGluZxgEIAEoBSpvCgpDYWxsU3RhdHVzEhsKF0NBTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTQ0FMTF9TVEFUVVNfUEVORElORxABEhQKEENBTExfU1RBVFVTX0xJVkUQAhIVChFDQUxMX1NUQVRVU19FTkRFRBADKq0BCg1DYWxsRW5kUmVhc29uEh8KG0NBTExfRU5EX1JFQVNPTl9VTlNQRUNJRklFRBAAEhkKFUNBTExfRU5EX1JFQVNPTl9TVEFMRRABEh0KGUNBTExfRU5EX1JFQVNPTl9ST09NX0dPTkUQAhIeChpDQUxMX0VORF9SRUFTT05fUk9PTV9FTkRFRBADEiEKHUNBTExfRU5EX1JFQVNPTl9ST09NX0ZJTklTSEVEEAQqhgEKD1BhcnRpY2lwYW50S2luZBIgChxQQVJUSUNJUEFOVF9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVUEFSVElDSVBBTlRfS0lORF9VU0VSEAESGgoWUEFSVElDSVBBTlRfS0lORF9BR0VOVBACEhoKFlBBUlRJQ0lQQU5UX0tJTkRfT1RIRVIQAyrvAQoMRWdyZXNzU3RhdHVzEh0KGUVHUkVTU19TVEFUVVNfVU5TUEVDSUZJRUQQABIaChZFR1JFU1NfU1RBVFVTX1NUQVJUSU5HEAESGAoURUdSRVNTX1NUQVRVU19BQ1RJVkUQAhIYChRFR1JFU1NfU1RBVFVTX0VORElORxADEhoKFkVHUkVTU19TVEFUVVNfQ09NUExFVEUQBBIYChRFR1JFU1NfU1RBVFVTX0ZBSUxFRBAFEhkKFUVHUkVTU19TVEFUVVNfQUJPUlRFRBAGEh8KG0VHUkVTU19TVEFUVVNfTElNSVRfUkVBQ0hFRBAHMtgCCgtDYWxsU2VydmljZRJkCgdHZXRDYWxsEhkucGFybGV5LnYxLkdldENhbGxSZXF1ZXN0GhoucGFybGV5LnYxLkdldENhbGxSZXNwb25zZSIikAIBgtPkkwIZEhcvYXBpL3YxL2NhbGxzL3tjYWxsX2lkfRJgCglMaXN0Q2FsbHMSGy5wYXJsZXkudjEuTGlzdENhbGxzUmVxdWVzdBocLnBhcmxleS52MS5MaXN0Q2FsbHNSZXNwb25zZSIYkAIBgtPkkwIPEg0vYXBpL3YxL2NhbGxzEoABCg1SZXBvcnRTZXNzaW9uEh8ucGFybGV5LnYxLlJlcG9ydFNlc3Npb25SZXF1ZXN0GiAucGFybGV5LnYxLlJlcG9ydFNlc3Npb25SZXNwb25zZSIskAICgtPkkwIjOgEqIh4vYXBpL3YxL2NhbGxzL3tjYWxsX2lkfS9yZXBvcnRCPlo8Z2l0aHViLmNvbS9wYXJsZXktZGV2L3BhcmxleS9pbnRlcm5hbC9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * Call is one room's life on LiveKit; its id is the room's.
@@ -115,6 +115,13 @@ export type Call = Message<"parley.v1.Call"> & {
    * @generated from field: google.protobuf.Timestamp reported_at = 16;
    */
   reportedAt?: Timestamp | undefined;
+
+  /**
+   * metrics are derived from the session report; unset until it arrives.
+   *
+   * @generated from field: parley.v1.CallMetrics metrics = 17;
+   */
+  metrics?: CallMetrics | undefined;
 };
 
 /**
@@ -123,6 +130,125 @@ export type Call = Message<"parley.v1.Call"> & {
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
   messageDesc(file_parley_v1_call, 0);
+
+/**
+ * CallMetrics are a call's figures derived from its session report.
+ *
+ * @generated from message parley.v1.CallMetrics
+ */
+export type CallMetrics = Message<"parley.v1.CallMetrics"> & {
+  /**
+   * turns counts the user messages of the report's chat history.
+   *
+   * @generated from field: int32 turns = 1;
+   */
+  turns: number;
+
+  /**
+   * interruptions counts its interrupted assistant messages.
+   *
+   * @generated from field: int32 interruptions = 2;
+   */
+  interruptions: number;
+
+  /**
+   * latencies has one entry per latency some message carries, by metric.
+   *
+   * @generated from field: repeated parley.v1.LatencyStats latencies = 3;
+   */
+  latencies: LatencyStats[];
+
+  /**
+   * usage is the report's usage, one entry per model and provider.
+   *
+   * @generated from field: repeated parley.v1.ModelUsage usage = 4;
+   */
+  usage: ModelUsage[];
+};
+
+/**
+ * Describes the message parley.v1.CallMetrics.
+ * Use `create(CallMetricsSchema)` to create a new message.
+ */
+export const CallMetricsSchema: GenMessage<CallMetrics> = /*@__PURE__*/
+  messageDesc(file_parley_v1_call, 1);
+
+/**
+ * LatencyStats summarises one latency of livekit-agents' MetricsReport
+ * (transcription_delay, end_of_turn_delay, on_user_turn_completed_delay,
+ * llm_node_ttft, llm_node_ttfs, tts_node_ttfb, playback_latency,
+ * e2e_latency) over the messages carrying it, in seconds. Percentiles are
+ * nearest-rank: each is a value seen.
+ *
+ * @generated from message parley.v1.LatencyStats
+ */
+export type LatencyStats = Message<"parley.v1.LatencyStats"> & {
+  /**
+   * @generated from field: string metric = 1;
+   */
+  metric: string;
+
+  /**
+   * @generated from field: int32 count = 2;
+   */
+  count: number;
+
+  /**
+   * @generated from field: double p50 = 3;
+   */
+  p50: number;
+
+  /**
+   * @generated from field: double p95 = 4;
+   */
+  p95: number;
+};
+
+/**
+ * Describes the message parley.v1.LatencyStats.
+ * Use `create(LatencyStatsSchema)` to create a new message.
+ */
+export const LatencyStatsSchema: GenMessage<LatencyStats> = /*@__PURE__*/
+  messageDesc(file_parley_v1_call, 2);
+
+/**
+ * ModelUsage is one entry of the report's usage.
+ *
+ * @generated from message parley.v1.ModelUsage
+ */
+export type ModelUsage = Message<"parley.v1.ModelUsage"> & {
+  /**
+   * type is livekit-agents' usage kind: "llm_usage", "tts_usage", ...
+   *
+   * @generated from field: string type = 1;
+   */
+  type: string;
+
+  /**
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: string model = 3;
+   */
+  model: string;
+
+  /**
+   * values are the entry's numeric fields (input_tokens, output_tokens,
+   * audio_duration, ...), as the report gives them.
+   *
+   * @generated from field: map<string, double> values = 4;
+   */
+  values: { [key: string]: number };
+};
+
+/**
+ * Describes the message parley.v1.ModelUsage.
+ * Use `create(ModelUsageSchema)` to create a new message.
+ */
+export const ModelUsageSchema: GenMessage<ModelUsage> = /*@__PURE__*/
+  messageDesc(file_parley_v1_call, 3);
 
 /**
  * CallParticipant is one participant session (LiveKit's participant sid).
@@ -173,7 +299,7 @@ export type CallParticipant = Message<"parley.v1.CallParticipant"> & {
  * Use `create(CallParticipantSchema)` to create a new message.
  */
 export const CallParticipantSchema: GenMessage<CallParticipant> = /*@__PURE__*/
-  messageDesc(file_parley_v1_call, 1);
+  messageDesc(file_parley_v1_call, 4);
 
 /**
  * @generated from message parley.v1.CallTrack
@@ -209,7 +335,7 @@ export type CallTrack = Message<"parley.v1.CallTrack"> & {
  * Use `create(CallTrackSchema)` to create a new message.
  */
 export const CallTrackSchema: GenMessage<CallTrack> = /*@__PURE__*/
-  messageDesc(file_parley_v1_call, 2);
+  messageDesc(file_parley_v1_call, 5);
 
 /**
  * CallRecording is one egress of the call.
@@ -248,7 +374,7 @@ export type CallRecording = Message<"parley.v1.CallRecording"> & {
  * Use `create(CallRecordingSchema)` to create a new message.
  */
 export const CallRecordingSchema: GenMessage<CallRecording> = /*@__PURE__*/
-  messageDesc(file_parley_v1_call, 3);
+  messageDesc(file_parley_v1_call, 6);
 
 /**
  * CallRecordingFile is a file an egress wrote; file_id is the RECORDING
@@ -283,7 +409,7 @@ export type CallRecordingFile = Message<"parley.v1.CallRecordingFile"> & {
  * Use `create(CallRecordingFileSchema)` to create a new message.
  */
 export const CallRecordingFileSchema: GenMessage<CallRecordingFile> = /*@__PURE__*/
-  messageDesc(file_parley_v1_call, 4);
+  messageDesc(file_parley_v1_call, 7);
 
 /**
  * @generated from message parley.v1.GetCallRequest
@@ -302,7 +428,7 @@ export type GetCallRequest = Message<"parley.v1.GetCallRequest"> & {
  * Use `create(GetCallRequestSchema)` to create a new message.
  */
 export const GetCallRequestSchema: GenMessage<GetCallRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_call, 5);
+  messageDesc(file_parley_v1_call, 8);
 
 /**
  * @generated from message parley.v1.GetCallResponse
@@ -319,7 +445,7 @@ export type GetCallResponse = Message<"parley.v1.GetCallResponse"> & {
  * Use `create(GetCallResponseSchema)` to create a new message.
  */
 export const GetCallResponseSchema: GenMessage<GetCallResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_call, 6);
+  messageDesc(file_parley_v1_call, 9);
 
 /**
  * @generated from message parley.v1.ListCallsRequest
@@ -379,7 +505,7 @@ export type ListCallsRequest = Message<"parley.v1.ListCallsRequest"> & {
  * Use `create(ListCallsRequestSchema)` to create a new message.
  */
 export const ListCallsRequestSchema: GenMessage<ListCallsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_call, 7);
+  messageDesc(file_parley_v1_call, 10);
 
 /**
  * @generated from message parley.v1.ListCallsResponse
@@ -401,7 +527,72 @@ export type ListCallsResponse = Message<"parley.v1.ListCallsResponse"> & {
  * Use `create(ListCallsResponseSchema)` to create a new message.
  */
 export const ListCallsResponseSchema: GenMessage<ListCallsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_call, 8);
+  messageDesc(file_parley_v1_call, 11);
+
+/**
+ * @generated from message parley.v1.ReportSessionRequest
+ */
+export type ReportSessionRequest = Message<"parley.v1.ReportSessionRequest"> & {
+  /**
+   * call_id is the room's id.
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * report_json is SessionReport.to_dict() as JSON, at most 8 MiB.
+   *
+   * @generated from field: string report_json = 2;
+   */
+  reportJson: string;
+};
+
+/**
+ * Describes the message parley.v1.ReportSessionRequest.
+ * Use `create(ReportSessionRequestSchema)` to create a new message.
+ */
+export const ReportSessionRequestSchema: GenMessage<ReportSessionRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_call, 12);
+
+/**
+ * @generated from message parley.v1.ReportSessionResponse
+ */
+export type ReportSessionResponse = Message<"parley.v1.ReportSessionResponse"> & {
+  /**
+   * @generated from field: parley.v1.Call call = 1;
+   */
+  call?: Call | undefined;
+
+  /**
+   * items_merged counts the chat history's items stored by this report.
+   *
+   * @generated from field: int32 items_merged = 2;
+   */
+  itemsMerged: number;
+
+  /**
+   * items_replayed counts those already stored with the same content.
+   *
+   * @generated from field: int32 items_replayed = 3;
+   */
+  itemsReplayed: number;
+
+  /**
+   * items_conflicting counts those whose id was stored with other content;
+   * the stored item is kept.
+   *
+   * @generated from field: int32 items_conflicting = 4;
+   */
+  itemsConflicting: number;
+};
+
+/**
+ * Describes the message parley.v1.ReportSessionResponse.
+ * Use `create(ReportSessionResponseSchema)` to create a new message.
+ */
+export const ReportSessionResponseSchema: GenMessage<ReportSessionResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_call, 13);
 
 /**
  * @generated from enum parley.v1.CallStatus
@@ -600,6 +791,21 @@ export const CallService: GenService<{
     methodKind: "unary";
     input: typeof ListCallsRequestSchema;
     output: typeof ListCallsResponseSchema;
+  },
+  /**
+   * ReportSession stores the agent's session report on its call and merges
+   * the report's chat history into the call's conversation by item id:
+   * items appended live (or by an earlier report) are not stored again.
+   * Agents only; a user gets PERMISSION_DENIED. An item id stored live with
+   * other content keeps the live item and is counted in items_conflicting
+   * rather than failing the report.
+   *
+   * @generated from rpc parley.v1.CallService.ReportSession
+   */
+  reportSession: {
+    methodKind: "unary";
+    input: typeof ReportSessionRequestSchema;
+    output: typeof ReportSessionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_v1_call, 0);

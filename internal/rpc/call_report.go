@@ -1,0 +1,87 @@
+package rpc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+
+	"github.com/parley-dev/parley/internal/auth"
+	"github.com/parley-dev/parley/internal/conversation"
+	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+	"github.com/parley-dev/parley/internal/room"
+)
+
+// ReportSession stores an agent's session report and merges its chat
+// history into the call's conversation.
+func (s *CallServer) ReportSession(ctx context.Context, req *connect.Request[parleyv1.ReportSessionRequest]) (*connect.Response[parleyv1.ReportSessionResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	id, err := parseUUID("call_id", req.Msg.GetCallId())
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	c, n, err := s.rooms.ReportSession(ctx, p, id, []byte(req.Msg.GetReportJson()), s.mergeChatHistory(p))
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.ReportSessionResponse{
+		Call: callToProto(c), ItemsMerged: int32(n.Merged), ItemsReplayed: int32(n.Replayed), ItemsConflicting: int32(n.Conflicting),
+	}), nil
+}
+
+// mergeChatHistory appends a report's items one by one through the path
+// live appends take, so that each id is stored once whichever came first,
+// and an id stored with other content keeps what is stored rather than
+// failing the rest of the report.
+func (s *CallServer) mergeChatHistory(p auth.Principal) room.ChatMerger {
+	return func(ctx context.Context, conv uuid.UUID, history json.RawMessage) (room.MergeCounts, error) {
+		var n room.MergeCounts
+		items, err := appendedItems(&parleyv1.AppendItemsRequest{ItemsJson: string(history)})
+		if err != nil {
+			return n, err
+		}
+		for _, it := range items {
+			out, err := s.convs.AppendItems(ctx, p, conversation.AppendItemsRequest{ConversationID: conv, Items: []conversation.Item{it}})
+			switch {
+			case errors.Is(err, conversation.ErrItemConflict):
+				n.Conflicting++
+			case err != nil:
+				return n, err
+			case out.Replayed:
+				n.Replayed++
+			default:
+				n.Merged++
+			}
+		}
+		return n, nil
+	}
+}
+
+// callMetricsToProto derives a call's metrics from its stored report,
+// which ReportSession checked derives.
+func callMetricsToProto(report []byte) *parleyv1.CallMetrics {
+	if report == nil {
+		return nil
+	}
+	r, err := room.ParseReport(report)
+	if err != nil {
+		return nil
+	}
+	m, err := room.DeriveMetrics(r)
+	if err != nil {
+		return nil
+	}
+	pm := &parleyv1.CallMetrics{Turns: int32(m.Turns), Interruptions: int32(m.Interruptions)}
+	for _, l := range m.Latencies {
+		pm.Latencies = append(pm.Latencies, &parleyv1.LatencyStats{Metric: l.Metric, Count: int32(l.Count), P50: l.P50, P95: l.P95})
+	}
+	for _, u := range m.Usage {
+		pm.Usage = append(pm.Usage, &parleyv1.ModelUsage{Type: u.Type, Provider: u.Provider, Model: u.Model, Values: u.Values})
+	}
+	return pm
+}
