@@ -1,0 +1,187 @@
+package rpc
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
+	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
+)
+
+// reportFixture is livekit-agents 1.8.9's SessionReport.to_dict() of a real
+// text-only session (testdata/livekit-agents/session_report.py) and its
+// chat history's items, each as to_dict() wrote it.
+func reportFixture(t *testing.T) (string, []json.RawMessage) {
+	t.Helper()
+	raw, err := os.ReadFile("../../testdata/livekit-agents/session_report.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		ChatHistory struct {
+			Items []json.RawMessage `json:"items"`
+		} `json:"chat_history"`
+	}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.ChatHistory.Items) < 6 {
+		t.Fatalf("fixture has %d items", len(r.ChatHistory.Items))
+	}
+	return string(raw), r.ChatHistory.Items
+}
+
+func jsonList(t *testing.T, items ...json.RawMessage) string {
+	t.Helper()
+	b, err := json.Marshal(items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestReportSessionAfterLiveAppends: the agent appended part of the
+// history live (one item under an id it then reported with other content);
+// the report adds the rest once, keeps the live item, and a repeated report
+// adds nothing. The call then carries the report's metrics.
+func TestReportSessionAfterLiveAppends(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	calls := clients(env.testAPI, parleyv1connect.NewCallServiceClient)
+	convs := parleyv1connect.NewConversationServiceClient(env.hc, env.url)
+	agent := env.agent(t)
+	report, items := reportFixture(t)
+	const live = 4 // items appended live; the last of them differs from the report's
+	for proto, client := range calls {
+		t.Run(proto, func(t *testing.T) {
+			ctx := t.Context()
+			user := env.newUser(t, "Ada")
+			created, err := env.clients["connect"].CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "report"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := created.Msg.GetRoom()
+			var changed map[string]any
+			if err := json.Unmarshal(items[live-1], &changed); err != nil {
+				t.Fatal(err)
+			}
+			changed["content"] = []string{"said live, otherwise"}
+			changedRaw, err := json.Marshal(changed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			liveItems := append(append([]json.RawMessage{}, items[:live-1]...), changedRaw)
+			if _, err := convs.AppendItems(ctx, as(agent, &parleyv1.AppendItemsRequest{
+				ConversationId: r.GetConversationId(), ItemsJson: jsonList(t, liveItems...),
+			})); err != nil {
+				t.Fatalf("live AppendItems: %v", err)
+			}
+
+			_, err = client.ReportSession(ctx, as(user, &parleyv1.ReportSessionRequest{CallId: r.GetId(), ReportJson: report}))
+			wantCode(t, "a user's ReportSession", err, connect.CodePermissionDenied)
+
+			for i, want := range []*parleyv1.ReportSessionResponse{
+				{ItemsMerged: int32(len(items) - live), ItemsReplayed: live - 1, ItemsConflicting: 1},
+				{ItemsMerged: 0, ItemsReplayed: int32(len(items) - 1), ItemsConflicting: 1},
+			} {
+				got, err := client.ReportSession(ctx, as(agent, &parleyv1.ReportSessionRequest{CallId: r.GetId(), ReportJson: report}))
+				if err != nil {
+					t.Fatalf("ReportSession %d: %v", i, err)
+				}
+				m := got.Msg
+				if m.GetItemsMerged() != want.GetItemsMerged() || m.GetItemsReplayed() != want.GetItemsReplayed() ||
+					m.GetItemsConflicting() != want.GetItemsConflicting() {
+					t.Fatalf("ReportSession %d = merged %d, replayed %d, conflicting %d; want %d, %d, %d", i,
+						m.GetItemsMerged(), m.GetItemsReplayed(), m.GetItemsConflicting(),
+						want.GetItemsMerged(), want.GetItemsReplayed(), want.GetItemsConflicting())
+				}
+				if m.GetCall().GetId() != r.GetId() || m.GetCall().GetReportedAt() == nil || m.GetCall().GetMetrics() == nil {
+					t.Fatalf("ReportSession %d call = %v", i, m.GetCall())
+				}
+			}
+
+			// Each id once, in history order; the live item kept.
+			stored, err := convs.ListItems(ctx, as(agent, &parleyv1.ListItemsRequest{
+				ConversationId: r.GetConversationId(), PageSize: 200, Order: parleyv1.Order_ORDER_OLDEST_FIRST,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(stored.Msg.GetItems()) != len(items) {
+				t.Fatalf("%d items stored, want %d", len(stored.Msg.GetItems()), len(items))
+			}
+			for i, it := range stored.Msg.GetItems() {
+				var want struct {
+					ID string `json:"id"`
+				}
+				if err := json.Unmarshal(items[i], &want); err != nil {
+					t.Fatal(err)
+				}
+				if got := idOf(it.GetItem()); got != want.ID || it.GetSeq() != int64(i+1) {
+					t.Errorf("item %d = %s seq %d, want %s seq %d", i, got, it.GetSeq(), want.ID, i+1)
+				}
+			}
+			if got := stored.Msg.GetItems()[live-1].GetItem().GetMessage().GetContent()[0].GetText(); got != "said live, otherwise" {
+				t.Errorf("conflicting item's text = %q, want the live one", got)
+			}
+
+			got, err := client.GetCall(ctx, as(user, &parleyv1.GetCallRequest{CallId: r.GetId()}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			metrics := got.Msg.GetCall().GetMetrics()
+			if metrics.GetTurns() != 3 || metrics.GetInterruptions() != 1 || len(metrics.GetUsage()) != 1 ||
+				metrics.GetUsage()[0].GetModel() != "scripted-1" || metrics.GetUsage()[0].GetValues()["input_tokens"] != 200 {
+				t.Fatalf("metrics = %v", metrics)
+			}
+			var e2e *parleyv1.LatencyStats
+			for _, l := range metrics.GetLatencies() {
+				if l.GetMetric() == "e2e_latency" {
+					e2e = l
+				}
+			}
+			if e2e.GetCount() != 1 || e2e.GetP50() != 1.5 || e2e.GetP95() != 1.5 {
+				t.Errorf("e2e_latency = %v, want the interrupted message's 1.5", e2e)
+			}
+		})
+	}
+}
+
+func TestReportSessionRefuses(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	calls := clients(env.testAPI, parleyv1connect.NewCallServiceClient)
+	agent := env.agent(t)
+	user := env.newUser(t, "Ada")
+	created, err := env.clients["connect"].CreateRoom(t.Context(), as(user, &parleyv1.CreateRoomRequest{Name: "report"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.Msg.GetRoom().GetId()
+	for proto, client := range calls {
+		t.Run(proto, func(t *testing.T) {
+			for _, tc := range []struct {
+				name, callID, report string
+				code                 connect.Code
+				says                 string
+			}{
+				{"too big", id, `{"job_id":"j","room_id":"r","x":"` + strings.Repeat("a", 8<<20) + `"}`, connect.CodeInvalidArgument, "report_json"},
+				{"not a report", id, `{"job_id": 1}`, connect.CodeInvalidArgument, "report_json"},
+				{"no ids", id, `{"room": "r"}`, connect.CodeInvalidArgument, "job_id"},
+				{"bad history", id, `{"job_id":"j","room_id":"r","chat_history":{"items":[{"type":"message"}]}}`, connect.CodeInvalidArgument, "items_json"},
+				{"no such call", "0190d4c4-0000-7000-8000-000000000000", `{"job_id":"j","room_id":"r"}`, connect.CodeNotFound, ""},
+				{"malformed id", "nope", `{"job_id":"j","room_id":"r"}`, connect.CodeInvalidArgument, "call_id"},
+			} {
+				_, err := client.ReportSession(t.Context(), as(agent, &parleyv1.ReportSessionRequest{CallId: tc.callID, ReportJson: tc.report}))
+				wantCode(t, tc.name, err, tc.code)
+				if err != nil && !strings.Contains(err.Error(), tc.says) {
+					t.Errorf("%s: %v does not name %q", tc.name, err, tc.says)
+				}
+			}
+		})
+	}
+}
