@@ -8,10 +8,12 @@ import (
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 
+	"github.com/parley-dev/parley/internal/agentsjson"
 	"github.com/parley-dev/parley/internal/auth"
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/room"
+	"github.com/parley-dev/parley/internal/rule"
 )
 
 // ReportSession stores an agent's session report and merges its chat
@@ -41,9 +43,13 @@ func (s *CallServer) ReportSession(ctx context.Context, req *connect.Request[par
 func (s *CallServer) mergeChatHistory(p auth.Principal) room.ChatMerger {
 	return func(ctx context.Context, conv uuid.UUID, history json.RawMessage) (room.MergeCounts, error) {
 		var n room.MergeCounts
-		items, err := appendedItems(&parleyv1.AppendItemsRequest{ItemsJson: string(history)})
+		cis, err := agentsjson.Decode(history)
 		if err != nil {
-			return n, err
+			return n, rule.Broken("report_json: chat_history: " + err.Error())
+		}
+		items, err := chatItems(cis)
+		if err != nil {
+			return n, rule.Broken("report_json: chat_history: " + err.Error())
 		}
 		for _, it := range items {
 			out, err := s.convs.AppendItems(ctx, p, conversation.AppendItemsRequest{ConversationID: conv, Items: []conversation.Item{it}})

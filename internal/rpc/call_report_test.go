@@ -172,7 +172,7 @@ func TestReportSessionRefuses(t *testing.T) {
 				{"too big", id, `{"job_id":"j","room_id":"r","x":"` + strings.Repeat("a", 8<<20) + `"}`, connect.CodeInvalidArgument, "report_json"},
 				{"not a report", id, `{"job_id": 1}`, connect.CodeInvalidArgument, "report_json"},
 				{"no ids", id, `{"room": "r"}`, connect.CodeInvalidArgument, "job_id"},
-				{"bad history", id, `{"job_id":"j","room_id":"r","chat_history":{"items":[{"type":"message"}]}}`, connect.CodeInvalidArgument, "items_json"},
+				{"bad history", id, `{"job_id":"j","room_id":"r","chat_history":{"items":[{"type":"message"}]}}`, connect.CodeInvalidArgument, "report_json: chat_history"},
 				{"no such call", "0190d4c4-0000-7000-8000-000000000000", `{"job_id":"j","room_id":"r"}`, connect.CodeNotFound, ""},
 				{"malformed id", "nope", `{"job_id":"j","room_id":"r"}`, connect.CodeInvalidArgument, "call_id"},
 			} {

@@ -96,6 +96,12 @@ func appendedItems(m *parleyv1.AppendItemsRequest) ([]conversation.Item, error) 
 			return nil, rule.Broken("items_json: " + err.Error())
 		}
 	}
+	return chatItems(cis)
+}
+
+// chatItems converts chat items for storing; each must render for
+// from_dict() (agentsjson.Check).
+func chatItems(cis []*parleyv1.ChatContext_ChatItem) ([]conversation.Item, error) {
 	out := make([]conversation.Item, len(cis))
 	for i, ci := range cis {
 		if ci.GetItem() != nil {
