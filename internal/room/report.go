@@ -169,7 +169,7 @@ type ChatMerger func(ctx context.Context, conversationID uuid.UUID, chatHistory 
 
 // ReportSession stores an agent's session report on call id and merges its
 // chat history into the call's conversation through merge. Only agents
-// report; a repeated report replaces the stored one and merges nothing new.
+// report, and the report's room must be the call's; a repeated report replaces the stored one and merges nothing new.
 // The history is merged before the report is stored, so a report that
 // failed halfway is completed by its retry.
 func (s *Service) ReportSession(ctx context.Context, p auth.Principal, id uuid.UUID, raw []byte, merge ChatMerger) (Call, MergeCounts, error) {
@@ -186,6 +186,11 @@ func (s *Service) ReportSession(ctx context.Context, p auth.Principal, id uuid.U
 	c, err := s.store.Call(ctx, id, uuid.Nil)
 	if err != nil {
 		return Call{}, MergeCounts{}, err
+	}
+	// A report sent with the wrong call id would merge its history into
+	// another conversation.
+	if r.Room != "" && r.Room != c.LiveKitRoom {
+		return Call{}, MergeCounts{}, invalid(fmt.Sprintf("report_json: room %q is not the call's LiveKit room", r.Room))
 	}
 	var counts MergeCounts
 	if r.ChatHistory != nil && c.ConversationID != uuid.Nil {

@@ -65,6 +65,7 @@ func TestReportSessionAfterLiveAppends(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := created.Msg.GetRoom()
+			report := strings.Replace(report, `"room": "fixture-room"`, `"room": "`+r.GetLivekitRoom()+`"`, 1)
 			var changed map[string]any
 			if err := json.Unmarshal(items[live-1], &changed); err != nil {
 				t.Fatal(err)
@@ -173,6 +174,7 @@ func TestReportSessionRefuses(t *testing.T) {
 				{"not a report", id, `{"job_id": 1}`, connect.CodeInvalidArgument, "report_json"},
 				{"no ids", id, `{"room": "r"}`, connect.CodeInvalidArgument, "job_id"},
 				{"bad history", id, `{"job_id":"j","room_id":"r","chat_history":{"items":[{"type":"message"}]}}`, connect.CodeInvalidArgument, "report_json: chat_history"},
+				{"another room's report", id, `{"job_id":"j","room_id":"r","room":"elsewhere"}`, connect.CodeInvalidArgument, "not the call's LiveKit room"},
 				{"no such call", "0190d4c4-0000-7000-8000-000000000000", `{"job_id":"j","room_id":"r"}`, connect.CodeNotFound, ""},
 				{"malformed id", "nope", `{"job_id":"j","room_id":"r"}`, connect.CodeInvalidArgument, "call_id"},
 			} {

@@ -1212,7 +1212,8 @@ type ReportSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// call_id is the room's id.
 	CallId string `protobuf:"bytes,1,opt,name=call_id,json=callId,proto3" json:"call_id,omitempty"`
-	// report_json is SessionReport.to_dict() as JSON, at most 8 MiB.
+	// report_json is SessionReport.to_dict() as JSON, at most 8 MiB; its
+	// room, when given, must be the call's LiveKit room.
 	ReportJson    string `protobuf:"bytes,2,opt,name=report_json,json=reportJson,proto3" json:"report_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

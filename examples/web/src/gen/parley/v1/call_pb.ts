@@ -541,7 +541,8 @@ export type ReportSessionRequest = Message<"parley.v1.ReportSessionRequest"> & {
   callId: string;
 
   /**
-   * report_json is SessionReport.to_dict() as JSON, at most 8 MiB.
+   * report_json is SessionReport.to_dict() as JSON, at most 8 MiB; its
+   * room, when given, must be the call's LiveKit room.
    *
    * @generated from field: string report_json = 2;
    */
