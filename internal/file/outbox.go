@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // WorkerOptions tune a Worker. Zero fields take the defaults.
@@ -217,4 +219,25 @@ func (w *Worker) backoff(attempts int) time.Duration {
 		d = w.opts.MaxBackoff
 	}
 	return d*3/4 + rand.N(d/2+1)
+}
+
+// EventData is the data of the recording.ready and export.ready outbound
+// webhook events, written in the transaction that makes the file READY.
+// Its JSON is a contract with customers' receivers (see the README):
+// fields may be added, never renamed.
+type EventData struct {
+	FileID         uuid.UUID `json:"file_id"`
+	ConversationID uuid.UUID `json:"conversation_id"`
+	// CallID is the call (room) whose egress wrote a recording, and
+	// EgressID that egress; absent for exports and when unknown.
+	CallID      string `json:"call_id,omitempty"`
+	EgressID    string `json:"egress_id,omitempty"`
+	Filename    string `json:"filename"`
+	ContentType string `json:"content_type"`
+	SizeBytes   int64  `json:"size_bytes"`
+	// SHA256 is the content's lower-case hex digest; absent for a
+	// recording, whose bytes Parley copies without reading.
+	SHA256    string    `json:"sha256,omitempty"`
+	Status    string    `json:"status"`
+	CreatedAt time.Time `json:"created_at"`
 }

@@ -1,14 +1,19 @@
 package postgres_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
 
+	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/file"
 	"github.com/parley-dev/parley/internal/postgres"
 	"github.com/parley-dev/parley/internal/room"
 	"github.com/parley-dev/parley/internal/testenv"
@@ -19,13 +24,28 @@ import (
 type callEvent struct {
 	Type string
 	Data room.CallEventData
+	// Raw is the data as sent.
+	Raw json.RawMessage
 	// XMin is the transaction that wrote the event.
 	XMin       string
 	Deliveries int
 }
 
-// callEventsOf reads the outbox's events about room id, oldest first.
+// callEventsOf reads the outbox's events about room id (their data's
+// call_id), oldest first.
 func callEventsOf(t *testing.T, db *bun.DB, id uuid.UUID) []callEvent {
+	t.Helper()
+	var out []callEvent
+	for _, e := range outboxEvents(t, db) {
+		if e.Data.CallID == id {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// outboxEvents reads every event in the outbox, oldest first.
+func outboxEvents(t *testing.T, db *bun.DB) []callEvent {
 	t.Helper()
 	rows, err := db.DB.QueryContext(t.Context(), `SELECT e.type, e.payload, e.xmin::text,
        (SELECT count(*) FROM webhook_deliveries d WHERE d.event_id = e.id)
@@ -44,16 +64,17 @@ func callEventsOf(t *testing.T, db *bun.DB, id uuid.UUID) []callEvent {
 			t.Fatal(err)
 		}
 		var p struct {
-			Type string             `json:"type"`
-			Data room.CallEventData `json:"data"`
+			Type string          `json:"type"`
+			Data json.RawMessage `json:"data"`
 		}
 		if err := json.Unmarshal(payload, &p); err != nil || p.Type != e.Type {
 			t.Fatalf("payload %s: %v", payload, err)
 		}
-		e.Data = p.Data
-		if e.Data.CallID == id {
-			out = append(out, e)
+		e.Raw = p.Data
+		if err := json.Unmarshal(p.Data, &e.Data); err != nil {
+			t.Fatalf("data %s: %v", p.Data, err)
 		}
+		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
@@ -248,4 +269,112 @@ func TestCallEndedByEndRoomAndCloseCalls(t *testing.T) {
 	}
 	apply(t, rooms, callEvents(gone, script, []int{len(script) - 1})...)
 	ended(gone, "room_gone")
+}
+
+// A recording filed READY by the import writes recording.ready in that
+// transaction, once: a failed copy writes nothing, a second pass nothing
+// more.
+func TestRecordingReadyWhenFiled(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	rooms, files := postgres.NewRoomStore(db), postgres.NewFileStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	subscribe(t, db, owner, webhook.RecordingReady)
+	r := roomCreate(t, rooms, owner, "recorded")
+	script := callScript()
+	apply(t, rooms, callEvents(r, script, inOrder(len(script)))...)
+	recordings := func() []callEvent {
+		t.Helper()
+		var out []callEvent
+		for _, e := range callEventsOf(t, db, r.ID) {
+			if e.Type == webhook.RecordingReady {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	importAll := func(fail bool) {
+		t.Helper()
+		if _, err := files.ImportDueRecordings(t.Context(), 10, func(_ context.Context, ri file.RecordingImport) (file.File, file.Retry, error) {
+			if fail {
+				return file.File{}, file.Retry{}, errors.New("storage down")
+			}
+			return ri.File, file.Retry{}, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	importAll(true)
+	if got := recordings(); len(got) != 0 {
+		t.Fatalf("after a failed copy: %+v, want no recording.ready", got)
+	}
+	if _, err := db.DB.ExecContext(t.Context(), `UPDATE recording_imports SET due_at = now()`); err != nil {
+		t.Fatal(err)
+	}
+	importAll(false)
+	importAll(false)
+	got := recordings()
+	if len(got) != 1 || got[0].Deliveries != 1 {
+		t.Fatalf("after the import: %+v, want one recording.ready delivered once", got)
+	}
+	var d file.EventData
+	if err := json.Unmarshal(got[0].Raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	if got[0].XMin != xminOf(t, db, "files", "id", d.FileID) {
+		t.Errorf("recording.ready written by transaction %s, the file by another", got[0].XMin)
+	}
+	c, err := rooms.Call(t.Context(), r.ID, owner)
+	if err != nil || len(c.Egresses) != 1 || len(c.Egresses[0].Files) != 1 {
+		t.Fatalf("call = %+v, %v; want its one recording", c, err)
+	}
+	if d.FileID != c.Egresses[0].Files[0].FileID || d.ConversationID != r.ConversationID || d.CallID != r.ID.String() ||
+		d.EgressID != "EG_1" || d.Filename != "EG_1.mp4" || d.ContentType != "video/mp4" || d.SizeBytes != 4096 ||
+		d.Status != "ready" || d.CreatedAt.IsZero() {
+		t.Errorf("recording.ready data = %+v", d)
+	}
+}
+
+// An export stored READY writes export.ready in the same transaction; an
+// upload does not, nor does an export whose row is refused.
+func TestExportReadyWithItsFile(t *testing.T) {
+	t.Parallel()
+	fx := newFileFixture(t)
+	subscribe(t, fx.db, fx.user, webhook.ExportReady)
+	upload := fx.newFile(fx.conv.ID, file.StatusReady)
+	if _, err := fx.files.CreateFile(t.Context(), upload, 0); err != nil {
+		t.Fatal(err)
+	}
+	export := fx.newFile(fx.conv.ID, file.StatusReady)
+	export.Kind, export.Filename, export.ContentType, export.SHA256 = file.KindExport, "chat.json", "application/json", strings.Repeat("ab", 32)
+	created, err := fx.files.CreateFile(t.Context(), export, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan := export
+	orphan.ID, orphan.ConversationID = uuid.New(), uuid.New()
+	if _, err := fx.files.CreateFile(t.Context(), orphan, 0); !errors.Is(err, conversation.ErrNotFound) {
+		t.Fatalf("export into no conversation: %v", err)
+	}
+
+	var got []string
+	for _, e := range outboxEvents(t, fx.db) {
+		got = append(got, e.Type)
+		var d file.EventData
+		if err := json.Unmarshal(e.Raw, &d); err != nil {
+			t.Fatal(err)
+		}
+		if d.FileID != export.ID || d.ConversationID != fx.conv.ID || d.Filename != "chat.json" || d.ContentType != "application/json" ||
+			d.SizeBytes != 3 || d.SHA256 != export.SHA256 || d.Status != "ready" || !d.CreatedAt.Equal(created.CreatedAt) || d.CallID != "" ||
+			e.Deliveries != 1 {
+			t.Errorf("%s data = %+v (%d deliveries)", e.Type, d, e.Deliveries)
+		}
+		if e.XMin != xminOf(t, fx.db, "files", "id", export.ID) {
+			t.Errorf("%s written by transaction %s, the file by another", e.Type, e.XMin)
+		}
+	}
+	if len(got) != 1 || got[0] != webhook.ExportReady {
+		t.Fatalf("events = %v, want one export.ready", got)
+	}
 }

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/parley-dev/parley/internal/conversation"
 	"github.com/parley-dev/parley/internal/file"
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 // The file store runs plain SQL with $n parameters on the *sql.DB under Bun,
@@ -122,6 +124,14 @@ ON CONFLICT (id) DO NOTHING`
 
 	queueBlobSQL = `INSERT INTO blob_deletions (blob_name) VALUES ($1::text)`
 
+	// fileEventSQL reads what a file's event tells of file $1: its owner,
+	// and the call and egress whose recording it is, if one.
+	fileEventSQL = `SELECT c.user_id, f.id, f.conversation_id, f.filename, f.content_type, f.size_bytes, f.sha256, f.created_at,
+       COALESCE(cr.room_id::text, ''), COALESCE(cr.egress_id, '')
+  FROM files f JOIN conversations c ON c.id = f.conversation_id
+  LEFT JOIN LATERAL (SELECT room_id, egress_id FROM call_recordings WHERE file_id = f.id ORDER BY source_name LIMIT 1) cr ON true
+ WHERE f.id = $1::uuid`
+
 	retryImportSQL = `UPDATE recording_imports
    SET attempts = attempts + 1,
        due_at = CASE WHEN $4::boolean THEN 'infinity'::timestamptz ELSE now() + make_interval(secs => $2::float8) END,
@@ -183,6 +193,10 @@ func (s *FileStore) CreateFile(ctx context.Context, f file.File, r file.Reservat
 		}
 		if err != nil {
 			return fmt.Errorf("create file: %w", err)
+		}
+		// An export is stored READY, its blob written: ready for the owner.
+		if f.Kind == file.KindExport && f.Status == file.StatusReady {
+			return enqueueFileReady(ctx, tx.Tx, webhook.ExportReady, f.ID)
 		}
 		return nil
 	})
@@ -440,6 +454,12 @@ func (s *FileStore) fileRecording(ctx context.Context, ri recordingImport, f fil
 		if err != nil {
 			return fmt.Errorf("file recording: %w", err)
 		}
+		// Only a new row is a file turning READY; a moved one was already.
+		if !ri.existing && n == 1 {
+			if err := enqueueFileReady(ctx, tx.Tx, webhook.RecordingReady, f.ID); err != nil {
+				return fmt.Errorf("file recording: %w", err)
+			}
+		}
 		unnamed := []string{ri.Source}
 		if n == 0 {
 			// The conversation, or the earlier release's row, is gone: so is
@@ -453,6 +473,29 @@ func (s *FileStore) fileRecording(ctx context.Context, ri recordingImport, f fil
 		}
 		return nil
 	})
+}
+
+// enqueueFileReady writes event t (recording.ready or export.ready) for
+// file id, READY in tx.
+func enqueueFileReady(ctx context.Context, tx *sql.Tx, t string, id uuid.UUID) error {
+	var (
+		owner uuid.UUID
+		d     = file.EventData{Status: "ready"}
+	)
+	if err := tx.QueryRowContext(ctx, fileEventSQL, id).Scan(&owner, &d.FileID, &d.ConversationID, &d.Filename,
+		&d.ContentType, &d.SizeBytes, &d.SHA256, &d.CreatedAt, &d.CallID, &d.EgressID); err != nil {
+		return fmt.Errorf("%s event: %w", t, err)
+	}
+	d.CreatedAt = d.CreatedAt.UTC()
+	data, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("%s event: %w", t, err)
+	}
+	ev, err := webhook.NewEvent(owner, t, data, time.Now())
+	if err != nil {
+		return fmt.Errorf("%s event: %w", t, err)
+	}
+	return enqueueWebhookEvent(ctx, tx, ev)
 }
 
 func rowsAffected(res sql.Result, err error) (int64, error) {
