@@ -378,3 +378,47 @@ func TestExportReadyWithItsFile(t *testing.T) {
 		t.Fatalf("events = %v, want one export.ready", got)
 	}
 }
+
+// A new or changed session report writes report.ready in the transaction
+// that stores it; the same report again writes nothing.
+func TestReportReadyWithItsReport(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	rooms := postgres.NewRoomStore(db)
+	owner := roomSeedUser(t, postgres.NewAccountStore(db), "Ada")
+	subscribe(t, db, owner, webhook.ReportReady)
+	r := roomCreate(t, rooms, owner, "support")
+	readies := func() []callEvent {
+		var out []callEvent
+		for _, e := range callEventsOf(t, db, r.ID) {
+			if e.Type == webhook.ReportReady {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+
+	first := []byte(`{"job_id":"AJ_1","room_id":"RM_1"}`)
+	if err := rooms.SaveReport(t.Context(), r.ID, first, callAt(40)); err != nil {
+		t.Fatal(err)
+	}
+	got := readies()
+	if len(got) != 1 || got[0].XMin != xminOf(t, db, "calls", "room_id", r.ID) || got[0].Deliveries != 1 {
+		t.Fatalf("after a report: %+v, want one report.ready written with it, for the owner's endpoint", got)
+	}
+	if err := rooms.SaveReport(t.Context(), r.ID, first, callAt(41)); err != nil {
+		t.Fatal(err)
+	}
+	if got := readies(); len(got) != 1 {
+		t.Fatalf("the same report again: %d report.ready events, want still 1", len(got))
+	}
+	if err := rooms.SaveReport(t.Context(), r.ID, []byte(`{"job_id":"AJ_2","room_id":"RM_1"}`), callAt(42)); err != nil {
+		t.Fatal(err)
+	}
+	if got := readies(); len(got) != 2 {
+		t.Fatalf("a changed report: %d report.ready events, want 2", len(got))
+	}
+	if err := rooms.SaveReport(t.Context(), uuid.New(), first, callAt(43)); !errors.Is(err, room.ErrNotFound) {
+		t.Fatalf("report for no room = %v, want room.ErrNotFound", err)
+	}
+}

@@ -2,30 +2,45 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/room"
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 // saveReportSQL makes the call's row if no LiveKit event has yet (a report
 // may beat the webhooks), taking the report's arrival as its last sign of
-// life; an existing row keeps its own.
+// life; an existing row keeps its own. It returns the row only when the
+// stored report is new or changed, so a resent report announces nothing.
 const saveReportSQL = `
 INSERT INTO calls (room_id, last_seen_at, report, reported_at)
 VALUES ($1, $2, $3::jsonb, $2)
-ON CONFLICT (room_id) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at`
+ON CONFLICT (room_id) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCLUDED.reported_at
+ WHERE calls.report IS DISTINCT FROM EXCLUDED.report
+RETURNING room_id`
 
-// SaveReport implements room.Store.
+// SaveReport implements room.Store. A new or changed report writes
+// report.ready to the outbox in the same transaction.
 func (s *RoomStore) SaveReport(ctx context.Context, id uuid.UUID, report []byte, at time.Time) (err error) {
 	defer markUnavailable(&err)
-	if _, err := s.db.ExecContext(ctx, saveReportSQL, id, at, string(report)); err != nil {
-		if pgCode(err) == codeForeignKeyViolation {
+	err = inTx(ctx, s.bun, "save report", func(ctx context.Context, tx bun.Tx) error {
+		var saved uuid.UUID
+		err := tx.Tx.QueryRowContext(ctx, saveReportSQL, id, at, string(report)).Scan(&saved)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return nil // the same report again
+		case pgCode(err) == codeForeignKeyViolation:
 			return room.ErrNotFound
+		case err != nil:
+			return fmt.Errorf("save report: %w", err)
 		}
-		return fmt.Errorf("save report: %w", err)
-	}
-	return nil
+		return enqueueCallEvent(ctx, tx.Tx, id, webhook.ReportReady, at)
+	})
+	return err
 }
