@@ -13,7 +13,7 @@ import (
 
 func TestSpecDispatchMetadata(t *testing.T) {
 	t.Parallel()
-	conv := uuid.New()
+	conv, id := uuid.New(), uuid.New()
 	roomMeta := `{"conversation_id":"` + conv.String() + `"}`
 	for _, tc := range []struct {
 		name string
@@ -21,12 +21,13 @@ func TestSpecDispatchMetadata(t *testing.T) {
 		want DispatchMetadata
 		raw  string // when set, the exact JSON
 	}{
-		{"new conversation", Room{ConversationID: conv}, DispatchMetadata{ConversationID: conv.String()}, roomMeta},
-		{"agent metadata", Room{ConversationID: conv, AgentMetadata: `{"lang":"fr"}`},
-			DispatchMetadata{ConversationID: conv.String(), AgentMetadata: `{"lang":"fr"}`}, ""},
-		{"resumed", Room{ConversationID: conv, ResumeSeq: 42, AgentMetadata: "x"},
-			DispatchMetadata{ConversationID: conv.String(), LastSeq: 42, AgentMetadata: "x"},
-			`{"conversation_id":"` + conv.String() + `","last_seq":42,"agent_metadata":"x"}`},
+		{"new conversation", Room{ID: id, ConversationID: conv}, DispatchMetadata{ConversationID: conv.String(), CallID: id.String()},
+			`{"conversation_id":"` + conv.String() + `","call_id":"` + id.String() + `"}`},
+		{"agent metadata", Room{ID: id, ConversationID: conv, AgentMetadata: `{"lang":"fr"}`},
+			DispatchMetadata{ConversationID: conv.String(), AgentMetadata: `{"lang":"fr"}`, CallID: id.String()}, ""},
+		{"resumed", Room{ID: id, ConversationID: conv, ResumeSeq: 42, AgentMetadata: "x"},
+			DispatchMetadata{ConversationID: conv.String(), LastSeq: 42, AgentMetadata: "x", CallID: id.String()},
+			`{"conversation_id":"` + conv.String() + `","last_seq":42,"agent_metadata":"x","call_id":"` + id.String() + `"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.room.LiveKitRoom, tc.room.AgentName = "parley-1", "bot"

@@ -446,9 +446,9 @@ func (s *Service) deleteLater(name string) {
 
 // DispatchMetadata is the job metadata of the agent dispatched into a
 // room, as JSON: what the agent needs to find and restore its
-// conversation. conversation_id is the room metadata's key too; last_seq
-// and agent_metadata are left out when 0 or "", so a room that starts its
-// conversation without agent metadata dispatches its room metadata.
+// conversation and to file its session report. conversation_id is the
+// room metadata's key too; last_seq and agent_metadata are left out when
+// 0 or "".
 type DispatchMetadata struct {
 	// ConversationID is the room's conversation.
 	ConversationID string `json:"conversation_id,omitempty"`
@@ -458,6 +458,10 @@ type DispatchMetadata struct {
 	LastSeq int64 `json:"last_seq,omitempty"`
 	// AgentMetadata is CreateRoom's agent_metadata, verbatim.
 	AgentMetadata string `json:"agent_metadata,omitempty"`
+	// CallID is the room's id, which is its call's: the agent files its
+	// session report with ReportSession(call_id). Added after the others,
+	// so a dispatch made by an older replica lacks it.
+	CallID string `json:"call_id,omitempty"`
 }
 
 // specOf is what LiveKit is told about r. The dispatch is r's as
@@ -468,7 +472,11 @@ func specOf(r Room) Spec {
 		conv = r.ConversationID.String()
 	}
 	md, _ := json.Marshal(DispatchMetadata{ConversationID: conv}) // strings always marshal
-	dmd, _ := json.Marshal(DispatchMetadata{ConversationID: conv, LastSeq: r.ResumeSeq, AgentMetadata: r.AgentMetadata})
+	var call string
+	if r.ID != uuid.Nil {
+		call = r.ID.String()
+	}
+	dmd, _ := json.Marshal(DispatchMetadata{ConversationID: conv, LastSeq: r.ResumeSeq, AgentMetadata: r.AgentMetadata, CallID: call})
 	return Spec{Name: r.LiveKitRoom, Metadata: string(md), AgentName: r.AgentName, DispatchMetadata: string(dmd)}
 }
 

@@ -108,7 +108,7 @@ func TestCreateRoomAgentJob(t *testing.T) {
 			if r.GetAgentName() != "support-bot" {
 				t.Errorf("room agent_name = %q", r.GetAgentName())
 			}
-			want := room.DispatchMetadata{ConversationID: r.GetConversationId(), AgentMetadata: `{"lang":"fr","tier":2}`}
+			want := room.DispatchMetadata{ConversationID: r.GetConversationId(), AgentMetadata: `{"lang":"fr","tier":2}`, CallID: r.GetId()}
 			d := env.dispatchedTo(t, r.GetLivekitRoom())
 			if d == nil {
 				t.Fatal("LiveKit was asked for no dispatch")
@@ -189,7 +189,7 @@ func TestCreateRoomResumesConversation(t *testing.T) {
 				r.GetStatus() != parleyv1.RoomStatus_ROOM_STATUS_ACTIVE || r.GetAgentName() != roomTestAgent {
 				t.Errorf("resumed room = %v", r)
 			}
-			want := room.DispatchMetadata{ConversationID: conv.String(), LastSeq: lastSeq, AgentMetadata: "again"}
+			want := room.DispatchMetadata{ConversationID: conv.String(), LastSeq: lastSeq, AgentMetadata: "again", CallID: r.GetId()}
 			if d := env.dispatchedTo(t, r.GetLivekitRoom()); d == nil {
 				t.Error("LiveKit was asked for no dispatch")
 			} else {
@@ -334,7 +334,7 @@ func TestResumeWithLiveKitDown(t *testing.T) {
 	}
 	_, td := tokenDispatch(t, resumed.Msg.GetJoin())
 	checkDispatch(t, "CreateRoom's token", "restorer", td.GetAgentName(), td.GetMetadata(),
-		room.DispatchMetadata{ConversationID: conv.String(), LastSeq: lastSeq, AgentMetadata: "m"})
+		room.DispatchMetadata{ConversationID: conv.String(), LastSeq: lastSeq, AgentMetadata: "m", CallID: resumed.Msg.GetRoom().GetId()})
 }
 
 // TestRoomOfAnOlderReplica: a room an older replica made (no agent columns)
@@ -371,8 +371,9 @@ func TestRoomOfAnOlderReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	meta := `{"conversation_id":"` + convID.String() + `"}`
+	dispatch := `{"conversation_id":"` + convID.String() + `","call_id":"` + roomID.String() + `"}`
 	roomMeta, td := tokenDispatch(t, joined.Msg.GetJoin())
-	if roomMeta != meta || td.GetAgentName() != roomTestAgent || td.GetMetadata() != meta {
-		t.Errorf("token room metadata %s, dispatch %v; want %s and %s with it", roomMeta, td, roomTestAgent, meta)
+	if roomMeta != meta || td.GetAgentName() != roomTestAgent || td.GetMetadata() != dispatch {
+		t.Errorf("token room metadata %s, dispatch %v; want %s and %s with %s", roomMeta, td, meta, roomTestAgent, dispatch)
 	}
 }

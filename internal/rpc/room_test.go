@@ -76,6 +76,12 @@ func wantCode(t *testing.T, what string, err error, want connect.Code) {
 	}
 }
 
+// dispatchOf is the dispatch metadata of a room that started its
+// conversation without agent metadata.
+func dispatchOf(r *parleyv1.Room) string {
+	return `{"conversation_id":"` + r.GetConversationId() + `","call_id":"` + r.GetId() + `"}`
+}
+
 // checkJoinToken decodes a join token with the API secret and checks it
 // lets user join exactly r, with r's configuration.
 func checkJoinToken(t *testing.T, join *parleyv1.JoinInfo, r *parleyv1.Room, user caller, name string) {
@@ -105,7 +111,7 @@ func checkJoinToken(t *testing.T, join *parleyv1.JoinInfo, r *parleyv1.Room, use
 	if cfg.GetName() != r.GetLivekitRoom() || cfg.GetMetadata() != wantMeta {
 		t.Errorf("token room config %v, want %s with metadata %s", cfg, r.GetLivekitRoom(), wantMeta)
 	}
-	if a := cfg.GetAgents(); len(a) != 1 || a[0].GetAgentName() != roomTestAgent || a[0].GetMetadata() != wantMeta {
+	if a := cfg.GetAgents(); len(a) != 1 || a[0].GetAgentName() != roomTestAgent || a[0].GetMetadata() != dispatchOf(r) {
 		t.Errorf("token room config agents %v", a)
 	}
 }
@@ -163,7 +169,7 @@ func TestRoomServiceCreateJoinEnd(t *testing.T) {
 				sawRoom = sawRoom || (cr.GetName() == r.GetLivekitRoom() && cr.GetMetadata() == wantMeta)
 			}
 			for _, d := range env.lk.Dispatches() {
-				sawDispatch = sawDispatch || (d.GetRoom() == r.GetLivekitRoom() && d.GetAgentName() == roomTestAgent && d.GetMetadata() == wantMeta)
+				sawDispatch = sawDispatch || (d.GetRoom() == r.GetLivekitRoom() && d.GetAgentName() == roomTestAgent && d.GetMetadata() == dispatchOf(r))
 			}
 			if !sawRoom || !sawDispatch {
 				t.Errorf("LiveKit saw the room: %v, the dispatch: %v", sawRoom, sawDispatch)

@@ -32,9 +32,10 @@ type CreateRoomRequest struct {
 	// agent_metadata goes into the agent's dispatch metadata beside
 	// conversation_id. The dispatch metadata (the agent's job metadata) is the
 	// JSON object {"conversation_id": "<id>", "last_seq": <int>,
-	// "agent_metadata": "<this string, verbatim>"}; last_seq and
-	// agent_metadata are left out when 0 or empty. The room's own metadata
-	// stays {"conversation_id": "<id>"}.
+	// "agent_metadata": "<this string, verbatim>", "call_id": "<room id>"};
+	// last_seq and agent_metadata are left out when 0 or empty; call_id is the
+	// call ReportSession takes the agent's session report on. The room's own
+	// metadata stays {"conversation_id": "<id>"}.
 	AgentMetadata string `protobuf:"bytes,3,opt,name=agent_metadata,json=agentMetadata,proto3" json:"agent_metadata,omitempty"`
 	// conversation_id resumes one of the caller's conversations in the new
 	// room instead of starting one (someone else's or an unknown one:

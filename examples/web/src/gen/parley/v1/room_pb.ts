@@ -37,9 +37,10 @@ export type CreateRoomRequest = Message<"parley.v1.CreateRoomRequest"> & {
    * agent_metadata goes into the agent's dispatch metadata beside
    * conversation_id. The dispatch metadata (the agent's job metadata) is the
    * JSON object {"conversation_id": "<id>", "last_seq": <int>,
-   * "agent_metadata": "<this string, verbatim>"}; last_seq and
-   * agent_metadata are left out when 0 or empty. The room's own metadata
-   * stays {"conversation_id": "<id>"}.
+   * "agent_metadata": "<this string, verbatim>", "call_id": "<room id>"};
+   * last_seq and agent_metadata are left out when 0 or empty; call_id is the
+   * call ReportSession takes the agent's session report on. The room's own
+   * metadata stays {"conversation_id": "<id>"}.
    *
    * @generated from field: string agent_metadata = 3;
    */
