@@ -1,6 +1,6 @@
 """The scripted agent the real-framework checks share: an LLM with canned replies and a tool.
 
-Used by session_check.py here and by
+Used by session_check.py and report_check.py here and by
 testdata/livekit-agents/session_report.py (the ReportSession fixture), so
 that every check runs the same conversation the fixture recorded.
 """

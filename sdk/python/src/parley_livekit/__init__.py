@@ -1,4 +1,4 @@
-"""Parley for livekit-agents: restore an AgentSession's chat context and persist its items.
+"""Parley for livekit-agents: restore an AgentSession's chat context, persist its items, file its report.
 
     client = ParleyClient(os.environ["PARLEY_URL"], api_key=os.environ["PARLEY_AGENT_KEY"])
     await persist_session(session, agent, client, job_ctx=ctx)
@@ -13,6 +13,7 @@ from .client import (
     ItemsPage,
     ParleyClient,
     ParleyError,
+    ReportSessionResult,
     item_dicts,
 )
 from .session import DispatchMetadata, SessionRecorder, persist_session
@@ -26,6 +27,7 @@ __all__ = [
     "ItemsPage",
     "ParleyClient",
     "ParleyError",
+    "ReportSessionResult",
     "SessionRecorder",
     "item_dicts",
     "persist_session",

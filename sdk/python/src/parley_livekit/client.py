@@ -2,7 +2,7 @@
 
 Unary Connect JSON is ``POST /parley.v1.<Service>/<Method>`` with a JSON
 body; answers are proto JSON (lowerCamel names, int64 as strings), errors
-``{"code": ..., "message": ...}``. Hand-written rather than generated: four
+``{"code": ..., "message": ...}``. Hand-written rather than generated: five
 calls do not justify a protobuf runtime beside livekit-agents' own.
 """
 
@@ -126,6 +126,22 @@ class ItemsPage:
     next_page_token: str = ""
 
 
+@dataclass(frozen=True)
+class ReportSessionResult:
+    """ReportSession's answer: what merging the report's chat history did.
+
+    ``items_replayed`` are the items Parley already had (appended live or
+    by an earlier report), ``items_merged`` those only the report brought,
+    ``items_conflicting`` ids Parley holds with other content (kept as stored).
+    """
+
+    call_id: str
+    reported_at: datetime | None
+    items_merged: int
+    items_replayed: int
+    items_conflicting: int
+
+
 @dataclass
 class _Token:
     value: str = ""
@@ -231,6 +247,24 @@ class ParleyClient:
             first_seq=int(d.get("firstSeq", 0)),
             last_seq=int(d.get("lastSeq", 0)),
             truncated=bool(d.get("truncated")),
+        )
+
+    async def report_session(self, call_id: str, report: dict[str, Any] | str) -> ReportSessionResult:
+        """Files a session report (SessionReport.to_dict(), or its JSON) on call ``call_id``.
+
+        Parley stores it on the call and merges its chat history into the
+        call's conversation by item id, so items appended live are not
+        stored twice; the same report again merges nothing.
+        """
+        report_json = report if isinstance(report, str) else json.dumps(report)
+        d = await self._call("CallService", "ReportSession", {"callId": call_id, "reportJson": report_json})
+        call = d.get("call") or {}
+        return ReportSessionResult(
+            call_id=call.get("id", call_id),
+            reported_at=_timestamp(call.get("reportedAt")),
+            items_merged=int(d.get("itemsMerged", 0)),
+            items_replayed=int(d.get("itemsReplayed", 0)),
+            items_conflicting=int(d.get("itemsConflicting", 0)),
         )
 
     async def list_items(

@@ -4,6 +4,8 @@ The session's event callbacks only turn items into dicts and put them on a
 bounded queue; one task sends them in batches, in order, retrying with
 backoff while Parley is away. Items carry their LiveKit ids, which Parley
 stores exactly once, so a batch resent after a lost answer is a replay.
+At the end the session's report (livekit-agents' SessionReport) is filed
+with ReportSession, whose merge adds only what the live appends missed.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Union
 
 from livekit.agents import llm
 from livekit.agents.voice import Agent, AgentSession
 from livekit.agents.voice.events import ConversationItemAddedEvent, FunctionToolsExecutedEvent
 
-from .client import ParleyClient, ParleyError, item_dicts
+from .client import ParleyClient, ParleyError, ReportSessionResult, item_dicts
 
 logger = logging.getLogger("parley_livekit")
 
@@ -34,6 +37,9 @@ class DispatchMetadata:
     # restore GetChatContext(until_seq=last_seq); 0 is up to the newest.
     last_seq: int = 0
     agent_metadata: str = ""
+    # call_id is the room's id, which is its call's: ReportSession's call.
+    # "" in a dispatch made by a Parley older than the session report.
+    call_id: str = ""
 
     @classmethod
     def parse(cls, metadata: str) -> DispatchMetadata:
@@ -47,7 +53,13 @@ class DispatchMetadata:
             conversation_id=str(d["conversation_id"]),
             last_seq=int(d.get("last_seq") or 0),
             agent_metadata=str(d.get("agent_metadata") or ""),
+            call_id=str(d.get("call_id") or ""),
         )
+
+
+# A report: a SessionReport (anything with to_dict()), its dict or JSON,
+# or a function that makes one, called once the items are flushed.
+Report = Union[Any, dict[str, Any], str, Callable[[], Any]]
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,7 @@ class SessionRecorder:
         conversation_id: str,
         *,
         agent: str = "",
+        call_id: str = "",
         max_queue: int = 10_000,
         batch_size: int = 100,
         batch_bytes: int = 4 << 20,
@@ -79,6 +92,8 @@ class SessionRecorder:
         self.client = client
         self.conversation_id = conversation_id
         self.agent = agent
+        self.call_id = call_id
+        self.report_result: ReportSessionResult | None = None
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue(maxsize=max_queue)
         self._batch_size = batch_size
         self._batch_bytes = batch_bytes
@@ -274,12 +289,20 @@ class SessionRecorder:
                     logger.error("parley: item %s refused, not retried: %s", entry.id, e)
                     break
 
-    async def aclose(self, *, timeout: float = 10.0) -> None:
-        """Appends the final history and flushes, giving up after ``timeout`` seconds."""
+    async def aclose(self, *, timeout: float = 10.0, report: Report | None = None) -> ReportSessionResult | None:
+        """Appends the final history and flushes, then files ``report``; all within ``timeout`` seconds.
+
+        The report goes after the flush, so its merge finds the live items
+        stored and adds only those they missed. Items still unsent at the
+        deadline leave the report unfiled (logged): Parley was away.
+        """
+        deadline = time.monotonic() + timeout
         self._sweep()
         self._closed = True
+        flushed = False
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
+            flushed = True
         except asyncio.TimeoutError:
             logger.error("parley: shutdown deadline passed with %d items unsent", self.pending)
         finally:
@@ -290,6 +313,56 @@ class SessionRecorder:
                 except (asyncio.CancelledError, Exception):
                     pass
                 self._task = None
+        if report is None:
+            return None
+        if not flushed:
+            logger.error("parley: session report of call %s not filed: the shutdown deadline passed", self.call_id)
+            return None
+        return await self.file_report(report, timeout=deadline - time.monotonic())
+
+    async def file_report(self, report: Report, *, timeout: float = 10.0) -> ReportSessionResult | None:
+        """Files a session report on the recorder's call, retrying for ``timeout`` seconds.
+
+        Returns ReportSession's answer (also kept as ``report_result``), or
+        None, logged, when there is no call id, the report cannot be made,
+        Parley refuses it, or the deadline passes.
+        """
+        if not self.call_id:
+            logger.warning("parley: no call id (the dispatch metadata has none); session report not filed")
+            return None
+        try:
+            if callable(report) and not hasattr(report, "to_dict"):
+                report = report()
+            body = report if isinstance(report, (dict, str)) else report.to_dict()
+            report_json = body if isinstance(body, str) else json.dumps(body)
+        except Exception:  # a session that cannot report must still shut down
+            logger.exception("parley: could not make the session report of call %s", self.call_id)
+            return None
+        deadline = time.monotonic() + timeout
+        backoff = 0.2
+        while True:
+            try:
+                got = await asyncio.wait_for(
+                    self.client.report_session(self.call_id, report_json), max(deadline - time.monotonic(), 0.01)
+                )
+                break
+            except (ParleyError, asyncio.TimeoutError) as err:
+                e = err if isinstance(err, ParleyError) else ParleyError("deadline_exceeded", "ReportSession took too long")
+                if not e.retryable:
+                    logger.error("parley: session report of call %s refused: %s", self.call_id, e)
+                    return None
+                wait = e.retry_after or backoff * (0.5 + random.random())
+                if time.monotonic() + wait > deadline:
+                    logger.error("parley: session report of call %s not filed by the deadline: %s", self.call_id, e)
+                    return None
+                await asyncio.sleep(wait)
+                backoff = min(backoff * 2, self._max_backoff)
+        self.report_result = got
+        logger.info(
+            "parley: session report filed on call %s: %d items merged, %d already stored, %d conflicting",
+            self.call_id, got.items_merged, got.items_replayed, got.items_conflicting,
+        )
+        return got
 
 
 async def persist_session(
@@ -301,6 +374,8 @@ async def persist_session(
     conversation_id: str | None = None,
     until_seq: int | None = None,
     agent_name: str = "",
+    call_id: str | None = None,
+    file_report: bool = True,
     restore_timeout: float = 5.0,
     shutdown_timeout: float = 10.0,
 ) -> SessionRecorder:
@@ -309,25 +384,39 @@ async def persist_session(
     The conversation comes from ``conversation_id`` or the job's dispatch
     metadata (``job_ctx``, a livekit.agents.JobContext), whose ``last_seq``
     bounds the restore. With a job context, the final flush runs as one of
-    its shutdown callbacks; without one, ``await recorder.aclose()`` once
-    the session has closed.
+    its shutdown callbacks, and then, unless ``file_report=False``, files
+    the job's session report (``job_ctx.make_session_report(session)``) on
+    the call of the dispatch metadata's ``call_id``, all within
+    ``shutdown_timeout``. Without one, ``await recorder.aclose(report=...)``
+    once the session has closed.
     """
-    if conversation_id is None:
-        if job_ctx is None:
-            raise ValueError("persist_session needs a conversation_id or a job_ctx")
-        md = DispatchMetadata.parse(job_ctx.job.metadata)
-        conversation_id = md.conversation_id
-        if until_seq is None:
-            until_seq = md.last_seq
+    if job_ctx is not None:
+        try:
+            md: DispatchMetadata | None = DispatchMetadata.parse(job_ctx.job.metadata)
+        except ValueError:
+            if conversation_id is None:
+                raise
+            md = None  # the caller names the conversation; the metadata is its own
+        if md is not None and conversation_id in (None, md.conversation_id):
+            conversation_id = md.conversation_id
+            if until_seq is None:
+                until_seq = md.last_seq
+            if call_id is None:
+                call_id = md.call_id
         if not agent_name:
             agent_name = job_ctx.job.agent_name
-    rec = SessionRecorder(client, conversation_id, agent=agent_name)
+    if conversation_id is None:
+        raise ValueError("persist_session needs a conversation_id or a job_ctx")
+    rec = SessionRecorder(client, conversation_id, agent=agent_name, call_id=call_id or "")
+    if file_report and job_ctx is not None and not rec.call_id:
+        logger.warning("parley: the dispatch metadata has no call_id; the session report will not be filed")
     await rec.restore(agent, until_seq=until_seq or 0, timeout=restore_timeout)
     rec.attach(session)
     if job_ctx is not None:
 
-        async def _flush(*_: Any) -> None:
-            await rec.aclose(timeout=shutdown_timeout)
+        async def _shutdown(*_: Any) -> None:
+            report = (lambda: job_ctx.make_session_report(session)) if file_report and rec.call_id else None
+            await rec.aclose(timeout=shutdown_timeout, report=report)
 
-        job_ctx.add_shutdown_callback(_flush)
+        job_ctx.add_shutdown_callback(_shutdown)
     return rec
