@@ -162,6 +162,8 @@ func TestReadmeCurl(t *testing.T) {
 		"/api/v1/conversations/$META_CONV", "/parley.v1.ConversationService/ListConversations",
 		"/parley.v1.ConversationService/AppendItems", "/api/v1/conversations/$CONV/items",
 		"/parley.v1.WebhookService/CreateEndpoint", "/api/v1/webhooks/events",
+		"/api/v1/webhooks/endpoints/$ENDPOINT/deliveries", "/parley.v1.WebhookService/RedeliverParked",
+		"/parley.v1.WebhookService/EnableEndpoint",
 	} {
 		if !covered[path] {
 			t.Errorf("the README's API section has no curl for %s", path)

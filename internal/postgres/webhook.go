@@ -16,7 +16,7 @@ import (
 
 const (
 	// Event types are read back as JSON text: database/sql scans no arrays.
-	webhookEndpointColumns = `id, user_id, url, to_json(event_types)::text, created_at`
+	webhookEndpointColumns = `id, user_id, url, to_json(event_types)::text, created_at, disabled_at, COALESCE(disabled_reason, '')`
 
 	insertWebhookEndpointSQL = `INSERT INTO webhook_endpoints (id, user_id, url, event_types, created_at)
 VALUES ($1::uuid, $2::uuid, $3::text, $4::text[], $5::timestamptz)
@@ -49,6 +49,13 @@ RETURNING ` + webhookEndpointColumns
 	retireWebhookSecretsSQL = `UPDATE webhook_secrets SET expires_at = LEAST(COALESCE(expires_at, $2::timestamptz), $2::timestamptz)
  WHERE endpoint_id = $1::uuid`
 
+	// enableWebhookEndpointSQL clears a disabling; the row lock it takes
+	// makes a disable by a 410 (which updates the row too) wait, or wait
+	// for it, so each sees the other's deliveries.
+	enableWebhookEndpointSQL = `UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL
+ WHERE id = $1::uuid AND user_id = $2::uuid
+RETURNING ` + webhookEndpointColumns
+
 	webhookSecretsSQL = `SELECT secret FROM webhook_secrets
  WHERE endpoint_id = $1::uuid AND (expires_at IS NULL OR expires_at > $2::timestamptz)
  ORDER BY id DESC`
@@ -69,9 +76,11 @@ func NewWebhookStore(db *bun.DB) *WebhookStore { return &WebhookStore{db: db.DB,
 func scanWebhookEndpoint(row interface{ Scan(...any) error }) (webhook.Endpoint, error) {
 	var e webhook.Endpoint
 	var types string
-	if err := row.Scan(&e.ID, &e.UserID, &e.URL, &types, &e.CreatedAt); err != nil {
+	var disabled sql.NullTime
+	if err := row.Scan(&e.ID, &e.UserID, &e.URL, &types, &e.CreatedAt, &disabled, &e.DisabledReason); err != nil {
 		return webhook.Endpoint{}, err
 	}
+	e.DisabledAt = disabled.Time
 	if err := json.Unmarshal([]byte(types), &e.EventTypes); err != nil {
 		return webhook.Endpoint{}, fmt.Errorf("event types %q: %w", types, err)
 	}
@@ -208,4 +217,40 @@ func (s *WebhookStore) Secrets(ctx context.Context, id uuid.UUID, now time.Time)
 		return nil, fmt.Errorf("webhook secrets: %w", err)
 	}
 	return out, nil
+}
+
+// EnableEndpoint implements webhook.Store.
+func (s *WebhookStore) EnableEndpoint(ctx context.Context, id, userID uuid.UUID, now time.Time, redeliver bool) (_ webhook.Endpoint, _ int, err error) {
+	defer markUnavailable(&err)
+	var e webhook.Endpoint
+	var n int64
+	err = inTx(ctx, s.bun, "enable webhook endpoint", func(ctx context.Context, tx bun.Tx) error {
+		// The endpoint as it was, locked: only a disabled one changes.
+		var err error
+		e, err = scanWebhookEndpoint(tx.Tx.QueryRowContext(ctx, getWebhookEndpointSQL+` FOR UPDATE`, id, userID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return webhook.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("lock webhook endpoint: %w", err)
+		}
+		if e.DisabledAt.IsZero() {
+			return nil
+		}
+		if e, err = scanWebhookEndpoint(tx.Tx.QueryRowContext(ctx, enableWebhookEndpointSQL, id, userID)); err != nil {
+			return fmt.Errorf("enable webhook endpoint: %w", err)
+		}
+		if !redeliver {
+			return nil
+		}
+		n, err = execCount(ctx, tx.Tx, redeliverParkedWebhookSQL, id, now)
+		if err != nil {
+			return fmt.Errorf("redeliver parked webhook deliveries: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return webhook.Endpoint{}, 0, err
+	}
+	return e, int(n), nil
 }

@@ -3,10 +3,13 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/webhook"
 )
@@ -26,18 +29,46 @@ const (
 
 	webhookEventOwnedSQL = `SELECT EXISTS (SELECT 1 FROM webhook_events WHERE id = $1::uuid AND user_id = $2::uuid)`
 
-	webhookDeliveriesSQL = `SELECT d.endpoint_id, d.state, d.attempts, d.next_attempt_at, COALESCE(d.last_status, 0), COALESCE(d.last_error, ''), d.finished_at
-  FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
+	webhookDeliveryColumns = `d.id, e.id, e.type, e.created_at, d.endpoint_id, d.state, d.attempts, d.next_attempt_at,
+       COALESCE(d.last_status, 0), COALESCE(d.last_error, ''), d.finished_at
+  FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id`
+
+	webhookDeliveriesSQL = `SELECT ` + webhookDeliveryColumns + `
  WHERE d.event_id = $1::uuid AND e.user_id = $2::uuid
  ORDER BY d.id`
 
-	// redeliverWebhookSQL puts an event's parked deliveries back in their
-	// endpoints' lines, due at $3, with the retry window and backoff
-	// starting again there.
+	// redeliverWebhookSQL puts an event's parked deliveries to enabled
+	// endpoints back in their endpoints' lines, due at $3, with the retry
+	// window and backoff starting again there.
 	redeliverWebhookSQL = `UPDATE webhook_deliveries d
    SET state = 1, next_attempt_at = $3::timestamptz, retry_since = $3::timestamptz, retry_base = d.attempts, finished_at = NULL
-  FROM webhook_events e
- WHERE d.event_id = $1::uuid AND e.id = d.event_id AND e.user_id = $2::uuid AND d.state = 3`
+  FROM webhook_events e, webhook_endpoints p
+ WHERE d.event_id = $1::uuid AND e.id = d.event_id AND e.user_id = $2::uuid AND d.state = 3
+   AND p.id = d.endpoint_id AND p.disabled_at IS NULL`
+
+	// Pages of an endpoint's deliveries in one state, in line order, along
+	// webhook_deliveries_endpoint_state_idx. $1 endpoint, $2 state, $3 the
+	// delivery id the page follows, $4 limit.
+	endpointDeliveriesOldestSQL = `SELECT ` + webhookDeliveryColumns + `
+ WHERE d.endpoint_id = $1::uuid AND d.state = $2::smallint AND d.id > $3::bigint
+ ORDER BY d.id
+ LIMIT $4`
+	endpointDeliveriesNewestSQL = `SELECT ` + webhookDeliveryColumns + `
+ WHERE d.endpoint_id = $1::uuid AND d.state = $2::smallint AND d.id < $3::bigint
+ ORDER BY d.id DESC
+ LIMIT $4`
+
+	// lockWebhookEndpointSharedSQL holds the user's endpoint while its
+	// parked deliveries are redelivered, so that a disable by a 410 (which
+	// updates the row) waits, and then parks them again, or goes first.
+	lockWebhookEndpointSharedSQL = `SELECT disabled_at IS NOT NULL FROM webhook_endpoints WHERE id = $1::uuid AND user_id = $2::uuid FOR SHARE`
+
+	// redeliverParkedWebhookSQL puts every parked delivery of endpoint $1
+	// back in its line (they keep their ids, so their places), due at $2
+	// with a new retry window and backoff.
+	redeliverParkedWebhookSQL = `UPDATE webhook_deliveries d
+   SET state = 1, next_attempt_at = $2::timestamptz, retry_since = $2::timestamptz, retry_base = d.attempts, finished_at = NULL
+ WHERE d.endpoint_id = $1::uuid AND d.state = 3`
 )
 
 const (
@@ -118,18 +149,73 @@ func (s *WebhookStore) Deliveries(ctx context.Context, userID, eventID uuid.UUID
 	defer rows.Close()
 	var out []webhook.DeliveryStatus
 	for rows.Next() {
-		var d webhook.DeliveryStatus
-		var finished sql.NullTime
-		if err := rows.Scan(&d.EndpointID, &d.State, &d.Attempts, &d.NextAttemptAt, &d.LastStatus, &d.LastError, &finished); err != nil {
+		d, err := scanWebhookDelivery(rows)
+		if err != nil {
 			return nil, fmt.Errorf("list webhook deliveries: %w", err)
 		}
-		d.FinishedAt = finished.Time
 		out = append(out, d)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list webhook deliveries: %w", err)
 	}
 	return out, nil
+}
+
+func scanWebhookDelivery(rows *sql.Rows) (webhook.DeliveryStatus, error) {
+	var d webhook.DeliveryStatus
+	var finished sql.NullTime
+	err := rows.Scan(&d.ID, &d.EventID, &d.EventType, &d.EventCreatedAt, &d.EndpointID, &d.State, &d.Attempts, &d.NextAttemptAt, &d.LastStatus, &d.LastError, &finished)
+	d.FinishedAt = finished.Time
+	return d, err
+}
+
+// EndpointDeliveries implements webhook.EventStore.
+func (s *WebhookStore) EndpointDeliveries(ctx context.Context, userID uuid.UUID, r webhook.DeliveryRange) (_ []webhook.DeliveryStatus, err error) {
+	defer markUnavailable(&err)
+	if _, err := s.Endpoint(ctx, r.EndpointID, userID); err != nil {
+		return nil, err
+	}
+	query, after := endpointDeliveriesOldestSQL, r.After
+	if !r.OldestFirst {
+		query = endpointDeliveriesNewestSQL
+		if after == 0 {
+			after = math.MaxInt64
+		}
+	}
+	return readRows(ctx, s.db, "list webhook endpoint deliveries", r.Limit, scanWebhookDelivery, query, r.EndpointID, int(r.State), after, r.Limit)
+}
+
+// RedeliverParked implements webhook.EventStore.
+func (s *WebhookStore) RedeliverParked(ctx context.Context, userID, endpointID uuid.UUID, now time.Time) (_ int, err error) {
+	defer markUnavailable(&err)
+	var n int64
+	err = inTx(ctx, s.bun, "redeliver parked webhook deliveries", func(ctx context.Context, tx bun.Tx) error {
+		var disabled bool
+		err := tx.Tx.QueryRowContext(ctx, lockWebhookEndpointSharedSQL, endpointID, userID).Scan(&disabled)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return webhook.ErrNotFound
+		case err != nil:
+			return fmt.Errorf("lock webhook endpoint: %w", err)
+		case disabled:
+			return webhook.ErrEndpointDisabled
+		}
+		n, err = execCount(ctx, tx.Tx, redeliverParkedWebhookSQL, endpointID, now)
+		if err != nil {
+			return fmt.Errorf("redeliver parked webhook deliveries: %w", err)
+		}
+		return nil
+	})
+	return int(n), err
+}
+
+// execCount runs a statement and returns how many rows it changed.
+func execCount(ctx context.Context, tx *sql.Tx, query string, args ...any) (int64, error) {
+	res, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // Redeliver implements webhook.EventStore.

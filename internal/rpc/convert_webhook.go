@@ -7,10 +7,12 @@ import (
 
 func webhookEndpointToProto(e webhook.Endpoint) *parleyv1.WebhookEndpoint {
 	return &parleyv1.WebhookEndpoint{
-		Id:         e.ID.String(),
-		Url:        e.URL,
-		EventTypes: e.EventTypes,
-		CreatedAt:  timestamp(e.CreatedAt),
+		Id:             e.ID.String(),
+		Url:            e.URL,
+		EventTypes:     e.EventTypes,
+		CreatedAt:      timestamp(e.CreatedAt),
+		DisabledAt:     timestamp(e.DisabledAt),
+		DisabledReason: e.DisabledReason,
 	}
 }
 
@@ -45,14 +47,28 @@ func webhookDeliveriesToProto(ds []webhook.DeliveryStatus) []*parleyv1.WebhookDe
 	out := make([]*parleyv1.WebhookDelivery, len(ds))
 	for i, d := range ds {
 		out[i] = &parleyv1.WebhookDelivery{
-			EndpointId:    d.EndpointID.String(),
-			State:         deliveryStates[d.State],
-			Attempts:      int32(d.Attempts),
-			NextAttemptAt: timestamp(d.NextAttemptAt),
-			LastStatus:    int32(d.LastStatus),
-			LastError:     d.LastError,
-			FinishedAt:    timestamp(d.FinishedAt),
+			EndpointId:     d.EndpointID.String(),
+			State:          deliveryStates[d.State],
+			Attempts:       int32(d.Attempts),
+			NextAttemptAt:  timestamp(d.NextAttemptAt),
+			LastStatus:     int32(d.LastStatus),
+			LastError:      d.LastError,
+			FinishedAt:     timestamp(d.FinishedAt),
+			EventId:        d.EventID.String(),
+			EventType:      d.EventType,
+			EventCreatedAt: timestamp(d.EventCreatedAt),
 		}
 	}
 	return out
+}
+
+// deliveryStateFromProto is deliveryStates backwards; an unknown state is
+// 0, which the domain refuses.
+func deliveryStateFromProto(s parleyv1.DeliveryState) webhook.DeliveryState {
+	for d, p := range deliveryStates {
+		if p == s {
+			return d
+		}
+	}
+	return 0
 }

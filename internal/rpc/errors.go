@@ -69,6 +69,7 @@ var errorCodes = []struct {
 	// endpoint is deleted.
 	{webhook.ErrTooManyEndpoints, connect.CodeFailedPrecondition},
 	{webhook.ErrNothingToRedeliver, connect.CodeFailedPrecondition},
+	{webhook.ErrEndpointDisabled, connect.CodeFailedPrecondition},
 	{webhook.ErrInvalidCursor, connect.CodeInvalidArgument},
 
 	// rpc's own

@@ -151,3 +151,61 @@ func (s *WebhookServer) Redeliver(ctx context.Context, req *connect.Request[parl
 	}
 	return connect.NewResponse(&parleyv1.RedeliverResponse{Redelivered: int32(n)}), nil
 }
+
+// ListEndpointDeliveries lists one of the caller's endpoints' deliveries
+// in one state, across its events.
+func (s *WebhookServer) ListEndpointDeliveries(ctx context.Context, req *connect.Request[parleyv1.ListEndpointDeliveriesRequest]) (*connect.Response[parleyv1.ListEndpointDeliveriesResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	id, err := parseUUID("endpoint_id", req.Msg.GetEndpointId())
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	page, err := s.events.ListEndpointDeliveries(ctx, p, webhook.DeliveryQuery{
+		EndpointID: id, State: deliveryStateFromProto(req.Msg.GetState()),
+		OldestFirst: req.Msg.GetOrder() == parleyv1.Order_ORDER_OLDEST_FIRST,
+		PageSize:    int(req.Msg.GetPageSize()), PageToken: req.Msg.GetPageToken(),
+	})
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.ListEndpointDeliveriesResponse{Deliveries: webhookDeliveriesToProto(page.Deliveries), NextPageToken: page.NextPageToken}), nil
+}
+
+// RedeliverParked retries every parked delivery of one of the caller's
+// endpoints, in order.
+func (s *WebhookServer) RedeliverParked(ctx context.Context, req *connect.Request[parleyv1.RedeliverParkedRequest]) (*connect.Response[parleyv1.RedeliverParkedResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	id, err := parseUUID("endpoint_id", req.Msg.GetEndpointId())
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	n, err := s.events.RedeliverParked(ctx, p, id)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.RedeliverParkedResponse{Redelivered: int32(n)}), nil
+}
+
+// EnableEndpoint re-enables one of the caller's endpoints that a 410
+// disabled, redelivering its parked deliveries unless asked not to.
+func (s *WebhookServer) EnableEndpoint(ctx context.Context, req *connect.Request[parleyv1.EnableEndpointRequest]) (*connect.Response[parleyv1.EnableEndpointResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	id, err := parseUUID("endpoint_id", req.Msg.GetEndpointId())
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	e, n, err := s.endpoints.EnableEndpoint(ctx, p, id, req.Msg.GetKeepParked())
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&parleyv1.EnableEndpointResponse{Endpoint: webhookEndpointToProto(e), Redelivered: int32(n)}), nil
+}

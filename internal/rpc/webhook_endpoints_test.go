@@ -253,6 +253,18 @@ func TestWebhookRefusals(t *testing.T) {
 			_, err := c.Redeliver(ctx, as(agent, &parleyv1.RedeliverRequest{EventId: uuid.NewString()}))
 			return err
 		},
+		"ListEndpointDeliveries": func() error {
+			_, err := c.ListEndpointDeliveries(ctx, as(agent, &parleyv1.ListEndpointDeliveriesRequest{EndpointId: id, State: parleyv1.DeliveryState_DELIVERY_STATE_PARKED}))
+			return err
+		},
+		"RedeliverParked": func() error {
+			_, err := c.RedeliverParked(ctx, as(agent, &parleyv1.RedeliverParkedRequest{EndpointId: id}))
+			return err
+		},
+		"EnableEndpoint": func() error {
+			_, err := c.EnableEndpoint(ctx, as(agent, &parleyv1.EnableEndpointRequest{EndpointId: id}))
+			return err
+		},
 	} {
 		if err := call(); codeOf(err) != connect.CodePermissionDenied {
 			t.Errorf("agent's %s: %v, want permission_denied", name, err)
@@ -336,7 +348,8 @@ func TestWebhookEndpointAllowHTTP(t *testing.T) {
 }
 
 // The REST paths reach the same handlers: register, read, list, rotate,
-// delete, and replay events, as curl would.
+// delete, replay events, list an endpoint's deliveries, redeliver its
+// parked ones and enable it, as curl would.
 func TestWebhookRESTPaths(t *testing.T) {
 	a := newTestAPI(t, apiOptions{})
 	token := register(t, a.url)
@@ -358,6 +371,17 @@ func TestWebhookRESTPaths(t *testing.T) {
 	if status, _, out := restCall(t, http.MethodGet, base+"/events?limit=10", token, ""); status != http.StatusOK || len(out) != 0 {
 		t.Fatalf("GET events: %d %v", status, out)
 	}
+	if status, _, out := restCall(t, http.MethodGet, base+"/endpoints/"+id+"/deliveries?state=DELIVERY_STATE_PARKED&order=ORDER_OLDEST_FIRST&limit=10", token, ""); status != http.StatusOK || len(out) != 0 {
+		t.Fatalf("GET endpoint deliveries: %d %v", status, out)
+	}
+	if status, _, out := restCall(t, http.MethodPost, base+"/endpoints/"+id+"/redeliver", token, `{}`); status != http.StatusOK || len(out) != 0 {
+		t.Fatalf("POST redeliver: %d %v", status, out)
+	}
+	if status, _, out := restCall(t, http.MethodPost, base+"/endpoints/"+id+"/enable", token, `{}`); status != http.StatusOK || out["endpoint"].(map[string]any)["id"] != id {
+		t.Fatalf("POST enable: %d %v", status, out)
+	}
+	status, _, out = restCall(t, http.MethodGet, base+"/endpoints/"+id+"/deliveries", token, "")
+	wantError(t, "GET endpoint deliveries without a state", status, out, http.StatusBadRequest, connect.CodeInvalidArgument)
 	status, _, out = restCall(t, http.MethodGet, base+"/events/"+uuid.NewString()+"/deliveries", token, "")
 	wantError(t, "GET unknown event's deliveries", status, out, http.StatusNotFound, connect.CodeNotFound)
 	status, _, out = restCall(t, http.MethodPost, base+"/endpoints", token, `{"url":"http://127.0.0.1/hooks","eventTypes":["report.ready"]}`)

@@ -115,6 +115,9 @@ type Outcome struct {
 	Status        int
 	Error         string
 	At            time.Time
+	// Disable, set with Park, says why the endpoint is to be disabled: it
+	// answered 410 Gone. Its pending deliveries are parked with this one.
+	Disable string
 }
 
 // Outbox is the store's queue of deliveries, filled in the transactions of
@@ -127,10 +130,16 @@ type Outbox interface {
 	ClaimDeliveries(ctx context.Context, now time.Time, limit int, lease time.Duration) ([]Delivery, error)
 	// FinishDelivery records o for d if d's lease is still the latest claim
 	// of it; a stale lease's outcome is dropped (the newer claim decides).
+	// An outcome with Disable also disables d's endpoint and parks its
+	// pending deliveries, in the same transaction. A disabled endpoint's
+	// deliveries are never claimed.
 	FinishDelivery(ctx context.Context, d Delivery, o Outcome) error
 	// Secrets returns the secrets that sign the endpoint's deliveries at now.
 	Secrets(ctx context.Context, endpointID uuid.UUID, now time.Time) ([]Secret, error)
 }
+
+// statusGone is HTTP's 410 Gone, which disables an endpoint.
+const statusGone = 410
 
 // Retry schedule: exponential from FirstRetryDelay, capped at
 // MaxRetryDelay, each delay jittered to between half and all of itself,
@@ -278,7 +287,12 @@ func (d *Dispatcher) deliver(ctx context.Context, del Delivery) error {
 			o.Error = fmt.Sprintf("answered %d: %.200s", resp.Status, resp.Body)
 		}
 		o.NextAttemptAt, o.Park = NextAttempt(del.RetrySince, at, del.RetryAttempt, d.opts.Jitter())
-		if o.Park {
+		if err == nil && resp.Status == statusGone {
+			// Standard Webhooks: 410 means the receiver wants no more.
+			o.NextAttemptAt, o.Park = time.Time{}, true
+			o.Disable = fmt.Sprintf("answered 410 Gone to event %s", del.Event.ID)
+			d.opts.Log.WarnContext(ctx, "webhook endpoint disabled", slog.String("endpoint", del.EndpointID.String()), slog.String("reason", o.Disable))
+		} else if o.Park {
 			d.opts.Log.WarnContext(ctx, "webhook delivery parked", slog.Int64("delivery", del.ID),
 				slog.String("endpoint", del.EndpointID.String()), slog.Int("attempts", del.Attempt), slog.String("error", o.Error))
 		}

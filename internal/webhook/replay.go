@@ -98,10 +98,16 @@ func (s DeliveryState) String() string {
 
 // DeliveryStatus is what became of an event at one endpoint.
 type DeliveryStatus struct {
-	EndpointID    uuid.UUID
-	State         DeliveryState
-	Attempts      int
-	NextAttemptAt time.Time
+	// ID is the delivery's place in its endpoint's line: an endpoint's
+	// deliveries go out in ID order.
+	ID             int64
+	EventID        uuid.UUID
+	EventType      string
+	EventCreatedAt time.Time
+	EndpointID     uuid.UUID
+	State          DeliveryState
+	Attempts       int
+	NextAttemptAt  time.Time
 	// LastStatus is the last answer's HTTP status (0: none came).
 	LastStatus int
 	LastError  string
@@ -117,10 +123,18 @@ type EventStore interface {
 	// Deliveries returns the deliveries of the user's event, or
 	// ErrEventNotFound.
 	Deliveries(ctx context.Context, userID, eventID uuid.UUID) ([]DeliveryStatus, error)
-	// Redeliver makes the event's parked deliveries pending again, due at
-	// now with a new retry window, and returns how many; ErrEventNotFound if
-	// the user has no such event.
+	// Redeliver makes the event's parked deliveries to enabled endpoints
+	// pending again, due at now with a new retry window, and returns how
+	// many; ErrEventNotFound if the user has no such event.
 	Redeliver(ctx context.Context, userID, eventID uuid.UUID, now time.Time) (int, error)
+	// EndpointDeliveries returns up to r.Limit of the deliveries in r, or
+	// ErrNotFound if the user has no such endpoint.
+	EndpointDeliveries(ctx context.Context, userID uuid.UUID, r DeliveryRange) ([]DeliveryStatus, error)
+	// RedeliverParked makes every parked delivery of the user's endpoint
+	// pending again, due at now with a new retry window, in one
+	// transaction, and returns how many; ErrNotFound if the user has no
+	// such endpoint, ErrEndpointDisabled if it is disabled.
+	RedeliverParked(ctx context.Context, userID, endpointID uuid.UUID, now time.Time) (int, error)
 	// PruneEvents deletes the events created before before that have no
 	// pending delivery, with their deliveries, and returns how many.
 	PruneEvents(ctx context.Context, before time.Time) (int64, error)

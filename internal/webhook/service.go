@@ -48,6 +48,12 @@ type Store interface {
 	// Secrets returns the secrets that sign the endpoint's deliveries at
 	// now, newest first.
 	Secrets(ctx context.Context, id uuid.UUID, now time.Time) ([]Secret, error)
+	// EnableEndpoint clears the user's endpoint's disabling and, if
+	// redeliver, makes its parked deliveries pending again, due at now
+	// with a new retry window, in one transaction; it returns the endpoint
+	// and how many it redelivered. An enabled endpoint is returned
+	// unchanged with 0; ErrNotFound if the user has no such endpoint.
+	EnableEndpoint(ctx context.Context, id, userID uuid.UUID, now time.Time, redeliver bool) (Endpoint, int, error)
 }
 
 // Options are the optional settings of a Service.
@@ -164,4 +170,17 @@ func (s *Service) RotateSecret(ctx context.Context, p auth.Principal, id uuid.UU
 		return Secret{}, err
 	}
 	return secret, nil
+}
+
+// EnableEndpoint re-enables one of the caller's endpoints that a 410 Gone
+// disabled and, unless keepParked, puts every parked delivery of it back
+// in its line in the same transaction: they keep their places, so they go
+// out oldest first and nothing newer overtakes them. It returns the
+// endpoint and how many deliveries it redelivered; an enabled endpoint is
+// left as it is.
+func (s *Service) EnableEndpoint(ctx context.Context, p auth.Principal, id uuid.UUID, keepParked bool) (Endpoint, int, error) {
+	if err := auth.UserOnly(p); err != nil {
+		return Endpoint{}, 0, err
+	}
+	return s.store.EnableEndpoint(ctx, id, p.ID, s.now(), !keepParked)
 }

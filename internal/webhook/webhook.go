@@ -1,7 +1,8 @@
 // Package webhook is Parley's outbound webhooks: the endpoints customers
 // register, their signing secrets and rotation, the events they subscribe
 // to, and the delivery rules (at least once, in order per endpoint,
-// retried with backoff for at least RetryWindow, then parked). How a
+// retried with backoff for at least RetryWindow, then parked; an endpoint
+// that answers 410 Gone is disabled until re-enabled). How a
 // delivery looks on the wire (Standard Webhooks) and which addresses it
 // may reach are the adapter's (internal/webhookhttp); the outbox and its
 // leases are the store's.
@@ -61,6 +62,12 @@ type Endpoint struct {
 	// EventTypes are the types delivered to it, sorted, without repeats.
 	EventTypes []string
 	CreatedAt  time.Time
+	// DisabledAt is when the endpoint was disabled (it answered 410 Gone);
+	// zero while it is enabled. A disabled endpoint's events are recorded
+	// and their deliveries parked, never attempted, until EnableEndpoint.
+	DisabledAt time.Time
+	// DisabledReason says why, while DisabledAt is set.
+	DisabledReason string
 }
 
 // Subscribes reports whether e receives events of type t.

@@ -85,10 +85,17 @@ type WebhookEndpoint struct {
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Url   string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
 	// event_types are the types delivered to it, sorted, without repeats.
-	EventTypes    []string               `protobuf:"bytes,3,rep,name=event_types,json=eventTypes,proto3" json:"event_types,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	EventTypes []string               `protobuf:"bytes,3,rep,name=event_types,json=eventTypes,proto3" json:"event_types,omitempty"`
+	CreatedAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// disabled_at is set while the endpoint is disabled: it answered 410
+	// Gone, which Standard Webhooks reads as "stop sending". Its events are
+	// still recorded, their deliveries parked and not attempted, until
+	// EnableEndpoint.
+	DisabledAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=disabled_at,json=disabledAt,proto3" json:"disabled_at,omitempty"`
+	// disabled_reason says why, while disabled_at is set.
+	DisabledReason string `protobuf:"bytes,6,opt,name=disabled_reason,json=disabledReason,proto3" json:"disabled_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *WebhookEndpoint) Reset() {
@@ -147,6 +154,20 @@ func (x *WebhookEndpoint) GetCreatedAt() *timestamppb.Timestamp {
 		return x.CreatedAt
 	}
 	return nil
+}
+
+func (x *WebhookEndpoint) GetDisabledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DisabledAt
+	}
+	return nil
+}
+
+func (x *WebhookEndpoint) GetDisabledReason() string {
+	if x != nil {
+		return x.DisabledReason
+	}
+	return ""
 }
 
 type CreateEndpointRequest struct {
@@ -826,9 +847,13 @@ type WebhookDelivery struct {
 	LastStatus int32  `protobuf:"varint,5,opt,name=last_status,json=lastStatus,proto3" json:"last_status,omitempty"`
 	LastError  string `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// finished_at is when it was delivered or parked; unset while pending.
-	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// event_id, event_type and event_created_at are the delivered event's.
+	EventId        string                 `protobuf:"bytes,8,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	EventType      string                 `protobuf:"bytes,9,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	EventCreatedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=event_created_at,json=eventCreatedAt,proto3" json:"event_created_at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *WebhookDelivery) Reset() {
@@ -906,6 +931,27 @@ func (x *WebhookDelivery) GetLastError() string {
 func (x *WebhookDelivery) GetFinishedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *WebhookDelivery) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *WebhookDelivery) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *WebhookDelivery) GetEventCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EventCreatedAt
 	}
 	return nil
 }
@@ -1087,18 +1133,351 @@ func (x *RedeliverResponse) GetRedelivered() int32 {
 	return 0
 }
 
+type ListEndpointDeliveriesRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	EndpointId string                 `protobuf:"bytes,1,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	// state is the one state listed: pending, delivered or parked.
+	State DeliveryState `protobuf:"varint,2,opt,name=state,proto3,enum=parley.v1.DeliveryState" json:"state,omitempty"`
+	// order defaults to ORDER_NEWEST_FIRST.
+	Order Order `protobuf:"varint,3,opt,name=order,proto3,enum=parley.v1.Order" json:"order,omitempty"`
+	// page_size defaults to 50.
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is a previous answer's next_page_token, for the same state
+	// and order.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEndpointDeliveriesRequest) Reset() {
+	*x = ListEndpointDeliveriesRequest{}
+	mi := &file_parley_v1_webhook_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEndpointDeliveriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEndpointDeliveriesRequest) ProtoMessage() {}
+
+func (x *ListEndpointDeliveriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_webhook_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEndpointDeliveriesRequest.ProtoReflect.Descriptor instead.
+func (*ListEndpointDeliveriesRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_webhook_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListEndpointDeliveriesRequest) GetEndpointId() string {
+	if x != nil {
+		return x.EndpointId
+	}
+	return ""
+}
+
+func (x *ListEndpointDeliveriesRequest) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+func (x *ListEndpointDeliveriesRequest) GetOrder() Order {
+	if x != nil {
+		return x.Order
+	}
+	return Order_ORDER_UNSPECIFIED
+}
+
+func (x *ListEndpointDeliveriesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListEndpointDeliveriesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListEndpointDeliveriesResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Deliveries []*WebhookDelivery     `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	// next_page_token is empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEndpointDeliveriesResponse) Reset() {
+	*x = ListEndpointDeliveriesResponse{}
+	mi := &file_parley_v1_webhook_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEndpointDeliveriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEndpointDeliveriesResponse) ProtoMessage() {}
+
+func (x *ListEndpointDeliveriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_webhook_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEndpointDeliveriesResponse.ProtoReflect.Descriptor instead.
+func (*ListEndpointDeliveriesResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_webhook_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListEndpointDeliveriesResponse) GetDeliveries() []*WebhookDelivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
+func (x *ListEndpointDeliveriesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type RedeliverParkedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EndpointId    string                 `protobuf:"bytes,1,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeliverParkedRequest) Reset() {
+	*x = RedeliverParkedRequest{}
+	mi := &file_parley_v1_webhook_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeliverParkedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeliverParkedRequest) ProtoMessage() {}
+
+func (x *RedeliverParkedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_webhook_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeliverParkedRequest.ProtoReflect.Descriptor instead.
+func (*RedeliverParkedRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_webhook_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RedeliverParkedRequest) GetEndpointId() string {
+	if x != nil {
+		return x.EndpointId
+	}
+	return ""
+}
+
+type RedeliverParkedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// redelivered counts the parked deliveries made pending again.
+	Redelivered   int32 `protobuf:"varint,1,opt,name=redelivered,proto3" json:"redelivered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeliverParkedResponse) Reset() {
+	*x = RedeliverParkedResponse{}
+	mi := &file_parley_v1_webhook_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeliverParkedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeliverParkedResponse) ProtoMessage() {}
+
+func (x *RedeliverParkedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_webhook_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeliverParkedResponse.ProtoReflect.Descriptor instead.
+func (*RedeliverParkedResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_webhook_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RedeliverParkedResponse) GetRedelivered() int32 {
+	if x != nil {
+		return x.Redelivered
+	}
+	return 0
+}
+
+type EnableEndpointRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	EndpointId string                 `protobuf:"bytes,1,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	// keep_parked leaves the parked deliveries parked (RedeliverParked can
+	// still send them later, after whatever came meanwhile).
+	KeepParked    bool `protobuf:"varint,2,opt,name=keep_parked,json=keepParked,proto3" json:"keep_parked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableEndpointRequest) Reset() {
+	*x = EnableEndpointRequest{}
+	mi := &file_parley_v1_webhook_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableEndpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableEndpointRequest) ProtoMessage() {}
+
+func (x *EnableEndpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_webhook_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableEndpointRequest.ProtoReflect.Descriptor instead.
+func (*EnableEndpointRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_webhook_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *EnableEndpointRequest) GetEndpointId() string {
+	if x != nil {
+		return x.EndpointId
+	}
+	return ""
+}
+
+func (x *EnableEndpointRequest) GetKeepParked() bool {
+	if x != nil {
+		return x.KeepParked
+	}
+	return false
+}
+
+type EnableEndpointResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Endpoint *WebhookEndpoint       `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// redelivered counts the parked deliveries made pending again.
+	Redelivered   int32 `protobuf:"varint,2,opt,name=redelivered,proto3" json:"redelivered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableEndpointResponse) Reset() {
+	*x = EnableEndpointResponse{}
+	mi := &file_parley_v1_webhook_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableEndpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableEndpointResponse) ProtoMessage() {}
+
+func (x *EnableEndpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_webhook_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableEndpointResponse.ProtoReflect.Descriptor instead.
+func (*EnableEndpointResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_webhook_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *EnableEndpointResponse) GetEndpoint() *WebhookEndpoint {
+	if x != nil {
+		return x.Endpoint
+	}
+	return nil
+}
+
+func (x *EnableEndpointResponse) GetRedelivered() int32 {
+	if x != nil {
+		return x.Redelivered
+	}
+	return 0
+}
+
 var File_parley_v1_webhook_proto protoreflect.FileDescriptor
 
 const file_parley_v1_webhook_proto_rawDesc = "" +
 	"\n" +
-	"\x17parley/v1/webhook.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n" +
+	"\x17parley/v1/webhook.proto\x12\tparley.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cparley/v1/conversation.proto\"\xf5\x01\n" +
 	"\x0fWebhookEndpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x1f\n" +
 	"\vevent_types\x18\x03 \x03(\tR\n" +
 	"eventTypes\x129\n" +
 	"\n" +
-	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xce\x01\n" +
+	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12;\n" +
+	"\vdisabled_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"disabledAt\x12'\n" +
+	"\x0fdisabled_reason\x18\x06 \x01(\tR\x0edisabledReason\"\xce\x01\n" +
 	"\x15CreateEndpointRequest\x12\x1f\n" +
 	"\x03url\x18\x01 \x01(\tB\r\xbaH\n" +
 	"r\b\x10\x01(\x80\x10\x88\x01\x01R\x03url\x12\x93\x01\n" +
@@ -1143,7 +1522,7 @@ const file_parley_v1_webhook_proto_rawDesc = "" +
 	"\xbaH\a\x1a\x05\x18\xf4\x03(\x00R\bpageSize\"]\n" +
 	"\x12ListEventsResponse\x12/\n" +
 	"\x06events\x18\x01 \x03(\v2\x17.parley.v1.WebhookEventR\x06events\x12\x16\n" +
-	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"\xbf\x02\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"\xbf\x03\n" +
 	"\x0fWebhookDelivery\x12\x1f\n" +
 	"\vendpoint_id\x18\x01 \x01(\tR\n" +
 	"endpointId\x12.\n" +
@@ -1155,7 +1534,12 @@ const file_parley_v1_webhook_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x06 \x01(\tR\tlastError\x12;\n" +
 	"\vfinished_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"finishedAt\"<\n" +
+	"finishedAt\x12\x19\n" +
+	"\bevent_id\x18\b \x01(\tR\aeventId\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\t \x01(\tR\teventType\x12D\n" +
+	"\x10event_created_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x0eeventCreatedAt\"<\n" +
 	"\x15ListDeliveriesRequest\x12#\n" +
 	"\bevent_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aeventId\"T\n" +
 	"\x16ListDeliveriesResponse\x12:\n" +
@@ -1165,12 +1549,40 @@ const file_parley_v1_webhook_proto_rawDesc = "" +
 	"\x10RedeliverRequest\x12#\n" +
 	"\bevent_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\aeventId\"5\n" +
 	"\x11RedeliverResponse\x12 \n" +
-	"\vredelivered\x18\x01 \x01(\x05R\vredelivered*\x84\x01\n" +
+	"\vredelivered\x18\x01 \x01(\x05R\vredelivered\"\x89\x02\n" +
+	"\x1dListEndpointDeliveriesRequest\x12)\n" +
+	"\vendpoint_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\n" +
+	"endpointId\x12:\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x18.parley.v1.DeliveryStateB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\x05state\x120\n" +
+	"\x05order\x18\x03 \x01(\x0e2\x10.parley.v1.OrderB\b\xbaH\x05\x82\x01\x02\x10\x01R\x05order\x12'\n" +
+	"\tpage_size\x18\x04 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xc8\x01(\x00R\bpageSize\x12&\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tB\a\xbaH\x04r\x02\x18@R\tpageToken\"\x84\x01\n" +
+	"\x1eListEndpointDeliveriesResponse\x12:\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x1a.parley.v1.WebhookDeliveryR\n" +
+	"deliveries\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"C\n" +
+	"\x16RedeliverParkedRequest\x12)\n" +
+	"\vendpoint_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\n" +
+	"endpointId\";\n" +
+	"\x17RedeliverParkedResponse\x12 \n" +
+	"\vredelivered\x18\x01 \x01(\x05R\vredelivered\"c\n" +
+	"\x15EnableEndpointRequest\x12)\n" +
+	"\vendpoint_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\n" +
+	"endpointId\x12\x1f\n" +
+	"\vkeep_parked\x18\x02 \x01(\bR\n" +
+	"keepParked\"r\n" +
+	"\x16EnableEndpointResponse\x126\n" +
+	"\bendpoint\x18\x01 \x01(\v2\x1a.parley.v1.WebhookEndpointR\bendpoint\x12 \n" +
+	"\vredelivered\x18\x02 \x01(\x05R\vredelivered*\x84\x01\n" +
 	"\rDeliveryState\x12\x1e\n" +
 	"\x1aDELIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DELIVERY_STATE_PENDING\x10\x01\x12\x1c\n" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x02\x12\x19\n" +
-	"\x15DELIVERY_STATE_PARKED\x10\x032\xae\b\n" +
+	"\x15DELIVERY_STATE_PARKED\x10\x032\x8c\f\n" +
 	"\x0eWebhookService\x12|\n" +
 	"\x0eCreateEndpoint\x12 .parley.v1.CreateEndpointRequest\x1a!.parley.v1.CreateEndpointResponse\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/api/v1/webhooks/endpoints\x12y\n" +
 	"\rListEndpoints\x12\x1f.parley.v1.ListEndpointsRequest\x1a .parley.v1.ListEndpointsResponse\"%\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/webhooks/endpoints\x90\x02\x01\x12\x81\x01\n" +
@@ -1180,7 +1592,10 @@ const file_parley_v1_webhook_proto_rawDesc = "" +
 	"\n" +
 	"ListEvents\x12\x1c.parley.v1.ListEventsRequest\x1a\x1d.parley.v1.ListEventsResponse\"\"\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/webhooks/events\x90\x02\x01\x12\x8f\x01\n" +
 	"\x0eListDeliveries\x12 .parley.v1.ListDeliveriesRequest\x1a!.parley.v1.ListDeliveriesResponse\"8\x82\xd3\xe4\x93\x02/\x12-/api/v1/webhooks/events/{event_id}/deliveries\x90\x02\x01\x12\x7f\n" +
-	"\tRedeliver\x12\x1b.parley.v1.RedeliverRequest\x1a\x1c.parley.v1.RedeliverResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/api/v1/webhooks/events/{event_id}/redeliverB>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
+	"\tRedeliver\x12\x1b.parley.v1.RedeliverRequest\x1a\x1c.parley.v1.RedeliverResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/api/v1/webhooks/events/{event_id}/redeliver\x12\xad\x01\n" +
+	"\x16ListEndpointDeliveries\x12(.parley.v1.ListEndpointDeliveriesRequest\x1a).parley.v1.ListEndpointDeliveriesResponse\">\x82\xd3\xe4\x93\x025\x123/api/v1/webhooks/endpoints/{endpoint_id}/deliveries\x90\x02\x01\x12\x97\x01\n" +
+	"\x0fRedeliverParked\x12!.parley.v1.RedeliverParkedRequest\x1a\".parley.v1.RedeliverParkedResponse\"=\x82\xd3\xe4\x93\x027:\x01*\"2/api/v1/webhooks/endpoints/{endpoint_id}/redeliver\x12\x91\x01\n" +
+	"\x0eEnableEndpoint\x12 .parley.v1.EnableEndpointRequest\x1a!.parley.v1.EnableEndpointResponse\":\x82\xd3\xe4\x93\x024:\x01*\"//api/v1/webhooks/endpoints/{endpoint_id}/enableB>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
 	file_parley_v1_webhook_proto_rawDescOnce sync.Once
@@ -1195,64 +1610,83 @@ func file_parley_v1_webhook_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_webhook_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_parley_v1_webhook_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_parley_v1_webhook_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_parley_v1_webhook_proto_goTypes = []any{
-	(DeliveryState)(0),             // 0: parley.v1.DeliveryState
-	(*WebhookEndpoint)(nil),        // 1: parley.v1.WebhookEndpoint
-	(*CreateEndpointRequest)(nil),  // 2: parley.v1.CreateEndpointRequest
-	(*CreateEndpointResponse)(nil), // 3: parley.v1.CreateEndpointResponse
-	(*ListEndpointsRequest)(nil),   // 4: parley.v1.ListEndpointsRequest
-	(*ListEndpointsResponse)(nil),  // 5: parley.v1.ListEndpointsResponse
-	(*GetEndpointRequest)(nil),     // 6: parley.v1.GetEndpointRequest
-	(*GetEndpointResponse)(nil),    // 7: parley.v1.GetEndpointResponse
-	(*DeleteEndpointRequest)(nil),  // 8: parley.v1.DeleteEndpointRequest
-	(*DeleteEndpointResponse)(nil), // 9: parley.v1.DeleteEndpointResponse
-	(*RotateSecretRequest)(nil),    // 10: parley.v1.RotateSecretRequest
-	(*RotateSecretResponse)(nil),   // 11: parley.v1.RotateSecretResponse
-	(*WebhookEvent)(nil),           // 12: parley.v1.WebhookEvent
-	(*ListEventsRequest)(nil),      // 13: parley.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),     // 14: parley.v1.ListEventsResponse
-	(*WebhookDelivery)(nil),        // 15: parley.v1.WebhookDelivery
-	(*ListDeliveriesRequest)(nil),  // 16: parley.v1.ListDeliveriesRequest
-	(*ListDeliveriesResponse)(nil), // 17: parley.v1.ListDeliveriesResponse
-	(*RedeliverRequest)(nil),       // 18: parley.v1.RedeliverRequest
-	(*RedeliverResponse)(nil),      // 19: parley.v1.RedeliverResponse
-	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 21: google.protobuf.Duration
+	(DeliveryState)(0),                     // 0: parley.v1.DeliveryState
+	(*WebhookEndpoint)(nil),                // 1: parley.v1.WebhookEndpoint
+	(*CreateEndpointRequest)(nil),          // 2: parley.v1.CreateEndpointRequest
+	(*CreateEndpointResponse)(nil),         // 3: parley.v1.CreateEndpointResponse
+	(*ListEndpointsRequest)(nil),           // 4: parley.v1.ListEndpointsRequest
+	(*ListEndpointsResponse)(nil),          // 5: parley.v1.ListEndpointsResponse
+	(*GetEndpointRequest)(nil),             // 6: parley.v1.GetEndpointRequest
+	(*GetEndpointResponse)(nil),            // 7: parley.v1.GetEndpointResponse
+	(*DeleteEndpointRequest)(nil),          // 8: parley.v1.DeleteEndpointRequest
+	(*DeleteEndpointResponse)(nil),         // 9: parley.v1.DeleteEndpointResponse
+	(*RotateSecretRequest)(nil),            // 10: parley.v1.RotateSecretRequest
+	(*RotateSecretResponse)(nil),           // 11: parley.v1.RotateSecretResponse
+	(*WebhookEvent)(nil),                   // 12: parley.v1.WebhookEvent
+	(*ListEventsRequest)(nil),              // 13: parley.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),             // 14: parley.v1.ListEventsResponse
+	(*WebhookDelivery)(nil),                // 15: parley.v1.WebhookDelivery
+	(*ListDeliveriesRequest)(nil),          // 16: parley.v1.ListDeliveriesRequest
+	(*ListDeliveriesResponse)(nil),         // 17: parley.v1.ListDeliveriesResponse
+	(*RedeliverRequest)(nil),               // 18: parley.v1.RedeliverRequest
+	(*RedeliverResponse)(nil),              // 19: parley.v1.RedeliverResponse
+	(*ListEndpointDeliveriesRequest)(nil),  // 20: parley.v1.ListEndpointDeliveriesRequest
+	(*ListEndpointDeliveriesResponse)(nil), // 21: parley.v1.ListEndpointDeliveriesResponse
+	(*RedeliverParkedRequest)(nil),         // 22: parley.v1.RedeliverParkedRequest
+	(*RedeliverParkedResponse)(nil),        // 23: parley.v1.RedeliverParkedResponse
+	(*EnableEndpointRequest)(nil),          // 24: parley.v1.EnableEndpointRequest
+	(*EnableEndpointResponse)(nil),         // 25: parley.v1.EnableEndpointResponse
+	(*timestamppb.Timestamp)(nil),          // 26: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 27: google.protobuf.Duration
+	(Order)(0),                             // 28: parley.v1.Order
 }
 var file_parley_v1_webhook_proto_depIdxs = []int32{
-	20, // 0: parley.v1.WebhookEndpoint.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 1: parley.v1.CreateEndpointResponse.endpoint:type_name -> parley.v1.WebhookEndpoint
-	1,  // 2: parley.v1.ListEndpointsResponse.endpoints:type_name -> parley.v1.WebhookEndpoint
-	1,  // 3: parley.v1.GetEndpointResponse.endpoint:type_name -> parley.v1.WebhookEndpoint
-	21, // 4: parley.v1.RotateSecretRequest.overlap:type_name -> google.protobuf.Duration
-	20, // 5: parley.v1.WebhookEvent.created_at:type_name -> google.protobuf.Timestamp
-	12, // 6: parley.v1.ListEventsResponse.events:type_name -> parley.v1.WebhookEvent
-	0,  // 7: parley.v1.WebhookDelivery.state:type_name -> parley.v1.DeliveryState
-	20, // 8: parley.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
-	20, // 9: parley.v1.WebhookDelivery.finished_at:type_name -> google.protobuf.Timestamp
-	15, // 10: parley.v1.ListDeliveriesResponse.deliveries:type_name -> parley.v1.WebhookDelivery
-	2,  // 11: parley.v1.WebhookService.CreateEndpoint:input_type -> parley.v1.CreateEndpointRequest
-	4,  // 12: parley.v1.WebhookService.ListEndpoints:input_type -> parley.v1.ListEndpointsRequest
-	6,  // 13: parley.v1.WebhookService.GetEndpoint:input_type -> parley.v1.GetEndpointRequest
-	8,  // 14: parley.v1.WebhookService.DeleteEndpoint:input_type -> parley.v1.DeleteEndpointRequest
-	10, // 15: parley.v1.WebhookService.RotateSecret:input_type -> parley.v1.RotateSecretRequest
-	13, // 16: parley.v1.WebhookService.ListEvents:input_type -> parley.v1.ListEventsRequest
-	16, // 17: parley.v1.WebhookService.ListDeliveries:input_type -> parley.v1.ListDeliveriesRequest
-	18, // 18: parley.v1.WebhookService.Redeliver:input_type -> parley.v1.RedeliverRequest
-	3,  // 19: parley.v1.WebhookService.CreateEndpoint:output_type -> parley.v1.CreateEndpointResponse
-	5,  // 20: parley.v1.WebhookService.ListEndpoints:output_type -> parley.v1.ListEndpointsResponse
-	7,  // 21: parley.v1.WebhookService.GetEndpoint:output_type -> parley.v1.GetEndpointResponse
-	9,  // 22: parley.v1.WebhookService.DeleteEndpoint:output_type -> parley.v1.DeleteEndpointResponse
-	11, // 23: parley.v1.WebhookService.RotateSecret:output_type -> parley.v1.RotateSecretResponse
-	14, // 24: parley.v1.WebhookService.ListEvents:output_type -> parley.v1.ListEventsResponse
-	17, // 25: parley.v1.WebhookService.ListDeliveries:output_type -> parley.v1.ListDeliveriesResponse
-	19, // 26: parley.v1.WebhookService.Redeliver:output_type -> parley.v1.RedeliverResponse
-	19, // [19:27] is the sub-list for method output_type
-	11, // [11:19] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	26, // 0: parley.v1.WebhookEndpoint.created_at:type_name -> google.protobuf.Timestamp
+	26, // 1: parley.v1.WebhookEndpoint.disabled_at:type_name -> google.protobuf.Timestamp
+	1,  // 2: parley.v1.CreateEndpointResponse.endpoint:type_name -> parley.v1.WebhookEndpoint
+	1,  // 3: parley.v1.ListEndpointsResponse.endpoints:type_name -> parley.v1.WebhookEndpoint
+	1,  // 4: parley.v1.GetEndpointResponse.endpoint:type_name -> parley.v1.WebhookEndpoint
+	27, // 5: parley.v1.RotateSecretRequest.overlap:type_name -> google.protobuf.Duration
+	26, // 6: parley.v1.WebhookEvent.created_at:type_name -> google.protobuf.Timestamp
+	12, // 7: parley.v1.ListEventsResponse.events:type_name -> parley.v1.WebhookEvent
+	0,  // 8: parley.v1.WebhookDelivery.state:type_name -> parley.v1.DeliveryState
+	26, // 9: parley.v1.WebhookDelivery.next_attempt_at:type_name -> google.protobuf.Timestamp
+	26, // 10: parley.v1.WebhookDelivery.finished_at:type_name -> google.protobuf.Timestamp
+	26, // 11: parley.v1.WebhookDelivery.event_created_at:type_name -> google.protobuf.Timestamp
+	15, // 12: parley.v1.ListDeliveriesResponse.deliveries:type_name -> parley.v1.WebhookDelivery
+	0,  // 13: parley.v1.ListEndpointDeliveriesRequest.state:type_name -> parley.v1.DeliveryState
+	28, // 14: parley.v1.ListEndpointDeliveriesRequest.order:type_name -> parley.v1.Order
+	15, // 15: parley.v1.ListEndpointDeliveriesResponse.deliveries:type_name -> parley.v1.WebhookDelivery
+	1,  // 16: parley.v1.EnableEndpointResponse.endpoint:type_name -> parley.v1.WebhookEndpoint
+	2,  // 17: parley.v1.WebhookService.CreateEndpoint:input_type -> parley.v1.CreateEndpointRequest
+	4,  // 18: parley.v1.WebhookService.ListEndpoints:input_type -> parley.v1.ListEndpointsRequest
+	6,  // 19: parley.v1.WebhookService.GetEndpoint:input_type -> parley.v1.GetEndpointRequest
+	8,  // 20: parley.v1.WebhookService.DeleteEndpoint:input_type -> parley.v1.DeleteEndpointRequest
+	10, // 21: parley.v1.WebhookService.RotateSecret:input_type -> parley.v1.RotateSecretRequest
+	13, // 22: parley.v1.WebhookService.ListEvents:input_type -> parley.v1.ListEventsRequest
+	16, // 23: parley.v1.WebhookService.ListDeliveries:input_type -> parley.v1.ListDeliveriesRequest
+	18, // 24: parley.v1.WebhookService.Redeliver:input_type -> parley.v1.RedeliverRequest
+	20, // 25: parley.v1.WebhookService.ListEndpointDeliveries:input_type -> parley.v1.ListEndpointDeliveriesRequest
+	22, // 26: parley.v1.WebhookService.RedeliverParked:input_type -> parley.v1.RedeliverParkedRequest
+	24, // 27: parley.v1.WebhookService.EnableEndpoint:input_type -> parley.v1.EnableEndpointRequest
+	3,  // 28: parley.v1.WebhookService.CreateEndpoint:output_type -> parley.v1.CreateEndpointResponse
+	5,  // 29: parley.v1.WebhookService.ListEndpoints:output_type -> parley.v1.ListEndpointsResponse
+	7,  // 30: parley.v1.WebhookService.GetEndpoint:output_type -> parley.v1.GetEndpointResponse
+	9,  // 31: parley.v1.WebhookService.DeleteEndpoint:output_type -> parley.v1.DeleteEndpointResponse
+	11, // 32: parley.v1.WebhookService.RotateSecret:output_type -> parley.v1.RotateSecretResponse
+	14, // 33: parley.v1.WebhookService.ListEvents:output_type -> parley.v1.ListEventsResponse
+	17, // 34: parley.v1.WebhookService.ListDeliveries:output_type -> parley.v1.ListDeliveriesResponse
+	19, // 35: parley.v1.WebhookService.Redeliver:output_type -> parley.v1.RedeliverResponse
+	21, // 36: parley.v1.WebhookService.ListEndpointDeliveries:output_type -> parley.v1.ListEndpointDeliveriesResponse
+	23, // 37: parley.v1.WebhookService.RedeliverParked:output_type -> parley.v1.RedeliverParkedResponse
+	25, // 38: parley.v1.WebhookService.EnableEndpoint:output_type -> parley.v1.EnableEndpointResponse
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_webhook_proto_init() }
@@ -1260,13 +1694,14 @@ func file_parley_v1_webhook_proto_init() {
 	if File_parley_v1_webhook_proto != nil {
 		return
 	}
+	file_parley_v1_conversation_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_webhook_proto_rawDesc), len(file_parley_v1_webhook_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -57,6 +57,15 @@ const (
 	// WebhookServiceRedeliverProcedure is the fully-qualified name of the WebhookService's Redeliver
 	// RPC.
 	WebhookServiceRedeliverProcedure = "/parley.v1.WebhookService/Redeliver"
+	// WebhookServiceListEndpointDeliveriesProcedure is the fully-qualified name of the WebhookService's
+	// ListEndpointDeliveries RPC.
+	WebhookServiceListEndpointDeliveriesProcedure = "/parley.v1.WebhookService/ListEndpointDeliveries"
+	// WebhookServiceRedeliverParkedProcedure is the fully-qualified name of the WebhookService's
+	// RedeliverParked RPC.
+	WebhookServiceRedeliverParkedProcedure = "/parley.v1.WebhookService/RedeliverParked"
+	// WebhookServiceEnableEndpointProcedure is the fully-qualified name of the WebhookService's
+	// EnableEndpoint RPC.
+	WebhookServiceEnableEndpointProcedure = "/parley.v1.WebhookService/EnableEndpoint"
 )
 
 // WebhookServiceClient is a client for the parley.v1.WebhookService service.
@@ -88,8 +97,25 @@ type WebhookServiceClient interface {
 	ListDeliveries(context.Context, *connect.Request[v1.ListDeliveriesRequest]) (*connect.Response[v1.ListDeliveriesResponse], error)
 	// Redeliver makes an event's parked deliveries pending again, due now
 	// with a new retry window. An event with no parked delivery is
-	// FAILED_PRECONDITION.
+	// FAILED_PRECONDITION. Deliveries to a disabled endpoint stay parked
+	// until EnableEndpoint.
 	Redeliver(context.Context, *connect.Request[v1.RedeliverRequest]) (*connect.Response[v1.RedeliverResponse], error)
+	// ListEndpointDeliveries lists one endpoint's deliveries in one state
+	// across its events, in the endpoint's line order (newest first by
+	// default), each with its event's id, type and creation time.
+	ListEndpointDeliveries(context.Context, *connect.Request[v1.ListEndpointDeliveriesRequest]) (*connect.Response[v1.ListEndpointDeliveriesResponse], error)
+	// RedeliverParked makes every parked delivery of an endpoint pending
+	// again, in one transaction, due now with a new retry window. They keep
+	// their places in the endpoint's line, so they go out oldest first and
+	// before any newer pending delivery. None parked answers 0; a disabled
+	// endpoint is FAILED_PRECONDITION (EnableEndpoint redelivers them).
+	RedeliverParked(context.Context, *connect.Request[v1.RedeliverParkedRequest]) (*connect.Response[v1.RedeliverParkedResponse], error)
+	// EnableEndpoint re-enables an endpoint that was disabled (it answered
+	// 410 Gone) and, in the same transaction and unless keep_parked, makes
+	// every parked delivery of it pending again, as RedeliverParked does, so
+	// nothing newer overtakes them. Enabling an enabled endpoint changes
+	// nothing.
+	EnableEndpoint(context.Context, *connect.Request[v1.EnableEndpointRequest]) (*connect.Response[v1.EnableEndpointResponse], error)
 }
 
 // NewWebhookServiceClient constructs a client for the parley.v1.WebhookService service. By default,
@@ -155,19 +181,41 @@ func NewWebhookServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(webhookServiceMethods.ByName("Redeliver")),
 			connect.WithClientOptions(opts...),
 		),
+		listEndpointDeliveries: connect.NewClient[v1.ListEndpointDeliveriesRequest, v1.ListEndpointDeliveriesResponse](
+			httpClient,
+			baseURL+WebhookServiceListEndpointDeliveriesProcedure,
+			connect.WithSchema(webhookServiceMethods.ByName("ListEndpointDeliveries")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		redeliverParked: connect.NewClient[v1.RedeliverParkedRequest, v1.RedeliverParkedResponse](
+			httpClient,
+			baseURL+WebhookServiceRedeliverParkedProcedure,
+			connect.WithSchema(webhookServiceMethods.ByName("RedeliverParked")),
+			connect.WithClientOptions(opts...),
+		),
+		enableEndpoint: connect.NewClient[v1.EnableEndpointRequest, v1.EnableEndpointResponse](
+			httpClient,
+			baseURL+WebhookServiceEnableEndpointProcedure,
+			connect.WithSchema(webhookServiceMethods.ByName("EnableEndpoint")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // webhookServiceClient implements WebhookServiceClient.
 type webhookServiceClient struct {
-	createEndpoint *connect.Client[v1.CreateEndpointRequest, v1.CreateEndpointResponse]
-	listEndpoints  *connect.Client[v1.ListEndpointsRequest, v1.ListEndpointsResponse]
-	getEndpoint    *connect.Client[v1.GetEndpointRequest, v1.GetEndpointResponse]
-	deleteEndpoint *connect.Client[v1.DeleteEndpointRequest, v1.DeleteEndpointResponse]
-	rotateSecret   *connect.Client[v1.RotateSecretRequest, v1.RotateSecretResponse]
-	listEvents     *connect.Client[v1.ListEventsRequest, v1.ListEventsResponse]
-	listDeliveries *connect.Client[v1.ListDeliveriesRequest, v1.ListDeliveriesResponse]
-	redeliver      *connect.Client[v1.RedeliverRequest, v1.RedeliverResponse]
+	createEndpoint         *connect.Client[v1.CreateEndpointRequest, v1.CreateEndpointResponse]
+	listEndpoints          *connect.Client[v1.ListEndpointsRequest, v1.ListEndpointsResponse]
+	getEndpoint            *connect.Client[v1.GetEndpointRequest, v1.GetEndpointResponse]
+	deleteEndpoint         *connect.Client[v1.DeleteEndpointRequest, v1.DeleteEndpointResponse]
+	rotateSecret           *connect.Client[v1.RotateSecretRequest, v1.RotateSecretResponse]
+	listEvents             *connect.Client[v1.ListEventsRequest, v1.ListEventsResponse]
+	listDeliveries         *connect.Client[v1.ListDeliveriesRequest, v1.ListDeliveriesResponse]
+	redeliver              *connect.Client[v1.RedeliverRequest, v1.RedeliverResponse]
+	listEndpointDeliveries *connect.Client[v1.ListEndpointDeliveriesRequest, v1.ListEndpointDeliveriesResponse]
+	redeliverParked        *connect.Client[v1.RedeliverParkedRequest, v1.RedeliverParkedResponse]
+	enableEndpoint         *connect.Client[v1.EnableEndpointRequest, v1.EnableEndpointResponse]
 }
 
 // CreateEndpoint calls parley.v1.WebhookService.CreateEndpoint.
@@ -210,6 +258,21 @@ func (c *webhookServiceClient) Redeliver(ctx context.Context, req *connect.Reque
 	return c.redeliver.CallUnary(ctx, req)
 }
 
+// ListEndpointDeliveries calls parley.v1.WebhookService.ListEndpointDeliveries.
+func (c *webhookServiceClient) ListEndpointDeliveries(ctx context.Context, req *connect.Request[v1.ListEndpointDeliveriesRequest]) (*connect.Response[v1.ListEndpointDeliveriesResponse], error) {
+	return c.listEndpointDeliveries.CallUnary(ctx, req)
+}
+
+// RedeliverParked calls parley.v1.WebhookService.RedeliverParked.
+func (c *webhookServiceClient) RedeliverParked(ctx context.Context, req *connect.Request[v1.RedeliverParkedRequest]) (*connect.Response[v1.RedeliverParkedResponse], error) {
+	return c.redeliverParked.CallUnary(ctx, req)
+}
+
+// EnableEndpoint calls parley.v1.WebhookService.EnableEndpoint.
+func (c *webhookServiceClient) EnableEndpoint(ctx context.Context, req *connect.Request[v1.EnableEndpointRequest]) (*connect.Response[v1.EnableEndpointResponse], error) {
+	return c.enableEndpoint.CallUnary(ctx, req)
+}
+
 // WebhookServiceHandler is an implementation of the parley.v1.WebhookService service.
 type WebhookServiceHandler interface {
 	// CreateEndpoint registers an endpoint and answers its signing secret,
@@ -239,8 +302,25 @@ type WebhookServiceHandler interface {
 	ListDeliveries(context.Context, *connect.Request[v1.ListDeliveriesRequest]) (*connect.Response[v1.ListDeliveriesResponse], error)
 	// Redeliver makes an event's parked deliveries pending again, due now
 	// with a new retry window. An event with no parked delivery is
-	// FAILED_PRECONDITION.
+	// FAILED_PRECONDITION. Deliveries to a disabled endpoint stay parked
+	// until EnableEndpoint.
 	Redeliver(context.Context, *connect.Request[v1.RedeliverRequest]) (*connect.Response[v1.RedeliverResponse], error)
+	// ListEndpointDeliveries lists one endpoint's deliveries in one state
+	// across its events, in the endpoint's line order (newest first by
+	// default), each with its event's id, type and creation time.
+	ListEndpointDeliveries(context.Context, *connect.Request[v1.ListEndpointDeliveriesRequest]) (*connect.Response[v1.ListEndpointDeliveriesResponse], error)
+	// RedeliverParked makes every parked delivery of an endpoint pending
+	// again, in one transaction, due now with a new retry window. They keep
+	// their places in the endpoint's line, so they go out oldest first and
+	// before any newer pending delivery. None parked answers 0; a disabled
+	// endpoint is FAILED_PRECONDITION (EnableEndpoint redelivers them).
+	RedeliverParked(context.Context, *connect.Request[v1.RedeliverParkedRequest]) (*connect.Response[v1.RedeliverParkedResponse], error)
+	// EnableEndpoint re-enables an endpoint that was disabled (it answered
+	// 410 Gone) and, in the same transaction and unless keep_parked, makes
+	// every parked delivery of it pending again, as RedeliverParked does, so
+	// nothing newer overtakes them. Enabling an enabled endpoint changes
+	// nothing.
+	EnableEndpoint(context.Context, *connect.Request[v1.EnableEndpointRequest]) (*connect.Response[v1.EnableEndpointResponse], error)
 }
 
 // NewWebhookServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -302,6 +382,25 @@ func NewWebhookServiceHandler(svc WebhookServiceHandler, opts ...connect.Handler
 		connect.WithSchema(webhookServiceMethods.ByName("Redeliver")),
 		connect.WithHandlerOptions(opts...),
 	)
+	webhookServiceListEndpointDeliveriesHandler := connect.NewUnaryHandler(
+		WebhookServiceListEndpointDeliveriesProcedure,
+		svc.ListEndpointDeliveries,
+		connect.WithSchema(webhookServiceMethods.ByName("ListEndpointDeliveries")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	webhookServiceRedeliverParkedHandler := connect.NewUnaryHandler(
+		WebhookServiceRedeliverParkedProcedure,
+		svc.RedeliverParked,
+		connect.WithSchema(webhookServiceMethods.ByName("RedeliverParked")),
+		connect.WithHandlerOptions(opts...),
+	)
+	webhookServiceEnableEndpointHandler := connect.NewUnaryHandler(
+		WebhookServiceEnableEndpointProcedure,
+		svc.EnableEndpoint,
+		connect.WithSchema(webhookServiceMethods.ByName("EnableEndpoint")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/parley.v1.WebhookService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case WebhookServiceCreateEndpointProcedure:
@@ -320,6 +419,12 @@ func NewWebhookServiceHandler(svc WebhookServiceHandler, opts ...connect.Handler
 			webhookServiceListDeliveriesHandler.ServeHTTP(w, r)
 		case WebhookServiceRedeliverProcedure:
 			webhookServiceRedeliverHandler.ServeHTTP(w, r)
+		case WebhookServiceListEndpointDeliveriesProcedure:
+			webhookServiceListEndpointDeliveriesHandler.ServeHTTP(w, r)
+		case WebhookServiceRedeliverParkedProcedure:
+			webhookServiceRedeliverParkedHandler.ServeHTTP(w, r)
+		case WebhookServiceEnableEndpointProcedure:
+			webhookServiceEnableEndpointHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -359,4 +464,16 @@ func (UnimplementedWebhookServiceHandler) ListDeliveries(context.Context, *conne
 
 func (UnimplementedWebhookServiceHandler) Redeliver(context.Context, *connect.Request[v1.RedeliverRequest]) (*connect.Response[v1.RedeliverResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.WebhookService.Redeliver is not implemented"))
+}
+
+func (UnimplementedWebhookServiceHandler) ListEndpointDeliveries(context.Context, *connect.Request[v1.ListEndpointDeliveriesRequest]) (*connect.Response[v1.ListEndpointDeliveriesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.WebhookService.ListEndpointDeliveries is not implemented"))
+}
+
+func (UnimplementedWebhookServiceHandler) RedeliverParked(context.Context, *connect.Request[v1.RedeliverParkedRequest]) (*connect.Response[v1.RedeliverParkedResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.WebhookService.RedeliverParked is not implemented"))
+}
+
+func (UnimplementedWebhookServiceHandler) EnableEndpoint(context.Context, *connect.Request[v1.EnableEndpointRequest]) (*connect.Response[v1.EnableEndpointResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.WebhookService.EnableEndpoint is not implemented"))
 }

@@ -8,13 +8,15 @@ import { file_buf_validate_validate } from "../../buf/validate/validate_pb";
 import { file_google_api_annotations } from "../../google/api/annotations_pb";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Order } from "./conversation_pb";
+import { file_parley_v1_conversation } from "./conversation_pb";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file parley/v1/webhook.proto.
  */
 export const file_parley_v1_webhook: GenFile = /*@__PURE__*/
-  fileDesc("ChdwYXJsZXkvdjEvd2ViaG9vay5wcm90bxIJcGFybGV5LnYxIm8KD1dlYmhvb2tFbmRwb2ludBIKCgJpZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfdHlwZXMYAyADKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAivQEKFUNyZWF0ZUVuZHBvaW50UmVxdWVzdBIaCgN1cmwYASABKAlCDbpICnIIEAEogBCIAQEShwEKC2V2ZW50X3R5cGVzGAIgAygJQnK6SG+SAWwIARAGImZyZFIMY2FsbC5zdGFydGVkUgpjYWxsLmVuZGVkUg9yZWNvcmRpbmcucmVhZHlSDHJlcG9ydC5yZWFkeVIMZXhwb3J0LnJlYWR5Uhtjb252ZXJzYXRpb24uaXRlbXNfYXBwZW5kZWQiVgoWQ3JlYXRlRW5kcG9pbnRSZXNwb25zZRIsCghlbmRwb2ludBgBIAEoCzIaLnBhcmxleS52MS5XZWJob29rRW5kcG9pbnQSDgoGc2VjcmV0GAIgASgJIlMKFExpc3RFbmRwb2ludHNSZXF1ZXN0Eh0KCXBhZ2Vfc2l6ZRgBIAEoBUIKukgHGgUYyAEoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJfChVMaXN0RW5kcG9pbnRzUmVzcG9uc2USLQoJZW5kcG9pbnRzGAEgAygLMhoucGFybGV5LnYxLldlYmhvb2tFbmRwb2ludBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMwoSR2V0RW5kcG9pbnRSZXF1ZXN0Eh0KC2VuZHBvaW50X2lkGAEgASgJQgi6SAVyA7ABASJDChNHZXRFbmRwb2ludFJlc3BvbnNlEiwKCGVuZHBvaW50GAEgASgLMhoucGFybGV5LnYxLldlYmhvb2tFbmRwb2ludCI2ChVEZWxldGVFbmRwb2ludFJlcXVlc3QSHQoLZW5kcG9pbnRfaWQYASABKAlCCLpIBXIDsAEBIhgKFkRlbGV0ZUVuZHBvaW50UmVzcG9uc2UicAoTUm90YXRlU2VjcmV0UmVxdWVzdBIdCgtlbmRwb2ludF9pZBgBIAEoCUIIukgFcgOwAQESOgoHb3ZlcmxhcBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIOukgLqgEIIgQIgPUkMgAiJgoUUm90YXRlU2VjcmV0UmVzcG9uc2USDgoGc2VjcmV0GAEgASgJImkKDFdlYmhvb2tFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEg8KB3BheWxvYWQYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoRTGlzdEV2ZW50c1JlcXVlc3QSFwoGY3Vyc29yGAEgASgJQge6SARyAhhAEh0KCXBhZ2Vfc2l6ZRgCIAEoBUIKukgHGgUY9AMoACJNChJMaXN0RXZlbnRzUmVzcG9uc2USJwoGZXZlbnRzGAEgAygLMhcucGFybGV5LnYxLldlYmhvb2tFdmVudBIOCgZjdXJzb3IYAiABKAki8AEKD1dlYmhvb2tEZWxpdmVyeRITCgtlbmRwb2ludF9pZBgBIAEoCRInCgVzdGF0ZRgCIAEoDjIYLnBhcmxleS52MS5EZWxpdmVyeVN0YXRlEhAKCGF0dGVtcHRzGAMgASgFEjMKD25leHRfYXR0ZW1wdF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbGFzdF9zdGF0dXMYBSABKAUSEgoKbGFzdF9lcnJvchgGIAEoCRIvCgtmaW5pc2hlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMwoVTGlzdERlbGl2ZXJpZXNSZXF1ZXN0EhoKCGV2ZW50X2lkGAEgASgJQgi6SAVyA7ABASJIChZMaXN0RGVsaXZlcmllc1Jlc3BvbnNlEi4KCmRlbGl2ZXJpZXMYASADKAsyGi5wYXJsZXkudjEuV2ViaG9va0RlbGl2ZXJ5Ii4KEFJlZGVsaXZlclJlcXVlc3QSGgoIZXZlbnRfaWQYASABKAlCCLpIBXIDsAEBIigKEVJlZGVsaXZlclJlc3BvbnNlEhMKC3JlZGVsaXZlcmVkGAEgASgFKoQBCg1EZWxpdmVyeVN0YXRlEh4KGkRFTElWRVJZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWREVMSVZFUllfU1RBVEVfUEVORElORxABEhwKGERFTElWRVJZX1NUQVRFX0RFTElWRVJFRBACEhkKFURFTElWRVJZX1NUQVRFX1BBUktFRBADMq4ICg5XZWJob29rU2VydmljZRJ8Cg5DcmVhdGVFbmRwb2ludBIgLnBhcmxleS52MS5DcmVhdGVFbmRwb2ludFJlcXVlc3QaIS5wYXJsZXkudjEuQ3JlYXRlRW5kcG9pbnRSZXNwb25zZSIlgtPkkwIfOgEqIhovYXBpL3YxL3dlYmhvb2tzL2VuZHBvaW50cxJ5Cg1MaXN0RW5kcG9pbnRzEh8ucGFybGV5LnYxLkxpc3RFbmRwb2ludHNSZXF1ZXN0GiAucGFybGV5LnYxLkxpc3RFbmRwb2ludHNSZXNwb25zZSIlkAIBgtPkkwIcEhovYXBpL3YxL3dlYmhvb2tzL2VuZHBvaW50cxKBAQoLR2V0RW5kcG9pbnQSHS5wYXJsZXkudjEuR2V0RW5kcG9pbnRSZXF1ZXN0Gh4ucGFybGV5LnYxLkdldEVuZHBvaW50UmVzcG9uc2UiM5ACAYLT5JMCKhIoL2FwaS92MS93ZWJob29rcy9lbmRwb2ludHMve2VuZHBvaW50X2lkfRKHAQoORGVsZXRlRW5kcG9pbnQSIC5wYXJsZXkudjEuRGVsZXRlRW5kcG9pbnRSZXF1ZXN0GiEucGFybGV5LnYxLkRlbGV0ZUVuZHBvaW50UmVzcG9uc2UiMILT5JMCKiooL2FwaS92MS93ZWJob29rcy9lbmRwb2ludHMve2VuZHBvaW50X2lkfRKSAQoMUm90YXRlU2VjcmV0Eh4ucGFybGV5LnYxLlJvdGF0ZVNlY3JldFJlcXVlc3QaHy5wYXJsZXkudjEuUm90YXRlU2VjcmV0UmVzcG9uc2UiQYLT5JMCOzoBKiI2L2FwaS92MS93ZWJob29rcy9lbmRwb2ludHMve2VuZHBvaW50X2lkfS9yb3RhdGUtc2VjcmV0Em0KCkxpc3RFdmVudHMSHC5wYXJsZXkudjEuTGlzdEV2ZW50c1JlcXVlc3QaHS5wYXJsZXkudjEuTGlzdEV2ZW50c1Jlc3BvbnNlIiKQAgGC0+STAhkSFy9hcGkvdjEvd2ViaG9va3MvZXZlbnRzEo8BCg5MaXN0RGVsaXZlcmllcxIgLnBhcmxleS52MS5MaXN0RGVsaXZlcmllc1JlcXVlc3QaIS5wYXJsZXkudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZSI4kAIBgtPkkwIvEi0vYXBpL3YxL3dlYmhvb2tzL2V2ZW50cy97ZXZlbnRfaWR9L2RlbGl2ZXJpZXMSfwoJUmVkZWxpdmVyEhsucGFybGV5LnYxLlJlZGVsaXZlclJlcXVlc3QaHC5wYXJsZXkudjEuUmVkZWxpdmVyUmVzcG9uc2UiN4LT5JMCMToBKiIsL2FwaS92MS93ZWJob29rcy9ldmVudHMve2V2ZW50X2lkfS9yZWRlbGl2ZXJCPlo8Z2l0aHViLmNvbS9wYXJsZXktZGV2L3BhcmxleS9pbnRlcm5hbC9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChdwYXJsZXkvdjEvd2ViaG9vay5wcm90bxIJcGFybGV5LnYxIrkBCg9XZWJob29rRW5kcG9pbnQSCgoCaWQYASABKAkSCwoDdXJsGAIgASgJEhMKC2V2ZW50X3R5cGVzGAMgAygJEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2Rpc2FibGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9kaXNhYmxlZF9yZWFzb24YBiABKAkivQEKFUNyZWF0ZUVuZHBvaW50UmVxdWVzdBIaCgN1cmwYASABKAlCDbpICnIIEAEogBCIAQEShwEKC2V2ZW50X3R5cGVzGAIgAygJQnK6SG+SAWwIARAGImZyZFIMY2FsbC5zdGFydGVkUgpjYWxsLmVuZGVkUg9yZWNvcmRpbmcucmVhZHlSDHJlcG9ydC5yZWFkeVIMZXhwb3J0LnJlYWR5Uhtjb252ZXJzYXRpb24uaXRlbXNfYXBwZW5kZWQiVgoWQ3JlYXRlRW5kcG9pbnRSZXNwb25zZRIsCghlbmRwb2ludBgBIAEoCzIaLnBhcmxleS52MS5XZWJob29rRW5kcG9pbnQSDgoGc2VjcmV0GAIgASgJIlMKFExpc3RFbmRwb2ludHNSZXF1ZXN0Eh0KCXBhZ2Vfc2l6ZRgBIAEoBUIKukgHGgUYyAEoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJfChVMaXN0RW5kcG9pbnRzUmVzcG9uc2USLQoJZW5kcG9pbnRzGAEgAygLMhoucGFybGV5LnYxLldlYmhvb2tFbmRwb2ludBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMwoSR2V0RW5kcG9pbnRSZXF1ZXN0Eh0KC2VuZHBvaW50X2lkGAEgASgJQgi6SAVyA7ABASJDChNHZXRFbmRwb2ludFJlc3BvbnNlEiwKCGVuZHBvaW50GAEgASgLMhoucGFybGV5LnYxLldlYmhvb2tFbmRwb2ludCI2ChVEZWxldGVFbmRwb2ludFJlcXVlc3QSHQoLZW5kcG9pbnRfaWQYASABKAlCCLpIBXIDsAEBIhgKFkRlbGV0ZUVuZHBvaW50UmVzcG9uc2UicAoTUm90YXRlU2VjcmV0UmVxdWVzdBIdCgtlbmRwb2ludF9pZBgBIAEoCUIIukgFcgOwAQESOgoHb3ZlcmxhcBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIOukgLqgEIIgQIgPUkMgAiJgoUUm90YXRlU2VjcmV0UmVzcG9uc2USDgoGc2VjcmV0GAEgASgJImkKDFdlYmhvb2tFdmVudBIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEg8KB3BheWxvYWQYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoRTGlzdEV2ZW50c1JlcXVlc3QSFwoGY3Vyc29yGAEgASgJQge6SARyAhhAEh0KCXBhZ2Vfc2l6ZRgCIAEoBUIKukgHGgUY9AMoACJNChJMaXN0RXZlbnRzUmVzcG9uc2USJwoGZXZlbnRzGAEgAygLMhcucGFybGV5LnYxLldlYmhvb2tFdmVudBIOCgZjdXJzb3IYAiABKAkizAIKD1dlYmhvb2tEZWxpdmVyeRITCgtlbmRwb2ludF9pZBgBIAEoCRInCgVzdGF0ZRgCIAEoDjIYLnBhcmxleS52MS5EZWxpdmVyeVN0YXRlEhAKCGF0dGVtcHRzGAMgASgFEjMKD25leHRfYXR0ZW1wdF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbGFzdF9zdGF0dXMYBSABKAUSEgoKbGFzdF9lcnJvchgGIAEoCRIvCgtmaW5pc2hlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZXZlbnRfaWQYCCABKAkSEgoKZXZlbnRfdHlwZRgJIAEoCRI0ChBldmVudF9jcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIzChVMaXN0RGVsaXZlcmllc1JlcXVlc3QSGgoIZXZlbnRfaWQYASABKAlCCLpIBXIDsAEBIkgKFkxpc3REZWxpdmVyaWVzUmVzcG9uc2USLgoKZGVsaXZlcmllcxgBIAMoCzIaLnBhcmxleS52MS5XZWJob29rRGVsaXZlcnkiLgoQUmVkZWxpdmVyUmVxdWVzdBIaCghldmVudF9pZBgBIAEoCUIIukgFcgOwAQEiKAoRUmVkZWxpdmVyUmVzcG9uc2USEwoLcmVkZWxpdmVyZWQYASABKAUi2gEKHUxpc3RFbmRwb2ludERlbGl2ZXJpZXNSZXF1ZXN0Eh0KC2VuZHBvaW50X2lkGAEgASgJQgi6SAVyA7ABARIzCgVzdGF0ZRgCIAEoDjIYLnBhcmxleS52MS5EZWxpdmVyeVN0YXRlQgq6SAeCAQQQASAAEikKBW9yZGVyGAMgASgOMhAucGFybGV5LnYxLk9yZGVyQgi6SAWCAQIQARIdCglwYWdlX3NpemUYBCABKAVCCrpIBxoFGMgBKAASGwoKcGFnZV90b2tlbhgFIAEoCUIHukgEcgIYQCJpCh5MaXN0RW5kcG9pbnREZWxpdmVyaWVzUmVzcG9uc2USLgoKZGVsaXZlcmllcxgBIAMoCzIaLnBhcmxleS52MS5XZWJob29rRGVsaXZlcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjcKFlJlZGVsaXZlclBhcmtlZFJlcXVlc3QSHQoLZW5kcG9pbnRfaWQYASABKAlCCLpIBXIDsAEBIi4KF1JlZGVsaXZlclBhcmtlZFJlc3BvbnNlEhMKC3JlZGVsaXZlcmVkGAEgASgFIksKFUVuYWJsZUVuZHBvaW50UmVxdWVzdBIdCgtlbmRwb2ludF9pZBgBIAEoCUIIukgFcgOwAQESEwoLa2VlcF9wYXJrZWQYAiABKAgiWwoWRW5hYmxlRW5kcG9pbnRSZXNwb25zZRIsCghlbmRwb2ludBgBIAEoCzIaLnBhcmxleS52MS5XZWJob29rRW5kcG9pbnQSEwoLcmVkZWxpdmVyZWQYAiABKAUqhAEKDURlbGl2ZXJ5U3RhdGUSHgoaREVMSVZFUllfU1RBVEVfVU5TUEVDSUZJRUQQABIaChZERUxJVkVSWV9TVEFURV9QRU5ESU5HEAESHAoYREVMSVZFUllfU1RBVEVfREVMSVZFUkVEEAISGQoVREVMSVZFUllfU1RBVEVfUEFSS0VEEAMyjAwKDldlYmhvb2tTZXJ2aWNlEnwKDkNyZWF0ZUVuZHBvaW50EiAucGFybGV5LnYxLkNyZWF0ZUVuZHBvaW50UmVxdWVzdBohLnBhcmxleS52MS5DcmVhdGVFbmRwb2ludFJlc3BvbnNlIiWC0+STAh86ASoiGi9hcGkvdjEvd2ViaG9va3MvZW5kcG9pbnRzEnkKDUxpc3RFbmRwb2ludHMSHy5wYXJsZXkudjEuTGlzdEVuZHBvaW50c1JlcXVlc3QaIC5wYXJsZXkudjEuTGlzdEVuZHBvaW50c1Jlc3BvbnNlIiWQAgGC0+STAhwSGi9hcGkvdjEvd2ViaG9va3MvZW5kcG9pbnRzEoEBCgtHZXRFbmRwb2ludBIdLnBhcmxleS52MS5HZXRFbmRwb2ludFJlcXVlc3QaHi5wYXJsZXkudjEuR2V0RW5kcG9pbnRSZXNwb25zZSIzkAIBgtPkkwIqEigvYXBpL3YxL3dlYmhvb2tzL2VuZHBvaW50cy97ZW5kcG9pbnRfaWR9EocBCg5EZWxldGVFbmRwb2ludBIgLnBhcmxleS52MS5EZWxldGVFbmRwb2ludFJlcXVlc3QaIS5wYXJsZXkudjEuRGVsZXRlRW5kcG9pbnRSZXNwb25zZSIwgtPkkwIqKigvYXBpL3YxL3dlYmhvb2tzL2VuZHBvaW50cy97ZW5kcG9pbnRfaWR9EpIBCgxSb3RhdGVTZWNyZXQSHi5wYXJsZXkudjEuUm90YXRlU2VjcmV0UmVxdWVzdBofLnBhcmxleS52MS5Sb3RhdGVTZWNyZXRSZXNwb25zZSJBgtPkkwI7OgEqIjYvYXBpL3YxL3dlYmhvb2tzL2VuZHBvaW50cy97ZW5kcG9pbnRfaWR9L3JvdGF0ZS1zZWNyZXQSbQoKTGlzdEV2ZW50cxIcLnBhcmxleS52MS5MaXN0RXZlbnRzUmVxdWVzdBodLnBhcmxleS52MS5MaXN0RXZlbnRzUmVzcG9uc2UiIpACAYLT5JMCGRIXL2FwaS92MS93ZWJob29rcy9ldmVudHMSjwEKDkxpc3REZWxpdmVyaWVzEiAucGFybGV5LnYxLkxpc3REZWxpdmVyaWVzUmVxdWVzdBohLnBhcmxleS52MS5MaXN0RGVsaXZlcmllc1Jlc3BvbnNlIjiQAgGC0+STAi8SLS9hcGkvdjEvd2ViaG9va3MvZXZlbnRzL3tldmVudF9pZH0vZGVsaXZlcmllcxJ/CglSZWRlbGl2ZXISGy5wYXJsZXkudjEuUmVkZWxpdmVyUmVxdWVzdBocLnBhcmxleS52MS5SZWRlbGl2ZXJSZXNwb25zZSI3gtPkkwIxOgEqIiwvYXBpL3YxL3dlYmhvb2tzL2V2ZW50cy97ZXZlbnRfaWR9L3JlZGVsaXZlchKtAQoWTGlzdEVuZHBvaW50RGVsaXZlcmllcxIoLnBhcmxleS52MS5MaXN0RW5kcG9pbnREZWxpdmVyaWVzUmVxdWVzdBopLnBhcmxleS52MS5MaXN0RW5kcG9pbnREZWxpdmVyaWVzUmVzcG9uc2UiPpACAYLT5JMCNRIzL2FwaS92MS93ZWJob29rcy9lbmRwb2ludHMve2VuZHBvaW50X2lkfS9kZWxpdmVyaWVzEpcBCg9SZWRlbGl2ZXJQYXJrZWQSIS5wYXJsZXkudjEuUmVkZWxpdmVyUGFya2VkUmVxdWVzdBoiLnBhcmxleS52MS5SZWRlbGl2ZXJQYXJrZWRSZXNwb25zZSI9gtPkkwI3OgEqIjIvYXBpL3YxL3dlYmhvb2tzL2VuZHBvaW50cy97ZW5kcG9pbnRfaWR9L3JlZGVsaXZlchKRAQoORW5hYmxlRW5kcG9pbnQSIC5wYXJsZXkudjEuRW5hYmxlRW5kcG9pbnRSZXF1ZXN0GiEucGFybGV5LnYxLkVuYWJsZUVuZHBvaW50UmVzcG9uc2UiOoLT5JMCNDoBKiIvL2FwaS92MS93ZWJob29rcy9lbmRwb2ludHMve2VuZHBvaW50X2lkfS9lbmFibGVCPlo8Z2l0aHViLmNvbS9wYXJsZXktZGV2L3BhcmxleS9pbnRlcm5hbC9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_timestamp, file_parley_v1_conversation]);
 
 /**
  * WebhookEndpoint is a customer's receiver of events.
@@ -43,6 +45,23 @@ export type WebhookEndpoint = Message<"parley.v1.WebhookEndpoint"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 4;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * disabled_at is set while the endpoint is disabled: it answered 410
+   * Gone, which Standard Webhooks reads as "stop sending". Its events are
+   * still recorded, their deliveries parked and not attempted, until
+   * EnableEndpoint.
+   *
+   * @generated from field: google.protobuf.Timestamp disabled_at = 5;
+   */
+  disabledAt?: Timestamp | undefined;
+
+  /**
+   * disabled_reason says why, while disabled_at is set.
+   *
+   * @generated from field: string disabled_reason = 6;
+   */
+  disabledReason: string;
 };
 
 /**
@@ -397,6 +416,23 @@ export type WebhookDelivery = Message<"parley.v1.WebhookDelivery"> & {
    * @generated from field: google.protobuf.Timestamp finished_at = 7;
    */
   finishedAt?: Timestamp | undefined;
+
+  /**
+   * event_id, event_type and event_created_at are the delivered event's.
+   *
+   * @generated from field: string event_id = 8;
+   */
+  eventId: string;
+
+  /**
+   * @generated from field: string event_type = 9;
+   */
+  eventType: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp event_created_at = 10;
+   */
+  eventCreatedAt?: Timestamp | undefined;
 };
 
 /**
@@ -475,6 +511,161 @@ export type RedeliverResponse = Message<"parley.v1.RedeliverResponse"> & {
  */
 export const RedeliverResponseSchema: GenMessage<RedeliverResponse> = /*@__PURE__*/
   messageDesc(file_parley_v1_webhook, 18);
+
+/**
+ * @generated from message parley.v1.ListEndpointDeliveriesRequest
+ */
+export type ListEndpointDeliveriesRequest = Message<"parley.v1.ListEndpointDeliveriesRequest"> & {
+  /**
+   * @generated from field: string endpoint_id = 1;
+   */
+  endpointId: string;
+
+  /**
+   * state is the one state listed: pending, delivered or parked.
+   *
+   * @generated from field: parley.v1.DeliveryState state = 2;
+   */
+  state: DeliveryState;
+
+  /**
+   * order defaults to ORDER_NEWEST_FIRST.
+   *
+   * @generated from field: parley.v1.Order order = 3;
+   */
+  order: Order;
+
+  /**
+   * page_size defaults to 50.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * page_token is a previous answer's next_page_token, for the same state
+   * and order.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message parley.v1.ListEndpointDeliveriesRequest.
+ * Use `create(ListEndpointDeliveriesRequestSchema)` to create a new message.
+ */
+export const ListEndpointDeliveriesRequestSchema: GenMessage<ListEndpointDeliveriesRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_webhook, 19);
+
+/**
+ * @generated from message parley.v1.ListEndpointDeliveriesResponse
+ */
+export type ListEndpointDeliveriesResponse = Message<"parley.v1.ListEndpointDeliveriesResponse"> & {
+  /**
+   * @generated from field: repeated parley.v1.WebhookDelivery deliveries = 1;
+   */
+  deliveries: WebhookDelivery[];
+
+  /**
+   * next_page_token is empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message parley.v1.ListEndpointDeliveriesResponse.
+ * Use `create(ListEndpointDeliveriesResponseSchema)` to create a new message.
+ */
+export const ListEndpointDeliveriesResponseSchema: GenMessage<ListEndpointDeliveriesResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_webhook, 20);
+
+/**
+ * @generated from message parley.v1.RedeliverParkedRequest
+ */
+export type RedeliverParkedRequest = Message<"parley.v1.RedeliverParkedRequest"> & {
+  /**
+   * @generated from field: string endpoint_id = 1;
+   */
+  endpointId: string;
+};
+
+/**
+ * Describes the message parley.v1.RedeliverParkedRequest.
+ * Use `create(RedeliverParkedRequestSchema)` to create a new message.
+ */
+export const RedeliverParkedRequestSchema: GenMessage<RedeliverParkedRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_webhook, 21);
+
+/**
+ * @generated from message parley.v1.RedeliverParkedResponse
+ */
+export type RedeliverParkedResponse = Message<"parley.v1.RedeliverParkedResponse"> & {
+  /**
+   * redelivered counts the parked deliveries made pending again.
+   *
+   * @generated from field: int32 redelivered = 1;
+   */
+  redelivered: number;
+};
+
+/**
+ * Describes the message parley.v1.RedeliverParkedResponse.
+ * Use `create(RedeliverParkedResponseSchema)` to create a new message.
+ */
+export const RedeliverParkedResponseSchema: GenMessage<RedeliverParkedResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_webhook, 22);
+
+/**
+ * @generated from message parley.v1.EnableEndpointRequest
+ */
+export type EnableEndpointRequest = Message<"parley.v1.EnableEndpointRequest"> & {
+  /**
+   * @generated from field: string endpoint_id = 1;
+   */
+  endpointId: string;
+
+  /**
+   * keep_parked leaves the parked deliveries parked (RedeliverParked can
+   * still send them later, after whatever came meanwhile).
+   *
+   * @generated from field: bool keep_parked = 2;
+   */
+  keepParked: boolean;
+};
+
+/**
+ * Describes the message parley.v1.EnableEndpointRequest.
+ * Use `create(EnableEndpointRequestSchema)` to create a new message.
+ */
+export const EnableEndpointRequestSchema: GenMessage<EnableEndpointRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_webhook, 23);
+
+/**
+ * @generated from message parley.v1.EnableEndpointResponse
+ */
+export type EnableEndpointResponse = Message<"parley.v1.EnableEndpointResponse"> & {
+  /**
+   * @generated from field: parley.v1.WebhookEndpoint endpoint = 1;
+   */
+  endpoint?: WebhookEndpoint | undefined;
+
+  /**
+   * redelivered counts the parked deliveries made pending again.
+   *
+   * @generated from field: int32 redelivered = 2;
+   */
+  redelivered: number;
+};
+
+/**
+ * Describes the message parley.v1.EnableEndpointResponse.
+ * Use `create(EnableEndpointResponseSchema)` to create a new message.
+ */
+export const EnableEndpointResponseSchema: GenMessage<EnableEndpointResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_webhook, 24);
 
 /**
  * @generated from enum parley.v1.DeliveryState
@@ -605,7 +796,8 @@ export const WebhookService: GenService<{
   /**
    * Redeliver makes an event's parked deliveries pending again, due now
    * with a new retry window. An event with no parked delivery is
-   * FAILED_PRECONDITION.
+   * FAILED_PRECONDITION. Deliveries to a disabled endpoint stay parked
+   * until EnableEndpoint.
    *
    * @generated from rpc parley.v1.WebhookService.Redeliver
    */
@@ -613,6 +805,46 @@ export const WebhookService: GenService<{
     methodKind: "unary";
     input: typeof RedeliverRequestSchema;
     output: typeof RedeliverResponseSchema;
+  },
+  /**
+   * ListEndpointDeliveries lists one endpoint's deliveries in one state
+   * across its events, in the endpoint's line order (newest first by
+   * default), each with its event's id, type and creation time.
+   *
+   * @generated from rpc parley.v1.WebhookService.ListEndpointDeliveries
+   */
+  listEndpointDeliveries: {
+    methodKind: "unary";
+    input: typeof ListEndpointDeliveriesRequestSchema;
+    output: typeof ListEndpointDeliveriesResponseSchema;
+  },
+  /**
+   * RedeliverParked makes every parked delivery of an endpoint pending
+   * again, in one transaction, due now with a new retry window. They keep
+   * their places in the endpoint's line, so they go out oldest first and
+   * before any newer pending delivery. None parked answers 0; a disabled
+   * endpoint is FAILED_PRECONDITION (EnableEndpoint redelivers them).
+   *
+   * @generated from rpc parley.v1.WebhookService.RedeliverParked
+   */
+  redeliverParked: {
+    methodKind: "unary";
+    input: typeof RedeliverParkedRequestSchema;
+    output: typeof RedeliverParkedResponseSchema;
+  },
+  /**
+   * EnableEndpoint re-enables an endpoint that was disabled (it answered
+   * 410 Gone) and, in the same transaction and unless keep_parked, makes
+   * every parked delivery of it pending again, as RedeliverParked does, so
+   * nothing newer overtakes them. Enabling an enabled endpoint changes
+   * nothing.
+   *
+   * @generated from rpc parley.v1.WebhookService.EnableEndpoint
+   */
+  enableEndpoint: {
+    methodKind: "unary";
+    input: typeof EnableEndpointRequestSchema;
+    output: typeof EnableEndpointResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_v1_webhook, 0);
