@@ -30,6 +30,35 @@ import (
 func TestLiveKitAgentsReport(t *testing.T) {
 	py := liveKitAgentsPython(t)
 	p := startAgentParley(t, "py-agent", "")
+	src, err := filepath.Abs("../../sdk/python/src")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.checkReports(t, func(env ...string) *exec.Cmd {
+		cmd := exec.CommandContext(t.Context(), py, "../../sdk/python/tests/report_check.py")
+		cmd.Env = append(append(os.Environ(), "PYTHONPATH="+src), env...)
+		return cmd
+	})
+}
+
+// TestLiveKitAgentsNodeReport is TestLiveKitAgentsReport for sdk/node on
+// @livekit/agents (sdk/node/tests/report_check.ts).
+func TestLiveKitAgentsNodeReport(t *testing.T) {
+	node := buildNodeSDK(t)
+	p := startAgentParley(t, "node-agent", "")
+	p.checkReports(t, func(env ...string) *exec.Cmd {
+		cmd := exec.CommandContext(t.Context(), node, "dist/tests/report_check.js")
+		cmd.Dir = nodeSDKDir
+		cmd.Env = append(os.Environ(), env...)
+		return cmd
+	})
+}
+
+// checkReports runs an SDK's report_check script, made by command with
+// the environment it needs, on two calls CreateRoom dispatches p.agent to
+// ("live" and "lossy"), and checks Parley's side of each.
+func (p *agentParley) checkReports(t *testing.T, command func(env ...string) *exec.Cmd) {
+	t.Helper()
 	rooms := parleyv1connect.NewRoomServiceClient(http.DefaultClient, p.r.base)
 	calls := parleyv1connect.NewCallServiceClient(http.DefaultClient, p.r.base)
 	script := []string{"Hello there", "What is the weather in Paris?", "Goodbye"}
@@ -43,12 +72,12 @@ func TestLiveKitAgentsReport(t *testing.T) {
 	}
 	var made []*call
 	for _, name := range []string{"live", "lossy"} {
-		r, err := rooms.CreateRoom(t.Context(), bearer(connect.NewRequest(&parleyv1.CreateRoomRequest{Name: name, AgentName: "py-agent"}), p.tok))
+		r, err := rooms.CreateRoom(t.Context(), bearer(connect.NewRequest(&parleyv1.CreateRoomRequest{Name: name, AgentName: p.agent}), p.tok))
 		if err != nil {
 			t.Fatal(err)
 		}
 		made = append(made, &call{
-			Name: name, Dispatch: tokenDispatchMetadata(t, r.Msg.GetJoin().GetToken(), "py-agent"),
+			Name: name, Dispatch: tokenDispatchMetadata(t, r.Msg.GetJoin().GetToken(), p.agent),
 			LiveKitRoom: r.Msg.GetRoom().GetLivekitRoom(), room: r.Msg.GetRoom(),
 		})
 	}
@@ -60,13 +89,7 @@ func TestLiveKitAgentsReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := filepath.Abs("../../sdk/python/src")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.CommandContext(t.Context(), py, "../../sdk/python/tests/report_check.py")
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+src, "PARLEY_URL="+p.r.base, "PARLEY_AGENT_KEY="+p.apiKey,
-		"SCRIPT="+string(scriptJSON), "CALLS="+string(callsJSON))
+	cmd := command("PARLEY_URL="+p.r.base, "PARLEY_AGENT_KEY="+p.apiKey, "SCRIPT="+string(scriptJSON), "CALLS="+string(callsJSON))
 	type counts struct{ Merged, Replayed, Conflicting int }
 	var result map[string]struct {
 		History []string `json:"history"`

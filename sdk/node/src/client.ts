@@ -7,9 +7,23 @@ import { timestampDate } from '@bufbuild/protobuf/wkt';
 import type { llm } from '@livekit/agents';
 
 import { AuthService } from './gen/parley/v1/auth_pb';
+import { CallService } from './gen/parley/v1/call_pb';
 import { ConversationService, Order } from './gen/parley/v1/conversation_pb';
 import type { ChatContext_ChatItem, Item } from './gen/parley/v1/item_pb';
 import { chatContextFromJSON, toDict, type ItemDict } from './agentsjson';
+
+/**
+ * ReportSession's answer: itemsReplayed are the items Parley already had
+ * (appended live or by an earlier report), itemsMerged those only the
+ * report brought, itemsConflicting ids Parley holds with other content.
+ */
+export interface ReportSessionResult {
+  callId: string;
+  reportedAt?: Date;
+  itemsMerged: number;
+  itemsReplayed: number;
+  itemsConflicting: number;
+}
 
 /** Where the package logs; console by default. */
 export interface Logger {
@@ -96,6 +110,7 @@ export interface ParleyClientOptions {
 export class ParleyClient {
   readonly auth: Client<typeof AuthService>;
   readonly conversations: Client<typeof ConversationService>;
+  readonly calls: Client<typeof CallService>;
   readonly logger: Logger;
   private readonly apiKey?: string;
   private token: string;
@@ -114,6 +129,7 @@ export class ParleyClient {
       createConnectTransport({ baseUrl, httpVersion: '1.1', defaultTimeoutMs: opts.timeoutMs ?? 10_000 });
     this.auth = createClient(AuthService, transport);
     this.conversations = createClient(ConversationService, transport);
+    this.calls = createClient(CallService, transport);
   }
 
   private async bearer(force: boolean): Promise<string> {
@@ -160,6 +176,24 @@ export class ParleyClient {
     } catch (e) {
       throw ParleyError.from(e);
     }
+  }
+
+  /**
+   * Files a session report (voice.sessionReportToJSON's object, or its JSON)
+   * on call callId. Parley stores it on the call and merges its chat history
+   * into the call's conversation by item id, so items appended live are not
+   * stored twice; the same report again merges nothing.
+   */
+  async reportSession(callId: string, report: Record<string, unknown> | string): Promise<ReportSessionResult> {
+    const reportJson = typeof report === 'string' ? report : JSON.stringify(report);
+    const r = await this.call((headers) => this.calls.reportSession({ callId, reportJson }, { headers }));
+    return {
+      callId: r.call?.id ?? callId,
+      reportedAt: r.call?.reportedAt ? timestampDate(r.call.reportedAt) : undefined,
+      itemsMerged: r.itemsMerged,
+      itemsReplayed: r.itemsReplayed,
+      itemsConflicting: r.itemsConflicting,
+    };
   }
 
   /** Appends @livekit/agents items (or their to_dict() dicts) by id, exactly once. */

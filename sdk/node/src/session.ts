@@ -5,10 +5,12 @@
 // a bounded queue; one loop sends them in batches, in order, retrying with
 // backoff while Parley is away. Items carry their LiveKit ids, which Parley
 // stores exactly once, so a batch resent after a lost answer is a replay.
+// At the end the session's report (@livekit/agents' SessionReport) is filed
+// with ReportSession, whose merge adds only what the live appends missed.
 
 import { llm, voice } from '@livekit/agents';
 
-import { ParleyError, type Logger, type ParleyClient } from './client';
+import { ParleyError, type Logger, type ParleyClient, type ReportSessionResult } from './client';
 import { isRecorded, toDict, type ItemDict } from './agentsjson';
 
 /** What Parley puts in the job's dispatch metadata (internal/room.DispatchMetadata). */
@@ -17,9 +19,11 @@ export interface DispatchMetadata {
   /** The conversation's last item when the room resumed it: restore up to it; 0 is up to the newest. */
   lastSeq: number;
   agentMetadata: string;
+  /** The room's id, which is its call's: ReportSession's call. "" in a dispatch made by a Parley older than the session report. */
+  callId: string;
 }
 
-/** Parses the job's dispatch metadata JSON {"conversation_id","last_seq","agent_metadata"}. */
+/** Parses the job's dispatch metadata JSON {"conversation_id","last_seq","agent_metadata","call_id"}. */
 export function parseDispatchMetadata(metadata: string): DispatchMetadata {
   let d: unknown;
   try {
@@ -33,6 +37,7 @@ export function parseDispatchMetadata(metadata: string): DispatchMetadata {
     conversationId: String(o.conversation_id),
     lastSeq: Number(o.last_seq ?? 0) || 0,
     agentMetadata: typeof o.agent_metadata === 'string' ? o.agent_metadata : '',
+    callId: typeof o.call_id === 'string' ? o.call_id : '',
   };
 }
 
@@ -42,8 +47,13 @@ interface Entry {
   size: number; // of its JSON, for the batch's byte bound
 }
 
+/** A session report: sessionReportToJSON's object or its JSON, or a function making one, called once the items are flushed. */
+export type Report = Record<string, unknown> | string | (() => Record<string, unknown> | string);
+
 export interface RecorderOptions {
   agent?: string;
+  /** The call the session report is filed on (the dispatch metadata's call_id). */
+  callId?: string;
   maxQueue?: number;
   batchSize?: number;
   batchBytes?: number;
@@ -61,6 +71,9 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
  */
 export class SessionRecorder {
   readonly agent: string;
+  readonly callId: string;
+  /** ReportSession's answer to the report this recorder filed, if it did. */
+  reportResult?: ReportSessionResult;
   private readonly log: Logger;
   private readonly queue: Entry[] = [];
   private readonly maxQueue: number;
@@ -84,6 +97,7 @@ export class SessionRecorder {
     opts: RecorderOptions = {},
   ) {
     this.agent = opts.agent ?? '';
+    this.callId = opts.callId ?? '';
     this.log = client.logger;
     this.maxQueue = opts.maxQueue ?? 10_000;
     this.batchSize = opts.batchSize ?? 100;
@@ -284,31 +298,103 @@ export class SessionRecorder {
     }
   }
 
-  /** Appends the final history and flushes, giving up after timeoutMs. */
-  async close(timeoutMs = 10_000): Promise<void> {
+  /**
+   * Appends the final history and flushes, then files report; all within
+   * timeoutMs. The report goes after the flush, so its merge finds the live
+   * items stored and adds only those they missed. Items still unsent at the
+   * deadline leave the report unfiled (logged): Parley was away.
+   */
+  async close(timeoutMs = 10_000, report?: Report): Promise<ReportSessionResult | undefined> {
+    const deadline = Date.now() + timeoutMs;
     this.sweep();
     this.closed = true;
-    if (!this.loop) return;
-    const drained = new Promise<boolean>((r) => {
-      if (this.pending === 0) return r(true);
-      this.idle = () => r(true);
-    });
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), timeoutMs)));
-    const ok = await Promise.race([drained, late]);
-    clearTimeout(timer);
-    if (!ok) this.log.error(`parley: shutdown deadline passed with ${this.pending} items unsent`);
-    this.stopped = true;
-    this.wake?.();
+    let ok = true;
+    if (this.loop) {
+      const drained = new Promise<boolean>((r) => {
+        if (this.pending === 0) return r(true);
+        this.idle = () => r(true);
+      });
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), timeoutMs)));
+      ok = await Promise.race([drained, late]);
+      clearTimeout(timer);
+      if (!ok) this.log.error(`parley: shutdown deadline passed with ${this.pending} items unsent`);
+      this.stopped = true;
+      this.wake?.();
+    }
+    if (report === undefined) return undefined;
+    if (!ok) {
+      this.log.error(`parley: session report of call ${this.callId} not filed: the shutdown deadline passed`);
+      return undefined;
+    }
+    return this.fileReport(report, deadline - Date.now());
+  }
+
+  /**
+   * Files a session report on the recorder's call, retrying for timeoutMs.
+   * Returns ReportSession's answer (also kept as reportResult), or
+   * undefined, logged, when there is no call id, the report cannot be made,
+   * Parley refuses it, or the deadline passes.
+   */
+  async fileReport(report: Report, timeoutMs = 10_000): Promise<ReportSessionResult | undefined> {
+    if (!this.callId) {
+      this.log.warn('parley: no call id (the dispatch metadata has none); session report not filed');
+      return undefined;
+    }
+    let json: string;
+    try {
+      const r = typeof report === 'function' ? report() : report;
+      json = typeof r === 'string' ? r : JSON.stringify(r);
+    } catch (e) {
+      // A session that cannot report must still shut down.
+      this.log.error(`parley: could not make the session report of call ${this.callId}: ${(e as Error).message}`);
+      return undefined;
+    }
+    const deadline = Date.now() + timeoutMs;
+    let backoff = 200;
+    for (;;) {
+      try {
+        const got = await this.client.reportSession(this.callId, json);
+        this.reportResult = got;
+        this.log.info(
+          `parley: session report filed on call ${this.callId}: ${got.itemsMerged} items merged, ${got.itemsReplayed} already stored, ${got.itemsConflicting} conflicting`,
+        );
+        return got;
+      } catch (e) {
+        const pe = ParleyError.from(e);
+        if (!pe.retryable) {
+          this.log.error(`parley: session report of call ${this.callId} refused: ${pe.message}`);
+          return undefined;
+        }
+        const wait = pe.retryAfter !== undefined ? pe.retryAfter * 1000 : backoff * (0.5 + Math.random());
+        if (Date.now() + wait > deadline) {
+          this.log.error(`parley: session report of call ${this.callId} not filed by the deadline: ${pe.message}`);
+          return undefined;
+        }
+        await sleep(wait);
+        backoff = Math.min(backoff * 2, this.maxBackoff);
+      }
+    }
   }
 }
 
 export interface PersistOptions {
-  /** The job context (JobContext): its dispatch metadata names the conversation, and the final flush becomes one of its shutdown callbacks. */
-  jobCtx?: { job: { metadata: string; agentName: string }; addShutdownCallback(cb: () => Promise<void>): void };
+  /**
+   * The job context (JobContext): its dispatch metadata names the conversation and the call, and
+   * the final flush, then the session report (makeSessionReport), become one of its shutdown callbacks.
+   */
+  jobCtx?: {
+    job: { metadata: string; agentName: string };
+    addShutdownCallback(cb: () => Promise<void>): void;
+    makeSessionReport?(session?: voice.AgentSession): voice.SessionReport;
+  };
   conversationId?: string;
   untilSeq?: number;
   agentName?: string;
+  /** The call to file the session report on; by default the dispatch metadata's call_id. */
+  callId?: string;
+  /** false: file no session report at the job's end. */
+  fileReport?: boolean;
   restoreTimeoutMs?: number;
   shutdownTimeoutMs?: number;
 }
@@ -317,7 +403,11 @@ export interface PersistOptions {
  * Restores agent from Parley and records session there; call before session.start.
  *
  * The conversation comes from conversationId or the job's dispatch
- * metadata, whose last_seq bounds the restore.
+ * metadata, whose last_seq bounds the restore. With a job context, the
+ * final flush runs as one of its shutdown callbacks, and then, unless
+ * fileReport is false, files the job's session report
+ * (jobCtx.makeSessionReport(session), as voice.sessionReportToJSON writes
+ * it) on the dispatch metadata's call_id, all within shutdownTimeoutMs.
  */
 export async function persistSession(
   session: voice.AgentSession,
@@ -325,17 +415,30 @@ export async function persistSession(
   client: ParleyClient,
   opts: PersistOptions = {},
 ): Promise<SessionRecorder> {
-  let { conversationId, untilSeq, agentName } = opts;
+  let { conversationId, untilSeq, agentName, callId } = opts;
+  const jobCtx = opts.jobCtx;
   if (conversationId === undefined) {
-    if (!opts.jobCtx) throw new Error('persistSession needs a conversationId or a jobCtx');
-    const md = parseDispatchMetadata(opts.jobCtx.job.metadata);
+    if (!jobCtx) throw new Error('persistSession needs a conversationId or a jobCtx');
+    const md = parseDispatchMetadata(jobCtx.job.metadata);
     conversationId = md.conversationId;
     untilSeq ??= md.lastSeq;
-    agentName ||= opts.jobCtx.job.agentName;
+    callId ??= md.callId;
   }
-  const rec = new SessionRecorder(client, conversationId, { agent: agentName ?? '' });
+  if (jobCtx) agentName ||= jobCtx.job.agentName;
+  const rec = new SessionRecorder(client, conversationId, { agent: agentName ?? '', callId: callId ?? '' });
+  const fileReport = opts.fileReport !== false && jobCtx !== undefined;
+  if (fileReport && !rec.callId) client.logger.warn('parley: the dispatch metadata has no call_id; the session report will not be filed');
   await rec.restore(agent, { untilSeq: untilSeq ?? 0, timeoutMs: opts.restoreTimeoutMs ?? 5_000 });
   rec.attach(session);
-  opts.jobCtx?.addShutdownCallback(() => rec.close(opts.shutdownTimeoutMs ?? 10_000));
+  jobCtx?.addShutdownCallback(async () => {
+    const report =
+      fileReport && rec.callId
+        ? () => {
+            if (!jobCtx.makeSessionReport) throw new Error('the job context makes no session report');
+            return voice.sessionReportToJSON(jobCtx.makeSessionReport(session));
+          }
+        : undefined;
+    await rec.close(opts.shutdownTimeoutMs ?? 10_000, report);
+  });
   return rec;
 }
