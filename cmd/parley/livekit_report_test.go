@@ -24,9 +24,10 @@ import (
 // the SDK flushes the items and files the job's own session report with
 // ReportSession. Its chat history merges exactly once with the items
 // appended live: in one call every item was appended live and the report
-// adds none; in the other the weather turn's appends were lost and the
-// report adds just those, once. The same report again adds nothing, and
-// the call carries the report's time and metrics.
+// adds none (after a first attempt answered unavailable: the SDK retries);
+// in another the weather turn's appends were lost and the report adds just
+// those, once. The same report again adds nothing, and the call carries the
+// report's time and metrics. A third call opts out and has no report.
 func TestLiveKitAgentsReport(t *testing.T) {
 	py := liveKitAgentsPython(t)
 	p := startAgentParley(t, "py-agent", "")
@@ -55,8 +56,8 @@ func TestLiveKitAgentsNodeReport(t *testing.T) {
 }
 
 // checkReports runs an SDK's report_check script, made by command with
-// the environment it needs, on two calls CreateRoom dispatches p.agent to
-// ("live" and "lossy"), and checks Parley's side of each.
+// the environment it needs, on three calls CreateRoom dispatches p.agent to
+// ("live", "lossy" and "optout"), and checks Parley's side of each.
 func (p *agentParley) checkReports(t *testing.T, command func(env ...string) *exec.Cmd) {
 	t.Helper()
 	rooms := parleyv1connect.NewRoomServiceClient(http.DefaultClient, p.r.base)
@@ -71,7 +72,7 @@ func (p *agentParley) checkReports(t *testing.T, command func(env ...string) *ex
 		reportedBy  time.Time
 	}
 	var made []*call
-	for _, name := range []string{"live", "lossy"} {
+	for _, name := range []string{"live", "lossy", "optout"} {
 		r, err := rooms.CreateRoom(t.Context(), bearer(connect.NewRequest(&parleyv1.CreateRoomRequest{Name: name, AgentName: p.agent}), p.tok))
 		if err != nil {
 			t.Fatal(err)
@@ -92,10 +93,11 @@ func (p *agentParley) checkReports(t *testing.T, command func(env ...string) *ex
 	cmd := command("PARLEY_URL="+p.r.base, "PARLEY_AGENT_KEY="+p.apiKey, "SCRIPT="+string(scriptJSON), "CALLS="+string(callsJSON))
 	type counts struct{ Merged, Replayed, Conflicting int }
 	var result map[string]struct {
-		History []string `json:"history"`
-		Lost    []string `json:"lost"`
-		Report  counts   `json:"report"`
-		Again   counts   `json:"again"`
+		History  []string `json:"history"`
+		Lost     []string `json:"lost"`
+		Attempts int      `json:"attempts"`
+		Report   *counts  `json:"report"`
+		Again    *counts  `json:"again"`
 	}
 	runAgentScript(t, cmd, &result, func(line string) string {
 		name, ok := strings.CutPrefix(line, "REPORT ")
@@ -125,6 +127,11 @@ func (p *agentParley) checkReports(t *testing.T, command func(env ...string) *ex
 			}
 			if (c.Name == "lossy") != (len(lost) > 0) {
 				t.Fatalf("%d items lost live", len(lost))
+			}
+			optOut := c.Name == "optout"
+			if optOut {
+				// No report, so what was stored live is all there is.
+				c.live = slices.Clone(res.History)
 			}
 			// Live: the history but what was lost, in order.
 			var wantLive, wantAfter []string
@@ -157,20 +164,29 @@ func (p *agentParley) checkReports(t *testing.T, command func(env ...string) *ex
 			if len(after) != len(res.History) {
 				t.Errorf("%d items stored, the history has %d", len(after), len(res.History))
 			}
-			// ReportSession's counts are what the store shows: replayed
-			// the items already live, merged the rest; again, all replayed.
-			if want := (counts{Merged: len(after) - len(c.live), Replayed: len(c.live)}); res.Report != want {
-				t.Errorf("the report's counts = %+v, want %+v", res.Report, want)
-			}
-			if want := (counts{Replayed: len(after)}); res.Again != want {
-				t.Errorf("the same report again: counts = %+v, want %+v", res.Again, want)
-			}
-
 			got, err := calls.GetCall(t.Context(), bearer(connect.NewRequest(&parleyv1.GetCallRequest{CallId: c.room.GetId()}), p.tok))
 			if err != nil {
 				t.Fatal(err)
 			}
 			call := got.Msg.GetCall()
+			if optOut {
+				if res.Attempts != 0 || res.Report != nil || call.GetReportedAt() != nil || call.GetMetrics() != nil {
+					t.Errorf("opted out: %d ReportSessions, counts %v; call reported_at %v, metrics %v", res.Attempts, res.Report, call.GetReportedAt(), call.GetMetrics())
+				}
+				return
+			}
+			// The first attempt of "live" never reached Parley: retried.
+			if want := map[bool]int{true: 2, false: 1}[c.Name == "live"]; res.Attempts != want {
+				t.Errorf("%d ReportSession attempts, want %d", res.Attempts, want)
+			}
+			// ReportSession's counts are what the store shows: replayed
+			// the items already live, merged the rest; again, all replayed.
+			if want := (counts{Merged: len(after) - len(c.live), Replayed: len(c.live)}); res.Report == nil || *res.Report != want {
+				t.Errorf("the report's counts = %+v, want %+v", res.Report, want)
+			}
+			if want := (counts{Replayed: len(after)}); res.Again == nil || *res.Again != want {
+				t.Errorf("the same report again: counts = %+v, want %+v", res.Again, want)
+			}
 			if at := call.GetReportedAt(); at == nil || at.AsTime().Before(c.reportedBy.Add(-time.Second)) {
 				t.Errorf("reported_at = %v, want after the report went out (%v)", at, c.reportedBy)
 			}

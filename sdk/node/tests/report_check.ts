@@ -11,8 +11,10 @@
 // items and files the job's own session report (makeSessionReport). In the
 // call named "lossy" Parley's answers to the items of the weather turn are
 // lost (an internal error, so the SDK gives them up): only the report has
-// them. Before each call's first report this script prints "REPORT <name>"
-// and waits for "GO". Its last line is "RESULT <json>".
+// them. In "live" the first ReportSession is answered unavailable without
+// reaching Parley, so the SDK must retry; "optout" files no report
+// (fileReport: false). Before each call's first report this script prints
+// "REPORT <name>" and waits for "GO". Its last line is "RESULT <json>".
 
 import * as readline from 'node:readline';
 
@@ -42,14 +44,17 @@ function weatherTurn(d: ItemDict): boolean {
 /** Parley's client, with the Go side's look before the first report and, when lossy, lost appends. */
 class CheckClient extends ParleyClient {
   lost: string[] = [];
-  private reported = false;
+  attempts = 0;
+  readonly lossy: boolean;
+  readonly flaky: boolean;
   constructor(
     url: string,
     apiKey: string,
     readonly name: string,
-    readonly lossy: boolean,
   ) {
     super(url, { apiKey, logger: { info: (m) => process.stderr.write(m + '\n'), warn: (m) => process.stderr.write(m + '\n'), error: (m) => process.stderr.write(m + '\n') } });
+    this.lossy = name === 'lossy';
+    this.flaky = name === 'live';
   }
   override async appendItems(conversationId: string, items: llm.ChatItem[] | ItemDict[], opts: { agent?: string; messageId?: string } = {}) {
     const lost = (items as ItemDict[]).filter((d) => this.lossy && weatherTurn(d)).map((d) => String(d.id));
@@ -60,23 +65,22 @@ class CheckClient extends ParleyClient {
     return super.appendItems(conversationId, items, opts);
   }
   override async reportSession(callId: string, report: Record<string, unknown> | string): Promise<ReportSessionResult> {
-    if (!this.reported) {
-      this.reported = true;
+    if (++this.attempts === 1) {
       console.log(`REPORT ${this.name}`);
       const got = await lines.next();
       if (got.done || got.value.trim() !== 'GO') fail(`expected GO, read ${JSON.stringify(got.value)}`);
+      if (this.flaky) throw new ParleyError(Code.Unavailable, 'connection refused'); // as if Parley were away; never sent
     }
     return super.reportSession(callId, report);
   }
 }
 
-const counts = (r: ReportSessionResult | undefined) => {
-  if (!r) fail('no session report was filed');
-  return { merged: r.itemsMerged, replayed: r.itemsReplayed, conflicting: r.itemsConflicting };
-};
+const counts = (r: ReportSessionResult | undefined) =>
+  r ? { merged: r.itemsMerged, replayed: r.itemsReplayed, conflicting: r.itemsConflicting } : null;
 
 async function runCall(call: { name: string; dispatch: string; livekit_room: string }, script: string[]) {
-  const client = new CheckClient(process.env.PARLEY_URL!, process.env.PARLEY_AGENT_KEY!, call.name, call.name === 'lossy');
+  const client = new CheckClient(process.env.PARLEY_URL!, process.env.PARLEY_AGENT_KEY!, call.name);
+  const optOut = call.name === 'optout';
   // A worker's job: dispatched to the call's room, with Parley's metadata.
   const info = {
     acceptArguments: { name: '', identity: 'node-agent', metadata: '' },
@@ -100,7 +104,7 @@ async function runCall(call: { name: string; dispatch: string; livekit_room: str
   return runWithJobContextAsync(jobCtx, async () => {
     const session = new voice.AgentSession({ llm: new ScriptedLLM() });
     const agent = newAgent();
-    const rec = await persistSession(session, agent, client, { jobCtx });
+    const rec = await persistSession(session, agent, client, { jobCtx, fileReport: !optOut });
     await session.start({ agent });
     for (const text of script) await session.run({ userInput: text }).wait();
     // The job's end as @livekit/agents runs it: the session closes, then
@@ -109,12 +113,14 @@ async function runCall(call: { name: string; dispatch: string; livekit_room: str
     for (const cb of jobCtx.shutdownCallbacks) await cb();
     const history = session.history.items.map((i) => i.id);
     const first = counts(rec.reportResult);
+    const attempts = client.attempts;
+    if ((first === null) !== optOut) fail(`${call.name}: report filed ${JSON.stringify(first)}`);
     // The same report again, as a retry after a lost answer would send it.
-    const again = counts(await rec.fileReport(voice.sessionReportToJSON(jobCtx.makeSessionReport(session))));
+    const again = optOut ? null : counts(await rec.fileReport(voice.sessionReportToJSON(jobCtx.makeSessionReport(session))));
     const kinds = new Set(session.history.items.map((i) => i.type));
     for (const k of ['message', 'function_call', 'function_call_output'] as const) if (!kinds.has(k)) fail(`history kinds ${[...kinds]}`);
     if (rec.dropped !== client.lost.length) fail(`${call.name}: ${client.lost.length} items lost live, the SDK gave up ${rec.dropped}`);
-    return { history, lost: client.lost, report: first, again };
+    return { history, lost: client.lost, attempts, report: first, again };
   });
 }
 
