@@ -57,58 +57,19 @@ func TestOutboundWebhooksSurviveSIGKILLMidDelivery(t *testing.T) {
 			<-r.Context().Done()
 			return
 		}
-		if err := testenv.VerifyWebhook(r.Context(), verifier, s.Text(), r.Header, body); err != nil {
-			t.Error(err)
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		mu.Lock()
-		taken = append(taken, r.Header.Get("webhook-id"))
-		mu.Unlock()
-		w.WriteHeader(http.StatusNoContent)
+		takeVerified(t, w, r, body, verifier, s, func(id string) { mu.Lock(); taken = append(taken, id); mu.Unlock() })
 	}))
 	t.Cleanup(srv.Close)
 
 	first := startReplica(t, bin, env)
 	first.waitReady(t, 60*time.Second)
-	reg, err := parleyv1connect.NewAuthServiceClient(http.DefaultClient, first.base).Register(t.Context(), connect.NewRequest(&parleyv1.RegisterRequest{
-		Email: "hooks-" + uuid.NewString() + "@example.com", Password: "correct horse",
-	}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	userID := uuid.MustParse(reg.Msg.GetUser().GetId())
-	hooks := parleyv1connect.NewWebhookServiceClient(http.DefaultClient, first.base)
-	req := connect.NewRequest(&parleyv1.CreateEndpointRequest{Url: srv.URL + "/hooks", EventTypes: []string{webhook.CallEnded}})
-	req.Header().Set("Authorization", "Bearer "+reg.Msg.GetTokens().GetAccessToken())
-	created, err := hooks.CreateEndpoint(t.Context(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := webhook.ParseSecret(created.Msg.GetSecret())
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	db, err := postgres.Open(t.Context(), dbURL, postgres.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	store := postgres.NewWebhookStore(db)
+	c := newHookCustomer(t, first.base, dbURL, srv.URL+"/hooks")
 	mu.Lock()
-	secret = s
+	secret = c.secret
 	mu.Unlock()
 	var want []string
 	for i := range 3 {
-		ev, err := webhook.NewEvent(userID, webhook.CallEnded, json.RawMessage(fmt.Sprintf(`{"n":%d}`, i)), time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := store.Publish(t.Context(), ev); err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, ev.ID.String())
+		want = append(want, c.publish(t, i))
 	}
 
 	select {
@@ -143,4 +104,81 @@ func TestOutboundWebhooksSurviveSIGKILLMidDelivery(t *testing.T) {
 	if strings.Contains(second.log.String(), "webhook dispatch pass failed") {
 		t.Fatalf("the second replica's dispatcher failed:\n%s", second.log.String())
 	}
+}
+
+// hookCustomer is a user with one endpoint, registered through the API,
+// and the store its events are published through, as the calls that cause
+// them would.
+type hookCustomer struct {
+	userID   uuid.UUID
+	token    string
+	hooks    parleyv1connect.WebhookServiceClient
+	endpoint string
+	secret   webhook.Secret
+	store    *postgres.WebhookStore
+}
+
+// newHookCustomer registers a user at the server at base and its endpoint
+// at url for call.ended.
+func newHookCustomer(t *testing.T, base, dbURL, url string) *hookCustomer {
+	t.Helper()
+	reg, err := parleyv1connect.NewAuthServiceClient(http.DefaultClient, base).Register(t.Context(), connect.NewRequest(&parleyv1.RegisterRequest{
+		Email: "hooks-" + uuid.NewString() + "@example.com", Password: "correct horse",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &hookCustomer{
+		userID: uuid.MustParse(reg.Msg.GetUser().GetId()),
+		token:  reg.Msg.GetTokens().GetAccessToken(),
+		hooks:  parleyv1connect.NewWebhookServiceClient(http.DefaultClient, base),
+	}
+	created, err := c.hooks.CreateEndpoint(t.Context(), authed(c, &parleyv1.CreateEndpointRequest{Url: url, EventTypes: []string{webhook.CallEnded}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.endpoint = created.Msg.GetEndpoint().GetId()
+	if c.secret, err = webhook.ParseSecret(created.Msg.GetSecret()); err != nil {
+		t.Fatal(err)
+	}
+	db, err := postgres.Open(t.Context(), dbURL, postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	c.store = postgres.NewWebhookStore(db)
+	return c
+}
+
+// authed is msg as a request of c's.
+func authed[T any](c *hookCustomer, msg *T) *connect.Request[T] {
+	req := connect.NewRequest(msg)
+	req.Header().Set("Authorization", "Bearer "+c.token)
+	return req
+}
+
+// publish writes a call.ended event of c's with data {"n": n} and returns
+// its webhook-id.
+func (c *hookCustomer) publish(t *testing.T, n int) string {
+	t.Helper()
+	ev, err := webhook.NewEvent(c.userID, webhook.CallEnded, json.RawMessage(fmt.Sprintf(`{"n":%d}`, n)), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.store.Publish(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+	return ev.ID.String()
+}
+
+// takeVerified answers a delivery the pinned reference library verifies
+// with secret 204 and hands take its webhook-id; any other 401.
+func takeVerified(t *testing.T, w http.ResponseWriter, r *http.Request, body []byte, verifier string, secret webhook.Secret, take func(id string)) {
+	if err := testenv.VerifyWebhook(r.Context(), verifier, secret.Text(), r.Header, body); err != nil {
+		t.Error(err)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	take(r.Header.Get("webhook-id"))
+	w.WriteHeader(http.StatusNoContent)
 }
