@@ -32,6 +32,23 @@ const (
 	ItemAgentConfigUpdate  ItemKind = 5
 )
 
+// Type is the item's type as livekit-agents' ChatItem names it.
+func (k ItemKind) Type() string {
+	switch k {
+	case ItemMessage:
+		return "message"
+	case ItemFunctionCall:
+		return "function_call"
+	case ItemFunctionCallOutput:
+		return "function_call_output"
+	case ItemAgentHandoff:
+		return "agent_handoff"
+	case ItemAgentConfigUpdate:
+		return "agent_config_update"
+	}
+	return fmt.Sprintf("kind_%d", int16(k))
+}
+
 // RoleDeveloper is the role of developer instructions. Developer messages
 // are items only: they never get a Message.
 const RoleDeveloper Role = 4
@@ -176,7 +193,9 @@ type ItemStore interface {
 	// Messages of those that have one, in one atomic write. Items whose id
 	// is stored with the same payload are not stored again; one stored
 	// with a different payload fails the batch with ErrItemConflict. When
-	// every item was stored before, Replayed is set.
+	// every item was stored before, Replayed is set. When the owner has an
+	// endpoint taking conversation.items_appended, the same write records
+	// the new items for that event (webhook.ItemBatch).
 	AppendItems(ctx context.Context, id uuid.UUID, s Scope, b ItemBatch) (StoredItems, error)
 	// ListItems returns the items in r; ErrNotFound when the conversation
 	// is outside r.Scope.

@@ -11,6 +11,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/conversation"
+	"github.com/parley-dev/parley/internal/webhook"
 )
 
 const (
@@ -28,7 +29,14 @@ const (
 	// array per column, an element per item: $8 ids, $9 kinds, $10 roles
 	// (0: none), $11 texts, $12 call ids (''), $13 payloads ('': a plain
 	// text message's, made here), $14 message ids (NULL: no message), $15
-	// the item's place among the batch's messages (0: none).
+	// the item's place among the batch's messages (0: none); $16 the
+	// webhook.ItemsWindow in seconds, $17 webhook.MaxItemsPerEvent, $18
+	// webhook.ItemsAppended.
+	//
+	// When the owner has an endpoint taking conversation.items_appended,
+	// the batch CTE also opens or extends the conversation's pending
+	// webhook_item_batches row, due at webhook.ItemBatch.DueAt; otherwise
+	// it only probes the owner's endpoints and writes nothing.
 	AppendItemsSQL = `WITH conv AS (
     UPDATE conversations
        SET last_item_seq = last_item_seq + $4::bigint,
@@ -37,7 +45,16 @@ const (
            message_count = message_count + $5::bigint,
            updated_at = now()
      WHERE id = $1::uuid AND ($2::uuid IS NULL OR user_id = $2::uuid)
- RETURNING last_item_seq - $4::bigint AS item_base, last_seq - $5::bigint AS msg_base
+ RETURNING user_id, last_item_seq - $4::bigint AS item_base, last_seq - $5::bigint AS msg_base
+), batch AS (
+    INSERT INTO webhook_item_batches AS b (conversation_id, user_id, first_seq, last_seq, opened_at, due_at)
+    SELECT $1::uuid, conv.user_id, conv.item_base + 1, conv.item_base + $4::bigint, now(),
+           now() + CASE WHEN $4::bigint >= $17::bigint THEN interval '0' ELSE make_interval(secs => $16::float8) END
+      FROM conv
+     WHERE EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.user_id = conv.user_id AND $18::text = ANY (e.event_types))
+        ON CONFLICT (conversation_id) DO UPDATE
+       SET last_seq = EXCLUDED.last_seq,
+           due_at = b.opened_at + CASE WHEN EXCLUDED.last_seq - b.first_seq + 1 >= $17::bigint THEN interval '0' ELSE make_interval(secs => $16::float8) END
 ), turn AS (
     INSERT INTO turns (conversation_id, turn_id, first_seq, message_count)
     SELECT $1::uuid, $3::text, conv.msg_base + 1, $5::smallint
@@ -169,7 +186,8 @@ func AppendItemsArgs(id uuid.UUID, s conversation.Scope, b conversation.ItemBatc
 		turnID = b.TurnID
 	}
 	return []any{uuidArg(id), scopeArg(s), turnID, int64(n), msgs, agent, messageID,
-		ids, kinds, roles, texts, callIDs, payloads, rows, places}
+		ids, kinds, roles, texts, callIDs, payloads, rows, places,
+		webhook.ItemsWindow.Seconds(), int64(webhook.MaxItemsPerEvent), webhook.ItemsAppended}
 }
 
 // AppendItems implements conversation.ItemStore. The batch goes in one

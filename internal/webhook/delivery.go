@@ -219,20 +219,27 @@ func NewDispatcher(outbox Outbox, sender Sender, opts DispatcherOptions) *Dispat
 
 // Run delivers until ctx ends, then returns nil.
 func (d *Dispatcher) Run(ctx context.Context) error {
+	runPasses(ctx, d.opts.Poll, d.opts.Log, "webhook dispatch pass failed", d.RunOnce)
+	return nil
+}
+
+// runPasses runs pass until ctx ends: again at once after one that did
+// something, else after about poll. A failed pass is logged as failed.
+func runPasses(ctx context.Context, poll time.Duration, log *slog.Logger, failed string, pass func(context.Context) (int, error)) {
 	for {
-		n, err := d.RunOnce(ctx)
+		n, err := pass(ctx)
 		if err != nil && ctx.Err() == nil {
-			d.opts.Log.WarnContext(ctx, "webhook dispatch pass failed", slog.String("error", err.Error()))
+			log.WarnContext(ctx, failed, slog.String("error", err.Error()))
 		}
 		if n > 0 && err == nil {
 			continue
 		}
 		// Jitter keeps replicas that started together from polling in step.
-		t := time.NewTimer(d.opts.Poll/2 + rand.N(d.opts.Poll))
+		t := time.NewTimer(poll/2 + rand.N(poll))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil
+			return
 		case <-t.C:
 		}
 	}
