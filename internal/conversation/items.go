@@ -137,6 +137,8 @@ type ListItemsRequest struct {
 	Order Order
 	// Agent keeps only that agent's items; "" keeps all.
 	Agent string
+	// AfterSeq keeps only the items with a larger seq; 0 keeps all.
+	AfterSeq int64
 }
 
 // ItemPage is one page of ListItems.
@@ -404,7 +406,10 @@ func (s *Service) ListItems(ctx context.Context, p auth.Principal, r ListItemsRe
 	default:
 		return ItemPage{}, invalid("unknown order")
 	}
-	rng := ItemRange{ConversationID: r.ConversationID, Scope: scope, Order: order, Agent: r.Agent, Limit: size + 1}
+	if r.AfterSeq < 0 {
+		return ItemPage{}, invalid("after_seq must not be negative")
+	}
+	rng := ItemRange{ConversationID: r.ConversationID, Scope: scope, Order: order, Agent: r.Agent, After: r.AfterSeq, Limit: size + 1}
 	if r.PageToken != "" {
 		tok, err := decodeItemToken(r.PageToken)
 		if err != nil {
@@ -416,7 +421,7 @@ func (s *Service) ListItems(ctx context.Context, p auth.Principal, r ListItemsRe
 		if order == OrderNewestFirst {
 			rng.Before = tok.Seq
 		} else {
-			rng.After = tok.Seq
+			rng.After = max(rng.After, tok.Seq)
 		}
 	}
 	items, err := s.store.ListItems(ctx, rng)

@@ -55,7 +55,7 @@ func (s *ConversationServer) ListItems(ctx context.Context, req *connect.Request
 	}
 	page, err := s.svc.ListItems(ctx, p, conversation.ListItemsRequest{
 		ConversationID: id, PageSize: int(req.Msg.GetPageSize()), PageToken: req.Msg.GetPageToken(),
-		Order: order, Agent: req.Msg.GetAgent(),
+		Order: order, Agent: req.Msg.GetAgent(), AfterSeq: req.Msg.GetAfterSeq(),
 	})
 	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)

@@ -108,6 +108,19 @@ func TestItemsRPC(t *testing.T) {
 			m.GetContent()[0].GetText() != "weather?" || m.GetCreatedAt() == nil || turnItem.GetMessageId() != "t1" {
 			t.Errorf("SaveTurn's item = %v", turnItem)
 		}
+		// after_seq bounds either order, and pages within its bound.
+		after, err := c.ListItems(ctx, as(owner, &parleyv1.ListItemsRequest{ConversationId: id, AfterSeq: 2, PageSize: 3, Order: parleyv1.Order_ORDER_OLDEST_FIRST}))
+		if err != nil || !cmp.Equal(itemSeqs(after.Msg.GetItems()), []int64{3, 4, 5}) || after.Msg.GetNextPageToken() == "" {
+			t.Fatalf("ListItems oldest first after seq 2 = %v, %v", after.Msg, err)
+		}
+		after, err = c.ListItems(ctx, as(owner, &parleyv1.ListItemsRequest{ConversationId: id, AfterSeq: 2, PageSize: 3, Order: parleyv1.Order_ORDER_OLDEST_FIRST, PageToken: after.Msg.GetNextPageToken()}))
+		if err != nil || !cmp.Equal(itemSeqs(after.Msg.GetItems()), []int64{6}) || after.Msg.GetNextPageToken() != "" {
+			t.Errorf("ListItems oldest first after seq 2, second page = %v, %v", after.Msg, err)
+		}
+		after, err = c.ListItems(ctx, as(owner, &parleyv1.ListItemsRequest{ConversationId: id, AfterSeq: 4}))
+		if err != nil || !cmp.Equal(itemSeqs(after.Msg.GetItems()), []int64{6, 5}) {
+			t.Errorf("ListItems newest first after seq 4 = %v, %v", after.Msg, err)
+		}
 		voice, err := c.ListItems(ctx, as(agentID, &parleyv1.ListItemsRequest{ConversationId: id, Agent: "voice", Order: parleyv1.Order_ORDER_OLDEST_FIRST}))
 		if err != nil || !cmp.Equal(itemSeqs(voice.Msg.GetItems()), []int64{2, 3, 4, 5, 6}) {
 			t.Errorf("ListItems of agent voice = %v, %v", voice.Msg, err)
@@ -166,6 +179,9 @@ func TestItemsRPC(t *testing.T) {
 		}
 		if _, err := c.ListItems(ctx, as(owner, &parleyv1.ListItemsRequest{ConversationId: id, PageToken: "garbage"})); codeOf(err) != connect.CodeInvalidArgument {
 			t.Errorf("ListItems garbage token = %v, want invalid_argument", err)
+		}
+		if _, err := c.ListItems(ctx, as(owner, &parleyv1.ListItemsRequest{ConversationId: id, AfterSeq: -1})); codeOf(err) != connect.CodeInvalidArgument {
+			t.Errorf("negative after_seq = %v, want invalid_argument", err)
 		}
 	})
 }

@@ -197,6 +197,14 @@ func TestRESTPaths(t *testing.T) {
 		}
 	})
 
+	t.Run("list items takes after_seq", func(t *testing.T) {
+		status, _, out := restCall(t, http.MethodGet, base+"/api/v1/conversations/"+convID+"/items?after_seq=1&order=ORDER_OLDEST_FIRST&limit=2", ada, "")
+		items, _ := out["items"].([]any)
+		if status != http.StatusOK || len(items) != 2 || items[0].(map[string]any)["seq"] != "2" || items[1].(map[string]any)["seq"] != "3" {
+			t.Errorf("GET items after seq 1: %d %v", status, out)
+		}
+	})
+
 	t.Run("errors keep their codes and HTTP statuses", func(t *testing.T) {
 		status, _, out := restCall(t, http.MethodPost, base+"/api/v1/conversations", "", `{"title":"x"}`)
 		wantError(t, "no token", status, out, http.StatusUnauthorized, connect.CodeUnauthenticated)

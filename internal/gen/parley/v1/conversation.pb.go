@@ -1262,7 +1262,11 @@ type ListItemsRequest struct {
 	// order defaults to ORDER_NEWEST_FIRST.
 	Order Order `protobuf:"varint,4,opt,name=order,proto3,enum=parley.v1.Order" json:"order,omitempty"`
 	// agent keeps only the items that agent appended; empty for every item.
-	Agent         string `protobuf:"bytes,5,opt,name=agent,proto3" json:"agent,omitempty"`
+	Agent string `protobuf:"bytes,5,opt,name=agent,proto3" json:"agent,omitempty"`
+	// after_seq keeps only the items with a larger seq (0: every item), in
+	// either order: with ORDER_OLDEST_FIRST and after_seq = first_seq - 1, a
+	// conversation.items_appended event's items come first.
+	AfterSeq      int64 `protobuf:"varint,6,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1330,6 +1334,13 @@ func (x *ListItemsRequest) GetAgent() string {
 		return x.Agent
 	}
 	return ""
+}
+
+func (x *ListItemsRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
 }
 
 type ListItemsResponse struct {
@@ -1761,7 +1772,7 @@ const file_parley_v1_conversation_proto_rawDesc = "" +
 	"message_id\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\tmessageId\"X\n" +
 	"\x13AppendItemsResponse\x12%\n" +
 	"\x05items\x18\x01 \x03(\v2\x0f.parley.v1.ItemR\x05items\x12\x1a\n" +
-	"\breplayed\x18\x02 \x01(\bR\breplayed\"\xe9\x01\n" +
+	"\breplayed\x18\x02 \x01(\bR\breplayed\"\x8f\x02\n" +
 	"\x10ListItemsRequest\x121\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x0econversationId\x12'\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\n" +
@@ -1769,7 +1780,8 @@ const file_parley_v1_conversation_proto_rawDesc = "" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x120\n" +
 	"\x05order\x18\x04 \x01(\x0e2\x10.parley.v1.OrderB\b\xbaH\x05\x82\x01\x02\x10\x01R\x05order\x12\x1e\n" +
-	"\x05agent\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x05agent\"\x8b\x01\n" +
+	"\x05agent\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x05agent\x12$\n" +
+	"\tafter_seq\x18\x06 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\bafterSeq\"\x8b\x01\n" +
 	"\x11ListItemsResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12%\n" +
 	"\x05items\x18\x02 \x03(\v2\x0f.parley.v1.ItemR\x05items\x12&\n" +
