@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -32,10 +34,8 @@ import (
 // reference library.
 func TestCallFromWebhooks(t *testing.T) {
 	lk := rtctest.NewServer(t, testLiveKitKey, testLiveKitSecret)
-	env := baseEnv(t, testenv.DatabaseURL(t))
+	env := webhookEnv(t)
 	env["LIVEKIT_URL"] = lk.URL
-	env["PARLEY_WEBHOOK_ALLOW_HTTP"] = "true"
-	env["PARLEY_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.1/32"
 	verifier := testenv.WebhookReceiver(t)
 	s := startServer(t, env)
 	ctx := context.Background()
@@ -143,7 +143,17 @@ func TestCallFromWebhooks(t *testing.T) {
 	}
 }
 
-// callEventReceiver collects the call events an endpoint receives, one per
+// webhookEnv is serve's environment with outbound webhooks allowed to
+// this test's receivers, on 127.0.0.1 over http.
+func webhookEnv(t *testing.T) map[string]string {
+	t.Helper()
+	env := baseEnv(t, testenv.DatabaseURL(t))
+	env["PARLEY_WEBHOOK_ALLOW_HTTP"] = "true"
+	env["PARLEY_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.1/32"
+	return env
+}
+
+// callEventReceiver collects the events an endpoint receives, one per
 // webhook-id.
 type callEventReceiver struct {
 	mu   sync.Mutex
@@ -154,12 +164,22 @@ type callEventReceiver struct {
 type receivedCallEvent struct {
 	Type string
 	Data room.CallEventData
+	// Raw is the data as sent.
+	Raw json.RawMessage `json:"-"`
 }
 
 // receiveCallEvents registers, for the user of token, an endpoint taking
 // call.started and call.ended, and verifies each delivery to it with the
 // reference library at verifier.
 func receiveCallEvents(t *testing.T, s *server, verifier, token string) *callEventReceiver {
+	t.Helper()
+	return receiveEvents(t, s, verifier, token, webhook.CallStarted, webhook.CallEnded)
+}
+
+// receiveEvents registers, for the user of token, an endpoint taking
+// types, and verifies each delivery to it with the reference library at
+// verifier.
+func receiveEvents(t *testing.T, s *server, verifier, token string, types ...string) *callEventReceiver {
 	t.Helper()
 	c := &callEventReceiver{seen: map[string]bool{}}
 	var secret atomic.Pointer[webhook.Secret]
@@ -175,10 +195,16 @@ func receiveCallEvents(t *testing.T, s *server, verifier, token string) *callEve
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
-		var ev receivedCallEvent
-		if err := json.Unmarshal(body, &ev); err != nil {
+		var (
+			ev  receivedCallEvent
+			raw struct {
+				Data json.RawMessage `json:"data"`
+			}
+		)
+		if err := errors.Join(json.Unmarshal(body, &ev), json.Unmarshal(body, &raw)); err != nil {
 			t.Errorf("delivery %s: %v", body, err)
 		}
+		ev.Raw = raw.Data
 		c.mu.Lock()
 		if id := r.Header.Get("webhook-id"); !c.seen[id] {
 			c.seen[id] = true
@@ -189,7 +215,7 @@ func receiveCallEvents(t *testing.T, s *server, verifier, token string) *callEve
 	}))
 	t.Cleanup(srv.Close)
 	created, err := parleyv1connect.NewWebhookServiceClient(http.DefaultClient, s.base).CreateEndpoint(t.Context(),
-		bearer(connect.NewRequest(&parleyv1.CreateEndpointRequest{Url: srv.URL + "/hooks", EventTypes: []string{webhook.CallStarted, webhook.CallEnded}}), token))
+		bearer(connect.NewRequest(&parleyv1.CreateEndpointRequest{Url: srv.URL + "/hooks", EventTypes: types}), token))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,16 +230,23 @@ func receiveCallEvents(t *testing.T, s *server, verifier, token string) *callEve
 // wait returns the events received once there are n, or fails after 30s.
 func (c *callEventReceiver) wait(t *testing.T, n int) []receivedCallEvent {
 	t.Helper()
+	return c.until(t, fmt.Sprintf("%d events", n), func(got []receivedCallEvent) bool { return len(got) >= n })
+}
+
+// until returns the events received once done says they are all, or fails
+// after 30s, saying it wanted what.
+func (c *callEventReceiver) until(t *testing.T, what string, done func([]receivedCallEvent) bool) []receivedCallEvent {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c.mu.Lock()
 		got := slices.Clone(c.got)
 		c.mu.Unlock()
-		if len(got) >= n {
+		if done(got) {
 			return got
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("received %+v after 30s, want %d events", got, n)
+			t.Fatalf("received %+v after 30s, want %s", got, what)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
