@@ -164,6 +164,7 @@ func TestReadmeCurl(t *testing.T) {
 		"/parley.v1.WebhookService/CreateEndpoint", "/api/v1/webhooks/events",
 		"/api/v1/webhooks/endpoints/$ENDPOINT/deliveries", "/parley.v1.WebhookService/RedeliverParked",
 		"/parley.v1.WebhookService/EnableEndpoint",
+		"/parley.v1.CallService/AggregateCalls", "/api/v1/calls:aggregate",
 	} {
 		if !covered[path] {
 			t.Errorf("the README's API section has no curl for %s", path)

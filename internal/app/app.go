@@ -241,8 +241,10 @@ func (a *replica) newServices(ctx context.Context, cfg config.Config, log *slog.
 	pruneWebhooks, webhooks := a.startWebhooks(ctx, cfg, log)
 	s.webhooks = webhooks
 	a.hourly(ctx, s.rooms.Prune, s.accounts.Prune, pruneWebhooks)
-	// Calls whose room_finished was lost close within a minute or two.
-	a.every(ctx, time.Minute, s.rooms.Reconcile)
+	// Calls whose room_finished was lost close within a minute or two; the
+	// metrics of reports stored without them (before they were, or by an
+	// older replica) are stored at start-up and within a minute.
+	a.every(ctx, time.Minute, s.rooms.Reconcile, s.rooms.BackfillMetrics)
 	s.webhook = rpc.NewWebhookHandler(lk, s.rooms, log, refusals)
 	a.goBackground(ctx, func(ctx context.Context) { _ = outbox.Run(ctx) })
 	s.files, err = newFiles(cfg, fileStore, blobs, conversationStore, outbox, log)

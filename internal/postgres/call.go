@@ -21,10 +21,20 @@ import (
 // rank), so that LiveKit's events give the same record in any order and any
 // number of times; see the migration calls.
 const (
-	// callColumns are a room's (as roomColumns, qualified) and its call's.
-	callColumns = `r.id, r.name, r.conversation_id, r.livekit_room, r.livekit_sid, r.status, r.created_by, r.created_at, r.ended_at,
+	// callColumns are a room's (as roomColumns, qualified) and its call's,
+	// with its report; listCallColumns the same but the report only where
+	// its metrics are not stored.
+	callColumns     = callFigureColumns + `, c.report`
+	listCallColumns = callFigureColumns + `, CASE WHEN ` + metricsDue + ` THEN c.report END`
+
+	callFigureColumns = `r.id, r.name, r.conversation_id, r.livekit_room, r.livekit_sid, r.status, r.created_by, r.created_at, r.ended_at,
  COALESCE(r.agent_name, ''), COALESCE(r.agent_metadata, ''), COALESCE(r.resume_seq, 0),
- c.started_at, c.ended_at, COALESCE(c.end_reason, 0), c.last_seen_at, c.report, c.reported_at`
+ c.started_at, c.ended_at, COALESCE(c.end_reason, 0), c.last_seen_at, c.reported_at,
+ c.metrics_of IS NOT DISTINCT FROM c.reported_at AND c.turns IS NOT NULL, COALESCE(c.turns, 0), COALESCE(c.interruptions, 0)`
+
+	// metricsDue is whether a call's report has no stored metrics: the
+	// predicate of calls_metrics_due_idx.
+	metricsDue = `c.report IS NOT NULL AND c.metrics_of IS DISTINCT FROM c.reported_at`
 
 	callFrom = ` FROM rooms r LEFT JOIN calls c ON c.room_id = r.id`
 
@@ -194,17 +204,20 @@ func applyCallEffect(ctx context.Context, tx *sql.Tx, r room.Room, e room.Event,
 	return nil
 }
 
-// callRow scans a row of callColumns.
+// callRow scans a row of callColumns or listCallColumns.
 type callRow struct {
-	roomRow            roomRow
-	started, ended     sql.NullTime
-	reason             int16
-	lastSeen, reported sql.NullTime
-	report             []byte
+	roomRow              roomRow
+	started, ended       sql.NullTime
+	reason               int16
+	lastSeen, reported   sql.NullTime
+	figured              bool
+	turns, interruptions int
+	report               []byte
 }
 
 func (c *callRow) dest() []any {
-	return append(c.roomRow.dest(), &c.started, &c.ended, &c.reason, &c.lastSeen, &c.report, &c.reported)
+	return append(c.roomRow.dest(), &c.started, &c.ended, &c.reason, &c.lastSeen, &c.reported,
+		&c.figured, &c.turns, &c.interruptions, &c.report)
 }
 
 // call is the row's call, its status derived: ended if anything ended it
@@ -216,6 +229,10 @@ func (c *callRow) call() room.Call {
 		CreatedBy: r.CreatedBy, AgentName: r.AgentName, CreatedAt: r.CreatedAt,
 		StartedAt: c.started.Time, EndReason: room.EndReason(c.reason), LastSeenAt: c.lastSeen.Time,
 		Report: c.report, ReportedAt: c.reported.Time, Status: room.CallPending,
+	}
+	if c.figured {
+		// callDetails adds the latencies and usage.
+		out.Metrics = &room.CallMetrics{Turns: c.turns, Interruptions: c.interruptions}
 	}
 	if c.started.Valid {
 		out.Status = room.CallLive
@@ -262,19 +279,49 @@ func (s *RoomStore) Call(ctx context.Context, id, owner uuid.UUID) (_ room.Call,
 // rooms_created_idx, the filters applied to the rows the scan passes.
 func (s *RoomStore) ListCalls(ctx context.Context, owner uuid.UUID, f room.CallFilter, after *room.Cursor, limit int) (_ []room.Call, err error) {
 	defer markUnavailable(&err)
-	var (
-		conds []string
-		args  []any
-	)
-	arg := func(v any) string {
-		args = append(args, v)
-		return "$" + strconv.Itoa(len(args))
-	}
-	if owner != uuid.Nil {
-		conds = append(conds, "r.created_by = "+arg(owner)+"::uuid")
+	var q callQuery
+	conds, err := q.filter(owner, f)
+	if err != nil {
+		return nil, err
 	}
 	if after != nil {
-		conds = append(conds, "(r.created_at, r.id) < ("+arg(after.CreatedAt)+"::timestamptz, "+arg(after.ID)+"::uuid)")
+		conds = append(conds, "(r.created_at, r.id) < ("+q.arg(after.CreatedAt)+"::timestamptz, "+q.arg(after.ID)+"::uuid)")
+	}
+	sel := `SELECT ` + listCallColumns + callFrom
+	if len(conds) > 0 {
+		sel += "\n WHERE " + strings.Join(conds, "\n   AND ")
+	}
+	sel += "\n ORDER BY r.created_at DESC, r.id DESC\n LIMIT " + q.arg(limit)
+	calls, err := readRows(ctx, s.db, "list calls", limit, func(rows *sql.Rows) (room.Call, error) {
+		var c callRow
+		err := rows.Scan(c.dest()...)
+		return c.call(), err
+	}, sel, q.args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.callDetails(ctx, calls); err != nil {
+		return nil, err
+	}
+	return calls, nil
+}
+
+// callQuery builds a statement over rooms r and calls c, numbering its
+// parameters.
+type callQuery struct{ args []any }
+
+func (q *callQuery) arg(v any) string {
+	q.args = append(q.args, v)
+	return "$" + strconv.Itoa(len(q.args))
+}
+
+// filter returns the conditions that keep owner's calls (uuid.Nil:
+// everyone's) matching f, for ListCalls and AggregateCalls alike.
+func (q *callQuery) filter(owner uuid.UUID, f room.CallFilter) ([]string, error) {
+	var conds []string
+	arg := q.arg
+	if owner != uuid.Nil {
+		conds = append(conds, "r.created_by = "+arg(owner)+"::uuid")
 	}
 	if !f.CreatedAfter.IsZero() {
 		conds = append(conds, "r.created_at >= "+arg(f.CreatedAfter)+"::timestamptz")
@@ -305,23 +352,7 @@ func (s *RoomStore) ListCalls(ctx context.Context, owner uuid.UUID, f room.CallF
 		}
 		conds = append(conds, "EXISTS (SELECT 1 FROM conversations m WHERE m.id = r.conversation_id AND m.metadata @> "+arg(md)+"::jsonb)")
 	}
-	q := `SELECT ` + callColumns + callFrom
-	if len(conds) > 0 {
-		q += "\n WHERE " + strings.Join(conds, "\n   AND ")
-	}
-	q += "\n ORDER BY r.created_at DESC, r.id DESC\n LIMIT " + arg(limit)
-	calls, err := readRows(ctx, s.db, "list calls", limit, func(rows *sql.Rows) (room.Call, error) {
-		var c callRow
-		err := rows.Scan(c.dest()...)
-		return c.call(), err
-	}, q, args...)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.callDetails(ctx, calls); err != nil {
-		return nil, err
-	}
-	return calls, nil
+	return conds, nil
 }
 
 // callDetails reads the participants, tracks and egresses of calls, four
@@ -399,7 +430,7 @@ func (s *RoomStore) callDetails(ctx context.Context, calls []room.Call) error {
 	if err != nil {
 		return err
 	}
-	return eachRow(ctx, s.db, "call recordings", callRecordingsSQL, ids, func(rows *sql.Rows) error {
+	err = eachRow(ctx, s.db, "call recordings", callRecordingsSQL, ids, func(rows *sql.Rows) error {
 		var (
 			roomID uuid.UUID
 			egress string
@@ -416,11 +447,21 @@ func (s *RoomStore) callDetails(ctx context.Context, calls []room.Call) error {
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	return s.callFigures(ctx, calls, index)
 }
 
-// eachRow runs query and hands each row to scan.
+// eachRow runs query with its one argument and hands each row to scan.
 func eachRow(ctx context.Context, db *sql.DB, op, query string, arg any, scan func(*sql.Rows) error) error {
-	rows, err := db.QueryContext(ctx, query, arg)
+	return eachRowOf(ctx, db, op, query, []any{arg}, scan)
+}
+
+// eachRowOf runs query on db (a pool or a transaction) and hands each row
+// to scan.
+func eachRowOf(ctx context.Context, db querier, op, query string, args []any, scan func(*sql.Rows) error) error {
+	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}

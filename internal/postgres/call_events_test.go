@@ -399,26 +399,27 @@ func TestReportReadyWithItsReport(t *testing.T) {
 	}
 
 	first := []byte(`{"job_id":"AJ_1","room_id":"RM_1"}`)
-	if err := rooms.SaveReport(t.Context(), r.ID, first, callAt(40)); err != nil {
+	if err := rooms.SaveReport(t.Context(), r.ID, first, derived(t, first), callAt(40)); err != nil {
 		t.Fatal(err)
 	}
 	got := readies()
 	if len(got) != 1 || got[0].XMin != xminOf(t, db, "calls", "room_id", r.ID) || got[0].Deliveries != 1 {
 		t.Fatalf("after a report: %+v, want one report.ready written with it, for the owner's endpoint", got)
 	}
-	if err := rooms.SaveReport(t.Context(), r.ID, first, callAt(41)); err != nil {
+	if err := rooms.SaveReport(t.Context(), r.ID, first, derived(t, first), callAt(41)); err != nil {
 		t.Fatal(err)
 	}
 	if got := readies(); len(got) != 1 {
 		t.Fatalf("the same report again: %d report.ready events, want still 1", len(got))
 	}
-	if err := rooms.SaveReport(t.Context(), r.ID, []byte(`{"job_id":"AJ_2","room_id":"RM_1"}`), callAt(42)); err != nil {
+	changed := []byte(`{"job_id":"AJ_2","room_id":"RM_1"}`)
+	if err := rooms.SaveReport(t.Context(), r.ID, changed, derived(t, changed), callAt(42)); err != nil {
 		t.Fatal(err)
 	}
 	if got := readies(); len(got) != 2 {
 		t.Fatalf("a changed report: %d report.ready events, want 2", len(got))
 	}
-	if err := rooms.SaveReport(t.Context(), uuid.New(), first, callAt(43)); !errors.Is(err, room.ErrNotFound) {
+	if err := rooms.SaveReport(t.Context(), uuid.New(), first, derived(t, first), callAt(43)); !errors.Is(err, room.ErrNotFound) {
 		t.Fatalf("report for no room = %v, want room.ErrNotFound", err)
 	}
 }

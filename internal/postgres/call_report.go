@@ -26,19 +26,24 @@ ON CONFLICT (room_id) DO UPDATE SET report = EXCLUDED.report, reported_at = EXCL
 RETURNING room_id`
 
 // SaveReport implements room.Store. A new or changed report writes
-// report.ready to the outbox in the same transaction.
-func (s *RoomStore) SaveReport(ctx context.Context, id uuid.UUID, report []byte, at time.Time) (err error) {
+// report.ready to the outbox and replaces the call's metrics in the same
+// transaction; the same report again stores its metrics only if an older
+// replica stored it without them.
+func (s *RoomStore) SaveReport(ctx context.Context, id uuid.UUID, report []byte, m room.CallMetrics, at time.Time) (err error) {
 	defer markUnavailable(&err)
 	err = inTx(ctx, s.bun, "save report", func(ctx context.Context, tx bun.Tx) error {
 		var saved uuid.UUID
 		err := tx.Tx.QueryRowContext(ctx, saveReportSQL, id, at, string(report)).Scan(&saved)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			return nil // the same report again
+			return saveFigures(ctx, tx.Tx, id, &m, false, sql.NullTime{})
 		case pgCode(err) == codeForeignKeyViolation:
 			return room.ErrNotFound
 		case err != nil:
 			return fmt.Errorf("save report: %w", err)
+		}
+		if err := saveFigures(ctx, tx.Tx, id, &m, true, sql.NullTime{}); err != nil {
+			return err
 		}
 		return enqueueCallEvent(ctx, tx.Tx, id, webhook.ReportReady, at)
 	})

@@ -40,7 +40,7 @@ func TestSaveReport(t *testing.T) {
 
 	// Before any event: the report makes the call's row.
 	early := roomCreate(t, h.rooms, h.owner, "early")
-	if err := h.rooms.SaveReport(ctx, early.ID, raw, callAt(40)); err != nil {
+	if err := h.rooms.SaveReport(ctx, early.ID, raw, derived(t, raw), callAt(40)); err != nil {
 		t.Fatal(err)
 	}
 	c, err := h.rooms.Call(ctx, early.ID, h.owner)
@@ -54,11 +54,11 @@ func TestSaveReport(t *testing.T) {
 
 	// After the whole call: its record stays as the events made it.
 	played := h.play(callScript(), [][]int{inOrder(len(callScript()))})[0]
-	if err := h.rooms.SaveReport(ctx, played.ID, raw, callAt(50)); err != nil {
+	if err := h.rooms.SaveReport(ctx, played.ID, raw, derived(t, raw), callAt(50)); err != nil {
 		t.Fatal(err)
 	}
 	second := []byte(`{"job_id":"AJ_2","room_id":"RM_2"}`)
-	if err := h.rooms.SaveReport(ctx, played.ID, second, callAt(60)); err != nil {
+	if err := h.rooms.SaveReport(ctx, played.ID, second, derived(t, second), callAt(60)); err != nil {
 		t.Fatal(err)
 	}
 	c, err = h.rooms.Call(ctx, played.ID, h.owner)
@@ -71,7 +71,21 @@ func TestSaveReport(t *testing.T) {
 		t.Fatalf("call after reports = %+v, want the played call %+v reported at %v", c, played, callAt(60))
 	}
 
-	if err := h.rooms.SaveReport(ctx, uuid.New(), raw, callAt(1)); !errors.Is(err, room.ErrNotFound) {
+	if err := h.rooms.SaveReport(ctx, uuid.New(), raw, derived(t, raw), callAt(1)); !errors.Is(err, room.ErrNotFound) {
 		t.Fatalf("SaveReport of no room: %v, want ErrNotFound", err)
 	}
+}
+
+// derived is the metrics ReportSession stores with report raw.
+func derived(t *testing.T, raw []byte) room.CallMetrics {
+	t.Helper()
+	r, err := room.ParseReport(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := room.DeriveMetrics(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -36,6 +36,7 @@ const (
 	codeSerializationFailure      = "40001"
 	codeDeadlockDetected          = "40P01"
 	codeInvalidTextRepresentation = "22P02"
+	codeInvalidParameterValue     = "22023"
 
 	// A server going away, not yet up or full. Class 08 (connection
 	// exception) is matched whole.

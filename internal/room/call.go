@@ -115,9 +115,15 @@ type Call struct {
 	Participants []CallParticipant
 	Egresses     []CallEgress
 	// Report is the agent's session report as JSON, nil until the agent
-	// reports (ReportSession); ReportedAt is when it arrived.
+	// reports (ReportSession); ReportedAt is when it arrived. Store.Call
+	// reads it; Store.ListCalls only where Metrics must still be derived
+	// from it (a page of reports could be many megabytes).
 	Report     []byte
 	ReportedAt time.Time
+	// Metrics are the report's, as stored with it; nil until it arrives.
+	// The service derives them from Report when the store has none yet
+	// (a report stored before they were, see BackfillMetrics).
+	Metrics *CallMetrics
 }
 
 // CallParticipant is one participant session of a call.
@@ -279,9 +285,14 @@ func callReader(p auth.Principal) (uuid.UUID, error) {
 	return p.ID, nil
 }
 
+// callWithAgent completes a call read from the store: its agent, and its
+// metrics if the store has none for its report.
 func (s *Service) callWithAgent(c Call) Call {
 	if c.AgentName == "" {
 		c.AgentName = s.agentName
+	}
+	if c.Metrics == nil && c.Report != nil {
+		c.Metrics = metricsOf(c.Report)
 	}
 	return c
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -57,6 +58,19 @@ type CallMetrics struct {
 	// Latencies has one entry per metric some message carries, by name.
 	Latencies []LatencyStats
 	Usage     []ModelUsage
+	// Samples are the values Latencies summarise, in chat history order
+	// (by metric within a message): what is stored, so that percentiles
+	// over many calls are computed from values rather than from each
+	// call's percentiles. Calls read from the store leave it nil.
+	Samples []LatencySample
+}
+
+// LatencySample is one latency a message of the chat history carries.
+type LatencySample struct {
+	Metric string
+	// Message is the item's index in the chat history.
+	Message int
+	Value   float64
 }
 
 // LatencyStats summarises one MetricsReport field over the messages
@@ -103,7 +117,7 @@ func DeriveMetrics(r Report) (CallMetrics, error) {
 			return CallMetrics{}, invalid("report_json: chat_history: " + err.Error())
 		}
 		values := map[string][]float64{}
-		for _, it := range h.Items {
+		for i, it := range h.Items {
 			if it.Type != "message" {
 				continue
 			}
@@ -113,10 +127,11 @@ func DeriveMetrics(r Report) (CallMetrics, error) {
 			case it.Role == "assistant" && it.Interrupted:
 				m.Interruptions++
 			}
-			for k, raw := range it.Metrics {
+			for _, k := range slices.Sorted(maps.Keys(it.Metrics)) {
 				var f float64
-				if isLatency(k) && json.Unmarshal(raw, &f) == nil {
+				if isLatency(k) && json.Unmarshal(it.Metrics[k], &f) == nil {
 					values[k] = append(values[k], f)
+					m.Samples = append(m.Samples, LatencySample{Metric: k, Message: i, Value: f})
 				}
 			}
 		}
@@ -148,6 +163,11 @@ func DeriveMetrics(r Report) (CallMetrics, error) {
 	return m, nil
 }
 
+// Percentiles over latencies, the per-call ones and those over many calls
+// alike, are nearest-rank: PostgreSQL's percentile_disc(p/100) is the same
+// rule (the first value whose rank reaches ceil(p/100 × n)), which the
+// store's tests check against nearestRank.
+
 // nearestRank is the p-th percentile of sorted vs by the nearest-rank
 // method: the smallest value with at least p% of the values at or below it.
 func nearestRank(sorted []float64, p float64) float64 {
@@ -171,7 +191,8 @@ type ChatMerger func(ctx context.Context, conversationID uuid.UUID, chatHistory 
 // chat history into the call's conversation through merge. Only agents
 // report, and the report's room must be the call's; a repeated report replaces the stored one and merges nothing new.
 // The history is merged before the report is stored, so a report that
-// failed halfway is completed by its retry.
+// failed halfway is completed by its retry; the report's metrics are
+// stored with it, in its transaction.
 func (s *Service) ReportSession(ctx context.Context, p auth.Principal, id uuid.UUID, raw []byte, merge ChatMerger) (Call, MergeCounts, error) {
 	if !p.IsAgent() {
 		return Call{}, MergeCounts{}, auth.ErrPermissionDenied
@@ -180,7 +201,8 @@ func (s *Service) ReportSession(ctx context.Context, p auth.Principal, id uuid.U
 	if err != nil {
 		return Call{}, MergeCounts{}, err
 	}
-	if _, err := DeriveMetrics(r); err != nil {
+	m, err := DeriveMetrics(r)
+	if err != nil {
 		return Call{}, MergeCounts{}, err
 	}
 	c, err := s.store.Call(ctx, id, uuid.Nil)
@@ -198,7 +220,7 @@ func (s *Service) ReportSession(ctx context.Context, p auth.Principal, id uuid.U
 			return Call{}, MergeCounts{}, fmt.Errorf("merge chat history: %w", err)
 		}
 	}
-	if err := s.store.SaveReport(ctx, id, raw, s.now()); err != nil {
+	if err := s.store.SaveReport(ctx, id, raw, m, s.now()); err != nil {
 		return Call{}, MergeCounts{}, err
 	}
 	c, err = s.store.Call(ctx, id, uuid.Nil)

@@ -172,9 +172,23 @@ type Store interface {
 	// Call returns the call of room id; owner uuid.Nil reads anyone's.
 	Call(ctx context.Context, id, owner uuid.UUID) (Call, error)
 	// SaveReport stores report as call id's session report, received at
-	// at, replacing an earlier one; a room that does not exist is
-	// ErrNotFound.
-	SaveReport(ctx context.Context, id uuid.UUID, report []byte, at time.Time) error
+	// at, replacing an earlier one, with m, its metrics (samples and usage
+	// included), in one transaction; a room that does not exist is
+	// ErrNotFound. Calls read back carry m's figures, Latencies and Usage,
+	// not its Samples.
+	SaveReport(ctx context.Context, id uuid.UUID, report []byte, m CallMetrics, at time.Time) error
+	// DueMetrics returns up to limit reports whose metrics are not stored
+	// (stored before metrics were, or by an older replica), in call id
+	// order after the id after.
+	DueMetrics(ctx context.Context, after uuid.UUID, limit int) ([]StoredReport, error)
+	// SaveMetrics stores m as the metrics of call id's report if that is
+	// still the one received at reportedAt and has none; m nil records
+	// that the report yields none.
+	SaveMetrics(ctx context.Context, id uuid.UUID, reportedAt time.Time, m *CallMetrics) error
+	// AggregateCalls returns the groups g makes of the calls matching f
+	// (owner uuid.Nil: everyone's), by agent name then bucket start, at
+	// most limit of them. Only stored metrics count.
+	AggregateCalls(ctx context.Context, owner uuid.UUID, f CallFilter, g CallGrouping, limit int) ([]CallGroup, error)
 	// ListCalls returns up to limit calls matching f, newest first,
 	// strictly after cursor; owner uuid.Nil lists everyone's.
 	ListCalls(ctx context.Context, owner uuid.UUID, f CallFilter, after *Cursor, limit int) ([]Call, error)

@@ -6,6 +6,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
@@ -53,11 +54,8 @@ func (s *CallServer) ListCalls(ctx context.Context, req *connect.Request[parleyv
 		return nil, toConnectError(ctx, s.log, err)
 	}
 	m := req.Msg
-	f := room.CallFilter{Status: room.CallStatus(m.GetStatus()), AgentName: m.GetAgentName(), Metadata: m.GetMetadata()}
-	if f.CreatedAfter, err = optionalTime("created_after", m.GetCreatedAfter()); err != nil {
-		return nil, toConnectError(ctx, s.log, err)
-	}
-	if f.CreatedBefore, err = optionalTime("created_before", m.GetCreatedBefore()); err != nil {
+	f, err := callFilter(m)
+	if err != nil {
 		return nil, toConnectError(ctx, s.log, err)
 	}
 	page, err := s.rooms.ListCalls(ctx, p, f, int(m.GetPageSize()), m.GetPageToken())
@@ -69,6 +67,52 @@ func (s *CallServer) ListCalls(ctx context.Context, req *connect.Request[parleyv
 		out.Calls[i] = callToProto(c)
 	}
 	return connect.NewResponse(out), nil
+}
+
+// AggregateCalls sums up the calls the caller may read that match the
+// filter, in the groups asked for.
+func (s *CallServer) AggregateCalls(ctx context.Context, req *connect.Request[parleyv1.AggregateCallsRequest]) (*connect.Response[parleyv1.AggregateCallsResponse], error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	m := req.Msg
+	f, err := callFilter(m)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	// The domain's buckets are the proto's values, 0 none.
+	g := room.CallGrouping{ByAgent: m.GetGroupByAgent(), Bucket: room.TimeBucket(m.GetBucket()), TimeZone: m.GetTimeZone()}
+	groups, err := s.rooms.AggregateCalls(ctx, p, f, g)
+	if err != nil {
+		return nil, toConnectError(ctx, s.log, err)
+	}
+	out := &parleyv1.AggregateCallsResponse{Groups: make([]*parleyv1.CallGroup, len(groups))}
+	for i, gr := range groups {
+		out.Groups[i] = &parleyv1.CallGroup{
+			AgentName: gr.AgentName, BucketStart: timestamp(gr.Start), Calls: gr.Calls, CallsReported: gr.Reported,
+			Turns: gr.Turns, Interruptions: gr.Interruptions, Latencies: latenciesToProto(gr.Latencies), Usage: usageToProto(gr.Usage),
+		}
+	}
+	return connect.NewResponse(out), nil
+}
+
+// callFilterRequest is the filter ListCalls and AggregateCalls share.
+type callFilterRequest interface {
+	GetStatus() parleyv1.CallStatus
+	GetAgentName() string
+	GetMetadata() map[string]string
+	GetCreatedAfter() *timestamppb.Timestamp
+	GetCreatedBefore() *timestamppb.Timestamp
+}
+
+func callFilter(m callFilterRequest) (f room.CallFilter, err error) {
+	f = room.CallFilter{Status: room.CallStatus(m.GetStatus()), AgentName: m.GetAgentName(), Metadata: m.GetMetadata()}
+	if f.CreatedAfter, err = optionalTime("created_after", m.GetCreatedAfter()); err != nil {
+		return f, err
+	}
+	f.CreatedBefore, err = optionalTime("created_before", m.GetCreatedBefore())
+	return f, err
 }
 
 func callToProto(c room.Call) *parleyv1.Call {
@@ -87,7 +131,7 @@ func callToProto(c room.Call) *parleyv1.Call {
 		EndReason:  parleyv1.CallEndReason(c.EndReason),
 		LastSeenAt: timestamp(c.LastSeenAt),
 		ReportedAt: timestamp(c.ReportedAt),
-		Metrics:    callMetricsToProto(c.Report),
+		Metrics:    callMetricsToProto(c.Metrics),
 	}
 	if c.ConversationID != uuid.Nil {
 		pc.ConversationId = c.ConversationID.String()

@@ -68,26 +68,29 @@ func (s *CallServer) mergeChatHistory(p auth.Principal) room.ChatMerger {
 	}
 }
 
-// callMetricsToProto derives a call's metrics from its stored report,
-// which ReportSession checked derives.
-func callMetricsToProto(report []byte) *parleyv1.CallMetrics {
-	if report == nil {
-		return nil
-	}
-	r, err := room.ParseReport(report)
-	if err != nil {
-		return nil
-	}
-	m, err := room.DeriveMetrics(r)
-	if err != nil {
+// callMetricsToProto converts a call's metrics; nil until it reports.
+func callMetricsToProto(m *room.CallMetrics) *parleyv1.CallMetrics {
+	if m == nil {
 		return nil
 	}
 	pm := &parleyv1.CallMetrics{Turns: int32(m.Turns), Interruptions: int32(m.Interruptions)}
-	for _, l := range m.Latencies {
-		pm.Latencies = append(pm.Latencies, &parleyv1.LatencyStats{Metric: l.Metric, Count: int32(l.Count), P50: l.P50, P95: l.P95})
-	}
-	for _, u := range m.Usage {
-		pm.Usage = append(pm.Usage, &parleyv1.ModelUsage{Type: u.Type, Provider: u.Provider, Model: u.Model, Values: u.Values})
-	}
+	pm.Latencies = latenciesToProto(m.Latencies)
+	pm.Usage = usageToProto(m.Usage)
 	return pm
+}
+
+func latenciesToProto(ls []room.LatencyStats) []*parleyv1.LatencyStats {
+	var out []*parleyv1.LatencyStats
+	for _, l := range ls {
+		out = append(out, &parleyv1.LatencyStats{Metric: l.Metric, Count: int32(l.Count), P50: l.P50, P95: l.P95})
+	}
+	return out
+}
+
+func usageToProto(us []room.ModelUsage) []*parleyv1.ModelUsage {
+	var out []*parleyv1.ModelUsage
+	for _, u := range us {
+		out = append(out, &parleyv1.ModelUsage{Type: u.Type, Provider: u.Provider, Model: u.Model, Values: u.Values})
+	}
+	return out
 }

@@ -257,6 +257,59 @@ func (EgressStatus) EnumDescriptor() ([]byte, []int) {
 	return file_parley_v1_call_proto_rawDescGZIP(), []int{3}
 }
 
+// TimeBucket is the span AggregateCalls groups calls' creation times by.
+type TimeBucket int32
+
+const (
+	// No time grouping: one group over the whole range.
+	TimeBucket_TIME_BUCKET_UNSPECIFIED TimeBucket = 0
+	// The hours of the request's time zone.
+	TimeBucket_TIME_BUCKET_HOUR TimeBucket = 1
+	// The days of the request's time zone, midnight to midnight.
+	TimeBucket_TIME_BUCKET_DAY TimeBucket = 2
+)
+
+// Enum value maps for TimeBucket.
+var (
+	TimeBucket_name = map[int32]string{
+		0: "TIME_BUCKET_UNSPECIFIED",
+		1: "TIME_BUCKET_HOUR",
+		2: "TIME_BUCKET_DAY",
+	}
+	TimeBucket_value = map[string]int32{
+		"TIME_BUCKET_UNSPECIFIED": 0,
+		"TIME_BUCKET_HOUR":        1,
+		"TIME_BUCKET_DAY":         2,
+	}
+)
+
+func (x TimeBucket) Enum() *TimeBucket {
+	p := new(TimeBucket)
+	*p = x
+	return p
+}
+
+func (x TimeBucket) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TimeBucket) Descriptor() protoreflect.EnumDescriptor {
+	return file_parley_v1_call_proto_enumTypes[4].Descriptor()
+}
+
+func (TimeBucket) Type() protoreflect.EnumType {
+	return &file_parley_v1_call_proto_enumTypes[4]
+}
+
+func (x TimeBucket) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TimeBucket.Descriptor instead.
+func (TimeBucket) EnumDescriptor() ([]byte, []int) {
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{4}
+}
+
 // Call is one room's life on LiveKit; its id is the room's.
 type Call struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -1335,6 +1388,273 @@ func (x *ReportSessionResponse) GetItemsConflicting() int32 {
 	return 0
 }
 
+type AggregateCallsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// created_after and created_before bound the calls' room creation,
+	// [created_after, created_before), as ListCalls'; both are required, at
+	// most 93 days apart.
+	CreatedAfter  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=created_after,json=createdAfter,proto3" json:"created_after,omitempty"`
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
+	// status keeps only calls in that status (unspecified: all).
+	Status CallStatus `protobuf:"varint,3,opt,name=status,proto3,enum=parley.v1.CallStatus" json:"status,omitempty"`
+	// agent_name keeps only calls that dispatched that agent.
+	AgentName string `protobuf:"bytes,4,opt,name=agent_name,json=agentName,proto3" json:"agent_name,omitempty"`
+	// metadata keeps only calls whose conversation's metadata has every
+	// pair given.
+	Metadata map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// group_by_agent makes a group per agent name.
+	GroupByAgent bool `protobuf:"varint,6,opt,name=group_by_agent,json=groupByAgent,proto3" json:"group_by_agent,omitempty"`
+	// bucket makes a group per hour or day of the calls' creation.
+	Bucket TimeBucket `protobuf:"varint,7,opt,name=bucket,proto3,enum=parley.v1.TimeBucket" json:"bucket,omitempty"`
+	// time_zone is the IANA time zone (such as "Europe/Paris") whose hours
+	// and days the buckets are; empty is UTC.
+	TimeZone      string `protobuf:"bytes,8,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AggregateCallsRequest) Reset() {
+	*x = AggregateCallsRequest{}
+	mi := &file_parley_v1_call_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AggregateCallsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AggregateCallsRequest) ProtoMessage() {}
+
+func (x *AggregateCallsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_call_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AggregateCallsRequest.ProtoReflect.Descriptor instead.
+func (*AggregateCallsRequest) Descriptor() ([]byte, []int) {
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AggregateCallsRequest) GetCreatedAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAfter
+	}
+	return nil
+}
+
+func (x *AggregateCallsRequest) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
+func (x *AggregateCallsRequest) GetStatus() CallStatus {
+	if x != nil {
+		return x.Status
+	}
+	return CallStatus_CALL_STATUS_UNSPECIFIED
+}
+
+func (x *AggregateCallsRequest) GetAgentName() string {
+	if x != nil {
+		return x.AgentName
+	}
+	return ""
+}
+
+func (x *AggregateCallsRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *AggregateCallsRequest) GetGroupByAgent() bool {
+	if x != nil {
+		return x.GroupByAgent
+	}
+	return false
+}
+
+func (x *AggregateCallsRequest) GetBucket() TimeBucket {
+	if x != nil {
+		return x.Bucket
+	}
+	return TimeBucket_TIME_BUCKET_UNSPECIFIED
+}
+
+func (x *AggregateCallsRequest) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+type AggregateCallsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// groups are ordered by agent name, then bucket start; a group with no
+	// call is left out.
+	Groups        []*CallGroup `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AggregateCallsResponse) Reset() {
+	*x = AggregateCallsResponse{}
+	mi := &file_parley_v1_call_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AggregateCallsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AggregateCallsResponse) ProtoMessage() {}
+
+func (x *AggregateCallsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_call_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AggregateCallsResponse.ProtoReflect.Descriptor instead.
+func (*AggregateCallsResponse) Descriptor() ([]byte, []int) {
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AggregateCallsResponse) GetGroups() []*CallGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+// CallGroup sums up one group of calls.
+type CallGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// agent_name is set when grouped by agent.
+	AgentName string `protobuf:"bytes,1,opt,name=agent_name,json=agentName,proto3" json:"agent_name,omitempty"`
+	// bucket_start is the start of the group's hour or day, when bucketed.
+	BucketStart *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=bucket_start,json=bucketStart,proto3" json:"bucket_start,omitempty"`
+	// calls counts the group's calls; calls_reported those whose agent sent
+	// a session report.
+	Calls         int64 `protobuf:"varint,3,opt,name=calls,proto3" json:"calls,omitempty"`
+	CallsReported int64 `protobuf:"varint,4,opt,name=calls_reported,json=callsReported,proto3" json:"calls_reported,omitempty"`
+	// turns and interruptions are summed over the reports.
+	Turns         int64 `protobuf:"varint,5,opt,name=turns,proto3" json:"turns,omitempty"`
+	Interruptions int64 `protobuf:"varint,6,opt,name=interruptions,proto3" json:"interruptions,omitempty"`
+	// latencies summarise each latency over every sample of the group's
+	// reports (not over per-call percentiles), nearest-rank, by metric.
+	Latencies []*LatencyStats `protobuf:"bytes,7,rep,name=latencies,proto3" json:"latencies,omitempty"`
+	// usage sums the reports' usage per type, provider and model, each
+	// numeric field summed.
+	Usage         []*ModelUsage `protobuf:"bytes,8,rep,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallGroup) Reset() {
+	*x = CallGroup{}
+	mi := &file_parley_v1_call_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallGroup) ProtoMessage() {}
+
+func (x *CallGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_parley_v1_call_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallGroup.ProtoReflect.Descriptor instead.
+func (*CallGroup) Descriptor() ([]byte, []int) {
+	return file_parley_v1_call_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CallGroup) GetAgentName() string {
+	if x != nil {
+		return x.AgentName
+	}
+	return ""
+}
+
+func (x *CallGroup) GetBucketStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BucketStart
+	}
+	return nil
+}
+
+func (x *CallGroup) GetCalls() int64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *CallGroup) GetCallsReported() int64 {
+	if x != nil {
+		return x.CallsReported
+	}
+	return 0
+}
+
+func (x *CallGroup) GetTurns() int64 {
+	if x != nil {
+		return x.Turns
+	}
+	return 0
+}
+
+func (x *CallGroup) GetInterruptions() int64 {
+	if x != nil {
+		return x.Interruptions
+	}
+	return 0
+}
+
+func (x *CallGroup) GetLatencies() []*LatencyStats {
+	if x != nil {
+		return x.Latencies
+	}
+	return nil
+}
+
+func (x *CallGroup) GetUsage() []*ModelUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 var File_parley_v1_call_proto protoreflect.FileDescriptor
 
 const file_parley_v1_call_proto_rawDesc = "" +
@@ -1443,7 +1763,32 @@ const file_parley_v1_call_proto_rawDesc = "" +
 	"\x04call\x18\x01 \x01(\v2\x0f.parley.v1.CallR\x04call\x12!\n" +
 	"\fitems_merged\x18\x02 \x01(\x05R\vitemsMerged\x12%\n" +
 	"\x0eitems_replayed\x18\x03 \x01(\x05R\ritemsReplayed\x12+\n" +
-	"\x11items_conflicting\x18\x04 \x01(\x05R\x10itemsConflicting*o\n" +
+	"\x11items_conflicting\x18\x04 \x01(\x05R\x10itemsConflicting\"\xb4\x04\n" +
+	"\x15AggregateCallsRequest\x12G\n" +
+	"\rcreated_after\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\fcreatedAfter\x12I\n" +
+	"\x0ecreated_before\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01R\rcreatedBefore\x127\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x15.parley.v1.CallStatusB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06status\x12'\n" +
+	"\n" +
+	"agent_name\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\tagentName\x12c\n" +
+	"\bmetadata\x18\x05 \x03(\v2..parley.v1.AggregateCallsRequest.MetadataEntryB\x17\xbaH\x14\x9a\x01\x11\x10\x10\"\x06r\x04\x10\x01\x18@*\x05r\x03\x18\x80\x04R\bmetadata\x12$\n" +
+	"\x0egroup_by_agent\x18\x06 \x01(\bR\fgroupByAgent\x127\n" +
+	"\x06bucket\x18\a \x01(\x0e2\x15.parley.v1.TimeBucketB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06bucket\x12$\n" +
+	"\ttime_zone\x18\b \x01(\tB\a\xbaH\x04r\x02\x18@R\btimeZone\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"F\n" +
+	"\x16AggregateCallsResponse\x12,\n" +
+	"\x06groups\x18\x01 \x03(\v2\x14.parley.v1.CallGroupR\x06groups\"\xc6\x02\n" +
+	"\tCallGroup\x12\x1d\n" +
+	"\n" +
+	"agent_name\x18\x01 \x01(\tR\tagentName\x12=\n" +
+	"\fbucket_start\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vbucketStart\x12\x14\n" +
+	"\x05calls\x18\x03 \x01(\x03R\x05calls\x12%\n" +
+	"\x0ecalls_reported\x18\x04 \x01(\x03R\rcallsReported\x12\x14\n" +
+	"\x05turns\x18\x05 \x01(\x03R\x05turns\x12$\n" +
+	"\rinterruptions\x18\x06 \x01(\x03R\rinterruptions\x125\n" +
+	"\tlatencies\x18\a \x03(\v2\x17.parley.v1.LatencyStatsR\tlatencies\x12+\n" +
+	"\x05usage\x18\b \x03(\v2\x15.parley.v1.ModelUsageR\x05usage*o\n" +
 	"\n" +
 	"CallStatus\x12\x1b\n" +
 	"\x17CALL_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1469,10 +1814,16 @@ const file_parley_v1_call_proto_rawDesc = "" +
 	"\x16EGRESS_STATUS_COMPLETE\x10\x04\x12\x18\n" +
 	"\x14EGRESS_STATUS_FAILED\x10\x05\x12\x19\n" +
 	"\x15EGRESS_STATUS_ABORTED\x10\x06\x12\x1f\n" +
-	"\x1bEGRESS_STATUS_LIMIT_REACHED\x10\a2\xd8\x02\n" +
+	"\x1bEGRESS_STATUS_LIMIT_REACHED\x10\a*T\n" +
+	"\n" +
+	"TimeBucket\x12\x1b\n" +
+	"\x17TIME_BUCKET_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10TIME_BUCKET_HOUR\x10\x01\x12\x13\n" +
+	"\x0fTIME_BUCKET_DAY\x10\x022\xd3\x03\n" +
 	"\vCallService\x12d\n" +
 	"\aGetCall\x12\x19.parley.v1.GetCallRequest\x1a\x1a.parley.v1.GetCallResponse\"\"\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/calls/{call_id}\x90\x02\x01\x12`\n" +
-	"\tListCalls\x12\x1b.parley.v1.ListCallsRequest\x1a\x1c.parley.v1.ListCallsResponse\"\x18\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/calls\x90\x02\x01\x12\x80\x01\n" +
+	"\tListCalls\x12\x1b.parley.v1.ListCallsRequest\x1a\x1c.parley.v1.ListCallsResponse\"\x18\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/calls\x90\x02\x01\x12y\n" +
+	"\x0eAggregateCalls\x12 .parley.v1.AggregateCallsRequest\x1a!.parley.v1.AggregateCallsResponse\"\"\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/calls:aggregate\x90\x02\x01\x12\x80\x01\n" +
 	"\rReportSession\x12\x1f.parley.v1.ReportSessionRequest\x1a .parley.v1.ReportSessionResponse\",\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/api/v1/calls/{call_id}/report\x90\x02\x02B>Z<github.com/parley-dev/parley/internal/gen/parley/v1;parleyv1b\x06proto3"
 
 var (
@@ -1487,72 +1838,88 @@ func file_parley_v1_call_proto_rawDescGZIP() []byte {
 	return file_parley_v1_call_proto_rawDescData
 }
 
-var file_parley_v1_call_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_parley_v1_call_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_parley_v1_call_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_parley_v1_call_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_parley_v1_call_proto_goTypes = []any{
-	(CallStatus)(0),               // 0: parley.v1.CallStatus
-	(CallEndReason)(0),            // 1: parley.v1.CallEndReason
-	(ParticipantKind)(0),          // 2: parley.v1.ParticipantKind
-	(EgressStatus)(0),             // 3: parley.v1.EgressStatus
-	(*Call)(nil),                  // 4: parley.v1.Call
-	(*CallMetrics)(nil),           // 5: parley.v1.CallMetrics
-	(*LatencyStats)(nil),          // 6: parley.v1.LatencyStats
-	(*ModelUsage)(nil),            // 7: parley.v1.ModelUsage
-	(*CallParticipant)(nil),       // 8: parley.v1.CallParticipant
-	(*CallTrack)(nil),             // 9: parley.v1.CallTrack
-	(*CallRecording)(nil),         // 10: parley.v1.CallRecording
-	(*CallRecordingFile)(nil),     // 11: parley.v1.CallRecordingFile
-	(*GetCallRequest)(nil),        // 12: parley.v1.GetCallRequest
-	(*GetCallResponse)(nil),       // 13: parley.v1.GetCallResponse
-	(*ListCallsRequest)(nil),      // 14: parley.v1.ListCallsRequest
-	(*ListCallsResponse)(nil),     // 15: parley.v1.ListCallsResponse
-	(*ReportSessionRequest)(nil),  // 16: parley.v1.ReportSessionRequest
-	(*ReportSessionResponse)(nil), // 17: parley.v1.ReportSessionResponse
-	nil,                           // 18: parley.v1.ModelUsage.ValuesEntry
-	nil,                           // 19: parley.v1.ListCallsRequest.MetadataEntry
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(CallStatus)(0),                // 0: parley.v1.CallStatus
+	(CallEndReason)(0),             // 1: parley.v1.CallEndReason
+	(ParticipantKind)(0),           // 2: parley.v1.ParticipantKind
+	(EgressStatus)(0),              // 3: parley.v1.EgressStatus
+	(TimeBucket)(0),                // 4: parley.v1.TimeBucket
+	(*Call)(nil),                   // 5: parley.v1.Call
+	(*CallMetrics)(nil),            // 6: parley.v1.CallMetrics
+	(*LatencyStats)(nil),           // 7: parley.v1.LatencyStats
+	(*ModelUsage)(nil),             // 8: parley.v1.ModelUsage
+	(*CallParticipant)(nil),        // 9: parley.v1.CallParticipant
+	(*CallTrack)(nil),              // 10: parley.v1.CallTrack
+	(*CallRecording)(nil),          // 11: parley.v1.CallRecording
+	(*CallRecordingFile)(nil),      // 12: parley.v1.CallRecordingFile
+	(*GetCallRequest)(nil),         // 13: parley.v1.GetCallRequest
+	(*GetCallResponse)(nil),        // 14: parley.v1.GetCallResponse
+	(*ListCallsRequest)(nil),       // 15: parley.v1.ListCallsRequest
+	(*ListCallsResponse)(nil),      // 16: parley.v1.ListCallsResponse
+	(*ReportSessionRequest)(nil),   // 17: parley.v1.ReportSessionRequest
+	(*ReportSessionResponse)(nil),  // 18: parley.v1.ReportSessionResponse
+	(*AggregateCallsRequest)(nil),  // 19: parley.v1.AggregateCallsRequest
+	(*AggregateCallsResponse)(nil), // 20: parley.v1.AggregateCallsResponse
+	(*CallGroup)(nil),              // 21: parley.v1.CallGroup
+	nil,                            // 22: parley.v1.ModelUsage.ValuesEntry
+	nil,                            // 23: parley.v1.ListCallsRequest.MetadataEntry
+	nil,                            // 24: parley.v1.AggregateCallsRequest.MetadataEntry
+	(*timestamppb.Timestamp)(nil),  // 25: google.protobuf.Timestamp
 }
 var file_parley_v1_call_proto_depIdxs = []int32{
 	0,  // 0: parley.v1.Call.status:type_name -> parley.v1.CallStatus
-	20, // 1: parley.v1.Call.created_at:type_name -> google.protobuf.Timestamp
-	20, // 2: parley.v1.Call.started_at:type_name -> google.protobuf.Timestamp
-	20, // 3: parley.v1.Call.ended_at:type_name -> google.protobuf.Timestamp
+	25, // 1: parley.v1.Call.created_at:type_name -> google.protobuf.Timestamp
+	25, // 2: parley.v1.Call.started_at:type_name -> google.protobuf.Timestamp
+	25, // 3: parley.v1.Call.ended_at:type_name -> google.protobuf.Timestamp
 	1,  // 4: parley.v1.Call.end_reason:type_name -> parley.v1.CallEndReason
-	20, // 5: parley.v1.Call.last_seen_at:type_name -> google.protobuf.Timestamp
-	8,  // 6: parley.v1.Call.participants:type_name -> parley.v1.CallParticipant
-	10, // 7: parley.v1.Call.recordings:type_name -> parley.v1.CallRecording
-	20, // 8: parley.v1.Call.reported_at:type_name -> google.protobuf.Timestamp
-	5,  // 9: parley.v1.Call.metrics:type_name -> parley.v1.CallMetrics
-	6,  // 10: parley.v1.CallMetrics.latencies:type_name -> parley.v1.LatencyStats
-	7,  // 11: parley.v1.CallMetrics.usage:type_name -> parley.v1.ModelUsage
-	18, // 12: parley.v1.ModelUsage.values:type_name -> parley.v1.ModelUsage.ValuesEntry
+	25, // 5: parley.v1.Call.last_seen_at:type_name -> google.protobuf.Timestamp
+	9,  // 6: parley.v1.Call.participants:type_name -> parley.v1.CallParticipant
+	11, // 7: parley.v1.Call.recordings:type_name -> parley.v1.CallRecording
+	25, // 8: parley.v1.Call.reported_at:type_name -> google.protobuf.Timestamp
+	6,  // 9: parley.v1.Call.metrics:type_name -> parley.v1.CallMetrics
+	7,  // 10: parley.v1.CallMetrics.latencies:type_name -> parley.v1.LatencyStats
+	8,  // 11: parley.v1.CallMetrics.usage:type_name -> parley.v1.ModelUsage
+	22, // 12: parley.v1.ModelUsage.values:type_name -> parley.v1.ModelUsage.ValuesEntry
 	2,  // 13: parley.v1.CallParticipant.kind:type_name -> parley.v1.ParticipantKind
-	20, // 14: parley.v1.CallParticipant.joined_at:type_name -> google.protobuf.Timestamp
-	20, // 15: parley.v1.CallParticipant.left_at:type_name -> google.protobuf.Timestamp
-	9,  // 16: parley.v1.CallParticipant.tracks:type_name -> parley.v1.CallTrack
-	20, // 17: parley.v1.CallTrack.published_at:type_name -> google.protobuf.Timestamp
+	25, // 14: parley.v1.CallParticipant.joined_at:type_name -> google.protobuf.Timestamp
+	25, // 15: parley.v1.CallParticipant.left_at:type_name -> google.protobuf.Timestamp
+	10, // 16: parley.v1.CallParticipant.tracks:type_name -> parley.v1.CallTrack
+	25, // 17: parley.v1.CallTrack.published_at:type_name -> google.protobuf.Timestamp
 	3,  // 18: parley.v1.CallRecording.status:type_name -> parley.v1.EgressStatus
-	20, // 19: parley.v1.CallRecording.started_at:type_name -> google.protobuf.Timestamp
-	20, // 20: parley.v1.CallRecording.ended_at:type_name -> google.protobuf.Timestamp
-	11, // 21: parley.v1.CallRecording.files:type_name -> parley.v1.CallRecordingFile
-	4,  // 22: parley.v1.GetCallResponse.call:type_name -> parley.v1.Call
-	20, // 23: parley.v1.ListCallsRequest.created_after:type_name -> google.protobuf.Timestamp
-	20, // 24: parley.v1.ListCallsRequest.created_before:type_name -> google.protobuf.Timestamp
+	25, // 19: parley.v1.CallRecording.started_at:type_name -> google.protobuf.Timestamp
+	25, // 20: parley.v1.CallRecording.ended_at:type_name -> google.protobuf.Timestamp
+	12, // 21: parley.v1.CallRecording.files:type_name -> parley.v1.CallRecordingFile
+	5,  // 22: parley.v1.GetCallResponse.call:type_name -> parley.v1.Call
+	25, // 23: parley.v1.ListCallsRequest.created_after:type_name -> google.protobuf.Timestamp
+	25, // 24: parley.v1.ListCallsRequest.created_before:type_name -> google.protobuf.Timestamp
 	0,  // 25: parley.v1.ListCallsRequest.status:type_name -> parley.v1.CallStatus
-	19, // 26: parley.v1.ListCallsRequest.metadata:type_name -> parley.v1.ListCallsRequest.MetadataEntry
-	4,  // 27: parley.v1.ListCallsResponse.calls:type_name -> parley.v1.Call
-	4,  // 28: parley.v1.ReportSessionResponse.call:type_name -> parley.v1.Call
-	12, // 29: parley.v1.CallService.GetCall:input_type -> parley.v1.GetCallRequest
-	14, // 30: parley.v1.CallService.ListCalls:input_type -> parley.v1.ListCallsRequest
-	16, // 31: parley.v1.CallService.ReportSession:input_type -> parley.v1.ReportSessionRequest
-	13, // 32: parley.v1.CallService.GetCall:output_type -> parley.v1.GetCallResponse
-	15, // 33: parley.v1.CallService.ListCalls:output_type -> parley.v1.ListCallsResponse
-	17, // 34: parley.v1.CallService.ReportSession:output_type -> parley.v1.ReportSessionResponse
-	32, // [32:35] is the sub-list for method output_type
-	29, // [29:32] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	23, // 26: parley.v1.ListCallsRequest.metadata:type_name -> parley.v1.ListCallsRequest.MetadataEntry
+	5,  // 27: parley.v1.ListCallsResponse.calls:type_name -> parley.v1.Call
+	5,  // 28: parley.v1.ReportSessionResponse.call:type_name -> parley.v1.Call
+	25, // 29: parley.v1.AggregateCallsRequest.created_after:type_name -> google.protobuf.Timestamp
+	25, // 30: parley.v1.AggregateCallsRequest.created_before:type_name -> google.protobuf.Timestamp
+	0,  // 31: parley.v1.AggregateCallsRequest.status:type_name -> parley.v1.CallStatus
+	24, // 32: parley.v1.AggregateCallsRequest.metadata:type_name -> parley.v1.AggregateCallsRequest.MetadataEntry
+	4,  // 33: parley.v1.AggregateCallsRequest.bucket:type_name -> parley.v1.TimeBucket
+	21, // 34: parley.v1.AggregateCallsResponse.groups:type_name -> parley.v1.CallGroup
+	25, // 35: parley.v1.CallGroup.bucket_start:type_name -> google.protobuf.Timestamp
+	7,  // 36: parley.v1.CallGroup.latencies:type_name -> parley.v1.LatencyStats
+	8,  // 37: parley.v1.CallGroup.usage:type_name -> parley.v1.ModelUsage
+	13, // 38: parley.v1.CallService.GetCall:input_type -> parley.v1.GetCallRequest
+	15, // 39: parley.v1.CallService.ListCalls:input_type -> parley.v1.ListCallsRequest
+	19, // 40: parley.v1.CallService.AggregateCalls:input_type -> parley.v1.AggregateCallsRequest
+	17, // 41: parley.v1.CallService.ReportSession:input_type -> parley.v1.ReportSessionRequest
+	14, // 42: parley.v1.CallService.GetCall:output_type -> parley.v1.GetCallResponse
+	16, // 43: parley.v1.CallService.ListCalls:output_type -> parley.v1.ListCallsResponse
+	20, // 44: parley.v1.CallService.AggregateCalls:output_type -> parley.v1.AggregateCallsResponse
+	18, // 45: parley.v1.CallService.ReportSession:output_type -> parley.v1.ReportSessionResponse
+	42, // [42:46] is the sub-list for method output_type
+	38, // [38:42] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_call_proto_init() }
@@ -1565,8 +1932,8 @@ func file_parley_v1_call_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_call_proto_rawDesc), len(file_parley_v1_call_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   16,
+			NumEnums:      5,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

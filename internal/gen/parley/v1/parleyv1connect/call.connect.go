@@ -37,6 +37,9 @@ const (
 	CallServiceGetCallProcedure = "/parley.v1.CallService/GetCall"
 	// CallServiceListCallsProcedure is the fully-qualified name of the CallService's ListCalls RPC.
 	CallServiceListCallsProcedure = "/parley.v1.CallService/ListCalls"
+	// CallServiceAggregateCallsProcedure is the fully-qualified name of the CallService's
+	// AggregateCalls RPC.
+	CallServiceAggregateCallsProcedure = "/parley.v1.CallService/AggregateCalls"
 	// CallServiceReportSessionProcedure is the fully-qualified name of the CallService's ReportSession
 	// RPC.
 	CallServiceReportSessionProcedure = "/parley.v1.CallService/ReportSession"
@@ -48,6 +51,13 @@ type CallServiceClient interface {
 	GetCall(context.Context, *connect.Request[v1.GetCallRequest]) (*connect.Response[v1.GetCallResponse], error)
 	// ListCalls lists calls, newest first by their room's creation.
 	ListCalls(context.Context, *connect.Request[v1.ListCallsRequest]) (*connect.Response[v1.ListCallsResponse], error)
+	// AggregateCalls sums up the calls ListCalls' filter keeps, grouped by
+	// agent and/or by hour or day of a time zone: counts, turns,
+	// interruptions, percentiles of each latency over every sample of the
+	// group's reports, and usage per model. The created range is required
+	// and spans at most 93 days; at most 1000 groups are answered (more:
+	// INVALID_ARGUMENT).
+	AggregateCalls(context.Context, *connect.Request[v1.AggregateCallsRequest]) (*connect.Response[v1.AggregateCallsResponse], error)
 	// ReportSession stores the agent's session report on its call and merges
 	// the report's chat history into the call's conversation by item id:
 	// items appended live (or by an earlier report) are not stored again.
@@ -82,6 +92,13 @@ func NewCallServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		aggregateCalls: connect.NewClient[v1.AggregateCallsRequest, v1.AggregateCallsResponse](
+			httpClient,
+			baseURL+CallServiceAggregateCallsProcedure,
+			connect.WithSchema(callServiceMethods.ByName("AggregateCalls")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 		reportSession: connect.NewClient[v1.ReportSessionRequest, v1.ReportSessionResponse](
 			httpClient,
 			baseURL+CallServiceReportSessionProcedure,
@@ -94,9 +111,10 @@ func NewCallServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 
 // callServiceClient implements CallServiceClient.
 type callServiceClient struct {
-	getCall       *connect.Client[v1.GetCallRequest, v1.GetCallResponse]
-	listCalls     *connect.Client[v1.ListCallsRequest, v1.ListCallsResponse]
-	reportSession *connect.Client[v1.ReportSessionRequest, v1.ReportSessionResponse]
+	getCall        *connect.Client[v1.GetCallRequest, v1.GetCallResponse]
+	listCalls      *connect.Client[v1.ListCallsRequest, v1.ListCallsResponse]
+	aggregateCalls *connect.Client[v1.AggregateCallsRequest, v1.AggregateCallsResponse]
+	reportSession  *connect.Client[v1.ReportSessionRequest, v1.ReportSessionResponse]
 }
 
 // GetCall calls parley.v1.CallService.GetCall.
@@ -107,6 +125,11 @@ func (c *callServiceClient) GetCall(ctx context.Context, req *connect.Request[v1
 // ListCalls calls parley.v1.CallService.ListCalls.
 func (c *callServiceClient) ListCalls(ctx context.Context, req *connect.Request[v1.ListCallsRequest]) (*connect.Response[v1.ListCallsResponse], error) {
 	return c.listCalls.CallUnary(ctx, req)
+}
+
+// AggregateCalls calls parley.v1.CallService.AggregateCalls.
+func (c *callServiceClient) AggregateCalls(ctx context.Context, req *connect.Request[v1.AggregateCallsRequest]) (*connect.Response[v1.AggregateCallsResponse], error) {
+	return c.aggregateCalls.CallUnary(ctx, req)
 }
 
 // ReportSession calls parley.v1.CallService.ReportSession.
@@ -120,6 +143,13 @@ type CallServiceHandler interface {
 	GetCall(context.Context, *connect.Request[v1.GetCallRequest]) (*connect.Response[v1.GetCallResponse], error)
 	// ListCalls lists calls, newest first by their room's creation.
 	ListCalls(context.Context, *connect.Request[v1.ListCallsRequest]) (*connect.Response[v1.ListCallsResponse], error)
+	// AggregateCalls sums up the calls ListCalls' filter keeps, grouped by
+	// agent and/or by hour or day of a time zone: counts, turns,
+	// interruptions, percentiles of each latency over every sample of the
+	// group's reports, and usage per model. The created range is required
+	// and spans at most 93 days; at most 1000 groups are answered (more:
+	// INVALID_ARGUMENT).
+	AggregateCalls(context.Context, *connect.Request[v1.AggregateCallsRequest]) (*connect.Response[v1.AggregateCallsResponse], error)
 	// ReportSession stores the agent's session report on its call and merges
 	// the report's chat history into the call's conversation by item id:
 	// items appended live (or by an earlier report) are not stored again.
@@ -150,6 +180,13 @@ func NewCallServiceHandler(svc CallServiceHandler, opts ...connect.HandlerOption
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	callServiceAggregateCallsHandler := connect.NewUnaryHandler(
+		CallServiceAggregateCallsProcedure,
+		svc.AggregateCalls,
+		connect.WithSchema(callServiceMethods.ByName("AggregateCalls")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	callServiceReportSessionHandler := connect.NewUnaryHandler(
 		CallServiceReportSessionProcedure,
 		svc.ReportSession,
@@ -163,6 +200,8 @@ func NewCallServiceHandler(svc CallServiceHandler, opts ...connect.HandlerOption
 			callServiceGetCallHandler.ServeHTTP(w, r)
 		case CallServiceListCallsProcedure:
 			callServiceListCallsHandler.ServeHTTP(w, r)
+		case CallServiceAggregateCallsProcedure:
+			callServiceAggregateCallsHandler.ServeHTTP(w, r)
 		case CallServiceReportSessionProcedure:
 			callServiceReportSessionHandler.ServeHTTP(w, r)
 		default:
@@ -180,6 +219,10 @@ func (UnimplementedCallServiceHandler) GetCall(context.Context, *connect.Request
 
 func (UnimplementedCallServiceHandler) ListCalls(context.Context, *connect.Request[v1.ListCallsRequest]) (*connect.Response[v1.ListCallsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.CallService.ListCalls is not implemented"))
+}
+
+func (UnimplementedCallServiceHandler) AggregateCalls(context.Context, *connect.Request[v1.AggregateCallsRequest]) (*connect.Response[v1.AggregateCallsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("parley.v1.CallService.AggregateCalls is not implemented"))
 }
 
 func (UnimplementedCallServiceHandler) ReportSession(context.Context, *connect.Request[v1.ReportSessionRequest]) (*connect.Response[v1.ReportSessionResponse], error) {

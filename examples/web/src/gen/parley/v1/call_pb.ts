@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/call.proto.
  */
 export const file_parley_v1_call: GenFile = /*@__PURE__*/
-  fileDesc("ChRwYXJsZXkvdjEvY2FsbC5wcm90bxIJcGFybGV5LnYxItwECgRDYWxsEgoKAmlkGAEgASgJEg8KB3Jvb21faWQYAiABKAkSEQoJcm9vbV9uYW1lGAMgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgEIAEoCRIUCgxsaXZla2l0X3Jvb20YBSABKAkSEgoKY3JlYXRlZF9ieRgGIAEoCRISCgphZ2VudF9uYW1lGAcgASgJEiUKBnN0YXR1cxgIIAEoDjIVLnBhcmxleS52MS5DYWxsU3RhdHVzEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgplbmRfcmVhc29uGAwgASgOMhgucGFybGV5LnYxLkNhbGxFbmRSZWFzb24SMAoMbGFzdF9zZWVuX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxwYXJ0aWNpcGFudHMYDiADKAsyGi5wYXJsZXkudjEuQ2FsbFBhcnRpY2lwYW50EiwKCnJlY29yZGluZ3MYDyADKAsyGC5wYXJsZXkudjEuQ2FsbFJlY29yZGluZxIvCgtyZXBvcnRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoHbWV0cmljcxgRIAEoCzIWLnBhcmxleS52MS5DYWxsTWV0cmljcyKFAQoLQ2FsbE1ldHJpY3MSDQoFdHVybnMYASABKAUSFQoNaW50ZXJydXB0aW9ucxgCIAEoBRIqCglsYXRlbmNpZXMYAyADKAsyFy5wYXJsZXkudjEuTGF0ZW5jeVN0YXRzEiQKBXVzYWdlGAQgAygLMhUucGFybGV5LnYxLk1vZGVsVXNhZ2UiRwoMTGF0ZW5jeVN0YXRzEg4KBm1ldHJpYxgBIAEoCRINCgVjb3VudBgCIAEoBRILCgNwNTAYAyABKAESCwoDcDk1GAQgASgBIp0BCgpNb2RlbFVzYWdlEgwKBHR5cGUYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDQoFbW9kZWwYAyABKAkSMQoGdmFsdWVzGAQgAygLMiEucGFybGV5LnYxLk1vZGVsVXNhZ2UuVmFsdWVzRW50cnkaLQoLVmFsdWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASLxAQoPQ2FsbFBhcnRpY2lwYW50EhIKCnNlc3Npb25faWQYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSDAoEbmFtZRgDIAEoCRIoCgRraW5kGAQgASgOMhoucGFybGV5LnYxLlBhcnRpY2lwYW50S2luZBItCglqb2luZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB2xlZnRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBnRyYWNrcxgHIAMoCzIULnBhcmxleS52MS5DYWxsVHJhY2siaAoJQ2FsbFRyYWNrEgsKA3NpZBgBIAEoCRIMCgR0eXBlGAIgASgJEg4KBnNvdXJjZRgDIAEoCRIwCgxwdWJsaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wItYBCg1DYWxsUmVjb3JkaW5nEhEKCWVncmVzc19pZBgBIAEoCRInCgZzdGF0dXMYAiABKA4yFy5wYXJsZXkudjEuRWdyZXNzU3RhdHVzEi4KCnN0YXJ0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgVmaWxlcxgFIAMoCzIcLnBhcmxleS52MS5DYWxsUmVjb3JkaW5nRmlsZSJgChFDYWxsUmVjb3JkaW5nRmlsZRIPCgdmaWxlX2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgDIisKDkdldENhbGxSZXF1ZXN0EhkKB2NhbGxfaWQYASABKAlCCLpIBXIDsAEBIjAKD0dldENhbGxSZXNwb25zZRIdCgRjYWxsGAEgASgLMg8ucGFybGV5LnYxLkNhbGwijAMKEExpc3RDYWxsc1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjIASgAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEEjEKDWNyZWF0ZWRfYWZ0ZXIYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZzdGF0dXMYBSABKA4yFS5wYXJsZXkudjEuQ2FsbFN0YXR1c0IIukgFggECEAESHAoKYWdlbnRfbmFtZRgGIAEoCUIIukgFcgMYgAESVAoIbWV0YWRhdGEYByADKAsyKS5wYXJsZXkudjEuTGlzdENhbGxzUmVxdWVzdC5NZXRhZGF0YUVudHJ5Qhe6SBSaAREQECIGcgQQARhAKgVyAxiABBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoRTGlzdENhbGxzUmVzcG9uc2USHgoFY2FsbHMYASADKAsyDy5wYXJsZXkudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiVAoUUmVwb3J0U2Vzc2lvblJlcXVlc3QSGQoHY2FsbF9pZBgBIAEoCUIIukgFcgOwAQESIQoLcmVwb3J0X2pzb24YAiABKAlCDLpICXIHEAIogICABCJ/ChVSZXBvcnRTZXNzaW9uUmVzcG9uc2USHQoEY2FsbBgBIAEoCzIPLnBhcmxleS52MS5DYWxsEhQKDGl0ZW1zX21lcmdlZBgCIAEoBRIWCg5pdGVtc19yZXBsYXllZBgDIAEoBRIZChFpdGVtc19jb25mbGljdGluZxgEIAEoBSpvCgpDYWxsU3RhdHVzEhsKF0NBTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTQ0FMTF9TVEFUVVNfUEVORElORxABEhQKEENBTExfU1RBVFVTX0xJVkUQAhIVChFDQUxMX1NUQVRVU19FTkRFRBADKq0BCg1DYWxsRW5kUmVhc29uEh8KG0NBTExfRU5EX1JFQVNPTl9VTlNQRUNJRklFRBAAEhkKFUNBTExfRU5EX1JFQVNPTl9TVEFMRRABEh0KGUNBTExfRU5EX1JFQVNPTl9ST09NX0dPTkUQAhIeChpDQUxMX0VORF9SRUFTT05fUk9PTV9FTkRFRBADEiEKHUNBTExfRU5EX1JFQVNPTl9ST09NX0ZJTklTSEVEEAQqhgEKD1BhcnRpY2lwYW50S2luZBIgChxQQVJUSUNJUEFOVF9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVUEFSVElDSVBBTlRfS0lORF9VU0VSEAESGgoWUEFSVElDSVBBTlRfS0lORF9BR0VOVBACEhoKFlBBUlRJQ0lQQU5UX0tJTkRfT1RIRVIQAyrvAQoMRWdyZXNzU3RhdHVzEh0KGUVHUkVTU19TVEFUVVNfVU5TUEVDSUZJRUQQABIaChZFR1JFU1NfU1RBVFVTX1NUQVJUSU5HEAESGAoURUdSRVNTX1NUQVRVU19BQ1RJVkUQAhIYChRFR1JFU1NfU1RBVFVTX0VORElORxADEhoKFkVHUkVTU19TVEFUVVNfQ09NUExFVEUQBBIYChRFR1JFU1NfU1RBVFVTX0ZBSUxFRBAFEhkKFUVHUkVTU19TVEFUVVNfQUJPUlRFRBAGEh8KG0VHUkVTU19TVEFUVVNfTElNSVRfUkVBQ0hFRBAHMtgCCgtDYWxsU2VydmljZRJkCgdHZXRDYWxsEhkucGFybGV5LnYxLkdldENhbGxSZXF1ZXN0GhoucGFybGV5LnYxLkdldENhbGxSZXNwb25zZSIikAIBgtPkkwIZEhcvYXBpL3YxL2NhbGxzL3tjYWxsX2lkfRJgCglMaXN0Q2FsbHMSGy5wYXJsZXkudjEuTGlzdENhbGxzUmVxdWVzdBocLnBhcmxleS52MS5MaXN0Q2FsbHNSZXNwb25zZSIYkAIBgtPkkwIPEg0vYXBpL3YxL2NhbGxzEoABCg1SZXBvcnRTZXNzaW9uEh8ucGFybGV5LnYxLlJlcG9ydFNlc3Npb25SZXF1ZXN0GiAucGFybGV5LnYxLlJlcG9ydFNlc3Npb25SZXNwb25zZSIskAICgtPkkwIjOgEqIh4vYXBpL3YxL2NhbGxzL3tjYWxsX2lkfS9yZXBvcnRCPlo8Z2l0aHViLmNvbS9wYXJsZXktZGV2L3BhcmxleS9pbnRlcm5hbC9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChRwYXJsZXkvdjEvY2FsbC5wcm90bxIJcGFybGV5LnYxItwECgRDYWxsEgoKAmlkGAEgASgJEg8KB3Jvb21faWQYAiABKAkSEQoJcm9vbV9uYW1lGAMgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgEIAEoCRIUCgxsaXZla2l0X3Jvb20YBSABKAkSEgoKY3JlYXRlZF9ieRgGIAEoCRISCgphZ2VudF9uYW1lGAcgASgJEiUKBnN0YXR1cxgIIAEoDjIVLnBhcmxleS52MS5DYWxsU3RhdHVzEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgplbmRfcmVhc29uGAwgASgOMhgucGFybGV5LnYxLkNhbGxFbmRSZWFzb24SMAoMbGFzdF9zZWVuX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxwYXJ0aWNpcGFudHMYDiADKAsyGi5wYXJsZXkudjEuQ2FsbFBhcnRpY2lwYW50EiwKCnJlY29yZGluZ3MYDyADKAsyGC5wYXJsZXkudjEuQ2FsbFJlY29yZGluZxIvCgtyZXBvcnRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoHbWV0cmljcxgRIAEoCzIWLnBhcmxleS52MS5DYWxsTWV0cmljcyKFAQoLQ2FsbE1ldHJpY3MSDQoFdHVybnMYASABKAUSFQoNaW50ZXJydXB0aW9ucxgCIAEoBRIqCglsYXRlbmNpZXMYAyADKAsyFy5wYXJsZXkudjEuTGF0ZW5jeVN0YXRzEiQKBXVzYWdlGAQgAygLMhUucGFybGV5LnYxLk1vZGVsVXNhZ2UiRwoMTGF0ZW5jeVN0YXRzEg4KBm1ldHJpYxgBIAEoCRINCgVjb3VudBgCIAEoBRILCgNwNTAYAyABKAESCwoDcDk1GAQgASgBIp0BCgpNb2RlbFVzYWdlEgwKBHR5cGUYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDQoFbW9kZWwYAyABKAkSMQoGdmFsdWVzGAQgAygLMiEucGFybGV5LnYxLk1vZGVsVXNhZ2UuVmFsdWVzRW50cnkaLQoLVmFsdWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASLxAQoPQ2FsbFBhcnRpY2lwYW50EhIKCnNlc3Npb25faWQYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSDAoEbmFtZRgDIAEoCRIoCgRraW5kGAQgASgOMhoucGFybGV5LnYxLlBhcnRpY2lwYW50S2luZBItCglqb2luZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB2xlZnRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBnRyYWNrcxgHIAMoCzIULnBhcmxleS52MS5DYWxsVHJhY2siaAoJQ2FsbFRyYWNrEgsKA3NpZBgBIAEoCRIMCgR0eXBlGAIgASgJEg4KBnNvdXJjZRgDIAEoCRIwCgxwdWJsaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wItYBCg1DYWxsUmVjb3JkaW5nEhEKCWVncmVzc19pZBgBIAEoCRInCgZzdGF0dXMYAiABKA4yFy5wYXJsZXkudjEuRWdyZXNzU3RhdHVzEi4KCnN0YXJ0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgVmaWxlcxgFIAMoCzIcLnBhcmxleS52MS5DYWxsUmVjb3JkaW5nRmlsZSJgChFDYWxsUmVjb3JkaW5nRmlsZRIPCgdmaWxlX2lkGAEgASgJEhAKCGZpbGVuYW1lGAIgASgJEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgDIisKDkdldENhbGxSZXF1ZXN0EhkKB2NhbGxfaWQYASABKAlCCLpIBXIDsAEBIjAKD0dldENhbGxSZXNwb25zZRIdCgRjYWxsGAEgASgLMg8ucGFybGV5LnYxLkNhbGwijAMKEExpc3RDYWxsc1JlcXVlc3QSHQoJcGFnZV9zaXplGAEgASgFQgq6SAcaBRjIASgAEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAEEjEKDWNyZWF0ZWRfYWZ0ZXIYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgZzdGF0dXMYBSABKA4yFS5wYXJsZXkudjEuQ2FsbFN0YXR1c0IIukgFggECEAESHAoKYWdlbnRfbmFtZRgGIAEoCUIIukgFcgMYgAESVAoIbWV0YWRhdGEYByADKAsyKS5wYXJsZXkudjEuTGlzdENhbGxzUmVxdWVzdC5NZXRhZGF0YUVudHJ5Qhe6SBSaAREQECIGcgQQARhAKgVyAxiABBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiTAoRTGlzdENhbGxzUmVzcG9uc2USHgoFY2FsbHMYASADKAsyDy5wYXJsZXkudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiVAoUUmVwb3J0U2Vzc2lvblJlcXVlc3QSGQoHY2FsbF9pZBgBIAEoCUIIukgFcgOwAQESIQoLcmVwb3J0X2pzb24YAiABKAlCDLpICXIHEAIogICABCJ/ChVSZXBvcnRTZXNzaW9uUmVzcG9uc2USHQoEY2FsbBgBIAEoCzIPLnBhcmxleS52MS5DYWxsEhQKDGl0ZW1zX21lcmdlZBgCIAEoBRIWCg5pdGVtc19yZXBsYXllZBgDIAEoBRIZChFpdGVtc19jb25mbGljdGluZxgEIAEoBSLOAwoVQWdncmVnYXRlQ2FsbHNSZXF1ZXN0EjkKDWNyZWF0ZWRfYWZ0ZXIYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESOgoOY3JlYXRlZF9iZWZvcmUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESLwoGc3RhdHVzGAMgASgOMhUucGFybGV5LnYxLkNhbGxTdGF0dXNCCLpIBYIBAhABEhwKCmFnZW50X25hbWUYBCABKAlCCLpIBXIDGIABElkKCG1ldGFkYXRhGAUgAygLMi4ucGFybGV5LnYxLkFnZ3JlZ2F0ZUNhbGxzUmVxdWVzdC5NZXRhZGF0YUVudHJ5Qhe6SBSaAREQECIGcgQQARhAKgVyAxiABBIWCg5ncm91cF9ieV9hZ2VudBgGIAEoCBIvCgZidWNrZXQYByABKA4yFS5wYXJsZXkudjEuVGltZUJ1Y2tldEIIukgFggECEAESGgoJdGltZV96b25lGAggASgJQge6SARyAhhAGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI+ChZBZ2dyZWdhdGVDYWxsc1Jlc3BvbnNlEiQKBmdyb3VwcxgBIAMoCzIULnBhcmxleS52MS5DYWxsR3JvdXAi8AEKCUNhbGxHcm91cBISCgphZ2VudF9uYW1lGAEgASgJEjAKDGJ1Y2tldF9zdGFydBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFY2FsbHMYAyABKAMSFgoOY2FsbHNfcmVwb3J0ZWQYBCABKAMSDQoFdHVybnMYBSABKAMSFQoNaW50ZXJydXB0aW9ucxgGIAEoAxIqCglsYXRlbmNpZXMYByADKAsyFy5wYXJsZXkudjEuTGF0ZW5jeVN0YXRzEiQKBXVzYWdlGAggAygLMhUucGFybGV5LnYxLk1vZGVsVXNhZ2UqbwoKQ2FsbFN0YXR1cxIbChdDQUxMX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE0NBTExfU1RBVFVTX1BFTkRJTkcQARIUChBDQUxMX1NUQVRVU19MSVZFEAISFQoRQ0FMTF9TVEFUVVNfRU5ERUQQAyqtAQoNQ2FsbEVuZFJlYXNvbhIfChtDQUxMX0VORF9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVDQUxMX0VORF9SRUFTT05fU1RBTEUQARIdChlDQUxMX0VORF9SRUFTT05fUk9PTV9HT05FEAISHgoaQ0FMTF9FTkRfUkVBU09OX1JPT01fRU5ERUQQAxIhCh1DQUxMX0VORF9SRUFTT05fUk9PTV9GSU5JU0hFRBAEKoYBCg9QYXJ0aWNpcGFudEtpbmQSIAocUEFSVElDSVBBTlRfS0lORF9VTlNQRUNJRklFRBAAEhkKFVBBUlRJQ0lQQU5UX0tJTkRfVVNFUhABEhoKFlBBUlRJQ0lQQU5UX0tJTkRfQUdFTlQQAhIaChZQQVJUSUNJUEFOVF9LSU5EX09USEVSEAMq7wEKDEVncmVzc1N0YXR1cxIdChlFR1JFU1NfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGgoWRUdSRVNTX1NUQVRVU19TVEFSVElORxABEhgKFEVHUkVTU19TVEFUVVNfQUNUSVZFEAISGAoURUdSRVNTX1NUQVRVU19FTkRJTkcQAxIaChZFR1JFU1NfU1RBVFVTX0NPTVBMRVRFEAQSGAoURUdSRVNTX1NUQVRVU19GQUlMRUQQBRIZChVFR1JFU1NfU1RBVFVTX0FCT1JURUQQBhIfChtFR1JFU1NfU1RBVFVTX0xJTUlUX1JFQUNIRUQQBypUCgpUaW1lQnVja2V0EhsKF1RJTUVfQlVDS0VUX1VOU1BFQ0lGSUVEEAASFAoQVElNRV9CVUNLRVRfSE9VUhABEhMKD1RJTUVfQlVDS0VUX0RBWRACMtMDCgtDYWxsU2VydmljZRJkCgdHZXRDYWxsEhkucGFybGV5LnYxLkdldENhbGxSZXF1ZXN0GhoucGFybGV5LnYxLkdldENhbGxSZXNwb25zZSIikAIBgtPkkwIZEhcvYXBpL3YxL2NhbGxzL3tjYWxsX2lkfRJgCglMaXN0Q2FsbHMSGy5wYXJsZXkudjEuTGlzdENhbGxzUmVxdWVzdBocLnBhcmxleS52MS5MaXN0Q2FsbHNSZXNwb25zZSIYkAIBgtPkkwIPEg0vYXBpL3YxL2NhbGxzEnkKDkFnZ3JlZ2F0ZUNhbGxzEiAucGFybGV5LnYxLkFnZ3JlZ2F0ZUNhbGxzUmVxdWVzdBohLnBhcmxleS52MS5BZ2dyZWdhdGVDYWxsc1Jlc3BvbnNlIiKQAgGC0+STAhkSFy9hcGkvdjEvY2FsbHM6YWdncmVnYXRlEoABCg1SZXBvcnRTZXNzaW9uEh8ucGFybGV5LnYxLlJlcG9ydFNlc3Npb25SZXF1ZXN0GiAucGFybGV5LnYxLlJlcG9ydFNlc3Npb25SZXNwb25zZSIskAICgtPkkwIjOgEqIh4vYXBpL3YxL2NhbGxzL3tjYWxsX2lkfS9yZXBvcnRCPlo8Z2l0aHViLmNvbS9wYXJsZXktZGV2L3BhcmxleS9pbnRlcm5hbC9nZW4vcGFybGV5L3YxO3BhcmxleXYxYgZwcm90bzM", [file_buf_validate_validate, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * Call is one room's life on LiveKit; its id is the room's.
@@ -596,6 +596,165 @@ export const ReportSessionResponseSchema: GenMessage<ReportSessionResponse> = /*
   messageDesc(file_parley_v1_call, 13);
 
 /**
+ * @generated from message parley.v1.AggregateCallsRequest
+ */
+export type AggregateCallsRequest = Message<"parley.v1.AggregateCallsRequest"> & {
+  /**
+   * created_after and created_before bound the calls' room creation,
+   * [created_after, created_before), as ListCalls'; both are required, at
+   * most 93 days apart.
+   *
+   * @generated from field: google.protobuf.Timestamp created_after = 1;
+   */
+  createdAfter?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_before = 2;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * status keeps only calls in that status (unspecified: all).
+   *
+   * @generated from field: parley.v1.CallStatus status = 3;
+   */
+  status: CallStatus;
+
+  /**
+   * agent_name keeps only calls that dispatched that agent.
+   *
+   * @generated from field: string agent_name = 4;
+   */
+  agentName: string;
+
+  /**
+   * metadata keeps only calls whose conversation's metadata has every
+   * pair given.
+   *
+   * @generated from field: map<string, string> metadata = 5;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * group_by_agent makes a group per agent name.
+   *
+   * @generated from field: bool group_by_agent = 6;
+   */
+  groupByAgent: boolean;
+
+  /**
+   * bucket makes a group per hour or day of the calls' creation.
+   *
+   * @generated from field: parley.v1.TimeBucket bucket = 7;
+   */
+  bucket: TimeBucket;
+
+  /**
+   * time_zone is the IANA time zone (such as "Europe/Paris") whose hours
+   * and days the buckets are; empty is UTC.
+   *
+   * @generated from field: string time_zone = 8;
+   */
+  timeZone: string;
+};
+
+/**
+ * Describes the message parley.v1.AggregateCallsRequest.
+ * Use `create(AggregateCallsRequestSchema)` to create a new message.
+ */
+export const AggregateCallsRequestSchema: GenMessage<AggregateCallsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_call, 14);
+
+/**
+ * @generated from message parley.v1.AggregateCallsResponse
+ */
+export type AggregateCallsResponse = Message<"parley.v1.AggregateCallsResponse"> & {
+  /**
+   * groups are ordered by agent name, then bucket start; a group with no
+   * call is left out.
+   *
+   * @generated from field: repeated parley.v1.CallGroup groups = 1;
+   */
+  groups: CallGroup[];
+};
+
+/**
+ * Describes the message parley.v1.AggregateCallsResponse.
+ * Use `create(AggregateCallsResponseSchema)` to create a new message.
+ */
+export const AggregateCallsResponseSchema: GenMessage<AggregateCallsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_call, 15);
+
+/**
+ * CallGroup sums up one group of calls.
+ *
+ * @generated from message parley.v1.CallGroup
+ */
+export type CallGroup = Message<"parley.v1.CallGroup"> & {
+  /**
+   * agent_name is set when grouped by agent.
+   *
+   * @generated from field: string agent_name = 1;
+   */
+  agentName: string;
+
+  /**
+   * bucket_start is the start of the group's hour or day, when bucketed.
+   *
+   * @generated from field: google.protobuf.Timestamp bucket_start = 2;
+   */
+  bucketStart?: Timestamp | undefined;
+
+  /**
+   * calls counts the group's calls; calls_reported those whose agent sent
+   * a session report.
+   *
+   * @generated from field: int64 calls = 3;
+   */
+  calls: bigint;
+
+  /**
+   * @generated from field: int64 calls_reported = 4;
+   */
+  callsReported: bigint;
+
+  /**
+   * turns and interruptions are summed over the reports.
+   *
+   * @generated from field: int64 turns = 5;
+   */
+  turns: bigint;
+
+  /**
+   * @generated from field: int64 interruptions = 6;
+   */
+  interruptions: bigint;
+
+  /**
+   * latencies summarise each latency over every sample of the group's
+   * reports (not over per-call percentiles), nearest-rank, by metric.
+   *
+   * @generated from field: repeated parley.v1.LatencyStats latencies = 7;
+   */
+  latencies: LatencyStats[];
+
+  /**
+   * usage sums the reports' usage per type, provider and model, each
+   * numeric field summed.
+   *
+   * @generated from field: repeated parley.v1.ModelUsage usage = 8;
+   */
+  usage: ModelUsage[];
+};
+
+/**
+ * Describes the message parley.v1.CallGroup.
+ * Use `create(CallGroupSchema)` to create a new message.
+ */
+export const CallGroupSchema: GenMessage<CallGroup> = /*@__PURE__*/
+  messageDesc(file_parley_v1_call, 16);
+
+/**
  * @generated from enum parley.v1.CallStatus
  */
 export enum CallStatus {
@@ -765,6 +924,40 @@ export const EgressStatusSchema: GenEnum<EgressStatus> = /*@__PURE__*/
   enumDesc(file_parley_v1_call, 3);
 
 /**
+ * TimeBucket is the span AggregateCalls groups calls' creation times by.
+ *
+ * @generated from enum parley.v1.TimeBucket
+ */
+export enum TimeBucket {
+  /**
+   * No time grouping: one group over the whole range.
+   *
+   * @generated from enum value: TIME_BUCKET_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The hours of the request's time zone.
+   *
+   * @generated from enum value: TIME_BUCKET_HOUR = 1;
+   */
+  HOUR = 1,
+
+  /**
+   * The days of the request's time zone, midnight to midnight.
+   *
+   * @generated from enum value: TIME_BUCKET_DAY = 2;
+   */
+  DAY = 2,
+}
+
+/**
+ * Describes the enum parley.v1.TimeBucket.
+ */
+export const TimeBucketSchema: GenEnum<TimeBucket> = /*@__PURE__*/
+  enumDesc(file_parley_v1_call, 4);
+
+/**
  * CallService reads calls: a room's life on LiveKit, built from LiveKit's
  * webhooks so that it is the same whatever order they arrive in. A user
  * reads the calls of its own rooms (anyone else's: NOT_FOUND); an agent
@@ -792,6 +985,21 @@ export const CallService: GenService<{
     methodKind: "unary";
     input: typeof ListCallsRequestSchema;
     output: typeof ListCallsResponseSchema;
+  },
+  /**
+   * AggregateCalls sums up the calls ListCalls' filter keeps, grouped by
+   * agent and/or by hour or day of a time zone: counts, turns,
+   * interruptions, percentiles of each latency over every sample of the
+   * group's reports, and usage per model. The created range is required
+   * and spans at most 93 days; at most 1000 groups are answered (more:
+   * INVALID_ARGUMENT).
+   *
+   * @generated from rpc parley.v1.CallService.AggregateCalls
+   */
+  aggregateCalls: {
+    methodKind: "unary";
+    input: typeof AggregateCallsRequestSchema;
+    output: typeof AggregateCallsResponseSchema;
   },
   /**
    * ReportSession stores the agent's session report on its call and merges
