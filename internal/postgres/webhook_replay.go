@@ -39,9 +39,14 @@ const (
 
 	// redeliverWebhookSQL puts an event's parked deliveries to enabled
 	// endpoints back in their endpoints' lines, due at $3, with the retry
-	// window and backoff starting again there.
+	// window and backoff starting again there. A redelivered delivery
+	// becomes the head of its line, ahead of one a dispatcher may hold
+	// right now; it is due only once that lease ends, so the endpoint
+	// still gets one delivery at a time.
 	redeliverWebhookSQL = `UPDATE webhook_deliveries d
-   SET state = 1, next_attempt_at = $3::timestamptz, retry_since = $3::timestamptz, retry_base = d.attempts, finished_at = NULL
+   SET state = 1, retry_since = $3::timestamptz, retry_base = d.attempts, finished_at = NULL,
+       next_attempt_at = GREATEST($3::timestamptz, (SELECT max(l.locked_until) FROM webhook_deliveries l
+                                  WHERE l.endpoint_id = d.endpoint_id AND l.state = 1 AND l.locked_until > $3::timestamptz))
   FROM webhook_events e, webhook_endpoints p
  WHERE d.event_id = $1::uuid AND e.id = d.event_id AND e.user_id = $2::uuid AND d.state = 3
    AND p.id = d.endpoint_id AND p.disabled_at IS NULL`
@@ -65,9 +70,12 @@ const (
 
 	// redeliverParkedWebhookSQL puts every parked delivery of endpoint $1
 	// back in its line (they keep their ids, so their places), due at $2
-	// with a new retry window and backoff.
+	// with a new retry window and backoff, or, as in redeliverWebhookSQL,
+	// once the lease of a delivery in flight ends.
 	redeliverParkedWebhookSQL = `UPDATE webhook_deliveries d
-   SET state = 1, next_attempt_at = $2::timestamptz, retry_since = $2::timestamptz, retry_base = d.attempts, finished_at = NULL
+   SET state = 1, retry_since = $2::timestamptz, retry_base = d.attempts, finished_at = NULL,
+       next_attempt_at = GREATEST($2::timestamptz, (SELECT max(l.locked_until) FROM webhook_deliveries l
+                                  WHERE l.endpoint_id = $1::uuid AND l.state = 1 AND l.locked_until > $2::timestamptz))
  WHERE d.endpoint_id = $1::uuid AND d.state = 3`
 )
 

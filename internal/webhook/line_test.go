@@ -340,3 +340,47 @@ func TestEnableKeepingParked(t *testing.T) {
 		t.Fatalf("took %v, want %v", got, []string{next, old})
 	}
 }
+
+// A redelivery while a newer delivery of the endpoint is in flight puts
+// the redelivered one at the head of the line, due once that lease ends:
+// the endpoint still gets one delivery at a time, the one in flight
+// first, then the redelivered one, then the rest.
+func TestRedeliveryWaitsForTheDeliveryInFlight(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	events := webhook.NewEvents(e.store, webhook.Options{Now: e.clock.now})
+	alice := e.user(t)
+	r := newReceiver(t, "", nil)
+	ep := e.register(t, alice, r, webhook.CallEnded)
+	old := e.publish(t, alice, webhook.CallEnded, 1)
+	claim := func(want string) webhook.Delivery {
+		t.Helper()
+		ds, err := e.store.ClaimDeliveries(t.Context(), e.clock.now(), 10, time.Minute)
+		if err != nil || len(ds) != 1 || ds[0].Event.ID.String() != want {
+			t.Fatalf("claim = %v, %v; want the delivery of %s", ds, err, want)
+		}
+		return ds[0]
+	}
+	if err := e.store.FinishDelivery(t.Context(), claim(old), webhook.Outcome{Park: true, Status: 500, Error: "down", At: e.clock.now()}); err != nil {
+		t.Fatal(err)
+	}
+	inFlight := e.publish(t, alice, webhook.CallEnded, 2)
+	behind := e.publish(t, alice, webhook.CallEnded, 3)
+	held := claim(inFlight)
+
+	if n, err := events.RedeliverParked(t.Context(), alice, ep.ID); err != nil || n != 1 {
+		t.Fatalf("RedeliverParked = %d, %v", n, err)
+	}
+	d := e.dispatcher(webhook.DispatcherOptions{Lease: time.Minute})
+	if n, err := d.RunOnce(t.Context()); err != nil || n != 0 {
+		t.Fatalf("while %s is in flight a pass claimed %d, %v; want nothing", inFlight, n, err)
+	}
+	if err := e.store.FinishDelivery(t.Context(), held, webhook.Outcome{Delivered: true, Status: 204, At: e.clock.now()}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.add(time.Minute)
+	drain(t, e, d, time.Second, 10, func() bool { return len(r.taken()) == 2 })
+	if got := r.taken(); !slices.Equal(got, []string{old, behind}) {
+		t.Fatalf("took %v, want the redelivered %s, then %s", got, old, behind)
+	}
+}

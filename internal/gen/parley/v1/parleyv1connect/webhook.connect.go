@@ -105,9 +105,10 @@ type WebhookServiceClient interface {
 	// default), each with its event's id, type and creation time.
 	ListEndpointDeliveries(context.Context, *connect.Request[v1.ListEndpointDeliveriesRequest]) (*connect.Response[v1.ListEndpointDeliveriesResponse], error)
 	// RedeliverParked makes every parked delivery of an endpoint pending
-	// again, in one transaction, due now with a new retry window. They keep
-	// their places in the endpoint's line, so they go out oldest first and
-	// before any newer pending delivery. None parked answers 0; a disabled
+	// again, in one transaction, due now (or once a delivery of the endpoint
+	// in flight ends) with a new retry window. They keep their places in the
+	// endpoint's line, so they go out oldest first and before any newer
+	// pending delivery. None parked answers 0; a disabled
 	// endpoint is FAILED_PRECONDITION (EnableEndpoint redelivers them).
 	RedeliverParked(context.Context, *connect.Request[v1.RedeliverParkedRequest]) (*connect.Response[v1.RedeliverParkedResponse], error)
 	// EnableEndpoint re-enables an endpoint that was disabled (it answered
@@ -310,9 +311,10 @@ type WebhookServiceHandler interface {
 	// default), each with its event's id, type and creation time.
 	ListEndpointDeliveries(context.Context, *connect.Request[v1.ListEndpointDeliveriesRequest]) (*connect.Response[v1.ListEndpointDeliveriesResponse], error)
 	// RedeliverParked makes every parked delivery of an endpoint pending
-	// again, in one transaction, due now with a new retry window. They keep
-	// their places in the endpoint's line, so they go out oldest first and
-	// before any newer pending delivery. None parked answers 0; a disabled
+	// again, in one transaction, due now (or once a delivery of the endpoint
+	// in flight ends) with a new retry window. They keep their places in the
+	// endpoint's line, so they go out oldest first and before any newer
+	// pending delivery. None parked answers 0; a disabled
 	// endpoint is FAILED_PRECONDITION (EnableEndpoint redelivers them).
 	RedeliverParked(context.Context, *connect.Request[v1.RedeliverParkedRequest]) (*connect.Response[v1.RedeliverParkedResponse], error)
 	// EnableEndpoint re-enables an endpoint that was disabled (it answered

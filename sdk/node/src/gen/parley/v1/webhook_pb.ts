@@ -820,9 +820,10 @@ export const WebhookService: GenService<{
   },
   /**
    * RedeliverParked makes every parked delivery of an endpoint pending
-   * again, in one transaction, due now with a new retry window. They keep
-   * their places in the endpoint's line, so they go out oldest first and
-   * before any newer pending delivery. None parked answers 0; a disabled
+   * again, in one transaction, due now (or once a delivery of the endpoint
+   * in flight ends) with a new retry window. They keep their places in the
+   * endpoint's line, so they go out oldest first and before any newer
+   * pending delivery. None parked answers 0; a disabled
    * endpoint is FAILED_PRECONDITION (EnableEndpoint redelivers them).
    *
    * @generated from rpc parley.v1.WebhookService.RedeliverParked
