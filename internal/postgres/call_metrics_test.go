@@ -1,8 +1,10 @@
 package postgres_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,6 +218,14 @@ SELECT room_id, 0, 'llm_usage', 'p', 'm', '{"input_tokens": 10}' FROM calls`,
 		if _, err := h.db.ExecContext(ctx, q, h.owner, others, now); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
+	}
+	// Hours of 40 days by agent make some 2,600 groups: more than are
+	// answered, which the service names.
+	svc := room.NewService(h.rooms, nil, room.Options{})
+	_, err := svc.AggregateCalls(ctx, auth.Principal{ID: uuid.New(), Kind: auth.KindAgent},
+		room.CallFilter{CreatedAfter: now.Add(-40 * 24 * time.Hour), CreatedBefore: now}, room.CallGrouping{ByAgent: true, Bucket: room.BucketHour})
+	if !errors.Is(err, room.ErrInvalid) || !strings.Contains(err.Error(), "the calls make more than 1000 groups") {
+		t.Errorf("AggregateCalls of 40 days' hours by agent: %v, want ErrInvalid naming the 1000 groups", err)
 	}
 	week := room.CallFilter{CreatedAfter: now.Add(-14 * 24 * time.Hour), CreatedBefore: now.Add(-7 * 24 * time.Hour)}
 	g := room.CallGrouping{ByAgent: true, Bucket: room.BucketDay, TimeZone: "Europe/Paris", DefaultAgent: "agent-0"}
