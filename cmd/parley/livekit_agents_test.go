@@ -94,8 +94,9 @@ type seededItem struct {
 }
 
 // TestLiveKitAgents is the real-client proof: livekit-agents (Python, the
-// pinned release) restores a context Parley stores, and a context it makes
-// survives AppendItems and GetChatContext unchanged.
+// pinned release) restores a context Parley stores, a context it makes
+// survives AppendItems and GetChatContext unchanged, and so do the fields of
+// a newer release's items (simulated by models with fields it lacks).
 func TestLiveKitAgents(t *testing.T) {
 	py := liveKitAgentsPython(t)
 	s := startServer(t, baseEnv(t, testenv.DatabaseURL(t)))
@@ -108,7 +109,7 @@ func TestLiveKitAgents(t *testing.T) {
 		}
 		return c.Msg.GetConversation().GetId()
 	}
-	seeded, empty := newConv(), newConv()
+	seeded, empty, future := newConv(), newConv(), newConv()
 
 	// A SaveTurn, then items of every kind from a Go agent.
 	if _, err := convs.SaveTurn(t.Context(), bearer(connect.NewRequest(&parleyv1.SaveTurnRequest{
@@ -174,6 +175,7 @@ func TestLiveKitAgents(t *testing.T) {
 	cmd.Env = append(os.Environ(),
 		"PARLEY_URL="+s.base, "PARLEY_TOKEN="+tok,
 		"SEEDED_CONVERSATION="+seeded, "SEEDED_EXPECT="+expectFile, "EMPTY_CONVERSATION="+empty,
+		"FUTURE_CONVERSATION="+future,
 		"PYTHONDONTWRITEBYTECODE=1",
 	)
 	start := time.Now()

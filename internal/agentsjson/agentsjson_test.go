@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -52,6 +54,12 @@ func TestFixtureRoundTrips(t *testing.T) {
 	}
 	if len(items) != 13 {
 		t.Fatalf("decoded %d items, want 13", len(items))
+	}
+	// Every key livekit-agents 1.8.9 writes is a known one.
+	for i, it := range items {
+		if n := unknownKeys(it); n != 0 {
+			t.Errorf("items[%d] kept %d unknown keys: %v", i, n, it)
+		}
 	}
 	out, err := Encode(items)
 	if err != nil {
@@ -166,7 +174,6 @@ func TestDecodeRefuses(t *testing.T) {
 		"not JSON":           {`{`, "chat context"},
 		"scalar":             {`3`, "chat context must be"},
 		"no items":           {`{}`, "items is required"},
-		"unknown top key":    {`{"items":[],"x":1}`, `unknown key "x"`},
 		"item not object":    {`["x"]`, "items[0] must be a JSON object"},
 		"no type":            {`[{"id":"a"}]`, "items[0].type is required"},
 		"unknown type":       {`[{"type":"thought"}]`, `unknown type "thought"`},
@@ -175,8 +182,9 @@ func TestDecodeRefuses(t *testing.T) {
 		"content string":     {`[{"type":"message","role":"user","content":"x"}]`, "content must be a list"},
 		"null content part":  {`[{"type":"message","role":"user","content":[null]}]`, "content[0] must be a string or a content object"},
 		"audio":              {`[{"type":"message","role":"user","content":[{"type":"audio_content","frame":[]}]}]`, "audio content is not stored"},
-		"unknown key":        {msg(`,"colour":"red"`), `items[0]: unknown key "colour"`},
-		"unknown metric":     {msg(`,"metrics":{"ttft":1}`), `items[0].metrics: unknown key "ttft"`},
+		"unknown content":    {msg(`,"content":[{"type":"video_content","url":"u"}]`), `content[0]: unknown content type "video_content"`},
+		"unknown key typed":  {msg(`,"colour":"red","interrupted":1`), "interrupted must be true or false"},
+		"33 unknown keys":    {msg(manyKeys(20, "k") + `,"metrics":{` + manyKeys(13, "m")[1:] + `}`), "items[0]: 33 keys livekit-agents 1.8.9 does not define, at most 32"},
 		"metric not number":  {msg(`,"metrics":{"e2e_latency":"1"}`), "e2e_latency must be a finite number"},
 		"null interrupted":   {msg(`,"interrupted":null`), "interrupted must not be null"},
 		"string interrupted": {msg(`,"interrupted":"yes"`), "interrupted must be true or false"},
@@ -222,9 +230,162 @@ func TestCheckRefusesUnrenderable(t *testing.T) {
 		"bad json":    {Item: &parleyv1.ChatContext_ChatItem_FunctionCall{FunctionCall: &parleyv1.FunctionCall{ExtraJson: map[string]string{"a": "{"}}}},
 		"both extras": {Item: &parleyv1.ChatContext_ChatItem_FunctionCall{FunctionCall: &parleyv1.FunctionCall{Extra: map[string]string{"a": "x"}, ExtraJson: map[string]string{"a": "1"}}}},
 		"bad time":    {Item: &parleyv1.ChatContext_ChatItem_AgentHandoff{AgentHandoff: &parleyv1.AgentHandoff{CreatedAt: &timestamppb.Timestamp{Nanos: -1}}}},
+		"unknown is known": {Item: &parleyv1.ChatContext_ChatItem_Message{Message: &parleyv1.ChatMessage{
+			Role: parleyv1.ChatRole_CHAT_ROLE_USER, UnknownJson: map[string]string{"role": `"system"`},
+		}}},
+		"unknown metric is known": {Item: &parleyv1.ChatContext_ChatItem_Message{Message: &parleyv1.ChatMessage{
+			Role: parleyv1.ChatRole_CHAT_ROLE_USER, Metrics: &parleyv1.MetricsReport{UnknownJson: map[string]string{"e2e_latency": "1"}},
+		}}},
+		"unknown type key": {Item: &parleyv1.ChatContext_ChatItem_AgentHandoff{AgentHandoff: &parleyv1.AgentHandoff{UnknownJson: map[string]string{"type": `"message"`}}}},
+		"unknown not JSON": {Item: &parleyv1.ChatContext_ChatItem_FunctionCall{FunctionCall: &parleyv1.FunctionCall{UnknownJson: map[string]string{"cost": "{"}}}},
+		"33 unknown keys":  {Item: &parleyv1.ChatContext_ChatItem_FunctionCallOutput{FunctionCallOutput: &parleyv1.FunctionCallOutput{UnknownJson: keyMap(33)}}},
 	} {
 		if err := Check(it); !errors.Is(err, rule.ErrBroken) {
 			t.Errorf("%s: Check = %v, want a rule error", name, err)
+		}
+	}
+	if err := Check(&parleyv1.ChatContext_ChatItem{Item: &parleyv1.ChatContext_ChatItem_FunctionCallOutput{FunctionCallOutput: &parleyv1.FunctionCallOutput{UnknownJson: keyMap(32)}}}); err != nil {
+		t.Errorf("Check of %d unknown keys = %v", MaxUnknownKeys, err)
+	}
+}
+
+// manyKeys is n unknown keys of a JSON object, each after a comma.
+func manyKeys(n int, prefix string) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, `,"%s%d":%d`, prefix, i, i)
+	}
+	return b.String()
+}
+
+func keyMap(n int) map[string]string {
+	m := make(map[string]string, n)
+	for i := range n {
+		m[fmt.Sprint("k", i)] = "true"
+	}
+	return m
+}
+
+// futureContext is what a newer livekit-agents might write: keys 1.8.9
+// does not define on every kind of item and object, values of every JSON
+// type, and a key of the context itself.
+const futureContext = `{"items":[
+ {"id":"m","type":"message","role":"user",
+  "content":["x",{"type":"cache_breakpoint","ttl":"5m"},{"type":"image_content","id":"i","image":"u","inference_detail":"auto","blur":true}],
+  "interrupted":false,"extra":{},
+  "metrics":{"e2e_latency":0.5,"speech_rate":{"wpm":150},"llm_metadata":{"model_name":"g","region":"eu"}},
+  "created_at":1800000000.5,"sentiment":{"label":"calm","score":0.25},"big":12345678901234567890,"tag":"\u00e9"},
+ {"id":"c","type":"function_call","call_id":"k","arguments":"{}","name":"n","extra":{},"cost":null},
+ {"id":"o","type":"function_call_output","name":"","call_id":"k","output":"","is_error":false,"reply_required":true,"latency":[1,2.5]},
+ {"id":"h","type":"agent_handoff","new_agent_id":"b","reason":"escalation"},
+ {"id":"u","type":"agent_config_update","tools_added":[],"model":"x"}
+],"version":2}`
+
+// TestUnknownKeysKept: keys 1.8.9 does not define are kept with their
+// object and rendered back as they came; the context's own are not.
+func TestUnknownKeysKept(t *testing.T) {
+	items, err := Decode([]byte(futureContext))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := items[0].GetMessage()
+	for _, c := range []struct {
+		name      string
+		got, want map[string]string
+	}{
+		{"message", m.GetUnknownJson(), map[string]string{"sentiment": `{"label":"calm","score":0.25}`, "big": "12345678901234567890", "tag": `"\u00e9"`}},
+		{"cache breakpoint", m.GetContent()[1].GetCacheBreakpoint().GetUnknownJson(), map[string]string{"ttl": `"5m"`}},
+		{"image", m.GetContent()[2].GetImage().GetUnknownJson(), map[string]string{"blur": "true"}},
+		{"metrics", m.GetMetrics().GetUnknownJson(), map[string]string{"speech_rate": `{"wpm":150}`}},
+		{"metadata", m.GetMetrics().GetLlmMetadata().GetUnknownJson(), map[string]string{"region": `"eu"`}},
+		{"function call", items[1].GetFunctionCall().GetUnknownJson(), map[string]string{"cost": "null"}},
+		{"output", items[2].GetFunctionCallOutput().GetUnknownJson(), map[string]string{"latency": "[1,2.5]"}},
+		{"handoff", items[3].GetAgentHandoff().GetUnknownJson(), map[string]string{"reason": `"escalation"`}},
+		{"config update", items[4].GetAgentConfigUpdate().GetUnknownJson(), map[string]string{"model": `"x"`}},
+	} {
+		if diff := cmp.Diff(c.want, c.got); diff != "" {
+			t.Errorf("%s unknown_json (-want +got):\n%s", c.name, diff)
+		}
+	}
+	for _, it := range items {
+		if err := Check(it); err != nil {
+			t.Errorf("Check(%v) = %v", it, err)
+		}
+	}
+	out, err := Encode(items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := generic(t, []byte(futureContext)).(map[string]any)
+	delete(want, "version")
+	if diff := cmp.Diff(want, generic(t, out)); diff != "" {
+		t.Fatalf("Encode(Decode(future)) (-want +got):\n%s", diff)
+	}
+	// Known keys first, in livekit-agents' order, then the unknown sorted.
+	if !bytes.Contains(out, []byte(`"created_at":1800000000.5,"big":12345678901234567890,"sentiment":{"label":"calm","score":0.25},"tag":"\u00e9"}`)) {
+		t.Errorf("unexpected rendering: %s", out)
+	}
+	back, err := Decode(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(&parleyv1.ChatContext{Items: items}, &parleyv1.ChatContext{Items: back}, protocmp.Transform()); diff != "" {
+		t.Fatalf("Decode(Encode(items)) (-want +got):\n%s", diff)
+	}
+}
+
+// TestKnownKeysAreRead: the decoder reads every key of each known list
+// (a value of the wrong type for it is refused, naming it), so no key
+// livekit-agents defines is kept as unknown, and an unknown_json key that
+// would be rendered twice is refused by Check. That it reads no key
+// outside them is checked as it decodes (object.rest).
+func TestKnownKeysAreRead(t *testing.T) {
+	wrong := json.RawMessage(`[[]]`)
+	for _, c := range []struct {
+		name  string
+		known []string
+		base  map[string]any
+		wrap  func(obj map[string]any) any
+	}{
+		{"message", messageKeys, map[string]any{"type": "message", "role": "user", "content": []any{}}, nil},
+		{"function call", functionCallKeys, map[string]any{"type": "function_call", "call_id": "c", "arguments": "{}", "name": "n"}, nil},
+		{"output", functionCallOutputKeys, map[string]any{"type": "function_call_output", "call_id": "c", "output": "o", "is_error": false}, nil},
+		{"handoff", agentHandoffKeys, map[string]any{"type": "agent_handoff", "new_agent_id": "b"}, nil},
+		{"config update", agentConfigUpdateKeys, map[string]any{"type": "agent_config_update"}, nil},
+		{"image", imageKeys, map[string]any{"type": "image_content", "image": "u"}, func(o map[string]any) any {
+			return map[string]any{"type": "message", "role": "user", "content": []any{o}}
+		}},
+		{"cache breakpoint", cacheBreakpointKeys, map[string]any{"type": "cache_breakpoint"}, func(o map[string]any) any {
+			return map[string]any{"type": "message", "role": "user", "content": []any{o}}
+		}},
+		{"metrics", metricsKeys, map[string]any{}, func(o map[string]any) any {
+			return map[string]any{"type": "message", "role": "user", "content": []any{}, "metrics": o}
+		}},
+		{"metadata", metadataKeys, map[string]any{}, func(o map[string]any) any {
+			return map[string]any{"type": "message", "role": "user", "content": []any{}, "metrics": map[string]any{"tts_metadata": o}}
+		}},
+	} {
+		wrap := c.wrap
+		if wrap == nil {
+			wrap = func(o map[string]any) any { return o }
+		}
+		decode := func(obj map[string]any) error {
+			b, err := json.Marshal([]any{wrap(obj)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Decode(b)
+			return err
+		}
+		if err := decode(c.base); err != nil {
+			t.Fatalf("%s: base: %v", c.name, err)
+		}
+		for _, k := range c.known {
+			obj := maps.Clone(c.base)
+			obj[k] = wrong
+			if err := decode(obj); err == nil || !strings.Contains(err.Error(), k) {
+				t.Errorf("%s: %s of the wrong type: Decode = %v, want an error naming it", c.name, k, err)
+			}
 		}
 	}
 }
@@ -266,11 +427,31 @@ func TestPyFloat(t *testing.T) {
 	}
 }
 
-// FuzzDecode: whatever Decode accepts renders, and reads back as itself.
+// withDefaults is items as a context with from_dict()'s defaults filled
+// in where an absent key reads as unset but renders as the default
+// (reply_required, inference_detail): either reads back as the same item.
+func withDefaults(items []*parleyv1.ChatContext_ChatItem) *parleyv1.ChatContext {
+	cc := proto.CloneOf(&parleyv1.ChatContext{Items: items})
+	for _, it := range cc.GetItems() {
+		if o := it.GetFunctionCallOutput(); o != nil && o.ReplyRequired == nil {
+			o.ReplyRequired = proto.Bool(true)
+		}
+		for _, c := range it.GetMessage().GetContent() {
+			if img := c.GetImage(); img != nil && img.InferenceDetail == "" {
+				img.InferenceDetail = "auto"
+			}
+		}
+	}
+	return cc
+}
+
+// FuzzDecode: whatever Decode accepts renders, and reads back as itself
+// (from_dict()'s defaults aside).
 func FuzzDecode(f *testing.F) {
 	f.Add(allKinds(f))
 	f.Add([]byte(`[{"type":"agent_handoff","new_agent_id":"b","created_at":1.5}]`))
 	f.Add([]byte(`{"items":[{"type":"message","role":"user","content":["x",{"type":"cache_breakpoint"}],"extra":{"a":{"b":[null]}}}]}`))
+	f.Add([]byte(futureContext))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		items, err := Decode(in)
 		if err != nil {
@@ -287,7 +468,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			t.Fatalf("Decode(Encode): %v\n%s", err, out)
 		}
-		if !proto.Equal(&parleyv1.ChatContext{Items: items}, &parleyv1.ChatContext{Items: back}) {
+		if !proto.Equal(withDefaults(items), withDefaults(back)) {
 			t.Fatalf("round trip changed the items:\n%s", out)
 		}
 		again, err := Encode(back)

@@ -8,9 +8,17 @@
 // content, extra values of any JSON type, metrics, and created_at floats,
 // which round-trip bit for bit through a Timestamp's seconds and nanos for
 // any time after 1970-04-08 (below 2^23 s a float is finer than a
-// nanosecond). Two things are refused rather than dropped: audio content,
-// whose frames are not JSON (to_dict() leaves them out by default), and keys
-// livekit-agents does not define, which from_dict() would silently ignore.
+// nanosecond). Audio content is refused rather than dropped: its frames are
+// not JSON (to_dict() leaves them out by default).
+//
+// Keys livekit-agents 1.8.9 does not define, which a newer livekit-agents
+// may write, are kept: each object's own in its message's unknown_json, as
+// JSON text, rendered back after the known keys, so that a newer
+// from_dict() sees them again and 1.8.9's ignores them. An unknown item or
+// content type is still refused: 1.8.9's from_dict() fails on the whole
+// context for one, so storing it would break every older agent's restore.
+// The chat context object's own unknown keys are no item's and are ignored,
+// as from_dict() ignores them.
 // Where from_dict() takes a default for an absent key (interrupted, extra,
 // metrics, reply_required, inference_detail) the item renders that default.
 package agentsjson
@@ -51,9 +59,7 @@ func Decode(data []byte) ([]*parleyv1.ChatContext_ChatItem, error) {
 		if !ok {
 			return nil, broken("chat context: items is required")
 		}
-		if err := o.done(); err != nil {
-			return nil, err
-		}
+		// Its other keys are ignored: Parley keeps items, not contexts.
 		list = raw
 	default:
 		return nil, broken("chat context must be a JSON object with items, or a list of items")
@@ -102,8 +108,8 @@ func DecodeItem(path string, raw json.RawMessage) (*parleyv1.ChatContext_ChatIte
 	if err != nil {
 		return nil, err
 	}
-	if err := o.done(); err != nil {
-		return nil, err
+	if n := unknownKeys(it); n > MaxUnknownKeys {
+		return nil, broken(fmt.Sprintf("%s: %d keys livekit-agents 1.8.9 does not define, at most %d are kept per item", path, n, MaxUnknownKeys))
 	}
 	return it, nil
 }
@@ -166,6 +172,9 @@ func decodeMessage(o *object) (*parleyv1.ChatContext_ChatItem, error) {
 		}
 		m.Hash = &h
 	}
+	if m.UnknownJson, err = o.rest(messageKeys); err != nil {
+		return nil, err
+	}
 	return &parleyv1.ChatContext_ChatItem{Item: &parleyv1.ChatContext_ChatItem_Message{Message: m}}, nil
 }
 
@@ -192,7 +201,11 @@ func decodeContent(path string, raw json.RawMessage) ([]*parleyv1.ChatMessage_Ch
 		}
 		switch kind {
 		case "cache_breakpoint":
-			out = append(out, &parleyv1.ChatMessage_ChatContent{Payload: &parleyv1.ChatMessage_ChatContent_CacheBreakpoint{CacheBreakpoint: &parleyv1.CacheBreakpoint{}}})
+			rest, err := o.rest(cacheBreakpointKeys)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, &parleyv1.ChatMessage_ChatContent{Payload: &parleyv1.ChatMessage_ChatContent_CacheBreakpoint{CacheBreakpoint: &parleyv1.CacheBreakpoint{UnknownJson: rest}}})
 		case "image_content":
 			img, err := decodeImage(o)
 			if err != nil {
@@ -202,10 +215,7 @@ func decodeContent(path string, raw json.RawMessage) ([]*parleyv1.ChatMessage_Ch
 		case "audio_content":
 			return nil, broken(pp + ": audio content is not stored; send its transcript as text")
 		default:
-			return nil, broken(fmt.Sprintf("%s: unknown content type %q", pp, kind))
-		}
-		if err := o.done(); err != nil {
-			return nil, err
+			return nil, broken(fmt.Sprintf("%s: unknown content type %q (want image_content or cache_breakpoint)", pp, kind))
 		}
 	}
 	return out, nil
@@ -246,6 +256,9 @@ func decodeImage(o *object) (*parleyv1.ImageContent, error) {
 		return nil, err
 	} else if ok {
 		img.MimeType = &s
+	}
+	if img.UnknownJson, err = o.rest(imageKeys); err != nil {
+		return nil, err
 	}
 	return img, nil
 }
@@ -352,12 +365,12 @@ func decodeMetrics(item *object) (*parleyv1.MetricsReport, error) {
 				*g.dst = &s
 			}
 		}
-		if err := mo.done(); err != nil {
+		if md.UnknownJson, err = mo.rest(metadataKeys); err != nil {
 			return nil, err
 		}
 		*f.dst = md
 	}
-	if err := o.done(); err != nil {
+	if m.UnknownJson, err = o.rest(metricsKeys); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -388,6 +401,9 @@ func decodeFunctionCall(o *object) (*parleyv1.ChatContext_ChatItem, error) {
 		return nil, err
 	} else if ok {
 		c.GroupId = &s
+	}
+	if c.UnknownJson, err = o.rest(functionCallKeys); err != nil {
+		return nil, err
 	}
 	return &parleyv1.ChatContext_ChatItem{Item: &parleyv1.ChatContext_ChatItem_FunctionCall{FunctionCall: c}}, nil
 }
@@ -421,6 +437,9 @@ func decodeFunctionCallOutput(o *object) (*parleyv1.ChatContext_ChatItem, error)
 	} else if ok {
 		c.ReplyRequired = &b
 	}
+	if c.UnknownJson, err = o.rest(functionCallOutputKeys); err != nil {
+		return nil, err
+	}
 	return &parleyv1.ChatContext_ChatItem{Item: &parleyv1.ChatContext_ChatItem_FunctionCallOutput{FunctionCallOutput: c}}, nil
 }
 
@@ -439,6 +458,9 @@ func decodeAgentHandoff(o *object) (*parleyv1.ChatContext_ChatItem, error) {
 		return nil, err
 	}
 	if h.CreatedAt, err = o.timestamp("created_at"); err != nil {
+		return nil, err
+	}
+	if h.UnknownJson, err = o.rest(agentHandoffKeys); err != nil {
 		return nil, err
 	}
 	return &parleyv1.ChatContext_ChatItem{Item: &parleyv1.ChatContext_ChatItem_AgentHandoff{AgentHandoff: h}}, nil
@@ -474,6 +496,9 @@ func decodeAgentConfigUpdate(o *object) (*parleyv1.ChatContext_ChatItem, error) 
 	if u.CreatedAt, err = o.timestamp("created_at"); err != nil {
 		return nil, err
 	}
+	if u.UnknownJson, err = o.rest(agentConfigUpdateKeys); err != nil {
+		return nil, err
+	}
 	return &parleyv1.ChatContext_ChatItem{Item: &parleyv1.ChatContext_ChatItem_AgentConfigUpdate{AgentConfigUpdate: u}}, nil
 }
 
@@ -493,8 +518,8 @@ func stringList(o *object, key string, raw json.RawMessage) ([]string, error) {
 	return s, nil
 }
 
-// object is one JSON object being decoded; it remembers the keys read so
-// that done can refuse the rest.
+// object is one JSON object being decoded; it remembers the keys asked for,
+// present or not, which rest checks against the object's known keys.
 type object struct {
 	path string
 	m    map[string]json.RawMessage
@@ -530,18 +555,31 @@ func (o *object) get(key string, nullable bool) (json.RawMessage, bool, error) {
 	return raw, true, nil
 }
 
-func (o *object) done() error {
-	var unknown []string
-	for k := range o.m {
-		if !o.used[k] {
-			unknown = append(unknown, k)
+// rest returns the keys not in known, each with its value's compact JSON
+// text, or nil when there are none. It is called once the object's keys
+// are read; that none was read outside known is checked here, so that the
+// known lists (which the encoder checks unknown_json against) stay whole.
+func (o *object) rest(known []string) (map[string]string, error) {
+	for k := range o.used {
+		if !slices.Contains(known, k) {
+			return nil, fmt.Errorf("agentsjson: %s read key %q, which its known keys lack", o.path, k)
 		}
 	}
-	if len(unknown) == 0 {
-		return nil
+	var out map[string]string
+	for k, v := range o.m {
+		if slices.Contains(known, k) {
+			continue
+		}
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, v); err != nil {
+			return nil, o.fail(k, "is not JSON")
+		}
+		if out == nil {
+			out = make(map[string]string)
+		}
+		out[k] = buf.String()
 	}
-	slices.Sort(unknown)
-	return broken(fmt.Sprintf("%s: unknown key %q (livekit-agents 1.8.9 defines no such field; it is refused rather than lost)", o.path, unknown[0]))
+	return out, nil
 }
 
 func (o *object) nullableString(key string) (string, bool, error) {

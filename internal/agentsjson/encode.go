@@ -17,7 +17,8 @@ import (
 
 // Encode renders items as ChatContext.to_dict(exclude_timestamp=False,
 // exclude_image=False) would: {"items": [...]}, each item's keys in
-// livekit-agents' field order. It fails only on an item Check refuses.
+// livekit-agents' field order, then its unknown keys sorted. It fails only
+// on an item Check refuses.
 func Encode(items []*parleyv1.ChatContext_ChatItem) ([]byte, error) {
 	w := &writer{}
 	w.raw(`{"items":[`)
@@ -46,12 +47,16 @@ func EncodeItem(it *parleyv1.ChatContext_ChatItem) ([]byte, error) {
 
 // Check reports why an item could not be rendered for from_dict(), or nil:
 // no kind or role, empty content parts, a non-finite float, an extra_json
-// value that is not JSON or a key in both extra maps, an invalid Timestamp.
+// value that is not JSON or a key in both extra maps, an unknown_json key
+// livekit-agents defines or value that is not JSON, an invalid Timestamp;
+// or why it may not be stored: more than MaxUnknownKeys unknown keys.
 // Items are checked before they are stored, so stored items always render.
 func Check(it *parleyv1.ChatContext_ChatItem) error {
-	_, err := EncodeItem(it)
-	if err != nil {
+	if _, err := EncodeItem(it); err != nil {
 		return broken(err.Error())
+	}
+	if n := unknownKeys(it); n > MaxUnknownKeys {
+		return broken(fmt.Sprintf("%d keys livekit-agents 1.8.9 does not define, at most %d are kept per item", n, MaxUnknownKeys))
 	}
 	return nil
 }
@@ -207,6 +212,7 @@ func (w *writer) message(m *parleyv1.ChatMessage) {
 		w.key("hash")
 		w.str(m.GetHash())
 	}
+	w.unknown(messageKeys, m.GetUnknownJson())
 	w.close()
 }
 
@@ -215,7 +221,11 @@ func (w *writer) content(c *parleyv1.ChatMessage_ChatContent) {
 	case *parleyv1.ChatMessage_ChatContent_Text:
 		w.str(v.Text)
 	case *parleyv1.ChatMessage_ChatContent_CacheBreakpoint:
-		w.raw(`{"type":"cache_breakpoint"}`)
+		w.open()
+		w.key("type")
+		w.str("cache_breakpoint")
+		w.unknown(cacheBreakpointKeys, v.CacheBreakpoint.GetUnknownJson())
+		w.close()
 	case *parleyv1.ChatMessage_ChatContent_Image:
 		img := v.Image
 		if !validDetail(img.GetInferenceDetail()) {
@@ -239,6 +249,7 @@ func (w *writer) content(c *parleyv1.ChatMessage_ChatContent) {
 			w.key("mime_type")
 			w.str(img.GetMimeType())
 		}
+		w.unknown(imageKeys, img.GetUnknownJson())
 		w.close()
 	default:
 		w.fail("message content part is empty")
@@ -248,19 +259,8 @@ func (w *writer) content(c *parleyv1.ChatMessage_ChatContent) {
 // extra writes the union of the string values and the JSON ones, keys
 // sorted (from_dict keeps a dict, whose order no comparison sees).
 func (w *writer) extra(strs, others map[string]string) {
-	keys := make([]string, 0, len(strs)+len(others))
+	keys := w.jsonKeys("extra_json", others, func(k string) bool { _, dup := strs[k]; return dup }, "is in both extra and extra_json")
 	for k := range strs {
-		keys = append(keys, k)
-	}
-	for k, v := range others {
-		if _, dup := strs[k]; dup {
-			w.fail("extra key %q is in both extra and extra_json", k)
-			return
-		}
-		if !json.Valid([]byte(v)) {
-			w.fail("extra_json value of %q is not JSON", k)
-			return
-		}
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
@@ -271,11 +271,34 @@ func (w *writer) extra(strs, others map[string]string) {
 			w.str(s)
 			continue
 		}
-		var b bytes.Buffer
-		_ = json.Compact(&b, []byte(others[k])) // valid, checked above
-		w.buf.Write(b.Bytes())
+		w.jsonText(others[k])
 	}
 	w.close()
+}
+
+// jsonKeys returns the keys of m, a map of JSON texts named field, failing
+// on a value that is not JSON or a key clash refuses (saying why).
+func (w *writer) jsonKeys(field string, m map[string]string, clash func(string) bool, why string) []string {
+	keys := make([]string, 0, len(m))
+	for k, v := range m {
+		if clash(k) {
+			w.fail("%s key %q %s", field, k, why)
+			return nil
+		}
+		if !json.Valid([]byte(v)) {
+			w.fail("%s value of %q is not JSON", field, k)
+			return nil
+		}
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// jsonText writes valid JSON text compacted.
+func (w *writer) jsonText(v string) {
+	var b bytes.Buffer
+	_ = json.Compact(&b, []byte(v))
+	w.buf.Write(b.Bytes())
 }
 
 func (w *writer) metrics(m *parleyv1.MetricsReport) {
@@ -317,8 +340,10 @@ func (w *writer) metrics(m *parleyv1.MetricsReport) {
 			w.key("model_provider")
 			w.str(md.GetModelProvider())
 		}
+		w.unknown(metadataKeys, md.GetUnknownJson())
 		w.close()
 	}
+	w.unknown(metricsKeys, m.GetUnknownJson())
 	w.close()
 }
 
@@ -337,6 +362,7 @@ func (w *writer) functionCall(c *parleyv1.FunctionCall) {
 		w.key("group_id")
 		w.str(c.GetGroupId())
 	}
+	w.unknown(functionCallKeys, c.GetUnknownJson())
 	w.close()
 }
 
@@ -353,6 +379,7 @@ func (w *writer) functionCallOutput(c *parleyv1.FunctionCallOutput) {
 	w.createdAt(c.GetCreatedAt())
 	w.key("reply_required")
 	w.boolean(c.ReplyRequired == nil || c.GetReplyRequired())
+	w.unknown(functionCallOutputKeys, c.GetUnknownJson())
 	w.close()
 }
 
@@ -365,6 +392,7 @@ func (w *writer) agentHandoff(h *parleyv1.AgentHandoff) {
 	w.key("new_agent_id")
 	w.str(h.GetNewAgentId())
 	w.createdAt(h.GetCreatedAt())
+	w.unknown(agentHandoffKeys, h.GetUnknownJson())
 	w.close()
 }
 
@@ -383,5 +411,6 @@ func (w *writer) agentConfigUpdate(u *parleyv1.AgentConfigUpdate) {
 		w.strings(u.GetToolsRemoved())
 	}
 	w.createdAt(u.GetCreatedAt())
+	w.unknown(agentConfigUpdateKeys, u.GetUnknownJson())
 	w.close()
 }

@@ -152,6 +152,59 @@ func TestGetChatContext(t *testing.T) {
 	})
 }
 
+// TestUnknownKeysSurvive: keys a newer livekit-agents writes are stored
+// with their item, part of its content, and given back by GetChatContext's
+// JSON and by ListItems.
+func TestUnknownKeysSurvive(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, watchSetup{})
+	const future = `{"items":[{"id":"m","type":"message","role":"user","content":["hi"],"interrupted":false,"extra":{},` +
+		`"metrics":{"e2e_latency":0.5,"speech_rate":{"wpm":150}},"created_at":1800000000.5,"sentiment":{"label":"calm"}},` +
+		`{"id":"h","type":"agent_handoff","new_agent_id":"b","created_at":1800000001.0,"reason":"escalation"}]}`
+	forEachProtocol(t, ts, func(t *testing.T, c parleyv1connect.ConversationServiceClient) {
+		ctx := t.Context()
+		owner := ts.user(t)
+		created, err := c.CreateConversation(ctx, as(owner, &parleyv1.CreateConversationRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := created.Msg.GetConversation().GetId()
+		app := &parleyv1.AppendItemsRequest{ConversationId: id, ItemsJson: future}
+		if _, err := c.AppendItems(ctx, as(owner, app)); err != nil {
+			t.Fatal(err)
+		}
+		if again, err := c.AppendItems(ctx, as(owner, app)); err != nil || !again.Msg.GetReplayed() {
+			t.Fatalf("the same items again = %v, %v; want a replay", again, err)
+		}
+		changed := &parleyv1.AppendItemsRequest{ConversationId: id, ItemsJson: strings.Replace(future, "escalation", "transfer", 1)}
+		if _, err := c.AppendItems(ctx, as(owner, changed)); codeOf(err) != connect.CodeAlreadyExists {
+			t.Fatalf("an item again with another unknown value = %v, want already_exists", err)
+		}
+		_, resp := contextSeqs(t, c, owner, &parleyv1.GetChatContextRequest{ConversationId: id})
+		if diff := cmp.Diff(numbersAsText(t, []byte(future)), numbersAsText(t, []byte(resp.GetChatContextJson()))); diff != "" {
+			t.Fatalf("chat_context_json (-sent +got):\n%s", diff)
+		}
+		list, err := c.ListItems(ctx, as(owner, &parleyv1.ListItemsRequest{ConversationId: id, Order: parleyv1.Order_ORDER_OLDEST_FIRST}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		items := list.Msg.GetItems()
+		if len(items) != 2 {
+			t.Fatalf("ListItems: %d items", len(items))
+		}
+		m := items[0].GetItem().GetMessage()
+		if diff := cmp.Diff(map[string]string{"sentiment": `{"label":"calm"}`}, m.GetUnknownJson()); diff != "" {
+			t.Errorf("ListItems message unknown_json (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff(map[string]string{"speech_rate": `{"wpm":150}`}, m.GetMetrics().GetUnknownJson()); diff != "" {
+			t.Errorf("ListItems metrics unknown_json (-want +got):\n%s", diff)
+		}
+		if got := items[1].GetItem().GetAgentHandoff().GetUnknownJson(); !cmp.Equal(got, map[string]string{"reason": `"escalation"`}) {
+			t.Errorf("ListItems handoff unknown_json = %v", got)
+		}
+	})
+}
+
 func TestGetChatContextRefuses(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t, watchSetup{})
@@ -190,13 +243,17 @@ func TestGetChatContextRefuses(t *testing.T) {
 			req  *parleyv1.AppendItemsRequest
 			says string
 		}{
-			"both":       {&parleyv1.AppendItemsRequest{Items: []*parleyv1.ChatContext_ChatItem{text}, ItemsJson: `[]`}, "not both"},
-			"not JSON":   {&parleyv1.AppendItemsRequest{ItemsJson: `{"items": [`}, "chat context"},
-			"audio":      {&parleyv1.AppendItemsRequest{ItemsJson: `[{"id":"a","type":"message","role":"user","content":[{"type":"audio_content","frame":[]}]}]`}, "audio content is not stored"},
-			"unknown":    {&parleyv1.AppendItemsRequest{ItemsJson: `[{"id":"a","type":"message","role":"user","content":[],"mood":"x"}]`}, `unknown key "mood"`},
-			"no id":      {&parleyv1.AppendItemsRequest{ItemsJson: `[{"type":"agent_handoff","new_agent_id":"b"}]`}, "id"},
-			"bad extra":  {&parleyv1.AppendItemsRequest{Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_FunctionCall{FunctionCall: &parleyv1.FunctionCall{Id: "f", CallId: "c", ExtraJson: map[string]string{"k": "{"}}}}}}, "items[0]: extra_json"},
-			"empty list": {&parleyv1.AppendItemsRequest{ItemsJson: `{"items":[]}`}, "items"},
+			"both":         {&parleyv1.AppendItemsRequest{Items: []*parleyv1.ChatContext_ChatItem{text}, ItemsJson: `[]`}, "not both"},
+			"not JSON":     {&parleyv1.AppendItemsRequest{ItemsJson: `{"items": [`}, "chat context"},
+			"audio":        {&parleyv1.AppendItemsRequest{ItemsJson: `[{"id":"a","type":"message","role":"user","content":[{"type":"audio_content","frame":[]}]}]`}, "audio content is not stored"},
+			"unknown type": {&parleyv1.AppendItemsRequest{ItemsJson: `[{"id":"a","type":"thought","text":"x"}]`}, `unknown type "thought"`},
+			"known as unknown": {&parleyv1.AppendItemsRequest{Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_AgentHandoff{AgentHandoff: &parleyv1.AgentHandoff{
+				Id: "h", NewAgentId: "b", UnknownJson: map[string]string{"new_agent_id": `"c"`},
+			}}}}}, `items[0]: unknown_json key "new_agent_id" is a key livekit-agents 1.8.9 defines`},
+			"unknown too big": {&parleyv1.AppendItemsRequest{ItemsJson: `[{"id":"a","type":"agent_handoff","new_agent_id":"b","notes":"` + strings.Repeat("x", 256<<10) + `"}]`}, "at most 262144 bytes"},
+			"no id":           {&parleyv1.AppendItemsRequest{ItemsJson: `[{"type":"agent_handoff","new_agent_id":"b"}]`}, "id"},
+			"bad extra":       {&parleyv1.AppendItemsRequest{Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_FunctionCall{FunctionCall: &parleyv1.FunctionCall{Id: "f", CallId: "c", ExtraJson: map[string]string{"k": "{"}}}}}}, "items[0]: extra_json"},
+			"empty list":      {&parleyv1.AppendItemsRequest{ItemsJson: `{"items":[]}`}, "items"},
 		} {
 			tc.req.ConversationId = id
 			_, err := c.AppendItems(ctx, as(owner, tc.req))

@@ -9,6 +9,10 @@ in SEEDED_EXPECT, a JSON file), EMPTY_CONVERSATION (an empty one).
    stored.
 2. A context of every item kind, built here, goes through AppendItems as its
    to_dict() JSON (items_json) and comes back from GetChatContext equal.
+3. Items of a newer livekit-agents, simulated by models with fields 1.8.9
+   lacks (FUTURE_CONVERSATION, empty), come back with those fields through
+   the newer models' from_dict/to_dict; 1.8.9's own from_dict still loads
+   them, without the fields; ListItems shows the fields in unknownJson.
 Exits non-zero, saying why, on the first difference.
 """
 
@@ -17,10 +21,14 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from typing import Annotated, Any, Union
 
-from livekit.agents.llm import ChatContext
+from livekit.agents.llm import AgentConfigUpdate, AgentHandoff, ChatContext, ChatMessage, FunctionCall, FunctionCallOutput
+from livekit.agents.llm import chat_context as chat_context_module
+from livekit.agents.llm.chat_context import MetricsReport
+from pydantic import Field, TypeAdapter
 
-from chat_context import all_kinds, to_dict
+from chat_context import T0, all_kinds, to_dict
 
 URL = os.environ["PARLEY_URL"]
 TOKEN = os.environ["PARLEY_TOKEN"]
@@ -45,10 +53,40 @@ def fail(msg: str) -> None:
     sys.exit(f"FAIL: {msg}")
 
 
-def restore(conversation_id: str, **budget) -> tuple[ChatContext, dict]:
+def restore(conversation_id: str, from_dict=ChatContext.from_dict, **budget) -> tuple[ChatContext, dict]:
     resp = call("GetChatContext", {"conversationId": conversation_id, **budget})
-    ctx = ChatContext.from_dict(json.loads(resp["chatContextJson"]))
+    ctx = from_dict(json.loads(resp["chatContextJson"]))
     return ctx, resp
+
+
+# A newer livekit-agents, as far as Parley can tell: fields 1.8.9 does not
+# define on a message, its metrics and a function call.
+class FutureMetrics(MetricsReport, total=False):
+    speech_rate: float
+
+
+class FutureChatMessage(ChatMessage):
+    sentiment: dict[str, Any] | None = None
+    metrics: FutureMetrics = Field(default_factory=lambda: FutureMetrics())
+
+
+class FutureFunctionCall(FunctionCall):
+    cost_usd: float | None = None
+
+
+# ChatMessage's annotations name types of livekit-agents' module.
+for model in (FutureChatMessage, FutureFunctionCall):
+    model.model_rebuild(_types_namespace=vars(chat_context_module))
+
+FutureChatItem = Annotated[
+    Union[FutureChatMessage, FutureFunctionCall, FunctionCallOutput, AgentHandoff, AgentConfigUpdate],
+    Field(discriminator="type"),
+]
+
+
+def future_from_dict(data: dict) -> ChatContext:
+    """ChatContext.from_dict as the newer release would have it."""
+    return ChatContext(TypeAdapter(list[FutureChatItem]).validate_python(data["items"]))
 
 
 def check_seeded() -> None:
@@ -114,7 +152,42 @@ def check_round_trip() -> None:
     print(f"round trip: {len(sent['items'])} items of every kind equal after AppendItems and GetChatContext")
 
 
+def check_future() -> None:
+    conv = os.environ["FUTURE_CONVERSATION"]
+    ctx = ChatContext(
+        [
+            FutureChatMessage(
+                id="fut_user", role="user", content=["Hi"], sentiment={"label": "calm", "score": 0.25},
+                metrics={"started_speaking_at": T0, "speech_rate": 2.5}, created_at=T0,
+            ),
+            FutureFunctionCall(id="fut_call", call_id="call_f", name="lookup", arguments="{}", cost_usd=0.0125, created_at=T0 + 1),
+        ]
+    )
+    sent = to_dict(ctx)
+    new = {"sentiment": {"label": "calm", "score": 0.25}, "cost_usd": 0.0125}
+    if sent["items"][0].get("sentiment") != new["sentiment"] or sent["items"][0]["metrics"].get("speech_rate") != 2.5 or sent["items"][1].get("cost_usd") != new["cost_usd"]:
+        fail(f"the newer models did not write their fields: {sent}")
+    call("AppendItems", {"conversationId": conv, "itemsJson": json.dumps(sent), "agent": "python-next"})
+    back, _ = restore(conv, from_dict=future_from_dict)
+    if to_dict(back) != sent:
+        fail(f"a newer release's items came back changed:\n sent {sent}\n got  {to_dict(back)}")
+    # 1.8.9 loads the same context, ignoring what it does not define.
+    old, _ = restore(conv)
+    want = json.loads(json.dumps(sent))
+    del want["items"][0]["sentiment"], want["items"][0]["metrics"]["speech_rate"], want["items"][1]["cost_usd"]
+    if to_dict(old) != want:
+        fail(f"1.8.9's from_dict of a newer release's items:\n got  {to_dict(old)}\n want {want}")
+    listed = call("ListItems", {"conversationId": conv, "order": "ORDER_OLDEST_FIRST"})["items"]
+    msg, fc = listed[0]["item"]["message"], listed[1]["item"]["functionCall"]
+    got = {k: json.loads(v) for k, v in {**msg.get("unknownJson", {}), **fc.get("unknownJson", {})}.items()}
+    got_metrics = {k: json.loads(v) for k, v in msg.get("metrics", {}).get("unknownJson", {}).items()}
+    if got != new or got_metrics != {"speech_rate": 2.5}:
+        fail(f"ListItems unknownJson {got}, metrics {got_metrics}; want {new} and speech_rate")
+    print("future: keys 1.8.9 does not define survive AppendItems, GetChatContext and ListItems")
+
+
 if __name__ == "__main__":
     check_seeded()
     check_round_trip()
+    check_future()
     print("OK")

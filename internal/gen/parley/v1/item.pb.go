@@ -159,8 +159,10 @@ type MetricsReport struct {
 	LlmMetadata           *MetricsMetadata `protobuf:"bytes,19,opt,name=llm_metadata,json=llmMetadata,proto3" json:"llm_metadata,omitempty"`
 	TtsMetadata           *MetricsMetadata `protobuf:"bytes,20,opt,name=tts_metadata,json=ttsMetadata,proto3" json:"tts_metadata,omitempty"`
 	SttMetadata           *MetricsMetadata `protobuf:"bytes,21,opt,name=stt_metadata,json=sttMetadata,proto3" json:"stt_metadata,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// unknown_json is as in ChatMessage.
+	UnknownJson   map[string]string `protobuf:"bytes,22,rep,name=unknown_json,json=unknownJson,proto3" json:"unknown_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetricsReport) Reset() {
@@ -305,11 +307,20 @@ func (x *MetricsReport) GetSttMetadata() *MetricsMetadata {
 	return nil
 }
 
+func (x *MetricsReport) GetUnknownJson() map[string]string {
+	if x != nil {
+		return x.UnknownJson
+	}
+	return nil
+}
+
 // MetricsMetadata names the model behind a MetricsReport's timings.
 type MetricsMetadata struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ModelName     *string                `protobuf:"bytes,1,opt,name=model_name,json=modelName,proto3,oneof" json:"model_name,omitempty"`
 	ModelProvider *string                `protobuf:"bytes,2,opt,name=model_provider,json=modelProvider,proto3,oneof" json:"model_provider,omitempty"`
+	// unknown_json is as in ChatMessage.
+	UnknownJson   map[string]string `protobuf:"bytes,16,rep,name=unknown_json,json=unknownJson,proto3" json:"unknown_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -358,6 +369,13 @@ func (x *MetricsMetadata) GetModelProvider() string {
 	return ""
 }
 
+func (x *MetricsMetadata) GetUnknownJson() map[string]string {
+	if x != nil {
+		return x.UnknownJson
+	}
+	return nil
+}
+
 // ImageContent is an image in a message's content: a URL or a data URL.
 type ImageContent struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -368,8 +386,10 @@ type ImageContent struct {
 	// inference_detail is "auto", "high" or "low"; empty means "auto".
 	InferenceDetail string  `protobuf:"bytes,5,opt,name=inference_detail,json=inferenceDetail,proto3" json:"inference_detail,omitempty"`
 	MimeType        *string `protobuf:"bytes,6,opt,name=mime_type,json=mimeType,proto3,oneof" json:"mime_type,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// unknown_json is as in ChatMessage.
+	UnknownJson   map[string]string `protobuf:"bytes,16,rep,name=unknown_json,json=unknownJson,proto3" json:"unknown_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImageContent) Reset() {
@@ -444,10 +464,19 @@ func (x *ImageContent) GetMimeType() string {
 	return ""
 }
 
+func (x *ImageContent) GetUnknownJson() map[string]string {
+	if x != nil {
+		return x.UnknownJson
+	}
+	return nil
+}
+
 // CacheBreakpoint marks the end of a reusable prompt prefix in a message's
 // content.
 type CacheBreakpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// unknown_json is as in ChatMessage.
+	UnknownJson   map[string]string `protobuf:"bytes,16,rep,name=unknown_json,json=unknownJson,proto3" json:"unknown_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -482,6 +511,13 @@ func (*CacheBreakpoint) Descriptor() ([]byte, []int) {
 	return file_parley_v1_item_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *CacheBreakpoint) GetUnknownJson() map[string]string {
+	if x != nil {
+		return x.UnknownJson
+	}
+	return nil
+}
+
 // ChatMessage is a message of a chat context.
 type ChatMessage struct {
 	state   protoimpl.MessageState     `protogen:"open.v1"`
@@ -500,7 +536,13 @@ type ChatMessage struct {
 	ExtraJson map[string]string `protobuf:"bytes,16,rep,name=extra_json,json=extraJson,proto3" json:"extra_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// hash is livekit-agents' deprecated message hash, as the text its
 	// to_dict() writes.
-	Hash          *string `protobuf:"bytes,17,opt,name=hash,proto3,oneof" json:"hash,omitempty"`
+	Hash *string `protobuf:"bytes,17,opt,name=hash,proto3,oneof" json:"hash,omitempty"`
+	// unknown_json holds the keys of livekit-agents' JSON that this release
+	// does not know (a newer livekit-agents' fields), each with its value's
+	// JSON text, so that they are given back as they came. No key is one
+	// this release knows; at most 32 per item, counted over the item and
+	// every object in it (content parts, metrics, their metadata).
+	UnknownJson   map[string]string `protobuf:"bytes,18,rep,name=unknown_json,json=unknownJson,proto3" json:"unknown_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -605,6 +647,13 @@ func (x *ChatMessage) GetHash() string {
 	return ""
 }
 
+func (x *ChatMessage) GetUnknownJson() map[string]string {
+	if x != nil {
+		return x.UnknownJson
+	}
+	return nil
+}
+
 // FunctionCall is a tool call the model made.
 type FunctionCall struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -617,7 +666,9 @@ type FunctionCall struct {
 	// extra_json is as in ChatMessage.
 	ExtraJson map[string]string `protobuf:"bytes,16,rep,name=extra_json,json=extraJson,proto3" json:"extra_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// group_id groups parallel calls of one model response.
-	GroupId       *string `protobuf:"bytes,17,opt,name=group_id,json=groupId,proto3,oneof" json:"group_id,omitempty"`
+	GroupId *string `protobuf:"bytes,17,opt,name=group_id,json=groupId,proto3,oneof" json:"group_id,omitempty"`
+	// unknown_json is as in ChatMessage.
+	UnknownJson   map[string]string `protobuf:"bytes,18,rep,name=unknown_json,json=unknownJson,proto3" json:"unknown_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -708,6 +759,13 @@ func (x *FunctionCall) GetGroupId() string {
 	return ""
 }
 
+func (x *FunctionCall) GetUnknownJson() map[string]string {
+	if x != nil {
+		return x.UnknownJson
+	}
+	return nil
+}
+
 // FunctionCallOutput is the result of a FunctionCall, matched by call_id.
 type FunctionCallOutput struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -720,6 +778,8 @@ type FunctionCallOutput struct {
 	// reply_required says whether the model should answer once it has the
 	// output; unset means true, livekit-agents' default.
 	ReplyRequired *bool `protobuf:"varint,16,opt,name=reply_required,json=replyRequired,proto3,oneof" json:"reply_required,omitempty"`
+	// unknown_json is as in ChatMessage.
+	UnknownJson   map[string]string `protobuf:"bytes,17,rep,name=unknown_json,json=unknownJson,proto3" json:"unknown_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -803,13 +863,22 @@ func (x *FunctionCallOutput) GetReplyRequired() bool {
 	return false
 }
 
+func (x *FunctionCallOutput) GetUnknownJson() map[string]string {
+	if x != nil {
+		return x.UnknownJson
+	}
+	return nil
+}
+
 // AgentHandoff records one agent handing the session to another.
 type AgentHandoff struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	OldAgentId    *string                `protobuf:"bytes,2,opt,name=old_agent_id,json=oldAgentId,proto3,oneof" json:"old_agent_id,omitempty"`
-	NewAgentId    string                 `protobuf:"bytes,3,opt,name=new_agent_id,json=newAgentId,proto3" json:"new_agent_id,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	OldAgentId *string                `protobuf:"bytes,2,opt,name=old_agent_id,json=oldAgentId,proto3,oneof" json:"old_agent_id,omitempty"`
+	NewAgentId string                 `protobuf:"bytes,3,opt,name=new_agent_id,json=newAgentId,proto3" json:"new_agent_id,omitempty"`
+	CreatedAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// unknown_json is as in ChatMessage.
+	UnknownJson   map[string]string `protobuf:"bytes,16,rep,name=unknown_json,json=unknownJson,proto3" json:"unknown_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -872,6 +941,13 @@ func (x *AgentHandoff) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *AgentHandoff) GetUnknownJson() map[string]string {
+	if x != nil {
+		return x.UnknownJson
+	}
+	return nil
+}
+
 // AgentConfigUpdate records a change of the agent's instructions or tools.
 type AgentConfigUpdate struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -884,8 +960,10 @@ type AgentConfigUpdate struct {
 	// even empty: livekit-agents tells an empty list from none.
 	HasToolsAdded   bool `protobuf:"varint,16,opt,name=has_tools_added,json=hasToolsAdded,proto3" json:"has_tools_added,omitempty"`
 	HasToolsRemoved bool `protobuf:"varint,17,opt,name=has_tools_removed,json=hasToolsRemoved,proto3" json:"has_tools_removed,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// unknown_json is as in ChatMessage.
+	UnknownJson   map[string]string `protobuf:"bytes,18,rep,name=unknown_json,json=unknownJson,proto3" json:"unknown_json,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AgentConfigUpdate) Reset() {
@@ -965,6 +1043,13 @@ func (x *AgentConfigUpdate) GetHasToolsRemoved() bool {
 		return x.HasToolsRemoved
 	}
 	return false
+}
+
+func (x *AgentConfigUpdate) GetUnknownJson() map[string]string {
+	if x != nil {
+		return x.UnknownJson
+	}
+	return nil
 }
 
 // ChatContext is an agent's chat history, oldest item first.
@@ -1131,7 +1216,7 @@ type ChatMessage_ChatContent struct {
 
 func (x *ChatMessage_ChatContent) Reset() {
 	*x = ChatMessage_ChatContent{}
-	mi := &file_parley_v1_item_proto_msgTypes[11]
+	mi := &file_parley_v1_item_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1228,7 @@ func (x *ChatMessage_ChatContent) String() string {
 func (*ChatMessage_ChatContent) ProtoMessage() {}
 
 func (x *ChatMessage_ChatContent) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[11]
+	mi := &file_parley_v1_item_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1317,7 @@ type ChatContext_ChatItem struct {
 
 func (x *ChatContext_ChatItem) Reset() {
 	*x = ChatContext_ChatItem{}
-	mi := &file_parley_v1_item_proto_msgTypes[16]
+	mi := &file_parley_v1_item_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1329,7 @@ func (x *ChatContext_ChatItem) String() string {
 func (*ChatContext_ChatItem) ProtoMessage() {}
 
 func (x *ChatContext_ChatItem) ProtoReflect() protoreflect.Message {
-	mi := &file_parley_v1_item_proto_msgTypes[16]
+	mi := &file_parley_v1_item_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1435,7 @@ var File_parley_v1_item_proto protoreflect.FileDescriptor
 
 const file_parley_v1_item_proto_rawDesc = "" +
 	"\n" +
-	"\x14parley/v1/item.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\b\n" +
+	"\x14parley/v1/item.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\t\n" +
 	"\rMetricsReport\x12J\n" +
 	"\x13started_speaking_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x11startedSpeakingAt\x12J\n" +
 	"\x13stopped_speaking_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11stoppedSpeakingAt\x124\n" +
@@ -1370,7 +1455,11 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\x18has_provider_request_ids\x18\x12 \x01(\bR\x15hasProviderRequestIds\x12=\n" +
 	"\fllm_metadata\x18\x13 \x01(\v2\x1a.parley.v1.MetricsMetadataR\vllmMetadata\x12=\n" +
 	"\ftts_metadata\x18\x14 \x01(\v2\x1a.parley.v1.MetricsMetadataR\vttsMetadata\x12=\n" +
-	"\fstt_metadata\x18\x15 \x01(\v2\x1a.parley.v1.MetricsMetadataR\vsttMetadataB\x16\n" +
+	"\fstt_metadata\x18\x15 \x01(\v2\x1a.parley.v1.MetricsMetadataR\vsttMetadata\x12L\n" +
+	"\funknown_json\x18\x16 \x03(\v2).parley.v1.MetricsReport.UnknownJsonEntryR\vunknownJson\x1a>\n" +
+	"\x10UnknownJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x16\n" +
 	"\x14_transcription_delayB\x14\n" +
 	"\x12_end_of_turn_delayB\x1f\n" +
 	"\x1d_on_user_turn_completed_delayB\x10\n" +
@@ -1379,25 +1468,37 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\f_e2e_latencyB\x0f\n" +
 	"\r_llm_node_tpsB\x10\n" +
 	"\x0e_llm_node_ttfsB\x13\n" +
-	"\x11_playback_latency\"\x83\x01\n" +
+	"\x11_playback_latency\"\x93\x02\n" +
 	"\x0fMetricsMetadata\x12\"\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tH\x00R\tmodelName\x88\x01\x01\x12*\n" +
-	"\x0emodel_provider\x18\x02 \x01(\tH\x01R\rmodelProvider\x88\x01\x01B\r\n" +
+	"\x0emodel_provider\x18\x02 \x01(\tH\x01R\rmodelProvider\x88\x01\x01\x12N\n" +
+	"\funknown_json\x18\x10 \x03(\v2+.parley.v1.MetricsMetadata.UnknownJsonEntryR\vunknownJson\x1a>\n" +
+	"\x10UnknownJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\r\n" +
 	"\v_model_nameB\x11\n" +
-	"\x0f_model_provider\"\x96\x02\n" +
+	"\x0f_model_provider\"\xa3\x03\n" +
 	"\fImageContent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12,\n" +
 	"\x0finference_width\x18\x03 \x01(\x03H\x00R\x0einferenceWidth\x88\x01\x01\x12.\n" +
 	"\x10inference_height\x18\x04 \x01(\x03H\x01R\x0finferenceHeight\x88\x01\x01\x12)\n" +
 	"\x10inference_detail\x18\x05 \x01(\tR\x0finferenceDetail\x12 \n" +
-	"\tmime_type\x18\x06 \x01(\tH\x02R\bmimeType\x88\x01\x01B\x12\n" +
+	"\tmime_type\x18\x06 \x01(\tH\x02R\bmimeType\x88\x01\x01\x12K\n" +
+	"\funknown_json\x18\x10 \x03(\v2(.parley.v1.ImageContent.UnknownJsonEntryR\vunknownJson\x1a>\n" +
+	"\x10UnknownJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x12\n" +
 	"\x10_inference_widthB\x13\n" +
 	"\x11_inference_heightB\f\n" +
 	"\n" +
-	"_mime_type\"\x11\n" +
-	"\x0fCacheBreakpoint\"\xad\x06\n" +
+	"_mime_type\"\xa1\x01\n" +
+	"\x0fCacheBreakpoint\x12N\n" +
+	"\funknown_json\x18\x10 \x03(\v2+.parley.v1.CacheBreakpoint.UnknownJsonEntryR\vunknownJson\x1a>\n" +
+	"\x10UnknownJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb9\a\n" +
 	"\vChatMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.parley.v1.ChatRoleR\x04role\x12<\n" +
@@ -1410,7 +1511,8 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"created_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12D\n" +
 	"\n" +
 	"extra_json\x18\x10 \x03(\v2%.parley.v1.ChatMessage.ExtraJsonEntryR\textraJson\x12\x17\n" +
-	"\x04hash\x18\x11 \x01(\tH\x01R\x04hash\x88\x01\x01\x1a\xa8\x01\n" +
+	"\x04hash\x18\x11 \x01(\tH\x01R\x04hash\x88\x01\x01\x12J\n" +
+	"\funknown_json\x18\x12 \x03(\v2'.parley.v1.ChatMessage.UnknownJsonEntryR\vunknownJson\x1a\xa8\x01\n" +
 	"\vChatContent\x12\x14\n" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12/\n" +
 	"\x05image\x18\x10 \x01(\v2\x17.parley.v1.ImageContentH\x00R\x05image\x12G\n" +
@@ -1422,9 +1524,12 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
 	"\x0eExtraJsonEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10UnknownJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x18\n" +
 	"\x16_transcript_confidenceB\a\n" +
-	"\x05_hash\"\xca\x03\n" +
+	"\x05_hash\"\xd7\x04\n" +
 	"\fFunctionCall\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\acall_id\x18\x02 \x01(\tR\x06callId\x12\x1c\n" +
@@ -1435,15 +1540,19 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\x05extra\x18\x06 \x03(\v2\".parley.v1.FunctionCall.ExtraEntryR\x05extra\x12E\n" +
 	"\n" +
 	"extra_json\x18\x10 \x03(\v2&.parley.v1.FunctionCall.ExtraJsonEntryR\textraJson\x12\x1e\n" +
-	"\bgroup_id\x18\x11 \x01(\tH\x00R\agroupId\x88\x01\x01\x1a8\n" +
+	"\bgroup_id\x18\x11 \x01(\tH\x00R\agroupId\x88\x01\x01\x12K\n" +
+	"\funknown_json\x18\x12 \x03(\v2(.parley.v1.FunctionCall.UnknownJsonEntryR\vunknownJson\x1a8\n" +
 	"\n" +
 	"ExtraEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
 	"\x0eExtraJsonEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10UnknownJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
-	"\t_group_id\"\xfe\x01\n" +
+	"\t_group_id\"\x91\x03\n" +
 	"\x12FunctionCallOutput\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x17\n" +
@@ -1452,8 +1561,12 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\bis_error\x18\x05 \x01(\bR\aisError\x129\n" +
 	"\n" +
 	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12*\n" +
-	"\x0ereply_required\x18\x10 \x01(\bH\x00R\rreplyRequired\x88\x01\x01B\x11\n" +
-	"\x0f_reply_required\"\xb3\x01\n" +
+	"\x0ereply_required\x18\x10 \x01(\bH\x00R\rreplyRequired\x88\x01\x01\x12Q\n" +
+	"\funknown_json\x18\x11 \x03(\v2..parley.v1.FunctionCallOutput.UnknownJsonEntryR\vunknownJson\x1a>\n" +
+	"\x10UnknownJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x11\n" +
+	"\x0f_reply_required\"\xc0\x02\n" +
 	"\fAgentHandoff\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\fold_agent_id\x18\x02 \x01(\tH\x00R\n" +
@@ -1461,8 +1574,12 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\fnew_agent_id\x18\x03 \x01(\tR\n" +
 	"newAgentId\x129\n" +
 	"\n" +
-	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAtB\x0f\n" +
-	"\r_old_agent_id\"\xb2\x02\n" +
+	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12K\n" +
+	"\funknown_json\x18\x10 \x03(\v2(.parley.v1.AgentHandoff.UnknownJsonEntryR\vunknownJson\x1a>\n" +
+	"\x10UnknownJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0f\n" +
+	"\r_old_agent_id\"\xc4\x03\n" +
 	"\x11AgentConfigUpdate\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\finstructions\x18\x02 \x01(\tH\x00R\finstructions\x88\x01\x01\x12\x1f\n" +
@@ -1472,7 +1589,11 @@ const file_parley_v1_item_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12&\n" +
 	"\x0fhas_tools_added\x18\x10 \x01(\bR\rhasToolsAdded\x12*\n" +
-	"\x11has_tools_removed\x18\x11 \x01(\bR\x0fhasToolsRemovedB\x0f\n" +
+	"\x11has_tools_removed\x18\x11 \x01(\bR\x0fhasToolsRemoved\x12P\n" +
+	"\funknown_json\x18\x12 \x03(\v2-.parley.v1.AgentConfigUpdate.UnknownJsonEntryR\vunknownJson\x1a>\n" +
+	"\x10UnknownJsonEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0f\n" +
 	"\r_instructions\"\xb0\x03\n" +
 	"\vChatContext\x125\n" +
 	"\x05items\x18\x01 \x03(\v2\x1f.parley.v1.ChatContext.ChatItemR\x05items\x1a\xe9\x02\n" +
@@ -1520,7 +1641,7 @@ func file_parley_v1_item_proto_rawDescGZIP() []byte {
 }
 
 var file_parley_v1_item_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_parley_v1_item_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_parley_v1_item_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_parley_v1_item_proto_goTypes = []any{
 	(ChatRole)(0),                   // 0: parley.v1.ChatRole
 	(ItemKind)(0),                   // 1: parley.v1.ItemKind
@@ -1535,47 +1656,65 @@ var file_parley_v1_item_proto_goTypes = []any{
 	(*AgentConfigUpdate)(nil),       // 10: parley.v1.AgentConfigUpdate
 	(*ChatContext)(nil),             // 11: parley.v1.ChatContext
 	(*Item)(nil),                    // 12: parley.v1.Item
-	(*ChatMessage_ChatContent)(nil), // 13: parley.v1.ChatMessage.ChatContent
-	nil,                             // 14: parley.v1.ChatMessage.ExtraEntry
-	nil,                             // 15: parley.v1.ChatMessage.ExtraJsonEntry
-	nil,                             // 16: parley.v1.FunctionCall.ExtraEntry
-	nil,                             // 17: parley.v1.FunctionCall.ExtraJsonEntry
-	(*ChatContext_ChatItem)(nil),    // 18: parley.v1.ChatContext.ChatItem
-	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
+	nil,                             // 13: parley.v1.MetricsReport.UnknownJsonEntry
+	nil,                             // 14: parley.v1.MetricsMetadata.UnknownJsonEntry
+	nil,                             // 15: parley.v1.ImageContent.UnknownJsonEntry
+	nil,                             // 16: parley.v1.CacheBreakpoint.UnknownJsonEntry
+	(*ChatMessage_ChatContent)(nil), // 17: parley.v1.ChatMessage.ChatContent
+	nil,                             // 18: parley.v1.ChatMessage.ExtraEntry
+	nil,                             // 19: parley.v1.ChatMessage.ExtraJsonEntry
+	nil,                             // 20: parley.v1.ChatMessage.UnknownJsonEntry
+	nil,                             // 21: parley.v1.FunctionCall.ExtraEntry
+	nil,                             // 22: parley.v1.FunctionCall.ExtraJsonEntry
+	nil,                             // 23: parley.v1.FunctionCall.UnknownJsonEntry
+	nil,                             // 24: parley.v1.FunctionCallOutput.UnknownJsonEntry
+	nil,                             // 25: parley.v1.AgentHandoff.UnknownJsonEntry
+	nil,                             // 26: parley.v1.AgentConfigUpdate.UnknownJsonEntry
+	(*ChatContext_ChatItem)(nil),    // 27: parley.v1.ChatContext.ChatItem
+	(*timestamppb.Timestamp)(nil),   // 28: google.protobuf.Timestamp
 }
 var file_parley_v1_item_proto_depIdxs = []int32{
-	19, // 0: parley.v1.MetricsReport.started_speaking_at:type_name -> google.protobuf.Timestamp
-	19, // 1: parley.v1.MetricsReport.stopped_speaking_at:type_name -> google.protobuf.Timestamp
+	28, // 0: parley.v1.MetricsReport.started_speaking_at:type_name -> google.protobuf.Timestamp
+	28, // 1: parley.v1.MetricsReport.stopped_speaking_at:type_name -> google.protobuf.Timestamp
 	3,  // 2: parley.v1.MetricsReport.llm_metadata:type_name -> parley.v1.MetricsMetadata
 	3,  // 3: parley.v1.MetricsReport.tts_metadata:type_name -> parley.v1.MetricsMetadata
 	3,  // 4: parley.v1.MetricsReport.stt_metadata:type_name -> parley.v1.MetricsMetadata
-	0,  // 5: parley.v1.ChatMessage.role:type_name -> parley.v1.ChatRole
-	13, // 6: parley.v1.ChatMessage.content:type_name -> parley.v1.ChatMessage.ChatContent
-	14, // 7: parley.v1.ChatMessage.extra:type_name -> parley.v1.ChatMessage.ExtraEntry
-	2,  // 8: parley.v1.ChatMessage.metrics:type_name -> parley.v1.MetricsReport
-	19, // 9: parley.v1.ChatMessage.created_at:type_name -> google.protobuf.Timestamp
-	15, // 10: parley.v1.ChatMessage.extra_json:type_name -> parley.v1.ChatMessage.ExtraJsonEntry
-	19, // 11: parley.v1.FunctionCall.created_at:type_name -> google.protobuf.Timestamp
-	16, // 12: parley.v1.FunctionCall.extra:type_name -> parley.v1.FunctionCall.ExtraEntry
-	17, // 13: parley.v1.FunctionCall.extra_json:type_name -> parley.v1.FunctionCall.ExtraJsonEntry
-	19, // 14: parley.v1.FunctionCallOutput.created_at:type_name -> google.protobuf.Timestamp
-	19, // 15: parley.v1.AgentHandoff.created_at:type_name -> google.protobuf.Timestamp
-	19, // 16: parley.v1.AgentConfigUpdate.created_at:type_name -> google.protobuf.Timestamp
-	18, // 17: parley.v1.ChatContext.items:type_name -> parley.v1.ChatContext.ChatItem
-	18, // 18: parley.v1.Item.item:type_name -> parley.v1.ChatContext.ChatItem
-	19, // 19: parley.v1.Item.stored_at:type_name -> google.protobuf.Timestamp
-	4,  // 20: parley.v1.ChatMessage.ChatContent.image:type_name -> parley.v1.ImageContent
-	5,  // 21: parley.v1.ChatMessage.ChatContent.cache_breakpoint:type_name -> parley.v1.CacheBreakpoint
-	6,  // 22: parley.v1.ChatContext.ChatItem.message:type_name -> parley.v1.ChatMessage
-	7,  // 23: parley.v1.ChatContext.ChatItem.function_call:type_name -> parley.v1.FunctionCall
-	8,  // 24: parley.v1.ChatContext.ChatItem.function_call_output:type_name -> parley.v1.FunctionCallOutput
-	9,  // 25: parley.v1.ChatContext.ChatItem.agent_handoff:type_name -> parley.v1.AgentHandoff
-	10, // 26: parley.v1.ChatContext.ChatItem.agent_config_update:type_name -> parley.v1.AgentConfigUpdate
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	13, // 5: parley.v1.MetricsReport.unknown_json:type_name -> parley.v1.MetricsReport.UnknownJsonEntry
+	14, // 6: parley.v1.MetricsMetadata.unknown_json:type_name -> parley.v1.MetricsMetadata.UnknownJsonEntry
+	15, // 7: parley.v1.ImageContent.unknown_json:type_name -> parley.v1.ImageContent.UnknownJsonEntry
+	16, // 8: parley.v1.CacheBreakpoint.unknown_json:type_name -> parley.v1.CacheBreakpoint.UnknownJsonEntry
+	0,  // 9: parley.v1.ChatMessage.role:type_name -> parley.v1.ChatRole
+	17, // 10: parley.v1.ChatMessage.content:type_name -> parley.v1.ChatMessage.ChatContent
+	18, // 11: parley.v1.ChatMessage.extra:type_name -> parley.v1.ChatMessage.ExtraEntry
+	2,  // 12: parley.v1.ChatMessage.metrics:type_name -> parley.v1.MetricsReport
+	28, // 13: parley.v1.ChatMessage.created_at:type_name -> google.protobuf.Timestamp
+	19, // 14: parley.v1.ChatMessage.extra_json:type_name -> parley.v1.ChatMessage.ExtraJsonEntry
+	20, // 15: parley.v1.ChatMessage.unknown_json:type_name -> parley.v1.ChatMessage.UnknownJsonEntry
+	28, // 16: parley.v1.FunctionCall.created_at:type_name -> google.protobuf.Timestamp
+	21, // 17: parley.v1.FunctionCall.extra:type_name -> parley.v1.FunctionCall.ExtraEntry
+	22, // 18: parley.v1.FunctionCall.extra_json:type_name -> parley.v1.FunctionCall.ExtraJsonEntry
+	23, // 19: parley.v1.FunctionCall.unknown_json:type_name -> parley.v1.FunctionCall.UnknownJsonEntry
+	28, // 20: parley.v1.FunctionCallOutput.created_at:type_name -> google.protobuf.Timestamp
+	24, // 21: parley.v1.FunctionCallOutput.unknown_json:type_name -> parley.v1.FunctionCallOutput.UnknownJsonEntry
+	28, // 22: parley.v1.AgentHandoff.created_at:type_name -> google.protobuf.Timestamp
+	25, // 23: parley.v1.AgentHandoff.unknown_json:type_name -> parley.v1.AgentHandoff.UnknownJsonEntry
+	28, // 24: parley.v1.AgentConfigUpdate.created_at:type_name -> google.protobuf.Timestamp
+	26, // 25: parley.v1.AgentConfigUpdate.unknown_json:type_name -> parley.v1.AgentConfigUpdate.UnknownJsonEntry
+	27, // 26: parley.v1.ChatContext.items:type_name -> parley.v1.ChatContext.ChatItem
+	27, // 27: parley.v1.Item.item:type_name -> parley.v1.ChatContext.ChatItem
+	28, // 28: parley.v1.Item.stored_at:type_name -> google.protobuf.Timestamp
+	4,  // 29: parley.v1.ChatMessage.ChatContent.image:type_name -> parley.v1.ImageContent
+	5,  // 30: parley.v1.ChatMessage.ChatContent.cache_breakpoint:type_name -> parley.v1.CacheBreakpoint
+	6,  // 31: parley.v1.ChatContext.ChatItem.message:type_name -> parley.v1.ChatMessage
+	7,  // 32: parley.v1.ChatContext.ChatItem.function_call:type_name -> parley.v1.FunctionCall
+	8,  // 33: parley.v1.ChatContext.ChatItem.function_call_output:type_name -> parley.v1.FunctionCallOutput
+	9,  // 34: parley.v1.ChatContext.ChatItem.agent_handoff:type_name -> parley.v1.AgentHandoff
+	10, // 35: parley.v1.ChatContext.ChatItem.agent_config_update:type_name -> parley.v1.AgentConfigUpdate
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_parley_v1_item_proto_init() }
@@ -1591,12 +1730,12 @@ func file_parley_v1_item_proto_init() {
 	file_parley_v1_item_proto_msgTypes[6].OneofWrappers = []any{}
 	file_parley_v1_item_proto_msgTypes[7].OneofWrappers = []any{}
 	file_parley_v1_item_proto_msgTypes[8].OneofWrappers = []any{}
-	file_parley_v1_item_proto_msgTypes[11].OneofWrappers = []any{
+	file_parley_v1_item_proto_msgTypes[15].OneofWrappers = []any{
 		(*ChatMessage_ChatContent_Text)(nil),
 		(*ChatMessage_ChatContent_Image)(nil),
 		(*ChatMessage_ChatContent_CacheBreakpoint)(nil),
 	}
-	file_parley_v1_item_proto_msgTypes[16].OneofWrappers = []any{
+	file_parley_v1_item_proto_msgTypes[25].OneofWrappers = []any{
 		(*ChatContext_ChatItem_Message)(nil),
 		(*ChatContext_ChatItem_FunctionCall)(nil),
 		(*ChatContext_ChatItem_FunctionCallOutput)(nil),
@@ -1609,7 +1748,7 @@ func file_parley_v1_item_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_parley_v1_item_proto_rawDesc), len(file_parley_v1_item_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
