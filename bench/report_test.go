@@ -23,11 +23,12 @@ One command, ` + "`make bench`" + `, runs everything below on this machine and r
   105 bytes, assistant messages of 258 bytes), written with ` + "`INSERT ... SELECT generate_series`" + `, then
   VACUUM ANALYZE. Access tokens are minted with the replicas' own JWK set (what Login returns).
 - **The limit: pgbench.** ` + "`pgbench -M prepared -c N -j 2 -T 20`" + ` runs scripts generated from the store's
-  exported statements (` + "`postgres.PreviousSaveTurnSQL`" + `; ` + "`postgres.LastSeqSQL`" + ` then
+  exported statements (` + "`postgres.AppendItemsSQL`" + `, what SaveTurn runs; ` + "`postgres.LastSeqSQL`" + ` then
   ` + "`postgres.ListMessagesNewestSQL`" + ` with LIMIT 51, which is what an uncached ListMessages runs), each ` + "`$n`" + `
-  replaced by a pgbench variable with the values ` + "`postgres.SaveTurnArgs`" + ` gives: a random seeded conversation
-  and its owner (pgbench variables are integers, so the UUID is spelled from the integer by an immutable
-  ` + "`lpad(to_hex(...))`" + ` on the parameter), a random turn id, two messages. A unit test checks that the statement
+  replaced by a pgbench variable (an ` + "`ARRAY`" + ` of them for an array) with the values ` + "`postgres.AppendItemsArgs`" + `
+  gives for a turn's items: a random seeded conversation and its owner (pgbench variables are integers, so the
+  UUID is spelled from the integer by an immutable ` + "`lpad(to_hex(...))`" + ` on the parameter), a random turn id, two
+  message items with their ids spelled from it. A unit test checks that the statement
   text in the scripts is the store's own. Latencies come from pgbench's per-transaction log (` + "`-l`" + `).
 - **Parley: bench/loadgen**, a Go program run as its own process. N closed-loop clients each keep one
   request in flight on a connection of their own, pick a random conversation (and its owner's token)

@@ -406,10 +406,8 @@ func (b *bench) pgbench(dbURL, rpc, script string, clients int, label string) ro
 	logPrefix := filepath.Join(b.dir, fmt.Sprintf("pgbench-log-%d", b.runs))
 	args := func(d time.Duration, logged bool) []string {
 		a := []string{"-n", "-M", "prepared", "-c", strconv.Itoa(clients), "-j", "2", "-T", strconv.Itoa(int(d.Seconds())),
-			"-f", scriptPath,
-			"-D", "user_msg=" + userMessage, "-D", "assistant_msg=" + assistantMessage,
-			"-D", "user_msg_id=0190a5b1-3c4d-7e6f-8a9b-0c1d2e3f4a5b", "-D", "assistant_msg_id=0190a5b1-3c4d-7e6f-8a9b-0c1d2e3f4a5c",
-			"-D", "role_user=1", "-D", "role_assistant=2", "-D", fmt.Sprintf("page_limit=%d", load.PageSize+1)}
+			"-f", scriptPath}
+		a = append(a, pgbenchDefines(userMessage, assistantMessage, load.PageSize+1)...)
 		if logged {
 			a = append(a, "-l", "--log-prefix="+logPrefix)
 		}
@@ -658,7 +656,7 @@ func (b *bench) countRoundTrips(d database, r *replica, specPath, rpc string) {
 	rt := roundTrip{RPC: rpc, Requests: calls}
 	names := map[string]string{}
 	for name, stmt := range map[string]string{
-		"PreviousSaveTurnSQL": postgres.PreviousSaveTurnSQL, "ReplayTurnSQL": postgres.ReplayTurnSQL, "LastSeqSQL": postgres.LastSeqSQL,
+		"AppendItemsSQL": postgres.AppendItemsSQL, "ReplayTurnSQL": postgres.ReplayTurnSQL, "LastSeqSQL": postgres.LastSeqSQL,
 		"ListMessagesNewestSQL": postgres.ListMessagesNewestSQL, "ListMessagesOldestSQL": postgres.ListMessagesOldestSQL,
 		"NewMessagesSQL": postgres.NewMessagesSQL, "LastSeqsSQL": postgres.LastSeqsSQL,
 	} {

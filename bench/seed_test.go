@@ -36,7 +36,8 @@ type seedSet struct {
 	messages      int // per conversation, an even number (turns of two)
 }
 
-// seed writes users, conversations, their messages and turn ids with
+// seed writes users, conversations, their messages (and through the items
+// migration's trigger their items) and turn ids with
 // INSERT ... SELECT generate_series in big batches on parallel connections,
 // then VACUUM ANALYZE so that no autovacuum runs during the measurements.
 func seed(ctx context.Context, t *testing.T, db *sql.DB, s seedSet) time.Duration {
@@ -80,7 +81,7 @@ SELECT `+uuidSQL("i")+`, 'seed-' || k, 2 * k - 1, 2
 	}
 	close(batches)
 	wg.Wait()
-	exec(`VACUUM (ANALYZE) users, conversations, messages, turns`)
+	exec(`VACUUM (ANALYZE) users, conversations, messages, turns, items`)
 	return time.Since(start)
 }
 

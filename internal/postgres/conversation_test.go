@@ -352,8 +352,8 @@ func convBench(b *testing.B) (*postgres.ConversationStore, conversation.Conversa
 	return s, convCreate(b, s, owner), conversation.Scope{UserID: owner}
 }
 
-// BenchmarkSaveTurn measures PreviousSaveTurnSQL as the store runs it: one round
-// trip per turn.
+// BenchmarkSaveTurn measures SaveTurn as the store runs it: the turn's two
+// message items through AppendItemsSQL, one round trip per turn.
 func BenchmarkSaveTurn(b *testing.B) {
 	s, c, scope := convBench(b)
 	msgs := convMsgs("what is the weather like?", "Sunny, 21 degrees.")
