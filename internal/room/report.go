@@ -43,10 +43,63 @@ func ParseReport(raw []byte) (Report, error) {
 	if r.JobID == "" || r.RoomID == "" {
 		return Report{}, invalid("report_json needs job_id and room_id")
 	}
+	if err := checkEscapes(raw); err != nil {
+		return Report{}, err
+	}
 	if bytes.Equal(bytes.TrimSpace(r.ChatHistory), []byte("null")) {
 		r.ChatHistory = nil
 	}
 	return r, nil
+}
+
+// checkEscapes refuses the \u escapes of valid JSON raw that name no
+// storable character: U+0000 and a surrogate not in a pair. Go's decoder
+// takes both, but the report is stored as it came, and PostgreSQL's jsonb
+// refuses them.
+func checkEscapes(raw []byte) error {
+	// In valid JSON a backslash only opens an escape inside a string.
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		if raw[i+1] != 'u' {
+			i++ // skip the escaped character, which may be a backslash
+			continue
+		}
+		r := hex4(raw[i+2 : i+6])
+		i += 5
+		switch {
+		case r == 0:
+			return invalid("report_json holds \\u0000: U+0000 cannot be stored")
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return invalid(fmt.Sprintf("report_json holds \\u%04x, a low surrogate without its high one", r))
+		case r >= 0xD800 && r <= 0xDBFF:
+			if i+6 >= len(raw) || raw[i+1] != '\\' || raw[i+2] != 'u' {
+				return invalid(fmt.Sprintf("report_json holds \\u%04x, a high surrogate without its low one", r))
+			}
+			if lo := hex4(raw[i+3 : i+7]); lo < 0xDC00 || lo > 0xDFFF {
+				return invalid(fmt.Sprintf("report_json holds \\u%04x, a high surrogate without its low one", r))
+			}
+			i += 6
+		}
+	}
+	return nil
+}
+
+// hex4 reads the four hex digits of a \u escape (valid JSON's).
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		default:
+			r = r<<4 | rune(c-'A'+10)
+		}
+	}
+	return r
 }
 
 // CallMetrics are a call's figures derived from its session report.

@@ -131,3 +131,14 @@ func TestParseReportRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestParseReportTakesStorableEscapes: the escapes jsonb stores pass the
+// check that refuses U+0000 and lone surrogates.
+func TestParseReportTakesStorableEscapes(t *testing.T) {
+	t.Parallel()
+	for _, x := range []string{`\ud83d\ude00`, `\\u0000`, `\\\ud83d\uDE00\\`, `\u00e9\n\"`, `\\ud800`} {
+		if _, err := ParseReport([]byte(`{"job_id":"j","room_id":"r","x":"` + x + `"}`)); err != nil {
+			t.Errorf("%s: %v", x, err)
+		}
+	}
+}

@@ -174,6 +174,11 @@ func TestReportSessionRefuses(t *testing.T) {
 				{"not a report", id, `{"job_id": 1}`, connect.CodeInvalidArgument, "report_json"},
 				{"no ids", id, `{"room": "r"}`, connect.CodeInvalidArgument, "job_id"},
 				{"bad history", id, `{"job_id":"j","room_id":"r","chat_history":{"items":[{"type":"message"}]}}`, connect.CodeInvalidArgument, "report_json: chat_history"},
+				// PostgreSQL's jsonb, which stores the report, holds neither.
+				{"NUL escape", id, `{"job_id":"j","room_id":"r","x":"a\u0000b"}`, connect.CodeInvalidArgument, "U+0000"},
+				{"NUL in usage", id, `{"job_id":"j","room_id":"r","usage":[{"type":"llm_usage","provider":"p","model":"m\u0000"}]}`, connect.CodeInvalidArgument, "U+0000"},
+				{"lone surrogate", id, `{"job_id":"j","room_id":"r","x":"\ud800"}`, connect.CodeInvalidArgument, "surrogate"},
+				{"lone low surrogate", id, `{"job_id":"j","room_id":"r","x":"\udc00\ud83d"}`, connect.CodeInvalidArgument, "surrogate"},
 				{"another room's report", id, `{"job_id":"j","room_id":"r","room":"elsewhere"}`, connect.CodeInvalidArgument, "not the call's LiveKit room"},
 				{"no such call", "0190d4c4-0000-7000-8000-000000000000", `{"job_id":"j","room_id":"r"}`, connect.CodeNotFound, ""},
 				{"malformed id", "nope", `{"job_id":"j","room_id":"r"}`, connect.CodeInvalidArgument, "call_id"},
