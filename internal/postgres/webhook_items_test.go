@@ -226,6 +226,107 @@ func TestItemsAppendedCoverEverySeqOnceUnderConcurrentWriters(t *testing.T) {
 	}
 }
 
+// Rolling update: the previous release's SaveTurn (messages only, items
+// from the items migration's trigger) opens and extends the batch as
+// AppendItemsSQL does, so with both binaries writing one conversation
+// while a flusher runs, the events cover every seq exactly once.
+func TestItemsAppendedCoverOldBinaryTurns(t *testing.T) {
+	t.Parallel()
+	db, convs, hooks, owner := itemsSubscriber(t)
+	c := convCreate(t, convs, owner)
+	scope := conversation.Scope{UserID: owner}
+	batch := func() webhook.ItemBatch {
+		t.Helper()
+		var (
+			b   = webhook.ItemBatch{ConversationID: c.ID}
+			due time.Time
+		)
+		if err := db.DB.QueryRowContext(t.Context(), `SELECT user_id, first_seq, last_seq, opened_at, due_at FROM webhook_item_batches WHERE conversation_id = $1`, c.ID).
+			Scan(&b.UserID, &b.FirstSeq, &b.LastSeq, &b.OpenedAt, &due); err != nil {
+			t.Fatal(err)
+		}
+		if !due.Equal(b.DueAt()) {
+			t.Errorf("batch %+v due at %v, want %v", b, due, b.DueAt())
+		}
+		return b
+	}
+
+	// An old turn opens a batch, then extends one a new append opened,
+	// and one of 101 items is due at once.
+	if err := oldSaveTurn(t.Context(), db, c, "old-1", "hi", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if b := batch(); b.UserID != owner || b.FirstSeq != 1 || b.LastSeq != 2 {
+		t.Fatalf("old turn's batch %+v, want seqs 1..2 of the owner", b)
+	}
+	if n := flushAll(t, hooks, longAfter); n != 1 {
+		t.Fatalf("flushed %d events, want 1", n)
+	}
+	if _, err := appendItems(t, convs, c, callItems("a", 99)...); err != nil {
+		t.Fatal(err)
+	}
+	if err := oldSaveTurn(t.Context(), db, c, "old-2", "hi", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if b := batch(); b.FirstSeq != 3 || b.LastSeq != 103 || !b.DueAt().Equal(b.OpenedAt) {
+		t.Fatalf("batch %+v, want seqs 3..103 due at once", b)
+	}
+
+	var (
+		writers sync.WaitGroup
+		done    = make(chan struct{})
+		flushed = make(chan struct{})
+	)
+	go func() {
+		defer close(flushed)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if _, err := hooks.FlushItemBatches(t.Context(), longAfter, 3); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	for w := range 4 {
+		writers.Go(func() {
+			for i := range 8 {
+				turn := fmt.Sprintf("w%d-%d", w, i)
+				var err error
+				switch w {
+				case 0, 1:
+					err = oldSaveTurn(t.Context(), db, c, turn, "u "+turn, "a "+turn)
+				case 2:
+					_, err = convs.SaveTurn(t.Context(), c.ID, scope, turn, convMsgs("u "+turn, "a "+turn))
+				default:
+					_, err = appendItems(t, convs, c, callItems(turn, 1+i%3)...)
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	writers.Wait()
+	close(done)
+	<-flushed
+	flushAll(t, hooks, longAfter)
+	if t.Failed() {
+		t.FailNow()
+	}
+	if n := itemBatchRows(t, db); n != 0 {
+		t.Errorf("%d batches left after flushing everything", n)
+	}
+	_, last, _, _, _, _ := counts(t, db, c.ID)
+	if want := int64(2 + 99 + 2 + 3*16 + 15); last != want {
+		t.Fatalf("last item seq %d, want %d", last, want)
+	}
+	checkCoverage(t, convs, c, itemsEventsOf(t, db, c.ID, 1), last)
+}
+
 // A batch is due ItemsWindow after its first append, or at once when it
 // holds MaxItemsPerEvent; a longer one goes out MaxItemsPerEvent at a time,
 // its rest due at the window's end.
@@ -283,8 +384,9 @@ func TestItemsAppendedWindowAndMax(t *testing.T) {
 	}
 }
 
-// Without an endpoint taking conversation.items_appended an append writes
-// no batch, and nothing is announced.
+// Without an endpoint taking conversation.items_appended an append (or
+// the previous release's SaveTurn) writes no batch, and nothing is
+// announced.
 func TestItemsAppendedNotRecordedWithoutSubscriber(t *testing.T) {
 	t.Parallel()
 	db := testenv.DB(t)
@@ -298,6 +400,9 @@ func TestItemsAppendedNotRecordedWithoutSubscriber(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := convs.SaveTurn(t.Context(), c.ID, conversation.Scope{UserID: owner}, "t1", convMsgs("hi", "hello")); err != nil {
+			t.Fatal(err)
+		}
+		if err := oldSaveTurn(t.Context(), db, c, "t2", "hi", "hello"); err != nil {
 			t.Fatal(err)
 		}
 	}
