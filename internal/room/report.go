@@ -237,8 +237,10 @@ type MergeCounts struct {
 }
 
 // ChatMerger merges a chat history (ChatContext.to_dict() JSON) into a
-// conversation's items by item id, exactly once per id.
-type ChatMerger func(ctx context.Context, conversationID uuid.UUID, chatHistory json.RawMessage) (MergeCounts, error)
+// conversation's items by item id, exactly once per id, as appended by
+// agent: the agent dispatched into the call, the name its live appends
+// carry (the SDKs send the job's agent_name).
+type ChatMerger func(ctx context.Context, conversationID uuid.UUID, agent string, chatHistory json.RawMessage) (MergeCounts, error)
 
 // ReportSession stores an agent's session report on call id and merges its
 // chat history into the call's conversation through merge. Only agents
@@ -269,7 +271,7 @@ func (s *Service) ReportSession(ctx context.Context, p auth.Principal, id uuid.U
 	}
 	var counts MergeCounts
 	if r.ChatHistory != nil && c.ConversationID != uuid.Nil {
-		if counts, err = merge(ctx, c.ConversationID, r.ChatHistory); err != nil {
+		if counts, err = merge(ctx, c.ConversationID, s.callWithAgent(c).AgentName, r.ChatHistory); err != nil {
 			return Call{}, MergeCounts{}, fmt.Errorf("merge chat history: %w", err)
 		}
 	}

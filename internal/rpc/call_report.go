@@ -41,7 +41,7 @@ func (s *CallServer) ReportSession(ctx context.Context, req *connect.Request[par
 // and an id stored with other content keeps what is stored rather than
 // failing the rest of the report.
 func (s *CallServer) mergeChatHistory(p auth.Principal) room.ChatMerger {
-	return func(ctx context.Context, conv uuid.UUID, history json.RawMessage) (room.MergeCounts, error) {
+	return func(ctx context.Context, conv uuid.UUID, agent string, history json.RawMessage) (room.MergeCounts, error) {
 		var n room.MergeCounts
 		cis, err := agentsjson.Decode(history)
 		if err != nil {
@@ -52,7 +52,7 @@ func (s *CallServer) mergeChatHistory(p auth.Principal) room.ChatMerger {
 			return n, rule.Broken("report_json: chat_history: " + err.Error())
 		}
 		for _, it := range items {
-			out, err := s.convs.AppendItems(ctx, p, conversation.AppendItemsRequest{ConversationID: conv, Items: []conversation.Item{it}})
+			out, err := s.convs.AppendItems(ctx, p, conversation.AppendItemsRequest{ConversationID: conv, Agent: agent, Items: []conversation.Item{it}})
 			switch {
 			case errors.Is(err, conversation.ErrItemConflict):
 				n.Conflicting++

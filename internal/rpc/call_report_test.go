@@ -46,8 +46,9 @@ func jsonList(t *testing.T, items ...json.RawMessage) string {
 
 // TestReportSessionAfterLiveAppends: the agent appended part of the
 // history live (one item under an id it then reported with other content);
-// the report adds the rest once, keeps the live item, and a repeated report
-// adds nothing. The call then carries the report's metrics.
+// the report adds the rest once, under the call's agent as the live items
+// are, keeps the live item, and a repeated report adds nothing. The call
+// then carries the report's metrics.
 func TestReportSessionAfterLiveAppends(t *testing.T) {
 	t.Parallel()
 	env := newRoomTestEnv(t, "")
@@ -60,7 +61,7 @@ func TestReportSessionAfterLiveAppends(t *testing.T) {
 		t.Run(proto, func(t *testing.T) {
 			ctx := t.Context()
 			user := env.newUser(t, "Ada")
-			created, err := env.clients["connect"].CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "report"}))
+			created, err := env.clients["connect"].CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "report", AgentName: "support-bot"}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,7 +78,7 @@ func TestReportSessionAfterLiveAppends(t *testing.T) {
 			}
 			liveItems := append(append([]json.RawMessage{}, items[:live-1]...), changedRaw)
 			if _, err := convs.AppendItems(ctx, as(agent, &parleyv1.AppendItemsRequest{
-				ConversationId: r.GetConversationId(), ItemsJson: jsonList(t, liveItems...),
+				ConversationId: r.GetConversationId(), ItemsJson: jsonList(t, liveItems...), Agent: "support-bot",
 			})); err != nil {
 				t.Fatalf("live AppendItems: %v", err)
 			}
@@ -105,9 +106,9 @@ func TestReportSessionAfterLiveAppends(t *testing.T) {
 				}
 			}
 
-			// Each id once, in history order; the live item kept.
+			// Each id once, in history order, all the agent's; the live item kept.
 			stored, err := convs.ListItems(ctx, as(agent, &parleyv1.ListItemsRequest{
-				ConversationId: r.GetConversationId(), PageSize: 200, Order: parleyv1.Order_ORDER_OLDEST_FIRST,
+				ConversationId: r.GetConversationId(), PageSize: 200, Order: parleyv1.Order_ORDER_OLDEST_FIRST, Agent: "support-bot",
 			}))
 			if err != nil {
 				t.Fatal(err)
