@@ -254,6 +254,10 @@ func TestGetChatContextRefuses(t *testing.T) {
 			"no id":           {&parleyv1.AppendItemsRequest{ItemsJson: `[{"type":"agent_handoff","new_agent_id":"b"}]`}, "id"},
 			"bad extra":       {&parleyv1.AppendItemsRequest{Items: []*parleyv1.ChatContext_ChatItem{{Item: &parleyv1.ChatContext_ChatItem_FunctionCall{FunctionCall: &parleyv1.FunctionCall{Id: "f", CallId: "c", ExtraJson: map[string]string{"k": "{"}}}}}}, "items[0]: extra_json"},
 			"empty list":      {&parleyv1.AppendItemsRequest{ItemsJson: `{"items":[]}`}, "items"},
+			// The proto's strings are checked for it on the wire; the JSON's
+			// escapes only once decoded.
+			"NUL in text": {&parleyv1.AppendItemsRequest{ItemsJson: `[{"id":"a","type":"message","role":"user","content":["a\u0000b"]}]`}, "items[0]: message.content[0].text: value must not contain the NUL character (U+0000)"},
+			"NUL in args": {&parleyv1.AppendItemsRequest{ItemsJson: `[{"id":"a","type":"message","role":"user","content":["ok"]},{"id":"f","type":"function_call","call_id":"c","name":"n","arguments":"\u0000"}]`}, "items[1]: function_call.arguments: value must not contain"},
 		} {
 			tc.req.ConversationId = id
 			_, err := c.AppendItems(ctx, as(owner, tc.req))

@@ -104,6 +104,11 @@ func appendedItems(m *parleyv1.AppendItemsRequest) ([]conversation.Item, error) 
 func chatItems(cis []*parleyv1.ChatContext_ChatItem) ([]conversation.Item, error) {
 	out := make([]conversation.Item, len(cis))
 	for i, ci := range cis {
+		// Items decoded from to_dict() JSON passed no validator: its \u0000
+		// escapes reach here, and PostgreSQL text cannot hold them.
+		if err := nulError(ci.ProtoReflect()); err != nil {
+			return nil, rule.Broken(fmt.Sprintf("items[%d]: %s", i, strings.TrimPrefix(err.Error(), "validation error: ")))
+		}
 		if ci.GetItem() != nil {
 			if err := agentsjson.Check(ci); err != nil {
 				return nil, rule.Broken(fmt.Sprintf("items[%d]: %v", i, err))
