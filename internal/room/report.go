@@ -19,6 +19,11 @@ import (
 // report_json): a long call's chat history with metrics stays well under it.
 const MaxReportBytes = 8 << 20
 
+// MaxUsageValue bounds each numeric field of a report's usage (tokens,
+// characters, seconds: far below it), so that AggregateCalls' sums over
+// any number of calls stay finite.
+const MaxUsageValue = 1e15
+
 // Report is the part of livekit-agents' SessionReport.to_dict() Parley
 // reads; the whole JSON is stored as it came.
 type Report struct {
@@ -194,9 +199,10 @@ func DeriveMetrics(r Report) (CallMetrics, error) {
 		}
 		slices.SortFunc(m.Latencies, func(a, b LatencyStats) int { return strings.Compare(a.Metric, b.Metric) })
 	}
-	for _, u := range r.Usage {
+	for i, u := range r.Usage {
 		mu := ModelUsage{Values: map[string]float64{}}
-		for k, v := range u {
+		for _, k := range slices.Sorted(maps.Keys(u)) {
+			v := u[k]
 			switch v := v.(type) {
 			case string:
 				switch k {
@@ -208,6 +214,9 @@ func DeriveMetrics(r Report) (CallMetrics, error) {
 					mu.Model = v
 				}
 			case float64:
+				if math.Abs(v) > MaxUsageValue {
+					return CallMetrics{}, invalid(fmt.Sprintf("report_json: usage[%d].%s is %g, beyond the ±%g a usage figure may be", i, k, v, MaxUsageValue))
+				}
 				mu.Values[k] = v
 			}
 		}

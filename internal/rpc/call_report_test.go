@@ -180,6 +180,8 @@ func TestReportSessionRefuses(t *testing.T) {
 				{"NUL in usage", id, `{"job_id":"j","room_id":"r","usage":[{"type":"llm_usage","provider":"p","model":"m\u0000"}]}`, connect.CodeInvalidArgument, "U+0000"},
 				{"lone surrogate", id, `{"job_id":"j","room_id":"r","x":"\ud800"}`, connect.CodeInvalidArgument, "surrogate"},
 				{"lone low surrogate", id, `{"job_id":"j","room_id":"r","x":"\udc00\ud83d"}`, connect.CodeInvalidArgument, "surrogate"},
+				// AggregateCalls sums usage in float8, which 2 × 1e308 overflows.
+				{"huge usage", id, `{"job_id":"j","room_id":"r","usage":[{"type":"llm_usage","input_tokens":1},{"type":"tts_usage","audio_duration":1.7e308}]}`, connect.CodeInvalidArgument, "usage[1].audio_duration"},
 				{"another room's report", id, `{"job_id":"j","room_id":"r","room":"elsewhere"}`, connect.CodeInvalidArgument, "not the call's LiveKit room"},
 				{"no such call", "0190d4c4-0000-7000-8000-000000000000", `{"job_id":"j","room_id":"r"}`, connect.CodeNotFound, ""},
 				{"malformed id", "nope", `{"job_id":"j","room_id":"r"}`, connect.CodeInvalidArgument, "call_id"},
