@@ -288,12 +288,15 @@ func AggregateCallsSQL(owner uuid.UUID, f room.CallFilter, g room.CallGrouping, 
 	}
 	start := "NULL::timestamptz"
 	switch g.Bucket {
-	case room.BucketHour, room.BucketDay:
-		unit, zone := "'hour'", q.arg(g.TimeZone)+"::text"
-		if g.Bucket == room.BucketDay {
-			unit = "'day'"
-		}
-		start = "date_trunc(" + unit + ", r.created_at AT TIME ZONE " + zone + ") AT TIME ZONE " + zone
+	case room.BucketHour:
+		// The call's instant less the minutes and seconds past its local
+		// hour: converting the local hour back would put both hours of a
+		// clock set back into one bucket, starting after half its calls.
+		local := "(r.created_at AT TIME ZONE " + q.arg(g.TimeZone) + "::text)"
+		start = "r.created_at - (" + local + " - date_trunc('hour', " + local + "))"
+	case room.BucketDay:
+		zone := q.arg(g.TimeZone) + "::text"
+		start = "date_trunc('day', r.created_at AT TIME ZONE " + zone + ") AT TIME ZONE " + zone
 	}
 	// figured: the call's stored metrics are its report's. Each call's
 	// rows are looked up by key (OFFSET 0 keeps the planner from turning

@@ -332,3 +332,48 @@ func TestAggregateCalls(t *testing.T) {
 		})
 	}
 }
+
+// TestAggregateCallsHoursAcrossDST: an hour bucket is an hour of instants
+// even when the zone's clock repeats or skips one: New York's 01:00-02:00
+// of 1 November 2026 happens twice (EDT, then EST), and each is its own
+// group, starting at or before each of its calls.
+func TestAggregateCallsHoursAcrossDST(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	client := clients(env.testAPI, parleyv1connect.NewCallServiceClient)["connect"]
+	user := env.newUser(t, "Ada")
+	ctx := t.Context()
+	for _, tc := range []struct {
+		name  string
+		calls []time.Time
+	}{
+		{"fall back", []time.Time{time.Date(2026, 11, 1, 5, 30, 0, 0, time.UTC), time.Date(2026, 11, 1, 6, 30, 0, 0, time.UTC)}},
+		{"spring forward", []time.Time{time.Date(2026, 3, 8, 6, 30, 0, 0, time.UTC), time.Date(2026, 3, 8, 7, 30, 0, 0, time.UTC)}},
+	} {
+		for _, at := range tc.calls {
+			created, err := env.clients["connect"].CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: tc.name}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := env.db.ExecContext(ctx, `UPDATE rooms SET created_at = ? WHERE id = ?`, at, created.Msg.GetRoom().GetId()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := client.AggregateCalls(ctx, as(user, &parleyv1.AggregateCallsRequest{
+			CreatedAfter: timestamppb.New(tc.calls[0].Add(-3 * time.Hour)), CreatedBefore: timestamppb.New(tc.calls[1].Add(3 * time.Hour)),
+			Bucket: parleyv1.TimeBucket_TIME_BUCKET_HOUR, TimeZone: "America/New_York",
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		groups := res.Msg.GetGroups()
+		if len(groups) != 2 {
+			t.Fatalf("%s: %d groups, want one per call: %v", tc.name, len(groups), groups)
+		}
+		for i, g := range groups {
+			if start := g.GetBucketStart().AsTime(); g.GetCalls() != 1 || !start.Equal(tc.calls[i].Truncate(time.Hour)) {
+				t.Errorf("%s: group %d starts %v with %d calls; want one call, starting %v", tc.name, i, start, g.GetCalls(), tc.calls[i].Truncate(time.Hour))
+			}
+		}
+	}
+}
