@@ -295,8 +295,13 @@ func AggregateCallsSQL(owner uuid.UUID, f room.CallFilter, g room.CallGrouping, 
 		local := "(r.created_at AT TIME ZONE " + q.arg(g.TimeZone) + "::text)"
 		start = "r.created_at - (" + local + " - date_trunc('hour', " + local + "))"
 	case room.BucketDay:
+		// The first midnight: where the clock goes back from 01:00 to
+		// midnight (Havana), PostgreSQL reads midnight as the later one,
+		// and an hour before it, moved on an hour, is the earlier; on any
+		// other day the two are the same instant.
 		zone := q.arg(g.TimeZone) + "::text"
-		start = "date_trunc('day', r.created_at AT TIME ZONE " + zone + ") AT TIME ZONE " + zone
+		day := "date_trunc('day', r.created_at AT TIME ZONE " + zone + ")"
+		start = "LEAST(" + day + " AT TIME ZONE " + zone + ", (" + day + " - interval '1 hour') AT TIME ZONE " + zone + " + interval '1 hour')"
 	}
 	// figured: the call's stored metrics are its report's. Each call's
 	// rows are looked up by key (OFFSET 0 keeps the planner from turning

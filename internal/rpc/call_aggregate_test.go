@@ -336,7 +336,8 @@ func TestAggregateCalls(t *testing.T) {
 // TestAggregateCallsHoursAcrossDST: an hour bucket is an hour of instants
 // even when the zone's clock repeats or skips one: New York's 01:00-02:00
 // of 1 November 2026 happens twice (EDT, then EST), and each is its own
-// group, starting at or before each of its calls.
+// group, starting at or before each of its calls. A day starts at its first
+// midnight: Havana's clock goes back from 01:00 to 00:00 that day.
 func TestAggregateCallsHoursAcrossDST(t *testing.T) {
 	t.Parallel()
 	env := newRoomTestEnv(t, "")
@@ -375,5 +376,28 @@ func TestAggregateCallsHoursAcrossDST(t *testing.T) {
 				t.Errorf("%s: group %d starts %v with %d calls; want one call, starting %v", tc.name, i, start, g.GetCalls(), tc.calls[i].Truncate(time.Hour))
 			}
 		}
+	}
+
+	cuban := env.newUser(t, "Cuba")
+	havana := []time.Time{time.Date(2026, 11, 1, 4, 30, 0, 0, time.UTC), time.Date(2026, 11, 1, 5, 30, 0, 0, time.UTC)} // 00:30 CDT, 00:30 CST
+	for _, at := range havana {
+		created, err := env.clients["connect"].CreateRoom(ctx, as(cuban, &parleyv1.CreateRoomRequest{Name: "havana"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := env.db.ExecContext(ctx, `UPDATE rooms SET created_at = ? WHERE id = ?`, at, created.Msg.GetRoom().GetId()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := client.AggregateCalls(ctx, as(cuban, &parleyv1.AggregateCallsRequest{
+		CreatedAfter: timestamppb.New(havana[0].Add(-time.Minute)), CreatedBefore: timestamppb.New(havana[1].Add(time.Minute)),
+		Bucket: parleyv1.TimeBucket_TIME_BUCKET_DAY, TimeZone: "America/Havana",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	midnight := time.Date(2026, 11, 1, 4, 0, 0, 0, time.UTC) // 00:00 CDT
+	if g := res.Msg.GetGroups(); len(g) != 1 || g[0].GetCalls() != 2 || !g[0].GetBucketStart().AsTime().Equal(midnight) {
+		t.Errorf("Havana's 1 November = %v, want its 2 calls from %v", g, midnight)
 	}
 }
