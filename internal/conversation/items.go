@@ -125,6 +125,9 @@ type AppendedItems struct {
 	// Replayed is true when every item had been stored before and nothing
 	// new was stored.
 	Replayed bool
+	// New counts the items this call stored; the others had been stored
+	// before with the same content.
+	New int
 }
 
 // ListItemsRequest selects one page of a conversation's items.
@@ -175,6 +178,8 @@ type StoredItems struct {
 	// ones, or a replayed turn's.
 	Messages []Message
 	Replayed bool
+	// New counts the batch's items stored by this call.
+	New int
 }
 
 // ItemRange selects a scoped page of a conversation's items by seq.
@@ -235,7 +240,7 @@ func (s *Service) AppendItems(ctx context.Context, p auth.Principal, r AppendIte
 	if err != nil {
 		return AppendedItems{}, err
 	}
-	return AppendedItems{Items: stored.Items, Replayed: stored.Replayed}, nil
+	return AppendedItems{Items: stored.Items, Replayed: stored.Replayed, New: stored.New}, nil
 }
 
 // appendItems stores b and tells the caches and watches of what it stored

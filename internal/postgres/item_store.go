@@ -256,7 +256,7 @@ func (s *ConversationStore) appendRest(ctx context.Context, tx *sql.Tx, id uuid.
 			rest.Items = append(rest.Items, it)
 		}
 	}
-	out := conversation.StoredItems{Items: make([]conversation.Item, 0, len(b.Items)), Replayed: len(rest.Items) == 0}
+	out := conversation.StoredItems{Items: make([]conversation.Item, 0, len(b.Items)), Replayed: len(rest.Items) == 0, New: len(rest.Items)}
 	if len(rest.Items) > 0 {
 		added, err := s.insertItems(ctx, tx, id, scope, rest)
 		if err != nil {
@@ -306,6 +306,7 @@ func (s *ConversationStore) insertItems(ctx context.Context, q querier, id uuid.
 	if len(out.Items) == 0 {
 		return conversation.StoredItems{}, conversation.ErrNotFound
 	}
+	out.New = len(out.Items)
 	return out, nil
 }
 

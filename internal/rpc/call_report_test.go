@@ -2,12 +2,15 @@ package rpc
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
 	"connectrpc.com/connect"
 
+	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 )
@@ -193,5 +196,194 @@ func TestReportSessionRefuses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReportSessionMergesALongHistoryInBatches: a history longer than one
+// AppendItems batch, parts of it appended live and one id live with other
+// content inside the second batch, merges every other item once, in
+// history order after the live ones, and counts each item once.
+func TestReportSessionMergesALongHistoryInBatches(t *testing.T) {
+	t.Parallel()
+	env := newRoomTestEnv(t, "")
+	calls := parleyv1connect.NewCallServiceClient(env.hc, env.url)
+	convs := parleyv1connect.NewConversationServiceClient(env.hc, env.url)
+	agent := env.agent(t)
+	report, fixture := reportFixture(t)
+	var tmpl map[string]any
+	if err := json.Unmarshal(fixture[0], &tmpl); err != nil {
+		t.Fatal(err)
+	}
+	const n, conflicting = 450, 250
+	item := func(i int, text string) json.RawMessage {
+		tmpl["id"], tmpl["content"] = fmt.Sprintf("long_%03d", i), []string{text}
+		b, err := json.Marshal(tmpl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	history := make([]json.RawMessage, n)
+	for i := range history {
+		history[i] = item(i, fmt.Sprintf("turn %d", i))
+	}
+	ctx := t.Context()
+	user := env.newUser(t, "Ada")
+	created, err := env.clients["connect"].CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "long", AgentName: "support-bot"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := created.Msg.GetRoom()
+	live := append(append(slices.Clone(history[:100]), history[300:310]...), item(conflicting, "said live, otherwise"))
+	for i := 0; i < len(live); i += 100 {
+		if _, err := convs.AppendItems(ctx, as(agent, &parleyv1.AppendItemsRequest{
+			ConversationId: r.GetConversationId(), ItemsJson: jsonList(t, live[i:min(i+100, len(live))]...), Agent: "support-bot",
+		})); err != nil {
+			t.Fatalf("live AppendItems: %v", err)
+		}
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(report), &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["room"], _ = json.Marshal(r.GetLivekitRoom())
+	doc["chat_history"] = json.RawMessage(`{"items":` + jsonList(t, history...) + `}`)
+	long, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := calls.ReportSession(ctx, as(agent, &parleyv1.ReportSessionRequest{CallId: r.GetId(), ReportJson: string(long)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := got.Msg; m.GetItemsMerged() != n-int32(len(live)) || m.GetItemsReplayed() != int32(len(live))-1 || m.GetItemsConflicting() != 1 {
+		t.Fatalf("merged %d, replayed %d, conflicting %d; want %d, %d, 1",
+			m.GetItemsMerged(), m.GetItemsReplayed(), m.GetItemsConflicting(), n-len(live), len(live)-1)
+	}
+
+	// The live items first, then the rest in history order, each once.
+	var want []string
+	isLive := map[string]bool{}
+	for _, raw := range live {
+		var it struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal(raw, &it); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, it.ID)
+		isLive[it.ID] = true
+	}
+	for i := range n {
+		if id := fmt.Sprintf("long_%03d", i); !isLive[id] {
+			want = append(want, id)
+		}
+	}
+	var stored []string
+	token := ""
+	for {
+		page, err := convs.ListItems(ctx, as(agent, &parleyv1.ListItemsRequest{
+			ConversationId: r.GetConversationId(), PageSize: 200, PageToken: token, Order: parleyv1.Order_ORDER_OLDEST_FIRST,
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range page.Msg.GetItems() {
+			if it.GetSeq() != int64(len(stored)+1) {
+				t.Fatalf("item %d has seq %d", len(stored)+1, it.GetSeq())
+			}
+			stored = append(stored, idOf(it.GetItem()))
+		}
+		if token = page.Msg.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if !slices.Equal(stored, want) {
+		t.Fatalf("stored %d items:\n %v\nwant %d:\n %v", len(stored), stored, len(want), want)
+	}
+}
+
+func TestMergeBatchesCutAtTheBoundsAndRepeatedIDs(t *testing.T) {
+	item := func(id string, size int) conversation.Item {
+		return conversation.Item{ID: id, Payload: make([]byte, size)}
+	}
+	var many []conversation.Item
+	for i := range conversation.MaxItemsPerBatch + 1 {
+		many = append(many, item(fmt.Sprint(i), 1))
+	}
+	big := conversation.MaxBatchBytes / 3
+	for name, c := range map[string]struct {
+		items []conversation.Item
+		sizes []int
+	}{
+		"count":       {many, []int{conversation.MaxItemsPerBatch, 1}},
+		"bytes":       {[]conversation.Item{item("a", big), item("b", big), item("c", big), item("d", big)}, []int{3, 1}},
+		"repeated id": {[]conversation.Item{item("a", 1), item("b", 1), item("a", 1), item("c", 1)}, []int{2, 2}},
+		"none":        {nil, nil},
+	} {
+		var sizes []int
+		for _, b := range mergeBatches(c.items) {
+			sizes = append(sizes, len(b))
+		}
+		if !slices.Equal(sizes, c.sizes) {
+			t.Errorf("%s: batches of %v, want %v", name, sizes, c.sizes)
+		}
+	}
+}
+
+// BenchmarkReportSessionMerge files a report whose 3000-item history
+// nothing appended live, into a new call each time: the merge's cost.
+func BenchmarkReportSessionMerge(b *testing.B) {
+	a := newTestAPI(b, apiOptions{})
+	rooms := parleyv1connect.NewRoomServiceClient(a.hc, a.url)
+	calls := parleyv1connect.NewCallServiceClient(a.hc, a.url)
+	agent, user := a.agent(b), a.newUser(b, "Ada")
+	raw, err := os.ReadFile("../../testdata/livekit-agents/session_report.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var doc map[string]json.RawMessage
+	var fixture struct {
+		ChatHistory struct {
+			Items []map[string]any `json:"items"`
+		} `json:"chat_history"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		b.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &fixture); err != nil {
+		b.Fatal(err)
+	}
+	tmpl := fixture.ChatHistory.Items[0]
+	history := make([]json.RawMessage, 3000)
+	for i := range history {
+		tmpl["id"], tmpl["content"] = fmt.Sprintf("bench_%04d", i), []string{fmt.Sprintf("turn %d", i)}
+		if history[i], err = json.Marshal(tmpl); err != nil {
+			b.Fatal(err)
+		}
+	}
+	hist, err := json.Marshal(history)
+	if err != nil {
+		b.Fatal(err)
+	}
+	doc["chat_history"] = json.RawMessage(`{"items":` + string(hist) + `}`)
+	ctx := b.Context()
+	for b.Loop() {
+		created, err := rooms.CreateRoom(ctx, as(user, &parleyv1.CreateRoomRequest{Name: "bench"}))
+		if err != nil {
+			b.Fatal(err)
+		}
+		doc["room"], _ = json.Marshal(created.Msg.GetRoom().GetLivekitRoom())
+		report, err := json.Marshal(doc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got, err := calls.ReportSession(ctx, as(agent, &parleyv1.ReportSessionRequest{CallId: created.Msg.GetRoom().GetId(), ReportJson: string(report)}))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got.Msg.GetItemsMerged() != int32(len(history)) {
+			b.Fatalf("merged %d of %d", got.Msg.GetItemsMerged(), len(history))
+		}
 	}
 }
