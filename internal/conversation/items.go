@@ -167,6 +167,10 @@ type ItemBatch struct {
 	// answers the turn's messages with Replayed set, as SaveTurn always did.
 	TurnID string
 	Items  []NewItem
+	// KeepStored makes an id stored before with other content keep what is
+	// stored, counted in StoredItems.Conflicting, instead of failing the
+	// batch with ErrItemConflict (MergeItems).
+	KeepStored bool
 }
 
 // StoredItems is the store's answer to AppendItems.
@@ -178,8 +182,9 @@ type StoredItems struct {
 	// ones, or a replayed turn's.
 	Messages []Message
 	Replayed bool
-	// New counts the batch's items stored by this call.
-	New int
+	// New counts the batch's items stored by this call; Conflicting those
+	// a KeepStored batch found stored with other content.
+	New, Conflicting int
 }
 
 // ItemRange selects a scoped page of a conversation's items by seq.
@@ -241,6 +246,66 @@ func (s *Service) AppendItems(ctx context.Context, p auth.Principal, r AppendIte
 		return AppendedItems{}, err
 	}
 	return AppendedItems{Items: stored.Items, Replayed: stored.Replayed, New: stored.New}, nil
+}
+
+// MergedItems is MergeItems' answer, item by item: New were stored by it,
+// Replayed were stored before with the same content, Conflicting before
+// with other content, and kept as they were.
+type MergedItems struct {
+	New, Replayed, Conflicting int
+}
+
+// MergeItems appends any number of items by id, in order, in batches as
+// large as AppendItems takes, each batch atomic: a history (a session
+// report's) merging with what was appended live. Unlike AppendItems, an id
+// stored with other content keeps the stored item and is counted rather
+// than failing the merge.
+func (s *Service) MergeItems(ctx context.Context, p auth.Principal, r AppendItemsRequest) (MergedItems, error) {
+	var n MergedItems
+	scope, err := ScopeOf(p)
+	if err != nil {
+		return n, err
+	}
+	for _, items := range mergeBatches(r.Items) {
+		part := r
+		part.Items = items
+		batch, err := itemBatch(part)
+		if err != nil {
+			return n, err
+		}
+		batch.KeepStored = true
+		stored, err := s.appendItems(ctx, r.ConversationID, scope, batch)
+		if err != nil {
+			return n, err
+		}
+		n.New += stored.New
+		n.Conflicting += stored.Conflicting
+		n.Replayed += len(items) - stored.New - stored.Conflicting
+	}
+	return n, nil
+}
+
+// mergeBatches cuts items, in order, into batches itemBatch takes: at most
+// MaxItemsPerBatch items and MaxBatchBytes of payload, and no id twice (a
+// history that repeats an id gets the later one replayed).
+func mergeBatches(items []Item) [][]Item {
+	var out [][]Item
+	var cur []Item
+	var bytes int
+	ids := map[string]bool{}
+	for _, it := range items {
+		if len(cur) > 0 && (len(cur) == MaxItemsPerBatch || bytes+len(it.Payload) > MaxBatchBytes || ids[it.ID]) {
+			out = append(out, cur)
+			cur, bytes, ids = nil, 0, map[string]bool{}
+		}
+		cur = append(cur, it)
+		bytes += len(it.Payload)
+		ids[it.ID] = true
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
 }
 
 // appendItems stores b and tells the caches and watches of what it stored

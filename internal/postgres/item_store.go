@@ -215,7 +215,8 @@ func (s *ConversationStore) AppendItems(ctx context.Context, id uuid.UUID, scope
 
 // appendRest stores what b has not stored yet, under the conversation's
 // row lock taken in tx: items stored with the same payload are answered as
-// stored, one with a different payload is a conflict.
+// stored, one with a different payload is a conflict (kept and counted when
+// b.KeepStored).
 func (s *ConversationStore) appendRest(ctx context.Context, tx *sql.Tx, id uuid.UUID, scope conversation.Scope, b conversation.ItemBatch) (conversation.StoredItems, error) {
 	rows, err := tx.QueryContext(ctx, lockItemsSQL, uuidArg(id), scopeArg(scope))
 	if err != nil {
@@ -235,18 +236,20 @@ func (s *ConversationStore) appendRest(ctx context.Context, tx *sql.Tx, id uuid.
 		ids[i], payloads[i] = it.ID, string(it.Payload)
 	}
 	stored := make(map[string]conversation.Item, len(b.Items))
-	conflict := false
+	conflicts := 0
 	_, err = readRows(ctx, tx, "append items: stored", 0, func(rows *sql.Rows) (struct{}, error) {
 		var same sql.NullBool
 		it, err := scanItem(rows, id, &same)
 		stored[it.ID] = it
-		conflict = conflict || !same.Bool
+		if !same.Bool {
+			conflicts++
+		}
 		return struct{}{}, err
 	}, storedItemsSQL, uuidArg(id), ids, payloads)
 	if err != nil {
 		return conversation.StoredItems{}, err
 	}
-	if conflict {
+	if conflicts > 0 && !b.KeepStored {
 		return conversation.StoredItems{}, conversation.ErrItemConflict
 	}
 
@@ -256,7 +259,7 @@ func (s *ConversationStore) appendRest(ctx context.Context, tx *sql.Tx, id uuid.
 			rest.Items = append(rest.Items, it)
 		}
 	}
-	out := conversation.StoredItems{Items: make([]conversation.Item, 0, len(b.Items)), Replayed: len(rest.Items) == 0, New: len(rest.Items)}
+	out := conversation.StoredItems{Items: make([]conversation.Item, 0, len(b.Items)), Replayed: len(rest.Items) == 0, New: len(rest.Items), Conflicting: conflicts}
 	if len(rest.Items) > 0 {
 		added, err := s.insertItems(ctx, tx, id, scope, rest)
 		if err != nil {

@@ -3,7 +3,6 @@ package rpc
 import (
 	"context"
 	"encoding/json"
-	"errors"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
@@ -36,73 +35,23 @@ func (s *CallServer) ReportSession(ctx context.Context, req *connect.Request[par
 	}), nil
 }
 
-// mergeChatHistory appends a report's items through the path live appends
-// take, so that each id is stored once whichever came first. It appends
-// them in batches as large as AppendItems takes; a batch that meets an id
-// stored with other content is appended again item by item, so that the
-// stored item is kept without failing the rest of the report.
+// mergeChatHistory merges a report's items through the path live appends
+// take (conversation.MergeItems), so that each id is stored once whichever
+// came first, and an id stored with other content keeps what is stored
+// rather than failing the rest of the report.
 func (s *CallServer) mergeChatHistory(p auth.Principal) room.ChatMerger {
 	return func(ctx context.Context, conv uuid.UUID, agent string, history json.RawMessage) (room.MergeCounts, error) {
-		var n room.MergeCounts
 		cis, err := agentsjson.Decode(history)
 		if err != nil {
-			return n, rule.Broken("report_json: chat_history: " + err.Error())
+			return room.MergeCounts{}, rule.Broken("report_json: chat_history: " + err.Error())
 		}
 		items, err := chatItems(cis)
 		if err != nil {
-			return n, rule.Broken("report_json: chat_history: " + err.Error())
+			return room.MergeCounts{}, rule.Broken("report_json: chat_history: " + err.Error())
 		}
-		add := func(batch []conversation.Item) error {
-			out, err := s.convs.AppendItems(ctx, p, conversation.AppendItemsRequest{ConversationID: conv, Agent: agent, Items: batch})
-			if err != nil {
-				return err
-			}
-			n.Merged += out.New
-			n.Replayed += len(batch) - out.New
-			return nil
-		}
-		for _, batch := range mergeBatches(items) {
-			err := add(batch)
-			if !errors.Is(err, conversation.ErrItemConflict) {
-				if err != nil {
-					return n, err
-				}
-				continue
-			}
-			for _, it := range batch {
-				switch err := add([]conversation.Item{it}); {
-				case errors.Is(err, conversation.ErrItemConflict):
-					n.Conflicting++
-				case err != nil:
-					return n, err
-				}
-			}
-		}
-		return n, nil
+		n, err := s.convs.MergeItems(ctx, p, conversation.AppendItemsRequest{ConversationID: conv, Agent: agent, Items: items})
+		return room.MergeCounts{Merged: n.New, Replayed: n.Replayed, Conflicting: n.Conflicting}, err
 	}
-}
-
-// mergeBatches cuts items, in order, into batches AppendItems takes: at
-// most MaxItemsPerBatch items and MaxBatchBytes of payload, and no id twice
-// (a history that repeats an id gets the later one replayed).
-func mergeBatches(items []conversation.Item) [][]conversation.Item {
-	var out [][]conversation.Item
-	var cur []conversation.Item
-	var bytes int
-	ids := map[string]bool{}
-	for _, it := range items {
-		if len(cur) > 0 && (len(cur) == conversation.MaxItemsPerBatch || bytes+len(it.Payload) > conversation.MaxBatchBytes || ids[it.ID]) {
-			out = append(out, cur)
-			cur, bytes, ids = nil, 0, map[string]bool{}
-		}
-		cur = append(cur, it)
-		bytes += len(it.Payload)
-		ids[it.ID] = true
-	}
-	if len(cur) > 0 {
-		out = append(out, cur)
-	}
-	return out
 }
 
 // callMetricsToProto converts a call's metrics; nil until it reports.

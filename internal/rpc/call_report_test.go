@@ -10,7 +10,6 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/parley-dev/parley/internal/conversation"
 	parleyv1 "github.com/parley-dev/parley/internal/gen/parley/v1"
 	"github.com/parley-dev/parley/internal/gen/parley/v1/parleyv1connect"
 )
@@ -300,34 +299,6 @@ func TestReportSessionMergesALongHistoryInBatches(t *testing.T) {
 	}
 	if !slices.Equal(stored, want) {
 		t.Fatalf("stored %d items:\n %v\nwant %d:\n %v", len(stored), stored, len(want), want)
-	}
-}
-
-func TestMergeBatchesCutAtTheBoundsAndRepeatedIDs(t *testing.T) {
-	item := func(id string, size int) conversation.Item {
-		return conversation.Item{ID: id, Payload: make([]byte, size)}
-	}
-	var many []conversation.Item
-	for i := range conversation.MaxItemsPerBatch + 1 {
-		many = append(many, item(fmt.Sprint(i), 1))
-	}
-	big := conversation.MaxBatchBytes / 3
-	for name, c := range map[string]struct {
-		items []conversation.Item
-		sizes []int
-	}{
-		"count":       {many, []int{conversation.MaxItemsPerBatch, 1}},
-		"bytes":       {[]conversation.Item{item("a", big), item("b", big), item("c", big), item("d", big)}, []int{3, 1}},
-		"repeated id": {[]conversation.Item{item("a", 1), item("b", 1), item("a", 1), item("c", 1)}, []int{2, 2}},
-		"none":        {nil, nil},
-	} {
-		var sizes []int
-		for _, b := range mergeBatches(c.items) {
-			sizes = append(sizes, len(b))
-		}
-		if !slices.Equal(sizes, c.sizes) {
-			t.Errorf("%s: batches of %v, want %v", name, sizes, c.sizes)
-		}
 	}
 }
 
