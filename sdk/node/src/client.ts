@@ -184,9 +184,18 @@ export class ParleyClient {
    * into the call's conversation by item id, so items appended live are not
    * stored twice; the same report again merges nothing.
    */
-  async reportSession(callId: string, report: Record<string, unknown> | string): Promise<ReportSessionResult> {
+  async reportSession(
+    callId: string,
+    report: Record<string, unknown> | string,
+    opts: {
+      /** This call's deadline, instead of the client's. */
+      timeoutMs?: number;
+    } = {},
+  ): Promise<ReportSessionResult> {
     const reportJson = typeof report === 'string' ? report : JSON.stringify(report);
-    const r = await this.call((headers) => this.calls.reportSession({ callId, reportJson }, { headers }));
+    const r = await this.call((headers) =>
+      this.calls.reportSession({ callId, reportJson }, { headers, timeoutMs: opts.timeoutMs }),
+    );
     return {
       callId: r.call?.id ?? callId,
       reportedAt: r.call?.reportedAt ? timestampDate(r.call.reportedAt) : undefined,

@@ -341,6 +341,8 @@ export class SessionRecorder {
       this.log.warn('parley: no call id (the dispatch metadata has none); session report not filed');
       return undefined;
     }
+    // From here, so making the report counts against timeoutMs too.
+    const deadline = Date.now() + timeoutMs;
     let json: string;
     try {
       const r = typeof report === 'function' ? report() : report;
@@ -350,11 +352,11 @@ export class SessionRecorder {
       this.log.error(`parley: could not make the session report of call ${this.callId}: ${(e as Error).message}`);
       return undefined;
     }
-    const deadline = Date.now() + timeoutMs;
     let backoff = 200;
     for (;;) {
       try {
-        const got = await this.client.reportSession(this.callId, json);
+        // One answer that hangs must not outlast the deadline either.
+        const got = await this.client.reportSession(this.callId, json, { timeoutMs: Math.max(deadline - Date.now(), 10) });
         this.reportResult = got;
         this.log.info(
           `parley: session report filed on call ${this.callId}: ${got.itemsMerged} items merged, ${got.itemsReplayed} already stored, ${got.itemsConflicting} conflicting`,

@@ -14,16 +14,19 @@
 // them. In "live" the first ReportSession is answered unavailable without
 // reaching Parley, so the SDK must retry; "optout" files no report
 // (fileReport: false). Before each call's first report this script prints
-// "REPORT <name>" and waits for "GO". Its last line is "RESULT <json>".
+// "REPORT <name>" and waits for "GO". First, on an in-memory transport, a
+// ReportSession that never answers must be given up at the deadline. Its
+// last line is "RESULT <json>".
 
 import * as readline from 'node:readline';
 
-import { Code } from '@connectrpc/connect';
+import { Code, createRouterTransport } from '@connectrpc/connect';
 import { JobContext, JobProcess, initializeLogger, runWithJobContextAsync, voice, type llm } from '@livekit/agents';
 import { Job, JobType, Room as RoomModel } from '@livekit/protocol';
 import { Room } from '@livekit/rtc-node';
 
-import { ParleyClient, ParleyError, persistSession, type ItemDict, type ReportSessionResult } from '../src';
+import { ParleyClient, ParleyError, SessionRecorder, persistSession, type ItemDict, type ReportSessionResult } from '../src';
+import { CallService } from '../src/gen/parley/v1/call_pb';
 import { ScriptedLLM, newAgent } from './scripted';
 
 function fail(msg: string): never {
@@ -64,14 +67,18 @@ class CheckClient extends ParleyClient {
     }
     return super.appendItems(conversationId, items, opts);
   }
-  override async reportSession(callId: string, report: Record<string, unknown> | string): Promise<ReportSessionResult> {
+  override async reportSession(
+    callId: string,
+    report: Record<string, unknown> | string,
+    opts: { timeoutMs?: number } = {},
+  ): Promise<ReportSessionResult> {
     if (++this.attempts === 1) {
       console.log(`REPORT ${this.name}`);
       const got = await lines.next();
       if (got.done || got.value.trim() !== 'GO') fail(`expected GO, read ${JSON.stringify(got.value)}`);
       if (this.flaky) throw new ParleyError(Code.Unavailable, 'connection refused'); // as if Parley were away; never sent
     }
-    return super.reportSession(callId, report);
+    return super.reportSession(callId, report, opts);
   }
 }
 
@@ -124,7 +131,39 @@ async function runCall(call: { name: string; dispatch: string; livekit_room: str
   });
 }
 
+/**
+ * A ReportSession that never answers is given up at fileReport's deadline:
+ * each attempt carries the time left as its own deadline, which the hung
+ * handler sees (the router transport has no default one to fall back on).
+ */
+async function hungReport() {
+  const budget = 500;
+  const seen: Array<number | undefined> = [];
+  let reached!: () => void;
+  const first = new Promise<void>((r) => (reached = r));
+  const transport = createRouterTransport(({ service }) =>
+    service(CallService, {
+      reportSession: (_req, ctx) => {
+        seen.push(ctx.timeoutMs());
+        reached();
+        return new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason)));
+      },
+    }),
+  );
+  const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+  const rec = new SessionRecorder(new ParleyClient('', { token: 't', transport, logger: quiet }), 'conv', { callId: 'call' });
+  const filing = rec.fileReport('{}', budget);
+  // Checked at the first attempt: one without a deadline would hang for good.
+  await first;
+  const bad = (ts: Array<number | undefined>) => ts.some((t) => t === undefined || t > budget);
+  if (bad(seen)) fail(`hung report: attempt deadline ${seen[0]}, budget ${budget} ms`);
+  const got = await filing;
+  if (got !== undefined) fail(`hung report: filed ${JSON.stringify(got)}`);
+  if (bad(seen)) fail(`hung report: attempt deadlines ${JSON.stringify(seen)}, budget ${budget} ms`);
+}
+
 async function main() {
+  await hungReport();
   initializeLogger({ pretty: false, level: 'warn' });
   const script = JSON.parse(process.env.SCRIPT!) as string[];
   const calls = JSON.parse(process.env.CALLS!) as Array<{ name: string; dispatch: string; livekit_room: string }>;

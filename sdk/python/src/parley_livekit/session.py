@@ -330,6 +330,8 @@ class SessionRecorder:
         if not self.call_id:
             logger.warning("parley: no call id (the dispatch metadata has none); session report not filed")
             return None
+        # From here, so making the report counts against the timeout too.
+        deadline = time.monotonic() + timeout
         try:
             if callable(report) and not hasattr(report, "to_dict"):
                 report = report()
@@ -338,7 +340,6 @@ class SessionRecorder:
         except Exception:  # a session that cannot report must still shut down
             logger.exception("parley: could not make the session report of call %s", self.call_id)
             return None
-        deadline = time.monotonic() + timeout
         backoff = 0.2
         while True:
             try:
