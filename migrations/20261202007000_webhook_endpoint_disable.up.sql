@@ -11,7 +11,13 @@
 -- Expand only: older replicas neither read nor write these; during a
 -- rolling update one may still attempt a disabled endpoint's new events.
 ALTER TABLE webhook_endpoints
-    ADD COLUMN disabled_at timestamptz,
-    ADD COLUMN disabled_reason text;
+    ADD COLUMN IF NOT EXISTS disabled_at timestamptz,
+    ADD COLUMN IF NOT EXISTS disabled_reason text;
 
-CREATE INDEX webhook_deliveries_endpoint_state_idx ON webhook_deliveries (endpoint_id, state, id);
+-- CONCURRENTLY, so that older replicas' outbox inserts (inside their change
+-- transactions) go on while it builds; a failed build leaves an invalid
+-- index, dropped first.
+--bun:split
+DROP INDEX CONCURRENTLY IF EXISTS webhook_deliveries_endpoint_state_idx;
+--bun:split
+CREATE INDEX CONCURRENTLY webhook_deliveries_endpoint_state_idx ON webhook_deliveries (endpoint_id, state, id);
