@@ -3,9 +3,12 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/uptrace/bun"
 
 	"github.com/parley-dev/parley/internal/conversation"
@@ -14,16 +17,17 @@ import (
 
 // AppendItemsSQL writes the batches; these statements flush them.
 const (
-	// claimItemBatchesSQL takes up to $2 batches due at $1. An append
+	// claimItemBatchSQL takes the first batch due at $1 that is not one
+	// of $2 (batches that failed earlier in the pass). An append
 	// extending a claimed batch waits on its row lock until the flush
 	// commits, then opens a new batch where the flushed one ended; SKIP
 	// LOCKED passes over a batch another flusher (or an append, or a
 	// conversation's deletion) holds right now.
-	claimItemBatchesSQL = `SELECT conversation_id, user_id, first_seq, last_seq, opened_at
+	claimItemBatchSQL = `SELECT conversation_id, user_id, first_seq, last_seq, opened_at
   FROM webhook_item_batches
- WHERE due_at <= $1::timestamptz
+ WHERE due_at <= $1::timestamptz AND conversation_id <> ALL($2::uuid[])
  ORDER BY due_at
- LIMIT $2
+ LIMIT 1
    FOR UPDATE SKIP LOCKED`
 
 	// batchItemsSQL reads the ids and kinds of a conversation's items $2
@@ -42,33 +46,50 @@ const (
 
 var _ webhook.ItemBatches = (*WebhookStore)(nil)
 
-// FlushItemBatches implements webhook.ItemBatches: one transaction for the
-// pass, so each claimed batch's event and the batch's deletion (or
-// shortening) commit together.
+// FlushItemBatches implements webhook.ItemBatches: a short transaction
+// per batch, so a batch's event and its deletion (or shortening) commit
+// together while an append waits on at most one batch's flush. A batch
+// whose flush fails stays pending, is passed over for the rest of the
+// pass so the others still flush, and its error is returned with the
+// count; an outage ends the pass.
 func (s *WebhookStore) FlushItemBatches(ctx context.Context, now time.Time, limit int) (n int, err error) {
 	defer markUnavailable(&err)
-	err = inTx(ctx, s.bun, "flush item batches", func(ctx context.Context, tx bun.Tx) error {
-		n = 0
-		batches, err := readRows(ctx, tx.Tx, "claim item batches", limit, func(rows *sql.Rows) (webhook.ItemBatch, error) {
+	var (
+		failed []string
+		errs   []error
+	)
+	for n+len(failed) < limit {
+		var id uuid.UUID
+		found := false
+		err := inTx(ctx, s.bun, "flush item batch", func(ctx context.Context, tx bun.Tx) error {
 			var b webhook.ItemBatch
-			err := rows.Scan(&b.ConversationID, &b.UserID, &b.FirstSeq, &b.LastSeq, &b.OpenedAt)
-			return b, err
-		}, claimItemBatchesSQL, now, limit)
-		if err != nil {
-			return err
-		}
-		for _, b := range batches {
+			err := tx.Tx.QueryRowContext(ctx, claimItemBatchSQL, now, "{"+strings.Join(failed, ",")+"}").
+				Scan(&b.ConversationID, &b.UserID, &b.FirstSeq, &b.LastSeq, &b.OpenedAt)
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("claim item batch: %w", err)
+			}
+			id, found = b.ConversationID, true
 			if err := flushItemBatch(ctx, tx.Tx, b, now); err != nil {
 				return fmt.Errorf("flush item batch of conversation %s: %w", b.ConversationID, err)
 			}
+			return nil
+		})
+		switch {
+		case err == nil && !found:
+			return n, errors.Join(errs...)
+		case err == nil:
 			n++
+		case !found || isUnavailable(err) || ctx.Err() != nil:
+			return n, errors.Join(append(errs, err)...)
+		default:
+			failed = append(failed, id.String())
+			errs = append(errs, err)
 		}
-		return nil
-	})
-	if err != nil {
-		return 0, err
 	}
-	return n, nil
+	return n, errors.Join(errs...)
 }
 
 // flushItemBatch writes, in tx, the event of b's next head and what is

@@ -594,3 +594,48 @@ func TestItemsAppendedDeletedConversationsBatch(t *testing.T) {
 		}
 	}
 }
+
+// A batch whose event cannot be written (its user is gone, so the event
+// breaks webhook_events' foreign key) fails alone: the pass flushes the
+// others, due after it, and returns its error; the batch stays pending
+// and flushes once it can.
+func TestItemsAppendedFailingBatchDoesNotStopOthers(t *testing.T) {
+	t.Parallel()
+	db, convs, hooks, owner := itemsSubscriber(t)
+	bad := convCreate(t, convs, owner)
+	if _, err := appendItems(t, convs, bad, callItems("bad", 2)...); err != nil {
+		t.Fatal(err)
+	}
+	var others []conversation.Conversation
+	for range 3 {
+		c := convCreate(t, convs, owner)
+		if _, err := appendItems(t, convs, c, callItems("x", 2)...); err != nil {
+			t.Fatal(err)
+		}
+		others = append(others, c)
+	}
+	// First by due_at, so every pass meets it first.
+	if _, err := db.DB.ExecContext(t.Context(), `UPDATE webhook_item_batches SET user_id = $2, due_at = due_at - interval '1 hour' WHERE conversation_id = $1`,
+		bad.ID, uuid.New()); err != nil {
+		t.Fatal(err)
+	}
+	for pass := range 2 {
+		n, err := hooks.FlushItemBatches(t.Context(), longAfter, 20)
+		if want := len(others) * (1 - pass); n != want || err == nil {
+			t.Fatalf("pass %d: flushed %d events, err %v; want %d and the bad batch's error", pass, n, err, want)
+		}
+	}
+	if n := itemBatchRows(t, db); n != 1 {
+		t.Fatalf("%d batches left, want the failing one", n)
+	}
+	for _, c := range others {
+		checkCoverage(t, convs, c, itemsEventsOf(t, db, c.ID, 1), 2)
+	}
+	if _, err := db.DB.ExecContext(t.Context(), `UPDATE webhook_item_batches SET user_id = $2 WHERE conversation_id = $1`, bad.ID, owner); err != nil {
+		t.Fatal(err)
+	}
+	if n := flushAll(t, hooks, longAfter); n != 1 {
+		t.Fatalf("flushed %d events once the batch could be written, want 1", n)
+	}
+	checkCoverage(t, convs, bad, itemsEventsOf(t, db, bad.ID, 1), 2)
+}

@@ -109,7 +109,9 @@ type ItemBatches interface {
 	// flusher holds and, for each, in one transaction with the change to
 	// the batch, writes the event of its Next head to the outbox
 	// (NewItemsAppendedEvent) and keeps the rest pending, due at its
-	// DueAt, or deletes the batch. It returns how many events it wrote.
+	// DueAt, or deletes the batch. It returns how many events it wrote;
+	// a batch that fails stays pending, the pass goes on with the
+	// others, and the failures are returned with the count.
 	FlushItemBatches(ctx context.Context, now time.Time, limit int) (int, error)
 }
 
