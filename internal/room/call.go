@@ -288,13 +288,21 @@ func callReader(p auth.Principal) (uuid.UUID, error) {
 // callWithAgent completes a call read from the store: its agent, and its
 // metrics if the store has none for its report.
 func (s *Service) callWithAgent(c Call) Call {
-	if c.AgentName == "" {
-		c.AgentName = s.agentName
-	}
+	c.AgentName = s.agentNameOf(c)
 	if c.Metrics == nil && c.Report != nil {
 		c.Metrics = metricsOf(c.Report)
 	}
 	return c
+}
+
+// agentNameOf is c's agent, or the configured one when c names none:
+// callWithAgent's default without its deriving of metrics from the
+// stored report, which parses up to MaxReportBytes.
+func (s *Service) agentNameOf(c Call) string {
+	if c.AgentName == "" {
+		return s.agentName
+	}
+	return c.AgentName
 }
 
 // CallEventData is the data of the call.started and call.ended outbound

@@ -280,7 +280,7 @@ func (s *Service) ReportSession(ctx context.Context, p auth.Principal, id uuid.U
 	}
 	var counts MergeCounts
 	if r.ChatHistory != nil && c.ConversationID != uuid.Nil {
-		if counts, err = merge(ctx, c.ConversationID, s.callWithAgent(c).AgentName, r.ChatHistory); err != nil {
+		if counts, err = merge(ctx, c.ConversationID, s.agentNameOf(c), r.ChatHistory); err != nil {
 			return Call{}, MergeCounts{}, fmt.Errorf("merge chat history: %w", err)
 		}
 	}
