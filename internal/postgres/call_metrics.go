@@ -40,12 +40,20 @@ SELECT $1::uuid, s.metric, s.message, s.value FROM unnest($2::text[], $3::intege
 SELECT $1::uuid, u.entry - 1, u.type, u.provider, u.model, u.amounts::jsonb
   FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u (type, provider, model, amounts, entry)`
 
-	// dueMetricsSQL pages the reports without metrics by call id, through
-	// calls_metrics_due_idx.
-	dueMetricsSQL = `SELECT c.room_id, c.report, c.reported_at FROM calls c
+	// dueMetricsSQL pages the ids of the calls whose reports have no
+	// metrics, through calls_metrics_due_idx: ids only, as a report may be
+	// room.MaxReportBytes.
+	dueMetricsSQL = `SELECT c.room_id FROM calls c
  WHERE ` + metricsDue + ` AND c.room_id > $1::uuid
  ORDER BY c.room_id
  LIMIT $2`
+
+	// claimDueReportSQL reads call $1's report if its metrics are still
+	// due, locking the call; SKIP LOCKED passes over a call another
+	// replica's backfill (or a report being saved) holds.
+	claimDueReportSQL = `SELECT c.report, c.reported_at FROM calls c
+ WHERE c.room_id = $1::uuid AND ` + metricsDue + `
+   FOR UPDATE SKIP LOCKED`
 
 	// callLatenciesSQL summarises each call's samples by metric (byte
 	// order, as room.DeriveMetrics sorts them).
@@ -108,21 +116,38 @@ func saveFigures(ctx context.Context, tx *sql.Tx, id uuid.UUID, m *room.CallMetr
 }
 
 // DueMetrics implements room.Store.
-func (s *RoomStore) DueMetrics(ctx context.Context, after uuid.UUID, limit int) (_ []room.StoredReport, err error) {
+func (s *RoomStore) DueMetrics(ctx context.Context, after uuid.UUID, limit int) (_ []uuid.UUID, err error) {
 	defer markUnavailable(&err)
-	return readRows(ctx, s.db, "due call metrics", limit, func(rows *sql.Rows) (room.StoredReport, error) {
-		var r room.StoredReport
-		err := rows.Scan(&r.CallID, &r.Report, &r.ReportedAt)
-		return r, err
+	return readRows(ctx, s.db, "due call metrics", limit, func(rows *sql.Rows) (uuid.UUID, error) {
+		var id uuid.UUID
+		err := rows.Scan(&id)
+		return id, err
 	}, dueMetricsSQL, after, limit)
 }
 
-// SaveMetrics implements room.Store.
-func (s *RoomStore) SaveMetrics(ctx context.Context, id uuid.UUID, reportedAt time.Time, m *room.CallMetrics) (err error) {
+// FillMetrics implements room.Store: the call stays locked from the read
+// of its report to the save of its metrics, one report at a time.
+func (s *RoomStore) FillMetrics(ctx context.Context, id uuid.UUID, derive func(report []byte) *room.CallMetrics) (filled bool, err error) {
 	defer markUnavailable(&err)
-	return inTx(ctx, s.bun, "save call metrics", func(ctx context.Context, tx bun.Tx) error {
-		return saveFigures(ctx, tx.Tx, id, m, false, sql.NullTime{Time: reportedAt, Valid: true})
+	err = inTx(ctx, s.bun, "fill call metrics", func(ctx context.Context, tx bun.Tx) error {
+		var (
+			report     []byte
+			reportedAt sql.NullTime
+		)
+		err := tx.Tx.QueryRowContext(ctx, claimDueReportSQL, id).Scan(&report, &reportedAt)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("fill call metrics: read report: %w", err)
+		}
+		filled = true
+		return saveFigures(ctx, tx.Tx, id, derive(report), false, reportedAt)
 	})
+	if err != nil {
+		return false, err
+	}
+	return filled, nil
 }
 
 // callFigures reads the latencies and usage of those calls whose metrics

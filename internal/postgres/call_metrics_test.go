@@ -158,6 +158,23 @@ func TestCallMetricsBackfill(t *testing.T) {
 		t.Errorf("aggregate before the backfill = %+v, want 3 reported calls without stored metrics", g)
 	}
 
+	// A call another replica's backfill holds is passed over, not waited
+	// for, and filled by a later run.
+	held, err := h.db.DB.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Rollback()
+	if _, err := held.ExecContext(ctx, `SELECT 1 FROM calls WHERE room_id = $1 FOR UPDATE`, broken.ID); err != nil {
+		t.Fatal(err)
+	}
+	svc.BackfillMetrics(ctx)
+	if due, err := h.rooms.DueMetrics(ctx, uuid.Nil, 10); err != nil || len(due) != 1 || due[0] != broken.ID {
+		t.Fatalf("DueMetrics after a backfill while a call was held = %v, %v; want the held call", due, err)
+	}
+	if err := held.Rollback(); err != nil {
+		t.Fatal(err)
+	}
 	svc.BackfillMetrics(ctx)
 	if due, err := h.rooms.DueMetrics(ctx, uuid.Nil, 10); err != nil || len(due) != 0 {
 		t.Fatalf("DueMetrics after the backfill = %v, %v", due, err)

@@ -177,14 +177,16 @@ type Store interface {
 	// ErrNotFound. Calls read back carry m's figures, Latencies and Usage,
 	// not its Samples.
 	SaveReport(ctx context.Context, id uuid.UUID, report []byte, m CallMetrics, at time.Time) error
-	// DueMetrics returns up to limit reports whose metrics are not stored
-	// (stored before metrics were, or by an older replica), in call id
-	// order after the id after.
-	DueMetrics(ctx context.Context, after uuid.UUID, limit int) ([]StoredReport, error)
-	// SaveMetrics stores m as the metrics of call id's report if that is
-	// still the one received at reportedAt and has none; m nil records
-	// that the report yields none.
-	SaveMetrics(ctx context.Context, id uuid.UUID, reportedAt time.Time, m *CallMetrics) error
+	// DueMetrics returns the ids of up to limit calls whose reports'
+	// metrics are not stored (stored before metrics were, or by an older
+	// replica), in id order after the id after.
+	DueMetrics(ctx context.Context, after uuid.UUID, limit int) ([]uuid.UUID, error)
+	// FillMetrics, in one transaction, reads call id's report if its
+	// metrics are still not stored and no other transaction holds the
+	// call, and stores derive's metrics of it (nil: the report yields
+	// none). It returns whether it did: false when nothing was due or
+	// another replica holds the call.
+	FillMetrics(ctx context.Context, id uuid.UUID, derive func(report []byte) *CallMetrics) (bool, error)
 	// AggregateCalls returns the groups g makes of the calls matching f
 	// (owner uuid.Nil: everyone's), by agent name then bucket start, at
 	// most limit of them. Only stored metrics count.

@@ -17,7 +17,7 @@ const (
 	MaxAggregateRange = 93 * 24 * time.Hour
 	// MaxAggregateGroups bounds the groups one AggregateCalls answers.
 	MaxAggregateGroups = 1000
-	// backfillBatch is how many reports BackfillMetrics derives per read.
+	// backfillBatch is how many call ids BackfillMetrics reads per page.
 	backfillBatch = 100
 )
 
@@ -65,13 +65,6 @@ type CallGroup struct {
 	Usage []ModelUsage
 }
 
-// StoredReport is a stored session report whose metrics are due.
-type StoredReport struct {
-	CallID     uuid.UUID
-	Report     []byte
-	ReportedAt time.Time
-}
-
 // metricsOf derives the metrics of a stored report; nil if it yields none
 // (ReportSession refuses such reports, so only a report stored by some
 // other rule could).
@@ -90,8 +83,10 @@ func metricsOf(raw []byte) *CallMetrics {
 // BackfillMetrics stores the metrics of every report stored without them:
 // those stored before metrics were, and those an older replica stores
 // during a rolling update. It is a job the wiring runs at start-up and then
-// every minute; replicas running it at once store each report's metrics
-// once, as SaveMetrics stores only over a report that has none.
+// every minute. It pages call ids and fills each call's metrics in a
+// transaction of its own, so it holds one report at a time, and replicas
+// running it at once split the calls: FillMetrics passes over one another
+// holds, and stores only over a report that has none.
 func (s *Service) BackfillMetrics(ctx context.Context) {
 	var n int
 	for after := uuid.Nil; ; {
@@ -102,19 +97,22 @@ func (s *Service) BackfillMetrics(ctx context.Context) {
 			}
 			return
 		}
-		for _, r := range due {
-			if err := s.store.SaveMetrics(ctx, r.CallID, r.ReportedAt, metricsOf(r.Report)); err != nil {
+		for _, id := range due {
+			filled, err := s.store.FillMetrics(ctx, id, metricsOf)
+			if err != nil {
 				if ctx.Err() == nil {
-					s.log.Warn("backfill call metrics", slog.String("call_id", r.CallID.String()), slog.String("error", err.Error()))
+					s.log.Warn("backfill call metrics", slog.String("call_id", id.String()), slog.String("error", err.Error()))
 				}
 				return
 			}
-			n++
+			if filled {
+				n++
+			}
 		}
 		if len(due) < backfillBatch {
 			break
 		}
-		after = due[len(due)-1].CallID
+		after = due[len(due)-1]
 	}
 	if n > 0 {
 		s.log.Info("backfilled call metrics", slog.Int("calls", n))
