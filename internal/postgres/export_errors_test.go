@@ -15,3 +15,6 @@ var (
 	MigrationLockKey      = migrationLockKey
 	InTx                  = inTx
 )
+
+// ClaimWebhookDeliveriesSQL lets a test hold a claim's transaction open.
+const ClaimWebhookDeliveriesSQL = claimWebhookDeliveriesSQL

@@ -42,14 +42,30 @@ const (
 	// window and backoff starting again there. A redelivered delivery
 	// becomes the head of its line, ahead of one a dispatcher may hold
 	// right now; it is due only once that lease ends, so the endpoint
-	// still gets one delivery at a time.
-	redeliverWebhookSQL = `UPDATE webhook_deliveries d
+	// still gets one delivery at a time. The lease is read from the
+	// endpoint's pending deliveries locked (see lockedLinesSQL), so a claim
+	// leasing one right now is waited for and its lease seen.
+	redeliverWebhookSQL = `WITH lines AS MATERIALIZED (` + lockedLinesSQL + `
+   AND l.endpoint_id IN (SELECT x.endpoint_id FROM webhook_deliveries x JOIN webhook_events xe ON xe.id = x.event_id
+                          WHERE x.event_id = $1::uuid AND xe.user_id = $2::uuid AND x.state = 3)
+ ORDER BY l.locked_until IS NULL, l.id
+   FOR UPDATE)
+UPDATE webhook_deliveries d
    SET state = 1, retry_since = $3::timestamptz, retry_base = d.attempts, finished_at = NULL,
-       next_attempt_at = GREATEST($3::timestamptz, (SELECT max(l.locked_until) FROM webhook_deliveries l
-                                  WHERE l.endpoint_id = d.endpoint_id AND l.state = 1 AND l.locked_until > $3::timestamptz))
+       next_attempt_at = GREATEST($3::timestamptz, (SELECT max(l.locked_until) FROM lines l WHERE l.endpoint_id = d.endpoint_id))
   FROM webhook_events e, webhook_endpoints p
  WHERE d.event_id = $1::uuid AND e.id = d.event_id AND e.user_id = $2::uuid AND d.state = 3
    AND p.id = d.endpoint_id AND p.disabled_at IS NULL`
+
+	// lockedLinesSQL begins the lock of endpoints' pending deliveries that
+	// a redelivery reads the lease in flight from. Under READ COMMITTED a
+	// lock that waited for a claim's transaction returns the row as that
+	// claim left it, with its lease; the statement's own snapshot may not
+	// show it. Leased rows are locked first and by id, so that a
+	// redelivery waiting for a finish that disables an endpoint (which
+	// holds its leased delivery, then parks the endpoint's pending ones)
+	// holds none of those it parks.
+	lockedLinesSQL = `SELECT l.endpoint_id, l.locked_until FROM webhook_deliveries l WHERE l.state = 1`
 
 	// Pages of an endpoint's deliveries in one state, in line order, along
 	// webhook_deliveries_endpoint_state_idx. $1 endpoint, $2 state, $3 the
@@ -63,19 +79,23 @@ const (
  ORDER BY d.id DESC
  LIMIT $4`
 
-	// lockWebhookEndpointSharedSQL holds the user's endpoint while its
+	// lockWebhookEndpointSharedSQL holds the user's endpoint once its
 	// parked deliveries are redelivered, so that a disable by a 410 (which
-	// updates the row) waits, and then parks them again, or goes first.
+	// updates the row) waits, and then parks them again, or went first.
+	// It is taken after the redelivery, whose locks wait for that disable
+	// (see lockedLinesSQL): taken before, the two would wait on each other.
 	lockWebhookEndpointSharedSQL = `SELECT disabled_at IS NOT NULL FROM webhook_endpoints WHERE id = $1::uuid AND user_id = $2::uuid FOR SHARE`
 
 	// redeliverParkedWebhookSQL puts every parked delivery of endpoint $1
 	// back in its line (they keep their ids, so their places), due at $2
 	// with a new retry window and backoff, or, as in redeliverWebhookSQL,
 	// once the lease of a delivery in flight ends.
-	redeliverParkedWebhookSQL = `UPDATE webhook_deliveries d
+	redeliverParkedWebhookSQL = `WITH lines AS MATERIALIZED (` + lockedLinesSQL + ` AND l.endpoint_id = $1::uuid
+ ORDER BY l.locked_until IS NULL, l.id
+   FOR UPDATE)
+UPDATE webhook_deliveries d
    SET state = 1, retry_since = $2::timestamptz, retry_base = d.attempts, finished_at = NULL,
-       next_attempt_at = GREATEST($2::timestamptz, (SELECT max(l.locked_until) FROM webhook_deliveries l
-                                  WHERE l.endpoint_id = $1::uuid AND l.state = 1 AND l.locked_until > $2::timestamptz))
+       next_attempt_at = GREATEST($2::timestamptz, (SELECT max(l.locked_until) FROM lines l))
  WHERE d.endpoint_id = $1::uuid AND d.state = 3`
 )
 
@@ -198,8 +218,14 @@ func (s *WebhookStore) RedeliverParked(ctx context.Context, userID, endpointID u
 	defer markUnavailable(&err)
 	var n int64
 	err = inTx(ctx, s.bun, "redeliver parked webhook deliveries", func(ctx context.Context, tx bun.Tx) error {
+		var err error
+		n, err = execCount(ctx, tx.Tx, redeliverParkedWebhookSQL, endpointID, now)
+		if err != nil {
+			return fmt.Errorf("redeliver parked webhook deliveries: %w", err)
+		}
+		// An error below rolls the redelivery back.
 		var disabled bool
-		err := tx.Tx.QueryRowContext(ctx, lockWebhookEndpointSharedSQL, endpointID, userID).Scan(&disabled)
+		err = tx.Tx.QueryRowContext(ctx, lockWebhookEndpointSharedSQL, endpointID, userID).Scan(&disabled)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			return webhook.ErrNotFound
@@ -208,13 +234,12 @@ func (s *WebhookStore) RedeliverParked(ctx context.Context, userID, endpointID u
 		case disabled:
 			return webhook.ErrEndpointDisabled
 		}
-		n, err = execCount(ctx, tx.Tx, redeliverParkedWebhookSQL, endpointID, now)
-		if err != nil {
-			return fmt.Errorf("redeliver parked webhook deliveries: %w", err)
-		}
 		return nil
 	})
-	return int(n), err
+	if err != nil {
+		return 0, err
+	}
+	return int(n), nil
 }
 
 // execCount runs a statement and returns how many rows it changed.
